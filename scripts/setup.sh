@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine for DRIMbox: system packages (as root), then the Python
+# environment from the lock file. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql xmlsec1)
+
+missing=()
+for package in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "Paquets Debian manquants : ${missing[*]} — relancez en root ou : sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "==> apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  # policy-rc.d keeps the packages' own services (a system Orthanc, a system PostgreSQL) from
+  # starting: the demo and the tests start their own instances on loopback.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v uv >/dev/null 2>&1; then
+  echo "==> pip install uv"
+  python3 -m pip install --quiet "uv==0.13.9"
+fi
+echo "==> uv sync (versions from uv.lock)"
+uv sync --frozen --quiet

@@ -1,0 +1,1 @@
+"""DRIMbox: gateway between a French imaging site and the DRIM-M network."""

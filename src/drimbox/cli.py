@@ -1,0 +1,287 @@
+"""The `drimbox` command: run a node, check its configuration, inspect reports, run simulators.
+
+Messages are in French: the site's IT staff read them. Every failure ends with a one-line reason
+and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from drimbox.config import Config, ConfigError, load_config
+from drimbox.db import Database, Report
+
+app = typer.Typer(help="DRIMbox : passerelle d'imagerie du réseau DRIM-M.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration du nœud.", no_args_is_help=True)
+reports_app = typer.Typer(help="Comptes rendus reçus et KOS construits.", no_args_is_help=True)
+db_app = typer.Typer(help="Base de données.", no_args_is_help=True)
+sim_app = typer.Typer(
+    help="Simulateurs (RIS, services nationaux) pour tests et démo.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+app.add_typer(reports_app, name="reports")
+app.add_typer(db_app, name="db")
+app.add_typer(sim_app, name="sim")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Fichier de configuration TOML (sinon les défauts)."),
+]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]Erreur :[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[bold red]Configuration invalide[/] ({exc.source}) :", highlight=False)
+        for problem in exc.problems:
+            err.print(f"  - {problem}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _database(config: Config) -> Database:
+    db = Database(config.store.database_url)
+    try:
+        db.upgrade()
+    except Exception as exc:  # noqa: BLE001 - shown to the operator, not a traceback
+        fail(f"base de données inaccessible ({config.store.database_url}) : {exc}")
+    return db
+
+
+@config_app.command("check")
+def config_check(file: Path) -> None:
+    """Valide un fichier de configuration et dit ce qui ne va pas, clé par clé."""
+    config = _load(file)
+    console.print(f"[green]Configuration valide[/] : {file}")
+    roles = [name for name, on in config.roles.model_dump().items() if on]
+    console.print(f"  rôles : {', '.join(roles) or 'aucun'}")
+    console.print(f"  base : {config.store.database_url}")
+    console.print(f"  MLLP : {config.hl7.host}:{config.hl7.port}")
+    console.print(f"  HTTP : {config.http.host}:{config.http.port}")
+    console.print(
+        f"  PACS : {config.pacs.called_aet}@{config.pacs.host}:{config.pacs.port} "
+        f"(récupération {config.pacs.retrieve})"
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Met le schéma de la base à jour (fait aussi au démarrage de `serve`)."""
+    cfg = _load(config)
+    _database(cfg).dispose()
+    console.print(f"[green]Schéma à jour[/] : {cfg.store.database_url}")
+
+
+@app.command()
+def serve(config: ConfigOption = None, verbose: bool = False) -> None:
+    """Démarre le nœud (rôles selon la configuration) jusqu'à Ctrl-C."""
+    from drimbox.node import Node
+
+    cfg = _load(config)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        node = Node(cfg)
+        await node.start()
+        ports = f"MLLP {cfg.hl7.host}:{node.mllp.port}" if node.mllp else "MLLP désactivé"
+        console.print(f"[green]DRIMbox prête[/] — {ports}", highlight=False)
+        try:
+            await stop.wait()
+        finally:
+            await node.stop()
+            console.print("DRIMbox arrêtée.")
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        fail(f"impossible de démarrer : {exc}")
+
+
+def _report_row(report: Report) -> dict[str, Any]:
+    return {
+        "id": report.id,
+        "received_at": report.received_at.isoformat(),
+        "kind": report.kind,
+        "patient_ins": report.patient_ins,
+        "study_uid": report.study_uid,
+        "accession": report.accession,
+        "document_id": report.document_id,
+        "version": report.version_number,
+        "state": report.state,
+        "reason": report.reason,
+        "kos_sop_instance_uid": report.kos_sop_uid,
+        "kos_instances": report.kos_instance_count,
+    }
+
+
+KIND_LABELS = {
+    "publish": "CR",
+    "update": "mise à jour",
+    "withdraw": "dépublication",
+    "withdraw_exam": "suppression examen",
+}
+STATE_LABELS = {
+    "received": "reçu",
+    "waiting_images": "attente images",
+    "kos_built": "KOS construit",
+    "refused": "refusé",
+    "withdrawal_received": "dépublication reçue",
+}
+
+
+@reports_app.command("list")
+def reports_list(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Sortie JSON (une liste).")] = False,
+    state: Annotated[str | None, typer.Option(help="Filtrer sur un état.")] = None,
+    limit: int = 100,
+) -> None:
+    """Liste les comptes rendus reçus, du plus récent au plus ancien."""
+    db = _database(_load(config))
+    with db.session() as session:
+        query = select(Report).order_by(Report.id.desc()).limit(limit)
+        if state:
+            query = query.where(Report.state == state)
+        rows = [_report_row(r) for r in session.scalars(query)]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    table = Table(title=f"Comptes rendus ({len(rows)})", title_justify="left")
+    for column in ("N°", "Reçu le", "Type", "INS", "N° d'accès", "État", "Détail"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("N°", "Reçu le", "INS"))
+    for row in rows:
+        received = datetime.fromisoformat(row["received_at"]).astimezone()
+        detail = row["reason"] or (
+            f"{row['kos_instances']} images" if row["kos_instances"] is not None else ""
+        )
+        table.add_row(
+            str(row["id"]),
+            received.strftime("%d/%m/%Y %H:%M"),
+            KIND_LABELS.get(row["kind"], row["kind"]),
+            row["patient_ins"],
+            row["accession"],
+            STATE_LABELS.get(row["state"], row["state"]),
+            detail,
+        )
+    console.print(table)
+
+
+@reports_app.command("show")
+def reports_show(
+    report_id: int,
+    config: ConfigOption = None,
+    kos_out: Annotated[
+        Path | None, typer.Option(help="Écrit le KOS (fichier DICOM Part 10).")
+    ] = None,
+) -> None:
+    """Détail d'un compte rendu et de son KOS."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
+    from drimbox.dicom.kos import describe_manifest
+
+    db = _database(_load(config))
+    with db.session() as session:
+        report = session.get(Report, report_id)
+        if report is None:
+            fail(f"aucun compte rendu n°{report_id}")
+            return
+        row = _report_row(report)
+        kos, flags = report.kos, dict(report.flags)
+    for key, value in row.items():
+        console.print(f"[bold]{key}[/] : {value if value is not None else ''}", highlight=False)
+    flag_text = ", ".join(f"{name}={'O' if on else 'N'}" for name, on in flags.items())
+    console.print(f"[bold]flags[/] : {flag_text}", highlight=False)
+    if kos is None:
+        console.print("Pas de KOS construit.")
+        if kos_out:
+            fail("pas de KOS à écrire pour ce compte rendu")
+        return
+    console.print("")
+    console.print(describe_manifest(dcmread(DicomBytesIO(kos))), highlight=False, soft_wrap=True)
+    if kos_out:
+        kos_out.write_bytes(kos)
+        console.print(f"KOS écrit dans {kos_out}")
+
+
+@sim_app.command("ris")
+def sim_ris(
+    files: list[Path],
+    host: str = "127.0.0.1",
+    port: int = 2575,
+    raw: Annotated[bool, typer.Option(help="Envoyer sans remplir les {{…}}.")] = False,
+) -> None:
+    """Envoie des messages HL7 (fichiers) à une DRIMbox en MLLP et affiche les ACK."""
+    from drimbox.sim.ris import RisClient
+
+    failures = 0
+    with RisClient(host, port) as ris:
+        for file in files:
+            try:
+                text = file.read_bytes().decode("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                fail(f"{file} illisible : {exc}")
+            result = ris.send(text, fill=not raw)
+            ok = result.code == "AA"
+            failures += not ok
+            colour = "green" if ok else "red"
+            console.print(
+                f"[{colour}]{result.code or 'sans ACK'}[/] {file.name} "
+                f"({result.seconds * 1000:.0f} ms) {result.text}",
+                highlight=False,
+            )
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option(help="Dossier de la démo (réutilisé).")] = Path(
+        "drimbox-demo"
+    ),
+    fresh: Annotated[bool, typer.Option(help="Repartir d'un dossier vide.")] = False,
+    exit_after: Annotated[
+        bool, typer.Option(help="S'arrêter une fois les KOS construits (tests, CI).")
+    ] = False,
+) -> None:
+    """Démarre un réseau DRIM-M local de démonstration (PACS, RIS simulé, DRIMbox Source)."""
+    from drimbox.demo import run_demo
+    from drimbox.sim.orthanc import OrthancError
+
+    try:
+        code = run_demo(folder.resolve(), fresh=fresh, exit_after=exit_after, console=console)
+    except OrthancError as exc:
+        fail(f"PACS de démonstration : {exc}")
+        return
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,261 @@
+"""Node configuration: one TOML file, every key documented, validated at start.
+
+Owns the configuration model (sections and defaults), loading from TOML, the
+`DRIMBOX_<SECTION>__<KEY>` environment overrides and the French error messages that
+`drimbox config check` shows to the site's IT staff. Nothing else reads TOML or the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "DRIMBOX_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` lists one French sentence per wrong key."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class RolesConfig(_Section):
+    """Which roles this node plays (one process may play both)."""
+
+    source: bool = Field(True, description="Rôle Source : reçoit les CR du RIS, publie les KOS.")
+    conso: bool = Field(False, description="Rôle Conso : consultation des examens du DMP.")
+
+
+class SiteConfig(_Section):
+    """Identity of the imaging site that runs this node."""
+
+    name: str = Field("Site d'imagerie DRIMbox", description="Nom affiché de la structure.")
+    structure_id: str = Field(
+        "",
+        description="Identifiant de la structure (FINESS/SIRET), utilisé pour le DMP et le VIHF.",
+    )
+    uid_root: str = Field(
+        "1.2.250.1.999.9",
+        description="Racine d'OID enregistrée du site : tous les UID créés (KOS) sont sous elle.",
+    )
+    public_base_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="URL publique de la DRIMbox (son nom db… de la liste blanche) : base des "
+        "RetrieveURL écrites dans les KOS.",
+    )
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root_is_oid(cls, value: str) -> str:
+        parts = value.split(".")
+        if not value or any(not p.isdigit() or (len(p) > 1 and p[0] == "0") for p in parts):
+            raise ValueError(
+                "doit être un OID (chiffres séparés par des points, sans zéro initial)"
+            )
+        if len(value) > 40:
+            raise ValueError("trop long : 40 caractères au plus pour laisser la place aux UID")
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("doit commencer par https:// (ou http:// en démonstration)")
+        return value.rstrip("/")
+
+
+class HttpConfig(_Section):
+    """The HTTP listener (peers' WADO-RS, Conso UI, admin console)."""
+
+    host: str = Field("127.0.0.1", description="Adresse d'écoute HTTP.")
+    port: int = Field(8080, ge=1, le=65535, description="Port HTTP.")
+
+
+class Hl7Config(_Section):
+    """The MLLP listener that receives the RIS's reports."""
+
+    host: str = Field("127.0.0.1", description="Adresse d'écoute MLLP.")
+    port: int = Field(
+        2575, ge=0, le=65535, description="Port MLLP (0 : un port libre choisi au démarrage)."
+    )
+    max_message_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Taille maximale d'un message HL7 (les CR avec PDF font ~325 ko).",
+    )
+    idle_timeout_s: float = Field(
+        300.0, gt=0, description="Fermeture d'une connexion MLLP inactive (secondes)."
+    )
+
+
+class PacsConfig(_Section):
+    """The site's PACS, queried by C-FIND and read by the chosen retrieve method."""
+
+    host: str = Field("127.0.0.1", description="Hôte DICOM du PACS.")
+    port: int = Field(104, ge=1, le=65535, description="Port DICOM du PACS.")
+    called_aet: str = Field("PACS", max_length=16, description="AE Title du PACS.")
+    calling_aet: str = Field("DRIMBOX", max_length=16, description="AE Title de la DRIMbox.")
+    scp_port: int = Field(
+        11112, ge=1, le=65535, description="Port du SCP DICOM de la DRIMbox (C-STORE, IOCM)."
+    )
+    retrieve: Literal["wado-rs", "c-get", "c-move"] = Field(
+        "c-get", description="Méthode de récupération des images : wado-rs, c-get ou c-move."
+    )
+    dicomweb_url: str = Field(
+        "",
+        description="Racine DICOMweb du PACS (pour retrieve = wado-rs), ex. http://pacs/dicom-web.",
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Délai d'attente réseau DICOM (secondes).")
+    max_pdu: int = Field(
+        0, ge=0, description="Taille maximale de PDU reçue (octets, 0 = illimitée)."
+    )
+
+    @field_validator("called_aet", "calling_aet")
+    @classmethod
+    def _aet(cls, value: str) -> str:
+        if not value.strip() or "\\" in value:
+            raise ValueError("AE Title vide ou invalide")
+        return value
+
+
+class SourceConfig(_Section):
+    """Behaviour of the Source pipeline."""
+
+    images_wait_h: float = Field(
+        24.0,
+        gt=0,
+        description="Durée pendant laquelle un CR attend ses images dans le PACS avant d'être "
+        "refusé (heures).",
+    )
+    retry_initial_s: float = Field(
+        10.0, gt=0, description="Premier délai avant nouvel essai (PACS injoignable)."
+    )
+    retry_max_s: float = Field(600.0, gt=0, description="Délai maximal entre deux essais.")
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="Intervalle de scrutation de la file de traitement."
+    )
+
+
+class StoreConfig(_Section):
+    """Where the node keeps its state."""
+
+    database_url: str = Field(
+        "sqlite:///var/drimbox.db",
+        description="Base de données : sqlite:///chemin ou postgresql://utilisateur@hôte/base.",
+    )
+    cache_dir: str = Field("var/cache", description="Dossier du cache d'images.")
+    cache_max_bytes: int = Field(
+        10 * 1024**3, ge=0, description="Taille maximale du cache d'images (octets)."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("doit commencer par sqlite:/// ou postgresql://")
+        return value
+
+
+class Config(_Section):
+    """A whole node configuration (`drimbox.toml`)."""
+
+    roles: RolesConfig = RolesConfig()
+    site: SiteConfig = SiteConfig()
+    http: HttpConfig = HttpConfig()
+    hl7: Hl7Config = Hl7Config()
+    pacs: PacsConfig = PacsConfig()
+    source: SourceConfig = SourceConfig()
+    store: StoreConfig = StoreConfig()
+
+    def resolve_paths(self, base: Path) -> Config:
+        """Relative paths in the file are relative to the file's folder, not to the cwd."""
+        store = self.store.model_copy()
+        url = store.database_url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            rel = url.removeprefix("sqlite:///")
+            if rel and rel != ":memory:":
+                store.database_url = "sqlite:///" + str((base / rel).resolve())
+        store.cache_dir = str((base / store.cache_dir).resolve())
+        return self.model_copy(update={"store": store})
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], list[str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    problems: list[str] = []
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name.removeprefix(ENV_PREFIX).lower()
+        section, sep, field = key.partition("__")
+        if not sep or not field:
+            problems.append(f"{name} : attendu DRIMBOX_<SECTION>__<CLÉ>, ex. DRIMBOX_PACS__PORT")
+            continue
+        overrides.setdefault(section, {})[field] = value
+    return overrides, problems
+
+
+def _merge(data: dict[str, Any], overrides: dict[str, dict[str, str]]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, values in overrides.items():
+        target = merged.setdefault(section, {})
+        if isinstance(target, dict):
+            target.update(values)
+    return merged
+
+
+def _describe(error: Any) -> str:
+    location = ".".join(str(p) for p in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{location} : clé inconnue"
+    if kind in ("int_parsing", "int_type"):
+        return f"{location} : doit être un nombre entier (reçu « {error.get('input')} »)"
+    if kind in ("float_parsing", "float_type"):
+        return f"{location} : doit être un nombre (reçu « {error.get('input')} »)"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{location} : doit être true ou false (reçu « {error.get('input')} »)"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{location} : valeur « {error.get('input')} » non admise (attendu : {expected})"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than"):
+        return f"{location} : valeur hors limites (reçu « {error.get('input')} »)"
+    if kind == "model_type" or kind == "dict_type":
+        return f"{location} : doit être une section [{location}]"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{location} : {message}"
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load a node's configuration: defaults, then the TOML file, then the environment."""
+    environ = os.environ if environ is None else environ
+    source = str(path) if path else "configuration par défaut"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(source, ["fichier introuvable"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, [f"syntaxe TOML invalide : {exc}"]) from None
+    overrides, problems = _env_overrides(environ)
+    try:
+        config = Config.model_validate(_merge(data, overrides))
+    except ValidationError as exc:
+        problems += [_describe(e) for e in exc.errors()]
+        raise ConfigError(source, problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return config.resolve_paths(path.parent if path else Path.cwd())

@@ -1,0 +1,10 @@
+"""Persistence: the SQLAlchemy models, the engine/session factory and the Alembic migrations.
+
+Runs on SQLite (the single-node default) and on PostgreSQL (several nodes). Owns the schema and
+how a unit of work is committed; the domain packages say what to store, not how.
+"""
+
+from drimbox.db.engine import Database, utcnow
+from drimbox.db.models import Base, Hl7Message, Report, ReportState
+
+__all__ = ["Base", "Database", "Hl7Message", "Report", "ReportState", "utcnow"]

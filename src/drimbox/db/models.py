@@ -1,0 +1,75 @@
+"""The tables. Every schema change gets an Alembic revision in `migrations/versions/`."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ReportState(enum.StrEnum):
+    """Where a received report stands in the Source pipeline."""
+
+    RECEIVED = "received"  # stored and ACKed, waiting for the pipeline
+    WAITING_IMAGES = "waiting_images"  # the PACS does not hold the study yet: retried
+    KOS_BUILT = "kos_built"  # manifest built from the PACS, ready for publication
+    REFUSED = "refused"  # never published: identity mismatch, study never arrived…
+    WITHDRAWAL_RECEIVED = "withdrawal_received"  # depublication stored, for the DMP stage
+
+
+class Hl7Message(Base):
+    """Every inbound HL7 message, accepted or not, as received: nothing is dropped silently."""
+
+    __tablename__ = "hl7_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    peer: Mapped[str] = mapped_column(String(128), default="")
+    control_id: Mapped[str] = mapped_column(String(199), default="")
+    message_type: Mapped[str] = mapped_column(String(32), default="")
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    ack_code: Mapped[str] = mapped_column(String(2))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Report(Base):
+    """One accepted report message (a report version, an update or a withdrawal)."""
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        Index("ix_reports_state_next", "state", "next_attempt_at"),
+        Index("ix_reports_study", "study_uid"),
+        Index("ix_reports_patient", "patient_ins"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("hl7_messages.id"))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(16))  # publish, update, withdraw, withdraw_exam
+    patient_ins: Mapped[str] = mapped_column(String(32), default="")
+    patient_ins_oid: Mapped[str] = mapped_column(String(64), default="")
+    patient_ipp: Mapped[str] = mapped_column(String(64), default="")
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    accession: Mapped[str] = mapped_column(String(64), default="")
+    document_id: Mapped[str] = mapped_column(String(128), default="")
+    set_id: Mapped[str] = mapped_column(String(128), default="")
+    version_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    replaced_document_id: Mapped[str] = mapped_column(String(128), default="")
+    flags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cda: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    state: Mapped[str] = mapped_column(String(32), default=ReportState.RECEIVED.value)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    kos_sop_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    kos: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    kos_instance_count: Mapped[int | None] = mapped_column(Integer, nullable=True)

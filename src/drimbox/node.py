@@ -1,0 +1,57 @@
+"""A running node: the listeners and workers of the roles its configuration enables.
+
+Owns start-up order (schema upgrade first, then listeners) and a clean stop: the MLLP listener
+stops accepting, in-flight messages finish, workers stop between two reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from drimbox.config import Config
+from drimbox.db import Database
+from drimbox.hl7.server import MllpServer
+from drimbox.source.intake import ReportIntake
+from drimbox.source.pipeline import ReportPipeline
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.db = Database(config.store.database_url)
+        self.mllp: MllpServer | None = None
+        self.pipeline: ReportPipeline | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.db.upgrade)
+        if self.config.roles.source:
+            intake = ReportIntake(self.db)
+            self.mllp = MllpServer(
+                intake.handle_async,
+                self.config.hl7.host,
+                self.config.hl7.port,
+                max_message_bytes=self.config.hl7.max_message_bytes,
+                idle_timeout_s=self.config.hl7.idle_timeout_s,
+            )
+            await self.mllp.start()
+            self.pipeline = ReportPipeline(self.config, self.db)
+            self._tasks.append(asyncio.create_task(self.pipeline.run_forever(self._stop)))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self.mllp is not None:
+            await self.mllp.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.db.dispose()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

@@ -1,0 +1,181 @@
+"""Report intake: every inbound HL7 block is stored durably, then answered.
+
+The promise to the RIS: an `AA` means the message is committed to the database (an SQLite file
+with synchronous=FULL, or PostgreSQL). Bad messages are stored too, with the reason and the NAK
+they got, so that nothing is dropped silently. A re-sent report version (same CDA id) is
+acknowledged again but not queued twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
+from drimbox.hl7.message import HL7Error, ReportMessage, build_ack, parse_report_message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    ack: str
+    ack_code: str
+    message_id: int | None
+    report_id: int | None
+    duplicate_of: int | None = None
+
+
+def decode_block(block: bytes) -> str:
+    """MSH-18 announces UTF-8; a RIS that sends Latin-1 anyway is read, not refused."""
+    try:
+        return block.decode("utf-8")
+    except UnicodeDecodeError:
+        return block.decode("cp1252", errors="replace")
+
+
+class ReportIntake:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def handle_async(self, block: bytes, peer: str) -> str:
+        return (await asyncio.to_thread(self.handle, block, peer)).ack
+
+    def handle(self, block: bytes, peer: str) -> IntakeResult:
+        text = decode_block(block)
+        try:
+            message = parse_report_message(text)
+        except HL7Error as error:
+            ack = build_ack(text, error.code, str(error), error=error)
+            message_id = self._store_rejected(block, text, peer, error)
+            log.warning("HL7 from %s refused (%s): %s", peer, error.code, error)
+            return IntakeResult(ack, error.code, message_id, None)
+        try:
+            message_id, report_id, duplicate_of = self._store_accepted(block, message, peer)
+        except Exception as exc:
+            log.exception("could not store HL7 message from %s", peer)
+            storage_error = HL7Error(
+                "AE",
+                f"storage failure: {exc.__class__.__name__}",
+                segment=None,
+                field=None,
+                hl7_error_code="207",
+                user_message="Message non enregistré (erreur interne de la DRIMbox) : "
+                "renvoyez-le plus tard",
+            )
+            ack = build_ack(text, "AE", str(storage_error), error=storage_error)
+            return IntakeResult(ack, "AE", None, None)
+        ack = build_ack(text, "AA", "Message enregistré")
+        return IntakeResult(ack, "AA", message_id, report_id, duplicate_of)
+
+    def _store_rejected(self, block: bytes, text: str, peer: str, error: HL7Error) -> int | None:
+        try:
+            with self.db.session() as session:
+                row = Hl7Message(
+                    received_at=utcnow(),
+                    peer=peer,
+                    control_id=_msh_field(text, 10),
+                    message_type=_msh_field(text, 9),
+                    size_bytes=len(block),
+                    raw=block,
+                    ack_code=error.code,
+                    error=str(error),
+                )
+                session.add(row)
+                session.flush()
+                return row.id
+        except Exception:
+            log.exception("could not record a refused HL7 message from %s", peer)
+            return None
+
+    def _store_accepted(
+        self, block: bytes, message: ReportMessage, peer: str
+    ) -> tuple[int, int | None, int | None]:
+        now = utcnow()
+        report = message.report
+        document_id = _document_id(message)
+        with self.db.session() as session:
+            row = Hl7Message(
+                received_at=now,
+                peer=peer,
+                control_id=message.control_id,
+                message_type=message.message_type,
+                size_bytes=len(block),
+                raw=block,
+                ack_code="AA",
+            )
+            session.add(row)
+            session.flush()
+            duplicate_of = None
+            if document_id:
+                duplicate_of = session.scalar(
+                    select(Report.id).where(
+                        Report.document_id == document_id, Report.kind == message.kind
+                    )
+                )
+            if duplicate_of is not None:
+                row.error = f"doublon du compte rendu n°{duplicate_of} : non remis en file"
+                return row.id, None, duplicate_of
+            state = (
+                ReportState.WITHDRAWAL_RECEIVED
+                if message.kind in ("withdraw", "withdraw_exam")
+                else ReportState.RECEIVED
+            )
+            accession = (
+                report.accession_number.extension if report and report.accession_number else ""
+            )
+            entry = Report(
+                message_id=row.id,
+                received_at=now,
+                updated_at=now,
+                kind=message.kind,
+                patient_ins=message.patient_ins or (report.patient.ins if report else ""),
+                patient_ins_oid=message.patient_ins_oid
+                or (report.patient.ins_oid if report else ""),
+                patient_ipp=message.patient_ipp or "",
+                study_uid=report.study_instance_uid
+                if report
+                else (message.study_instance_uid or ""),
+                accession=accession or (message.accession_number or ""),
+                document_id=document_id,
+                set_id=_ii(report.set_id) if report else "",
+                version_number=report.version_number if report else None,
+                replaced_document_id=(
+                    _ii(report.replaced_document_id)
+                    if report and report.replaced_document_id
+                    else (message.replaced_document_id or "")
+                ),
+                flags=dict(message.flags),
+                cda=message.cda_xml,
+                state=state.value,
+                attempts=0,
+                next_attempt_at=now,
+            )
+            session.add(entry)
+            session.flush()
+            return row.id, entry.id, None
+
+
+def _ii(identifier: object) -> str:
+    root = getattr(identifier, "root", "")
+    extension = getattr(identifier, "extension", "")
+    return f"{root}^{extension}" if extension else str(root)
+
+
+def _document_id(message: ReportMessage) -> str:
+    if message.report is not None:
+        return _ii(message.report.document_id)
+    return message.document_id or ""
+
+
+def _msh_field(text: str, number: int) -> str:
+    """Best effort read of MSH-n for the trace of a refused message (it may not parse)."""
+    first = text.lstrip("\x0b").split("\r", 1)[0].split("\n", 1)[0]
+    if not first.startswith("MSH") or len(first) < 4:
+        return ""
+    fields = first.split(first[3])
+    value = fields[number - 1] if len(fields) > number - 1 else ""
+    return value[:199]

@@ -1,0 +1,198 @@
+"""The report pipeline: from a stored report to a KOS manifest built from what the PACS holds.
+
+A worker claims due reports with a lease (so that a crash mid-way only delays the report, and
+several nodes on PostgreSQL never process the same one), reads the study from the PACS, checks
+that the PACS and the report describe the same patient and exam, and builds the manifest. Every
+outcome is written back with its reason in French for the site staff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pydicom import Dataset
+from sqlalchemy import or_, select, update
+
+from drimbox.cda import CdaError, parse_report
+from drimbox.config import Config
+from drimbox.db import Database, Report, ReportState, utcnow
+from drimbox.dicom.kos import IdentityMismatch, KosError, KosSite, build_manifest, manifest_to_bytes
+from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
+
+log = logging.getLogger(__name__)
+
+DUE_STATES = (ReportState.RECEIVED.value, ReportState.WAITING_IMAGES.value)
+LEASE = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: ReportState
+    reason: str | None = None
+    retry_in_s: float | None = None
+
+
+def pacs_settings(config: Config) -> PacsSettings:
+    pacs = config.pacs
+    return PacsSettings(
+        host=pacs.host,
+        port=pacs.port,
+        called_aet=pacs.called_aet,
+        calling_aet=pacs.calling_aet,
+        acse_timeout=pacs.timeout_s,
+        dimse_timeout=pacs.timeout_s,
+        network_timeout=pacs.timeout_s,
+        max_pdu=pacs.max_pdu,
+    )
+
+
+def kos_site(config: Config) -> KosSite:
+    return KosSite(
+        uid_root=config.site.uid_root,
+        public_base_url=config.site.public_base_url,
+        institution_name=config.site.name,
+    )
+
+
+class ReportPipeline:
+    def __init__(self, config: Config, db: Database, pacs: PacsClient | None = None) -> None:
+        self.config = config
+        self.db = db
+        self.pacs = pacs or PacsClient(pacs_settings(config))
+        self.site = kos_site(config)
+
+    # -- claiming ---------------------------------------------------------------------------
+    def claim_next(self) -> int | None:
+        """Take the oldest due report and lease it; None when nothing is due.
+
+        One UPDATE … RETURNING, so that two workers (threads, or nodes on PostgreSQL with SKIP
+        LOCKED) can never lease the same report.
+        """
+        now = utcnow()
+        due = (
+            select(Report.id)
+            .where(Report.state.in_(DUE_STATES))
+            .where(or_(Report.next_attempt_at.is_(None), Report.next_attempt_at <= now))
+            .order_by(Report.id)
+            .limit(1)
+        )
+        if not self.db.is_sqlite:
+            due = due.with_for_update(skip_locked=True)
+        claim = (
+            update(Report)
+            .where(Report.id == due.scalar_subquery())
+            .values(next_attempt_at=now + LEASE, attempts=Report.attempts + 1)
+            .returning(Report.id)
+        )
+        with self.db.session() as session:
+            return session.scalar(claim)
+
+    # -- processing -------------------------------------------------------------------------
+    def process(self, report_id: int) -> Outcome:
+        with self.db.session() as session:
+            report = session.get(Report, report_id)
+            if report is None:
+                raise LookupError(report_id)
+            cda, received_at, attempts = report.cda, report.received_at, report.attempts
+        kos: Dataset | None
+        try:
+            outcome, kos = self._build(cda, received_at, attempts)
+        except Exception as exc:
+            log.exception("report %s: unexpected failure", report_id)
+            outcome = Outcome(
+                ReportState.RECEIVED, f"Erreur interne : {exc}", self._backoff(attempts)
+            )
+            kos = None
+        now = utcnow()
+        with self.db.session() as session:
+            report = session.get(Report, report_id)
+            assert report is not None
+            report.state = outcome.state.value
+            report.reason = outcome.reason
+            report.updated_at = now
+            report.next_attempt_at = (
+                now + timedelta(seconds=outcome.retry_in_s) if outcome.retry_in_s else None
+            )
+            if kos is not None:
+                report.kos = manifest_to_bytes(kos)
+                report.kos_sop_uid = str(kos.SOPInstanceUID)
+                report.kos_instance_count = sum(
+                    len(series.ReferencedSOPSequence)
+                    for evidence in kos.CurrentRequestedProcedureEvidenceSequence
+                    for series in evidence.ReferencedSeriesSequence
+                )
+        log.info("report %s: %s %s", report_id, outcome.state.value, outcome.reason or "")
+        return outcome
+
+    def _build(
+        self, cda: bytes | None, received_at: datetime, attempts: int
+    ) -> tuple[Outcome, Dataset | None]:
+        if not cda:
+            return Outcome(ReportState.REFUSED, "Aucun CDA dans le message"), None
+        try:
+            parsed = parse_report(cda)
+        except CdaError as exc:
+            return Outcome(ReportState.REFUSED, f"CDA illisible : {exc}"), None
+        try:
+            study = self.pacs.snapshot(parsed.study_instance_uid)
+        except PacsError as exc:
+            return Outcome(
+                ReportState.RECEIVED, f"PACS injoignable : {exc}", self._backoff(attempts)
+            ), None
+        if study is None or study.instance_count == 0:
+            waited = utcnow() - _aware(received_at)
+            limit = timedelta(hours=self.config.source.images_wait_h)
+            if waited >= limit:
+                return Outcome(
+                    ReportState.REFUSED,
+                    f"Examen {parsed.study_instance_uid} absent du PACS après "
+                    f"{self.config.source.images_wait_h:g} h d'attente",
+                ), None
+            return Outcome(
+                ReportState.WAITING_IMAGES,
+                f"Examen {parsed.study_instance_uid} pas encore dans le PACS",
+                self._backoff(attempts),
+            ), None
+        try:
+            kos = build_manifest(parsed, study, self.site)
+        except IdentityMismatch as exc:
+            reasons = "; ".join(exc.reasons)
+            return Outcome(ReportState.REFUSED, f"Identité incohérente PACS/CR : {reasons}"), None
+        except KosError as exc:
+            return Outcome(ReportState.REFUSED, f"KOS impossible : {exc}"), None
+        return Outcome(ReportState.KOS_BUILT, None), kos
+
+    def _backoff(self, attempts: int) -> float:
+        source = self.config.source
+        return float(min(source.retry_max_s, source.retry_initial_s * 2 ** max(0, attempts - 1)))
+
+    def run_once(self) -> Outcome | None:
+        report_id = self.claim_next()
+        return None if report_id is None else self.process(report_id)
+
+    def drain(self) -> int:
+        """Process everything due now (tests, CLI); returns how many reports were handled."""
+        handled = 0
+        while self.run_once() is not None:
+            handled += 1
+        return handled
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                outcome = await asyncio.to_thread(self.run_once)
+            except Exception:
+                log.exception("report pipeline failure")
+                outcome = None
+            if outcome is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.source.poll_interval_s)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes for what was stored as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -1,0 +1,74 @@
+"""The schema and the claiming of work behave the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import inspect, select
+
+from drimbox.config import load_config
+from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
+from drimbox.source.pipeline import ReportPipeline
+
+
+def _add_reports(db: Database, count: int) -> None:
+    now = utcnow()
+    with db.session() as session:
+        for index in range(count):
+            message = Hl7Message(received_at=now, size_bytes=1, raw=b"x", ack_code="AA")
+            session.add(message)
+            session.flush()
+            session.add(
+                Report(
+                    message_id=message.id,
+                    received_at=now,
+                    updated_at=now,
+                    kind="publish",
+                    document_id=f"1.2.3.{index}",
+                    flags={"MASQUE_PS": False},
+                    state=ReportState.RECEIVED.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                )
+            )
+
+
+def test_upgrade_creates_the_schema_and_is_idempotent(database: Database) -> None:
+    database.upgrade()  # a second upgrade on an up-to-date schema changes nothing
+    tables = set(inspect(database.engine).get_table_names())
+    assert {"hl7_messages", "reports", "alembic_version"} <= tables
+
+
+def test_report_round_trip_keeps_binary_and_json(database: Database) -> None:
+    _add_reports(database, 1)
+    with database.session() as session:
+        report = session.scalars(select(Report)).one()
+        report.kos = bytes(range(256)) * 10
+    with database.session() as session:
+        report = session.scalars(select(Report)).one()
+        assert report.kos == bytes(range(256)) * 10
+        assert report.flags == {"MASQUE_PS": False}
+        assert report.received_at.tzinfo is not None or database.is_sqlite
+
+
+def test_concurrent_workers_never_claim_the_same_report(database: Database) -> None:
+    _add_reports(database, 40)
+    config = load_config(environ={})
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        pipeline = ReportPipeline(config, database)
+        while (report_id := pipeline.claim_next()) is not None:
+            with lock:
+                claimed.append(report_id)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(claimed) == sorted(set(claimed)), "a report was claimed twice"
+    assert len(claimed) == 40
+    # Claimed reports are leased: nothing is due any more.
+    assert ReportPipeline(config, database).claim_next() is None

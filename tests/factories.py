@@ -1,0 +1,80 @@
+"""Builders of real domain objects for tests, with the values of the official exam C (CR_C.xml)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from drimbox.cda.model import (
+    Code,
+    HealthProfessional,
+    Identifier,
+    ImagingReport,
+    Organization,
+    Patient,
+    PersonName,
+)
+
+CR_C_STUDY_UID = "1.2.250.1.213.4.5.2.1.103"
+CR_C_INS = "279035121518989"
+CR_C_INS_OID = "1.2.250.1.213.1.4.10"
+CR_C_IPP = Identifier(root="1.2.250.1.213.4.5.2.4", extension="IPP101")
+CR_C_ACCESSION = Identifier(root="1.2.250.1.925.994044785528.27", extension="ACN103")
+CR_C_ORDER = Identifier(root="1.2.250.1.213.4.5.2.6", extension="OPN103")
+
+_PARIS = timezone(timedelta(hours=1))
+
+
+def make_patient(**overrides: Any) -> Patient:
+    patient = Patient(
+        ins=CR_C_INS,
+        ins_oid=CR_C_INS_OID,
+        ipp=CR_C_IPP,
+        name=PersonName(family="PAT-TROIS", given=("DOMINIQUE",)),
+        birth_date=date(1979, 3, 28),
+        sex="F",
+    )
+    return dataclasses.replace(patient, **overrides)
+
+
+def make_report(**overrides: Any) -> ImagingReport:
+    """The ImagingReport the CDA parser yields for CR_C.xml; any field can be overridden."""
+    structure = Organization(
+        id=Identifier(root="1.2.250.1.71.4.2.2", extension="101235555"),
+        name="Centre de radiologie Ambroise",
+    )
+    author = HealthProfessional(
+        id=Identifier(root="1.2.250.1.71.4.2.1", extension="801234560801"),
+        name=PersonName(family="RADIOLOGUE", given=("PAUL",)),
+        code=Code("G15_10/SM44", "1.2.250.1.213.1.1.4.5", "Médecin - Radio-diagnostic (SM)"),
+        organization=structure,
+        time=datetime(2021, 1, 8, 11, 17, tzinfo=_PARIS),
+    )
+    report = ImagingReport(
+        document_id=Identifier(root="1.2.250.1.213.4.5.4.403"),
+        set_id=Identifier(root="D52DE737-001D-4031-B571-0A0ED7C42300"),
+        version_number=1,
+        title="CR d’imagerie médicale",
+        effective_time=datetime(2021, 1, 8, 11, 17, tzinfo=_PARIS),
+        confidentiality=Code("N", "2.16.840.1.113883.5.25", "Normal"),
+        patient=make_patient(),
+        study_instance_uid=CR_C_STUDY_UID,
+        accession_number=CR_C_ACCESSION,
+        placer_order=CR_C_ORDER,
+        act_code=Code("24727-0", "2.16.840.1.113883.6.1", "CT Head W contrast IV"),
+        act_translations=(),
+        modalities=(Code("CT", "1.2.840.10008.2.16.4", "Computed Tomography"),),
+        regions=(Code("774007", "2.16.840.1.113883.6.96", "Head and Neck"),),
+        service_start=datetime(2021, 1, 8, 10, 0, tzinfo=_PARIS),
+        service_stop=datetime(2021, 1, 8, 10, 30, tzinfo=_PARIS),
+        authors=(author,),
+        legal_authenticator=author,
+        custodian=structure,
+        healthcare_facility_type=None,
+        practice_setting=None,
+        replaced_document_id=None,
+        viewer_url=None,
+        document_code=Code("18748-4", "2.16.840.1.113883.6.1", "CR d'imagerie médicale"),
+    )
+    return dataclasses.replace(report, **overrides)

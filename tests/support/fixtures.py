@@ -1,0 +1,42 @@
+"""Fixtures shared by the whole suite, loaded as a pytest plugin (`-p support.fixtures`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from drimbox.db import Database
+from support.postgres import TemporaryPostgres, find_bin_dir
+
+_counter = iter(range(1_000_000))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[TemporaryPostgres]:
+    if find_bin_dir() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL must be installed in CI (.ci/run installs it)")
+        pytest.skip("PostgreSQL not installed")
+    server = TemporaryPostgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind the product supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'drimbox.db'}"
+    server: TemporaryPostgres = request.getfixturevalue("postgres_server")
+    return server.create_database(f"drimbox_{os.getpid()}_{next(_counter)}")
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    db.upgrade()
+    yield db
+    db.dispose()

@@ -1,0 +1,81 @@
+"""A real node (`drimbox.node.Node`) running on its own event-loop thread, as `serve` runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from drimbox.config import Config, load_config
+from drimbox.db import Report
+from drimbox.node import Node
+from drimbox.sim.orthanc import LocalOrthanc
+
+
+def node_config(
+    tmp_path: Path, orthanc: LocalOrthanc | None, **sections: dict[str, Any]
+) -> Config:
+    """A Source node on loopback: MLLP on a free port, SQLite in tmp_path, fast retries."""
+    environ = {
+        "DRIMBOX_HL7__PORT": "0",
+        "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp_path / 'node.db'}",
+        "DRIMBOX_STORE__CACHE_DIR": str(tmp_path / "cache"),
+        "DRIMBOX_SITE__PUBLIC_BASE_URL": "https://db.site-a.test",
+        "DRIMBOX_SITE__UID_ROOT": "1.2.250.1.999.77",
+        "DRIMBOX_SOURCE__POLL_INTERVAL_S": "0.05",
+        "DRIMBOX_SOURCE__RETRY_INITIAL_S": "0.2",
+        "DRIMBOX_SOURCE__RETRY_MAX_S": "0.5",
+        "DRIMBOX_PACS__TIMEOUT_S": "5",
+    }
+    if orthanc is not None:
+        environ |= {
+            "DRIMBOX_PACS__HOST": "127.0.0.1",
+            "DRIMBOX_PACS__PORT": str(orthanc.dicom_port),
+            "DRIMBOX_PACS__CALLED_AET": orthanc.aet,
+        }
+    for section, values in sections.items():
+        for key, value in values.items():
+            environ[f"DRIMBOX_{section.upper()}__{key.upper()}"] = str(value)
+    return load_config(environ=environ)
+
+
+class RunningNode:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.node = Node(config)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> RunningNode:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.node.start(), self.loop).result(30)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.node.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    @property
+    def hl7_port(self) -> int:
+        assert self.node.mllp is not None
+        return self.node.mllp.port
+
+    def wait_for_report(self, report_id: int, states: set[str], timeout_s: float = 60) -> Report:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.node.db.session() as session:
+                report = session.get(Report, report_id)
+                if report is not None and report.state in states:
+                    return report
+            if time.monotonic() > deadline:
+                raise AssertionError(f"report {report_id} never reached {states}: {report}")
+            time.sleep(0.05)
+
+    def reports(self) -> list[Report]:
+        with self.node.db.session() as session:
+            return list(session.scalars(select(Report).order_by(Report.id)))

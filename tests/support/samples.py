@@ -1,0 +1,51 @@
+"""The official ANS samples bundled with the project, and variants of them built for tests."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from drimbox.samples import ANS_DIR
+
+ANS = ANS_DIR
+HL7 = ANS / "hl7"
+
+CDA_ID_C = "1.2.250.1.213.4.5.4.403"
+
+
+def hl7_text(name: str) -> str:
+    return (HL7 / name).read_bytes().decode("utf-8")
+
+
+def _segments(text: str) -> list[str]:
+    return [s for s in re.split(r"\r\n|\n|\r", text) if s]
+
+
+def cda_of(text: str) -> bytes:
+    for segment in _segments(text):
+        fields = segment.split("|")
+        if fields[0] == "OBX" and fields[2] == "ED":
+            return base64.b64decode(fields[5].split("^")[4])
+    raise ValueError("no CDA in message")
+
+
+def with_cda(text: str, cda: bytes) -> str:
+    """The same message carrying another CDA in OBX-5."""
+    out = []
+    for segment in _segments(text):
+        fields = segment.split("|")
+        if fields[0] == "OBX" and fields[2] == "ED":
+            components = fields[5].split("^")
+            components[4] = base64.b64encode(cda).decode("ascii")
+            fields[5] = "^".join(components)
+            segment = "|".join(fields)
+        out.append(segment)
+    return "\r".join(out) + "\r"
+
+
+def report_variant(text: str, index: int) -> str:
+    """A distinct report version (new CDA id) of a sample, for load tests."""
+    cda = cda_of(text).replace(
+        f'<id root="{CDA_ID_C}"/>'.encode(), f'<id root="{CDA_ID_C}.{index}"/>'.encode(), 1
+    )
+    return with_cda(text, cda)

@@ -1,0 +1,80 @@
+"""Configuration: defaults, TOML, environment overrides and the operator's error messages."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from drimbox.cli import app
+from drimbox.config import Config, ConfigError, load_config
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "drimbox.toml"
+
+
+def test_defaults_need_no_file() -> None:
+    config = load_config(environ={})
+    assert config.hl7.port == 2575
+    assert config.http.port == 8080
+    assert config.pacs.scp_port == 11112
+    assert config.store.database_url.startswith("sqlite:///")
+
+
+def test_example_file_is_valid_and_documents_every_key() -> None:
+    load_config(EXAMPLE, environ={})
+    written = tomllib.loads(EXAMPLE.read_text())
+    for section, model in Config.model_fields.items():
+        assert section in written, f"[{section}] missing from the example"
+        section_type = model.annotation
+        assert section_type is not None
+        for key in section_type.model_fields:  # type: ignore[union-attr]
+            assert key in written[section], f"{section}.{key} missing from the example"
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "node.toml"
+    file.write_text('[pacs]\nport = 104\n[store]\ndatabase_url = "sqlite:///db/x.db"\n')
+    config = load_config(file, environ={"DRIMBOX_PACS__PORT": "4242", "OTHER": "1"})
+    assert config.pacs.port == 4242
+    # relative paths are taken from the file's folder, not from the working directory
+    assert config.store.database_url == f"sqlite:///{tmp_path / 'db' / 'x.db'}"
+
+
+@pytest.mark.parametrize(
+    ("toml", "environ", "expected"),
+    [
+        ("[pacs]\nport = 'abc'\n", {}, "pacs.port : doit être un nombre entier"),
+        ("[pacs]\nportt = 1\n", {}, "pacs.portt : clé inconnue"),
+        ("[pacs]\nretrieve = 'ftp'\n", {}, "pacs.retrieve : valeur « ftp » non admise"),
+        ("[site]\nuid_root = '1.02.3'\n", {}, "site.uid_root : doit être un OID"),
+        ("[store]\ndatabase_url = 'mysql://x'\n", {}, "store.database_url"),
+        ("[hl7]\nport = 70000\n", {}, "hl7.port : valeur hors limites"),
+        ("", {"DRIMBOX_PACS": "x"}, "DRIMBOX_PACS : attendu DRIMBOX_<SECTION>__<CLÉ>"),
+        ("", {"DRIMBOX_NOPE__X": "1"}, "nope : clé inconnue"),
+        ("[pacs\n", {}, "syntaxe TOML invalide"),
+    ],
+)
+def test_each_wrong_key_is_named(
+    tmp_path: Path, toml: str, environ: dict[str, str], expected: str
+) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(file, environ=environ)
+    assert any(expected in problem for problem in caught.value.problems), caught.value.problems
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["config", "check", str(EXAMPLE)])
+    assert ok.exit_code == 0, ok.output
+    assert "Configuration valide" in ok.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pacs]\nport = 'x'\nfoo = 1\n")
+    result = runner.invoke(app, ["config", "check", str(bad)])
+    assert result.exit_code == 2
+    assert "pacs.port" in result.output and "pacs.foo : clé inconnue" in result.output
+    missing = runner.invoke(app, ["config", "check", str(tmp_path / "none.toml")])
+    assert missing.exit_code == 2 and "fichier introuvable" in missing.output
