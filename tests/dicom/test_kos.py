@@ -28,7 +28,7 @@ from drimbox.dicom.model import StudySnapshot
 from drimbox.dicom.pacs import PacsClient, PacsSettings
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec, generate_study
-from factories import (
+from support.factories import (
     CR_C_ACCESSION,
     CR_C_INS,
     CR_C_INS_OID,

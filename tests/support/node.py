@@ -16,9 +16,7 @@ from drimbox.node import Node
 from drimbox.sim.orthanc import LocalOrthanc
 
 
-def node_config(
-    tmp_path: Path, orthanc: LocalOrthanc | None, **sections: dict[str, Any]
-) -> Config:
+def node_config(tmp_path: Path, orthanc: LocalOrthanc | None, **sections: dict[str, Any]) -> Config:
     """A Source node on loopback: MLLP on a free port, SQLite in tmp_path, fast retries."""
     environ = {
         "DRIMBOX_HL7__PORT": "0",
