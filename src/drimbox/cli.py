@@ -33,7 +33,9 @@ sim_app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(reports_app, name="reports")
 app.add_typer(db_app, name="db")
+pacs_app = typer.Typer(help="PACS du site.", no_args_is_help=True)
 app.add_typer(sim_app, name="sim")
+app.add_typer(pacs_app, name="pacs")
 
 console = Console()
 err = Console(stderr=True)
@@ -90,6 +92,21 @@ def db_upgrade(config: ConfigOption = None) -> None:
     cfg = _load(config)
     _database(cfg).dispose()
     console.print(f"[green]Schéma à jour[/] : {cfg.store.database_url}")
+
+
+@pacs_app.command("echo")
+def pacs_echo(config: ConfigOption = None) -> None:
+    """Vérifie la connexion DICOM au PACS (C-ECHO) avec les réglages de la configuration."""
+    from drimbox.dicom.pacs import PacsClient, PacsError
+    from drimbox.source.pipeline import pacs_settings
+
+    cfg = _load(config)
+    client = PacsClient(pacs_settings(cfg))
+    try:
+        client.echo()
+    except PacsError as exc:
+        fail(str(exc))
+    console.print(f"[green]PACS joignable[/] : {client.settings.label}", highlight=False)
 
 
 @app.command()

@@ -70,7 +70,7 @@ def test_finds(orthanc: LocalOrthanc, stored_study: list[Path]) -> None:
     assert len(series) == 2
     ct = next(s for s in series if s.Modality == "CT")
     assert len(client.find_instances(STUDY_UID, ct.SeriesInstanceUID)) == 4
-    with pytest.raises(PacsError, match="unknown DICOM keyword"):
+    with pytest.raises(PacsError, match=r"clé\(s\) DICOM inconnue"):
         client.find_studies(NotAKeyword="x")
 
 
@@ -84,11 +84,11 @@ def test_unreachable_pacs_is_named_in_the_error() -> None:
     with pytest.raises(PacsError) as excinfo:
         client.echo()
     message = str(excinfo.value)
-    assert f"PACS@127.0.0.1:{port}" in message and "unreachable" in message
+    assert f"PACS@127.0.0.1:{port}" in message and "injoignable" in message
 
 
 def test_rejected_association_says_why(orthanc: LocalOrthanc) -> None:
-    with pytest.raises(PacsError, match=r"rejected the association.*Called AE title"):
+    with pytest.raises(PacsError, match=r"association refusée.*Called AE title"):
         client_for(orthanc, called_aet="NOT_ORTHANC").echo()
 
 
@@ -100,7 +100,7 @@ def test_silent_peer_times_out() -> None:
         client = PacsClient(
             PacsSettings(host="127.0.0.1", port=port, called_aet="PACS", acse_timeout=1)
         )
-        with pytest.raises(PacsError, match="did not answer the association request"):
+        with pytest.raises(PacsError, match=r"pas de réponse à l.association"):
             client.echo()
 
 

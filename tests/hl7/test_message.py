@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from drimbox.hl7 import HL7Error, ReportMessage, build_ack, parse_report_message
 from drimbox.samples import ANS_DIR
+from support.samples import cda_of, segments, with_cda, with_obx5_data
+from support.samples import hl7_text as sample
 
 FIXTURES = ANS_DIR
 HL7_DIR = FIXTURES / "hl7"
@@ -20,41 +22,6 @@ INS_OID = "1.2.250.1.213.1.4.10"
 INS_CDA = b'<id extension="279035121518989" root="1.2.250.1.213.1.4.10"/>'
 INS_PID = "279035121518989^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS^^~"
 STUDY_CDA = b'<id root="1.2.250.1.213.4.5.2.1.103"/>'
-
-
-def sample(name: str) -> str:
-    # read_bytes: text mode would turn the CR segment separators into LF
-    return (HL7_DIR / name).read_bytes().decode("utf-8")
-
-
-def segments(text: str) -> list[str]:
-    return [s for s in re.split(r"\r\n|\n|\r", text) if s]
-
-
-def cda_of(text: str) -> bytes:
-    for seg in segments(text):
-        fields = seg.split("|")
-        if fields[0] == "OBX" and fields[2] == "ED":
-            return base64.b64decode(fields[5].split("^")[4])
-    raise AssertionError("no CDA in message")
-
-
-def with_obx5_data(text: str, data: str) -> str:
-    """The same message with OBX-5.5 (the base64 CDA) replaced by `data`."""
-    out = []
-    for seg in segments(text):
-        fields = seg.split("|")
-        if fields[0] == "OBX" and fields[2] == "ED":
-            components = fields[5].split("^")
-            components[4] = data
-            fields[5] = "^".join(components)
-            seg = "|".join(fields)
-        out.append(seg)
-    return "\r".join(out) + "\r"
-
-
-def with_cda(text: str, cda: bytes) -> str:
-    return with_obx5_data(text, base64.b64encode(cda).decode("ascii"))
 
 
 def edit_cda(text: str, old: bytes, new: bytes) -> str:

@@ -14,33 +14,39 @@ CDA_ID_C = "1.2.250.1.213.4.5.4.403"
 
 
 def hl7_text(name: str) -> str:
+    # read_bytes: text mode would turn the CR segment separators into LF
     return (HL7 / name).read_bytes().decode("utf-8")
 
 
-def _segments(text: str) -> list[str]:
+def segments(text: str) -> list[str]:
     return [s for s in re.split(r"\r\n|\n|\r", text) if s]
 
 
 def cda_of(text: str) -> bytes:
-    for segment in _segments(text):
+    for segment in segments(text):
         fields = segment.split("|")
         if fields[0] == "OBX" and fields[2] == "ED":
             return base64.b64decode(fields[5].split("^")[4])
     raise ValueError("no CDA in message")
 
 
-def with_cda(text: str, cda: bytes) -> str:
-    """The same message carrying another CDA in OBX-5."""
+def with_obx5_data(text: str, data: str) -> str:
+    """The same message with OBX-5.5 (the base64 CDA) replaced by `data`."""
     out = []
-    for segment in _segments(text):
+    for segment in segments(text):
         fields = segment.split("|")
         if fields[0] == "OBX" and fields[2] == "ED":
             components = fields[5].split("^")
-            components[4] = base64.b64encode(cda).decode("ascii")
+            components[4] = data
             fields[5] = "^".join(components)
             segment = "|".join(fields)
         out.append(segment)
     return "\r".join(out) + "\r"
+
+
+def with_cda(text: str, cda: bytes) -> str:
+    """The same message carrying another CDA in OBX-5."""
+    return with_obx5_data(text, base64.b64encode(cda).decode("ascii"))
 
 
 def report_variant(text: str, index: int) -> str:

@@ -149,7 +149,7 @@ class PacsSession:
         status = self._assoc.send_c_echo()
         code = self._status_code(status, "C-ECHO")
         if code != _SUCCESS:
-            raise PacsError(f"PACS {self._settings.label} answered C-ECHO with status 0x{code:04X}")
+            raise PacsError(f"PACS {self._settings.label} : C-ECHO refusé (statut 0x{code:04X})")
 
     def find(
         self, level: str, return_keys: tuple[str, ...], keys: Mapping[str, Any]
@@ -165,12 +165,14 @@ class PacsSession:
             identifier.OtherPatientIDsSequence = []
         unknown = [kw for kw in keys if tag_for_keyword(kw) is None]
         if unknown:
-            raise PacsError(f"unknown DICOM keyword(s) in C-FIND keys: {', '.join(unknown)}")
+            raise PacsError(
+                f"clé(s) DICOM inconnue(s) dans la requête C-FIND : {', '.join(unknown)}"
+            )
         for keyword, value in keys.items():
             try:
                 setattr(identifier, keyword, value)
             except (ValueError, TypeError) as exc:
-                raise PacsError(f"invalid C-FIND key {keyword}={value!r}: {exc}") from exc
+                raise PacsError(f"clé C-FIND invalide {keyword}={value!r} : {exc}") from exc
 
         results: list[Dataset] = []
         responses = self._assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)
@@ -183,9 +185,9 @@ class PacsSession:
             if code == _SUCCESS:
                 break
             comment = status.get("ErrorComment", "")
-            label = "was cancelled" if code == _CANCEL else f"failed with status 0x{code:04X}"
+            label = "annulé" if code == _CANCEL else f"en échec (statut 0x{code:04X})"
             raise PacsError(
-                f"PACS {self._settings.label}: C-FIND at {level} level {label}"
+                f"PACS {self._settings.label} : C-FIND niveau {level} {label}"
                 + (f" ({comment})" if comment else "")
             )
         return results
@@ -195,8 +197,8 @@ class PacsSession:
         if "Status" not in status:
             s = self._settings
             raise PacsError(
-                f"PACS {s.label} did not answer the {what} request within {s.dimse_timeout:.0f} s "
-                "or closed the association"
+                f"PACS {s.label} : pas de réponse à la requête {what} en {s.dimse_timeout:.0f} s "
+                "ou association fermée"
             )
         code: int = status.Status
         return code
@@ -270,25 +272,25 @@ class PacsClient:
 
     def _association_failure(self, assoc: Association) -> str:
         s = self.settings
-        where = f"PACS {s.label} (box AE title {s.calling_aet})"
+        where = f"PACS {s.label} (AE Title de la DRIMbox : {s.calling_aet})"
         primitive = getattr(assoc.acceptor, "primitive", None)
         if assoc.is_rejected and primitive is not None:
             return (
-                f"{where} rejected the association: {primitive.reason_str} "
-                f"({primitive.result_str}, {primitive.source_str}); check that the PACS knows "
-                f"the AE title {s.calling_aet!r} and that its own AE title is {s.called_aet!r}"
+                f"{where} : association refusée : {primitive.reason_str} "
+                f"({primitive.result_str}, {primitive.source_str}) ; vérifiez que le PACS connaît "
+                f"l'AE Title {s.calling_aet!r} et que le sien est bien {s.called_aet!r}"
             )
         if primitive is None and not _tcp_reachable(s.host, s.port, s.connection_timeout):
             return (
-                f"{where} is unreachable: nothing accepts TCP connections on "
-                f"{s.host}:{s.port} (PACS down, wrong host/port, or a firewall)"
+                f"{where} injoignable : aucune connexion TCP possible sur "
+                f"{s.host}:{s.port} (PACS arrêté, hôte/port erronés ou pare-feu)"
             )
         if primitive is None:
             return (
-                f"{where} accepted the TCP connection but did not answer the association request "
-                f"within {s.acse_timeout:.0f} s (is this port a DICOM service?)"
+                f"{where} : connexion TCP acceptée mais pas de réponse à l'association en "
+                f"{s.acse_timeout:.0f} s (ce port est-il un service DICOM ?)"
             )
-        return f"{where} aborted the association (no common presentation context?)"
+        return f"{where} : association interrompue (aucun contexte de présentation commun ?)"
 
     def echo(self) -> None:
         """C-ECHO: raises `PacsError` unless the PACS answers Success."""
