@@ -148,6 +148,59 @@ class SourceConfig(_Section):
     )
 
 
+class DmpConfig(_Section):
+    """The national DMP (IHE XDS.b registry/repository) where the Source publishes its KOS."""
+
+    base_url: str = Field(
+        "",
+        description="URL de base du DMP (les services /registry, /repository, /patients, "
+        "/habilitations sont dessous). Vide : pas de publication (les KOS restent construits).",
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, description="Délai d'attente d'une requête DMP (secondes)."
+    )
+    tls_cert: str = Field(
+        "", description="Certificat ORG d'authentification (PEM) présenté au DMP (TLS mutuel)."
+    )
+    tls_key: str = Field("", description="Clé privée (PEM) du certificat d'authentification.")
+    tls_ca: str = Field(
+        "",
+        description="Autorités (PEM) pour vérifier le serveur du DMP ; vide : celles du système.",
+    )
+    signing_cert: str = Field(
+        "", description="Certificat ORG de signature (PEM) : VIHF et document de signature XAdES."
+    )
+    signing_key: str = Field("", description="Clé privée (PEM) du certificat de signature.")
+    lps_id: str = Field("", description="Identifiant du logiciel (LPS_ID) enregistré au DMP.")
+    lps_name: str = Field("DRIMbox", description="Nom du logiciel (LPS_Nom).")
+    lps_version: str = Field("0.1.0", description="Version du logiciel (LPS_Version).")
+    lps_homologation_id: str = Field(
+        "", description="Numéro d'homologation DMP du logiciel (LPS_ID_HOMOLOGATION_DMP)."
+    )
+    vihf_version: str = Field("3.0", description="Version du VIHF (jeton SAML).")
+    activity_sector: str = Field(
+        "SA07^1.2.250.1.71.4.2.4",
+        description="Secteur d'activité du VIHF (code^système), ex. SA07 (cabinet), SA01 (ES).",
+    )
+    signature_algorithm: Literal["rsa-sha256", "rsa-sha512", "rsa-sha1"] = Field(
+        "rsa-sha256", description="Algorithme de signature du VIHF et du XAdES."
+    )
+    digest_algorithm: Literal["sha256", "sha512", "sha1"] = Field(
+        "sha256", description="Algorithme d'empreinte des signatures."
+    )
+    retry_initial_s: float = Field(
+        30.0, gt=0, description="Premier délai avant nouvel essai quand le DMP est injoignable."
+    )
+    retry_max_s: float = Field(3600.0, gt=0, description="Délai maximal entre deux essais.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("doit commencer par https:// (ou http:// pour un simulateur local)")
+        return value.rstrip("/")
+
+
 class StoreConfig(_Section):
     """Where the node keeps its state."""
 
@@ -177,6 +230,7 @@ class Config(_Section):
     hl7: Hl7Config = Hl7Config()
     pacs: PacsConfig = PacsConfig()
     source: SourceConfig = SourceConfig()
+    dmp: DmpConfig = DmpConfig()
     store: StoreConfig = StoreConfig()
 
     def resolve_paths(self, base: Path) -> Config:
@@ -188,7 +242,12 @@ class Config(_Section):
             if rel and rel != ":memory:":
                 store.database_url = "sqlite:///" + str((base / rel).resolve())
         store.cache_dir = str((base / store.cache_dir).resolve())
-        return self.model_copy(update={"store": store})
+        dmp = self.dmp.model_copy()
+        for key in ("tls_cert", "tls_key", "tls_ca", "signing_cert", "signing_key"):
+            value = getattr(dmp, key)
+            if value:
+                setattr(dmp, key, str((base / value).resolve()))
+        return self.model_copy(update={"store": store, "dmp": dmp})
 
 
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], list[str]]:

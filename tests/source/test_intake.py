@@ -69,6 +69,7 @@ def test_bad_messages_are_refused_and_kept(database: Database, raw: bytes, code:
 
 def test_no_aa_when_the_message_cannot_be_stored(database: Database) -> None:
     with database.session() as session:
+        session.execute(text("DROP TABLE dmp_jobs"))
         session.execute(text("DROP TABLE reports"))
     result = ReportIntake(database).handle(hl7_text("CR_C-ORU.hl7").encode(), "ris")
     assert result.ack_code == "AE"

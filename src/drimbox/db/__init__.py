@@ -5,6 +5,15 @@ how a unit of work is committed; the domain packages say what to store, not how.
 """
 
 from drimbox.db.engine import Database, utcnow
-from drimbox.db.models import Base, Hl7Message, Report, ReportState
+from drimbox.db.models import Base, DmpJob, Hl7Message, JobState, Report, ReportState
 
-__all__ = ["Base", "Database", "Hl7Message", "Report", "ReportState", "utcnow"]
+__all__ = [
+    "Base",
+    "Database",
+    "DmpJob",
+    "Hl7Message",
+    "JobState",
+    "Report",
+    "ReportState",
+    "utcnow",
+]

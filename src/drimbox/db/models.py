@@ -6,7 +6,17 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -21,7 +31,21 @@ class ReportState(enum.StrEnum):
     WAITING_IMAGES = "waiting_images"  # the PACS does not hold the study yet: retried
     KOS_BUILT = "kos_built"  # manifest built from the PACS, ready for publication
     REFUSED = "refused"  # never published: identity mismatch, study never arrived…
-    WITHDRAWAL_RECEIVED = "withdrawal_received"  # depublication stored, for the DMP stage
+    WITHDRAWAL_RECEIVED = "withdrawal_received"  # depublication stored, waiting for its job
+    PUBLISHING = "publishing"  # a publication job is queued or retrying
+    PUBLISHED = "published"  # the KOS is registered in the DMP (Approved)
+    PARKED = "parked"  # the DMP refused the submission for good: needs a person
+    REPLACED = "replaced"  # a newer version of the report replaced this KOS (RPLC)
+    WITHDRAWN = "withdrawn"  # the KOS was deleted from the DMP (depublication, IOCM)
+
+
+class JobState(enum.StrEnum):
+    """A DMP job in the outbox."""
+
+    QUEUED = "queued"
+    RETRYING = "retrying"  # the last attempt failed in a way worth retrying
+    DONE = "done"
+    PARKED = "parked"  # the DMP will never accept it as it is; `drimbox reports retry` re-queues
 
 
 class Hl7Message(Base):
@@ -73,3 +97,26 @@ class Report(Base):
     kos_sop_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     kos: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     kos_instance_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dmp_entry_uuid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DmpJob(Base):
+    """The outbox: one job per (report, action), so that a job is never done twice."""
+
+    __tablename__ = "dmp_jobs"
+    __table_args__ = (
+        UniqueConstraint("report_id", "action", name="uq_dmp_jobs_report_action"),
+        Index("ix_dmp_jobs_state_next", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"))
+    action: Mapped[str] = mapped_column(String(16))  # publish, delete
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    entry_uuid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

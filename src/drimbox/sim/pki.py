@@ -1,0 +1,175 @@
+"""A test PKI shaped like IGC-Santé, generated at run time (no key or certificate is committed).
+
+Issues a root CA, and under it the certificates a DRIMbox deployment handles: ORG authentication
+(mutual TLS client), ORG signing (VIHF, XAdES), server (TLS of the DMP, of a peer box), and the
+"ANS" whitelist signer. Subjects follow the IGC-Santé pattern `CN=…, OU=<structure id>, O=…,
+ST=…, C=FR`. Used by the tests, the simulators and the demo.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+Usage = Literal["auth", "sign", "server", "ca"]
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate and its key, in memory and (after `write`) as PEM files."""
+
+    certificate: x509.Certificate
+    key: rsa.RSAPrivateKey
+    cert_path: Path | None = None
+    key_path: Path | None = None
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    @property
+    def subject(self) -> str:
+        """RFC 4514 subject, e.g. `CN=DRIMbox,OU=499700367909006,O=…`."""
+        return self.certificate.subject.rfc4514_string()
+
+    def write(self, folder: Path, name: str) -> Issued:
+        folder.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+        cert_path.write_bytes(self.cert_pem)
+        key_path.write_bytes(self.key_pem)
+        key_path.chmod(0o600)
+        return Issued(self.certificate, self.key, cert_path, key_path)
+
+
+def subject_name(
+    common_name: str,
+    *,
+    organizational_unit: str = "",
+    organization: str = "",
+    state: str = "",
+    country: str = "FR",
+) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COUNTRY_NAME, country)]
+    if state:
+        attributes.append(x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, state))
+    if organization:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    if organizational_unit:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, organizational_unit))
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attributes)
+
+
+class TestPki:
+    """One CA and what it issues. `TestPki("AC IGC-Santé TEST")`, then `issue(...)`."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, ca_name: str = "AC RACINE IGC-SANTE TEST", *, key_size: int = 2048) -> None:
+        self.key_size = key_size
+        self.ca = self._issue(
+            subject_name(ca_name, organization="ASIP-SANTE", organizational_unit="IGC-SANTE"),
+            usage="ca",
+            issuer=None,
+            not_before=None,
+            days=3650,
+            dns_names=(),
+        )
+
+    def issue(
+        self,
+        common_name: str,
+        *,
+        usage: Usage,
+        organizational_unit: str = "",
+        organization: str = "",
+        state: str = "",
+        dns_names: tuple[str, ...] = (),
+        days: int = 365,
+        not_before: dt.datetime | None = None,
+    ) -> Issued:
+        """A leaf certificate; `not_before`/`days` make expired or not-yet-valid ones for tests."""
+        name = subject_name(
+            common_name,
+            organizational_unit=organizational_unit,
+            organization=organization,
+            state=state,
+        )
+        return self._issue(
+            name, usage=usage, issuer=self.ca, not_before=not_before, days=days, dns_names=dns_names
+        )
+
+    def _issue(
+        self,
+        name: x509.Name,
+        *,
+        usage: Usage,
+        issuer: Issued | None,
+        not_before: dt.datetime | None,
+        days: int,
+        dns_names: tuple[str, ...],
+    ) -> Issued:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=self.key_size)
+        start = not_before or (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer.certificate.subject if issuer else name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=usage == "ca", path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        )
+        if issuer is not None:
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), False
+            )
+        builder = builder.add_extension(_key_usage(usage), critical=True)
+        if usage in ("auth", "server"):
+            purposes = [ExtendedKeyUsageOID.CLIENT_AUTH]
+            if usage == "server":
+                purposes = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            builder = builder.add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
+        if dns_names:
+            alt_names: list[x509.GeneralName] = []
+            for dns in dns_names:
+                try:
+                    alt_names.append(x509.IPAddress(ipaddress.ip_address(dns)))
+                except ValueError:
+                    alt_names.append(x509.DNSName(dns))
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), False)
+        signer = issuer.key if issuer else key
+        certificate = builder.sign(signer, hashes.SHA256())
+        return Issued(certificate, key)
+
+
+def _key_usage(usage: Usage) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=usage != "ca",
+        content_commitment=usage == "sign",
+        key_encipherment=usage in ("auth", "server"),
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=usage == "ca",
+        crl_sign=usage == "ca",
+        encipher_only=False,
+        decipher_only=False,
+    )
