@@ -83,6 +83,22 @@ class HttpConfig(_Section):
     port: int = Field(8080, ge=1, le=65535, description="Port HTTP.")
 
 
+class ViewerConfig(_Section):
+    """The web viewer (OHIF) origin: its own host/port, as OHIF must sit at the root of an origin."""
+
+    host: str = Field("127.0.0.1", description="Adresse d'écoute de la visionneuse.")
+    port: int = Field(
+        8081, ge=0, le=65535, description="Port de la visionneuse (le nom vi… de la liste blanche)."
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8081",
+        description="URL publique de la visionneuse, celle des liens IHEInvokeImageDisplay.",
+    )
+    ohif_dir: str = Field(
+        "var/ohif", description="Dossier de l'application OHIF (installée par scripts/setup.sh)."
+    )
+
+
 class Hl7Config(_Section):
     """The MLLP listener that receives the RIS's reports."""
 
@@ -212,6 +228,9 @@ class StoreConfig(_Section):
     cache_max_bytes: int = Field(
         10 * 1024**3, ge=0, description="Taille maximale du cache d'images (octets)."
     )
+    cache_ttl_h: float = Field(
+        72.0, gt=0, description="Durée de conservation d'une série dans le cache (heures)."
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -227,6 +246,7 @@ class Config(_Section):
     roles: RolesConfig = RolesConfig()
     site: SiteConfig = SiteConfig()
     http: HttpConfig = HttpConfig()
+    viewer: ViewerConfig = ViewerConfig()
     hl7: Hl7Config = Hl7Config()
     pacs: PacsConfig = PacsConfig()
     source: SourceConfig = SourceConfig()
@@ -242,12 +262,14 @@ class Config(_Section):
             if rel and rel != ":memory:":
                 store.database_url = "sqlite:///" + str((base / rel).resolve())
         store.cache_dir = str((base / store.cache_dir).resolve())
+        viewer = self.viewer.model_copy()
+        viewer.ohif_dir = str((base / viewer.ohif_dir).resolve())
         dmp = self.dmp.model_copy()
         for key in ("tls_cert", "tls_key", "tls_ca", "signing_cert", "signing_key"):
             value = getattr(dmp, key)
             if value:
                 setattr(dmp, key, str((base / value).resolve()))
-        return self.model_copy(update={"store": store, "dmp": dmp})
+        return self.model_copy(update={"store": store, "dmp": dmp, "viewer": viewer})
 
 
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], list[str]]:
