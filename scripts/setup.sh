@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql xmlsec1)
+DEBIAN_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql xmlsec1 chromium)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do

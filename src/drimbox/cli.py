@@ -34,6 +34,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(reports_app, name="reports")
 app.add_typer(db_app, name="db")
 pacs_app = typer.Typer(help="PACS du site.", no_args_is_help=True)
+audit_app = typer.Typer(help="Traces d'accès aux données de santé.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 app.add_typer(sim_app, name="sim")
 app.add_typer(pacs_app, name="pacs")
 
@@ -170,6 +172,12 @@ STATE_LABELS = {
     "kos_built": "KOS construit",
     "refused": "refusé",
     "withdrawal_received": "dépublication reçue",
+    "publishing": "publication en cours",
+    "published": "publié au DMP",
+    "parked": "bloqué (DMP)",
+    "replaced": "remplacé",
+    "withdrawn": "dépublié",
+    "applied": "dépublication faite",
 }
 
 
@@ -246,6 +254,56 @@ def reports_show(
     if kos_out:
         kos_out.write_bytes(kos)
         console.print(f"KOS écrit dans {kos_out}")
+
+
+@reports_app.command("retry")
+def reports_retry(report_id: int, config: ConfigOption = None) -> None:
+    """Relance un compte rendu refusé ou bloqué (après correction dans le PACS ou au DMP)."""
+    from drimbox.source.retry import RetryError, retry_report
+
+    db = _database(_load(config))
+    try:
+        message = retry_report(db, report_id)
+    except RetryError as exc:
+        fail(str(exc))
+        return
+    console.print(f"[green]Relancé[/] : compte rendu n°{report_id} — {message}", highlight=False)
+
+
+@audit_app.command("export")
+def audit_export(
+    config: ConfigOption = None,
+    since: Annotated[
+        str | None, typer.Option(help="Depuis cette date (AAAA-MM-JJ ou ISO 8601).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Fichier de sortie.")
+    ] = None,
+) -> None:
+    """Exporte la trace d'audit en JSON lines (une ligne par événement)."""
+    from drimbox.trust.audit import export_json_lines
+
+    start = None
+    if since:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            fail(f"date invalide « {since} » : attendu AAAA-MM-JJ ou AAAA-MM-JJTHH:MM:SS")
+            return
+        if start.tzinfo is None:
+            start = start.astimezone()
+    db = _database(_load(config))
+    lines = export_json_lines(db, since=start)
+    if output is None:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+        return
+    count = 0
+    with output.open("w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(line + "\n")
+            count += 1
+    console.print(f"{count} événements écrits dans {output}")
 
 
 @sim_app.command("ris")

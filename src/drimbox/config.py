@@ -84,7 +84,7 @@ class HttpConfig(_Section):
 
 
 class ViewerConfig(_Section):
-    """The web viewer (OHIF) origin: its own host/port, as OHIF must sit at the root of an origin."""
+    """The web viewer (OHIF) origin: its own host and port, as OHIF must sit at an origin root."""
 
     host: str = Field("127.0.0.1", description="Adresse d'écoute de la visionneuse.")
     port: int = Field(

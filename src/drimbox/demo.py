@@ -41,7 +41,11 @@ DEMO_REPORTS: tuple[tuple[str, tuple[SeriesSpec, ...]], ...] = (
         (SeriesSpec("CT", "Tête et cou", 32, body_part="HEAD"),),
     ),
 )
-SETTLED = {ReportState.KOS_BUILT.value, ReportState.REFUSED.value}
+SETTLED = {
+    ReportState.PUBLISHING.value,
+    ReportState.PUBLISHED.value,
+    ReportState.REFUSED.value,
+}
 
 
 @dataclass(frozen=True)

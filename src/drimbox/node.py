@@ -12,7 +12,9 @@ import logging
 from drimbox.config import Config
 from drimbox.db import Database
 from drimbox.hl7.server import MllpServer
+from drimbox.source.dmp_port import dmp_port
 from drimbox.source.intake import ReportIntake
+from drimbox.source.outbox import DmpPublisher
 from drimbox.source.pipeline import ReportPipeline
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ class Node:
         self.db = Database(config.store.database_url)
         self.mllp: MllpServer | None = None
         self.pipeline: ReportPipeline | None = None
+        self.publisher: DmpPublisher | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -41,6 +44,8 @@ class Node:
             await self.mllp.start()
             self.pipeline = ReportPipeline(self.config, self.db)
             self._tasks.append(asyncio.create_task(self.pipeline.run_forever(self._stop)))
+            self.publisher = DmpPublisher(self.config, self.db, dmp_port(self.config))
+            self._tasks.append(asyncio.create_task(self.publisher.run_forever(self._stop)))
 
     async def stop(self) -> None:
         self._stop.set()

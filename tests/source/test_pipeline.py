@@ -28,7 +28,7 @@ SERIES = (
     SeriesSpec("CT", "Crâne avec injection", 4, body_part="HEAD"),
     SeriesSpec("MR", "Encéphale T1", 3, body_part="HEAD"),
 )
-SETTLED = {ReportState.KOS_BUILT.value, ReportState.REFUSED.value}
+SETTLED = {ReportState.PUBLISHING.value, ReportState.PUBLISHED.value, ReportState.REFUSED.value}
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_sample_report_to_kos(pacs: LocalOrthanc, tmp_path: Path) -> None:
         assert ack.code == "AA", ack.ack
         [report] = running.reports()
         report = running.wait_for_report(report.id, SETTLED)
-    assert report.state == ReportState.KOS_BUILT.value, report.reason
+    assert report.state == ReportState.PUBLISHING.value, report.reason
     assert report.kos is not None and report.kos_instance_count == len(files)
 
     kos = dcmread(DicomBytesIO(report.kos))
@@ -106,7 +106,7 @@ def test_sample_report_to_kos(pacs: LocalOrthanc, tmp_path: Path) -> None:
     listed = runner.invoke(app, ["reports", "list", "--json"], env=env)
     assert listed.exit_code == 0, listed.output
     [row] = json.loads(listed.stdout)
-    assert row["state"] == "kos_built" and row["accession"] == "ACN103"
+    assert row["state"] == "publishing" and row["accession"] == "ACN103"
     assert row["kos_sop_instance_uid"] == kos.SOPInstanceUID
     out = tmp_path / "out.dcm"
     shown = runner.invoke(app, ["reports", "show", str(row["id"]), "--kos-out", str(out)], env=env)
@@ -142,7 +142,7 @@ def test_a_report_waits_for_its_images_then_is_built(pacs: LocalOrthanc, tmp_pat
         assert waiting.reason is not None and "pas encore dans le PACS" in waiting.reason
         store_with_storescu(pacs, sample_study(tmp_path, "CR_C-ORU.hl7"))
         built = running.wait_for_report(report.id, SETTLED)
-    assert built.state == ReportState.KOS_BUILT.value, built.reason
+    assert built.state == ReportState.PUBLISHING.value, built.reason
 
 
 def test_an_unreachable_pacs_is_retried_not_refused(tmp_path: Path) -> None:

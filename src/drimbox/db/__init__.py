@@ -5,9 +5,10 @@ how a unit of work is committed; the domain packages say what to store, not how.
 """
 
 from drimbox.db.engine import Database, utcnow
-from drimbox.db.models import Base, DmpJob, Hl7Message, JobState, Report, ReportState
+from drimbox.db.models import AuditEvent, Base, DmpJob, Hl7Message, JobState, Report, ReportState
 
 __all__ = [
+    "AuditEvent",
     "Base",
     "Database",
     "DmpJob",

@@ -37,6 +37,7 @@ class ReportState(enum.StrEnum):
     PARKED = "parked"  # the DMP refused the submission for good: needs a person
     REPLACED = "replaced"  # a newer version of the report replaced this KOS (RPLC)
     WITHDRAWN = "withdrawn"  # the KOS was deleted from the DMP (depublication, IOCM)
+    APPLIED = "applied"  # a withdrawal message whose deletion was carried out
 
 
 class JobState(enum.StrEnum):
@@ -120,3 +121,29 @@ class DmpJob(Base):
     entry_uuid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """The audit trail: who did what to which patient's data, when, with what result.
+
+    Append-only: the migration installs triggers that refuse UPDATE and DELETE.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_at", "at"),
+        Index("ix_audit_patient", "patient_ins"),
+        Index("ix_audit_actor", "actor"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(255))  # RPPS / PSC SubjectNameID, peer DN, "système"
+    actor_role: Mapped[str] = mapped_column(String(32))  # user, peer, system, operator
+    action: Mapped[str] = mapped_column(String(64))
+    result: Mapped[str] = mapped_column(String(16))  # ok, refused, error
+    patient_ins: Mapped[str] = mapped_column(String(32), default="")
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    remote: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

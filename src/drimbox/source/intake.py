@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
 from drimbox.hl7.message import HL7Error, ReportMessage, build_ack, parse_report_message
+from drimbox.source.outbox import DELETE, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,8 @@ class ReportIntake:
             )
             session.add(entry)
             session.flush()
+            if state == ReportState.WITHDRAWAL_RECEIVED:
+                enqueue(session, entry, DELETE)
             return row.id, entry.id, None
 
 

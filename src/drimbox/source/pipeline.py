@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pydicom import Dataset
-from sqlalchemy import or_, select, update
 
 from drimbox.cda import CdaError, parse_report
 from drimbox.config import Config
 from drimbox.db import Database, Report, ReportState, utcnow
+from drimbox.db.leases import backoff, claim_due
 from drimbox.dicom.kos import IdentityMismatch, KosError, KosSite, build_manifest, manifest_to_bytes
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
+from drimbox.source.outbox import PUBLISH, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -67,29 +68,8 @@ class ReportPipeline:
 
     # -- claiming ---------------------------------------------------------------------------
     def claim_next(self) -> int | None:
-        """Take the oldest due report and lease it; None when nothing is due.
-
-        One UPDATE … RETURNING, so that two workers (threads, or nodes on PostgreSQL with SKIP
-        LOCKED) can never lease the same report.
-        """
-        now = utcnow()
-        due = (
-            select(Report.id)
-            .where(Report.state.in_(DUE_STATES))
-            .where(or_(Report.next_attempt_at.is_(None), Report.next_attempt_at <= now))
-            .order_by(Report.id)
-            .limit(1)
-        )
-        if not self.db.is_sqlite:
-            due = due.with_for_update(skip_locked=True)
-        claim = (
-            update(Report)
-            .where(Report.id == due.scalar_subquery())
-            .values(next_attempt_at=now + LEASE, attempts=Report.attempts + 1)
-            .returning(Report.id)
-        )
-        with self.db.session() as session:
-            return session.scalar(claim)
+        """Take the oldest due report and lease it; None when nothing is due."""
+        return claim_due(self.db, Report, DUE_STATES, LEASE)
 
     # -- processing -------------------------------------------------------------------------
     def process(self, report_id: int) -> Outcome:
@@ -118,6 +98,9 @@ class ReportPipeline:
                 now + timedelta(seconds=outcome.retry_in_s) if outcome.retry_in_s else None
             )
             if kos is not None:
+                # The publication job is written with the KOS: nothing built is left behind.
+                report.state = ReportState.PUBLISHING.value
+                enqueue(session, report, PUBLISH)
                 report.kos = manifest_to_bytes(kos)
                 report.kos_sop_uid = str(kos.SOPInstanceUID)
                 report.kos_instance_count = sum(
@@ -167,8 +150,7 @@ class ReportPipeline:
         return Outcome(ReportState.KOS_BUILT, None), kos
 
     def _backoff(self, attempts: int) -> float:
-        source = self.config.source
-        return float(min(source.retry_max_s, source.retry_initial_s * 2 ** max(0, attempts - 1)))
+        return backoff(attempts, self.config.source.retry_initial_s, self.config.source.retry_max_s)
 
     def run_once(self) -> Outcome | None:
         report_id = self.claim_next()

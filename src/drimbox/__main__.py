@@ -1,0 +1,5 @@
+"""`python -m drimbox` is the `drimbox` command."""
+
+from drimbox.cli import main
+
+main()

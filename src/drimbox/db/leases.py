@@ -1,0 +1,45 @@
+"""Leased claims: how workers take a due row without ever taking the same one twice.
+
+One `UPDATE … WHERE id = (SELECT … LIMIT 1 [FOR UPDATE SKIP LOCKED]) RETURNING id`: atomic on
+SQLite (the write lock is taken by the statement) and on PostgreSQL (SKIP LOCKED lets several
+nodes share the queue). The lease pushes `next_attempt_at` ahead, so that a worker that dies
+mid-job only delays the row until the lease expires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from drimbox.db.engine import Database, utcnow
+
+
+def claim_due(db: Database, model: Any, states: Iterable[str], lease: timedelta) -> int | None:
+    """Lease the oldest row of `model` whose state is in `states` and that is due; its id."""
+    now = utcnow()
+    due = (
+        select(model.id)
+        .where(model.state.in_(list(states)))
+        .where(or_(model.next_attempt_at.is_(None), model.next_attempt_at <= now))
+        .order_by(model.id)
+        .limit(1)
+    )
+    if not db.is_sqlite:
+        due = due.with_for_update(skip_locked=True)
+    claim = (
+        update(model)
+        .where(model.id == due.scalar_subquery())
+        .values(next_attempt_at=now + lease, attempts=model.attempts + 1)
+        .returning(model.id)
+    )
+    with db.session() as session:
+        claimed: int | None = session.scalar(claim)
+        return claimed
+
+
+def backoff(attempts: int, initial_s: float, max_s: float) -> float:
+    """Exponential backoff: initial, 2×, 4×… capped."""
+    return float(min(max_s, initial_s * 2 ** max(0, attempts - 1)))

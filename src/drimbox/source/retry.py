@@ -1,0 +1,50 @@
+"""Operator actions on a report: put a refused or parked report back in the queue."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from drimbox.db import Database, DmpJob, JobState, Report, ReportState, utcnow
+
+
+class RetryError(Exception):
+    """The report cannot be retried (message for the operator, in French)."""
+
+
+def retry_report(db: Database, report_id: int) -> str:
+    """Re-queue what failed for this report; returns what was done, in French."""
+    now = utcnow()
+    with db.session() as session:
+        report = session.get(Report, report_id)
+        if report is None:
+            raise RetryError(f"aucun compte rendu n°{report_id}")
+        parked = session.scalars(
+            select(DmpJob).where(
+                DmpJob.report_id == report_id, DmpJob.state == JobState.PARKED.value
+            )
+        ).all()
+        if parked:
+            for job in parked:
+                job.state = JobState.QUEUED.value
+                job.attempts = 0
+                job.next_attempt_at = now
+                job.updated_at = now
+            report.state = (
+                ReportState.WITHDRAWAL_RECEIVED.value
+                if report.kind in ("withdraw", "withdraw_exam")
+                else ReportState.PUBLISHING.value
+            )
+            report.reason = "relancé par l'opérateur"
+            report.updated_at = now
+            return "envoi au DMP remis en file"
+        if report.state == ReportState.REFUSED.value:
+            report.state = ReportState.RECEIVED.value
+            report.attempts = 0
+            report.next_attempt_at = now
+            report.received_at = now  # the images wait starts again
+            report.reason = "relancé par l'opérateur"
+            report.updated_at = now
+            return "nouvelle interrogation du PACS et construction du KOS"
+        raise RetryError(
+            f"le compte rendu n°{report_id} est dans l'état « {report.state} » : rien à relancer"
+        )
