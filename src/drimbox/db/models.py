@@ -76,10 +76,11 @@ class Report(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    message_id: Mapped[int] = mapped_column(ForeignKey("hl7_messages.id"))
+    # None for reports the box re-opens itself (IOCM rejection notes from the PACS).
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("hl7_messages.id"), nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    kind: Mapped[str] = mapped_column(String(16))  # publish, update, withdraw, withdraw_exam
+    kind: Mapped[str] = mapped_column(String(16))  # publish, update, withdraw, withdraw_exam, iocm
     patient_ins: Mapped[str] = mapped_column(String(32), default="")
     patient_ins_oid: Mapped[str] = mapped_column(String(64), default="")
     patient_ipp: Mapped[str] = mapped_column(String(64), default="")

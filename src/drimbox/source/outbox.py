@@ -214,7 +214,8 @@ class DmpPublisher:
         report = parse_report(cda)
         already = port.find(report, kos_uid)
         if already is not None and already.status == "Approved":
-            self._mark_published(job_id, report_id, already.entry_uuid, previous)
+            superseded = previous if previous is not None and previous[1] != kos_uid else None
+            self._mark_published(job_id, report_id, already.entry_uuid, superseded)
             return JobResult(JobState.DONE, "déjà enregistré au DMP")
         replaces = None
         if previous is not None:

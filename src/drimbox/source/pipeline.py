@@ -22,7 +22,7 @@ from drimbox.db import Database, Report, ReportState, utcnow
 from drimbox.db.leases import backoff, claim_due
 from drimbox.dicom.kos import IdentityMismatch, KosError, KosSite, build_manifest, manifest_to_bytes
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
-from drimbox.source.outbox import PUBLISH, enqueue
+from drimbox.source.outbox import DELETE, PUBLISH, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,10 @@ class ReportPipeline:
             if report is None:
                 raise LookupError(report_id)
             cda, received_at, attempts = report.cda, report.received_at, report.attempts
+            kind = report.kind
         kos: Dataset | None
         try:
-            outcome, kos = self._build(cda, received_at, attempts)
+            outcome, kos = self._build(cda, received_at, attempts, kind)
         except Exception as exc:
             log.exception("report %s: unexpected failure", report_id)
             outcome = Outcome(
@@ -97,6 +98,8 @@ class ReportPipeline:
             report.next_attempt_at = (
                 now + timedelta(seconds=outcome.retry_in_s) if outcome.retry_in_s else None
             )
+            if outcome.state == ReportState.WITHDRAWAL_RECEIVED:
+                enqueue(session, report, DELETE)
             if kos is not None:
                 # The publication job is written with the KOS: nothing built is left behind.
                 report.state = ReportState.PUBLISHING.value
@@ -112,7 +115,7 @@ class ReportPipeline:
         return outcome
 
     def _build(
-        self, cda: bytes | None, received_at: datetime, attempts: int
+        self, cda: bytes | None, received_at: datetime, attempts: int, kind: str
     ) -> tuple[Outcome, Dataset | None]:
         if not cda:
             return Outcome(ReportState.REFUSED, "Aucun CDA dans le message"), None
@@ -125,6 +128,11 @@ class ReportPipeline:
         except PacsError as exc:
             return Outcome(
                 ReportState.RECEIVED, f"PACS injoignable : {exc}", self._backoff(attempts)
+            ), None
+        if (study is None or study.instance_count == 0) and kind == "iocm":
+            # Every image of the exam was rejected in the PACS: its KOS must leave the DMP.
+            return Outcome(
+                ReportState.WITHDRAWAL_RECEIVED, "plus aucune image dans le PACS : dépublication"
             ), None
         if study is None or study.instance_count == 0:
             waited = utcnow() - _aware(received_at)

@@ -1,0 +1,110 @@
+"""IOCM: rejection notes from the PACS keep the published KOS true to what the PACS holds.
+
+A rejection note is a KOS whose title is one of the IHE IOCM rejection codes. For each study it
+names that has a KOS in the DMP, the box re-opens the latest published report as an `iocm` report:
+the pipeline then re-queries the PACS and either builds a new KOS (instances left: it replaces the
+old one in the DMP) or, when nothing is left, queues the deletion of the KOS.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom import Dataset
+from sqlalchemy import select
+
+from drimbox.db import Database, Report, ReportState, utcnow
+from drimbox.trust import audit
+
+log = logging.getLogger(__name__)
+
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+# IHE IOCM (RAD TF-3 / CID 7011): rejection reasons that withdraw instances.
+REJECTION_CODES = {
+    "113001": "Rejected for Quality Reasons",
+    "113037": "Rejected for Patient Safety Reasons",
+    "113038": "Incorrect Modality Worklist Entry",
+    "113039": "Data Retention Policy Expired",
+}
+
+
+def rejection_reason(dataset: Dataset) -> str | None:
+    """The rejection code of a KOS rejection note, or None for any other object."""
+    if str(dataset.get("SOPClassUID", "")) != KOS_SOP_CLASS:
+        return None
+    titles = dataset.get("ConceptNameCodeSequence") or []
+    for title in titles:
+        code = str(title.get("CodeValue", ""))
+        if code in REJECTION_CODES and str(title.get("CodingSchemeDesignator", "")) == "DCM":
+            return code
+    return None
+
+
+def rejected_studies(dataset: Dataset) -> list[str]:
+    studies = [
+        str(item.StudyInstanceUID)
+        for item in dataset.get("CurrentRequestedProcedureEvidenceSequence") or []
+        if "StudyInstanceUID" in item
+    ]
+    return studies or ([str(dataset.StudyInstanceUID)] if "StudyInstanceUID" in dataset else [])
+
+
+def handle_rejection_note(db: Database, dataset: Dataset, *, sender: str = "") -> list[int]:
+    """Re-open the published report of every study the note touches; the new report ids.
+
+    Anything that is not a rejection note is ignored (an empty list).
+    """
+    code = rejection_reason(dataset)
+    if code is None:
+        return []
+    reopened: list[int] = []
+    now = utcnow()
+    for study_uid in rejected_studies(dataset):
+        with db.session() as session:
+            latest = session.scalars(
+                select(Report)
+                .where(Report.study_uid == study_uid)
+                .where(Report.state == ReportState.PUBLISHED.value)
+                .order_by(Report.id.desc())
+                .limit(1)
+            ).first()
+            if latest is None:
+                log.info("IOCM %s for study %s: no published KOS, nothing to do", code, study_uid)
+                continue
+            again = Report(
+                message_id=None,
+                received_at=now,
+                updated_at=now,
+                kind="iocm",
+                patient_ins=latest.patient_ins,
+                patient_ins_oid=latest.patient_ins_oid,
+                patient_ipp=latest.patient_ipp,
+                study_uid=study_uid,
+                accession=latest.accession,
+                document_id=latest.document_id,
+                set_id=latest.set_id,
+                version_number=latest.version_number,
+                replaced_document_id=latest.document_id,
+                flags=dict(latest.flags),
+                cda=latest.cda,
+                state=ReportState.RECEIVED.value,
+                reason=f"images rejetées par le PACS ({code} {REJECTION_CODES[code]})",
+                attempts=0,
+                next_attempt_at=now,
+            )
+            session.add(again)
+            session.flush()
+            reopened.append(again.id)
+            patient = latest.patient_ins
+        audit.record(
+            db,
+            actor=sender or "PACS",
+            role="system",
+            action="iocm_rejection",
+            result="ok",
+            patient_ins=patient,
+            study_uid=study_uid,
+            code=code,
+            report_id=reopened[-1],
+        )
+    return reopened
