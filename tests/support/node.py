@@ -16,7 +16,12 @@ from drimbox.node import Node
 from drimbox.sim.orthanc import LocalOrthanc
 
 
-def node_config(tmp_path: Path, orthanc: LocalOrthanc | None, **sections: dict[str, Any]) -> Config:
+def node_config(
+    tmp_path: Path,
+    orthanc: LocalOrthanc | None,
+    environ_extra: dict[str, str] | None = None,
+    **sections: dict[str, Any],
+) -> Config:
     """A Source node on loopback: MLLP on a free port, SQLite in tmp_path, fast retries."""
     environ = {
         "DRIMBOX_HL7__PORT": "0",
@@ -35,6 +40,7 @@ def node_config(tmp_path: Path, orthanc: LocalOrthanc | None, **sections: dict[s
             "DRIMBOX_PACS__PORT": str(orthanc.dicom_port),
             "DRIMBOX_PACS__CALLED_AET": orthanc.aet,
         }
+    environ |= environ_extra or {}
     for section, values in sections.items():
         for key, value in values.items():
             environ[f"DRIMBOX_{section.upper()}__{key.upper()}"] = str(value)
