@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "DRIMBOX_"
+# Variables of ours that are not configuration keys (see drimbox.failpoints).
+NOT_CONFIGURATION = frozenset({"DRIMBOX_FAILPOINTS"})
 
 
 class ConfigError(Exception):
@@ -276,7 +278,7 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, str]
     overrides: dict[str, dict[str, str]] = {}
     problems: list[str] = []
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIGURATION:
             continue
         key = name.removeprefix(ENV_PREFIX).lower()
         section, sep, field = key.partition("__")

@@ -15,6 +15,7 @@ from drimbox.cda.model import (
     Patient,
     PersonName,
 )
+from drimbox.dicom.model import InstanceRef, SeriesSnapshot, StudySnapshot
 
 CR_C_STUDY_UID = "1.2.250.1.213.4.5.2.1.103"
 CR_C_INS = "279035121518989"
@@ -78,3 +79,37 @@ def make_report(**overrides: Any) -> ImagingReport:
         document_code=Code("18748-4", "2.16.840.1.113883.6.1", "CR d'imagerie médicale"),
     )
     return dataclasses.replace(report, **overrides)
+
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def make_snapshot(report: ImagingReport, instances: int = 3) -> StudySnapshot:
+    """The study as a PACS holding exactly what `report` describes would return it."""
+    study_uid = report.study_instance_uid
+    series = SeriesSnapshot(
+        series_instance_uid=f"{study_uid}.1",
+        modality="CT",
+        series_number=1,
+        series_description="Crâne",
+        instances=tuple(
+            InstanceRef(CT_IMAGE_STORAGE, f"{study_uid}.1.{n}", n) for n in range(1, instances + 1)
+        ),
+    )
+    patient = report.patient
+    return StudySnapshot(
+        study_instance_uid=study_uid,
+        patient_id=patient.ins,
+        issuer_of_patient_id="ASIP-SANTE-INS-NIR",
+        other_patient_ids=(),
+        patient_name=patient.name.to_dicom(),
+        patient_birth_date=patient.birth_date.strftime("%Y%m%d") if patient.birth_date else "",
+        patient_sex=patient.sex,
+        accession_number=report.accession_number.extension if report.accession_number else "",
+        study_date="20210108",
+        study_time="100000",
+        study_description="TDM cérébrale",
+        study_id="1",
+        referring_physician_name="",
+        series=(series,),
+    )
