@@ -91,6 +91,30 @@ class TestPki:
             days=3650,
             dns_names=(),
         )
+        # CA certificates from this CA up to the root (a root: itself only). TLS peers and the
+        # whitelist's KeyInfo send this chain along with a leaf.
+        self.chain: tuple[x509.Certificate, ...] = (self.ca.certificate,)
+
+    @property
+    def root(self) -> x509.Certificate:
+        """The self-signed certificate at the top of `chain`: what a verifier trusts."""
+        return self.chain[-1]
+
+    def intermediate(self, ca_name: str, *, days: int = 3650) -> TestPki:
+        """A CA issued by this one, as IGC-Santé issues leaves from intermediate CAs
+        (e.g. "TEST AC IGC-SANTE ELEMENTAIRE ORGANISATIONS" under the root)."""
+        sub = TestPki.__new__(TestPki)
+        sub.key_size = self.key_size
+        sub.ca = self._issue(
+            subject_name(ca_name, organization="ASIP-SANTE", organizational_unit="IGC-SANTE"),
+            usage="ca",
+            issuer=self.ca,
+            not_before=None,
+            days=days,
+            dns_names=(),
+        )
+        sub.chain = (sub.ca.certificate, *self.chain)
+        return sub
 
     def issue(
         self,
@@ -172,4 +196,40 @@ def _key_usage(usage: Usage) -> x509.KeyUsage:
         crl_sign=usage == "ca",
         encipher_only=False,
         decipher_only=False,
+    )
+
+
+DEMO_STRUCTURE = "499700367909006"
+
+
+@dataclass(frozen=True)
+class SiteCertificates:
+    """What a site holds for the DMP: the CA, its ORG certificates, and the DMP's server cert."""
+
+    ca: Issued
+    auth: Issued  # ORG authentication: mutual TLS client
+    signing: Issued  # ORG signing: VIHF, XAdES
+    server: Issued  # the (simulated) DMP's TLS server certificate
+
+
+def site_certificates(folder: Path, pki: TestPki | None = None) -> SiteCertificates:
+    """A fresh set of site certificates written as PEM files under `folder`."""
+    pki = pki or TestPki()
+
+    def org(usage: Usage) -> Issued:
+        return pki.issue(
+            "DRIMbox",
+            usage=usage,
+            organizational_unit=DEMO_STRUCTURE,
+            organization="CABINET M DOC0036790",
+            state="Paris (75)",
+        )
+
+    return SiteCertificates(
+        ca=pki.ca.write(folder, "ca"),
+        auth=org("auth").write(folder, "org-auth"),
+        signing=org("sign").write(folder, "org-sign"),
+        server=pki.issue("dmp.test", usage="server", dns_names=("localhost", "127.0.0.1")).write(
+            folder, "dmp-server"
+        ),
     )

@@ -1,0 +1,246 @@
+"""The whitelist in force: loaded from a URL or a file, verified, kept on disk and in memory.
+
+Owns `WhitelistStore`: `refresh()` fetches the source, verifies it (`verify_whitelist`) and
+replaces the list in force only when the new one is valid and not older (a replayed old list is
+refused: `DateDeGeneration` never goes backwards); the last valid list stays in force otherwise and
+every refusal is recorded (time, reason) for the status page and the admin console. The last valid
+list is written atomically to `state_dir` and re-verified at start. `run_forever` refreshes
+periodically. It must not decide about peers (that is `tls.PeerCheck`'s, which reads `current()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import httpx
+from cryptography import x509
+
+from drimbox.trust.errors import Reason, WhitelistError
+from drimbox.trust.whitelist import MAX_BYTES, Whitelist, verify_whitelist
+from drimbox.trust.xades_verify import ExpectedSigner
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "whitelist.xml"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One refused list (or failed download), for the status page and the admin console."""
+
+    at: datetime
+    source: str
+    reason: Reason
+    detail: str
+
+    @property
+    def message(self) -> str:
+        return self.reason.message
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    status: Literal["updated", "unchanged", "refused"]
+    whitelist: Whitelist | None  # the list in force after the refresh
+    refusal: Refusal | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WhitelistStore:
+    """The list in force and its refresh. Thread-safe; `current()` never blocks on a download."""
+
+    def __init__(
+        self,
+        source: str | Path,
+        anchors: Sequence[x509.Certificate],
+        state_dir: str | Path,
+        *,
+        expected_signer: ExpectedSigner | None = None,
+        allow_sha1: bool = False,
+        timeout_s: float = 30.0,
+        max_bytes: int = MAX_BYTES,
+        http_verify: bool | str = True,
+        clock: Callable[[], datetime] = _now,
+        keep_refusals: int = 100,
+    ) -> None:
+        self.source = str(source)
+        self.anchors = list(anchors)
+        self.state_dir = Path(state_dir)
+        self.expected_signer = expected_signer
+        self.allow_sha1 = allow_sha1
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self.http_verify = http_verify
+        self.clock = clock
+        self.last_refresh: datetime | None = None  # last attempt, whatever its outcome
+        self.last_success: datetime | None = None  # last attempt that ended with a valid list
+        self._refusals: deque[Refusal] = deque(maxlen=keep_refusals)
+        self._current: Whitelist | None = None
+        self._lock = threading.Lock()
+        self._load_state()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def current(self) -> Whitelist | None:
+        """The list in force, or None when no valid list was ever obtained."""
+        return self._current
+
+    def age(self, now: datetime | None = None) -> timedelta | None:
+        """How old the list in force is (since its `DateDeGeneration`)."""
+        current = self._current
+        if current is None:
+            return None
+        return (now or self.clock()) - current.generated_at
+
+    @property
+    def refusals(self) -> list[Refusal]:
+        """Recent refusals, oldest first."""
+        return list(self._refusals)
+
+    # -- refreshing ------------------------------------------------------------------------
+
+    def refresh(self) -> RefreshResult:
+        """Fetch, verify and maybe replace the list in force. Never raises for a bad list."""
+        with self._lock:
+            now = self.clock()
+            self.last_refresh = now
+            try:
+                data = self._fetch()
+                candidate = self._verify(data, now)
+            except WhitelistError as error:
+                return self._refuse(now, error)
+            current = self._current
+            if current is not None and candidate.generated_at < current.generated_at:
+                return self._refuse(
+                    now,
+                    WhitelistError(
+                        Reason.OLDER_THAN_CURRENT,
+                        f"received list generated {candidate.generated_at:%Y-%m-%dT%H:%M:%SZ}, the "
+                        f"list in force was generated {current.generated_at:%Y-%m-%dT%H:%M:%SZ}",
+                    ),
+                )
+            self.last_success = now
+            if current is not None and current.raw == candidate.raw:
+                return RefreshResult("unchanged", current)
+            self._write_state(candidate.raw)
+            self._current = candidate
+            log.info(
+                "whitelist updated: %d domains, generated %s",
+                len(candidate.domains),
+                candidate.generated_at,
+            )
+            return RefreshResult("updated", candidate)
+
+    async def run_forever(self, stop: asyncio.Event, interval_s: float) -> None:
+        """Refresh now, then every `interval_s` seconds until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:
+                # A bug must not end the loop: the list in force stays, the next round retries.
+                log.exception("whitelist refresh failed unexpectedly")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _verify(self, data: bytes, now: datetime) -> Whitelist:
+        return verify_whitelist(
+            data,
+            self.anchors,
+            now=now,
+            expected_signer=self.expected_signer,
+            allow_sha1=self.allow_sha1,
+            source=self.source,
+            max_bytes=self.max_bytes,
+        )
+
+    def _refuse(self, now: datetime, error: WhitelistError) -> RefreshResult:
+        refusal = Refusal(now, self.source, error.reason, error.detail)
+        self._refusals.append(refusal)
+        log.warning("whitelist from %s refused: %s (%s)", self.source, error.message, error.detail)
+        return RefreshResult("refused", self._current, refusal)
+
+    def _fetch(self) -> bytes:
+        if self.source.startswith(("http://", "https://")):
+            return self._download()
+        path = Path(self.source)
+        try:
+            if path.stat().st_size > self.max_bytes:
+                raise WhitelistError(Reason.TOO_LARGE, f"{path} is larger than {self.max_bytes}")
+            return path.read_bytes()
+        except OSError as exc:
+            raise WhitelistError(Reason.UNREACHABLE, f"{path}: {exc.strerror or exc}") from exc
+
+    def _download(self) -> bytes:
+        try:
+            with (
+                httpx.Client(timeout=self.timeout_s, verify=self.http_verify) as client,
+                client.stream("GET", self.source) as response,
+            ):
+                if response.status_code != 200:
+                    raise WhitelistError(
+                        Reason.UNREACHABLE, f"HTTP {response.status_code} from {self.source}"
+                    )
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    # Stop reading early: a hostile or broken server must not fill our memory.
+                    if len(body) > self.max_bytes:
+                        raise WhitelistError(
+                            Reason.TOO_LARGE, f"more than {self.max_bytes} bytes from {self.source}"
+                        )
+                return bytes(body)
+        except httpx.HTTPError as exc:
+            raise WhitelistError(Reason.UNREACHABLE, f"{self.source}: {exc!r}") from exc
+
+    def _write_state(self, data: bytes) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        target = self.state_dir / STATE_FILE
+        # Write-then-rename in the same folder: a crash leaves the old list or the new one, never
+        # half of one.
+        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".whitelist-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _load_state(self) -> None:
+        path = self.state_dir / STATE_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("cannot read the stored whitelist %s: %s", path, exc)
+            return
+        # Re-verified at every start: anchors may have changed and the signer may have expired.
+        now = self.clock()
+        try:
+            whitelist = self._verify(data, now)
+        except WhitelistError as error:
+            self._refusals.append(Refusal(now, str(path), error.reason, error.detail))
+            log.warning("stored whitelist %s refused: %s (%s)", path, error.message, error.detail)
+            return
+        self._current = dataclasses.replace(whitelist, source=str(path))

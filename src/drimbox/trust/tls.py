@@ -1,0 +1,242 @@
+"""Mutual TLS between DRIMboxes: SSL contexts, the whitelist check of a peer, its certificate.
+
+Owns `server_ssl_context` (client certificate required, TLS ≥ 1.2), `client_ssl_context`,
+`PeerCheck` (a peer is accepted only if its certificate subject is the `DNCertificatOperateur`
+of a whitelist entry; for outgoing calls the URL host must also be that entry's `db`) and the ways
+to get the peer certificate of a connection: an asyncio transport or `ssl` object
+(`peer_certificate`), an ASGI scope (`peer_certificate_from_scope`, filled by
+`MtlsH11Protocol`), an httpx response (`peer_certificate_from_response`).
+
+Chain and validity are the handshake's job: an expired certificate or one from another CA never
+reaches `PeerCheck`. This module must not load or refresh the whitelist (it reads whatever
+`current()` gives) nor log audit events (callers do, with the `Domain` it returns).
+
+ASGI wiring: uvicorn 0.54 puts nothing about TLS in the scope. Serve with
+`uvicorn.Config(app, http=MtlsH11Protocol, ssl_context_factory=lambda c, d:
+server_ssl_context(...))`: the protocol adds the ASGI TLS extension
+`scope["extensions"]["tls"]` (`client_cert_chain`, `client_cert_name`, `tls_version`) to every
+request of a TLS connection, and the app calls `peer_certificate_from_scope(scope)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from drimbox.trust.dn import DistinguishedName
+from drimbox.trust.whitelist import Domain, Whitelist
+
+PathLike = str | Path
+_TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def _files(value: PathLike | Sequence[PathLike]) -> list[str]:
+    if isinstance(value, str | Path):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+def server_ssl_context(
+    cert: PathLike, key: PathLike, client_ca: PathLike | Sequence[PathLike]
+) -> ssl.SSLContext:
+    """Server side of mutual TLS: our certificate (`cert` may hold the chain) and the CA files
+    whose certificates peers must present. No client certificate, no connection."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key))
+    for ca in _files(client_ca):
+        context.load_verify_locations(cafile=ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    # Lets a site trust an IGC-Santé intermediate CA ("AC … ORGANISATIONS") without its root.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+def client_ssl_context(
+    cert: PathLike, key: PathLike, server_ca: PathLike | Sequence[PathLike]
+) -> ssl.SSLContext:
+    """Client side of mutual TLS: our certificate for the peer, its CA, host name checked."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key))
+    for ca in _files(server_ca):
+        context.load_verify_locations(cafile=ca)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+class PeerRefused(Exception):
+    """The peer is not a DRIMbox of the whitelist; `message` is French for the site's staff."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        self.message = message
+        self.detail = detail
+        super().__init__(f"{message} ({detail})")
+
+
+Certificate = bytes | x509.Certificate
+
+
+def _certificate(value: Certificate | None) -> x509.Certificate | None:
+    if value is None or isinstance(value, x509.Certificate):
+        return value
+    return x509.load_der_x509_certificate(value)
+
+
+class PeerCheck:
+    """Accept a TLS peer only if the list in force names it.
+
+    `whitelist` is a list or, better, a callable returning the list in force
+    (`WhitelistStore.current`), so that a refresh applies to the next connection.
+    """
+
+    def __init__(self, whitelist: Whitelist | Callable[[], Whitelist | None]) -> None:
+        self._whitelist = whitelist
+
+    def _current(self) -> Whitelist:
+        whitelist = self._whitelist() if callable(self._whitelist) else self._whitelist
+        if whitelist is None:
+            raise PeerRefused(
+                "Aucune liste blanche valide n'est en vigueur : les échanges entre DRIMbox sont "
+                "suspendus.",
+                "no whitelist in force",
+            )
+        return whitelist
+
+    @staticmethod
+    def _valid(peer: Certificate | None, now: datetime | None) -> x509.Certificate:
+        certificate = _certificate(peer)
+        if certificate is None:
+            raise PeerRefused(
+                "Le correspondant n'a pas présenté de certificat.", "no peer certificate"
+            )
+        # The handshake already checked it; this keeps PeerCheck safe when used on its own.
+        at = now or datetime.now(UTC)
+        if not certificate.not_valid_before_utc <= at <= certificate.not_valid_after_utc:
+            raise PeerRefused(
+                "Le certificat du correspondant n'est pas valide à cette date.",
+                f"{certificate.subject.rfc4514_string()} valid until "
+                f"{certificate.not_valid_after_utc:%Y-%m-%d}",
+            )
+        return certificate
+
+    def check_incoming(self, peer: Certificate | None, *, now: datetime | None = None) -> Domain:
+        """The whitelist entry of a connecting peer (its certificate subject = the entry's DN)."""
+        certificate = self._valid(peer, now)
+        domain = self._current().by_dn(certificate.subject)
+        if domain is None:
+            raise PeerRefused(
+                "Ce correspondant n'est pas dans la liste blanche DRIM-M : connexion refusée.",
+                f"subject {certificate.subject.rfc4514_string()} is no DNCertificatOperateur",
+            )
+        return domain
+
+    def check_outgoing_host(self, url: str) -> Domain:
+        """Before calling a peer: its host must be the `db` of a whitelist entry."""
+        host = urlsplit(url).hostname or ""
+        domain = self._current().by_db(host)
+        if domain is None:
+            raise PeerRefused(
+                "Cette DRIMbox n'est pas dans la liste blanche DRIM-M : appel refusé.",
+                f"host {host!r} of {url} is no db of the whitelist",
+            )
+        return domain
+
+    def check_outgoing(
+        self, url: str, peer: Certificate | None, *, now: datetime | None = None
+    ) -> Domain:
+        """After the handshake with a peer: host listed as `db` and server certificate subject =
+        that entry's `DNCertificatOperateur`."""
+        domain = self.check_outgoing_host(url)
+        certificate = self._valid(peer, now)
+        if domain.dn != DistinguishedName.from_name(certificate.subject):
+            raise PeerRefused(
+                "Le certificat de la DRIMbox appelée n'est pas celui de la liste blanche.",
+                f"{certificate.subject.rfc4514_string()} is not {domain.operator_dn}",
+            )
+        return domain
+
+
+def peer_certificate(
+    source: ssl.SSLObject | ssl.SSLSocket | asyncio.BaseTransport | None,
+) -> x509.Certificate | None:
+    """The certificate the peer presented, from an `ssl` object/socket or an asyncio transport
+    (`transport.get_extra_info("ssl_object")`)."""
+    ssl_object = (
+        source.get_extra_info("ssl_object") if isinstance(source, asyncio.BaseTransport) else source
+    )
+    if ssl_object is None:
+        return None
+    # Positional on purpose: httpcore hands out the internal `_ssl._SSLSocket`, whose
+    # getpeercert takes no keyword arguments.
+    der = ssl_object.getpeercert(True)
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
+    """The ASGI TLS extension dict for a connection, or None when it is not TLS."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    certificate = peer_certificate(ssl_object)
+    chain = []
+    if certificate is not None:
+        chain.append(certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"))
+    return {
+        "server_cert": None,
+        "client_cert_chain": chain,
+        "client_cert_name": certificate.subject.rfc4514_string() if certificate else None,
+        "client_cert_error": None,
+        "tls_version": _TLS_VERSIONS.get(ssl_object.version() or ""),
+        "cipher_suite": None,
+    }
+
+
+class MtlsH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, plus the ASGI TLS extension (the peer certificate) in each scope."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        extension = tls_extension(transport)
+        if extension is None:
+            return
+        app = self.app
+
+        async def app_with_tls(scope: Any, receive: Any, send: Any) -> None:
+            # One connection, one certificate: every request on it carries the same extension.
+            scope.setdefault("extensions", {})["tls"] = extension
+            await app(scope, receive, send)
+
+        self.app = app_with_tls
+
+
+def peer_certificate_from_scope(scope: Mapping[str, Any]) -> x509.Certificate | None:
+    """The client certificate of the connection an ASGI request came on (see the module doc)."""
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or []
+    if not chain:
+        return None
+    return x509.load_pem_x509_certificate(str(chain[0]).encode("ascii"))
+
+
+def peer_certificate_from_response(response: httpx.Response) -> x509.Certificate | None:
+    """The server certificate of the connection an httpx response came on (httpcore's stream).
+
+    Call it while the response is open — inside `client.stream(...)`, before reading the body —
+    since a closed connection no longer has it; then `PeerCheck.check_outgoing`.
+    """
+    stream = response.extensions.get("network_stream")
+    if stream is None:
+        return None
+    ssl_object = stream.get_extra_info("ssl_object")
+    return peer_certificate(ssl_object) if ssl_object is not None else None
