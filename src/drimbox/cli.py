@@ -306,6 +306,30 @@ def audit_export(
     console.print(f"{count} événements écrits dans {output}")
 
 
+@sim_app.command("dmp")
+def sim_dmp(
+    trust: Annotated[
+        list[Path], typer.Option(help="Certificat (PEM) de confiance pour les VIHF (répétable).")
+    ],
+    host: str = "127.0.0.1",
+    port: int = 8090,
+    db: Annotated[Path, typer.Option(help="Registre SQLite du simulateur.")] = Path("dmp-sim.db"),
+    tls_cert: Annotated[Path | None, typer.Option(help="Certificat serveur TLS (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Clé du certificat serveur.")] = None,
+    client_ca: Annotated[
+        Path | None, typer.Option(help="AC des certificats clients (TLS mutuel exigé).")
+    ] = None,
+) -> None:
+    """Simulateur du DMP (tests et démonstration ; jamais en production)."""
+    from drimbox.sim.dmp.server import run_dmp_simulator
+
+    for path in [*trust, tls_cert, tls_key, client_ca]:
+        if path is not None and not path.is_file():
+            fail(f"fichier introuvable : {path}")
+    console.print(f"Simulateur DMP sur {'https' if tls_cert else 'http'}://{host}:{port}")
+    run_dmp_simulator(host, port, db, trust, tls_cert, tls_key, client_ca)
+
+
 @sim_app.command("ris")
 def sim_ris(
     files: list[Path],

@@ -23,7 +23,10 @@ from drimbox.db import Report, ReportState
 from drimbox.hl7.message import parse_report_message
 from drimbox.node import Node
 from drimbox.samples import ans_file
+from drimbox.sim.dmp.server import LocalDmp
+from drimbox.sim.dmp.settings import DmpSimSettings
 from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.pki import DEMO_STRUCTURE, SiteCertificates, site_certificates
 from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 
@@ -41,10 +44,12 @@ DEMO_REPORTS: tuple[tuple[str, tuple[SeriesSpec, ...]], ...] = (
         (SeriesSpec("CT", "Tête et cou", 32, body_part="HEAD"),),
     ),
 )
-SETTLED = {
-    ReportState.PUBLISHING.value,
-    ReportState.PUBLISHED.value,
-    ReportState.REFUSED.value,
+SETTLED = {ReportState.PUBLISHED.value, ReportState.PARKED.value, ReportState.REFUSED.value}
+
+
+STATE_TEXT = {
+    ReportState.PUBLISHED.value: "publié au DMP",
+    ReportState.PARKED.value: "refusé par le DMP",
 }
 
 
@@ -54,6 +59,7 @@ class DemoPorts:
     http: int = 8080
     pacs_dicom: int = 4242
     pacs_http: int = 8042
+    dmp: int = 8090
 
 
 def _port_or_free(port: int) -> int:
@@ -66,7 +72,7 @@ def _port_or_free(port: int) -> int:
             return int(sock.getsockname()[1])
 
 
-def demo_config(folder: Path, ports: DemoPorts) -> Config:
+def demo_config(folder: Path, ports: DemoPorts, certs: SiteCertificates) -> Config:
     """The Source node's configuration, also written to `<folder>/drimbox.toml` for the CLI."""
     text = f"""# Written by `drimbox demo`.
 [roles]
@@ -74,7 +80,7 @@ source = true
 
 [site]
 name = "Centre de radiologie Ambroise (démo)"
-structure_id = "101235555"
+structure_id = "{DEMO_STRUCTURE}"
 uid_root = "1.2.250.1.999.9"
 public_base_url = "http://127.0.0.1:{ports.http}"
 
@@ -93,6 +99,18 @@ timeout_s = 10
 [source]
 poll_interval_s = 0.2
 retry_initial_s = 2
+
+[dmp]
+base_url = "https://127.0.0.1:{ports.dmp}"
+tls_cert = "{certs.auth.cert_path}"
+tls_key = "{certs.auth.key_path}"
+tls_ca = "{certs.ca.cert_path}"
+signing_cert = "{certs.signing.cert_path}"
+signing_key = "{certs.signing.key_path}"
+lps_id = "DRIMBOX-DEMO"
+lps_homologation_id = "DEMO"
+retry_initial_s = 2
+retry_max_s = 30
 
 [store]
 database_url = "sqlite:///source.db"
@@ -134,9 +152,23 @@ def run_demo(folder: Path, *, fresh: bool, exit_after: bool, console: Console) -
         http=_port_or_free(8080),
         pacs_dicom=_port_or_free(4242),
         pacs_http=_port_or_free(8042),
+        dmp=_port_or_free(8090),
     )
-    config = demo_config(folder, ports)
     console.print(f"[bold]DRIMbox — démonstration[/] (dossier {folder})", highlight=False)
+    # A new test PKI each run: no key outlives the demo's own folder.
+    certs = site_certificates(folder / "pki")
+    config = demo_config(folder, ports, certs)
+    assert certs.server.cert_path and certs.server.key_path
+    dmp = LocalDmp(
+        DmpSimSettings(
+            database_path=folder / "dmp.db",
+            trusted_vihf_certs=[certs.ca.cert_pem],
+            tls_cert=certs.server.cert_path,
+            tls_key=certs.server.key_path,
+            client_ca=certs.ca.cert_path,
+        ),
+        port=ports.dmp,
+    )
     with console.status("Démarrage du PACS Orthanc…"):
         pacs = LocalOrthanc(
             aet="ORTHANC",
@@ -146,6 +178,9 @@ def run_demo(folder: Path, *, fresh: bool, exit_after: bool, console: Console) -
         ).start()
     try:
         console.print(f"  [green]✓[/] PACS Orthanc : {pacs.url} (DICOM {pacs.dicom_port})")
+        with console.status("Démarrage du simulateur du DMP…"):
+            dmp.start()
+        console.print(f"  [green]✓[/] DMP (simulateur, TLS mutuel) : {dmp.url}")
         if pacs.statistics().get("CountInstances", 0) == 0:
             with console.status("Génération des examens de démonstration…"):
                 files = generate_demo_studies(folder / "studies")
@@ -155,6 +190,7 @@ def run_demo(folder: Path, *, fresh: bool, exit_after: bool, console: Console) -
             console.print("  [green]✓[/] examens déjà présents dans le PACS (dossier réutilisé)")
         return asyncio.run(_run_node(config, ports, exit_after=exit_after, console=console))
     finally:
+        dmp.stop()
         pacs.stop()
 
 
@@ -167,7 +203,7 @@ async def _run_node(config: Config, ports: DemoPorts, *, exit_after: bool, conso
         for name, code, detail in results:
             colour = "green" if code == "AA" else "red"
             console.print(f"  [{colour}]{code or '—'}[/] RIS → {name} {detail}", highlight=False)
-        with console.status("Construction des KOS…"):
+        with console.status("Construction et publication des KOS au DMP…"):
             reports = await asyncio.to_thread(_wait_settled, node, 120.0)
         _print_reports(reports, console)
         config_file = (
@@ -178,7 +214,7 @@ async def _run_node(config: Config, ports: DemoPorts, *, exit_after: bool, conso
             f"[cyan]uv run drimbox reports list --config {config_file}[/]",
             highlight=False,
         )
-        failed = any(r.state != ReportState.KOS_BUILT.value for r in reports)
+        failed = any(r.state != ReportState.PUBLISHED.value for r in reports)
         if exit_after:
             return 1 if failed else 0
         console.print("Ctrl-C pour arrêter.")
@@ -223,7 +259,12 @@ def _print_reports(reports: list[Report], console: Console) -> None:
 
     for report in reports:
         if report.kos is not None:
-            console.print(f"\n[bold green]KOS du compte rendu n°{report.id}[/]")
+            console.print(
+                f"\n[bold green]KOS du compte rendu n°{report.id}[/] — "
+                f"{STATE_TEXT.get(report.state, report.state)} "
+                f"(entrée DMP {report.dmp_entry_uuid or '—'})",
+                highlight=False,
+            )
             console.print(
                 describe_manifest(dcmread(DicomBytesIO(report.kos))),
                 highlight=False,

@@ -12,7 +12,7 @@ import logging
 from drimbox.config import Config
 from drimbox.db import Database
 from drimbox.hl7.server import MllpServer
-from drimbox.source.dmp_port import dmp_port
+from drimbox.source.dmp_port import ClientDmpPort, dmp_port
 from drimbox.source.intake import ReportIntake
 from drimbox.source.outbox import DmpPublisher
 from drimbox.source.pipeline import ReportPipeline
@@ -52,6 +52,8 @@ class Node:
         if self.mllp is not None:
             await self.mllp.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.publisher is not None and isinstance(self.publisher.port, ClientDmpPort):
+            self.publisher.port.close()
         self.db.dispose()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -13,31 +13,9 @@ import httpx
 
 from drimbox.sim.dmp.server import LocalDmp
 from drimbox.sim.dmp.settings import DmpSimSettings
-from drimbox.sim.pki import Issued, TestPki
+from drimbox.sim.pki import DEMO_STRUCTURE, SiteCertificates, site_certificates
 
-STRUCTURE = "499700367909006"
-
-
-@dataclass
-class SiteCertificates:
-    ca: Issued
-    auth: Issued  # ORG authentication: mutual TLS client
-    signing: Issued  # ORG signing: VIHF, XAdES
-    server: Issued  # the DMP's TLS server certificate
-
-
-def site_certificates(folder: Path, pki: TestPki | None = None) -> SiteCertificates:
-    pki = pki or TestPki()
-    subject = {"organizational_unit": STRUCTURE, "organization": "CABINET M DOC0036790",
-               "state": "Paris (75)"}  # fmt: skip
-    return SiteCertificates(
-        ca=pki.ca.write(folder, "ca"),
-        auth=pki.issue("DRIMbox", usage="auth", **subject).write(folder, "org-auth"),
-        signing=pki.issue("DRIMbox", usage="sign", **subject).write(folder, "org-sign"),
-        server=pki.issue("dmp.test", usage="server", dns_names=("localhost", "127.0.0.1")).write(
-            folder, "dmp-server"
-        ),
-    )
+STRUCTURE = DEMO_STRUCTURE
 
 
 @dataclass

@@ -40,6 +40,9 @@ class ClientDmpPort:
         self.client = client
         self._entries: dict[str, DocumentEntry] = {}
 
+    def close(self) -> None:
+        self.client.close()
+
     def find(self, report: ImagingReport, kos_uid: str) -> RegisteredEntry | None:
         subject = _call(lambda: VihfSubject.from_report(report))
         patient = report.patient
