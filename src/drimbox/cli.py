@@ -34,6 +34,10 @@ app.add_typer(config_app, name="config")
 app.add_typer(reports_app, name="reports")
 app.add_typer(db_app, name="db")
 pacs_app = typer.Typer(help="PACS du site.", no_args_is_help=True)
+whitelist_app = typer.Typer(
+    help="Liste blanche DRIM-M (espace de confiance).", no_args_is_help=True
+)
+app.add_typer(whitelist_app, name="whitelist")
 audit_app = typer.Typer(help="Traces d'accès aux données de santé.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(sim_app, name="sim")
@@ -304,6 +308,22 @@ def audit_export(
             handle.write(line + "\n")
             count += 1
     console.print(f"{count} événements écrits dans {output}")
+
+
+@whitelist_app.command("verify")
+def whitelist_verify(
+    file: Path,
+    anchor: Annotated[
+        list[Path] | None,
+        typer.Option(help="Certificat d'autorité (PEM) de confiance (répétable)."),
+    ] = None,
+) -> None:
+    """Vérifie la signature d'une liste blanche et en affiche le résumé (code 0 si valide)."""
+    from drimbox.trust.whitelist import verify_command
+
+    code, text = verify_command(file, list(anchor or []))
+    (console if code == 0 else err).print(text, highlight=False)
+    raise typer.Exit(code)
 
 
 @sim_app.command("dmp")

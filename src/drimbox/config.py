@@ -219,6 +219,48 @@ class DmpConfig(_Section):
         return value.rstrip("/")
 
 
+class TrustConfig(_Section):
+    """The trust space: the ANS whitelist and the box's mutual TLS material for its peers."""
+
+    whitelist_source: str = Field(
+        "",
+        description="Liste blanche DRIM-M : URL (https://…) ou fichier. Vide : aucun pair admis.",
+    )
+    anchors: list[str] = Field(
+        default_factory=list,
+        description="Certificats (PEM) des autorités IGC-Santé auxquelles le signataire de la "
+        "liste doit se rattacher (dans l'environnement : chemins séparés par des virgules).",
+    )
+    expected_signer_cn: str = Field(
+        "Liste Blanche DRIM-M", description="CN attendu du signataire de la liste (vide : tout CN)."
+    )
+    expected_signer_ou: str = Field(
+        "318751275100020",
+        description="OU attendu du signataire (SIRET de l'ANS ; vide : toute OU).",
+    )
+    allow_sha1: bool = Field(False, description="Accepter une liste signée en SHA-1 (déconseillé).")
+    refresh_interval_s: float = Field(
+        3600.0, gt=0, description="Intervalle de rafraîchissement de la liste (secondes)."
+    )
+    state_dir: str = Field(
+        "var/trust", description="Dossier où la dernière liste valide est conservée."
+    )
+    tls_cert: str = Field(
+        "", description="Certificat (PEM) de la DRIMbox pour le TLS mutuel avec ses pairs."
+    )
+    tls_key: str = Field("", description="Clé privée (PEM) de ce certificat.")
+    tls_ca: str = Field(
+        "", description="Autorités (PEM) qui émettent les certificats des pairs (IGC-Santé)."
+    )
+
+    @field_validator("anchors", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
 class StoreConfig(_Section):
     """Where the node keeps its state."""
 
@@ -253,6 +295,7 @@ class Config(_Section):
     pacs: PacsConfig = PacsConfig()
     source: SourceConfig = SourceConfig()
     dmp: DmpConfig = DmpConfig()
+    trust: TrustConfig = TrustConfig()
     store: StoreConfig = StoreConfig()
 
     def resolve_paths(self, base: Path) -> Config:
@@ -271,7 +314,18 @@ class Config(_Section):
             value = getattr(dmp, key)
             if value:
                 setattr(dmp, key, str((base / value).resolve()))
-        return self.model_copy(update={"store": store, "dmp": dmp, "viewer": viewer})
+        trust = self.trust.model_copy()
+        trust.anchors = [str((base / anchor).resolve()) for anchor in trust.anchors]
+        trust.state_dir = str((base / trust.state_dir).resolve())
+        for key in ("tls_cert", "tls_key", "tls_ca"):
+            if getattr(trust, key):
+                setattr(trust, key, str((base / getattr(trust, key)).resolve()))
+        source = trust.whitelist_source
+        if source and "://" not in source:
+            trust.whitelist_source = str((base / source).resolve())
+        return self.model_copy(
+            update={"store": store, "dmp": dmp, "viewer": viewer, "trust": trust}
+        )
 
 
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], list[str]]:
