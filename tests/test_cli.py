@@ -1,0 +1,50 @@
+"""Operator commands: exit codes and French messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from drimbox.cli import app
+from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
+from drimbox.samples import ans_file
+
+
+def test_whitelist_verify_exit_codes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    signed = ans_file("whitelist/LISTEBLANCHE_DRIM-M_SIGNEE_TEST.xml")
+    ok = runner.invoke(app, ["whitelist", "verify", str(signed)])
+    assert ok.exit_code == 0, ok.output
+    assert "VALIDE" in ok.output and "17" in ok.output
+    unsigned = ans_file("whitelist/LISTEBLANCHE_DRIM-M_NONSIGNEE_TEST.xml")
+    refused = runner.invoke(app, ["whitelist", "verify", str(unsigned)])
+    assert refused.exit_code == 1 and "pas signée" in refused.output
+    missing = runner.invoke(app, ["whitelist", "verify", str(tmp_path / "none.xml")])
+    assert missing.exit_code == 2
+
+
+def test_reports_retry(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    db = Database(url)
+    db.upgrade()
+    now = utcnow()
+    with db.session() as session:
+        message = Hl7Message(received_at=now, size_bytes=1, raw=b"x", ack_code="AA")
+        session.add(message)
+        session.flush()
+        for state in (ReportState.REFUSED, ReportState.PUBLISHED):
+            session.add(Report(message_id=message.id, received_at=now, updated_at=now,
+                               kind="publish", flags={}, state=state.value, attempts=3,
+                               reason="Identité incohérente"))  # fmt: skip
+    runner = CliRunner()
+    env = {"DRIMBOX_STORE__DATABASE_URL": url}
+    retried = runner.invoke(app, ["reports", "retry", "1"], env=env)
+    assert retried.exit_code == 0, retried.output
+    with db.session() as session:
+        report = session.get(Report, 1)
+        assert report is not None and report.state == ReportState.RECEIVED.value
+    nothing = runner.invoke(app, ["reports", "retry", "2"], env=env)
+    assert nothing.exit_code == 1 and "rien à relancer" in nothing.output
+    unknown = runner.invoke(app, ["reports", "retry", "9"], env=env)
+    assert unknown.exit_code == 1 and "aucun compte rendu" in unknown.output
