@@ -125,8 +125,11 @@ class PacsConfig(_Section):
     port: int = Field(104, ge=1, le=65535, description="Port DICOM du PACS.")
     called_aet: str = Field("PACS", max_length=16, description="AE Title du PACS.")
     calling_aet: str = Field("DRIMBOX", max_length=16, description="AE Title de la DRIMbox.")
+    scp_host: str = Field(
+        "127.0.0.1", description="Adresse d'écoute du SCP DICOM de la DRIMbox (0.0.0.0 : toutes)."
+    )
     scp_port: int = Field(
-        11112, ge=1, le=65535, description="Port du SCP DICOM de la DRIMbox (C-STORE, IOCM)."
+        11112, ge=0, le=65535, description="Port du SCP DICOM de la DRIMbox (C-STORE, IOCM)."
     )
     retrieve: Literal["wado-rs", "c-get", "c-move"] = Field(
         "c-get", description="Méthode de récupération des images : wado-rs, c-get ou c-move."

@@ -60,6 +60,7 @@ class DemoPorts:
     pacs_dicom: int = 4242
     pacs_http: int = 8042
     dmp: int = 8090
+    scp: int = 11112
 
 
 def _port_or_free(port: int) -> int:
@@ -93,6 +94,7 @@ host = "127.0.0.1"
 port = {ports.pacs_dicom}
 called_aet = "ORTHANC"
 calling_aet = "DRIMBOX"
+scp_port = {ports.scp}
 dicomweb_url = "http://127.0.0.1:{ports.pacs_http}/dicom-web"
 timeout_s = 10
 
@@ -153,6 +155,7 @@ def run_demo(folder: Path, *, fresh: bool, exit_after: bool, console: Console) -
         pacs_dicom=_port_or_free(4242),
         pacs_http=_port_or_free(8042),
         dmp=_port_or_free(8090),
+        scp=_port_or_free(11112),
     )
     console.print(f"[bold]DRIMbox — démonstration[/] (dossier {folder})", highlight=False)
     # A new test PKI each run: no key outlives the demo's own folder.

@@ -11,9 +11,11 @@ import logging
 
 from drimbox.config import Config
 from drimbox.db import Database
+from drimbox.dicom.scp import StoreScp
 from drimbox.hl7.server import MllpServer
 from drimbox.source.dmp_port import ClientDmpPort, dmp_port
 from drimbox.source.intake import ReportIntake
+from drimbox.source.iocm import IocmStoreHandler
 from drimbox.source.outbox import DmpPublisher
 from drimbox.source.pipeline import ReportPipeline
 
@@ -27,6 +29,7 @@ class Node:
         self.mllp: MllpServer | None = None
         self.pipeline: ReportPipeline | None = None
         self.publisher: DmpPublisher | None = None
+        self.scp: StoreScp | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -44,6 +47,13 @@ class Node:
             await self.mllp.start()
             self.pipeline = ReportPipeline(self.config, self.db)
             self._tasks.append(asyncio.create_task(self.pipeline.run_forever(self._stop)))
+            self.scp = StoreScp(
+                self.config.pacs.calling_aet,
+                self.config.pacs.scp_host,
+                self.config.pacs.scp_port,
+            )
+            self.scp.add_handler(IocmStoreHandler(self.db))
+            await asyncio.to_thread(self.scp.start)
             self.publisher = DmpPublisher(self.config, self.db, dmp_port(self.config))
             self._tasks.append(asyncio.create_task(self.publisher.run_forever(self._stop)))
 
@@ -52,6 +62,8 @@ class Node:
         if self.mllp is not None:
             await self.mllp.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.scp is not None:
+            await asyncio.to_thread(self.scp.stop)
         if self.publisher is not None and isinstance(self.publisher.port, ClientDmpPort):
             self.publisher.port.close()
         self.db.dispose()

@@ -33,6 +33,7 @@ def node_config(
         "DRIMBOX_SOURCE__RETRY_INITIAL_S": "0.2",
         "DRIMBOX_SOURCE__RETRY_MAX_S": "0.5",
         "DRIMBOX_PACS__TIMEOUT_S": "5",
+        "DRIMBOX_PACS__SCP_PORT": "0",
     }
     if orthanc is not None:
         environ |= {

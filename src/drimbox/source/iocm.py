@@ -14,6 +14,7 @@ from pydicom import Dataset
 from sqlalchemy import select
 
 from drimbox.db import Database, Report, ReportState, utcnow
+from drimbox.dicom.scp import ReceivedInstance
 from drimbox.trust import audit
 
 log = logging.getLogger(__name__)
@@ -108,3 +109,19 @@ def handle_rejection_note(db: Database, dataset: Dataset, *, sender: str = "") -
             report_id=reopened[-1],
         )
     return reopened
+
+
+class IocmStoreHandler:
+    """The SCP handler that takes rejection notes (and only them) from the PACS."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def __call__(self, instance: ReceivedInstance) -> bool:
+        if instance.sop_class_uid != KOS_SOP_CLASS:
+            return False
+        dataset = instance.dataset_header()
+        if rejection_reason(dataset) is None:
+            return False
+        handle_rejection_note(self.db, dataset, sender=instance.calling_aet)
+        return True

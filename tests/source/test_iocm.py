@@ -1,0 +1,140 @@
+"""IOCM: rejection notes sent to the box's SCP update (RPLC) or delete the published KOS."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from drimbox.db import ReportState
+from drimbox.hl7.message import parse_report_message
+from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.ris import RisClient
+from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from support.dmp import DmpEnvironment, local_dmp
+from support.node import RunningNode, node_config
+from support.samples import hl7_text
+from support.tools import require_tool
+
+KOS = "1.2.840.10008.5.1.4.1.1.88.59"
+DONE = {ReportState.PUBLISHED.value, ReportState.APPLIED.value, ReportState.PARKED.value,
+        ReportState.REFUSED.value}  # fmt: skip
+
+
+def rejection_note(path: Path, study_uid: str, rejected: list[Dataset]) -> Path:
+    """A KOS titled (113001, DCM, "Rejected for Quality Reasons") naming `rejected`."""
+    note = Dataset()
+    note.SOPClassUID = KOS
+    note.SOPInstanceUID = generate_uid()
+    note.StudyInstanceUID = study_uid
+    note.SeriesInstanceUID = generate_uid()
+    note.Modality = "KO"
+    note.PatientID = "279035121518989"
+    title = Dataset()
+    title.CodeValue, title.CodingSchemeDesignator = "113001", "DCM"
+    title.CodeMeaning = "Rejected for Quality Reasons"
+    note.ConceptNameCodeSequence = Sequence([title])
+    by_series: dict[str, list[Dataset]] = {}
+    for instance in rejected:
+        by_series.setdefault(str(instance.SeriesInstanceUID), []).append(instance)
+    evidence = Dataset()
+    evidence.StudyInstanceUID = study_uid
+    series_items = []
+    for series_uid, instances in by_series.items():
+        series = Dataset()
+        series.SeriesInstanceUID = series_uid
+        sops = []
+        for instance in instances:
+            sop = Dataset()
+            sop.ReferencedSOPClassUID = instance.SOPClassUID
+            sop.ReferencedSOPInstanceUID = instance.SOPInstanceUID
+            sops.append(sop)
+        series.ReferencedSOPSequence = Sequence(sops)
+        series_items.append(series)
+    evidence.ReferencedSeriesSequence = Sequence(series_items)
+    note.CurrentRequestedProcedureEvidenceSequence = Sequence([evidence])
+    note.file_meta = FileMetaDataset()
+    note.file_meta.MediaStorageSOPClassUID = KOS
+    note.file_meta.MediaStorageSOPInstanceUID = note.SOPInstanceUID
+    note.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    note.save_as(path, enforce_file_format=True)
+    return path
+
+
+def send_from_pacs(node: RunningNode, path: Path) -> None:
+    storescu = require_tool("storescu", "dcmtk")
+    assert node.node.scp is not None
+    result = subprocess.run(
+        [storescu, "-aet", "ORTHANC", "-aec", node.config.pacs.calling_aet, "127.0.0.1",
+         str(node.node.scp.bound_port), str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def pacs(orthanc: LocalOrthanc) -> Iterator[LocalOrthanc]:
+    orthanc.delete_all()
+    yield orthanc
+    orthanc.delete_all()
+
+
+@pytest.fixture
+def dmp(tmp_path: Path) -> Iterator[DmpEnvironment]:
+    with local_dmp(tmp_path / "dmp") as environment:
+        yield environment
+
+
+def delete_from_pacs(pacs: LocalOrthanc, datasets: list[Dataset]) -> None:
+    for dataset in datasets:
+        found = pacs.client.post("/tools/lookup", content=str(dataset.SOPInstanceUID)).json()
+        for item in found:
+            pacs.client.delete(item["Path"]).raise_for_status()
+
+
+def test_rejection_notes_replace_then_delete_the_kos(
+    pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
+) -> None:
+    report = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
+    assert report is not None
+    files = generate_study_for_report(
+        tmp_path / "study", report, [SeriesSpec("CT", "a", 3), SeriesSpec("CT", "b", 2)],
+        rows=32, columns=32,
+    )  # fmt: skip
+    pacs.store_files(files)
+    datasets = [dcmread(f, stop_before_pixels=True) for f in files]
+    series_b = [d for d in datasets if d.SeriesNumber == datasets[-1].SeriesNumber]
+    series_a = [d for d in datasets if d not in series_b]
+    study = report.study_instance_uid
+    with RunningNode(node_config(tmp_path, pacs, dmp.node_environ())) as node:
+        with RisClient("127.0.0.1", node.hl7_port) as ris:
+            assert ris.send(hl7_text("CR_C-ORU.hl7")).code == "AA"
+        first = node.wait_for_report(node.reports()[0].id, DONE)
+        assert first.state == ReportState.PUBLISHED.value and first.kos_instance_count == 5
+
+        # The PACS rejects series b: the KOS is rebuilt from what is left and replaces the old.
+        delete_from_pacs(pacs, series_b)
+        send_from_pacs(node, rejection_note(tmp_path / "note1.dcm", study, series_b))
+        second = node.wait_for_report(node.reports()[-1].id, DONE)
+        assert second.kind == "iocm" and second.state == ReportState.PUBLISHED.value
+        assert second.kos_instance_count == 3
+        node.wait_for_report(first.id, {ReportState.REPLACED.value})
+
+        # Then everything is rejected: the KOS leaves the DMP.
+        delete_from_pacs(pacs, series_a)
+        send_from_pacs(node, rejection_note(tmp_path / "note2.dcm", study, series_a))
+        third = node.wait_for_report(node.reports()[-1].id, DONE)
+        assert third.kind == "iocm" and third.state == ReportState.APPLIED.value, third.reason
+        node.wait_for_report(second.id, {ReportState.WITHDRAWN.value})
+    entries = {
+        d["unique_id"]: d["status"]
+        for d in dmp.documents()
+        if d["mime_type"] == "application/dicom"
+    }
+    assert entries == {first.kos_sop_uid: "Deprecated", second.kos_sop_uid: "Deleted"}
