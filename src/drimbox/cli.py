@@ -161,6 +161,8 @@ def _report_row(report: Report) -> dict[str, Any]:
         "reason": report.reason,
         "kos_sop_instance_uid": report.kos_sop_uid,
         "kos_instances": report.kos_instance_count,
+        "dmp_entry_uuid": report.dmp_entry_uuid,
+        "published_at": report.published_at.isoformat() if report.published_at else None,
     }
 
 
@@ -210,6 +212,8 @@ def reports_list(
         detail = row["reason"] or (
             f"{row['kos_instances']} images" if row["kos_instances"] is not None else ""
         )
+        if row["state"] == "published" and row["dmp_entry_uuid"]:
+            detail = f"{detail} — DMP {row['dmp_entry_uuid'].removeprefix('urn:uuid:')}"
         table.add_row(
             str(row["id"]),
             received.strftime("%d/%m/%Y %H:%M"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from pathlib import Path
 
 from drimbox.config import Config
 from drimbox.db import Database
@@ -18,8 +20,31 @@ from drimbox.source.intake import ReportIntake
 from drimbox.source.iocm import IocmStoreHandler
 from drimbox.source.outbox import DmpPublisher
 from drimbox.source.pipeline import ReportPipeline
+from drimbox.trust.store import WhitelistStore
+from drimbox.trust.whitelist import load_certificates
+from drimbox.trust.xades_verify import ExpectedSigner
 
 log = logging.getLogger(__name__)
+
+
+def whitelist_store(config: Config) -> WhitelistStore | None:
+    """The whitelist in force, refreshed from `[trust] whitelist_source`; None when unset."""
+    trust = config.trust
+    if not trust.whitelist_source:
+        return None
+    expected = ExpectedSigner(
+        common_name=re.escape(trust.expected_signer_cn) if trust.expected_signer_cn else None,
+        organizational_unit=(
+            re.escape(trust.expected_signer_ou) if trust.expected_signer_ou else None
+        ),
+    )
+    return WhitelistStore(
+        trust.whitelist_source,
+        load_certificates([Path(anchor) for anchor in trust.anchors]),
+        trust.state_dir,
+        expected_signer=expected,
+        allow_sha1=trust.allow_sha1,
+    )
 
 
 class Node:
@@ -30,11 +55,18 @@ class Node:
         self.pipeline: ReportPipeline | None = None
         self.publisher: DmpPublisher | None = None
         self.scp: StoreScp | None = None
+        self.whitelist: WhitelistStore | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await asyncio.to_thread(self.db.upgrade)
+        self.whitelist = whitelist_store(self.config)
+        if self.whitelist is not None:
+            interval = self.config.trust.refresh_interval_s
+            self._tasks.append(
+                asyncio.create_task(self.whitelist.run_forever(self._stop, interval))
+            )
         if self.config.roles.source:
             intake = ReportIntake(self.db)
             self.mllp = MllpServer(
