@@ -213,7 +213,7 @@ def reports_list(
             f"{row['kos_instances']} images" if row["kos_instances"] is not None else ""
         )
         if row["state"] == "published" and row["dmp_entry_uuid"]:
-            detail = f"{detail} — DMP {row['dmp_entry_uuid'].removeprefix('urn:uuid:')}"
+            detail = f"{detail}, DMP {row['dmp_entry_uuid'].removeprefix('urn:uuid:')[:8]}…"
         table.add_row(
             str(row["id"]),
             received.strftime("%d/%m/%Y %H:%M"),
