@@ -354,6 +354,44 @@ def sim_dmp(
     run_dmp_simulator(host, port, db, trust, tls_cert, tls_key, client_ca)
 
 
+@sim_app.command("psc")
+def sim_psc(
+    host: str = "127.0.0.1",
+    port: int = 8091,
+    public_url: Annotated[
+        str | None, typer.Option(help="URL publique (derrière un proxy).")
+    ] = None,
+    client_id: str = "drimbox-sim",
+    client_secret: str = "drimbox-sim-secret",
+    redirect_uri: Annotated[
+        list[str] | None,
+        typer.Option(help="URL de retour admise (répétable ; * final = joker)."),
+    ] = None,
+    users: Annotated[Path | None, typer.Option(help="Utilisateurs de test (TOML).")] = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> None:
+    """Simulateur de Pro Santé Connect (tests et démonstration ; jamais en production)."""
+    from drimbox.sim.psc.server import run_psc_simulator
+
+    for path in (users, tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            fail(f"fichier introuvable : {path}")
+    console.print(f"Simulateur PSC sur {'https' if tls_cert else 'http'}://{host}:{port}")
+    extra = {"redirect_uris": tuple(redirect_uri)} if redirect_uri else {}
+    run_psc_simulator(
+        host,
+        port,
+        public_url=public_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        users_file=users,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
 @sim_app.command("ris")
 def sim_ris(
     files: list[Path],

@@ -222,6 +222,49 @@ class DmpConfig(_Section):
         return value.rstrip("/")
 
 
+class PscConfig(_Section):
+    """Pro Santé Connect (OpenID Connect): how users sign in, and how peers' tokens are checked."""
+
+    client_id: str = Field("", description="Identifiant client de la DRIMbox chez PSC.")
+    client_secret: str = Field(
+        "", description="Secret client PSC (préférer DRIMBOX_PSC__CLIENT_SECRET à ce fichier)."
+    )
+    redirect_uri: str = Field(
+        "", description="URL de retour après connexion, ex. https://db.exemple.fr/auth/callback."
+    )
+    discovery_url: str = Field(
+        "",
+        description="Document de découverte (chemin propre à PSC : …/realms/esante-wallet/"
+        ".well-known/wallet-openid-configuration). Sinon, renseigner chaque point d'accès.",
+    )
+    issuer: str = Field("", description="Émetteur attendu des jetons (iss).")
+    authorization_endpoint: str = Field("", description="Point d'accès d'autorisation.")
+    token_endpoint: str = Field("", description="Point d'accès des jetons.")
+    userinfo_endpoint: str = Field("", description="Point d'accès userinfo.")
+    jwks_uri: str = Field("", description="Clés publiques (JWKS).")
+    introspection_endpoint: str = Field(
+        "", description="Introspection (vérification des jetons des pairs)."
+    )
+    end_session_endpoint: str = Field("", description="Déconnexion.")
+    scope: str = Field("openid scope_all", description="Portée demandée.")
+    acr_values: str = Field("eidas1", description="Niveau d'authentification exigé.")
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = Field(
+        "client_secret_basic", description="Authentification du client au point d'accès jetons."
+    )
+    use_pkce: bool = Field(True, description="PKCE (S256) pour le flux code.")
+    leeway_s: int = Field(30, ge=0, description="Tolérance d'horloge pour exp/iat (secondes).")
+    timeout_s: float = Field(10.0, gt=0, description="Délai d'attente des appels à PSC.")
+    ca_file: str = Field("", description="Autorités (PEM) du serveur PSC ; vide : le système.")
+    introspection_cache_s: float = Field(
+        30.0, ge=0, description="Durée de cache d'une introspection réussie (secondes)."
+    )
+    session_max_h: float = Field(12.0, gt=0, description="Durée maximale d'une session (heures).")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.client_id and (self.discovery_url or self.token_endpoint))
+
+
 class TrustConfig(_Section):
     """The trust space: the ANS whitelist and the box's mutual TLS material for its peers."""
 
@@ -298,6 +341,7 @@ class Config(_Section):
     pacs: PacsConfig = PacsConfig()
     source: SourceConfig = SourceConfig()
     dmp: DmpConfig = DmpConfig()
+    psc: PscConfig = PscConfig()
     trust: TrustConfig = TrustConfig()
     store: StoreConfig = StoreConfig()
 
