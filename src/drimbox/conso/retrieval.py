@@ -1,0 +1,505 @@
+"""Retrieval of an exam's images from the Source boxes named in its KOS (WADO-RS, DRIM-M flavour).
+
+Owns the outgoing WADO-RS series request of ARCHITECTURE §2.6 — `Authorization: Bearer <PSC
+access token of the user>`, `KOS-SOPInstanceUID`, the `Accept` list of the official request
+(`samples/ans/validators/wado-rs-series-request.txt`) — and the rules around it:
+
+- the RetrieveURL's host must be the `db` of a whitelist entry, checked **before any network
+  contact** (`PeerCheck.check_outgoing_host`); plain `http://` is refused;
+- mutual TLS with the node's certificate (`client_ssl_context`), and the server certificate's
+  subject must be that entry's `DNCertificatOperateur` (`PeerCheck.check_outgoing`), checked
+  once the headers are in and **before the body is read**;
+- the multipart/related body is parsed as it arrives; each instance is checked against the KOS
+  (only referenced instances of that series are stored) and handed to an `InstanceStore` (the
+  node's cache, or a folder) before the next one is read: memory holds one instance at a time;
+- 401/403/404/406/503 (Retry-After honoured when short) become `RetrievalError`s in French;
+- every series retrieval is audited (who, patient, study, peer, bytes, result).
+
+It must not decide who may retrieve (the web layer checks the session), nor serve images.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from drimbox.conso.common import Auditor, ConsoError, InstanceStore, SeriesWriter, no_audit
+from drimbox.conso.history import Manifest, SeriesRef
+from drimbox.dicom.cache import CacheError, describe_instance
+from drimbox.trust.audit import Result
+from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate_from_response
+from drimbox.trust.whitelist import Domain
+from drimbox.web.multipart import MultipartError, MultipartReader, boundary_of
+
+log = logging.getLogger(__name__)
+
+KOS_HEADER: Final = "KOS-SOPInstanceUID"
+# The Accept value of the official DRIM-M series request, byte for byte (trailing comma included):
+# JPEG lossless SV1 first, then JPEG-LS, JPEG 2000, JPEG, MPEG, Explicit VR Little Endian.
+ACCEPT_DRIM_M: Final = (
+    ",".join(
+        f'multipart/related; type="application/dicom";transfer-syntax={syntax};q={q};boundary=**'
+        for syntax, q in (
+            ("1.2.840.10008.1.2.4.70", "0.9"),
+            ("1.2.840.10008.1.2.4.80", "0.8"),
+            ("1.2.840.10008.1.2.4.91", "0.6"),
+            ("1.2.840.10008.1.2.4.50", "0.5"),
+            ("1.2.840.10008.1.2.4.51", "0.5"),
+            ("1.2.840.10008.1.2.4.100", "0.5"),
+            ("1.2.840.10008.1.2.4.101", "0.5"),
+            ("1.2.840.10008.1.2.4.102", "0.5"),
+            ("1.2.840.10008.1.2.4.103", "0.5"),
+            ("1.2.840.10008.1.2.1", "0.4"),
+        )
+    )
+    + ","
+)
+CHUNK_BYTES: Final = 256 * 1024
+MAX_INSTANCE_BYTES: Final = 2 * 1024**3  # one multi-frame instance may be large; not a series
+MAX_ERROR_BODY: Final = 4096
+
+
+class RetrievalError(ConsoError):
+    """A series could not be retrieved. `status` is the Source's HTTP status when it answered;
+    `retry_after` (seconds) when it said when to come back (503)."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        detail: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(code, message, detail=detail, retryable=retryable)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass
+class Progress:
+    """Figures handed to the progress callback after each instance."""
+
+    series_done: int
+    series_total: int
+    instances: int
+    bytes: int
+    expected_instances: int
+    current_series: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class SeriesResult:
+    series_uid: str
+    peer: str  # whitelist Identifiant of the Source
+    instances: int = 0
+    bytes: int = 0
+    missing: list[str] = field(default_factory=list)  # referenced by the KOS, not received
+    unexpected: list[str] = field(default_factory=list)  # received, not in the KOS: dropped
+    received: list[str] = field(default_factory=list, repr=False)  # SOP UIDs stored
+    already_stored: bool = False
+
+
+@dataclass
+class RetrievalReport:
+    study_uid: str
+    series: list[SeriesResult] = field(default_factory=list)
+    errors: dict[str, RetrievalError] = field(default_factory=dict)  # by series UID
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors and not any(s.missing for s in self.series)
+
+    @property
+    def instances(self) -> int:
+        return sum(s.instances for s in self.series)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.series)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+_STATUS_ERRORS: Final[dict[int, tuple[str, str]]] = {
+    400: ("REQUETE_INVALIDE", "La DRIMbox source a jugé la demande d'images invalide."),
+    401: (
+        "NON_AUTHENTIFIE",
+        "La DRIMbox source n'a pas accepté votre connexion Pro Santé Connect : reconnectez-vous "
+        "puis réessayez.",
+    ),
+    403: (
+        "ACCES_REFUSE",
+        "La DRIMbox source refuse l'accès à ces images (examen non publié avec ce manifeste, ou "
+        "accès non autorisé).",
+    ),
+    404: (
+        "INTROUVABLE",
+        "Les images de cet examen ne sont plus disponibles sur la DRIMbox source.",
+    ),
+    406: (
+        "FORMAT_NON_ACCEPTE",
+        "La DRIMbox source ne peut fournir les images dans aucun des formats demandés.",
+    ),
+    503: (
+        "SOURCE_INDISPONIBLE",
+        "La DRIMbox source est momentanément indisponible : réessayez plus tard.",
+    ),
+}
+
+
+class SourceRetriever:
+    """WADO-RS client of the Source boxes, for one node.
+
+    - `peer_check`: the node's `PeerCheck` (the whitelist in force);
+    - `ssl_context`: `client_ssl_context(cert, key, ca)` of the node (mutual TLS);
+    - `resolve`: host → address overrides (like curl's `--resolve`), for sites whose DNS cannot
+      resolve peers, and for tests on loopback; the certificate is still checked against the
+      whitelisted host name (SNI and Host header keep it);
+    - `max_wait_s`: a 503 whose Retry-After is at most this is retried once, after waiting.
+    """
+
+    def __init__(
+        self,
+        peer_check: PeerCheck,
+        ssl_context: ssl.SSLContext,
+        *,
+        timeout_s: float = 60.0,
+        resolve: Mapping[str, str] | None = None,
+        max_instance_bytes: int = MAX_INSTANCE_BYTES,
+        max_wait_s: float = 5.0,
+        user_agent: str = "DRIMbox",
+    ) -> None:
+        self._check = peer_check
+        self._resolve = {k.lower(): v for k, v in (resolve or {}).items()}
+        self._max_instance = max_instance_bytes
+        self._max_wait = max_wait_s
+        self._http = httpx.Client(
+            verify=ssl_context,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
+            headers={"User-Agent": user_agent},
+            follow_redirects=False,  # a redirect could leave the whitelisted host
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SourceRetriever:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- one exam ----------------------------------------------------------------------------
+
+    def retrieve_exam(
+        self,
+        manifest: Manifest,
+        token: str,
+        store: InstanceStore,
+        *,
+        series_uids: Sequence[str] | None = None,
+        progress: ProgressCallback | None = None,
+        audit: Auditor = no_audit,
+    ) -> RetrievalReport:
+        """Every series of the KOS (or those of `series_uids`), one after the other. A series
+        that fails is reported in `errors` and the others are still fetched."""
+        wanted = [s for s in manifest.series if series_uids is None or s.series_uid in series_uids]
+        report = RetrievalReport(manifest.study_uid)
+        totals = Progress(0, len(wanted), 0, 0, sum(len(s.instances) for s in wanted))
+        for series in wanted:
+            totals.current_series = series.series_uid
+            try:
+                result = self.retrieve_series(
+                    series,
+                    manifest,
+                    token,
+                    store,
+                    progress=progress,
+                    totals=totals,
+                    audit=audit,
+                )
+                report.series.append(result)
+            except RetrievalError as error:
+                report.errors[series.series_uid] = error
+            totals.series_done += 1
+            if progress is not None:
+                progress(totals)
+        return report
+
+    # -- one series --------------------------------------------------------------------------
+
+    def retrieve_series(
+        self,
+        series: SeriesRef,
+        manifest: Manifest,
+        token: str,
+        store: InstanceStore,
+        *,
+        progress: ProgressCallback | None = None,
+        totals: Progress | None = None,
+        audit: Auditor = no_audit,
+    ) -> SeriesResult:
+        url = series.retrieve_url
+        host = urlsplit(url).hostname or ""
+
+        def record(result: Result, nbytes: int | None = None, **extra: str | int) -> None:
+            audit(
+                nbytes=nbytes,
+                action="wado_rs_retrieve",
+                result=result,
+                patient_ins=manifest.patient_id,
+                study_uid=series.study_uid,
+                remote=host,
+                series_uid=series.series_uid,
+                kos_uid=manifest.sop_instance_uid,
+                **extra,
+            )
+
+        try:
+            domain = self._allowed(url)
+        except RetrievalError as refused:
+            record("refused", code=refused.code)
+            raise
+        try:
+            writer = store.open_series(series.study_uid, series.series_uid)
+        except (OSError, ValueError, CacheError) as exc:
+            raise RetrievalError(
+                "STOCKAGE_IMPOSSIBLE",
+                "Les images ne peuvent pas être enregistrées localement (cache ou dossier).",
+                detail=str(exc),
+            ) from exc
+        if writer is None:
+            return SeriesResult(series.series_uid, domain.identifier, already_stored=True)
+        result = SeriesResult(series.series_uid, domain.identifier)
+        totals = totals or Progress(0, 1, 0, 0, len(series.instances), series.series_uid)
+        try:
+            try:
+                self._fetch(url, series, manifest, token, writer, result, totals, progress)
+            except httpx.TransportError as exc:
+                raise RetrievalError(
+                    "SOURCE_INJOIGNABLE",
+                    f"La DRIMbox source {domain.name} est injoignable (réseau, certificat ou "
+                    "service arrêté).",
+                    detail=f"{type(exc).__name__}: {exc}",
+                    retryable=True,
+                ) from exc
+            except (MultipartError, ValueError) as exc:
+                raise RetrievalError(
+                    "REPONSE_INVALIDE",
+                    f"La DRIMbox source {domain.name} a envoyé une réponse illisible.",
+                    detail=str(exc),
+                ) from exc
+        except BaseException as exc:
+            writer.fail(exc)
+            code = exc.code if isinstance(exc, RetrievalError) else type(exc).__name__
+            record(
+                "refused" if code == "CERTIFICAT_NON_CONFORME" else "error",
+                nbytes=result.bytes,
+                code=code,
+                peer=domain.identifier,
+            )
+            raise
+        writer.finish()
+        result.missing = sorted({uid for _cls, uid in series.instances} - set(result.received))
+        record(
+            "ok",
+            nbytes=result.bytes,
+            peer=domain.identifier,
+            instances=result.instances,
+            missing=len(result.missing),
+        )
+        return result
+
+    def _allowed(self, url: str) -> Domain:
+        parts = urlsplit(url)
+        if not url:
+            raise RetrievalError(
+                "SANS_ADRESSE",
+                "Le manifeste (KOS) n'indique pas où récupérer cette série (RetrieveURL absente).",
+            )
+        if parts.scheme != "https":
+            raise RetrievalError(
+                "URL_NON_SECURISEE",
+                "Adresse de récupération des images non sécurisée (https obligatoire) : "
+                "demande non envoyée.",
+                detail=url,
+            )
+        try:
+            return self._check.check_outgoing_host(url)
+        except PeerRefused as refusal:
+            raise RetrievalError(
+                "HORS_LISTE_BLANCHE",
+                f"La DRIMbox « {parts.hostname} » qui détient ces images n'est pas dans la liste "
+                "blanche DRIM-M en vigueur : aucune demande ne lui a été envoyée.",
+                detail=refusal.detail,
+            ) from refusal
+
+    def _target(self, url: str) -> tuple[str, dict[str, str], dict[str, object]]:
+        """The URL to connect to, extra headers and httpx extensions (SNI) under `resolve`."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        address = self._resolve.get(host.lower())
+        if address is None:
+            return url, {}, {}
+        netloc = f"{address}:{parts.port}" if parts.port else address
+        target = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        return target, {"Host": parts.netloc}, {"sni_hostname": host}
+
+    def _fetch(
+        self,
+        url: str,
+        series: SeriesRef,
+        manifest: Manifest,
+        token: str,
+        writer: SeriesWriter,
+        result: SeriesResult,
+        totals: Progress,
+        progress: ProgressCallback | None,
+    ) -> None:
+        target, extra_headers, extensions = self._target(url)
+        headers = {
+            "Accept": ACCEPT_DRIM_M,
+            "Authorization": f"Bearer {token}",
+            KOS_HEADER: manifest.sop_instance_uid,
+            **extra_headers,
+        }
+        expected = {uid for _cls, uid in series.instances}
+        for attempt in (1, 2):
+            with self._http.stream("GET", target, headers=headers, extensions=extensions) as rsp:
+                # Who answers is checked before anything it sent is read (ARCHITECTURE §4).
+                try:
+                    self._check.check_outgoing(url, peer_certificate_from_response(rsp))
+                except PeerRefused as refusal:
+                    raise RetrievalError(
+                        "CERTIFICAT_NON_CONFORME",
+                        "Le certificat présenté par la DRIMbox source ne correspond pas à celui "
+                        "de la liste blanche : images non téléchargées.",
+                        detail=refusal.detail,
+                    ) from refusal
+                if rsp.status_code == 503 and attempt == 1:
+                    wait = _retry_after(rsp.headers.get("retry-after"))
+                    if wait is not None and wait <= self._max_wait:
+                        log.info("Source %s busy, retrying in %.1f s", urlsplit(url).hostname, wait)
+                        time.sleep(wait)
+                        continue
+                if rsp.status_code != 200:
+                    raise self._status_error(rsp)
+                self._read_parts(rsp, expected, writer, result, totals, progress)
+                return
+
+    def _status_error(self, response: httpx.Response) -> RetrievalError:
+        status = response.status_code
+        body = b""
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= MAX_ERROR_BODY:
+                break
+        detail = f"HTTP {status}: {body[:MAX_ERROR_BODY].decode('utf-8', 'replace')}"
+        code, message = _STATUS_ERRORS.get(
+            status,
+            (
+                "ERREUR_SOURCE",
+                f"La DRIMbox source a répondu par une erreur (HTTP {status}).",
+            ),
+        )
+        retry_after = _retry_after(response.headers.get("retry-after")) if status == 503 else None
+        if retry_after is not None:
+            message += f" (nouvel essai possible dans {int(retry_after)} s)"
+        return RetrievalError(
+            code,
+            message,
+            detail=detail,
+            status=status,
+            retry_after=retry_after,
+            retryable=status in (503,) or status >= 500,
+        )
+
+    def _read_parts(
+        self,
+        response: httpx.Response,
+        expected: set[str],
+        writer: SeriesWriter,
+        result: SeriesResult,
+        totals: Progress,
+        progress: ProgressCallback | None,
+    ) -> None:
+        content_type = response.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/related"):
+            raise RetrievalError(
+                "REPONSE_INVALIDE",
+                "La DRIMbox source n'a pas renvoyé d'images DICOM (multipart/related attendu).",
+                detail=f"Content-Type {content_type!r}",
+            )
+        reader = MultipartReader(boundary_of(content_type))
+        pending = 0  # bytes fed since the last complete part: bounds one instance in memory
+        received: set[str] = set()
+        for chunk in response.iter_bytes(CHUNK_BYTES):
+            pending += len(chunk)
+            for part in reader.feed(chunk):
+                pending = 0
+                if len(part.body) > self._max_instance:
+                    raise RetrievalError(
+                        "REPONSE_INVALIDE",
+                        "La DRIMbox source envoie une instance démesurée : téléchargement "
+                        "interrompu.",
+                        detail=f"part of {len(part.body)} bytes > {self._max_instance}",
+                    )
+                part_type = part.content_type.split(";", 1)[0].strip().lower()
+                if part_type and part_type != "application/dicom":
+                    raise RetrievalError(
+                        "REPONSE_INVALIDE",
+                        "La DRIMbox source a envoyé autre chose qu'une instance DICOM.",
+                        detail=f"part Content-Type {part.content_type!r}",
+                    )
+                sop, _sop_class, _syntax = describe_instance(part.body)
+                if sop not in expected:
+                    # Not referenced by the KOS of this series: never stored (identity safety).
+                    result.unexpected.append(sop)
+                    log.warning("instance %s not in KOS series %s: dropped", sop, result.series_uid)
+                    continue
+                if sop in received:
+                    continue  # a duplicate part: stored once
+                writer.add(part.body)
+                received.add(sop)
+                result.received.append(sop)
+                result.instances += 1
+                result.bytes += len(part.body)
+                totals.instances += 1
+                totals.bytes += len(part.body)
+                if progress is not None:
+                    progress(totals)
+            if pending > self._max_instance:
+                raise RetrievalError(
+                    "REPONSE_INVALIDE",
+                    "La DRIMbox source envoie une instance démesurée : téléchargement interrompu.",
+                    detail=f"more than {self._max_instance} bytes in one part",
+                )
+        reader.close()
