@@ -318,6 +318,11 @@ class StoreConfig(_Section):
     cache_max_bytes: int = Field(
         10 * 1024**3, ge=0, description="Taille maximale du cache d'images (octets)."
     )
+    secret_key_file: str = Field(
+        "var/secret.key",
+        description="Clé secrète du nœud (chiffrement des jetons de session) : créée au premier "
+        "démarrage ; la même sur tous les nœuds d'un site.",
+    )
     cache_ttl_h: float = Field(
         72.0, gt=0, description="Durée de conservation d'une série dans le cache (heures)."
     )
@@ -354,6 +359,7 @@ class Config(_Section):
             if rel and rel != ":memory:":
                 store.database_url = "sqlite:///" + str((base / rel).resolve())
         store.cache_dir = str((base / store.cache_dir).resolve())
+        store.secret_key_file = str((base / store.secret_key_file).resolve())
         viewer = self.viewer.model_copy()
         viewer.ohif_dir = str((base / viewer.ohif_dir).resolve())
         dmp = self.dmp.model_copy()

@@ -5,7 +5,17 @@ how a unit of work is committed; the domain packages say what to store, not how.
 """
 
 from drimbox.db.engine import Database, utcnow
-from drimbox.db.models import AuditEvent, Base, DmpJob, Hl7Message, JobState, Report, ReportState
+from drimbox.db.models import (
+    AuditEvent,
+    Base,
+    DmpJob,
+    Hl7Message,
+    JobState,
+    LoginRequestRow,
+    Report,
+    ReportState,
+    UserSession,
+)
 
 __all__ = [
     "AuditEvent",
@@ -14,7 +24,9 @@ __all__ = [
     "DmpJob",
     "Hl7Message",
     "JobState",
+    "LoginRequestRow",
     "Report",
     "ReportState",
+    "UserSession",
     "utcnow",
 ]

@@ -148,3 +148,38 @@ class AuditEvent(Base):
     bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     remote: Mapped[str] = mapped_column(String(128), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class LoginRequestRow(Base):
+    """A Pro Santé Connect login under way: consumed once, at the callback."""
+
+    __tablename__ = "login_requests"
+
+    state: Mapped[str] = mapped_column(String(128), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(128))
+    code_verifier: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    return_to: Mapped[str] = mapped_column(Text, default="/")
+    browser_hash: Mapped[str] = mapped_column(String(64))  # binds the callback to the browser
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UserSession(Base):
+    """A signed-in user. The cookie holds a random id; only its SHA-256 is stored here, and the
+    PSC tokens are encrypted (AES-GCM) with the node's secret key."""
+
+    __tablename__ = "user_sessions"
+    __table_args__ = (Index("ix_user_sessions_subject", "subject_name_id"),)
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255))  # PSC `sub`
+    subject_name_id: Mapped[str] = mapped_column(String(64))  # RPPS-like SubjectNameID
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    userinfo: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    situation_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    tokens: Mapped[bytes] = mapped_column(LargeBinary)  # encrypted JSON
+    access_expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    studies: Mapped[list[str]] = mapped_column(JSON, default=list)  # granted to this session
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
