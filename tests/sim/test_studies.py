@@ -90,7 +90,7 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="modality"):
         make(tmp_path, [SeriesSpec("US", "x", 1)])
     with pytest.raises(ValueError, match="transfer syntax"):
-        make(tmp_path, [SeriesSpec("CT", "x", 1)], transfer_syntax="1.2.840.10008.1.2.4.80")
+        make(tmp_path, [SeriesSpec("CT", "x", 1)], transfer_syntax="1.2.840.10008.1.2.4.50")
 
 
 def test_orthanc_stores_and_counts(orthanc: LocalOrthanc, tmp_path: Path) -> None:

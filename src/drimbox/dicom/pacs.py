@@ -1,7 +1,11 @@
 """The PACS adapter: the only module that opens DICOM associations (pynetdicom) to the site's PACS.
 
-Owns the association settings (AE titles, timeouts, PDU size, TCP_NODELAY), C-ECHO and the Study
-Root C-FIND queries, and turns what the PACS answers into `StudySnapshot`s. Failures become a
+Owns the association settings (AE titles, timeouts, PDU size, TCP_NODELAY), C-ECHO, the Study
+Root C-FIND queries (turned into `StudySnapshot`s) and the DIMSE retrieval of a series: C-GET
+(the instances come back on the same association) and C-MOVE (the PACS sends them to the box's
+own C-STORE SCP, `drimbox.dicom.scp`). Retrieval proposes one presentation context per (SOP
+class, transfer syntax) so that the PACS can send what it stores without transcoding, and hands
+each instance's encoded bytes to a sink without decoding them. Failures become a
 `PacsError` whose message names the PACS (AE title, host:port) and says what went wrong.
 It must not build KOS manifests, know about reports or the DMP, or leak DIMSE statuses or
 pynetdicom objects to its callers.
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +24,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
-from pynetdicom import AE
+from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
@@ -31,6 +35,37 @@ log = logging.getLogger(__name__)
 # SOP classes proposed (pynetdicom's sop_class module builds its names dynamically: untyped).
 Verification = UID("1.2.840.10008.1.1")
 StudyRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.2.1")
+StudyRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.2.2")
+StudyRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.2.3")
+
+# Transfer syntaxes offered for incoming images, each in a context of its own, so that the PACS
+# can pick the one its file is stored in (ARCHITECTURE §2.6: no transcoding on the way in).
+# Most used by PACS first: the list is cut when the 128-context limit is near.
+RETRIEVE_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.50",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG extended
+    "1.2.840.10008.1.2.4.57",  # JPEG lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.5",  # RLE lossless
+    "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still met)
+)
+_MAX_CONTEXTS = 127  # PS3.8: 128 presentation context ids; one is the C-GET model
+
+# C-GET/C-MOVE final statuses (PS3.4 C.4.2.1.5, C.4.3.1.4).
+_WARNING_SUBOPS_FAILED = 0xB000
+_OUT_OF_RESOURCES = 0xA700
+
+InstanceSink = Callable[[bytes], None]
+"""Receives one retrieved instance as Part-10 bytes (file meta + dataset as sent by the PACS)."""
 
 # C-FIND statuses (PS3.4 C.4.1.1.4): Pending with/without all optional keys supported.
 _PENDING = frozenset({0xFF00, 0xFF01})
@@ -192,6 +227,62 @@ class PacsSession:
             )
         return results
 
+    def get_series(self, study_uid: str, series_uid: str) -> int:
+        """C-GET of one series on this association (opened with a sink, see
+        `PacsClient.session`); returns the number of instances received."""
+        return self._retrieve("GET", study_uid, series_uid)
+
+    def move_series(self, study_uid: str, series_uid: str, destination_aet: str) -> int:
+        """C-MOVE of one series to `destination_aet`; returns the completed sub-operations."""
+        return self._retrieve("MOVE", study_uid, series_uid, destination=destination_aet)
+
+    def _retrieve(
+        self,
+        kind: str,
+        study_uid: str,
+        series_uid: str,
+        *,
+        destination: str = "",
+    ) -> int:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "SERIES"
+        identifier.StudyInstanceUID = study_uid
+        identifier.SeriesInstanceUID = series_uid
+        if kind == "GET":
+            responses = self._assoc.send_c_get(
+                identifier, StudyRootQueryRetrieveInformationModelGet
+            )
+        else:
+            responses = self._assoc.send_c_move(
+                identifier, destination, StudyRootQueryRetrieveInformationModelMove
+            )
+        received = 0
+        for status, _answer in responses:
+            code = self._status_code(status, f"C-{kind}")
+            if code in _PENDING:
+                continue
+            completed = int(status.get("NumberOfCompletedSuboperations", 0) or 0)
+            failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
+            received = completed
+            if code == _SUCCESS or (code == _WARNING_SUBOPS_FAILED and completed):
+                if failed:
+                    log.warning(
+                        "PACS %s: C-%s of series %s: %d instance(s) failed",
+                        self._settings.label,
+                        kind,
+                        series_uid,
+                        failed,
+                    )
+                break
+            comment = status.get("ErrorComment", "")
+            label = "annulé" if code == _CANCEL else f"en échec (statut 0x{code:04X})"
+            raise PacsError(
+                f"PACS {self._settings.label} : C-{kind} de la série {series_uid} {label}"
+                + (f" ({comment})" if comment else "")
+                + (f" ; destination {destination!r} inconnue du PACS ?" if code == 0xA801 else "")
+            )
+        return received
+
     def _status_code(self, status: Dataset, what: str) -> int:
         # An empty status means no response at all: DIMSE timeout, abort or dropped connection.
         if "Status" not in status:
@@ -255,13 +346,53 @@ class PacsClient:
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         return ae
 
-    @contextmanager
-    def session(self) -> Iterator[PacsSession]:
-        """Open one association (released on exit, aborted on error)."""
+    def _retrieve_ae(self, sop_classes: Iterable[str]) -> tuple[_NoDelayAE, list[Any]]:
+        """An AE proposing C-GET, C-MOVE and, for C-GET's C-STORE sub-operations, one context per
+        (SOP class, transfer syntax) with the SCP role (PS3.4 C.4.3: the box stores)."""
         s = self.settings
-        assoc = self._new_ae().associate(s.host, s.port, ae_title=s.called_aet)
+        ae = _NoDelayAE(ae_title=s.calling_aet)
+        ae.connection_timeout = s.connection_timeout
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.network_timeout
+        ae.maximum_pdu_size = s.max_pdu
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        classes = list(dict.fromkeys(c for c in sop_classes if c))
+        room = _MAX_CONTEXTS - 1
+        per_class = max(1, min(len(RETRIEVE_TRANSFER_SYNTAXES), room // max(1, len(classes))))
+        roles = []
+        for sop_class in classes[:room]:
+            for syntax in RETRIEVE_TRANSFER_SYNTAXES[:per_class]:
+                ae.add_requested_context(sop_class, [syntax])
+            roles.append(build_role(sop_class, scp_role=True))
+        return ae, roles
+
+    @contextmanager
+    def session(
+        self,
+        *,
+        retrieve_sop_classes: Iterable[str] | None = None,
+        sink: InstanceSink | None = None,
+    ) -> Iterator[PacsSession]:
+        """Open one association (released on exit, aborted on error).
+
+        With `retrieve_sop_classes`, the association is set up for C-GET/C-MOVE of instances of
+        those classes, and `sink` receives what C-GET brings back."""
+        s = self.settings
+        if retrieve_sop_classes is None:
+            assoc = self._new_ae().associate(s.host, s.port, ae_title=s.called_aet)
+        else:
+            ae, roles = self._retrieve_ae(retrieve_sop_classes)
+            handlers: list[Any] = []
+            if sink is not None:
+                handlers.append((evt.EVT_C_STORE, _store_handler(sink)))
+            assoc = ae.associate(
+                s.host, s.port, ae_title=s.called_aet, ext_neg=roles, evt_handlers=handlers
+            )
         if not assoc.is_established:
             raise PacsError(self._association_failure(assoc))
+        _keep_responses(assoc)
         try:
             yield PacsSession(assoc, s)
         except BaseException:
@@ -291,6 +422,45 @@ class PacsClient:
                 f"{s.acse_timeout:.0f} s (ce port est-il un service DICOM ?)"
             )
         return f"{where} : association interrompue (aucun contexte de présentation commun ?)"
+
+    def sop_classes(self, study_uid: str, series_uid: str) -> list[str]:
+        """The SOP classes of a series' instances (C-FIND IMAGE level)."""
+        answers = self.find_instances(study_uid, series_uid)
+        return list(dict.fromkeys(_text(a, "SOPClassUID") for a in answers if "SOPClassUID" in a))
+
+    def get_series(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sink: InstanceSink,
+        sop_classes: Iterable[str] | None = None,
+    ) -> int:
+        """C-GET one series; `sink` gets each instance's bytes as it arrives (stored syntax when
+        the PACS honours the proposed contexts). `sop_classes` (e.g. from the KOS) saves a
+        C-FIND. Returns the number of instances received."""
+        classes = list(sop_classes) if sop_classes else self.sop_classes(study_uid, series_uid)
+        if not classes:
+            return 0
+        errors: list[BaseException] = []
+
+        def guarded(data: bytes) -> None:
+            try:
+                sink(data)
+            except BaseException as exc:
+                errors.append(exc)
+                raise
+
+        with self.session(retrieve_sop_classes=classes, sink=guarded) as session:
+            count = session.get_series(study_uid, series_uid)
+        if errors:
+            raise errors[0]
+        return count
+
+    def move_series(self, study_uid: str, series_uid: str, destination_aet: str) -> int:
+        """C-MOVE one series to `destination_aet` (the box's own SCP, which the PACS must know
+        under that AE title). Returns when the PACS reports the move complete."""
+        with self.session(retrieve_sop_classes=[]) as session:
+            return session.move_series(study_uid, series_uid, destination_aet)
 
     def echo(self) -> None:
         """C-ECHO: raises `PacsError` unless the PACS answers Success."""
@@ -387,6 +557,55 @@ class PacsClient:
             )
 
 
+def _keep_responses(assoc: Association) -> None:
+    """Never lose a DIMSE response to pynetdicom's reactor thread.
+
+    pynetdicom 3.0.4 pauses its reactor before each `send_*()` with a flag handshake that can
+    see a stale "paused" while the reactor has just left its wait; the reactor then takes the
+    next response off the queue, logs "Received unexpected C-FIND service message" and drops
+    it. Seen here under CPU load: ~4 % of study snapshots missed one instance (hence KOS
+    manifests missing an image). A response the reactor takes is put back at the head of the
+    queue for the waiting `send_*()`; one nobody waits for is dropped after ~1 s of bounces.
+    """
+    serve = getattr(assoc, "_serve_request", None)
+    dimse = getattr(assoc, "dimse", None)
+    if serve is None or dimse is None or not hasattr(dimse, "msg_queue"):
+        return
+    bounces: dict[int, int] = {}
+
+    def serve_or_requeue(msg: Any, context_id: int) -> None:
+        if getattr(msg, "is_valid_request", True):
+            serve(msg, context_id)
+            return
+        count = bounces.get(id(msg), 0) + 1
+        bounces[id(msg)] = count
+        if count > 1000:
+            bounces.pop(id(msg), None)
+            serve(msg, context_id)  # logs it as unexpected, as pynetdicom would
+            return
+        queue = dimse.msg_queue
+        with queue.mutex:
+            queue.queue.appendleft((context_id, msg))
+            queue.not_empty.notify()
+
+    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
+
+
+def _store_handler(sink: InstanceSink | None) -> Callable[[Any], int]:
+    def handle(event: Any) -> int:
+        if sink is None:
+            return _OUT_OF_RESOURCES
+        try:
+            # The bytes as sent by the PACS, with file meta: never decoded nor re-encoded.
+            sink(event.encoded_dataset(include_meta=True))
+        except Exception:
+            log.exception("retrieved instance could not be stored")
+            return _OUT_OF_RESOURCES
+        return _SUCCESS
+
+    return handle
+
+
 def _tcp_reachable(host: str, port: int, timeout: float) -> bool:
     """Tell "nothing listens there" from "a DICOM peer that did not answer" in error messages."""
     try:
@@ -394,3 +613,88 @@ def _tcp_reachable(host: str, port: int, timeout: float) -> bool:
             return True
     except OSError:
         return False
+
+
+# --- C-STORE SCU (the Conso's export to the local PACS) ------------------------------------------
+
+_STORE_WARNINGS = frozenset({0x0001, 0xB000, 0xB006, 0xB007})  # stored, with coercion etc.
+StorageContext = tuple[str, str]
+"""(SOP Class UID, transfer syntax UID) of instances to send."""
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What the PACS answered for one instance sent by C-STORE (message in French)."""
+
+    sop_instance_uid: str
+    stored: bool
+    status: int | None
+    message: str = ""
+
+
+def store_instances(
+    client: PacsClient,
+    contexts: Iterable[StorageContext],
+    instances: Iterable[Dataset],
+    on_outcome: Callable[[StoreOutcome], None] | None = None,
+) -> list[StoreOutcome]:
+    """C-STORE each dataset to the PACS over one association, as encoded in its file meta
+    transfer syntax (one presentation context per (SOP class, syntax) of `contexts`, so that
+    nothing is transcoded). `instances` may be a generator: datasets are read one at a time.
+    An instance the PACS refuses is reported and the next one is sent; a lost association
+    stops the transfer (the outcomes so far are returned, the rest were not sent)."""
+    pairs = list(dict.fromkeys((c, t) for c, t in contexts if c and t))
+    if len(pairs) > _MAX_CONTEXTS + 1:
+        raise PacsError(
+            f"trop de couples (classe SOP, syntaxe de transfert) différents ({len(pairs)}) "
+            "pour une seule association C-STORE"
+        )
+    s = client.settings
+    ae = _NoDelayAE(ae_title=s.calling_aet)
+    ae.connection_timeout = s.connection_timeout
+    ae.acse_timeout = s.acse_timeout
+    ae.dimse_timeout = s.dimse_timeout
+    ae.network_timeout = s.network_timeout
+    ae.maximum_pdu_size = s.max_pdu
+    for sop_class, syntax in pairs:
+        ae.add_requested_context(sop_class, [syntax])
+    assoc = ae.associate(s.host, s.port, ae_title=s.called_aet)
+    if not assoc.is_established:
+        raise PacsError(client._association_failure(assoc))
+    outcomes: list[StoreOutcome] = []
+    try:
+        for ds in instances:
+            sop = str(ds.get("SOPInstanceUID", ""))
+            try:
+                status = assoc.send_c_store(ds)
+            except (ValueError, AttributeError) as exc:
+                # pynetdicom: no accepted context for this SOP class / transfer syntax.
+                outcome = StoreOutcome(
+                    sop, False, None, f"le PACS n'accepte pas ce type d'image ou son codage ({exc})"
+                )
+            else:
+                if "Status" not in status:
+                    outcome = StoreOutcome(
+                        sop, False, None, "pas de réponse du PACS (association interrompue)"
+                    )
+                else:
+                    code = int(status.Status)
+                    ok = code == _SUCCESS or code in _STORE_WARNINGS
+                    comment = str(status.get("ErrorComment", "") or "")
+                    outcome = StoreOutcome(
+                        sop,
+                        ok,
+                        code,
+                        "" if ok else f"refusé par le PACS (statut 0x{code:04X}) {comment}".strip(),
+                    )
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+            if not assoc.is_established:
+                break
+    except BaseException:
+        assoc.abort()
+        raise
+    if assoc.is_established:
+        assoc.release()
+    return outcomes

@@ -1,0 +1,512 @@
+"""The on-disk image cache: series retrieved from the PACS, kept for the next requests.
+
+Owns the cache folder (`[store] cache_dir`): one sub-folder per series holding the Part-10 files
+exactly as the PACS sent them, appended one after the other to `instances.bin` (one file per
+series: creating 1300 small files cost more than receiving them), and an `entry.json` index
+(offsets) written when the series is complete; the
+size limit (least recently used complete series are evicted first), the time to live, purge and
+usage figures. An entry being filled is visible at once: readers follow its instances as they
+arrive (`CacheEntry.follow`), which is what lets a response stream before the PACS has finished.
+Thread-safe: retrieval threads add instances, the event loop reads. A series being read is pinned
+and never evicted under its readers. It must not talk to the PACS (see `drimbox.dicom.retrieve`)
+nor decide who may read what. One node per cache folder (shared folders come with §7's scaling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+
+log = logging.getLogger(__name__)
+
+ENTRY_FILE = "entry.json"
+DATA_FILE = "instances.bin"
+SERIES_DIR = "series"
+
+
+class CacheError(Exception):
+    """The cache folder cannot be used (permissions, full disk…)."""
+
+
+@dataclass(frozen=True)
+class CachedInstance:
+    """One instance of a cached series: its Part-10 bytes, untouched, at `offset` in the
+    series' data file."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    size: int
+    offset: int
+    entry: CacheEntry = field(repr=False, compare=False)
+
+    def read(self) -> bytes:
+        return self.entry.read(self.offset, self.size)
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    """Figures for `/status` and the admin console."""
+
+    bytes: int
+    max_bytes: int
+    series: int
+    instances: int
+    hits: int
+    misses: int
+    evictions: int
+    expired: int
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    series: int
+    bytes: int
+
+
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+
+
+def _file_meta(data: bytes) -> tuple[str, str, str] | None:
+    """Group 0002 read straight from the bytes (always Explicit VR Little Endian, PS3.10 §7.1):
+    ~100× cheaper than a pydicom parse, which matters at 1300 instances a series."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return None
+    found: dict[int, str] = {}
+    pos = 132
+    while pos + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            break
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            start = pos + 8
+        if element in (0x0002, 0x0003, 0x0010):
+            found[element] = data[start : start + length].decode("ascii", "replace").strip("\0 ")
+        pos = start + length
+    if not found.get(0x0003) or not found.get(0x0010):
+        return None
+    return found[0x0003], found.get(0x0002, ""), found[0x0010]
+
+
+def describe_instance(data: bytes) -> tuple[str, str, str]:
+    """(SOP Instance UID, SOP Class UID, transfer syntax) of Part-10 bytes, reading the header
+    only (the pixel data is never decoded)."""
+    quick = _file_meta(data)
+    if quick is not None:
+        return quick
+    ds = dcmread(BytesIO(data), stop_before_pixels=True)
+    meta = ds.file_meta
+    sop = str(meta.get("MediaStorageSOPInstanceUID", "") or ds.get("SOPInstanceUID", ""))
+    sop_class = str(meta.get("MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+    syntax = str(meta.get("TransferSyntaxUID", ""))
+    if not sop or not syntax:
+        raise ValueError("instance without SOP Instance UID or transfer syntax in its file meta")
+    return sop, sop_class, syntax
+
+
+class CacheEntry:
+    """One series in the cache, complete or being filled. Get it from `SeriesCache`."""
+
+    def __init__(self, cache: SeriesCache, key: str, study_uid: str, series_uid: str) -> None:
+        self._cache = cache
+        self.key = key
+        self.study_uid = study_uid
+        self.series_uid = series_uid
+        self.directory = cache.series_root / key
+        self.instances: list[CachedInstance] = []
+        self.complete = False
+        self.error: BaseException | None = None
+        self.created = cache.clock()
+        self.completed_at: float | None = None
+        self.last_used = self.created
+        self.size = 0
+        self.pins = 0
+        self.detached = False  # out of the index (expired, evicted or failed); deleted unpinned
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._write_fd: int | None = None
+        self._read_fd: int | None = None
+
+    @property
+    def data_path(self) -> Path:
+        return self.directory / DATA_FILE
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes of the data file; one descriptor per entry, shared by its readers (pread)."""
+        fd = self._read_fd
+        if fd is None:
+            with self._cache.lock:
+                if self._read_fd is None:
+                    self._read_fd = os.open(self.data_path, os.O_RDONLY)
+                fd = self._read_fd
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise CacheError(f"cache file {self.data_path} truncated")
+        return data
+
+    def _append(self, data: bytes) -> int:
+        # Unbuffered writes: what is written is readable at once by the streaming readers.
+        if self._write_fd is None:
+            self._write_fd = os.open(self.data_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        offset = self.size
+        view = memoryview(data)
+        while view:
+            written = os.write(self._write_fd, view)
+            view = view[written:]
+        return offset
+
+    def _close(self) -> None:
+        for name in ("_write_fd", "_read_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, None)
+
+    @property
+    def done(self) -> bool:
+        return self.complete or self.error is not None
+
+    def _notify(self) -> None:
+        # Called with the cache lock held, from any thread.
+        waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                loop.call_soon_threadsafe(event.set)
+
+    async def follow(self) -> AsyncIterator[CachedInstance]:
+        """Every instance of the series, those already in first, then each as it arrives.
+        Raises the retrieval's error if it fails after the last instance yielded."""
+        index = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cache.lock:
+                ready = self.instances[index:]
+                finished = self.done
+                error = self.error
+                event: asyncio.Event | None = None
+                if not ready and not finished:
+                    event = asyncio.Event()
+                    self._waiters.append((loop, event))
+            for instance in ready:
+                index += 1
+                yield instance
+            if ready:
+                continue
+            if finished:
+                if error is not None:
+                    raise error
+                return
+            assert event is not None
+            await event.wait()
+
+    async def wait_first(self) -> None:
+        """Until the first instance is in or the retrieval has ended."""
+        async for _ in self.follow():
+            return
+
+    async def wait_done(self) -> None:
+        async for _ in self.follow():
+            pass
+
+
+class SeriesCache:
+    """A bounded on-disk cache of series (LRU eviction by size, time to live).
+
+    - `directory`: the cache folder (created if missing); series live in `directory/series/`.
+    - `max_bytes`: the size limit; complete, unread series are evicted (least recently used
+      first) whenever it is exceeded. A single series larger than the limit is served while it
+      is read and evicted right after.
+    - `ttl_s`: a series older than this is fetched again from the PACS (the PACS may have
+      received corrections; IOCM rejections also remove series, see `drop`).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        ttl_s: float,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes < 0 or ttl_s <= 0:
+            raise ValueError("max_bytes must be >= 0 and ttl_s > 0")
+        self.directory = Path(directory)
+        self.series_root = self.directory / SERIES_DIR
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.lock = threading.RLock()
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()  # LRU order, oldest first
+        self._bytes = 0
+        self._hits = self._misses = self._evictions = self._expired = 0
+        try:
+            self.series_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"dossier de cache {self.directory} inutilisable : {exc}") from exc
+        self._load()
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Index the complete series left by a previous run; remove half-filled ones."""
+        loaded: list[CacheEntry] = []
+        for folder in self.series_root.iterdir():
+            entry = self._read_entry(folder)
+            if entry is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            loaded.append(entry)
+        for entry in sorted(loaded, key=lambda e: e.last_used):
+            self._entries[entry.key] = entry
+            self._bytes += entry.size
+        with self.lock:
+            self._evict()
+
+    def _read_entry(self, folder: Path) -> CacheEntry | None:
+        index = folder / ENTRY_FILE
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+            entry = CacheEntry(
+                self, self.key(data["study"], data["series"]), data["study"], data["series"]
+            )
+            entry.created = float(data["created"])
+            entry.completed_at = float(data.get("completed", entry.created))
+            entry.directory = folder
+            entry.last_used = index.stat().st_mtime
+            for item in data["instances"]:
+                entry.instances.append(
+                    CachedInstance(
+                        item["sop"], item["class"], item["ts"], item["size"], item["offset"], entry
+                    )
+                )
+                entry.size += int(item["size"])
+            if entry.data_path.stat().st_size < entry.size:
+                return None
+            entry.complete = True
+            return entry
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write_entry(self, entry: CacheEntry) -> None:
+        data = {
+            "study": entry.study_uid,
+            "series": entry.series_uid,
+            "created": entry.created,
+            "completed": entry.completed_at,
+            "instances": [
+                {
+                    "sop": i.sop_instance_uid,
+                    "class": i.sop_class_uid,
+                    "ts": i.transfer_syntax,
+                    "size": i.size,
+                    "offset": i.offset,
+                }
+                for i in entry.instances
+            ],
+        }
+        tmp = entry.directory / (ENTRY_FILE + ".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, entry.directory / ENTRY_FILE)
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    @staticmethod
+    def key(study_uid: str, series_uid: str) -> str:
+        return hashlib.sha256(f"{study_uid}|{series_uid}".encode()).hexdigest()[:32]
+
+    def _expired_entry(self, entry: CacheEntry) -> bool:
+        return entry.complete and self.clock() - entry.created > self.ttl_s
+
+    def get_or_begin(self, study_uid: str, series_uid: str) -> tuple[CacheEntry, bool]:
+        """The series' entry, pinned (call `release` when done), and whether it is new: the
+        caller of a new entry must fill it (`add`, then `finish` or `fail`). Concurrent callers
+        for one series share one entry: one PACS retrieval (single flight)."""
+        key = self.key(study_uid, series_uid)
+        with self.lock:
+            entry = self._entries.get(key)
+            if entry is not None and self._expired_entry(entry):
+                self._expired += 1
+                self._detach(entry)
+                entry = None
+            if entry is not None:
+                self._hits += 1
+                created = False
+            else:
+                self._misses += 1
+                entry = CacheEntry(self, key, study_uid, series_uid)
+                if entry.directory.exists():  # a detached predecessor still being read
+                    entry.directory = self.series_root / f"{key}.{time.monotonic_ns()}"
+                entry.directory.mkdir(parents=True)
+                self._entries[key] = entry
+                created = True
+            entry.pins += 1
+            entry.last_used = self.clock()
+            self._entries.move_to_end(key)
+            return entry, created
+
+    def release(self, entry: CacheEntry) -> None:
+        """Unpin an entry got from `get_or_begin`."""
+        with self.lock:
+            entry.pins -= 1
+            entry.last_used = self.clock()
+            if entry.pins <= 0 and entry.detached:
+                self._delete(entry)
+            elif entry.complete and entry.pins <= 0:
+                with contextlib.suppress(OSError):  # LRU order survives restarts
+                    os.utime(entry.directory / ENTRY_FILE)
+            self._evict()
+
+    @contextlib.contextmanager
+    def pinned(self, study_uid: str, series_uid: str) -> Iterator[tuple[CacheEntry, bool]]:
+        entry, created = self.get_or_begin(study_uid, series_uid)
+        try:
+            yield entry, created
+        finally:
+            self.release(entry)
+
+    # -- filling (from retrieval threads) ----------------------------------------------------
+
+    def add(self, entry: CacheEntry, data: bytes) -> CachedInstance:
+        """Store one Part-10 instance, as received, into a series being filled."""
+        sop, sop_class, syntax = describe_instance(data)
+        # One filler per entry (single flight): appends need no lock against each other.
+        try:
+            offset = entry._append(data)
+        except OSError as exc:
+            raise CacheError(f"écriture impossible dans le cache {self.directory} : {exc}") from exc
+        instance = CachedInstance(sop, sop_class, syntax, len(data), offset, entry)
+        with self.lock:
+            entry.instances.append(instance)
+            entry.size += instance.size
+            if not entry.detached:
+                self._bytes += instance.size
+            entry._notify()
+            self._evict()
+        return instance
+
+    def finish(self, entry: CacheEntry) -> None:
+        with self.lock:
+            entry.completed_at = self.clock()
+            if entry._write_fd is not None:
+                os.close(entry._write_fd)
+                entry._write_fd = None
+            if not entry.detached:
+                try:
+                    self._write_entry(entry)
+                except OSError as exc:
+                    log.warning("cache index of series %s not written: %s", entry.series_uid, exc)
+                    self._detach(entry)
+            entry.complete = True
+            entry._notify()
+            self._evict()
+
+    def fail(self, entry: CacheEntry, error: BaseException) -> None:
+        with self.lock:
+            entry.error = error
+            self._detach(entry)
+            entry._notify()
+
+    # -- eviction ----------------------------------------------------------------------------
+
+    def _detach(self, entry: CacheEntry) -> None:
+        if entry.detached:
+            return
+        entry.detached = True
+        if self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+        self._bytes -= entry.size
+        if entry.pins <= 0:
+            self._delete(entry)
+
+    def _delete(self, entry: CacheEntry) -> None:
+        entry._close()
+        shutil.rmtree(entry.directory, ignore_errors=True)
+
+    def _evict(self) -> None:
+        if self._bytes <= self.max_bytes:
+            return
+        for entry in list(self._entries.values()):  # least recently used first
+            if self._bytes <= self.max_bytes:
+                break
+            if entry.complete and entry.pins <= 0:
+                self._evictions += 1
+                self._detach(entry)
+
+    def drop(self, study_uid: str, series_uid: str | None = None) -> int:
+        """Forget a series (or every series of a study): e.g. after an IOCM rejection."""
+        with self.lock:
+            doomed = [
+                e
+                for e in self._entries.values()
+                if e.study_uid == study_uid and series_uid in (None, e.series_uid)
+            ]
+            for entry in doomed:
+                self._detach(entry)
+            return len(doomed)
+
+    def purge(self, *, expired_only: bool = False) -> PurgeResult:
+        """Remove every series not being read (or only the expired ones): for
+        `drimbox cache purge`. Series being read go as soon as their readers are done."""
+        with self.lock:
+            removed = removed_bytes = 0
+            for entry in list(self._entries.values()):
+                if not entry.complete:
+                    continue
+                if expired_only and not self._expired_entry(entry):
+                    continue
+                removed += 1
+                removed_bytes += entry.size
+                self._detach(entry)
+            return PurgeResult(removed, removed_bytes)
+
+    def usage(self) -> CacheUsage:
+        with self.lock:
+            return CacheUsage(
+                bytes=self._bytes,
+                max_bytes=self.max_bytes,
+                series=len(self._entries),
+                instances=sum(len(e.instances) for e in self._entries.values()),
+                hits=self._hits,
+                misses=self._misses,
+                evictions=self._evictions,
+                expired=self._expired,
+            )
+
+    def disk_bytes(self) -> int:
+        """Bytes of instance data actually on disk (for tests and the admin console)."""
+        total = 0
+        for root, _dirs, files in os.walk(self.series_root):
+            for name in files:
+                if name == DATA_FILE:
+                    with contextlib.suppress(OSError):
+                        total += os.stat(os.path.join(root, name)).st_size
+        return total
+
+
+def purge_cache(directory: Path, *, expired_only: bool = False, ttl_h: float = 72.0) -> PurgeResult:
+    """`drimbox cache purge`: empty a node's cache folder (run while the node is stopped, or
+    through the running node's `SeriesCache.purge`)."""
+    cache = SeriesCache(directory, max_bytes=2**63 - 1, ttl_s=ttl_h * 3600.0)
+    return cache.purge(expired_only=expired_only)

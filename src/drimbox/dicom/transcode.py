@@ -1,0 +1,205 @@
+"""Transfer syntax conversion of Part-10 instances and frames, and image rendering.
+
+Owns what the box can produce from the stored bytes: the stored syntax untouched (always
+preferred when the client accepts it: no decoding, no re-encoding), or a lossless re-encoding in
+JPEG-LS (pyjpegls), JPEG 2000 (pylibjpeg-openjpeg) or Explicit VR Little Endian; frame extraction
+for WADO-RS `/frames`, and JPEG/PNG renderings (`/rendered`, `/thumbnail`). CPU-bound functions:
+callers run them off the event loop. It must not fetch anything nor know who asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+)
+
+from drimbox.web.accept import SyntaxAcceptance
+
+# What the box can produce from any decodable instance, most compact first (ties in the client's
+# q-values are broken by this order). All lossless: a transcoded image is the stored one.
+PRODUCIBLE_SYNTAXES: tuple[str, ...] = (JPEGLSLossless, JPEG2000Lossless, ExplicitVRLittleEndian)
+
+_UNCOMPRESSED = frozenset(
+    {
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.1.99",
+    }
+)
+_ENCODERS: dict[str, str] = {JPEGLSLossless: "pyjpegls", JPEG2000Lossless: "pylibjpeg"}
+
+# PS3.18 Table 8.7.3-2/3: the media type of a bare frame in each transfer syntax.
+_FRAME_MEDIA_TYPES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+OCTET_STREAM = "application/octet-stream"
+
+
+class TranscodeError(Exception):
+    """The instance cannot be decoded or re-encoded (unsupported codec, corrupt pixel data)."""
+
+
+def is_uncompressed(transfer_syntax: str) -> bool:
+    return transfer_syntax in _UNCOMPRESSED
+
+
+def choose_syntax(stored: str, acceptance: SyntaxAcceptance) -> str | None:
+    """The syntax to send an instance stored in `stored`: itself when acceptable (no
+    re-encoding), else the client's preferred producible one; None when nothing fits (406)."""
+    if acceptance.accepts(stored):
+        return stored
+    return acceptance.best(PRODUCIBLE_SYNTAXES)
+
+
+def frame_media_type(transfer_syntax: str) -> str:
+    return _FRAME_MEDIA_TYPES.get(transfer_syntax, OCTET_STREAM)
+
+
+def _read(data: bytes) -> Dataset:
+    try:
+        return dcmread(BytesIO(data))
+    except Exception as exc:  # pydicom raises many kinds on corrupt input
+        raise TranscodeError(f"instance DICOM illisible : {exc}") from exc
+
+
+def _encode(ds: Dataset) -> bytes:
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def transcode(data: bytes, target: str) -> bytes:
+    """Re-encode a Part-10 instance in `target` (one of PRODUCIBLE_SYNTAXES), losslessly."""
+    if target not in PRODUCIBLE_SYNTAXES:
+        raise TranscodeError(f"syntaxe de transfert {target} non produite par la DRIMbox")
+    ds = _read(data)
+    source = str(ds.file_meta.TransferSyntaxUID)
+    if source == target:
+        return data
+    try:
+        if "PixelData" not in ds:
+            # No image: only the encoding of the attributes changes.
+            ds.file_meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
+            return _encode(ds)
+        if not is_uncompressed(source) or source != ExplicitVRLittleEndian:
+            # Lossless changes keep the SOP Instance UID (PS3.5 §10): pydicom would mint one.
+            ds.decompress(generate_instance_uid=False)  # → Explicit VR LE, native pixels
+        if target != ExplicitVRLittleEndian:
+            ds.compress(UID(target), encoding_plugin=_ENCODERS[target], generate_instance_uid=False)
+        return _encode(ds)
+    except TranscodeError:
+        raise
+    except Exception as exc:  # codec plugins raise RuntimeError, ValueError, NotImplementedError…
+        raise TranscodeError(f"transcodage {source} → {target} impossible : {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Frame:
+    data: bytes
+    transfer_syntax: str
+    media_type: str
+
+
+def _frame_length(ds: Dataset) -> int:
+    bits = int(ds.BitsAllocated)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    return int(ds.Rows) * int(ds.Columns) * samples * bits // 8
+
+
+def extract_frames(data: bytes, numbers: Sequence[int], *, stored_ok: bool) -> list[Frame]:
+    """Frames `numbers` (1-based) of an instance: as stored when `stored_ok` (the client
+    accepts the stored syntax), else decoded to native little-endian pixels."""
+    ds = _read(data)
+    if "PixelData" not in ds:
+        raise TranscodeError("cette instance n'a pas de pixels")
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    bad = [n for n in numbers if not 1 <= n <= count]
+    if bad:
+        raise IndexError(f"trame(s) {bad} hors de 1…{count}")
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    try:
+        if stored_ok and not is_uncompressed(syntax):
+            frames = list(generate_frames(ds.PixelData, number_of_frames=count))
+            return [Frame(frames[n - 1], syntax, frame_media_type(syntax)) for n in numbers]
+        if stored_ok and syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            size = _frame_length(ds)
+            raw = bytes(ds.PixelData)
+            return [
+                Frame(raw[(n - 1) * size : n * size], ExplicitVRLittleEndian, OCTET_STREAM)
+                for n in numbers
+            ]
+        out: list[Frame] = []
+        for n in numbers:
+            array = pixel_array(ds, index=n - 1)
+            little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+            out.append(Frame(little.tobytes(), ExplicitVRLittleEndian, OCTET_STREAM))
+        return out
+    except (IndexError, TranscodeError):
+        raise
+    except Exception as exc:
+        raise TranscodeError(f"trames illisibles : {exc}") from exc
+
+
+def render(
+    data: bytes, *, frame: int = 1, media_type: str = "image/jpeg", max_size: int | None = None
+) -> bytes:
+    """A display rendering (PS3.18 §8.3.5.1.2): modality LUT, the instance's window (or its full
+    range), MONOCHROME1 inverted, 8-bit JPEG or PNG, scaled down to `max_size` pixels."""
+    from PIL import Image  # imported lazily: only renderings need Pillow
+
+    ds = _read(data)
+    if "PixelData" not in ds:
+        raise TranscodeError("cette instance n'a pas de pixels")
+    try:
+        array: npt.NDArray[Any] = pixel_array(ds, index=frame - 1)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+        if int(ds.get("SamplesPerPixel", 1)) == 1:
+            values = apply_modality_lut(array, ds)
+            if "WindowCenter" in ds and "WindowWidth" in ds:
+                values = apply_voi_lut(values, ds, prefer_lut=False)
+            values = np.asarray(values, dtype=np.float64)
+            low, high = float(values.min()), float(values.max())
+            scaled = (values - low) / (high - low) * 255.0 if high > low else values * 0.0
+            image8 = scaled.clip(0, 255).astype(np.uint8)
+            if photometric == "MONOCHROME1":
+                image8 = 255 - image8
+            image = Image.fromarray(image8, mode="L")
+        else:
+            image = Image.fromarray(array.astype(np.uint8), mode="RGB")
+        if max_size is not None:
+            image.thumbnail((max_size, max_size))
+        out = BytesIO()
+        image.save(out, format="PNG" if media_type == "image/png" else "JPEG", quality=90)
+        return out.getvalue()
+    except Exception as exc:
+        raise TranscodeError(f"rendu impossible : {exc}") from exc

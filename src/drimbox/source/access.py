@@ -1,0 +1,68 @@
+"""The record of every image retrieval served by the Source (who, which study/series, how many
+bytes, with what result, when).
+
+For now the records are appended as JSON lines to `<cache_dir>/access-log.jsonl`: the audit table
+(ARCHITECTURE §4, append-only, exportable) belongs to the database schema, which another stage
+adds; `record_retrieval` is the one call site to move there. It must never raise into the request
+that is being served: a record that cannot be written is logged as an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ACCESS_LOG_NAME = "access-log.jsonl"
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RetrievalRecord:
+    """One retrieval. `result` is the HTTP status sent (200, 401, 404…); `bytes` what was sent."""
+
+    subject: str  # the token's or session's subject ("" when unknown: refused before)
+    study_uid: str
+    series_uid: str = ""
+    sop_instance_uid: str = ""
+    resource: str = "series"  # study, series, instance, metadata, frames, rendered…
+    channel: str = "peer"  # peer (WADO-RS /dicom-web-rs) or viewer (/dicom-web)
+    client: str = ""  # remote address (and later the peer's certificate DN)
+    kos_sop_uid: str = ""
+    bytes: int = 0
+    instances: int = 0
+    result: int = 200
+    detail: str = ""
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+
+
+def access_log_path(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / ACCESS_LOG_NAME
+
+
+def record_retrieval(path: Path, record: RetrievalRecord) -> None:
+    """Append `record` to the access log at `path` (one JSON object per line)."""
+    line = json.dumps(asdict(record), ensure_ascii=False) + "\n"
+    try:
+        with _lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(line)
+    except OSError as exc:
+        log.error("access log %s not written (%s): %s", path, exc, line.strip())
+
+
+def read_records(path: Path) -> list[RetrievalRecord]:
+    """Every record of an access log (for tests and a future export command)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            records.append(RetrievalRecord(**json.loads(line)))
+    return records

@@ -1,0 +1,168 @@
+"""What a published KOS grants: which series and instances of which study may be served.
+
+Owns the database lookups behind the access checks of the image service: the KOS named by a
+peer's `KOS-SOPInstanceUID` must be the *published* KOS of that study (a replaced or withdrawn
+KOS grants nothing any more), the study's current published KOS for the local viewer, and the
+IHE IID check (study published with that report). The parsed content of a KOS is cached (a KOS
+never changes); its state is read from the database on every request. It must not check tokens
+or sessions (the callers do) nor talk to the PACS.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from drimbox.db import Database, Report
+from drimbox.db.models import ReportState
+from drimbox.dicom.kos import manifest_from_bytes
+
+PUBLISHED = ReportState.PUBLISHED.value
+
+
+class GrantError(Exception):
+    """Access refused; `status` is the HTTP status to answer (403 or 404), message in French."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class KosContent:
+    """The instances a KOS references for its study: series UID → {SOP instance UID: class}."""
+
+    kos_sop_uid: str
+    study_uid: str
+    series: Mapping[str, Mapping[str, str]]
+    patient_id: str = ""
+    accession: str = ""
+
+    def sop_classes(self, series_uid: str) -> list[str]:
+        return list(dict.fromkeys(self.series.get(series_uid, {}).values()))
+
+    @property
+    def instance_count(self) -> int:
+        return sum(len(s) for s in self.series.values())
+
+    def series_of(self, sop_uid: str) -> str | None:
+        for series_uid, instances in self.series.items():
+            if sop_uid in instances:
+                return series_uid
+        return None
+
+
+def parse_kos(data: bytes) -> KosContent:
+    ds = manifest_from_bytes(data)
+    study_uid = str(ds.StudyInstanceUID)
+    series: dict[str, dict[str, str]] = {}
+    for study_item in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
+        if str(study_item.get("StudyInstanceUID", "")) != study_uid:
+            continue  # evidence of another study never grants access to it through this one
+        for series_item in study_item.get("ReferencedSeriesSequence", []):
+            instances = series.setdefault(str(series_item.SeriesInstanceUID), {})
+            for sop in series_item.get("ReferencedSOPSequence", []):
+                instances[str(sop.ReferencedSOPInstanceUID)] = str(sop.ReferencedSOPClassUID)
+    return KosContent(
+        kos_sop_uid=str(ds.SOPInstanceUID),
+        study_uid=study_uid,
+        series={k: dict(v) for k, v in series.items()},
+        patient_id=str(ds.get("PatientID", "")),
+        accession=str(ds.get("AccessionNumber", "")),
+    )
+
+
+class Grants:
+    """Access decisions from the Source's report table."""
+
+    def __init__(self, db: Database, *, cache_size: int = 256) -> None:
+        self.db = db
+        self._parsed: OrderedDict[str, KosContent] = OrderedDict()
+        self._lock = threading.Lock()
+        self._cache_size = cache_size
+
+    def _content(self, kos_uid: str, data: bytes) -> KosContent:
+        with self._lock:
+            if kos_uid in self._parsed:
+                self._parsed.move_to_end(kos_uid)
+                return self._parsed[kos_uid]
+        content = parse_kos(data)
+        with self._lock:
+            self._parsed[kos_uid] = content
+            while len(self._parsed) > self._cache_size:
+                self._parsed.popitem(last=False)
+        return content
+
+    def for_peer(self, study_uid: str, kos_uid: str) -> KosContent:
+        """The content of `kos_uid` if it is the published KOS of `study_uid` (blocking)."""
+        with self.db.session() as session:
+            rows = list(
+                session.execute(
+                    select(Report.state, Report.kos, Report.study_uid)
+                    .where(Report.kos_sop_uid == kos_uid)
+                    .order_by(Report.id.desc())
+                )
+            )
+        same_study = [r for r in rows if r.study_uid == study_uid]
+        published = [r for r in same_study if r.state == PUBLISHED and r.kos]
+        if published:
+            kos = published[0].kos
+            assert kos is not None
+            content = self._content(kos_uid, kos)
+            if content.study_uid != study_uid:
+                raise GrantError(404, "ce KOS ne concerne pas cette étude")
+            return content
+        if same_study:
+            raise GrantError(
+                403, "ce KOS n'est plus publié (remplacé ou retiré) : il ne donne plus accès"
+            )
+        raise GrantError(404, "KOS inconnu pour cette étude")
+
+    def kos_of_peer(self, kos_uid: str) -> KosContent:
+        """The content of a published KOS whatever its study (QIDO /studies of a peer)."""
+        with self.db.session() as session:
+            row = session.execute(
+                select(Report.kos, Report.study_uid)
+                .where(Report.kos_sop_uid == kos_uid, Report.state == PUBLISHED)
+                .order_by(Report.id.desc())
+                .limit(1)
+            ).first()
+        if row is None or not row.kos:
+            raise GrantError(404, "KOS inconnu ou non publié")
+        return self._content(kos_uid, row.kos)
+
+    def for_study(self, study_uid: str) -> KosContent | None:
+        """The study's current published KOS (the local viewer shows what was published)."""
+        with self.db.session() as session:
+            row = session.execute(
+                select(Report.kos_sop_uid, Report.kos)
+                .where(Report.study_uid == study_uid, Report.state == PUBLISHED)
+                .order_by(Report.id.desc())
+                .limit(1)
+            ).first()
+        if row is None or not row.kos or not row.kos_sop_uid:
+            return None
+        return self._content(row.kos_sop_uid, row.kos)
+
+    def iid_report_published(self, study_uid: str, accession: str, document_id: str) -> bool:
+        """IHE IID: the study was published with that report (document id and accession)."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Report.document_id, Report.accession).where(
+                    Report.study_uid == study_uid, Report.state == PUBLISHED
+                )
+            ).all()
+        return any(
+            _same_document(r.document_id, document_id)
+            and (not accession or r.accession == accession)
+            for r in rows
+        )
+
+
+def _same_document(stored: str, given: str) -> bool:
+    # The intake stores the CDA id as "root^extension" (or the root alone), as links carry it.
+    return bool(given) and stored == given

@@ -1,0 +1,57 @@
+"""IHE Invoke Image Display (IID) for the Source viewer: the link written in the report,
+`/IHEInvokeImageDisplay?requestType=STUDY&studyUID=…&accessionNumber=…&idCDA=…`.
+
+Owns the check that the study was published with that report (study UID, CDA document id,
+accession) and the hand-over to OHIF: the study is granted to the user's session, then the
+browser is sent to `/viewer?StudyInstanceUIDs=…`. French pages for the refusals. It must not
+authenticate anyone: a request without a session goes to the login page first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+
+from drimbox.source.grants import Grants
+
+if TYPE_CHECKING:
+    from drimbox.web.viewer import ViewerAuth
+
+IID_PATH = "/IHEInvokeImageDisplay"
+
+
+def install_iid_route(app: FastAPI, *, auth: ViewerAuth, grants: Grants) -> None:
+    from drimbox.web.viewer import page  # the viewer module imports this one
+
+    @app.get(IID_PATH)
+    async def iid(request: Request) -> Response:
+        session = auth.session(request)
+        if session is None:
+            return auth.login_redirect(request)
+        params = request.query_params
+        request_type = params.get("requestType", "")
+        study_uid = params.get("studyUID", "")
+        accession = params.get("accessionNumber", "")
+        document_id = params.get("idCDA", "")
+        if request_type.upper() != "STUDY" or not study_uid or not document_id:
+            return page(
+                "Lien invalide",
+                "<p>Le lien doit préciser requestType=STUDY, studyUID et idCDA.</p>",
+                status=400,
+            )
+        published = await asyncio.to_thread(
+            grants.iid_report_published, study_uid, accession, document_id
+        )
+        if not published:
+            return page(
+                "Examen introuvable",
+                "<p>Aucun examen publié ne correspond à ce lien (étude, numéro d'examen et "
+                "compte rendu). Il a peut-être été retiré ou remplacé.</p>",
+                status=404,
+            )
+        auth.sessions.grant(session.id, study_uid)
+        return RedirectResponse(f"/viewer?StudyInstanceUIDs={quote(study_uid)}", status_code=303)

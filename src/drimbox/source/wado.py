@@ -1,0 +1,792 @@
+"""The image service's HTTP routes: WADO-RS (PS3.18 §10.4), its metadata, frames, renderings
+and thumbnails, and the QIDO-RS queries a viewer needs, for one access policy.
+
+Mounted twice by `drimbox.web.app`: under `/dicom-web-rs` for peers (bearer token +
+`KOS-SOPInstanceUID`, the DRIM-M flavour) and under `/dicom-web` on the viewer origin (session
+cookie). Either way an `Authorizer` turns the request into the KOS content the caller may read;
+the routes then only ever serve instances that KOS references. Responses stream: the status is
+sent once the first instance is in the cache, each part as soon as its instance arrives. Errors
+are PS3.18 statuses with a French JSON body (400, 401, 403, 404, 406, 503 + Retry-After),
+never 500 for a PACS or client problem. Every retrieval is recorded (`drimbox.source.access`).
+It must not open DICOM associations (the `ImageService` does) nor know how tokens are checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from drimbox.auth.tokens import InvalidToken, TokenVerifier, bearer_token
+from drimbox.dicom.cache import CachedInstance, CacheEntry, CacheError
+from drimbox.dicom.pacs import PacsError
+from drimbox.dicom.retrieve import ImageService
+from drimbox.dicom.transcode import (
+    PRODUCIBLE_SYNTAXES,
+    TranscodeError,
+    choose_syntax,
+    extract_frames,
+    frame_media_type,
+    render,
+    transcode,
+)
+from drimbox.source.access import RetrievalRecord, record_retrieval
+from drimbox.source.grants import GrantError, Grants, KosContent
+from drimbox.web.accept import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    AcceptError,
+    MediaRange,
+    SyntaxAcceptance,
+    accepts_media_type,
+    parse_accept,
+    syntax_acceptance,
+)
+from drimbox.web.multipart import closing, new_boundary, part_header
+
+log = logging.getLogger(__name__)
+
+KOS_HEADER = "KOS-SOPInstanceUID"
+DICOM_JSON = "application/dicom+json"
+RETRY_AFTER_S = 30
+THUMBNAIL_SIZE = 128
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_METADATA_BULK_THRESHOLD = 64 * 1024
+
+
+class WadoError(Exception):
+    """An HTTP error answer: status, French message, extra headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who asks, and the KOS content they may read."""
+
+    subject: str
+    kos: KosContent
+
+
+class Authorizer(Protocol):
+    """One access policy (peers or viewer sessions)."""
+
+    channel: str
+
+    async def scope(self, request: Request, study_uid: str) -> Scope:
+        """The caller's scope for one study; raises `WadoError` (401/403/404)."""
+        ...
+
+    async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
+        """The subject and every KOS the caller may list (QIDO /studies)."""
+        ...
+
+    def subject_hint(self, request: Request) -> str:
+        """Best-effort subject for the access log of a refused request ("" if unknown)."""
+        ...
+
+
+class PeerAuthorizer:
+    """DRIM-M peers: `Authorization: Bearer <PSC token>` and `KOS-SOPInstanceUID`."""
+
+    channel = "peer"
+
+    def __init__(self, verifier: TokenVerifier, grants: Grants) -> None:
+        self.verifier = verifier
+        self.grants = grants
+
+    def _subject(self, request: Request) -> str:
+        try:
+            return self.verifier.verify(bearer_token(request.headers.get("authorization"))).subject
+        except InvalidToken as exc:
+            raise WadoError(
+                401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            ) from None
+
+    def _kos_uid(self, request: Request) -> str:
+        kos_uid = request.headers.get(KOS_HEADER, "").strip()
+        if not kos_uid:
+            raise WadoError(400, f"en-tête {KOS_HEADER} absent : l'UID du KOS publié est requis")
+        if not valid_uid(kos_uid):
+            raise WadoError(400, f"en-tête {KOS_HEADER} invalide : UID DICOM attendu")
+        return kos_uid
+
+    async def scope(self, request: Request, study_uid: str) -> Scope:
+        subject = self._subject(request)
+        kos_uid = self._kos_uid(request)
+        try:
+            content = await asyncio.to_thread(self.grants.for_peer, study_uid, kos_uid)
+        except GrantError as exc:
+            raise WadoError(exc.status, str(exc)) from None
+        return Scope(subject, content)
+
+    async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
+        subject = self._subject(request)
+        kos_uid = self._kos_uid(request)
+        try:
+            content = await asyncio.to_thread(self.grants.kos_of_peer, kos_uid)
+        except GrantError as exc:
+            raise WadoError(exc.status, str(exc)) from None
+        return subject, [content]
+
+    def subject_hint(self, request: Request) -> str:
+        try:
+            return self._subject(request)
+        except WadoError:
+            return ""
+
+
+def valid_uid(value: str) -> bool:
+    return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
+
+
+def _check_uids(*uids: str) -> None:
+    for uid in uids:
+        if not valid_uid(uid):
+            raise WadoError(400, f"UID DICOM invalide : « {uid[:80]} »")
+
+
+def _ranges(request: Request) -> list[MediaRange]:
+    try:
+        return parse_accept(request.headers.get("accept"))
+    except AcceptError as exc:
+        raise WadoError(400, f"en-tête Accept invalide : {exc}") from None
+
+
+def _require_json(request: Request) -> None:
+    ranges = _ranges(request)
+    if not any(accepts_media_type(ranges, t) > 0 for t in (DICOM_JSON, "application/json")):
+        raise WadoError(406, "seul application/dicom+json est produit pour cette ressource")
+
+
+def _dicom_acceptance(request: Request) -> SyntaxAcceptance:
+    acceptance = syntax_acceptance(_ranges(request), ("application/dicom",))
+    if not acceptance.acceptable:
+        raise WadoError(
+            406,
+            'aucun type accepté : multipart/related; type="application/dicom" attendu '
+            "(syntaxes de transfert produites : " + ", ".join(PRODUCIBLE_SYNTAXES) + ", ou "
+            "celle stockée)",
+        )
+    return acceptance
+
+
+def _json_response(payload: Any) -> Response:
+    return JSONResponse(payload, media_type=DICOM_JSON)
+
+
+def _part_type(syntax: str) -> str:
+    return f"application/dicom; transfer-syntax={syntax}"
+
+
+class WadoRoutes:
+    """The routes of one mount point, bound to an `ImageService` and an `Authorizer`."""
+
+    def __init__(
+        self,
+        images: ImageService,
+        authorizer: Authorizer,
+        *,
+        access_log: Path,
+    ) -> None:
+        self.images = images
+        self.authorizer = authorizer
+        self.access_log = access_log
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def record(self, request: Request, record: RetrievalRecord) -> None:
+        client = request.client.host if request.client else ""
+        record_retrieval(
+            self.access_log, replace(record, channel=self.authorizer.channel, client=client)
+        )
+
+    async def _open_instances(
+        self, scope: Scope, series_uid: str, only: set[str] | None = None
+    ) -> tuple[CacheEntry, AsyncIterator[CachedInstance]]:
+        """The series' entry (pinned) and an iterator over its instances the KOS grants."""
+        granted = scope.kos.series.get(series_uid, {})
+        wanted = set(granted) if only is None else only & set(granted)
+        try:
+            entry = await self.images.fetcher.open(
+                scope.kos.study_uid, series_uid, scope.kos.sop_classes(series_uid)
+            )
+        except CacheError as exc:
+            raise WadoError(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
+
+        async def granted_instances() -> AsyncIterator[CachedInstance]:
+            async for instance in entry.follow():
+                if instance.sop_instance_uid in wanted:
+                    yield instance
+
+        return entry, granted_instances()
+
+    @staticmethod
+    def _unavailable(exc: BaseException) -> WadoError:
+        if isinstance(exc, PacsError | CacheError):
+            return WadoError(
+                503,
+                f"images momentanément indisponibles : {exc}",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        log.error("retrieval failed unexpectedly", exc_info=exc)
+        return WadoError(
+            503, "images momentanément indisponibles", {"Retry-After": str(RETRY_AFTER_S)}
+        )
+
+    async def _first(
+        self, entry: CacheEntry, instances: AsyncIterator[CachedInstance]
+    ) -> CachedInstance | None:
+        try:
+            return await anext(instances, None)
+        except Exception as exc:  # noqa: BLE001 (the retrieval's error, whatever it is → 503)
+            raise self._unavailable(exc) from None
+
+    # -- WADO-RS retrieve --------------------------------------------------------------------
+
+    async def retrieve(
+        self,
+        request: Request,
+        study_uid: str,
+        series_uids: Sequence[str] | None,
+        sop_uid: str | None = None,
+    ) -> Response:
+        """Study (`series_uids` None), series or instance retrieve, as multipart/related."""
+        scope = await self.authorizer.scope(request, study_uid)
+        resource = "study" if series_uids is None else ("instance" if sop_uid else "series")
+        if series_uids is None:
+            series_uids = list(scope.kos.series)
+        for series_uid in series_uids:
+            if series_uid not in scope.kos.series:
+                raise WadoError(404, "série absente du KOS publié de cette étude")
+        only = None
+        if sop_uid is not None:
+            if sop_uid not in scope.kos.series[series_uids[0]]:
+                raise WadoError(404, "instance absente du KOS publié de cette étude")
+            only = {sop_uid}
+        acceptance = _dicom_acceptance(request)
+        fallback = acceptance.best(PRODUCIBLE_SYNTAXES)
+
+        # Wait for the first instance before answering, so that PACS failures and empty
+        # series still get a proper status; everything after it streams.
+        queue = list(series_uids)
+        entry, instances = await self._open_instances(scope, queue.pop(0), only)
+        try:
+            first = await self._first(entry, instances)
+            while first is None and queue:
+                self.images.cache.release(entry)
+                entry, instances = await self._open_instances(scope, queue.pop(0), only)
+                first = await self._first(entry, instances)
+            if first is None:
+                raise WadoError(404, "aucune image de cette sélection n'est dans le PACS")
+            if choose_syntax(first.transfer_syntax, acceptance) is None:
+                raise WadoError(
+                    406,
+                    f"syntaxe de transfert stockée {first.transfer_syntax} non acceptée et aucune "
+                    "syntaxe productible acceptée",
+                )
+        except BaseException:
+            self.images.cache.release(entry)
+            raise
+
+        boundary = new_boundary()
+        record = RetrievalRecord(
+            subject=scope.subject,
+            study_uid=study_uid,
+            series_uid="" if resource == "study" else series_uids[0],
+            sop_instance_uid=sop_uid or "",
+            resource=resource,
+            kos_sop_uid=scope.kos.kos_sop_uid,
+        )
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal entry, instances
+            sent = count = 0
+            result, detail = 200, ""
+            current: CachedInstance | None = first
+            try:
+                while True:
+                    while current is not None:
+                        chunk = await self._part(current, acceptance, fallback, boundary, count)
+                        if chunk:
+                            sent += len(chunk)
+                            count += 1
+                            yield chunk
+                        current = await anext(instances, None)
+                    if not queue:
+                        break
+                    self.images.cache.release(entry)
+                    entry, instances = await self._open_instances(scope, queue.pop(0), only)
+                    current = await anext(instances, None)
+                end = closing(boundary) if count else b""
+                sent += len(end)
+                yield end
+            except (asyncio.CancelledError, GeneratorExit):
+                result, detail = 499, "client parti avant la fin"
+                raise
+            except Exception as exc:
+                result, detail = 503, f"interrompu : {exc}"
+                log.warning("WADO-RS stream of %s interrupted: %s", study_uid, exc)
+                raise
+            finally:
+                self.images.cache.release(entry)
+                self.record(
+                    request,
+                    replace(record, bytes=sent, instances=count, result=result, detail=detail),
+                )
+
+        return StreamingResponse(
+            body(),
+            media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        )
+
+    async def _part(
+        self,
+        instance: CachedInstance,
+        acceptance: SyntaxAcceptance,
+        fallback: str | None,
+        boundary: str,
+        index: int,
+    ) -> bytes:
+        lead = b"\r\n" if index else b""
+        stored = instance.transfer_syntax
+        if acceptance.accepts(stored):
+            data = instance.read()  # the stored bytes, untouched
+            return lead + part_header(boundary, _part_type(stored), len(data)) + data
+        if fallback is None:
+            log.warning("instance %s skipped: nothing acceptable", instance.sop_instance_uid)
+            return b""
+        try:
+            data = await asyncio.to_thread(transcode, instance.read(), fallback)
+        except TranscodeError as exc:
+            log.warning("instance %s skipped: %s", instance.sop_instance_uid, exc)
+            return b""
+        return lead + part_header(boundary, _part_type(fallback), len(data)) + data
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    async def metadata(
+        self, request: Request, study_uid: str, series_uid: str | None, sop_uid: str | None
+    ) -> Response:
+        scope = await self.authorizer.scope(request, study_uid)
+        _require_json(request)
+        series_list = [series_uid] if series_uid else list(scope.kos.series)
+        for uid in series_list:
+            if uid not in scope.kos.series:
+                raise WadoError(404, "série absente du KOS publié de cette étude")
+        if sop_uid and sop_uid not in scope.kos.series[series_list[0]]:
+            raise WadoError(404, "instance absente du KOS publié de cette étude")
+        items: list[dict[str, Any]] = []
+        for uid in series_list:
+            entry, instances = await self._open_instances(
+                scope, uid, {sop_uid} if sop_uid else None
+            )
+            try:
+                try:
+                    collected = [i async for i in instances]
+                except Exception as exc:  # noqa: BLE001 (the retrieval's error → 503)
+                    raise self._unavailable(exc) from None
+                items.extend(await asyncio.to_thread(_metadata_of, collected))
+            finally:
+                self.images.cache.release(entry)
+        if not items:
+            raise WadoError(404, "aucune image de cette sélection n'est dans le PACS")
+        self.record(
+            request,
+            RetrievalRecord(
+                subject=scope.subject,
+                study_uid=study_uid,
+                series_uid=series_uid or "",
+                sop_instance_uid=sop_uid or "",
+                resource="metadata",
+                kos_sop_uid=scope.kos.kos_sop_uid,
+                instances=len(items),
+            ),
+        )
+        return _json_response(items)
+
+    # -- frames and renderings ---------------------------------------------------------------
+
+    async def _instance_bytes(self, scope: Scope, series_uid: str, sop_uid: str) -> bytes:
+        if sop_uid not in scope.kos.series.get(series_uid, {}):
+            raise WadoError(404, "instance absente du KOS publié de cette étude")
+        entry, instances = await self._open_instances(scope, series_uid, {sop_uid})
+        try:
+            found = await self._first(entry, instances)
+            if found is None:
+                raise WadoError(404, "cette image n'est pas dans le PACS")
+            return found.read()
+        finally:
+            self.images.cache.release(entry)
+
+    async def frames(
+        self, request: Request, study_uid: str, series_uid: str, sop_uid: str, frame_list: str
+    ) -> Response:
+        scope = await self.authorizer.scope(request, study_uid)
+        try:
+            numbers = [int(n) for n in frame_list.split(",")]
+        except ValueError:
+            raise WadoError(400, "liste de trames invalide (ex. 1 ou 1,2,3)") from None
+        if not numbers or any(n < 1 for n in numbers):
+            raise WadoError(400, "les numéros de trame commencent à 1")
+        ranges = _ranges(request)
+        data = await self._instance_bytes(scope, series_uid, sop_uid)
+        stored = _transfer_syntax(data)
+        acceptance = syntax_acceptance(
+            ranges, (frame_media_type(stored), "application/octet-stream")
+        )
+        stored_ok = acceptance.accepts(stored)
+        if not stored_ok and not syntax_acceptance(ranges, ("application/octet-stream",)).accepts(
+            EXPLICIT_VR_LITTLE_ENDIAN
+        ):
+            raise WadoError(406, "aucun format de trame accepté (application/octet-stream ?)")
+        try:
+            frames = await asyncio.to_thread(extract_frames, data, numbers, stored_ok=stored_ok)
+        except IndexError as exc:
+            raise WadoError(404, str(exc)) from None
+        except TranscodeError as exc:
+            raise WadoError(406, str(exc)) from None
+        boundary = new_boundary()
+        chunks: list[bytes] = []
+        for index, frame in enumerate(frames):
+            content_type = f"{frame.media_type}; transfer-syntax={frame.transfer_syntax}"
+            chunks.append(
+                (b"\r\n" if index else b"")
+                + part_header(boundary, content_type, len(frame.data))
+                + frame.data
+            )
+        chunks.append(closing(boundary))
+        media = frames[0].media_type
+        return Response(
+            b"".join(chunks),
+            media_type=f'multipart/related; type="{media}"; boundary={boundary}',
+        )
+
+    async def rendered(
+        self,
+        request: Request,
+        study_uid: str,
+        series_uid: str | None,
+        sop_uid: str | None,
+        *,
+        frame: int = 1,
+        thumbnail: bool = False,
+    ) -> Response:
+        scope = await self.authorizer.scope(request, study_uid)
+        ranges = _ranges(request)
+        media = max(("image/jpeg", "image/png"), key=lambda t: accepts_media_type(ranges, t))
+        if accepts_media_type(ranges, media) <= 0:
+            raise WadoError(406, "seuls image/jpeg et image/png sont produits")
+        if series_uid is None:
+            series_uid = next(iter(scope.kos.series), None)
+            if series_uid is None:
+                raise WadoError(404, "KOS sans série")
+        if series_uid not in scope.kos.series:
+            raise WadoError(404, "série absente du KOS publié de cette étude")
+        if sop_uid is None:
+            sops = list(scope.kos.series[series_uid])
+            sop_uid = sops[len(sops) // 2]  # a middle slice represents a volume best
+        data = await self._instance_bytes(scope, series_uid, sop_uid)
+        try:
+            image = await asyncio.to_thread(
+                render,
+                data,
+                frame=frame,
+                media_type=media,
+                max_size=THUMBNAIL_SIZE if thumbnail else None,
+            )
+        except TranscodeError as exc:
+            raise WadoError(406, str(exc)) from None
+        return Response(image, media_type=media)
+
+    # -- QIDO-RS -----------------------------------------------------------------------------
+
+    async def _find(
+        self, function: Callable[..., list[Dataset]], *args: Any, **keys: Any
+    ) -> list[Dataset]:
+        try:
+            return await asyncio.to_thread(function, *args, **keys)
+        except PacsError as exc:
+            raise self._unavailable(exc) from None
+
+    async def search_studies(self, request: Request) -> Response:
+        _require_json(request)
+        _subject, visible = await self.authorizer.visible(request)
+        params = request.query_params
+        wanted_study = params.get("StudyInstanceUID") or params.get("0020000D")
+        wanted_patient = params.get("PatientID") or params.get("00100020")
+        results: list[dict[str, Any]] = []
+        for kos in visible:
+            if wanted_study and kos.study_uid not in wanted_study.split(","):
+                continue
+            found = await self._find(self.images.pacs.find_studies, StudyInstanceUID=kos.study_uid)
+            for ds in found:
+                if wanted_patient and str(ds.get("PatientID", "")) != wanted_patient:
+                    continue
+                ds.NumberOfStudyRelatedSeries = len(kos.series)
+                ds.NumberOfStudyRelatedInstances = kos.instance_count
+                results.append(_qido_json(ds))
+        offset, limit = _paging(params)
+        return _json_response(results[offset : offset + limit])
+
+    async def search_series(self, request: Request, study_uid: str) -> Response:
+        scope = await self.authorizer.scope(request, study_uid)
+        _require_json(request)
+        found = await self._find(self.images.pacs.find_series, study_uid)
+        results = []
+        for ds in found:
+            uid = str(ds.get("SeriesInstanceUID", ""))
+            if uid not in scope.kos.series:
+                continue
+            ds.NumberOfSeriesRelatedInstances = len(scope.kos.series[uid])
+            results.append(_qido_json(ds))
+        offset, limit = _paging(request.query_params)
+        return _json_response(results[offset : offset + limit])
+
+    async def search_instances(
+        self, request: Request, study_uid: str, series_uid: str | None
+    ) -> Response:
+        scope = await self.authorizer.scope(request, study_uid)
+        _require_json(request)
+        series_list = [series_uid] if series_uid else list(scope.kos.series)
+        results = []
+        for uid in series_list:
+            granted = scope.kos.series.get(uid)
+            if granted is None:
+                raise WadoError(404, "série absente du KOS publié de cette étude")
+            for ds in await self._find(self.images.pacs.find_instances, study_uid, uid):
+                if str(ds.get("SOPInstanceUID", "")) in granted:
+                    results.append(_qido_json(ds))
+        offset, limit = _paging(request.query_params)
+        return _json_response(results[offset : offset + limit])
+
+
+def _paging(params: Any) -> tuple[int, int]:
+    try:
+        offset = max(0, int(params.get("offset", 0)))
+        limit = max(0, min(int(params.get("limit", 1000)), 10000))
+    except ValueError:
+        raise WadoError(400, "offset et limit doivent être des entiers") from None
+    return offset, limit
+
+
+def _qido_json(ds: Dataset) -> dict[str, Any]:
+    for keyword in ("QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    result: dict[str, Any] = ds.to_json_dict(suppress_invalid_tags=True)
+    return result
+
+
+def _transfer_syntax(data: bytes) -> str:
+    ds = dcmread(BytesIO(data), stop_before_pixels=True)
+    return str(ds.file_meta.TransferSyntaxUID)
+
+
+def _metadata_of(instances: Sequence[CachedInstance]) -> list[dict[str, Any]]:
+    out = []
+    for instance in instances:
+        ds = dcmread(BytesIO(instance.read()), stop_before_pixels=True)
+        item: dict[str, Any] = ds.to_json_dict(
+            bulk_data_threshold=_METADATA_BULK_THRESHOLD,
+            bulk_data_element_handler=lambda _element: "",
+            suppress_invalid_tags=True,
+        )
+        # The syntax the frames come in: viewers pick their decoder with it.
+        item["00083002"] = {"vr": "UI", "Value": [instance.transfer_syntax]}
+        out.append(item)
+    return out
+
+
+def error_response(exc: WadoError) -> JSONResponse:
+    return JSONResponse(
+        {"status": exc.status, "erreur": exc.message}, status_code=exc.status, headers=exc.headers
+    )
+
+
+def build_router(routes: WadoRoutes) -> APIRouter:
+    """The DICOMweb routes of one mount point (paths relative to its prefix)."""
+    router = APIRouter()
+
+    async def guarded(request: Request, handler: Callable[[], Any], **uids: str | None) -> Response:
+        try:
+            _check_uids(*(u for u in uids.values() if u is not None))
+            response: Response = await handler()
+            return response
+        except WadoError as exc:
+            if exc.status in (401, 403, 404):
+                routes.record(
+                    request,
+                    RetrievalRecord(
+                        subject=routes.authorizer.subject_hint(request),
+                        study_uid=uids.get("study") or "",
+                        series_uid=uids.get("series") or "",
+                        sop_instance_uid=uids.get("sop") or "",
+                        resource=request.url.path.rsplit("/", 1)[-1][:32],
+                        kos_sop_uid=request.headers.get(KOS_HEADER, "")[:64],
+                        result=exc.status,
+                        detail=exc.message,
+                    ),
+                )
+            return error_response(exc)
+
+    @router.get("/studies")
+    async def studies(request: Request) -> Response:
+        return await guarded(request, lambda: routes.search_studies(request))
+
+    @router.get("/studies/{study}")
+    async def study(request: Request, study: str) -> Response:
+        return await guarded(request, lambda: routes.retrieve(request, study, None), study=study)
+
+    @router.get("/studies/{study}/metadata")
+    async def study_metadata(request: Request, study: str) -> Response:
+        return await guarded(
+            request, lambda: routes.metadata(request, study, None, None), study=study
+        )
+
+    @router.get("/studies/{study}/thumbnail")
+    async def study_thumbnail(request: Request, study: str) -> Response:
+        return await guarded(
+            request,
+            lambda: routes.rendered(request, study, None, None, thumbnail=True),
+            study=study,
+        )
+
+    @router.get("/studies/{study}/series")
+    async def series_search(request: Request, study: str) -> Response:
+        return await guarded(request, lambda: routes.search_series(request, study), study=study)
+
+    @router.get("/studies/{study}/instances")
+    async def study_instances(request: Request, study: str) -> Response:
+        return await guarded(
+            request, lambda: routes.search_instances(request, study, None), study=study
+        )
+
+    @router.get("/studies/{study}/series/{series}")
+    async def series(request: Request, study: str, series: str) -> Response:
+        return await guarded(
+            request,
+            lambda: routes.retrieve(request, study, [series]),
+            study=study,
+            series=series,
+        )
+
+    @router.get("/studies/{study}/series/{series}/metadata")
+    async def series_metadata(request: Request, study: str, series: str) -> Response:
+        return await guarded(
+            request,
+            lambda: routes.metadata(request, study, series, None),
+            study=study,
+            series=series,
+        )
+
+    @router.get("/studies/{study}/series/{series}/thumbnail")
+    async def series_thumbnail(request: Request, study: str, series: str) -> Response:
+        return await guarded(
+            request,
+            lambda: routes.rendered(request, study, series, None, thumbnail=True),
+            study=study,
+            series=series,
+        )
+
+    @router.get("/studies/{study}/series/{series}/instances")
+    async def series_instances(request: Request, study: str, series: str) -> Response:
+        return await guarded(
+            request,
+            lambda: routes.search_instances(request, study, series),
+            study=study,
+            series=series,
+        )
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}")
+    async def instance(request: Request, study: str, series: str, sop: str) -> Response:
+        return await guarded(
+            request,
+            lambda: routes.retrieve(request, study, [series], sop),
+            study=study,
+            series=series,
+            sop=sop,
+        )
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+    async def instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
+        return await guarded(
+            request,
+            lambda: routes.metadata(request, study, series, sop),
+            study=study,
+            series=series,
+            sop=sop,
+        )
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
+    async def instance_rendered(request: Request, study: str, series: str, sop: str) -> Response:
+        return await guarded(
+            request,
+            lambda: routes.rendered(request, study, series, sop),
+            study=study,
+            series=series,
+            sop=sop,
+        )
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail")
+    async def instance_thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
+        return await guarded(
+            request,
+            lambda: routes.rendered(request, study, series, sop, thumbnail=True),
+            study=study,
+            series=series,
+            sop=sop,
+        )
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
+    async def frames(request: Request, study: str, series: str, sop: str, frames: str) -> Response:
+        return await guarded(
+            request,
+            lambda: routes.frames(request, study, series, sop, frames),
+            study=study,
+            series=series,
+            sop=sop,
+        )
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered")
+    async def frame_rendered(
+        request: Request, study: str, series: str, sop: str, frame: str
+    ) -> Response:
+        async def handler() -> Response:
+            if not frame.isdigit() or int(frame) < 1:
+                raise WadoError(400, "numéro de trame invalide")
+            return await routes.rendered(request, study, series, sop, frame=int(frame))
+
+        return await guarded(request, handler, study=study, series=series, sop=sop)
+
+    return router
+
+
+def install(app: FastAPI, prefix: str, routes: WadoRoutes) -> None:
+    app.include_router(build_router(routes), prefix=prefix)
+
+
+__all__ = [
+    "KOS_HEADER",
+    "Authorizer",
+    "PeerAuthorizer",
+    "Scope",
+    "WadoError",
+    "WadoRoutes",
+    "build_router",
+    "install",
+    "valid_uid",
+]

@@ -1,0 +1,108 @@
+"""The two HTTP applications of a node, as FastAPI apps the `HttpServer` runs.
+
+- `create_peer_app`: the `db…` origin that DRIM-M peers call: WADO-RS under `/dicom-web-rs`
+  (later `/status`, `/health`).
+- `create_viewer_app`: the `vi…` origin: OHIF at the root, `/dicom-web` for it, IHE IID links.
+
+Both take the node's `ImageService` when given (one cache and one single flight for the node),
+else build their own; the service is started and stopped with the app (reference-counted).
+This module only assembles: the routes live in `drimbox.source` and `drimbox.web.viewer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from drimbox.auth.tokens import TokenVerifier
+from drimbox.config import Config
+from drimbox.db import Database
+from drimbox.dicom.retrieve import ImageService
+from drimbox.source.access import access_log_path
+from drimbox.source.grants import Grants
+from drimbox.source.wado import PeerAuthorizer, WadoRoutes, install
+from drimbox.web.viewer import ViewerAuth, ViewerAuthorizer, install_viewer_routes
+
+PEER_PREFIX = "/dicom-web-rs"
+VIEWER_PREFIX = "/dicom-web"
+
+
+def _lifespan(images: ImageService):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await images.start()
+        try:
+            yield
+        finally:
+            await images.stop()
+
+    return lifespan
+
+
+def _common(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"status": 400, "erreur": "requête invalide"}, status_code=400)
+
+
+def create_peer_app(
+    config: Config,
+    db: Database,
+    verifier: TokenVerifier,
+    *,
+    images: ImageService | None = None,
+) -> FastAPI:
+    """The peer-facing application (WADO-RS, DRIM-M flavour)."""
+    images = images or ImageService(config)
+    app = FastAPI(
+        title="DRIMbox — service d'images (WADO-RS)",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=_lifespan(images),
+    )
+    _common(app)
+    routes = WadoRoutes(
+        images,
+        PeerAuthorizer(verifier, Grants(db)),
+        access_log=access_log_path(config.store.cache_dir),
+    )
+    install(app, PEER_PREFIX, routes)
+    app.state.images = images
+    app.state.wado = routes
+    return app
+
+
+def create_viewer_app(
+    config: Config,
+    db: Database,
+    auth: ViewerAuth,
+    *,
+    images: ImageService | None = None,
+) -> FastAPI:
+    """The viewer origin (OHIF, its DICOMweb endpoints, IID)."""
+    images = images or ImageService(config)
+    grants = Grants(db)
+    app = FastAPI(
+        title="DRIMbox — visionneuse",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=_lifespan(images),
+    )
+    _common(app)
+    routes = WadoRoutes(
+        images,
+        ViewerAuthorizer(auth, grants),
+        access_log=access_log_path(config.store.cache_dir),
+    )
+    install(app, VIEWER_PREFIX, routes)
+    install_viewer_routes(app, ohif_dir=Path(config.viewer.ohif_dir), auth=auth, grants=grants)
+    app.state.images = images
+    app.state.wado = routes
+    return app

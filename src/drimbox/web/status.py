@@ -1,0 +1,156 @@
+"""The box's health: `/health` for load balancers (the process answers) and `/status` (the
+"météo": version, roles, and a real check of each dependency — PACS C-ECHO, DMP reachability over
+its TLS, whitelist validity and age, outbox depth, cache use).
+
+Owns what is reported and the French wording of problems; it holds no patient data, so both
+routes are public (`PUBLIC_PATHS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
+
+from drimbox import __version__
+from drimbox.config import Config
+from drimbox.db import Database, DmpJob, JobState
+from drimbox.dicom.cache import SeriesCache
+from drimbox.dicom.pacs import PacsClient, PacsError
+from drimbox.trust.store import WhitelistStore
+
+PUBLIC_PATHS = frozenset({"/health", "/status"})
+CHECK_TIMEOUT_S = 5.0
+
+
+@dataclass
+class StatusSources:
+    config: Config
+    db: Database
+    pacs: PacsClient | None = None
+    whitelist: WhitelistStore | None = None
+    cache: SeriesCache | None = None
+    dmp_http: httpx.Client | None = None  # with the site's TLS material
+
+
+def _timed(check: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    result: dict[str, Any] = check()
+    result["ms"] = round((time.perf_counter() - started) * 1000)
+    return result
+
+
+def check_pacs(sources: StatusSources) -> dict[str, Any]:
+    if sources.pacs is None:
+        return {"ok": None, "message": "PACS non utilisé par ce nœud"}
+    try:
+        sources.pacs.echo()
+    except PacsError as exc:
+        return {"ok": False, "message": str(exc)}
+    return {"ok": True, "message": f"C-ECHO réussi ({sources.pacs.settings.label})"}
+
+
+def check_dmp(sources: StatusSources) -> dict[str, Any]:
+    base = sources.config.dmp.base_url
+    if not base:
+        return {"ok": None, "message": "DMP non configuré ([dmp] base_url)"}
+    client = sources.dmp_http or httpx.Client(timeout=CHECK_TIMEOUT_S)
+    try:
+        # Any HTTP answer proves the DMP is reachable through our TLS; a SOAP service answers a
+        # GET with an error page, which is fine here.
+        response = client.get(f"{base}/registry", timeout=CHECK_TIMEOUT_S)
+        return {"ok": True, "message": f"DMP joignable (HTTP {response.status_code})"}
+    except httpx.HTTPError as exc:
+        return {"ok": False, "message": f"DMP injoignable : {exc.__class__.__name__} {exc}"}
+    finally:
+        if sources.dmp_http is None:
+            client.close()
+
+
+def check_whitelist(sources: StatusSources) -> dict[str, Any]:
+    store = sources.whitelist
+    if store is None:
+        return {"ok": None, "message": "aucune liste blanche configurée ([trust])"}
+    current = store.current()
+    refusals = [{"at": r.at.isoformat(), "message": r.message} for r in list(store.refusals)[-5:]]
+    if current is None:
+        return {"ok": False, "message": "aucune liste blanche valide", "refusals": refusals}
+    age = store.age()
+    return {
+        "ok": True,
+        "message": f"{len(current.domains)} DRIMbox dans la liste",
+        "generated_at": current.generated_at.isoformat(),
+        "age_h": round(age.total_seconds() / 3600, 1) if age else None,
+        "last_refresh": store.last_refresh.isoformat() if store.last_refresh else None,
+        "refusals": refusals,
+    }
+
+
+def check_outbox(sources: StatusSources) -> dict[str, Any]:
+    with sources.db.session() as session:
+        rows = session.execute(select(DmpJob.state, func.count()).group_by(DmpJob.state)).all()
+    counts = {state: count for state, count in rows}
+    waiting = counts.get(JobState.QUEUED.value, 0) + counts.get(JobState.RETRYING.value, 0)
+    parked = counts.get(JobState.PARKED.value, 0)
+    message = f"{waiting} envoi(s) en attente, {parked} bloqué(s)"
+    return {"ok": parked == 0, "message": message, "waiting": waiting, "parked": parked}
+
+
+def check_cache(sources: StatusSources) -> dict[str, Any]:
+    if sources.cache is None:
+        return {"ok": None, "message": "pas de cache d'images sur ce nœud"}
+    usage = sources.cache.usage()
+    full = usage.max_bytes > 0 and usage.bytes >= usage.max_bytes
+    return {
+        "ok": not full,
+        "message": f"{usage.bytes / 1e6:.0f} Mo sur {usage.max_bytes / 1e6:.0f} Mo",
+        "bytes": usage.bytes,
+        "max_bytes": usage.max_bytes,
+        "series": usage.series,
+    }
+
+
+CHECKS = {
+    "pacs": check_pacs,
+    "dmp": check_dmp,
+    "whitelist": check_whitelist,
+    "outbox": check_outbox,
+    "cache": check_cache,
+}
+
+
+def status_router(sources: StatusSources) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/status")
+    async def status() -> JSONResponse:
+        names = list(CHECKS)
+        results = await asyncio.gather(
+            *(asyncio.to_thread(_timed, lambda c=CHECKS[n]: c(sources)) for n in names)
+        )
+        checks = dict(zip(names, results, strict=True))
+        failing = [name for name, result in checks.items() if result.get("ok") is False]
+        roles = [name for name, on in sources.config.roles.model_dump().items() if on]
+        body = {
+            "version": __version__,
+            "roles": roles,
+            "site": sources.config.site.name,
+            "time": datetime.now(UTC).isoformat(),
+            "status": "dégradé" if failing else "ok",
+            "failing": failing,
+            "checks": checks,
+        }
+        return JSONResponse(body, status_code=200)
+
+    return router

@@ -1,0 +1,111 @@
+"""The on-disk series cache: streaming readers, LRU by size, pins, TTL, purge, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+from pydicom.uid import ExplicitVRLittleEndian
+
+from drimbox.dicom.cache import SeriesCache, describe_instance, purge_cache
+from drimbox.sim.studies import SeriesSpec, generate_study
+
+STUDY = "1.2.826.0.1.3680043.8.498.77.7.1"
+
+
+def instances(tmp_path: Path, count: int = 3) -> list[bytes]:
+    paths = generate_study(
+        tmp_path / "src",
+        patient_id="P",
+        patient_name="A^B",
+        birth_date="20000101",
+        sex="M",
+        study_uid=STUDY,
+        accession="A",
+        series=[SeriesSpec("CT", "x", count)],
+        rows=32,
+        columns=32,
+    )
+    return [p.read_bytes() for p in paths]
+
+
+def fill(cache: SeriesCache, series: str, payloads: list[bytes]) -> None:
+    entry, created = cache.get_or_begin(STUDY, series)
+    assert created
+    for data in payloads:
+        cache.add(entry, data)
+    cache.finish(entry)
+    cache.release(entry)
+
+
+def test_readers_follow_a_filling_series(tmp_path: Path) -> None:
+    payloads = instances(tmp_path, 4)
+    cache = SeriesCache(tmp_path / "cache", 10**9, 3600)
+    entry, created = cache.get_or_begin(STUDY, "1.2.3")
+    assert created
+    seen: list[tuple[float, bytes]] = []
+
+    async def read() -> None:
+        async for instance in entry.follow():
+            seen.append((time.monotonic(), instance.read()))
+
+    def producer() -> None:
+        for data in payloads:
+            time.sleep(0.05)
+            cache.add(entry, data)
+        cache.finish(entry)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    asyncio.run(read())
+    thread.join()
+    assert [data for _, data in seen] == payloads
+    assert seen[-1][0] - seen[0][0] > 0.1  # each instance was read as it came
+    sop, _cls, syntax = describe_instance(payloads[0])
+    assert entry.instances[0].sop_instance_uid == sop and syntax == ExplicitVRLittleEndian
+    cache.release(entry)
+
+
+def test_lru_eviction_respects_pins_and_limit(tmp_path: Path) -> None:
+    payloads = instances(tmp_path, 2)
+    size = sum(len(p) for p in payloads)
+    cache = SeriesCache(tmp_path / "cache", int(size * 2.5), 3600)
+    fill(cache, "1.1", payloads)
+    fill(cache, "1.2", payloads)
+    pinned, created = cache.get_or_begin(STUDY, "1.1")  # a reader on 1.1: now most recent
+    assert not created
+    fill(cache, "1.3", payloads)  # over the limit: 1.2 (least recently used) goes
+    assert cache.usage().bytes <= int(size * 2.5)
+    with cache.pinned(STUDY, "1.2") as (_entry, created_again):
+        assert created_again
+        cache.fail(_entry, RuntimeError("PACS down"))
+    assert cache.disk_bytes() <= int(size * 2.5)
+    assert pinned.instances[0].read() == payloads[0]
+    cache.release(pinned)
+    assert cache.usage().evictions >= 1
+
+
+def test_ttl_purge_and_restart(tmp_path: Path) -> None:
+    payloads = instances(tmp_path, 2)
+    now = [1000.0]
+    cache = SeriesCache(tmp_path / "cache", 10**9, 60, clock=lambda: now[0])
+    fill(cache, "2.1", payloads)
+    fill(cache, "2.2", payloads)
+    # A new cache object on the same folder (a restart) finds the complete series again.
+    again = SeriesCache(tmp_path / "cache", 10**9, 60, clock=lambda: now[0])
+    assert again.usage().series == 2
+    with again.pinned(STUDY, "2.1") as (entry, created):
+        assert not created and [i.read() for i in entry.instances] == payloads
+    now[0] += 120  # past the TTL: the series is fetched again
+    with again.pinned(STUDY, "2.1") as (entry, created):
+        assert created
+        again.fail(entry, RuntimeError("test"))
+    assert again.usage().expired == 1
+    assert again.purge(expired_only=True).series == 1  # 2.2 expired too
+    assert again.usage().series == 0
+    fill(again, "2.3", payloads)
+    result = purge_cache(tmp_path / "cache")
+    assert result.series == 1 and result.bytes == sum(len(p) for p in payloads)
+    assert SeriesCache(tmp_path / "cache", 10**9, 60).usage().series == 0
