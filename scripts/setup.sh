@@ -33,3 +33,10 @@ if ! command -v uv >/dev/null 2>&1; then
 fi
 echo "==> uv sync (versions from uv.lock)"
 uv sync --frozen --quiet
+
+if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  echo "==> apt-get install nodejs npm (for the OHIF package)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+fi
+echo "==> OHIF viewer (npm @ohif/app, prebuilt)"
+./scripts/install-ohif.sh var/ohif

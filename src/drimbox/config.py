@@ -82,7 +82,7 @@ class HttpConfig(_Section):
     """The HTTP listener (peers' WADO-RS, Conso UI, admin console)."""
 
     host: str = Field("127.0.0.1", description="Adresse d'écoute HTTP.")
-    port: int = Field(8080, ge=1, le=65535, description="Port HTTP.")
+    port: int = Field(8080, ge=0, le=65535, description="Port HTTP (0 : un port libre).")
 
 
 class ViewerConfig(_Section):

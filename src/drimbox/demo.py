@@ -47,6 +47,9 @@ DEMO_REPORTS: tuple[tuple[str, tuple[SeriesSpec, ...]], ...] = (
 SETTLED = {ReportState.PUBLISHED.value, ReportState.PARKED.value, ReportState.REFUSED.value}
 
 
+# Installed by scripts/setup.sh; the demo is run from the project folder.
+OHIF_DIR = Path("var/ohif").resolve()
+
 STATE_TEXT = {
     ReportState.PUBLISHED.value: "publié au DMP",
     ReportState.PARKED.value: "refusé par le DMP",
@@ -61,6 +64,7 @@ class DemoPorts:
     pacs_http: int = 8042
     dmp: int = 8090
     scp: int = 11112
+    viewer: int = 8081
 
 
 def _port_or_free(port: int) -> int:
@@ -84,6 +88,16 @@ name = "Centre de radiologie Ambroise (démo)"
 structure_id = "{DEMO_STRUCTURE}"
 uid_root = "1.2.250.1.999.9"
 public_base_url = "http://127.0.0.1:{ports.http}"
+
+[http]
+host = "127.0.0.1"
+port = {ports.http}
+
+[viewer]
+host = "127.0.0.1"
+port = {ports.viewer}
+public_url = "http://127.0.0.1:{ports.viewer}"
+ohif_dir = "{OHIF_DIR}"
 
 [hl7]
 host = "127.0.0.1"
@@ -156,6 +170,7 @@ def run_demo(folder: Path, *, fresh: bool, exit_after: bool, console: Console) -
         pacs_http=_port_or_free(8042),
         dmp=_port_or_free(8090),
         scp=_port_or_free(11112),
+        viewer=_port_or_free(8081),
     )
     console.print(f"[bold]DRIMbox — démonstration[/] (dossier {folder})", highlight=False)
     # A new test PKI each run: no key outlives the demo's own folder.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from drimbox.config import Config
 from drimbox.db import Database
+from drimbox.dicom.retrieve import ImageService
 from drimbox.dicom.scp import StoreScp
 from drimbox.hl7.server import MllpServer
 from drimbox.source.dmp_port import ClientDmpPort, dmp_port
@@ -23,6 +24,7 @@ from drimbox.source.pipeline import ReportPipeline
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.whitelist import load_certificates
 from drimbox.trust.xades_verify import ExpectedSigner
+from drimbox.web.assembly import WebServers, build_web
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class Node:
         self.publisher: DmpPublisher | None = None
         self.scp: StoreScp | None = None
         self.whitelist: WhitelistStore | None = None
+        self.images: ImageService | None = None
+        self.web: WebServers | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -88,9 +92,17 @@ class Node:
             await asyncio.to_thread(self.scp.start)
             self.publisher = DmpPublisher(self.config, self.db, dmp_port(self.config))
             self._tasks.append(asyncio.create_task(self.publisher.run_forever(self._stop)))
+        if self.config.roles.source or self.config.roles.conso:
+            self.images = ImageService(self.config, scp=self.scp)
+            self.web = build_web(self.config, self.db, self.images, self.whitelist)
+            await self.web.peer.start()
+            await self.web.viewer.start()
 
     async def stop(self) -> None:
         self._stop.set()
+        if self.web is not None:
+            await self.web.viewer.stop()
+            await self.web.peer.stop()
         if self.mllp is not None:
             await self.mllp.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -34,6 +34,9 @@ def node_config(
         "DRIMBOX_SOURCE__RETRY_MAX_S": "0.5",
         "DRIMBOX_PACS__TIMEOUT_S": "5",
         "DRIMBOX_PACS__SCP_PORT": "0",
+        "DRIMBOX_HTTP__PORT": "0",
+        "DRIMBOX_VIEWER__PORT": "0",
+        "DRIMBOX_STORE__SECRET_KEY_FILE": str(tmp_path / "secret.key"),
     }
     if orthanc is not None:
         environ |= {
@@ -64,6 +67,16 @@ class RunningNode:
         asyncio.run_coroutine_threadsafe(self.node.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+    @property
+    def peer_url(self) -> str:
+        assert self.node.web is not None
+        return self.node.web.peer.url
+
+    @property
+    def viewer_url(self) -> str:
+        assert self.node.web is not None
+        return self.node.web.viewer.url
 
     @property
     def hl7_port(self) -> int:

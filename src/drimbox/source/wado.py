@@ -26,8 +26,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from sqlalchemy import select
 
 from drimbox.auth.tokens import InvalidToken, TokenVerifier, bearer_token
+from drimbox.db import Database, Report
 from drimbox.dicom.cache import CachedInstance, CacheEntry, CacheError
 from drimbox.dicom.pacs import PacsError
 from drimbox.dicom.retrieve import ImageService
@@ -42,6 +44,8 @@ from drimbox.dicom.transcode import (
 )
 from drimbox.source.access import RetrievalRecord, record_retrieval
 from drimbox.source.grants import GrantError, Grants, KosContent
+from drimbox.trust import audit
+from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate_from_scope
 from drimbox.web.accept import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     AcceptError,
@@ -104,9 +108,21 @@ class PeerAuthorizer:
 
     channel = "peer"
 
-    def __init__(self, verifier: TokenVerifier, grants: Grants) -> None:
+    def __init__(
+        self, verifier: TokenVerifier, grants: Grants, peer_check: PeerCheck | None = None
+    ) -> None:
         self.verifier = verifier
         self.grants = grants
+        self.peer_check = peer_check
+
+    def _check_peer(self, request: Request) -> None:
+        """Mutual TLS: the client certificate's DN must be a whitelist entry's."""
+        if self.peer_check is None:
+            return
+        try:
+            self.peer_check.check_incoming(peer_certificate_from_scope(request.scope))
+        except PeerRefused as exc:
+            raise WadoError(403, exc.message) from None
 
     def _subject(self, request: Request) -> str:
         try:
@@ -125,7 +141,9 @@ class PeerAuthorizer:
         return kos_uid
 
     async def scope(self, request: Request, study_uid: str) -> Scope:
-        subject = self._subject(request)
+        self._check_peer(request)
+        # Token checks may call PSC (introspection): never on the event loop.
+        subject = await asyncio.to_thread(self._subject, request)
         kos_uid = self._kos_uid(request)
         try:
             content = await asyncio.to_thread(self.grants.for_peer, study_uid, kos_uid)
@@ -134,7 +152,8 @@ class PeerAuthorizer:
         return Scope(subject, content)
 
     async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
-        subject = self._subject(request)
+        self._check_peer(request)
+        subject = await asyncio.to_thread(self._subject, request)
         kos_uid = self._kos_uid(request)
         try:
             content = await asyncio.to_thread(self.grants.kos_of_peer, kos_uid)
@@ -147,6 +166,32 @@ class PeerAuthorizer:
             return self._subject(request)
         except WadoError:
             return ""
+
+
+def audit_retrieval(db: Database, record: RetrievalRecord) -> None:
+    with db.session() as session:
+        patient = session.scalar(
+            select(Report.patient_ins).where(Report.study_uid == record.study_uid).limit(1)
+        )
+    result: audit.Result = (
+        "ok" if record.result < 400 else ("error" if record.result >= 500 else "refused")
+    )
+    audit.record(
+        db,
+        actor=record.subject or "inconnu",
+        role="peer" if record.channel == "peer" else "user",
+        action=f"image_retrieve_{record.resource}",
+        result=result,
+        patient_ins=patient or "",
+        study_uid=record.study_uid,
+        nbytes=record.bytes,
+        remote=record.client,
+        series_uid=record.series_uid,
+        sop_instance_uid=record.sop_instance_uid,
+        http_status=record.result,
+        channel=record.channel,
+        detail=record.detail,
+    )
 
 
 def valid_uid(value: str) -> bool:
@@ -201,18 +246,23 @@ class WadoRoutes:
         authorizer: Authorizer,
         *,
         access_log: Path,
+        audit_db: Database | None = None,
     ) -> None:
         self.images = images
         self.authorizer = authorizer
         self.access_log = access_log
+        self.audit_db = audit_db
 
     # -- plumbing ----------------------------------------------------------------------------
 
     def record(self, request: Request, record: RetrievalRecord) -> None:
         client = request.client.host if request.client else ""
-        record_retrieval(
-            self.access_log, replace(record, channel=self.authorizer.channel, client=client)
-        )
+        record = replace(record, channel=self.authorizer.channel, client=client)
+        record_retrieval(self.access_log, record)
+        if self.audit_db is not None:
+            # The audit table is written off the event loop; the local access log above is the
+            # fallback trace if the database is unavailable.
+            asyncio.get_running_loop().run_in_executor(None, audit_retrieval, self.audit_db, record)
 
     async def _open_instances(
         self, scope: Scope, series_uid: str, only: set[str] | None = None

@@ -11,11 +11,11 @@ This module only assembles: the routes live in `drimbox.source` and `drimbox.web
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -26,6 +26,7 @@ from drimbox.dicom.retrieve import ImageService
 from drimbox.source.access import access_log_path
 from drimbox.source.grants import Grants
 from drimbox.source.wado import PeerAuthorizer, WadoRoutes, install
+from drimbox.trust.tls import PeerCheck
 from drimbox.web.viewer import ViewerAuth, ViewerAuthorizer, install_viewer_routes
 
 PEER_PREFIX = "/dicom-web-rs"
@@ -56,6 +57,7 @@ def create_peer_app(
     verifier: TokenVerifier,
     *,
     images: ImageService | None = None,
+    peer_check: PeerCheck | None = None,
 ) -> FastAPI:
     """The peer-facing application (WADO-RS, DRIM-M flavour)."""
     images = images or ImageService(config)
@@ -69,8 +71,9 @@ def create_peer_app(
     _common(app)
     routes = WadoRoutes(
         images,
-        PeerAuthorizer(verifier, Grants(db)),
+        PeerAuthorizer(verifier, Grants(db), peer_check),
         access_log=access_log_path(config.store.cache_dir),
+        audit_db=db,
     )
     install(app, PEER_PREFIX, routes)
     app.state.images = images
@@ -84,8 +87,10 @@ def create_viewer_app(
     auth: ViewerAuth,
     *,
     images: ImageService | None = None,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
-    """The viewer origin (OHIF, its DICOMweb endpoints, IID)."""
+    """The viewer origin (OHIF, its DICOMweb endpoints, IID). `routers` (sign-in, Conso,
+    administration) are mounted before OHIF's catch-all route."""
     images = images or ImageService(config)
     grants = Grants(db)
     app = FastAPI(
@@ -100,8 +105,11 @@ def create_viewer_app(
         images,
         ViewerAuthorizer(auth, grants),
         access_log=access_log_path(config.store.cache_dir),
+        audit_db=db,
     )
     install(app, VIEWER_PREFIX, routes)
+    for router in routers:
+        app.include_router(router)
     install_viewer_routes(app, ohif_dir=Path(config.viewer.ohif_dir), auth=auth, grants=grants)
     app.state.images = images
     app.state.wado = routes

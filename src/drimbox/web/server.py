@@ -35,8 +35,10 @@ class HttpServer:
         ssl: ssl_module.SSLContext | None = None,
         *,
         log_level: str = "warning",
+        http_protocol: type[asyncio.Protocol] | None = None,
     ) -> None:
         self.app = app
+        self.http_protocol = http_protocol
         self.host = host
         self._requested_port = port
         self.ssl = ssl
@@ -73,6 +75,7 @@ class HttpServer:
             timeout_graceful_shutdown=10,
             proxy_headers=False,
             server_header=False,
+            http=self.http_protocol or "auto",
         )
         config.load()
         if self.ssl is not None:

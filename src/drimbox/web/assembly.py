@@ -1,0 +1,109 @@
+"""Assembles a node's two HTTP origins from its configuration.
+
+- the peer origin (`[http]`, the whitelist's `db` name): WADO-RS for DRIM-M peers over mutual TLS
+  (when `[trust] tls_cert` is set), `/health` and `/status`;
+- the user origin (`[viewer]`, the `vi` name): Pro Santé Connect sign-in, OHIF and its DICOMweb,
+  the IID links (and the Conso and administration pages as they come).
+
+Owns the choice of token verifier and session store; the routes themselves live elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from fastapi import APIRouter
+
+from drimbox.auth.psc import PscClient, PscIntrospectionVerifier
+from drimbox.auth.tokens import InvalidToken, TokenIdentity, TokenVerifier
+from drimbox.config import Config
+from drimbox.db import Database
+from drimbox.dicom.pacs import PacsClient
+from drimbox.dicom.retrieve import ImageService
+from drimbox.source.pipeline import pacs_settings
+from drimbox.trust.store import WhitelistStore
+from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
+from drimbox.web.app import create_peer_app, create_viewer_app
+from drimbox.web.auth_routes import CALLBACK_PATH, auth_router, psc_settings
+from drimbox.web.server import HttpServer
+from drimbox.web.sessions import DbSessionStore, load_secret_key
+from drimbox.web.status import StatusSources, status_router
+from drimbox.web.viewer import ViewerAuth
+
+
+class NoTokenVerifier:
+    """Used when `[psc]` is not configured: every peer token is refused, with the reason."""
+
+    def verify(self, token: str) -> TokenIdentity:
+        raise InvalidToken("vérification des jetons non configurée sur cette DRIMbox ([psc])")
+
+
+def psc_client(config: Config) -> PscClient | None:
+    if not config.psc.configured:
+        return None
+    redirect = config.psc.redirect_uri or f"{config.viewer.public_url}{CALLBACK_PATH}"
+    return PscClient(psc_settings(config, redirect))
+
+
+def peer_verifier(client: PscClient | None, config: Config) -> TokenVerifier:
+    if client is None:
+        return NoTokenVerifier()
+    return PscIntrospectionVerifier(client, cache_ttl_s=config.psc.introspection_cache_s)
+
+
+@dataclass
+class WebServers:
+    peer: HttpServer
+    viewer: HttpServer
+    sessions: DbSessionStore
+
+
+def build_web(
+    config: Config,
+    db: Database,
+    images: ImageService,
+    whitelist: WhitelistStore | None,
+    *,
+    extra_routers: list[APIRouter] | None = None,
+) -> WebServers:
+    client = psc_client(config)
+    trust = config.trust
+    peer_check = PeerCheck(whitelist.current) if whitelist is not None else None
+    peer_app = create_peer_app(
+        config, db, peer_verifier(client, config), images=images, peer_check=peer_check
+    )
+    peer_app.include_router(
+        status_router(
+            StatusSources(
+                config=config,
+                db=db,
+                pacs=PacsClient(pacs_settings(config)) if config.roles.source else None,
+                whitelist=whitelist,
+                cache=images.cache,
+            )
+        )
+    )
+    ssl = None
+    if trust.tls_cert:
+        ssl = server_ssl_context(trust.tls_cert, trust.tls_key, trust.tls_ca)
+    peer = HttpServer(
+        peer_app,
+        config.http.host,
+        config.http.port,
+        ssl=ssl,
+        http_protocol=MtlsH11Protocol if ssl is not None else None,
+    )
+    sessions = DbSessionStore(
+        db,
+        load_secret_key(Path(config.store.secret_key_file)),
+        max_age=timedelta(hours=config.psc.session_max_h),
+    )
+    routers = list(extra_routers or [])
+    if client is not None:
+        secure = config.viewer.public_url.startswith("https://")
+        routers.insert(0, auth_router(client, sessions, db, secure_cookies=secure))
+    viewer_app = create_viewer_app(config, db, ViewerAuth(sessions), images=images, routers=routers)
+    viewer = HttpServer(viewer_app, config.viewer.host, config.viewer.port)
+    return WebServers(peer, viewer, sessions)
