@@ -13,7 +13,7 @@ import httpx
 
 from drimbox.sim.dmp.server import LocalDmp
 from drimbox.sim.dmp.settings import DmpSimSettings
-from drimbox.sim.pki import DEMO_STRUCTURE, SiteCertificates, site_certificates
+from drimbox.sim.pki import DEMO_STRUCTURE, SiteCertificates, TestPki, site_certificates
 
 STRUCTURE = DEMO_STRUCTURE
 
@@ -65,8 +65,10 @@ class DmpEnvironment:
 
 
 @contextmanager
-def local_dmp(folder: Path, **settings: Any) -> Iterator[DmpEnvironment]:
-    certs = site_certificates(folder / "pki")
+def local_dmp(
+    folder: Path, pki: TestPki | None = None, **settings: Any
+) -> Iterator[DmpEnvironment]:
+    certs = site_certificates(folder / "pki", pki)
     assert certs.server.cert_path and certs.server.key_path and certs.ca.cert_path
     sim_settings = DmpSimSettings(
         database_path=folder / "dmp.db",

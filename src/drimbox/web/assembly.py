@@ -10,10 +10,12 @@ Owns the choice of token verifier and session store; the routes themselves live 
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 from fastapi import APIRouter
 
 from drimbox.auth.psc import PscClient, PscIntrospectionVerifier
@@ -53,6 +55,17 @@ def peer_verifier(client: PscClient | None, config: Config) -> TokenVerifier:
     return PscIntrospectionVerifier(client, cache_ttl_s=config.psc.introspection_cache_s)
 
 
+def dmp_status_client(config: Config) -> httpx.Client | None:
+    """An HTTP client with the site's DMP TLS material, for the status check."""
+    dmp = config.dmp
+    if not dmp.base_url:
+        return None
+    context = ssl.create_default_context(cafile=dmp.tls_ca or None)
+    if dmp.tls_cert:
+        context.load_cert_chain(dmp.tls_cert, dmp.tls_key or None)
+    return httpx.Client(verify=context, timeout=5.0)
+
+
 @dataclass
 class WebServers:
     peer: HttpServer
@@ -82,6 +95,7 @@ def build_web(
                 pacs=PacsClient(pacs_settings(config)) if config.roles.source else None,
                 whitelist=whitelist,
                 cache=images.cache,
+                dmp_http=dmp_status_client(config),
             )
         )
     )
