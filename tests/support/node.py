@@ -13,7 +13,7 @@ from sqlalchemy import select
 from drimbox.config import Config, load_config
 from drimbox.db import Report
 from drimbox.node import Node
-from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.orthanc import LocalOrthanc, free_port
 
 
 def node_config(
@@ -23,6 +23,7 @@ def node_config(
     **sections: dict[str, Any],
 ) -> Config:
     """A Source node on loopback: MLLP on a free port, SQLite in tmp_path, fast retries."""
+    viewer_port = free_port()
     environ = {
         "DRIMBOX_HL7__PORT": "0",
         "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp_path / 'node.db'}",
@@ -35,7 +36,9 @@ def node_config(
         "DRIMBOX_PACS__TIMEOUT_S": "5",
         "DRIMBOX_PACS__SCP_PORT": "0",
         "DRIMBOX_HTTP__PORT": "0",
-        "DRIMBOX_VIEWER__PORT": "0",
+        # A known port: PSC redirects the browser back to the viewer's public URL.
+        "DRIMBOX_VIEWER__PORT": str(viewer_port),
+        "DRIMBOX_VIEWER__PUBLIC_URL": f"http://127.0.0.1:{viewer_port}",
         "DRIMBOX_STORE__SECRET_KEY_FILE": str(tmp_path / "secret.key"),
     }
     if orthanc is not None:
