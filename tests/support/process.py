@@ -1,4 +1,4 @@
-"""A node as a real process (`drimbox serve`), for crash tests: it can be SIGKILLed and restarted."""
+"""A node as a real process (`drimbox serve`), for crash tests: SIGKILLed and restarted."""
 
 from __future__ import annotations
 

@@ -65,10 +65,14 @@ def site(orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[Site]:
     folder = tmp_path / "pki"
     box = pki.issue("localhost", usage="server", dns_names=("localhost", "127.0.0.1"),
                     organizational_unit="101235555").write(folder, "box")  # fmt: skip
-    trusted = pki.issue("db2.test.fr", usage="auth", organizational_unit="300000001830002",
-                        organization="SITE B", state="Paris (75)").write(folder, "peer-b")  # fmt: skip
-    unknown = pki.issue("db9.test.fr", usage="auth", organizational_unit="300000001830009",
-                        organization="SITE Z", state="Paris (75)").write(folder, "peer-z")  # fmt: skip
+    trusted = pki.issue(
+        "db2.test.fr", usage="auth", organizational_unit="300000001830002",
+        organization="SITE B", state="Paris (75)",
+    ).write(folder, "peer-b")  # fmt: skip
+    unknown = pki.issue(
+        "db9.test.fr", usage="auth", organizational_unit="300000001830009",
+        organization="SITE Z", state="Paris (75)",
+    ).write(folder, "peer-z")  # fmt: skip
     ans = issue_ans_signer(pki)
     whitelist = sign_whitelist(
         build_whitelist([domain(2, db="db2.test.fr", operator_dn=PEER_DN)], datetime.now(UTC)),
@@ -101,8 +105,8 @@ def site(orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[Site]:
         with RunningNode(node_config(tmp_path, orthanc, environ)) as node:
             with RisClient("127.0.0.1", node.hl7_port) as ris:
                 assert ris.send(hl7_text("CR_C-ORU.hl7")).code == "AA"
-            published = node.wait_for_report(node.reports()[0].id, {ReportState.PUBLISHED.value,
-                                                                   ReportState.PARKED.value})  # fmt: skip
+            settled = {ReportState.PUBLISHED.value, ReportState.PARKED.value}
+            published = node.wait_for_report(node.reports()[0].id, settled)
             assert published.state == ReportState.PUBLISHED.value, published.reason
             assert published.kos is not None and published.kos_sop_uid is not None
             kos = dcmread(DicomBytesIO(published.kos))
