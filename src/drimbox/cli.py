@@ -34,6 +34,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(reports_app, name="reports")
 app.add_typer(db_app, name="db")
 pacs_app = typer.Typer(help="PACS du site.", no_args_is_help=True)
+cache_app = typer.Typer(help="Cache d'images.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 whitelist_app = typer.Typer(
     help="Liste blanche DRIM-M (espace de confiance).", no_args_is_help=True
 )
@@ -98,6 +100,21 @@ def db_upgrade(config: ConfigOption = None) -> None:
     cfg = _load(config)
     _database(cfg).dispose()
     console.print(f"[green]Schéma à jour[/] : {cfg.store.database_url}")
+
+
+@cache_app.command("purge")
+def cache_purge(
+    config: ConfigOption = None,
+    expired: Annotated[bool, typer.Option(help="Seulement les séries expirées (TTL).")] = False,
+) -> None:
+    """Vide le cache d'images (ou seulement les séries expirées)."""
+    from drimbox.dicom.cache import purge_cache
+
+    cfg = _load(config)
+    result = purge_cache(
+        Path(cfg.store.cache_dir), expired_only=expired, ttl_h=cfg.store.cache_ttl_h
+    )
+    console.print(f"Cache purgé : {result}", highlight=False)
 
 
 @pacs_app.command("echo")
@@ -312,6 +329,30 @@ def audit_export(
             handle.write(line + "\n")
             count += 1
     console.print(f"{count} événements écrits dans {output}")
+
+
+@app.command()
+def selftest(
+    samples: Annotated[
+        Path | None, typer.Option(help="Dossier d'échantillons ANS (défaut : ceux fournis).")
+    ] = None,
+) -> None:
+    """Vérifie les analyseurs et constructeurs de la DRIMbox sur les jeux de test officiels ANS."""
+    from drimbox.selftest import run_selftest
+
+    results = run_selftest(samples) if samples else run_selftest()
+    table = Table(title="Autotest DRIMbox (jeux de données ANS)", title_justify="left")
+    for column in ("Contrôle", "Fichier", "Résultat", "Détail"):
+        table.add_column(column, overflow="fold")
+    for result in results:
+        verdict = "[green]réussi[/]" if result.ok else "[bold red]ÉCHEC[/]"
+        table.add_row(result.name, result.file, verdict, result.detail)
+    console.print(table)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        err.print(f"{len(failed)} contrôle(s) en échec : " + ", ".join(r.file for r in failed))
+        raise typer.Exit(1)
+    console.print(f"{len(results)} contrôles réussis.")
 
 
 @whitelist_app.command("verify")

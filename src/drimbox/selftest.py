@@ -1,0 +1,194 @@
+"""`drimbox selftest`: the box's parsers and builders run against the official ANS samples.
+
+The first thing an editor runs before homologation: each check reads one bundled sample (or a
+copy given with `--samples`), runs the product code on it and compares with what the ANS data
+says. A corrupted or altered sample fails its check, naming the file.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+from drimbox.cda import parse_report
+from drimbox.dicom.kos import KosSite, build_manifest, manifest_from_bytes, manifest_to_bytes
+from drimbox.dicom.model import InstanceRef, SeriesSnapshot, StudySnapshot
+from drimbox.dmp.metadata import parse_document_entries
+from drimbox.hl7.message import parse_report_message
+from drimbox.samples import ANS_DIR
+from drimbox.trust.whitelist import WhitelistError, verify_whitelist
+from drimbox.web.accept import parse_accept, syntax_acceptance
+
+RIM = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0"
+KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+
+# Sample → (kind, study UID, accession) as the ANS datasets define them.
+HL7_EXPECTED = {
+    "hl7/CR_C-ORU.hl7": ("publish", "1.2.250.1.213.4.5.2.1.103", "ACN103"),
+    "hl7/CR_G1-ORU.hl7": ("publish", "1.2.250.1.213.4.5.2.1.108", "ACN108"),
+    "hl7/CR_G1_MAJ-MDM.hl7": ("update", "1.2.250.1.213.4.5.2.1.108", "ACN108"),
+    "hl7/CR_C_Depublication-ORU.hl7": ("withdraw", "1.2.250.1.213.4.5.2.1.103", "ACN103"),
+    "hl7/CR_C_Depublication-MDM.hl7": ("withdraw", "1.2.250.1.213.4.5.2.1.103", "ACN103"),
+    "hl7/CR_W_Suppression-OMI.hl7": ("withdraw_exam", "1.2.250.1.213.4.5.2.1.124", "ACN124"),
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    file: str
+    ok: bool
+    detail: str
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+def check_hl7(folder: Path, relative: str) -> str:
+    kind, study, accession = HL7_EXPECTED[relative]
+    message = parse_report_message((folder / relative).read_bytes().decode("utf-8"))
+    _expect(message.kind == kind, f"type {message.kind} au lieu de {kind}")
+    _expect(message.patient_ins == "279035121518989", f"INS lu : {message.patient_ins}")
+    found_study = (
+        message.report.study_instance_uid if message.report else message.study_instance_uid
+    )
+    _expect(found_study == study, f"StudyInstanceUID lu : {found_study}")
+    found_accession = (
+        message.report.accession_number.extension
+        if message.report and message.report.accession_number
+        else message.accession_number
+    )
+    _expect(found_accession == accession, f"numéro d'accès lu : {found_accession}")
+    return f"{message.message_type}, {kind}, INS et examen conformes"
+
+
+def check_cda(folder: Path) -> str:
+    report = parse_report((folder / "cda/CR_C.xml").read_bytes())
+    _expect(report.document_id.root == "1.2.250.1.213.4.5.4.403", "identifiant du document")
+    _expect(report.patient.ins == "279035121518989", "INS du patient")
+    _expect(report.study_instance_uid == "1.2.250.1.213.4.5.2.1.103", "StudyInstanceUID")
+    _expect(bool(report.modalities), "modalité absente")
+    return f"CR {report.document_id.root}, {report.patient.name.to_dicom()}"
+
+
+def check_kos(folder: Path) -> str:
+    """A KOS built by the box for exam C round-trips and carries what DRIM-M requires."""
+    report = parse_report((folder / "cda/CR_C.xml").read_bytes())
+    uid = report.study_instance_uid
+    study = StudySnapshot(
+        study_instance_uid=uid, patient_id=report.patient.ins,
+        issuer_of_patient_id="ASIP-SANTE-INS-NIR", other_patient_ids=(),
+        patient_name=report.patient.name.to_dicom(),
+        patient_birth_date=report.patient.birth_date.strftime("%Y%m%d")
+        if report.patient.birth_date else "",
+        patient_sex=report.patient.sex,
+        accession_number=report.accession_number.extension if report.accession_number else "",
+        study_date="", study_time="", study_description="", study_id="",
+        referring_physician_name="",
+        series=(SeriesSnapshot(f"{uid}.1", "CT", 1, "", (
+            InstanceRef("1.2.840.10008.5.1.4.1.1.2", f"{uid}.1.1", 1),)),),
+    )  # fmt: skip
+    site = KosSite(uid_root="1.2.250.1.999.9", public_base_url="https://db.exemple.fr",
+                   institution_name="Autotest")  # fmt: skip
+    kos = manifest_from_bytes(manifest_to_bytes(build_manifest(report, study, site)))
+    _expect(kos.SOPClassUID == KOS_CLASS, "classe SOP")
+    _expect(kos.ConceptNameCodeSequence[0].CodeValue == "113030", "titre 113030 Manifest")
+    series = kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    _expect(str(series.RetrieveURL).startswith("https://db.exemple.fr/dicom-web-rs/"), "URL")
+    dump = etree.parse(str(folder / "informatif/Manifest_KOS_dump.xml"))
+    classes = [str(value) for value in dump.xpath("//element[@name='SOPClassUID']/text()")]  # type: ignore[union-attr]
+    _expect(KOS_CLASS in classes, "le KOS de référence (dcm2xml) n'est pas un KOS")
+    return "KOS construit et relu (113030, RetrieveURL), KOS de référence lu"
+
+
+def check_xds(folder: Path) -> str:
+    tree = etree.parse(str(folder / "validators/XDS.xml"))
+    lists = tree.findall(f".//{{{RIM}}}RegistryObjectList")
+    _expect(len(lists) == 1, "RegistryObjectList absente")
+    entries = parse_document_entries(lists[0])
+    kinds = sorted(entry.mime_type for entry in entries)
+    _expect(kinds == ["application/dicom", "text/xml"], f"documents : {kinds}")
+    kos = next(entry for entry in entries if entry.mime_type == "application/dicom")
+    _expect(kos.patient_id.endswith("&1.2.250.1.213.1.4.10&ISO^NH"), "patientId")
+    _expect(kos.type_code is not None and kos.type_code.code == "IMG-KOS", "typeCode IMG-KOS")
+    return f"{len(entries)} documents (KOS + signature), métadonnées lues"
+
+
+def check_whitelist(folder: Path, relative: str, signed: bool) -> str:
+    data = (folder / relative).read_bytes()
+    from cryptography import x509
+
+    anchors: list[x509.Certificate] = []
+    if signed:
+        root = etree.fromstring(data)
+        for element in root.iter("{http://www.w3.org/2000/09/xmldsig#}X509Certificate"):
+            import base64
+
+            anchors.append(x509.load_der_x509_certificate(base64.b64decode(element.text or "")))
+    try:
+        whitelist = verify_whitelist(data, anchors)
+    except WhitelistError as exc:
+        _expect(not signed, f"liste refusée : {exc.message}")
+        return f"liste non signée refusée comme attendu ({exc.message})"
+    _expect(signed, "une liste non signée a été acceptée")
+    return f"signature valide, {len(whitelist.domains)} domaines"
+
+
+def check_wado_request(folder: Path) -> str:
+    lines = (folder / "validators/wado-rs-series-request.txt").read_text().splitlines()
+    accept = next(line for line in lines if line.lower().startswith("accept:"))
+    ranges = parse_accept(accept.split(":", 1)[1])
+    acceptance = syntax_acceptance(ranges)
+    _expect(acceptance.accepts(JPEG_LS_LOSSLESS), "JPEG-LS sans perte non accepté")
+    headers = {line.split(":", 1)[0].strip().lower() for line in lines[1:] if ":" in line}
+    _expect({"authorization", "kos-sopinstanceuid"} <= headers, "en-têtes DRIM-M absents")
+    return f"{len(ranges)} types acceptés, en-têtes Authorization et KOS-SOPInstanceUID"
+
+
+def checks(folder: Path) -> list[tuple[str, str, Callable[[], str]]]:
+    def hl7_check(relative: str) -> Callable[[], str]:
+        return lambda: check_hl7(folder, relative)
+
+    found: list[tuple[str, str, Callable[[], str]]] = [
+        ("Message HL7 v2", relative, hl7_check(relative)) for relative in HL7_EXPECTED
+    ]
+    found += [
+        ("CR CDA R2 N1", "cda/CR_C.xml", lambda: check_cda(folder)),
+        ("Manifeste KOS", "informatif/Manifest_KOS_dump.xml", lambda: check_kos(folder)),
+        ("Métadonnées XDS (ITI-41)", "validators/XDS.xml", lambda: check_xds(folder)),
+        ("Liste blanche signée", "whitelist/LISTEBLANCHE_DRIM-M_SIGNEE_TEST.xml",
+         lambda: check_whitelist(folder, "whitelist/LISTEBLANCHE_DRIM-M_SIGNEE_TEST.xml", True)),
+        ("Liste blanche non signée", "whitelist/LISTEBLANCHE_DRIM-M_NONSIGNEE_TEST.xml",
+         lambda: check_whitelist(folder, "whitelist/LISTEBLANCHE_DRIM-M_NONSIGNEE_TEST.xml",
+                                 False)),
+        ("Requête WADO-RS", "validators/wado-rs-series-request.txt",
+         lambda: check_wado_request(folder)),
+    ]  # fmt: skip
+    return found
+
+
+def run_selftest(folder: Path = ANS_DIR) -> list[CheckResult]:
+    results = []
+    for name, relative, check in checks(folder):
+        try:
+            detail = check()
+            results.append(CheckResult(name, relative, True, detail))
+        except CheckFailed as exc:
+            results.append(CheckResult(name, relative, False, str(exc)))
+        except FileNotFoundError:
+            results.append(CheckResult(name, relative, False, "fichier absent"))
+        except Exception as exc:  # noqa: BLE001 - any parser error is a failed check, named
+            last = traceback.format_exception_only(exc)[-1].strip()
+            results.append(CheckResult(name, relative, False, last[:300]))
+    return results
