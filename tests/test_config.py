@@ -78,3 +78,12 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert "pacs.port" in result.output and "pacs.foo : clé inconnue" in result.output
     missing = runner.invoke(app, ["config", "check", str(tmp_path / "none.toml")])
     assert missing.exit_code == 2 and "fichier introuvable" in missing.output
+
+
+def test_configuration_reference_is_up_to_date() -> None:
+    from drimbox.config import reference_markdown
+
+    reference = Path(__file__).parents[1] / "docs" / "configuration.md"
+    assert reference.read_text() == reference_markdown() + "\n", (
+        "docs/configuration.md is stale: uv run drimbox config reference > docs/configuration.md"
+    )

@@ -94,6 +94,14 @@ def config_check(file: Path) -> None:
     )
 
 
+@config_app.command("reference")
+def config_reference() -> None:
+    """Affiche la référence de configuration (Markdown), générée depuis le modèle."""
+    from drimbox.config import reference_markdown
+
+    sys.stdout.write(reference_markdown() + "\n")
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Met le schéma de la base à jour (fait aussi au démarrage de `serve`)."""
