@@ -267,6 +267,23 @@ class PscConfig(_Section):
         return bool(self.client_id and (self.discovery_url or self.token_endpoint))
 
 
+class AdminConfig(_Section):
+    """Who may use the administration console (signed in with Pro Santé Connect)."""
+
+    users: list[str] = Field(
+        default_factory=list,
+        description="SubjectNameID PSC (RPPS…) des administrateurs de la DRIMbox (dans "
+        "l'environnement : séparés par des virgules).",
+    )
+
+    @field_validator("users", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
 class TrustConfig(_Section):
     """The trust space: the ANS whitelist and the box's mutual TLS material for its peers."""
 
@@ -349,6 +366,7 @@ class Config(_Section):
     source: SourceConfig = SourceConfig()
     dmp: DmpConfig = DmpConfig()
     psc: PscConfig = PscConfig()
+    admin: AdminConfig = AdminConfig()
     trust: TrustConfig = TrustConfig()
     store: StoreConfig = StoreConfig()
 

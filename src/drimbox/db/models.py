@@ -183,3 +183,50 @@ class UserSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoLaunch(Base):
+    """A contextual launch of the Conso (the RIS/DPI form), kept until it expires.
+
+    `id` is the unguessable value of the launch URL. Until `open_by` a signed-in user may open
+    it; the first one to do so binds it to their session (`session_hash`, the SHA-256 of the
+    session cookie, as `user_sessions.id_hash`) and only that session sees it afterwards, until
+    `expires_at`. `context` holds the validated form (`LaunchContext`) as JSON."""
+
+    __tablename__ = "conso_launches"
+    __table_args__ = (Index("ix_conso_launches_session", "session_hash"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    open_by: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    session_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    patient_ins: Mapped[str] = mapped_column(String(32), default="")
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    history_loaded_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+
+
+class ConsoExam(Base):
+    """One row of a launch's exam history, as the DMP gave it to the signed-in user: the KOS
+    (what the viewer may show and where the images are), the report, and the row's display
+    fields (`summary`: date, modalities, regions, description, site, warnings)."""
+
+    __tablename__ = "conso_exams"
+    __table_args__ = (
+        Index("ix_conso_exams_launch", "launch_id"),
+        Index("ix_conso_exams_study", "study_uid"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    launch_id: Mapped[str] = mapped_column(ForeignKey("conso_launches.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    accession: Mapped[str] = mapped_column(String(64), default="")
+    kos_sop_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    kos: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    report: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
