@@ -1,0 +1,78 @@
+"""The administration console: administrators only; reports with retry, whitelist, audit
+trail, status and cache pages, over a real node and the PSC simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from drimbox.db import Hl7Message, Report, ReportState, utcnow
+from drimbox.sim.psc import LocalPsc
+from drimbox.trust import audit
+from support.node import RunningNode, node_config
+
+ADMIN = "899700100011"  # the simulator's `radiologue`
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[RunningNode]:
+    with LocalPsc() as psc:
+        config = node_config(tmp_path, None, {
+            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
+            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
+            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+            "DRIMBOX_ADMIN__USERS": ADMIN,
+            "DRIMBOX_PACS__PORT": "9",
+            "DRIMBOX_PACS__TIMEOUT_S": "1",
+        })  # fmt: skip
+        with RunningNode(config) as running:
+            now = utcnow()
+            with running.node.db.session() as session:
+                message = Hl7Message(received_at=now, size_bytes=1, raw=b"x", ack_code="AA")
+                session.add(message)
+                session.flush()
+                session.add(Report(
+                    message_id=message.id, received_at=now, updated_at=now, kind="publish",
+                    patient_ins="279035121518989", accession="ACN103", flags={},
+                    state=ReportState.REFUSED.value, attempts=1,
+                    reason="Identité incohérente PACS/CR : date de naissance",
+                ))  # fmt: skip
+            yield running
+
+
+def signed_in(node: RunningNode, user: str) -> httpx.Client:
+    browser = httpx.Client(follow_redirects=True, timeout=30)
+    browser.get(f"{node.viewer_url}/connexion", params={"login_hint": user, "next": "/admin"})
+    return browser
+
+
+def test_console_for_an_administrator(node: RunningNode) -> None:
+    base = node.viewer_url
+    with signed_in(node, "radiologue") as browser:
+        status = browser.get(f"{base}/admin")
+        assert status.status_code == 200 and "État de la DRIMbox" in status.text
+        assert "File d'envoi au DMP" in status.text
+        reports = browser.get(f"{base}/admin/comptes-rendus")
+        assert "Identité incohérente" in reports.text and "Relancer" in reports.text
+        retried = browser.post(f"{base}/admin/comptes-rendus/1/relancer")
+        assert "nouvelle interrogation du PACS" in retried.text
+        assert "Aucune liste blanche configurée" in browser.get(f"{base}/admin/liste-blanche").text
+        traces = browser.get(f"{base}/admin/audit", params={"utilisateur": ADMIN})
+        assert "report_retry" in traces.text and "login" in traces.text
+        assert "Mo utilisés" in browser.get(f"{base}/admin/cache").text
+    actions = [e["action"] for e in audit.events(node.node.db, actor=ADMIN)]
+    assert "report_retry" in actions
+
+
+def test_console_refuses_others(node: RunningNode) -> None:
+    base = node.viewer_url
+    with httpx.Client(follow_redirects=False) as anonymous:
+        first = anonymous.get(f"{base}/admin/comptes-rendus")
+        assert first.status_code == 303 and first.headers["location"].startswith("/connexion")
+    with signed_in(node, "medecin-deux-situations") as browser:
+        page = browser.get(f"{base}/admin/comptes-rendus")
+        assert page.status_code == 403 and "réservée aux administrateurs" in page.text
+        assert browser.post(f"{base}/admin/comptes-rendus/1/relancer").status_code == 403
