@@ -169,6 +169,12 @@ class SourceConfig(_Section):
     poll_interval_s: float = Field(
         1.0, gt=0, description="Intervalle de scrutation de la file de traitement."
     )
+    lease_s: float = Field(
+        600.0,
+        gt=0,
+        description="Durée pendant laquelle un nœud garde un travail en cours (CR, envoi au DMP) "
+        "avant qu'un autre nœud — ou lui-même après un arrêt brutal — ne le reprenne.",
+    )
 
 
 class DmpConfig(_Section):

@@ -33,6 +33,8 @@ def node_config(
         "DRIMBOX_SOURCE__POLL_INTERVAL_S": "0.05",
         "DRIMBOX_SOURCE__RETRY_INITIAL_S": "0.2",
         "DRIMBOX_SOURCE__RETRY_MAX_S": "0.5",
+        # Work leased by a node killed mid-way comes back after this (crash tests).
+        "DRIMBOX_SOURCE__LEASE_S": "5",
         "DRIMBOX_PACS__TIMEOUT_S": "5",
         "DRIMBOX_PACS__SCP_PORT": "0",
         "DRIMBOX_HTTP__PORT": "0",

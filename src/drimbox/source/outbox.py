@@ -32,7 +32,6 @@ from drimbox.trust import audit
 log = logging.getLogger(__name__)
 
 PUBLISH, DELETE = "publish", "delete"
-LEASE = timedelta(minutes=5)
 DUE = (JobState.QUEUED.value, JobState.RETRYING.value)
 PENDING_REPORT_STATES = (
     ReportState.RECEIVED.value,
@@ -111,7 +110,8 @@ class DmpPublisher:
         self.port = port
 
     def claim_next(self) -> int | None:
-        return claim_due(self.db, DmpJob, DUE, LEASE)
+        lease = timedelta(seconds=self.config.source.lease_s)
+        return claim_due(self.db, DmpJob, DUE, lease)
 
     def run_once(self) -> JobResult | None:
         job_id = self.claim_next()

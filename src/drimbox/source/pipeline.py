@@ -27,7 +27,6 @@ from drimbox.source.outbox import DELETE, PUBLISH, enqueue
 log = logging.getLogger(__name__)
 
 DUE_STATES = (ReportState.RECEIVED.value, ReportState.WAITING_IMAGES.value)
-LEASE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,8 @@ class ReportPipeline:
     # -- claiming ---------------------------------------------------------------------------
     def claim_next(self) -> int | None:
         """Take the oldest due report and lease it; None when nothing is due."""
-        return claim_due(self.db, Report, DUE_STATES, LEASE)
+        lease = timedelta(seconds=self.config.source.lease_s)
+        return claim_due(self.db, Report, DUE_STATES, lease)
 
     # -- processing -------------------------------------------------------------------------
     def process(self, report_id: int) -> Outcome:

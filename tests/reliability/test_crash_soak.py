@@ -1,0 +1,99 @@
+"""Crash soak: reports keep arriving while the node is SIGKILLed and restarted; every report the
+box ACKed is published exactly once, and what it did not ACK is re-sent by the RIS and published
+once. Reduced size in the suite; full size (1000 reports, 10 kills) with `scripts/soak.sh`."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from drimbox.db import Database, Hl7Message, Report, ReportState
+from drimbox.hl7.message import parse_report_message
+from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.ris import RisClient
+from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from support.dmp import DmpEnvironment, local_dmp
+from support.node import node_config
+from support.process import NodeProcess
+from support.samples import hl7_text, report_variant
+
+REPORTS = int(os.environ.get("SOAK_REPORTS", "40"))
+KILLS = int(os.environ.get("SOAK_KILLS", "3"))
+FINAL = {ReportState.PUBLISHED.value, ReportState.REPLACED.value}
+
+
+@pytest.fixture
+def dmp(tmp_path: Path) -> Iterator[DmpEnvironment]:
+    with local_dmp(tmp_path / "dmp") as environment:
+        yield environment
+
+
+def test_reports_survive_sigkills(
+    orthanc: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
+) -> None:
+    orthanc.delete_all()
+    base = hl7_text("CR_C-ORU.hl7")
+    report = parse_report_message(base).report
+    assert report is not None
+    orthanc.store_files(generate_study_for_report(
+        tmp_path / "study", report, [SeriesSpec("CT", "x", 2)], rows=32, columns=32))  # fmt: skip
+    config = node_config(tmp_path, orthanc, dmp.node_environ())
+    environ = {
+        f"DRIMBOX_{section.upper()}__{key.upper()}": str(value)
+        for section, values in config.model_dump().items()
+        for key, value in values.items()
+        if section in ("dmp", "pacs", "site", "source", "store", "http", "viewer")
+        and not isinstance(value, list)
+    }
+    config_file = tmp_path / "node.toml"
+    config_file.write_text("[roles]\nsource = true\n")
+    node = NodeProcess(config_file, env=environ).start()
+    acked: list[str] = []
+    unanswered: list[str] = []
+    done = threading.Event()
+
+    def ris() -> None:
+        with RisClient("127.0.0.1", node.hl7_port, timeout_s=10, max_attempts=200) as client:
+            for index in range(REPORTS):
+                result = client.send(report_variant(base, index))
+                (acked if result.code == "AA" else unanswered).append(result.control_id)
+        done.set()
+
+    sender = threading.Thread(target=ris)
+    sender.start()
+    rng = random.Random(20261126)
+    for _ in range(KILLS):
+        time.sleep(rng.uniform(0.3, 1.5))
+        node.kill()
+        time.sleep(rng.uniform(0.1, 0.5))
+        node.start()
+    sender.join(600)
+    assert done.is_set(), "the RIS never finished sending"
+    assert unanswered == [], "every message was eventually ACKed (re-sent after the kills)"
+
+    db = Database(config.store.database_url)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with db.session() as session:
+            states = [r.state for r in session.scalars(select(Report))]
+        if len(states) == REPORTS and all(state in FINAL for state in states):
+            break
+        time.sleep(0.5)
+    node.stop()
+    with db.session() as session:
+        reports = list(session.scalars(select(Report)))
+        messages = {m.control_id for m in session.scalars(select(Hl7Message))}
+    db.dispose()
+    assert set(acked) <= messages  # nothing ACKed was lost
+    assert len(reports) == REPORTS  # one report per version, re-sends not queued twice
+    assert all(r.state in FINAL for r in reports), {r.state for r in reports}
+    registered = [d["unique_id"] for d in dmp.documents() if d["mime_type"] == "application/dicom"]
+    assert sorted(registered) == sorted(r.kos_sop_uid for r in reports)  # each exactly once
+    assert dmp.stats().get("ITI-41:Success", 0) == REPORTS
