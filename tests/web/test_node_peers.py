@@ -6,8 +6,6 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -15,125 +13,16 @@ import pytest
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
-from drimbox.db import ReportState
-from drimbox.hl7.message import parse_report_message
 from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.pki import Issued, TestPki
-from drimbox.sim.psc import LocalPsc
-from drimbox.sim.ris import RisClient
-from drimbox.sim.studies import SeriesSpec, generate_study_for_report
-from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitelist
 from drimbox.trust import audit
 from drimbox.web.multipart import MultipartReader, boundary_of
-from support.dmp import DmpEnvironment, local_dmp
-from support.node import RunningNode, node_config
-from support.samples import hl7_text
-from support.trust import domain
-
-PEER_DN = "CN=db2.test.fr,OU=300000001830002,O=SITE B,ST=Paris (75),C=FR"
-OFFICIAL_ACCEPT = (
-    (Path(__file__).parents[2] / "src/drimbox/samples/ans/validators/wado-rs-series-request.txt")
-    .read_text()
-    .splitlines()[1]
-    .removeprefix("Accept:")
-)
-
-
-@dataclass
-class Site:
-    node: RunningNode
-    dmp: DmpEnvironment
-    psc: LocalPsc
-    trusted_peer: Issued
-    unknown_peer: Issued
-    ca_file: Path
-    study_uid: str
-    kos_uid: str
-    series_uids: list[str]
-
-
-def peer_client(site: Site, peer: Issued) -> httpx.Client:
-    context = ssl.create_default_context(cafile=str(site.ca_file))
-    assert peer.cert_path and peer.key_path
-    context.load_cert_chain(str(peer.cert_path), str(peer.key_path))
-    return httpx.Client(verify=context, timeout=30)
+from support.site import Site, official_headers, peer_client, series_url, source_site
 
 
 @pytest.fixture
 def site(orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[Site]:
-    orthanc.delete_all()
-    pki = TestPki()
-    folder = tmp_path / "pki"
-    box = pki.issue("localhost", usage="server", dns_names=("localhost", "127.0.0.1"),
-                    organizational_unit="101235555").write(folder, "box")  # fmt: skip
-    trusted = pki.issue(
-        "db2.test.fr", usage="auth", organizational_unit="300000001830002",
-        organization="SITE B", state="Paris (75)",
-    ).write(folder, "peer-b")  # fmt: skip
-    unknown = pki.issue(
-        "db9.test.fr", usage="auth", organizational_unit="300000001830009",
-        organization="SITE Z", state="Paris (75)",
-    ).write(folder, "peer-z")  # fmt: skip
-    ans = issue_ans_signer(pki)
-    whitelist = sign_whitelist(
-        build_whitelist([domain(2, db="db2.test.fr", operator_dn=PEER_DN)], datetime.now(UTC)),
-        ans,
-        [pki.ca.certificate],
-    )
-    (tmp_path / "whitelist.xml").write_bytes(whitelist)
-    assert pki.ca.cert_path is None
-    ca = pki.ca.write(folder, "ca")
-    report = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
-    assert report is not None
-    files = generate_study_for_report(
-        tmp_path / "study", report, [SeriesSpec("CT", "a", 4), SeriesSpec("CT", "b", 2)],
-        rows=32, columns=32,
-    )  # fmt: skip
-    orthanc.store_files(files)
-    with local_dmp(tmp_path / "dmp", pki) as dmp, LocalPsc() as psc:
-        environ = dmp.node_environ() | {
-            "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp_path / "whitelist.xml"),
-            "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
-            "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
-            "DRIMBOX_TRUST__STATE_DIR": str(tmp_path / "trust"),
-            "DRIMBOX_TRUST__TLS_CERT": str(box.cert_path),
-            "DRIMBOX_TRUST__TLS_KEY": str(box.key_path),
-            "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
-        }
-        with RunningNode(node_config(tmp_path, orthanc, environ)) as node:
-            with RisClient("127.0.0.1", node.hl7_port) as ris:
-                assert ris.send(hl7_text("CR_C-ORU.hl7")).code == "AA"
-            settled = {ReportState.PUBLISHED.value, ReportState.PARKED.value}
-            published = node.wait_for_report(node.reports()[0].id, settled)
-            assert published.state == ReportState.PUBLISHED.value, published.reason
-            assert published.kos is not None and published.kos_sop_uid is not None
-            kos = dcmread(DicomBytesIO(published.kos))
-            series = [
-                s.SeriesInstanceUID
-                for e in kos.CurrentRequestedProcedureEvidenceSequence
-                for s in e.ReferencedSeriesSequence
-            ]
-            yield Site(node, dmp, psc, trusted, unknown, ca.cert_path, published.study_uid,
-                       published.kos_sop_uid, series)  # fmt: skip
-    orthanc.delete_all()
-
-
-def series_url(site: Site, index: int = 0) -> str:
-    return (
-        f"{site.node.peer_url}/dicom-web-rs/studies/{site.study_uid}"
-        f"/series/{site.series_uids[index]}"
-    )
-
-
-def official_headers(site: Site, token: str) -> dict[str, str]:
-    return {
-        "Accept": OFFICIAL_ACCEPT,
-        "Authorization": f"Bearer {token}",
-        "KOS-SOPInstanceUID": site.kos_uid,
-    }
+    with source_site(orthanc, tmp_path) as running:
+        yield running
 
 
 def test_official_request_from_a_whitelisted_peer(site: Site) -> None:

@@ -1,0 +1,99 @@
+"""Access control matrix on a running Source: every cell is refused, and audited.
+
+Peers (WADO-RS over mutual TLS): no token, expired token, forged token (another signing key),
+peer not on the whitelist, no client certificate, KOS UID of another study, series not in the
+KOS. Users (viewer origin): a study opened through an IID link by one user is not visible to
+another user's session."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.trust import audit
+from support.site import Site, official_headers, peer_client, series_url, source_site
+
+
+@pytest.fixture
+def site(orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[Site]:
+    with source_site(orthanc, tmp_path) as running:
+        yield running
+
+
+def test_peer_matrix(site: Site) -> None:
+    good = site.psc.mint_access_token("radiologue")
+    forged = site.psc.mint_access_token("radiologue", key=site.psc.foreign_key())
+    expired = site.psc.mint_access_token("radiologue", lifetime_s=-60)
+    cells = {
+        "no token": (site.trusted_peer, {"KOS-SOPInstanceUID": site.kos_uid}, 0, 401),
+        "expired token": (site.trusted_peer, official_headers(site, expired), 0, 401),
+        "forged token": (site.trusted_peer, official_headers(site, forged), 0, 401),
+        "peer not on the whitelist": (site.unknown_peer, official_headers(site, good), 0, 403),
+        "KOS of another study": (
+            site.trusted_peer,
+            official_headers(site, good) | {"KOS-SOPInstanceUID": "1.2.250.1.999.1.2.3"},
+            0,
+            404,
+        ),
+    }
+    for name, (peer, headers, series, expected) in cells.items():
+        with peer_client(site, peer) as client:
+            response = client.get(series_url(site, series), headers=headers)
+        assert response.status_code == expected, f"{name}: {response.status_code}"
+        assert response.headers["content-type"].startswith("application/json"), name
+    # A series that is not in the KOS (well-formed UID, same study).
+    with peer_client(site, site.trusted_peer) as client:
+        foreign = client.get(
+            f"{site.node.peer_url}/dicom-web-rs/studies/{site.study_uid}/series/1.2.250.1.9.9",
+            headers=official_headers(site, good),
+        )
+    assert foreign.status_code == 404
+    context = ssl.create_default_context(cafile=str(site.ca_file))
+    with pytest.raises(httpx.HTTPError), httpx.Client(verify=context) as anonymous:
+        anonymous.get(series_url(site), headers=official_headers(site, good))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        refused = [e for e in audit.events(site.node.node.db) if e["result"] == "refused"]
+        if len(refused) >= len(cells) + 1:
+            break
+        time.sleep(0.1)
+    assert len(refused) >= len(cells) + 1, "every refused cell is in the audit trail"
+
+
+def sign_in(site: Site, user: str) -> httpx.Client:
+    browser = httpx.Client(follow_redirects=True, timeout=30)
+    browser.get(f"{site.node.viewer_url}/connexion", params={"login_hint": user})
+    return browser
+
+
+def test_a_user_never_sees_another_users_study(site: Site) -> None:
+    base = site.node.viewer_url
+    iid = {
+        "requestType": "STUDY",
+        "studyUID": site.study_uid,
+        "accessionNumber": "ACN103",
+        "idCDA": "1.2.250.1.213.4.5.4.403",
+    }
+    series = f"{base}/dicom-web/studies/{site.study_uid}/series"
+    owner, other = sign_in(site, "radiologue"), sign_in(site, "medecin-deux-situations")
+    try:
+        opened = owner.get(f"{base}/IHEInvokeImageDisplay", params=iid, follow_redirects=False)
+        assert opened.status_code in (302, 303) and "/viewer" in opened.headers["location"]
+        assert owner.get(series, headers={"Accept": "application/dicom+json"}).status_code == 200
+        assert other.get(series, headers={"Accept": "application/dicom+json"}).status_code == 404
+        # A wrong report id in the link grants nothing.
+        wrong = other.get(f"{base}/IHEInvokeImageDisplay", params=iid | {"idCDA": "1.2.3"},
+                          follow_redirects=False)  # fmt: skip
+        assert wrong.status_code in (403, 404)
+        assert other.get(series, headers={"Accept": "application/dicom+json"}).status_code == 404
+    finally:
+        owner.close()
+        other.close()
+    with httpx.Client() as anonymous:
+        assert anonymous.get(series).status_code == 401
