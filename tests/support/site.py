@@ -58,7 +58,12 @@ def peer_client(site: Site, peer: Issued) -> httpx.Client:
 
 
 @contextmanager
-def source_site(orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[Site]:
+def source_site(
+    orthanc: LocalOrthanc,
+    tmp_path: Path,
+    series: tuple[SeriesSpec, ...] = (SeriesSpec("CT", "a", 4), SeriesSpec("CT", "b", 2)),
+    size: int = 32,
+) -> Iterator[Site]:
     orthanc.delete_all()
     pki = TestPki()
     folder = tmp_path / "pki"
@@ -84,9 +89,8 @@ def source_site(orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[Site]:
     report = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
     assert report is not None
     files = generate_study_for_report(
-        tmp_path / "study", report, [SeriesSpec("CT", "a", 4), SeriesSpec("CT", "b", 2)],
-        rows=32, columns=32,
-    )  # fmt: skip
+        tmp_path / "study", report, list(series), rows=size, columns=size
+    )
     orthanc.store_files(files)
     with local_dmp(tmp_path / "dmp", pki) as dmp, LocalPsc() as psc:
         environ = dmp.node_environ() | {
