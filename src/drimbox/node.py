@@ -13,10 +13,11 @@ from pathlib import Path
 
 from drimbox.config import Config
 from drimbox.db import Database
-from drimbox.dicom.retrieve import ImageService
+from drimbox.dicom.retrieve import ImageService, RemoteStudies
 from drimbox.dicom.scp import StoreScp
 from drimbox.hl7.server import MllpServer
 from drimbox.source.dmp_port import ClientDmpPort, dmp_port
+from drimbox.source.grants import Grants
 from drimbox.source.intake import ReportIntake
 from drimbox.source.iocm import IocmStoreHandler
 from drimbox.source.outbox import DmpPublisher
@@ -93,7 +94,9 @@ class Node:
             self.publisher = DmpPublisher(self.config, self.db, dmp_port(self.config))
             self._tasks.append(asyncio.create_task(self.publisher.run_forever(self._stop)))
         if self.config.roles.source or self.config.roles.conso:
-            self.images = ImageService(self.config, scp=self.scp)
+            # Conso exams (studies of other sites) come from their Source, never from the PACS.
+            remote = RemoteStudies(Grants(self.db).is_conso_study)
+            self.images = ImageService(self.config, scp=self.scp, remote=remote)
             self.web = build_web(self.config, self.db, self.images, self.whitelist)
             await self.web.peer.start()
             await self.web.viewer.start()
@@ -103,6 +106,7 @@ class Node:
         if self.web is not None:
             await self.web.viewer.stop()
             await self.web.peer.stop()
+            self.web.close()
         if self.mllp is not None:
             await self.mllp.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -86,6 +86,17 @@ class TemporaryPostgres:
             time.sleep(0.2)
         raise RuntimeError(f"PostgreSQL did not start: {(self.dir / 'log').read_text()[-2000:]}")
 
+    def pause(self) -> None:
+        """Stop the server, keeping its data (an outage)."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        self._run(
+            str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w",
+            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )  # fmt: skip
+
     def create_database(self, name: str) -> str:
         self._run(
             str(self.bin_dir / "createdb"),

@@ -51,7 +51,8 @@ def signed_in(node: RunningNode, user: str) -> httpx.Client:
 
 def test_console_for_an_administrator(node: RunningNode) -> None:
     base = node.viewer_url
-    with signed_in(node, "radiologue") as browser:
+    browser = signed_in(node, "radiologue")
+    try:
         status = browser.get(f"{base}/admin")
         assert status.status_code == 200 and "État de la DRIMbox" in status.text
         assert "File d'envoi au DMP" in status.text
@@ -63,6 +64,8 @@ def test_console_for_an_administrator(node: RunningNode) -> None:
         traces = browser.get(f"{base}/admin/audit", params={"utilisateur": ADMIN})
         assert "report_retry" in traces.text and "login" in traces.text
         assert "Mo utilisés" in browser.get(f"{base}/admin/cache").text
+    finally:
+        browser.close()
     actions = [e["action"] for e in audit.events(node.node.db, actor=ADMIN)]
     assert "report_retry" in actions
 
@@ -72,7 +75,10 @@ def test_console_refuses_others(node: RunningNode) -> None:
     with httpx.Client(follow_redirects=False) as anonymous:
         first = anonymous.get(f"{base}/admin/comptes-rendus")
         assert first.status_code == 303 and first.headers["location"].startswith("/connexion")
-    with signed_in(node, "medecin-deux-situations") as browser:
+    browser = signed_in(node, "medecin-deux-situations")
+    try:
         page = browser.get(f"{base}/admin/comptes-rendus")
         assert page.status_code == 403 and "réservée aux administrateurs" in page.text
         assert browser.post(f"{base}/admin/comptes-rendus/1/relancer").status_code == 403
+    finally:
+        browser.close()

@@ -18,11 +18,13 @@ from drimbox.sim.psc import LocalPsc
 from drimbox.trust.store import WhitelistStore
 from drimbox.web.assembly import build_web
 from drimbox.web.auth_routes import PUBLIC_PATHS as AUTH_PUBLIC
+from drimbox.web.conso_routes import PUBLIC_PATHS as CONSO_PUBLIC
 from drimbox.web.status import PUBLIC_PATHS as STATUS_PUBLIC
 from support.node import node_config
 
-# Public by design: sign-in, health, the viewer's static shell (no patient data).
-PUBLIC = AUTH_PUBLIC | STATUS_PUBLIC | {"/app-config.js"}
+# Public by design: sign-in, health, the viewer's static shell (no patient data), and the
+# Conso's contextual launch (the RIS posts it before sign-in; it only stores the form).
+PUBLIC = AUTH_PUBLIC | STATUS_PUBLIC | CONSO_PUBLIC | {"/app-config.js"}
 UID = "1.2.250.1.999.1"
 
 
@@ -54,6 +56,7 @@ def apps(tmp_path: Path) -> Iterator[tuple[FastAPI, FastAPI]]:
             "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
             "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
             "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+            "DRIMBOX_ROLES__CONSO": "true",
         })  # fmt: skip
         db = Database(config.store.database_url)
         db.upgrade()

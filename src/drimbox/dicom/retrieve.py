@@ -6,6 +6,11 @@ SCP) — and `SeriesFetcher`, the single flight: concurrent requests for one ser
 retrieval, whose instances readers follow as they land in the cache. `ImageService` puts the
 cache, the retriever and (for C-MOVE) the SCP together for a node. DIMSE goes through
 `drimbox.dicom.pacs` only. It must not decide who may read a series (`drimbox.source.wado`).
+
+Studies of other sites (the Conso's exams, `RemoteStudies`) take a source-aware path: a cache
+miss is filled from the Source box that holds them (a `RemoteSeriesSource` the Conso registers,
+WADO-RS over mutual TLS), and the QIDO answers for them are read from the cached instances
+(`SourceAwarePacs`) — the local PACS is never asked for a study that came from another site.
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from io import BytesIO
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from drimbox.config import Config
-from drimbox.dicom.cache import CacheEntry, SeriesCache
+from drimbox.dicom.cache import CachedInstance, CacheEntry, SeriesCache
 from drimbox.dicom.pacs import InstanceSink, PacsClient, PacsError, PacsSettings
 from drimbox.dicom.scp import ReceivedInstance, StoreScp
 from drimbox.web.multipart import MultipartError, MultipartReader, boundary_of
@@ -212,16 +221,80 @@ class WadoRsRetriever:
         return count
 
 
+class RemoteSourceError(PacsError):
+    """The images of another site's study could not be had from the Source box that holds
+    them (message in French). The local PACS is never asked instead: it does not hold them."""
+
+
+class RemoteSeriesSource(Protocol):
+    """Where a study of another site comes from (the Conso registers one per exam: the Source
+    named by its KOS, the user's token). Blocking, called on a retrieval thread."""
+
+    @property
+    def series_uids(self) -> Sequence[str]:
+        """The study's series, in the KOS's order."""
+        ...
+
+    def fetch_series(self, study_uid: str, series_uid: str, sink: InstanceSink) -> int:
+        """Hand each instance of the series to `sink`; raises `RemoteSourceError`."""
+        ...
+
+
+class RemoteStudies:
+    """The studies of other sites a node shows (Conso exams) and where each comes from.
+
+    `is_remote` (a database lookup, e.g. `Grants.is_conso_study`) says which studies are
+    remote even when no source is registered in this process (after a restart, or on another
+    node of the site): those are then refused (503) rather than asked of the local PACS."""
+
+    def __init__(self, is_remote: Callable[[str], bool] | None = None) -> None:
+        self._is_remote = is_remote
+        self._sources: dict[str, RemoteSeriesSource] = {}
+        self._lock = threading.Lock()
+
+    def register(self, study_uid: str, source: RemoteSeriesSource) -> None:
+        """Images of `study_uid` come from `source` from now on (the latest registration wins:
+        it carries the freshest user token)."""
+        with self._lock:
+            self._sources[study_uid] = source
+
+    def source(self, study_uid: str) -> RemoteSeriesSource | None:
+        with self._lock:
+            return self._sources.get(study_uid)
+
+    def is_remote(self, study_uid: str) -> bool:
+        if self.source(study_uid) is not None:
+            return True
+        return self._is_remote is not None and self._is_remote(study_uid)
+
+
+_NO_SOURCE = (
+    "Les images de cet examen viennent d'un autre site et ne sont plus en cache : rouvrez "
+    "l'examen depuis l'historique du patient."
+)
+
+
 class SeriesFetcher:
     """Single flight over the cache: `open()` gives the series' cache entry, starting one PACS
-    retrieval when the series is not cached; concurrent callers share it.
+    retrieval when the series is not cached — or, for a study of another site (`remote`), one
+    retrieval from its Source; concurrent callers share it.
 
-    `retrievals` counts the PACS retrievals started (for /status and tests)."""
+    `retrievals` counts the PACS retrievals started, `remote_retrievals` those from Sources
+    (for /status and tests)."""
 
-    def __init__(self, cache: SeriesCache, retriever: Retriever, *, threads: int = 4) -> None:
+    def __init__(
+        self,
+        cache: SeriesCache,
+        retriever: Retriever,
+        *,
+        threads: int = 4,
+        remote: RemoteStudies | None = None,
+    ) -> None:
         self.cache = cache
         self.retriever = retriever
+        self.remote = remote or RemoteStudies()
         self.retrievals = 0
+        self.remote_retrievals = 0
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="drimbox-retrieve")
         self._running: set[Future[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -232,7 +305,11 @@ class SeriesFetcher:
     ) -> CacheEntry:
         """The entry, pinned: pair with `cache.release(entry)` (or use `series()`)."""
         entry, created = self.cache.get_or_begin(study_uid, series_uid)
-        if created:
+        if created and await asyncio.to_thread(self.remote.is_remote, study_uid):
+            future = self._executor.submit(self._fill_remote, entry)
+            self._running.add(future)
+            future.add_done_callback(self._running.discard)
+        elif created:
             with self._lock:
                 self.retrievals += 1
             if isinstance(self.retriever, AsyncRetriever):
@@ -301,11 +378,187 @@ class SeriesFetcher:
     def _add(self, entry: CacheEntry, data: bytes) -> None:
         self.cache.add(entry, data)
 
+    def _fill_remote(
+        self, entry: CacheEntry, on_instance: Callable[[int], None] | None = None
+    ) -> None:
+        """Fill a new entry of another site's study from its Source (never from the PACS)."""
+        with self._lock:
+            self.remote_retrievals += 1
+        source = self.remote.source(entry.study_uid)
+        if source is None:
+            self.cache.fail(entry, RemoteSourceError(_NO_SOURCE))
+            return
+
+        def sink(data: bytes) -> None:
+            self._add(entry, data)
+            if on_instance is not None:
+                on_instance(len(entry.instances))
+
+        try:
+            count = source.fetch_series(entry.study_uid, entry.series_uid, sink)
+            log.info(
+                "series %s retrieved from its Source: %d instance(s), %d bytes",
+                entry.series_uid,
+                count,
+                entry.size,
+            )
+            self.cache.finish(entry)
+        except BaseException as exc:  # noqa: BLE001 (handed to the readers, who answer 503)
+            log.warning("retrieval of series %s from its Source failed: %s", entry.series_uid, exc)
+            self.cache.fail(entry, exc)
+
+    def remote_series(
+        self,
+        study_uid: str,
+        series_uid: str,
+        *,
+        wait: Literal["first", "done"] = "done",
+        timeout_s: float = 300.0,
+        on_instance: Callable[[int], None] | None = None,
+    ) -> list[CachedInstance]:
+        """Blocking (a worker thread): the cached instances of a series of another site's
+        study, fetched from its Source on a miss (in this thread) or followed while another
+        retrieval fills it; until the first instance or the whole series (`wait`). Raises
+        `RemoteSourceError` when the Source could not provide it."""
+        entry, created = self.cache.get_or_begin(study_uid, series_uid)
+        try:
+            if created:
+                self._fill_remote(entry, on_instance)
+            deadline = time.monotonic() + timeout_s
+            seen = -1
+            while True:
+                with self.cache.lock:
+                    instances = list(entry.instances)
+                    done, error = entry.done, entry.error
+                if on_instance is not None and len(instances) != seen:
+                    seen = len(instances)
+                    on_instance(seen)
+                if done or (wait == "first" and instances):
+                    break
+                if time.monotonic() > deadline:
+                    raise RemoteSourceError(
+                        "La DRIMbox source met trop de temps à envoyer les images : réessayez."
+                    )
+                time.sleep(0.05)
+            if error is not None and (wait == "done" or not instances):
+                if isinstance(error, PacsError):
+                    raise error
+                message = getattr(error, "message", "") or str(error)
+                raise RemoteSourceError(message) from error
+            return instances
+        finally:
+            self.cache.release(entry)
+
     async def shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+
+_STUDY_KEYS = (
+    "StudyInstanceUID",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "StudyID",
+    "ReferringPhysicianName",
+)
+_SERIES_KEYS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "SeriesDate",
+)
+_INSTANCE_KEYS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+)
+
+
+def _header(instance: CachedInstance) -> Dataset:
+    return dcmread(BytesIO(instance.read()), stop_before_pixels=True)
+
+
+def _pick(source: Dataset, keywords: Sequence[str]) -> Dataset:
+    out = Dataset()
+    for keyword in keywords:
+        if keyword in source:
+            setattr(out, keyword, source.data_element(keyword).value)  # type: ignore[union-attr]
+    return out
+
+
+class SourceAwarePacs(PacsClient):
+    """The node's PACS client for the image routes' queries (QIDO-RS), except that a study of
+    another site is described from its cached instances (fetched from its Source when needed)
+    instead of a C-FIND to the local PACS, which does not hold it."""
+
+    def __init__(self, settings: PacsSettings, fetcher: SeriesFetcher | None = None) -> None:
+        super().__init__(settings)
+        self.fetcher = fetcher
+
+    def _remote(self, study_uid: str) -> SeriesFetcher | None:
+        fetcher = self.fetcher
+        if fetcher is None or not study_uid or not fetcher.remote.is_remote(study_uid):
+            return None
+        return fetcher
+
+    def _first_instances(self, fetcher: SeriesFetcher, study_uid: str) -> list[Dataset]:
+        source = fetcher.remote.source(study_uid)
+        if source is None:
+            raise RemoteSourceError(_NO_SOURCE)
+        headers: list[Dataset] = []
+        failure: RemoteSourceError | None = None
+        for series_uid in source.series_uids:
+            try:
+                instances = fetcher.remote_series(study_uid, series_uid, wait="first")
+            except RemoteSourceError as exc:
+                failure = exc
+                continue
+            if instances:
+                headers.append(_header(instances[0]))
+        if not headers and failure is not None:
+            raise failure
+        return headers
+
+    def find_studies(self, **keys: Any) -> list[Dataset]:
+        study_uid = str(keys.get("StudyInstanceUID", "") or "")
+        fetcher = self._remote(study_uid)
+        if fetcher is None:
+            return super().find_studies(**keys)
+        headers = self._first_instances(fetcher, study_uid)
+        if not headers:
+            return []
+        study = _pick(headers[0], _STUDY_KEYS)
+        study.ModalitiesInStudy = sorted({str(h.get("Modality", "")) for h in headers} - {""})
+        return [study]
+
+    def find_series(self, study_uid: str) -> list[Dataset]:
+        fetcher = self._remote(study_uid)
+        if fetcher is None:
+            return super().find_series(study_uid)
+        return [_pick(h, _SERIES_KEYS) for h in self._first_instances(fetcher, study_uid)]
+
+    def find_instances(self, study_uid: str, series_uid: str) -> list[Dataset]:
+        fetcher = self._remote(study_uid)
+        if fetcher is None:
+            return super().find_instances(study_uid, series_uid)
+        instances = fetcher.remote_series(study_uid, series_uid, wait="done")
+        return [_pick(_header(i), _INSTANCE_KEYS) for i in instances]
 
 
 def pacs_settings(config: Config) -> PacsSettings:
@@ -324,7 +577,8 @@ def pacs_settings(config: Config) -> PacsSettings:
 
 
 class ImageService:
-    """A node's image service: cache, PACS retriever and, for C-MOVE, the SCP.
+    """A node's image service: cache, PACS retriever and, for C-MOVE, the SCP; and `remote`,
+    the studies of other sites (Conso exams), which are fetched from their Source instead.
 
     Built from the configuration; `start()`/`stop()` are reference-counted so that the peer
     and viewer apps of one node can share one service. `scp`: the node's running C-STORE SCP
@@ -338,19 +592,22 @@ class ImageService:
         *,
         retriever: Retriever | None = None,
         scp: StoreScp | None = None,
+        remote: RemoteStudies | None = None,
     ) -> None:
         self.config = config
         store = config.store
         self.cache = SeriesCache(
             Path(store.cache_dir), store.cache_max_bytes, store.cache_ttl_h * 3600.0
         )
-        self.pacs = PacsClient(pacs_settings(config))
+        self.pacs = SourceAwarePacs(pacs_settings(config))
+        self.remote = remote or RemoteStudies()
         self.scp = scp
         self._owns_scp = False
         if retriever is None:
             retriever = self._default_retriever()
         self.retriever = retriever
-        self.fetcher = SeriesFetcher(self.cache, retriever)
+        self.fetcher = SeriesFetcher(self.cache, retriever, remote=self.remote)
+        self.pacs.fetcher = self.fetcher
         self._users = 0
 
     def _default_retriever(self) -> Retriever:

@@ -3,13 +3,17 @@
 Owns the database lookups behind the access checks of the image service: the KOS named by a
 peer's `KOS-SOPInstanceUID` must be the *published* KOS of that study (a replaced or withdrawn
 KOS grants nothing any more), the study's current published KOS for the local viewer, and the
-IHE IID check (study published with that report). The parsed content of a KOS is cached (a KOS
-never changes); its state is read from the database on every request. It must not check tokens
-or sessions (the callers do) nor talk to the PACS.
+IHE IID check (study published with that report), and the Conso's exams: the KOS the DMP gave
+to a signed-in user for a contextual launch bound to their session (`for_conso`), and whether a
+study came from another site (`is_conso_study`: its images come from that site's Source, never
+from the local PACS). The parsed content of a KOS is cached (a KOS never changes); its state is
+read from the database on every request. It must not check tokens or sessions (the callers do)
+nor talk to the PACS.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -17,11 +21,16 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from drimbox.db import Database, Report
-from drimbox.db.models import ReportState
+from drimbox.db import Database, Report, utcnow
+from drimbox.db.models import ConsoExam, ConsoLaunch, ReportState
 from drimbox.dicom.kos import manifest_from_bytes
 
 PUBLISHED = ReportState.PUBLISHED.value
+
+
+def session_hash(session_id: str) -> str:
+    """How the database names a session (`user_sessions.id_hash`): the cookie's SHA-256."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
 
 
 class GrantError(Exception):
@@ -147,6 +156,49 @@ class Grants:
         if row is None or not row.kos or not row.kos_sop_uid:
             return None
         return self._content(row.kos_sop_uid, row.kos)
+
+    def for_conso(self, session_id: str, study_uid: str) -> KosContent | None:
+        """The KOS of a Conso exam of `study_uid` that the DMP gave to this session (through a
+        launch bound to it and not expired), or None."""
+        now = utcnow()
+        with self.db.session() as session:
+            row = session.execute(
+                select(ConsoExam.kos_sop_uid, ConsoExam.kos)
+                .join(ConsoLaunch, ConsoLaunch.id == ConsoExam.launch_id)
+                .where(
+                    ConsoExam.study_uid == study_uid,
+                    ConsoExam.kos.is_not(None),
+                    ConsoLaunch.session_hash == session_hash(session_id),
+                    ConsoLaunch.expires_at > now,
+                )
+                .order_by(ConsoExam.id.desc())
+                .limit(1)
+            ).first()
+        if row is None or not row.kos or not row.kos_sop_uid:
+            return None
+        content = self._content(row.kos_sop_uid, row.kos)
+        return content if content.study_uid == study_uid else None
+
+    def for_viewer(self, session_id: str, study_uid: str) -> KosContent | None:
+        """What the viewer may show of a study granted to a session: the Conso exam's KOS when
+        the study came from the DMP for this session, else the study's published KOS."""
+        return self.for_conso(session_id, study_uid) or self.for_study(study_uid)
+
+    def is_conso_study(self, study_uid: str) -> bool:
+        """Whether a study's images belong to another site: a Conso exam that this site's own
+        Source did not publish. The image service never asks the local PACS for those."""
+        with self.db.session() as session:
+            conso = session.scalar(
+                select(ConsoExam.id).where(ConsoExam.study_uid == study_uid).limit(1)
+            )
+            if conso is None:
+                return False
+            local = session.scalar(
+                select(Report.id)
+                .where(Report.study_uid == study_uid, Report.kos_sop_uid.is_not(None))
+                .limit(1)
+            )
+        return local is None
 
     def iid_report_published(self, study_uid: str, accession: str, document_id: str) -> bool:
         """IHE IID: the study was published with that report (document id and accession)."""

@@ -3,7 +3,8 @@
 - the peer origin (`[http]`, the whitelist's `db` name): WADO-RS for DRIM-M peers over mutual TLS
   (when `[trust] tls_cert` is set), `/health` and `/status`;
 - the user origin (`[viewer]`, the `vi` name): Pro Santé Connect sign-in, OHIF and its DICOMweb,
-  the IID links (and the Conso and administration pages as they come).
+  the IID links, the Conso pages when `[roles] conso` is on (`web.conso_routes`: contextual
+  launch, exam history, prefetch and export), and the `extra_routers` (administration).
 
 Owns the choice of token verifier and session store; the routes themselves live elsewhere.
 """
@@ -29,6 +30,7 @@ from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
 from drimbox.web.app import create_peer_app, create_viewer_app
 from drimbox.web.auth_routes import CALLBACK_PATH, auth_router, psc_settings
+from drimbox.web.conso_routes import ConsoService, conso_router
 from drimbox.web.server import HttpServer
 from drimbox.web.sessions import DbSessionStore, load_secret_key
 from drimbox.web.status import StatusSources, status_router
@@ -71,6 +73,12 @@ class WebServers:
     peer: HttpServer
     viewer: HttpServer
     sessions: DbSessionStore
+    conso: ConsoService | None = None
+
+    def close(self) -> None:
+        """Stop the background work of the pages (after the servers stopped)."""
+        if self.conso is not None:
+            self.conso.close()
 
 
 def build_web(
@@ -115,9 +123,13 @@ def build_web(
         max_age=timedelta(hours=config.psc.session_max_h),
     )
     routers = list(extra_routers or [])
+    conso = None
+    if config.roles.conso:
+        conso = ConsoService(config, db, sessions, images, whitelist)
+        routers.insert(0, conso_router(conso))
     if client is not None:
         secure = config.viewer.public_url.startswith("https://")
         routers.insert(0, auth_router(client, sessions, db, secure_cookies=secure))
     viewer_app = create_viewer_app(config, db, ViewerAuth(sessions), images=images, routers=routers)
     viewer = HttpServer(viewer_app, config.viewer.host, config.viewer.port)
-    return WebServers(peer, viewer, sessions)
+    return WebServers(peer, viewer, sessions, conso)

@@ -4,8 +4,10 @@
 Owns the static hosting of OHIF (SPA fallback: a path whose last segment has no dot gets
 `index.html`; `.wasm` as application/wasm; gzip; immutable caching of hashed files), our own
 `/app-config.js` (VIEWER.md), the session interface (`ViewerAuth`, `SessionStore`) and the
-viewer's access policy: a signed-in user sees only the studies opened through an IID link whose
-report was published, and only what their published KOS references.
+viewer's access policy: a signed-in user sees only the studies granted to their session — opened
+through an IID link whose report was published, or from the exam history of a Conso launch bound
+to the session — and only what the study's KOS references (the published one, or the one the DMP
+gave for that launch).
 
 Sessions: until the Pro Santé Connect issue lands, sessions are created by code
 (`MemorySessionStore.create`, as the future OIDC callback will) and carried by the cookie
@@ -158,8 +160,10 @@ class ViewerAuthorizer:
     async def scope(self, request: Request, study_uid: str) -> Scope:
         session = self._session(request)
         if study_uid not in session.studies:
-            raise WadoError(404, "étude inconnue ou non ouverte depuis un lien de compte rendu")
-        content = await asyncio.to_thread(self.grants.for_study, study_uid)
+            raise WadoError(
+                404, "étude inconnue ou non ouverte depuis un lien ou l'historique du patient"
+            )
+        content = await asyncio.to_thread(self.grants.for_viewer, session.id, study_uid)
         if content is None:
             raise WadoError(404, "cette étude n'est plus publiée")
         return Scope(session.subject, content)
@@ -168,7 +172,7 @@ class ViewerAuthorizer:
         session = self._session(request)
         contents = []
         for study_uid in sorted(session.studies):
-            content = await asyncio.to_thread(self.grants.for_study, study_uid)
+            content = await asyncio.to_thread(self.grants.for_viewer, session.id, study_uid)
             if content is not None:
                 contents.append(content)
         return session.subject, contents

@@ -1,0 +1,1055 @@
+"""The Conso's web side on the user origin: contextual launch, the patient's exam history,
+reports, the viewer hand-over, background prefetch of the images and export to the local PACS.
+
+Routes (French pages; every one but the launch itself needs a session):
+
+- `POST /lancement` — the RIS/DPI form (ANS field names, `conso.launch`): 400 page listing each
+  invalid field, else the launch is stored with an expiry and answered `303` to
+  `/consultation/<id>` (an unguessable id). Public by nature: the RIS posts it from the user's
+  browser before any sign-in; it reveals nothing.
+- `GET /consultation/<id>` — sign-in first (`/connexion?next=…`); the first session to open the
+  launch is bound to it, no other session sees it. The history is read from the DMP as the user
+  (TD0.2/TD0.3, ITI-18, ITI-43, `conso.history`) once, stored per launch, and the images of every
+  exam are prefetched in the background from their Source (`conso.retrieval`: whitelisted `db`
+  hosts only, mutual TLS, the user's PSC token and the KOS UID) into the node's cache.
+- `GET /consultation/<id>/etat` — JSON progress of prefetch and exports (polled by the page).
+- `GET /consultation/<id>/compte-rendu/<exam>` — the report: its embedded PDF or its text.
+- `GET /consultation/<id>/ouvrir/<study>`, `GET /consultation/<id>/comparer?etude=a&etude=b` —
+  grant the studies to the session and open OHIF (`/viewer?StudyInstanceUIDs=…`).
+- `POST /consultation/<id>/export/<study>` — C-STORE to `[pacs]` under the launch's IPP
+  (`conso.export`), progress and a French report on the page.
+
+Owns `ConsoService` (launch storage, history loading, prefetch and export jobs, and the
+registration of each exam's Source with the image service so that `/dicom-web` serves Conso
+exams from the cache, never from the local PACS). Prefetch and export progress live in this
+process's memory (the page falls back to "en attente" on another node). It must not verify
+tokens (sessions do), nor build DMP or WADO-RS requests itself (the `conso` package does).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Final
+from urllib.parse import quote, urlencode, urlsplit
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from lxml import etree
+from sqlalchemy import select
+
+from drimbox.auth.users import UserInfoError
+from drimbox.config import Config
+from drimbox.conso.common import Auditor, ConsoError, db_auditor
+from drimbox.conso.export import CStoreTarget, ExportReport, LocalIdentity, export_exam
+from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_manifest
+from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
+from drimbox.conso.retrieval import RetrievalError, SourceRetriever
+from drimbox.db import Database, utcnow
+from drimbox.db.models import ConsoExam, ConsoLaunch
+from drimbox.dicom.cache import CachedInstance
+from drimbox.dicom.pacs import InstanceSink, PacsClient
+from drimbox.dicom.retrieve import ImageService, RemoteSourceError, pacs_settings
+from drimbox.dmp.client import DmpClient, DmpSettings
+from drimbox.dmp.vihf import VihfSubject
+from drimbox.source.grants import session_hash
+from drimbox.trust.store import WhitelistStore
+from drimbox.trust.tls import PeerCheck, PeerRefused, client_ssl_context
+from drimbox.web.pages import esc, french_date, layout
+from drimbox.web.sessions import DbSessionStore, SessionView
+from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
+
+log = logging.getLogger(__name__)
+
+LAUNCH_PATH: Final = "/lancement"
+CONSULTATION_PATH: Final = "/consultation"
+SITUATION_PATH: Final = "/auth/situation"
+PUBLIC_PATHS: Final = frozenset({LAUNCH_PATH})
+OPEN_WITHIN: Final = timedelta(minutes=15)  # a launch not opened by then is gone
+KEEP_FOR: Final = timedelta(hours=12)  # an opened launch lives as long as a session at most
+# VIHF Authentification_Mode of a professional signed in with Pro Santé Connect (CPS/e-CPS).
+AUTHENTICATION_MODE: Final = "DIRECTE"
+COMPARE_PROTOCOL: Final = "@ohif/hpCompare"  # OHIF's two-study side-by-side hanging protocol
+CDA_NS: Final = "urn:hl7-org:v3"
+
+_ERROR_STATUS: Final = {
+    "OPPOSITION": 403,
+    "ACCES_REFUSE": 403,
+    "PAS_DE_DMP": 404,
+    "DMP_INJOIGNABLE": 503,
+    "DMP_NON_CONFIGURE": 503,
+}
+_ERROR_TITLES: Final = {
+    "OPPOSITION": "Consultation du DMP impossible",
+    "ACCES_REFUSE": "Accès refusé au DMP",
+    "PAS_DE_DMP": "Pas de DMP pour ce patient",
+    "DMP_INJOIGNABLE": "DMP injoignable",
+    "DMP_NON_CONFIGURE": "DMP non configuré",
+}
+_SEX: Final = {"M": "Masculin", "F": "Féminin", "U": "Inconnu"}
+
+
+# -- the stored launch ------------------------------------------------------------------------
+
+
+def context_to_json(context: LaunchContext) -> dict[str, Any]:
+    data = asdict(context)
+    for key, value in data.items():
+        if isinstance(value, date):
+            data[key] = value.isoformat()
+        elif isinstance(value, tuple):
+            data[key] = list(value)
+    return data
+
+
+def context_from_json(data: dict[str, Any]) -> LaunchContext:
+    values = dict(data)
+    values["birth_date"] = date.fromisoformat(values["birth_date"])
+    if values.get("study_date"):
+        values["study_date"] = date.fromisoformat(values["study_date"])
+    values["given_names"] = tuple(values.get("given_names", ()))
+    return LaunchContext(**values)
+
+
+def format_ins(ins: str) -> str:
+    """ "2 79 03 51 215 189 89": the INS as it is printed on a Vitale card."""
+    if len(ins) != 15:
+        return ins
+    return " ".join((ins[0], ins[1:3], ins[3:5], ins[5:7], ins[7:10], ins[10:13], ins[13:]))
+
+
+@dataclass(frozen=True)
+class ExamRow:
+    """One stored history row (what the page and the routes need of `ConsoExam`)."""
+
+    id: int
+    study_uid: str
+    accession: str
+    kos: bytes | None
+    has_report: bool
+    summary: dict[str, Any]
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return read_manifest(self.kos) if self.kos else None
+
+
+@dataclass(frozen=True)
+class Launch:
+    id: str
+    context: LaunchContext
+    session_hash: str | None
+    history_loaded: bool
+    exams: tuple[ExamRow, ...] = ()
+
+    def exam(self, study_uid: str) -> ExamRow | None:
+        return next((e for e in self.exams if e.study_uid == study_uid and e.kos), None)
+
+
+class LaunchRefused(Exception):
+    """The launch cannot be shown to this session: `status` (404, 403, 410) and a French
+    message."""
+
+    def __init__(self, status: int, title: str, message: str) -> None:
+        self.status = status
+        self.title = title
+        super().__init__(message)
+
+
+# -- progress of background work ----------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """Progress of one background task (prefetch of an exam, or its export)."""
+
+    state: str = "en_attente"  # en_attente, en_cours, termine, erreur, refuse
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    detail: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "etat": self.state,
+            "faits": self.done,
+            "total": self.total,
+            "message": self.message,
+            "details": list(self.detail),
+        }
+
+
+# -- where a Conso exam's images come from --------------------------------------------------
+
+
+class _SinkWriter:
+    def __init__(self, sink: InstanceSink) -> None:
+        self._sink = sink
+
+    def add(self, data: bytes) -> None:
+        self._sink(data)
+
+    def finish(self) -> None:
+        pass
+
+    def fail(self, error: BaseException) -> None:
+        pass
+
+
+class _SinkStore:
+    """An `InstanceStore` that hands instances to the image service's cache entry."""
+
+    def __init__(self, sink: InstanceSink) -> None:
+        self._sink = sink
+
+    def open_series(self, study_uid: str, series_uid: str) -> _SinkWriter:
+        return _SinkWriter(self._sink)
+
+
+class ExamSource:
+    """A `RemoteSeriesSource`: one Conso exam's series, fetched from the Source named by its
+    KOS with the user's current PSC access token."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        retriever: SourceRetriever,
+        token: Callable[[], str | None],
+        audit: Auditor,
+    ) -> None:
+        self.manifest = manifest
+        self._retriever = retriever
+        self._token = token
+        self._audit = audit
+
+    @property
+    def series_uids(self) -> Sequence[str]:
+        return [s.series_uid for s in self.manifest.series]
+
+    def fetch_series(self, study_uid: str, series_uid: str, sink: InstanceSink) -> int:
+        series = next((s for s in self.manifest.series if s.series_uid == series_uid), None)
+        if series is None or study_uid != self.manifest.study_uid:
+            raise RemoteSourceError("Série absente du manifeste (KOS) de cet examen.")
+        token = self._token()
+        if not token:
+            raise RemoteSourceError("Session expirée : reconnectez-vous pour voir ces images.")
+        try:
+            result = self._retriever.retrieve_series(
+                series, self.manifest, token, _SinkStore(sink), audit=self._audit
+            )
+        except RetrievalError as error:
+            raise RemoteSourceError(error.message) from error
+        return result.instances
+
+
+def report_body(cda: bytes) -> tuple[str, bytes | str]:
+    """The readable body of a CDA report: ("pdf", bytes), ("text", str) or ("none", "")."""
+    try:
+        root = etree.fromstring(
+            cda, parser=etree.XMLParser(resolve_entities=False, no_network=True)
+        )
+    except etree.XMLSyntaxError:
+        return "none", ""
+    ns = {"h": CDA_NS}
+    for text in root.iterfind(".//h:nonXMLBody/h:text", ns):
+        media = (text.get("mediaType") or "").lower()
+        content = "".join(str(t) for t in text.itertext()).strip()
+        if media == "application/pdf" and text.get("representation", "").upper() == "B64":
+            try:
+                return "pdf", base64.b64decode("".join(content.split()))
+            except (ValueError, binascii.Error):
+                return "none", ""
+        if media.startswith("text/"):
+            return "text", content
+    sections = []
+    for section in root.iterfind(".//h:structuredBody//h:section", ns):
+        title = section.findtext("h:title", default="", namespaces=ns).strip()
+        body = section.find("h:text", ns)
+        content = (
+            " ".join("".join(str(t) for t in body.itertext()).split()) if body is not None else ""
+        )
+        sections.append(f"{title}\n{content}".strip())
+    text = "\n\n".join(s for s in sections if s)
+    return ("text", text) if text else ("none", "")
+
+
+# -- the service ----------------------------------------------------------------------------
+
+
+class ConsoService:
+    """The Conso's state for one node: launches and exams in the database, background jobs in
+    memory, the DMP client and the Source retriever shared by every user."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        sessions: DbSessionStore,
+        images: ImageService,
+        whitelist: WhitelistStore | None,
+        *,
+        open_within: timedelta = OPEN_WITHIN,
+        keep_for: timedelta = KEEP_FOR,
+        threads: int = 4,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.sessions = sessions
+        self.images = images
+        self.open_within = open_within
+        self.keep_for = keep_for
+        self.peer_check = PeerCheck(whitelist.current) if whitelist is not None else None
+        self._dmp: DmpClient | None = None
+        self._retriever: SourceRetriever | None = None
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="drimbox-conso")
+        self.prefetch: dict[str, dict[int, Job]] = {}  # launch id → exam id → job
+        self.exports: dict[str, dict[int, Job]] = {}
+        self.export_reports: dict[tuple[str, int], ExportReport] = {}
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._dmp is not None:
+            self._dmp.close()
+        if self._retriever is not None:
+            self._retriever.close()
+
+    # -- clients (built on first use: a node without DMP or PKI still serves its pages) ----
+
+    def dmp(self) -> DmpClient:
+        with self._lock:
+            if self._dmp is None:
+                if not self.config.dmp.base_url:
+                    raise ConsoError(
+                        "DMP_NON_CONFIGURE",
+                        "Aucun DMP n'est configuré sur cette DRIMbox ([dmp] base_url) : "
+                        "contactez le service informatique du site.",
+                    )
+                self._dmp = DmpClient(DmpSettings.from_config(self.config))
+            return self._dmp
+
+    def retriever(self) -> SourceRetriever:
+        trust = self.config.trust
+        with self._lock:
+            if self._retriever is None:
+                if self.peer_check is None or not trust.tls_cert:
+                    raise RetrievalError(
+                        "CONFIGURATION",
+                        "Cette DRIMbox n'a pas de liste blanche ou de certificat ([trust]) : "
+                        "elle ne peut pas récupérer d'images auprès des autres sites.",
+                    )
+                context = client_ssl_context(
+                    trust.tls_cert, trust.tls_key, trust.tls_ca or trust.anchors
+                )
+                self._retriever = SourceRetriever(self.peer_check, context)
+            return self._retriever
+
+    # -- launches ----------------------------------------------------------------------------
+
+    def store_launch(self, context: LaunchContext) -> str:
+        launch_id = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self.db.session() as session:
+            session.add(
+                ConsoLaunch(
+                    id=launch_id,
+                    created_at=now,
+                    open_by=now + self.open_within,
+                    expires_at=now + self.open_within,
+                    session_hash=None,
+                    patient_ins=context.ins,
+                    context=context_to_json(context),
+                )
+            )
+        return launch_id
+
+    def open_launch(self, launch_id: str, cookie: str) -> Launch:
+        """The launch for this session, binding it on first opening. Raises `LaunchRefused`."""
+        now = utcnow()
+        mine = session_hash(cookie)
+        with self.db.session() as session:
+            row = session.get(ConsoLaunch, launch_id) if len(launch_id) <= 64 else None
+            if row is None:
+                raise LaunchRefused(
+                    404,
+                    "Lancement inconnu",
+                    "Ce lien de consultation est inconnu : relancez la consultation depuis "
+                    "votre logiciel (RIS ou dossier patient).",
+                )
+            if row.session_hash is None:
+                if _aware(row.open_by) < now:
+                    raise LaunchRefused(
+                        410,
+                        "Lancement expiré",
+                        "Ce lancement a expiré (il doit être ouvert dans les "
+                        f"{int(self.open_within.total_seconds() // 60)} minutes) : relancez la "
+                        "consultation depuis votre logiciel.",
+                    )
+                row.session_hash = mine
+                row.opened_at = now
+                row.expires_at = now + self.keep_for
+            elif row.session_hash != mine:
+                raise LaunchRefused(
+                    403,
+                    "Lancement déjà ouvert",
+                    "Ce lancement a été ouvert dans une autre session : relancez la consultation "
+                    "depuis votre logiciel.",
+                )
+            elif _aware(row.expires_at) < now:
+                raise LaunchRefused(
+                    410,
+                    "Consultation expirée",
+                    "Cette consultation a expiré : relancez-la depuis votre logiciel.",
+                )
+            exams = session.scalars(
+                select(ConsoExam)
+                .where(ConsoExam.launch_id == launch_id)
+                .order_by(ConsoExam.position)
+            ).all()
+            return Launch(
+                id=row.id,
+                context=context_from_json(row.context),
+                session_hash=row.session_hash,
+                history_loaded=row.history_loaded_at is not None,
+                exams=tuple(
+                    ExamRow(e.id, e.study_uid, e.accession, e.kos, e.report is not None, e.summary)
+                    for e in exams
+                ),
+            )
+
+    def report(self, launch: Launch, exam_id: int) -> bytes | None:
+        with self.db.session() as session:
+            row = session.get(ConsoExam, exam_id)
+            if row is None or row.launch_id != launch.id:
+                return None
+            return row.report
+
+    # -- history ------------------------------------------------------------------------------
+
+    def subject(self, view: SessionView) -> VihfSubject:
+        """The DMP subject of the signed-in user in their situation d'exercice; raises
+        `UserInfoError` when the situation must still be chosen."""
+        user = view.user
+        return user.situation(view.situation_key).vihf_subject(
+            user,
+            authentication_mode=AUTHENTICATION_MODE,
+            fallback_sector=self.config.dmp.activity_sector,
+        )
+
+    def load_history(self, launch: Launch, view: SessionView) -> Launch:
+        """Read the history from the DMP as the user, store it, start the prefetch."""
+        audit = db_auditor(self.db, view.subject_name_id)
+        history = ExamHistory(self.dmp(), self.subject(view), audit=audit).load(
+            HistoryQuery.from_launch(launch.context), with_reports=True
+        )
+        now = utcnow()
+        retrieved: list[tuple[str, str, str]] = []  # (action, study, KOS UID): audited after
+        with self.db.session() as session:
+            for old in session.scalars(select(ConsoExam).where(ConsoExam.launch_id == launch.id)):
+                session.delete(old)
+            for position, exam in enumerate(history.exams):
+                manifest = exam.manifest
+                if manifest is not None:
+                    retrieved.append(
+                        ("dmp_retrieve_kos", exam.study_uid, manifest.sop_instance_uid)
+                    )
+                if exam.report_bytes is not None:
+                    retrieved.append(("dmp_retrieve_cda", exam.study_uid, ""))
+                session.add(
+                    ConsoExam(
+                        launch_id=launch.id,
+                        position=position,
+                        study_uid=exam.study_uid[:64],
+                        accession=exam.accession[:64],
+                        kos_sop_uid=manifest.sop_instance_uid if manifest else None,
+                        kos=manifest.data if manifest else None,
+                        report=exam.report_bytes,
+                        summary={
+                            "date": exam.date.isoformat() if exam.date else "",
+                            "modalities": list(exam.modalities),
+                            "regions": list(exam.regions),
+                            "description": exam.description,
+                            "site": exam.site,
+                            "warnings": list(exam.warnings),
+                            "instances": manifest.instance_count if manifest else 0,
+                            "sources": list(manifest.source_base_urls) if manifest else [],
+                        },
+                        created_at=now,
+                    )
+                )
+            row = session.get(ConsoLaunch, launch.id)
+            assert row is not None
+            row.history_loaded_at = now
+        # Written once the exams are committed: SQLite allows one writer at a time.
+        for action, study_uid, kos_uid in retrieved:
+            audit(
+                action=action,
+                result="ok",
+                patient_ins=launch.context.ins,
+                study_uid=study_uid,
+                kos_uid=kos_uid,
+            )
+        loaded = self.open_launch(launch.id, view.cookie)
+        self.start_prefetch(loaded, view)
+        return loaded
+
+    # -- images -------------------------------------------------------------------------------
+
+    def refusal(self, manifest: Manifest) -> str | None:
+        """Why this exam's images cannot be fetched before any network contact, or None."""
+        for series in manifest.series:
+            parts = urlsplit(series.retrieve_url)
+            if not series.retrieve_url:
+                return "Le manifeste n'indique pas où récupérer les images (RetrieveURL absente)."
+            if parts.scheme != "https":
+                return "Adresse des images non sécurisée (https obligatoire) : non contactée."
+            if self.peer_check is None:
+                return "Aucune liste blanche DRIM-M en vigueur sur cette DRIMbox."
+            try:
+                self.peer_check.check_outgoing_host(series.retrieve_url)
+            except PeerRefused:
+                return (
+                    f"La DRIMbox « {parts.hostname} » qui détient ces images n'est pas dans la "
+                    "liste blanche DRIM-M en vigueur : aucune demande ne lui a été envoyée."
+                )
+        return None
+
+    def register(self, launch: Launch, view: SessionView) -> None:
+        """Tell the image service where each exam of the launch comes from (with this user's
+        token): `/dicom-web` then serves them from the cache, filled from their Source."""
+        try:
+            retriever = self.retriever()
+        except RetrievalError:
+            return
+        audit = db_auditor(self.db, view.subject_name_id)
+        cookie = view.cookie
+
+        def token() -> str | None:
+            tokens = self.sessions.tokens(cookie)
+            return tokens.access_token if tokens is not None else None
+
+        for exam in launch.exams:
+            manifest = exam.manifest
+            if manifest is not None and self.refusal(manifest) is None:
+                self.images.remote.register(
+                    exam.study_uid, ExamSource(manifest, retriever, token, audit)
+                )
+
+    def start_prefetch(self, launch: Launch, view: SessionView) -> None:
+        self.register(launch, view)
+        jobs: dict[int, Job] = {}
+        for exam in launch.exams:
+            manifest = exam.manifest
+            if manifest is None:
+                jobs[exam.id] = Job("sans_images", message="Pas d'images partagées (pas de KOS).")
+                continue
+            job = Job(total=manifest.instance_count)
+            reason = self.refusal(manifest)
+            if reason is not None:
+                job.state, job.message = "refuse", reason
+            jobs[exam.id] = job
+        with self._lock:
+            self.prefetch[launch.id] = jobs
+        for exam in launch.exams:
+            if jobs[exam.id].state == "en_attente":
+                self._executor.submit(self._prefetch_exam, exam, jobs[exam.id])
+
+    def _prefetch_exam(self, exam: ExamRow, job: Job) -> None:
+        manifest = exam.manifest
+        assert manifest is not None
+        job.state = "en_cours"
+        done: dict[str, int] = {}
+        errors: list[str] = []
+        for series in manifest.series:
+
+            def count(n: int, uid: str = series.series_uid) -> None:
+                done[uid] = n
+                job.done = sum(done.values())
+
+            try:
+                self.images.fetcher.remote_series(
+                    manifest.study_uid, series.series_uid, wait="done", on_instance=count
+                )
+            except RemoteSourceError as exc:
+                errors.append(str(exc))
+            except Exception as exc:
+                log.warning("prefetch of %s failed", series.series_uid, exc_info=exc)
+                errors.append("Erreur inattendue pendant la récupération des images.")
+        if errors:
+            job.state, job.message = "erreur", errors[0]
+        else:
+            job.state, job.message = "termine", "Images prêtes."
+
+    @contextlib.contextmanager
+    def pinned_instances(self, manifest: Manifest) -> Iterator[list[CachedInstance]]:
+        """Every instance of the exam, fetched if needed, pinned in the cache while in use."""
+        cache = self.images.cache
+        entries = []
+        instances: list[CachedInstance] = []
+        try:
+            for series in manifest.series:
+                self.images.fetcher.remote_series(manifest.study_uid, series.series_uid)
+                entry, created = cache.get_or_begin(manifest.study_uid, series.series_uid)
+                entries.append(entry)
+                if created or not entry.complete:
+                    if created:
+                        cache.fail(entry, LookupError("lookup only"))
+                    raise ConsoError(
+                        "IMAGES_ABSENTES",
+                        "Les images de cet examen ne sont plus en cache : réessayez.",
+                    )
+                instances.extend(entry.instances)
+            yield instances
+        finally:
+            for entry in entries:
+                cache.release(entry)
+
+    # -- export -------------------------------------------------------------------------------
+
+    def start_export(self, launch: Launch, exam: ExamRow, view: SessionView) -> None:
+        job = Job("en_cours", message="Export en cours…")
+        with self._lock:
+            running = self.exports.setdefault(launch.id, {}).get(exam.id)
+            if running is not None and running.state == "en_cours":
+                return
+            self.exports[launch.id][exam.id] = job
+        self.register(launch, view)
+        self._executor.submit(self._export, launch, exam, job, view.subject_name_id)
+
+    def _export(self, launch: Launch, exam: ExamRow, job: Job, actor: str) -> None:
+        manifest = exam.manifest
+        assert manifest is not None
+        identity = LocalIdentity.from_launch(launch.context)
+        target = CStoreTarget(PacsClient(pacs_settings(self.config)))
+
+        def progress(done: int, total: int) -> None:
+            job.done, job.total = done, total
+
+        try:
+            with self.pinned_instances(manifest) as instances:
+                job.total = len(instances)
+                report = export_exam(
+                    instances,
+                    identity,
+                    target,
+                    study_uid=manifest.study_uid,
+                    progress=progress,
+                    audit=db_auditor(self.db, actor),
+                )
+        except (ConsoError, RemoteSourceError) as exc:
+            job.state = "erreur"
+            job.message = exc.message if isinstance(exc, ConsoError) else str(exc)
+            return
+        except Exception as exc:
+            log.warning("export of %s failed", manifest.study_uid, exc_info=exc)
+            job.state, job.message = "erreur", "Erreur inattendue pendant l'export."
+            return
+        self.export_reports[(launch.id, exam.id)] = report
+        stored, failed = len(report.stored), report.failed
+        job.done = stored + len(failed)
+        job.message = (
+            f"{stored} image(s) enregistrée(s) dans le {report.destination} sous l'IPP "
+            f"{identity.patient_id}" + (f" ; {len(failed)} en échec." if failed else ".")
+        )
+        job.detail = [f"{uid} : {why}" for uid, why in list(failed.items())[:20]]
+        job.state = "termine" if report.complete else "erreur"
+
+    # -- progress for the page ----------------------------------------------------------------
+
+    def jobs(self, launch_id: str) -> tuple[dict[int, Job], dict[int, Job]]:
+        with self._lock:
+            return dict(self.prefetch.get(launch_id, {})), dict(self.exports.get(launch_id, {}))
+
+
+def _aware(moment: datetime) -> datetime:
+    from datetime import UTC
+
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+def _banner(context: LaunchContext) -> str:
+    items = [
+        ("INS", format_ins(context.ins)),
+        ("Né(e) le", french_date(context.birth_date)),
+        ("Sexe", _SEX.get(context.gender, context.gender)),
+        ("IPP", context.local_patient_id),
+    ]
+    details = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in items)
+    return (
+        '<section class="banner" aria-label="Patient">'
+        f"<strong>{esc(context.display_name)}</strong><dl>{details}</dl></section>"
+    )
+
+
+def _job_cell(prefix: str, exam_id: int, job: Job | None, label: str) -> str:
+    job = job or Job()
+    value = f' value="{job.done}" max="{max(job.total, 1)}"' if job.total else ""
+    labels = {
+        "en_attente": "en attente",
+        "en_cours": "en cours",
+        "termine": "terminé",
+        "erreur": "erreur",
+        "refuse": "non contacté",
+        "sans_images": "pas d'images",
+    }
+    text = f"{labels.get(job.state, job.state)}"
+    if job.total:
+        text += f" — {job.done}/{job.total}"
+    if job.message:
+        text += f" — {job.message}"
+    details = "".join(f"<li>{esc(d)}</li>" for d in job.detail)
+    return (
+        f'<progress id="{prefix}-bar-{exam_id}" aria-label="{esc(label)}"{value}></progress>'
+        f'<span class="state {esc(job.state.replace("_", ""))}" id="{prefix}-state-{exam_id}" '
+        f'role="status">{esc(text)}</span>' + (f"<ul>{details}</ul>" if details else "")
+    )
+
+
+POLL_SCRIPT: Final = """
+(function(){
+  var url = document.body.getAttribute('data-etat'); if (!url) return;
+  var labels = {en_attente:'en attente', en_cours:'en cours', termine:'terminé', erreur:'erreur',
+                refuse:'non contacté', sans_images:"pas d'images"};
+  function show(prefix, id, job){
+    var bar = document.getElementById(prefix + '-bar-' + id);
+    var state = document.getElementById(prefix + '-state-' + id);
+    if (bar && job.total) { bar.max = job.total; bar.value = job.faits; }
+    if (state) {
+      var text = labels[job.etat] || job.etat;
+      if (job.total) text += ' — ' + job.faits + '/' + job.total;
+      if (job.message) text += ' — ' + job.message;
+      state.textContent = text; state.className = 'state ' + job.etat.replace('_', '');
+    }
+  }
+  function poll(){
+    fetch(url, {credentials:'same-origin', headers:{Accept:'application/json'}})
+      .then(function(r){ return r.ok ? r.json() : null; })
+      .then(function(data){
+        if (!data) return;
+        var busy = false;
+        [['images', data.images], ['export', data.exports]].forEach(function(pair){
+          Object.keys(pair[1] || {}).forEach(function(id){
+            var job = pair[1][id]; show(pair[0], id, job);
+            if (job.etat === 'en_cours' || job.etat === 'en_attente') busy = true;
+          });
+        });
+        if (busy) setTimeout(poll, 1000);
+      }).catch(function(){ setTimeout(poll, 3000); });
+  }
+  poll();
+})();
+"""
+
+
+def _history_page(service: ConsoService, launch: Launch, view: SessionView) -> Response:
+    base = f"{CONSULTATION_PATH}/{quote(launch.id)}"
+    prefetch, exports = service.jobs(launch.id)
+    rows = []
+    for exam in launch.exams:
+        s = exam.summary
+        when = datetime.fromisoformat(s["date"]) if s.get("date") else None
+        images = exam.kos is not None and prefetch.get(exam.id, Job()).state != "refuse"
+        title = s.get("description") or "Examen"
+        report = (
+            f'<a href="{base}/compte-rendu/{exam.id}">Voir le compte rendu</a>'
+            if exam.has_report
+            else "<span>Pas de compte rendu</span>"
+        )
+        warnings = "".join(f"<br><small>{esc(w)}</small>" for w in s.get("warnings", []))
+        choose = (
+            f'<input type="checkbox" name="etude" value="{esc(exam.study_uid)}" '
+            f'id="choix-{exam.id}"><label for="choix-{exam.id}" class="skip">Sélectionner '
+            f"{esc(title)}</label>"
+            if images
+            else ""
+        )
+        actions = ""
+        if images:
+            actions = (
+                f'<a class="button primary" href="{base}/ouvrir/{quote(exam.study_uid)}">'
+                f'Ouvrir<span class="skip"> {esc(title)}</span></a> '
+                f'<button type="submit" formmethod="post" '
+                f'formaction="{base}/export/{quote(exam.study_uid)}">Exporter vers le PACS'
+                f'<span class="skip"> : {esc(title)}</span></button>'
+                + (
+                    _job_cell("export", exam.id, exports.get(exam.id), "Export vers le PACS")
+                    if exam.id in exports
+                    else ""
+                )
+            )
+        rows.append(
+            "<tr>"
+            f"<td>{choose}</td>"
+            f"<td>{esc(french_date(when))}</td>"
+            f"<td>{esc(', '.join(s.get('modalities', [])))}</td>"
+            f"<td>{esc(', '.join(s.get('regions', [])))}</td>"
+            f"<td>{esc(title)}{warnings}</td>"
+            f"<td>{esc(s.get('site', ''))}</td>"
+            f"<td>{report}</td>"
+            f"<td>{_job_cell('images', exam.id, prefetch.get(exam.id), 'Récupération des images')}"
+            "</td>"
+            f'<td class="actions">{actions}</td>'
+            "</tr>"
+        )
+    if rows:
+        table = (
+            f'<form method="get" action="{base}/comparer">'
+            '<table><caption class="skip">Examens d\'imagerie partagés dans le DMP</caption>'
+            '<thead><tr><th scope="col">Comparer</th><th scope="col">Date</th>'
+            '<th scope="col">Modalité</th><th scope="col">Région</th>'
+            '<th scope="col">Description</th><th scope="col">Site</th>'
+            '<th scope="col">Compte rendu</th><th scope="col">Images</th>'
+            '<th scope="col">Actions</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>"
+            '<p><button type="submit">Comparer les deux examens sélectionnés</button></p></form>'
+        )
+    else:
+        table = "<p class=\"note\">Aucun examen d'imagerie n'est partagé dans le DMP.</p>"
+    body = (
+        _banner(launch.context)
+        + "<h2>Examens d'imagerie du DMP</h2>"
+        + table
+        + f'<p><a href="{base}?actualiser=1">Actualiser l\'historique depuis le DMP</a></p>'
+    )
+    return layout(
+        "Historique des examens",
+        body,
+        user=view.display_name,
+        script=POLL_SCRIPT,
+        poll_url=f"{base}/etat",
+    )
+
+
+def _error_page(
+    title: str, message: str, status: int, *, launch: Launch | None = None, user: str = ""
+) -> Response:
+    banner = _banner(launch.context) if launch is not None else ""
+    retry = (
+        f'<p><a href="{CONSULTATION_PATH}/{quote(launch.id)}?actualiser=1">Réessayer</a></p>'
+        if launch is not None
+        else ""
+    )
+    return layout(
+        title,
+        f'{banner}<div class="alert" role="alert"><p>{esc(message)}</p></div>{retry}',
+        status=status,
+        user=user,
+    )
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+def conso_router(service: ConsoService) -> APIRouter:
+    router = APIRouter()
+    sessions = service.sessions
+
+    def login(request: Request) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"{LOGIN_PATH}?{urlencode({'next': target})}", status_code=303)
+
+    def signed_in(request: Request) -> SessionView | None:
+        return sessions.view(request.cookies.get(SESSION_COOKIE, ""))
+
+    def opened(request: Request, launch_id: str) -> tuple[SessionView, Launch] | Response:
+        view = signed_in(request)
+        if view is None:
+            return login(request)
+        try:
+            return view, service.open_launch(launch_id, view.cookie)
+        except LaunchRefused as refused:
+            return _error_page(refused.title, str(refused), refused.status, user=view.display_name)
+
+    @router.post(LAUNCH_PATH)
+    async def launch(request: Request) -> Response:
+        body = await request.body()
+        try:
+            context = parse_launch(body)
+        except InvalidLaunch as invalid:
+            items = "".join(f"<li>{esc(e.message)}</li>" for e in invalid.errors)
+            return layout(
+                "Lancement refusé",
+                '<div class="alert" role="alert"><p>Le logiciel qui a lancé la consultation a '
+                "envoyé un formulaire incomplet ou invalide :</p>"
+                f'<ul class="errors">{items}</ul></div>'
+                "<p>Corrigez la demande (ou signalez-la au service informatique) puis relancez "
+                "la consultation.</p>",
+                status=400,
+            )
+        launch_id = service.store_launch(context)
+        return RedirectResponse(f"{CONSULTATION_PATH}/{launch_id}", status_code=303)
+
+    @router.get(CONSULTATION_PATH + "/{launch_id}")
+    def consultation(request: Request, launch_id: str, actualiser: str = "") -> Response:
+        found = opened(request, launch_id)
+        if isinstance(found, Response):
+            return found
+        view, current = found
+        try:
+            service.subject(view)
+        except UserInfoError:
+            target = f"{CONSULTATION_PATH}/{launch_id}"
+            return RedirectResponse(
+                f"{SITUATION_PATH}?{urlencode({'next': target})}", status_code=303
+            )
+        if not current.history_loaded or actualiser:
+            try:
+                current = service.load_history(current, view)
+            except ConsoError as error:
+                return _error_page(
+                    _ERROR_TITLES.get(error.code, "Consultation du DMP impossible"),
+                    error.message,
+                    _ERROR_STATUS.get(error.code, 502),
+                    launch=current,
+                    user=view.display_name,
+                )
+        elif current.id not in service.prefetch:
+            service.start_prefetch(current, view)  # another node loaded it, or a restart
+        return _history_page(service, current, view)
+
+    @router.get(CONSULTATION_PATH + "/{launch_id}/etat")
+    def progress(request: Request, launch_id: str) -> Response:
+        view = signed_in(request)
+        if view is None:
+            return JSONResponse({"erreur": "session absente"}, status_code=401)
+        try:
+            service.open_launch(launch_id, view.cookie)
+        except LaunchRefused as refused:
+            return JSONResponse({"erreur": str(refused)}, status_code=refused.status)
+        prefetch, exports = service.jobs(launch_id)
+        return JSONResponse(
+            {
+                "images": {str(k): v.as_json() for k, v in prefetch.items()},
+                "exports": {str(k): v.as_json() for k, v in exports.items()},
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @router.get(CONSULTATION_PATH + "/{launch_id}/compte-rendu/{exam_id}")
+    def report(request: Request, launch_id: str, exam_id: str) -> Response:
+        found = opened(request, launch_id)
+        if isinstance(found, Response):
+            return found
+        view, current = found
+        cda = service.report(current, int(exam_id)) if exam_id.isdigit() else None
+        if cda is None:
+            return _error_page(
+                "Compte rendu introuvable", "Ce compte rendu n'existe pas pour ce patient.", 404,
+                launch=current, user=view.display_name,
+            )  # fmt: skip
+        exam = next((e for e in current.exams if e.id == int(exam_id)), None)
+        db_auditor(service.db, view.subject_name_id)(
+            action="report_view",
+            result="ok",
+            patient_ins=current.context.ins,
+            study_uid=exam.study_uid if exam else "",
+        )
+        kind, content = report_body(cda)
+        if kind == "pdf" and isinstance(content, bytes):
+            return Response(
+                content,
+                media_type="application/pdf",
+                headers={
+                    "Content-Disposition": 'inline; filename="compte-rendu.pdf"',
+                    "Cache-Control": "no-store",
+                },
+            )
+        text = content if isinstance(content, str) and content else "(compte rendu sans texte)"
+        return layout(
+            "Compte rendu",
+            _banner(current.context)
+            + f'<pre style="white-space:pre-wrap">{esc(text)}</pre>'
+            + f'<p><a href="{CONSULTATION_PATH}/{quote(current.id)}">'
+            + "Retour à l'historique</a></p>",
+            user=view.display_name,
+        )
+
+    def open_viewer(
+        request: Request, launch_id: str, studies: list[str], compare: bool
+    ) -> Response:
+        found = opened(request, launch_id)
+        if isinstance(found, Response):
+            return found
+        view, current = found
+        exams = [current.exam(uid) for uid in studies]
+        if not studies or any(e is None for e in exams):
+            return _error_page(
+                "Examen introuvable",
+                "Cet examen n'a pas d'images partagées pour ce patient.",
+                404,
+                launch=current,
+                user=view.display_name,
+            )
+        service.register(current, view)
+        for uid in studies:
+            sessions.grant(view.cookie, uid)
+        target = "/viewer?StudyInstanceUIDs=" + ",".join(quote(uid) for uid in studies)
+        if compare:
+            target += f"&hangingProtocolId={quote(COMPARE_PROTOCOL)}"
+        return RedirectResponse(target, status_code=303)
+
+    @router.get(CONSULTATION_PATH + "/{launch_id}/ouvrir/{study_uid}")
+    def open_one(request: Request, launch_id: str, study_uid: str) -> Response:
+        return open_viewer(request, launch_id, [study_uid], False)
+
+    @router.get(CONSULTATION_PATH + "/{launch_id}/comparer")
+    def compare(request: Request, launch_id: str) -> Response:
+        studies = list(dict.fromkeys(request.query_params.getlist("etude")))
+        if len(studies) != 2:
+            found = opened(request, launch_id)
+            if isinstance(found, Response):
+                return found
+            view, current = found
+            return _error_page(
+                "Comparaison impossible",
+                "Sélectionnez exactement deux examens avec images pour les comparer.",
+                400,
+                launch=current,
+                user=view.display_name,
+            )
+        return open_viewer(request, launch_id, studies, True)
+
+    @router.post(CONSULTATION_PATH + "/{launch_id}/export/{study_uid}")
+    def export(request: Request, launch_id: str, study_uid: str) -> Response:
+        if signed_in(request) is None:
+            return JSONResponse({"erreur": "session absente"}, status_code=401)
+        found = opened(request, launch_id)
+        if isinstance(found, Response):
+            return found
+        view, current = found
+        exam = current.exam(study_uid)
+        if exam is None:
+            return _error_page(
+                "Examen introuvable",
+                "Cet examen n'a pas d'images partagées pour ce patient.",
+                404,
+                launch=current,
+                user=view.display_name,
+            )
+        if not current.context.local_patient_id:
+            return _error_page(
+                "Export impossible",
+                "L'identifiant local du patient (IPP) n'a pas été transmis au lancement.",
+                400,
+                launch=current,
+                user=view.display_name,
+            )
+        service.start_export(current, exam, view)
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({"export": "en_cours"}, status_code=202)
+        return RedirectResponse(
+            f"{CONSULTATION_PATH}/{quote(current.id)}#export-state-{exam.id}", status_code=303
+        )
+
+    return router

@@ -1,0 +1,392 @@
+"""Two sites of the DRIM-M network in one test, over real sockets with real components.
+
+- Source A: a node with role source, Orthanc A as its PACS; the RIS sends exam C (CR_C) and a
+  second exam of the same patient (a variant of CR_C: new study, accession and report ids) —
+  both KOS published by A to the DMP simulator. The second exam is "made at another Source" in
+  the sense of the brief's second option: the same Source A with a second study.
+- Conso B: a node with role conso, Orthanc B as its local PACS, OHIF on its user origin.
+- The DMP and PSC simulators, ONE test PKI, a whitelist signed at test time naming A (`db` =
+  `localhost`, its certificate's name) and B (its client certificate's DN).
+- A third KOS of the same patient points at a Source that is not on the whitelist (127.0.0.1,
+  a listening socket that counts connections): it is never contacted and the row says why.
+
+Headless Chromium (Debian's, driven by Playwright) signs in through the PSC simulator's login
+page, opens the viewer, compares two exams; export lands in Orthanc B under B's IPP.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from html import unescape
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conso.helpers import make_study
+from conso.test_history import publish_cda, settings_of
+from drimbox.cda.parser import parse_report
+from drimbox.db import ReportState
+from drimbox.db.models import ConsoLaunch
+from drimbox.dmp.client import DmpClient
+from drimbox.sim.orthanc import LocalOrthanc, free_port
+from drimbox.sim.pki import TestPki
+from drimbox.sim.psc import LocalPsc
+from drimbox.sim.ris import RisClient
+from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitelist
+from drimbox.trust import audit
+from support.dmp import local_dmp
+from support.node import RunningNode, node_config
+from support.samples import cda_of, hl7_text, with_cda
+from support.trust import domain
+
+REPO = Path(__file__).resolve().parents[2]
+OHIF_DIR = REPO / "var" / "ohif"
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+DN_A = "CN=localhost,OU=300000001830001,O=SITE A,ST=Paris (75),C=FR"
+DN_B = "CN=db-b.test.fr,OU=300000001830002,O=SITE B,ST=Paris (75),C=FR"
+IPP_B = "IPP-B-4242"
+IPP_ISSUER_B = "1.2.250.1.999.2.1"
+INS = "279035121518989"
+INS_OID = "1.2.250.1.213.1.4.10"
+STUDY_2 = "1.2.250.1.213.4.5.2.1.104"
+STUDY_UNLISTED = "1.2.826.0.1.3680043.8.498.77.9.77"
+
+DRAWN_JS = """(count) => {
+    const canvases = Array.from(document.querySelectorAll('canvas.cornerstone-canvas'));
+    let drawn = 0;
+    for (const canvas of canvases) {
+        if (!canvas.width || !canvas.height) continue;
+        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let lit = 0;
+        for (let i = 0; i < data.length; i += 4) {
+            if (data[i] || data[i + 1] || data[i + 2]) lit++;
+        }
+        if (lit / (data.length / 4) > 0.05) drawn++;
+    }
+    return drawn >= count ? drawn : false;
+}"""
+
+
+def _skip_or_fail(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class CountingListener:
+    """A TCP socket that accepts and counts connections (a Source nobody may call)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@dataclass
+class Network:
+    source: RunningNode
+    conso: RunningNode
+    orthanc_b: LocalOrthanc
+    unlisted: CountingListener
+    study_1: str
+    study_2: str
+    instances_1: int
+
+
+def _variant(text: str) -> tuple[str, bytes]:
+    """CR_C for a second exam of the same patient: new study UID, accession, order, report."""
+    cda = cda_of(text)
+    for old, new in (
+        (b"1.2.250.1.213.4.5.2.1.103", STUDY_2.encode()),
+        (b"ACN103", b"ACN104"),
+        (b"OPN103", b"OPN104"),
+        (b'"1.2.250.1.213.4.5.4.403"', b'"1.2.250.1.213.4.5.4.404"'),
+        (b"D52DE737-001D-4031-B571-0A0ED7C42300", b"D52DE737-001D-4031-B571-0A0ED7C42301"),
+    ):
+        assert old in cda, old
+        cda = cda.replace(old, new)
+    return with_cda(text.replace("ACN103", "ACN104"), cda), cda
+
+
+@pytest.fixture(scope="module")
+def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    if not (OHIF_DIR / "index.html").exists():
+        _skip_or_fail("OHIF not installed in var/ohif (scripts/install-ohif.sh)")
+    tmp = tmp_path_factory.mktemp("two-sites")
+    orthanc.delete_all()
+    pki = TestPki()
+    folder = tmp / "pki"
+    box_a = pki.issue("localhost", usage="server", dns_names=("localhost", "127.0.0.1"),
+                      organizational_unit="300000001830001", organization="SITE A",
+                      state="Paris (75)").write(folder, "box-a")  # fmt: skip
+    box_b = pki.issue("db-b.test.fr", usage="server", dns_names=("db-b.test.fr", "127.0.0.1"),
+                      organizational_unit="300000001830002", organization="SITE B",
+                      state="Paris (75)").write(folder, "box-b")  # fmt: skip
+    ans = issue_ans_signer(pki)
+    whitelist = sign_whitelist(
+        build_whitelist(
+            [domain(1, db="localhost", operator_dn=DN_A),
+             domain(2, db="db-b.test.fr", operator_dn=DN_B)],
+            datetime.now(UTC) - timedelta(minutes=1),
+        ),
+        ans,
+        [pki.ca.certificate],
+    )  # fmt: skip
+    (tmp / "whitelist.xml").write_bytes(whitelist)
+    ca = pki.ca.write(folder, "ca")
+    assert ca.cert_path is not None
+
+    # Exam 1 (CR_C) and exam 2 (its variant) in Orthanc A.
+    text_1 = hl7_text("CR_C-ORU.hl7")
+    text_2, cda_2 = _variant(text_1)
+    cda_1 = cda_of(text_1)
+    report_1, report_2 = parse_report(cda_1), parse_report(cda_2)
+    files_1 = generate_study_for_report(tmp / "s1", report_1, [SeriesSpec("CT", "Crâne", 3)],
+                                        rows=128, columns=128)  # fmt: skip
+    files_2 = generate_study_for_report(tmp / "s2", report_2, [SeriesSpec("CT", "Contrôle", 2)],
+                                        rows=128, columns=128)  # fmt: skip
+    orthanc.store_files([*files_1, *files_2])
+    unlisted = CountingListener()
+
+    with (
+        local_dmp(tmp / "dmp", pki) as dmp,
+        LocalPsc() as psc,
+        LocalOrthanc(aet="ORTHANCB") as orthanc_b,
+    ):
+        common = dmp.node_environ() | {
+            "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp / "whitelist.xml"),
+            "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
+            "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
+            "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
+            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
+            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
+            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+        }
+        port_a = free_port()
+        (tmp / "a").mkdir()
+        (tmp / "b").mkdir()
+        config_a = node_config(tmp / "a", orthanc, common | {
+            "DRIMBOX_HTTP__PORT": str(port_a),
+            "DRIMBOX_SITE__PUBLIC_BASE_URL": f"https://localhost:{port_a}",
+            "DRIMBOX_TRUST__STATE_DIR": str(tmp / "a" / "trust"),
+            "DRIMBOX_TRUST__TLS_CERT": str(box_a.cert_path),
+            "DRIMBOX_TRUST__TLS_KEY": str(box_a.key_path),
+        })  # fmt: skip
+        config_b = node_config(tmp / "b", orthanc_b, common | {
+            "DRIMBOX_ROLES__SOURCE": "false",
+            "DRIMBOX_ROLES__CONSO": "true",
+            "DRIMBOX_TRUST__STATE_DIR": str(tmp / "b" / "trust"),
+            "DRIMBOX_TRUST__TLS_CERT": str(box_b.cert_path),
+            "DRIMBOX_TRUST__TLS_KEY": str(box_b.key_path),
+            "DRIMBOX_VIEWER__OHIF_DIR": str(OHIF_DIR),
+        })  # fmt: skip
+        with RunningNode(config_a) as source, RunningNode(config_b) as conso:
+            with RisClient("127.0.0.1", source.hl7_port) as ris:
+                assert ris.send(text_1).code == "AA"
+                assert ris.send(text_2).code == "AA"
+            settled = {ReportState.PUBLISHED.value, ReportState.PARKED.value}
+            for report in source.reports():
+                done = source.wait_for_report(report.id, settled)
+                assert done.state == ReportState.PUBLISHED.value, done.reason
+            # The RIS publishes the CDA itself (exam 1's report); a third exam's KOS points at a
+            # Source outside the whitelist.
+            with DmpClient(settings_of(dmp)) as client:
+                publish_cda(client, report_1, cda_1)
+                stray = make_study(tmp / "s3", study_uid=STUDY_UNLISTED, accession="ACN977",
+                                   base_url=f"https://127.0.0.1:{unlisted.port}")  # fmt: skip
+                client.publish_kos(stray.report, stray.kos, {})
+            yield Network(source, conso, orthanc_b, unlisted, report_1.study_instance_uid,
+                          STUDY_2, len(files_1))  # fmt: skip
+    unlisted.close()
+    orthanc.delete_all()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        _skip_or_fail("Chromium not installed (Debian package chromium)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def launch_fields(**changes: str) -> dict[str, str]:
+    fields = {
+        "Patient.identifier.value": INS,
+        "Patient.identifier.system": f"urn:oid:{INS_OID}",
+        "Patient.name.family": "PAT-TROIS",
+        "Patient.name.given": "DOMINIQUE",
+        "Patient.gender": "F",
+        "Patient.birthDate": "1979-03-28",
+        "Address.district": "75056",
+        "PatientID": IPP_B,
+        "PatientIDIssuer": IPP_ISSUER_B,
+        "InformationEtOppositionConsultation": "true",
+    }
+    fields.update(changes)
+    return {k: v for k, v in fields.items() if v}
+
+
+def post_launch(page: Any, base: str, fields: dict[str, str]) -> None:
+    """What a RIS does: an auto-submitted form in the user's browser."""
+    inputs = "".join(f'<input type="hidden" name="{k}" value="{v}">' for k, v in fields.items())
+    page.set_content(f'<form id="f" method="post" action="{base}/lancement">{inputs}</form>')
+    with page.expect_navigation():
+        page.evaluate("document.getElementById('f').submit()")
+
+
+def wait_jobs(page: Any, launch_url: str, key: str, timeout_s: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = page.request.get(f"{launch_url}/etat").json()
+        jobs = state[key]
+        if jobs and all(j["etat"] not in ("en_attente", "en_cours") for j in jobs.values()):
+            return dict(jobs)
+        assert time.monotonic() < deadline, state
+        time.sleep(0.3)
+
+
+def wait_drawn(page: Any, count: int, name: str) -> None:
+    drawn = page.wait_for_function(DRAWN_JS, arg=count, timeout=90_000, polling=250)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name))
+    assert drawn.json_value() >= count
+
+
+def test_launch_history_viewer_export_and_compare(network: Network, browser: Any) -> None:
+    base = network.conso.viewer_url
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        post_launch(page, base, launch_fields())
+        # No session yet: the PSC simulator's login page; the tester picks the radiologist.
+        page.click("button[value=radiologue]")
+        page.wait_for_url("**/consultation/*")
+        launch_url = page.url.split("?")[0]
+        content = page.content()
+        assert "PAT-TROIS DOMINIQUE" in content and "2 79 03 51 215 189 89" in content
+        assert "28/03/1979" in content and "Féminin" in content
+        assert "Voir le compte rendu" in content
+        rows = page.locator("tbody tr")
+        assert rows.count() == 3
+
+        jobs = wait_jobs(page, launch_url, "images")
+        states = sorted(j["etat"] for j in jobs.values())
+        assert states == ["refuse", "termine", "termine"], jobs
+        refused = next(j for j in jobs.values() if j["etat"] == "refuse")
+        assert "liste blanche" in refused["message"]
+        assert network.unlisted.connections == 0  # never contacted
+        page.reload()
+        assert "liste blanche DRIM-M en vigueur" in page.content()
+
+        # The report: the CDA's embedded PDF.
+        href = page.locator("a", has_text="Voir le compte rendu").first.get_attribute("href")
+        pdf = page.request.get(f"{base}{href}")
+        assert pdf.headers["content-type"] == "application/pdf" and pdf.body()[:4] == b"%PDF"
+
+        # Open the exam: OHIF on the same origin, images from B's cache (filled from A).
+        page.click(f"a[href$='/ouvrir/{network.study_1}']")
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        wait_drawn(page, 1, "conso-viewer-first-image.png")
+        retrievals = network.conso.node.images
+        assert retrievals is not None and retrievals.fetcher.retrievals == 0  # PACS B untouched
+
+        # Export to B's PACS under B's IPP, the INS in OtherPatientIDsSequence.
+        page.goto(launch_url)
+        page.click(f"button[formaction$='/export/{network.study_1}']")
+        exports = wait_jobs(page, launch_url, "exports")
+        (export,) = exports.values()
+        assert export["etat"] == "termine", export
+        assert f"{network.instances_1} image(s) enregistrée(s)" in export["message"]
+        page.reload()
+        assert "sous l'IPP IPP-B-4242" in page.content()
+        orthanc_b = network.orthanc_b.client
+        instances = orthanc_b.get("/instances").json()
+        assert len(instances) == network.instances_1
+        for orthanc_id in instances:
+            tags = orthanc_b.get(f"/instances/{orthanc_id}/tags", params={"simplify": ""}).json()
+            assert tags["PatientID"] == IPP_B
+            assert tags["StudyInstanceUID"] == network.study_1
+            assert tags["OtherPatientIDsSequence"][0]["PatientID"] == INS
+
+        # Compare the two exams side by side.
+        page.check(f"input[value='{network.study_1}']")
+        page.check(f"input[value='{network.study_2}']")
+        page.click("text=Comparer les deux examens sélectionnés")
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        assert network.study_1 in page.url and network.study_2 in page.url
+        wait_drawn(page, 2, "conso-viewer-compare.png")
+    finally:
+        context.close()
+
+    actions = {e["action"] for e in audit.events(network.conso.node.db, actor="899700100011")}
+    assert {"dmp_history", "dmp_retrieve_kos", "dmp_retrieve_cda", "wado_rs_retrieve",
+            "export_pacs", "report_view"} <= actions  # fmt: skip
+
+
+def test_negative_launches(network: Network) -> None:
+    base = network.conso.viewer_url
+    with httpx.Client(base_url=base, timeout=30) as ris:
+        missing = ris.post("/lancement", data=launch_fields(**{"Patient.identifier.value": ""}))
+        assert missing.status_code == 400
+        assert "Lancement refusé" in missing.text and "Patient.identifier.value" in missing.text
+        bad_oid = ris.post(
+            "/lancement", data=launch_fields(**{"Patient.identifier.system": "urn:oid:1.2.3"})
+        )
+        assert bad_oid.status_code == 400 and "OID d'INS attendu" in unescape(bad_oid.text)
+        accepted = ris.post("/lancement", data=launch_fields())
+        assert accepted.status_code == 303
+        location = accepted.headers["location"]
+        assert location.startswith("/consultation/") and len(location) > 40
+    launch_id = location.rsplit("/", 1)[-1]
+    with network.conso.node.db.session() as session:
+        row = session.get(ConsoLaunch, launch_id)
+        assert row is not None
+        row.open_by = datetime.now(UTC) - timedelta(minutes=1)
+    with httpx.Client(base_url=base, timeout=30, follow_redirects=True) as user:
+        anonymous = user.get(location, follow_redirects=False)
+        assert anonymous.status_code == 303
+        assert anonymous.headers["location"].startswith("/connexion?next=")
+        user.get("/connexion", params={"login_hint": "radiologue", "next": "/"})
+        expired = user.get(location)
+        assert expired.status_code == 410 and "expiré" in expired.text
+        unknown = user.get("/consultation/inconnu")
+        assert unknown.status_code == 404 and "inconnu" in unknown.text
