@@ -31,6 +31,7 @@ UID = "1.2.250.1.999.1"
 def sample_path(path: str) -> str:
     path = re.sub(r"\{path:path\}", "viewer", path)
     path = re.sub(r"\{frames?\}", "1", path)
+    path = re.sub(r"\{\w+_id\}", "1", path)
     return re.sub(r"\{[^}]+\}", UID, path)
 
 

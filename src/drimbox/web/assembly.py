@@ -28,6 +28,7 @@ from drimbox.dicom.retrieve import ImageService
 from drimbox.source.pipeline import pacs_settings
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
+from drimbox.web.admin_routes import admin_router
 from drimbox.web.app import create_peer_app, create_viewer_app
 from drimbox.web.auth_routes import CALLBACK_PATH, auth_router, psc_settings
 from drimbox.web.conso_routes import ConsoService, conso_router
@@ -95,18 +96,15 @@ def build_web(
     peer_app = create_peer_app(
         config, db, peer_verifier(client, config), images=images, peer_check=peer_check
     )
-    peer_app.include_router(
-        status_router(
-            StatusSources(
-                config=config,
-                db=db,
-                pacs=PacsClient(pacs_settings(config)) if config.roles.source else None,
-                whitelist=whitelist,
-                cache=images.cache,
-                dmp_http=dmp_status_client(config),
-            )
-        )
+    status = StatusSources(
+        config=config,
+        db=db,
+        pacs=PacsClient(pacs_settings(config)) if config.roles.source else None,
+        whitelist=whitelist,
+        cache=images.cache,
+        dmp_http=dmp_status_client(config),
     )
+    peer_app.include_router(status_router(status))
     ssl = None
     if trust.tls_cert:
         ssl = server_ssl_context(trust.tls_cert, trust.tls_key, trust.tls_ca)
@@ -123,6 +121,9 @@ def build_web(
         max_age=timedelta(hours=config.psc.session_max_h),
     )
     routers = list(extra_routers or [])
+    routers.append(
+        admin_router(config, db, sessions, status=status, whitelist=whitelist, cache=images.cache)
+    )
     conso = None
     if config.roles.conso:
         conso = ConsoService(config, db, sessions, images, whitelist)
