@@ -1,17 +1,30 @@
-"""`drimbox demo`: a local DRIM-M network on the embedded defaults, for evaluation and training.
+"""`drimbox demo`: a whole local DRIM-M network on the embedded defaults, for evaluation and
+training.
 
-Owns the demo folder layout (one folder, reused by a second run, reset by `--fresh`), the sample
-studies generated to match the bundled ANS reports, and the start-up sequence with progress. At
-this stage: an Orthanc PACS, a Source node, and a RIS simulator that sends the sample reports.
+Two sites and the national services, on this machine:
+- site A (Source): Orthanc A holding exams generated to match the official ANS sample reports, a
+  RIS simulator that sends those reports, and DRIMbox A, which publishes their KOS to the DMP and
+  serves the images to peers;
+- site B (Conso): Orthanc B (its local PACS) and DRIMbox B, where a user launched from the RIS/DPI
+  sees the patient's exams, opens them in the viewer and exports them;
+- the DMP and Pro Santé Connect simulators, a test PKI shaped like IGC-Santé and a whitelist signed
+  by a test "ANS", all made at start (no key is kept outside the demo folder).
+
+Owns the demo folder layout (one folder, reused by a second run, reset by `--fresh`), the ports,
+the start-up sequence with progress, and what is printed for the user.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import html
 import shutil
+import signal
 import socket
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -20,17 +33,21 @@ from sqlalchemy import select
 from drimbox.cda.model import ImagingReport
 from drimbox.config import Config, load_config
 from drimbox.db import Report, ReportState
+from drimbox.dmp.client import DmpClient, DmpSettings
 from drimbox.hl7.message import parse_report_message
 from drimbox.node import Node
 from drimbox.samples import ans_file
 from drimbox.sim.dmp.server import LocalDmp
 from drimbox.sim.dmp.settings import DmpSimSettings
 from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.pki import DEMO_STRUCTURE, SiteCertificates, site_certificates
-from drimbox.sim.ris import RisClient
+from drimbox.sim.pki import Issued, SiteCertificates, TestPki, site_certificates
+from drimbox.sim.psc import LocalPsc
+from drimbox.sim.ris import RisClient, publish_report_to_dmp
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitelist
+from drimbox.trust.whitelist import Domain
 
-# The sample reports the RIS simulator sends, and the exams generated for them in the PACS.
+# The sample reports the RIS simulator sends, and the exams generated for them in PACS A.
 DEMO_REPORTS: tuple[tuple[str, tuple[SeriesSpec, ...]], ...] = (
     (
         "hl7/CR_C-ORU.hl7",
@@ -45,26 +62,39 @@ DEMO_REPORTS: tuple[tuple[str, tuple[SeriesSpec, ...]], ...] = (
     ),
 )
 SETTLED = {ReportState.PUBLISHED.value, ReportState.PARKED.value, ReportState.REFUSED.value}
-
-
-# Installed by scripts/setup.sh; the demo is run from the project folder.
-OHIF_DIR = Path("var/ohif").resolve()
-
 STATE_TEXT = {
     ReportState.PUBLISHED.value: "publié au DMP",
     ReportState.PARKED.value: "refusé par le DMP",
+    ReportState.REFUSED.value: "refusé",
 }
+# Installed by scripts/setup.sh; the demo is run from the project folder.
+OHIF_DIR = Path("var/ohif").resolve()
+ADMIN_USER = "899700100011"  # the PSC simulator's "radiologue"
+TEST_USERS = (
+    ("radiologue", "Claire RADIOLOGUE, radiologue (administratrice des deux DRIMbox)"),
+    ("medecin-deux-situations", "médecin exerçant dans deux structures (choix de la situation)"),
+    ("authentification-faible", "connexion sans eIDAS substantiel : refusée"),
+)
+DN_A = "CN=localhost,OU=300000001830001,O=SITE A DEMO,ST=Paris (75),C=FR"
+DN_B = "CN=drimbox-b.demo,OU=300000001830002,O=SITE B DEMO,ST=Paris (75),C=FR"
+IPP_B = "IPP-B-0001"
 
 
 @dataclass(frozen=True)
 class DemoPorts:
-    hl7: int = 2575
-    http: int = 8080
-    pacs_dicom: int = 4242
-    pacs_http: int = 8042
-    dmp: int = 8090
-    scp: int = 11112
-    viewer: int = 8081
+    hl7: int
+    a_peer: int
+    a_viewer: int
+    b_peer: int
+    b_viewer: int
+    pacs_a: int
+    pacs_a_http: int
+    pacs_b: int
+    pacs_b_http: int
+    dmp: int
+    psc: int
+    scp_a: int
+    scp_b: int
 
 
 def _port_or_free(port: int) -> int:
@@ -77,61 +107,143 @@ def _port_or_free(port: int) -> int:
             return int(sock.getsockname()[1])
 
 
-def demo_config(folder: Path, ports: DemoPorts, certs: SiteCertificates) -> Config:
-    """The Source node's configuration, also written to `<folder>/drimbox.toml` for the CLI."""
-    text = f"""# Written by `drimbox demo`.
+def demo_ports() -> DemoPorts:
+    wanted = {
+        "hl7": 2575, "a_peer": 8080, "a_viewer": 8081, "b_peer": 8082, "b_viewer": 8083,
+        "pacs_a": 4242, "pacs_a_http": 8042, "pacs_b": 4243, "pacs_b_http": 8043,
+        "dmp": 8090, "psc": 8091, "scp_a": 11112, "scp_b": 11113,
+    }  # fmt: skip
+    return DemoPorts(**{name: _port_or_free(port) for name, port in wanted.items()})
+
+
+@dataclass(frozen=True)
+class Trust:
+    certs: SiteCertificates  # the DMP's TLS and the sites' ORG certificates
+    box_a: Issued
+    box_b: Issued
+    whitelist: Path
+
+
+def make_trust(folder: Path) -> Trust:
+    """A test PKI, both boxes' certificates and a whitelist naming them, signed by a test ANS."""
+    pki = TestPki()
+    certs = site_certificates(folder, pki)
+    box_a = pki.issue(
+        "localhost", usage="server", dns_names=("localhost", "127.0.0.1"),
+        organizational_unit="300000001830001", organization="SITE A DEMO", state="Paris (75)",
+    ).write(folder, "box-a")  # fmt: skip
+    box_b = pki.issue(
+        "drimbox-b.demo", usage="server", dns_names=("drimbox-b.demo", "127.0.0.1"),
+        organizational_unit="300000001830002", organization="SITE B DEMO", state="Paris (75)",
+    ).write(folder, "box-b")  # fmt: skip
+    now = datetime.now(UTC)
+    domains = [
+        Domain(identifier="1", db="localhost", vi="localhost", name="Site A (démo)",
+               operator_dn=DN_A, support_contact="it@site-a.demo", updated_at=now),
+        Domain(identifier="2", db="drimbox-b.demo", vi="drimbox-b.demo", name="Site B (démo)",
+               operator_dn=DN_B, support_contact="it@site-b.demo", updated_at=now),
+    ]  # fmt: skip
+    signed = sign_whitelist(
+        build_whitelist(domains, now - timedelta(minutes=1)),
+        issue_ans_signer(pki),
+        [pki.ca.certificate],
+    )
+    whitelist = folder / "liste-blanche.xml"
+    whitelist.write_bytes(signed)
+    return Trust(certs, box_a, box_b, whitelist)
+
+
+def site_config(
+    folder: Path,
+    *,
+    role: str,
+    ports: DemoPorts,
+    trust: Trust,
+    psc: LocalPsc,
+    hl7_port: int,
+    peer_port: int,
+    viewer_port: int,
+    pacs_port: int,
+    scp_port: int,
+    box: Issued,
+    name: str,
+) -> Config:
+    """One site's configuration, written to `<folder>/drimbox.toml` for the CLI."""
+    c = trust.certs
+    text = f"""# Written by `drimbox demo`: {name}.
 [roles]
-source = true
+source = {"true" if role == "source" else "false"}
+conso = {"true" if role == "conso" else "false"}
 
 [site]
-name = "Centre de radiologie Ambroise (démo)"
-structure_id = "{DEMO_STRUCTURE}"
-uid_root = "1.2.250.1.999.9"
-public_base_url = "http://127.0.0.1:{ports.http}"
+name = "{name}"
+structure_id = "{"300000001830001" if role == "source" else "300000001830002"}"
+uid_root = "1.2.250.1.999.{"1" if role == "source" else "2"}"
+public_base_url = "https://localhost:{peer_port}"
 
 [http]
 host = "127.0.0.1"
-port = {ports.http}
+port = {peer_port}
 
 [viewer]
+# Two host names, so that the browser keeps one session cookie per site on this one machine.
 host = "127.0.0.1"
-port = {ports.viewer}
-public_url = "http://127.0.0.1:{ports.viewer}"
+port = {viewer_port}
+public_url = "http://{"localhost" if role == "source" else "127.0.0.1"}:{viewer_port}"
 ohif_dir = "{OHIF_DIR}"
 
 [hl7]
 host = "127.0.0.1"
-port = {ports.hl7}
+port = {hl7_port}
 
 [pacs]
 host = "127.0.0.1"
-port = {ports.pacs_dicom}
-called_aet = "ORTHANC"
-calling_aet = "DRIMBOX"
-scp_port = {ports.scp}
-dicomweb_url = "http://127.0.0.1:{ports.pacs_http}/dicom-web"
+port = {pacs_port}
+called_aet = "{"ORTHANCA" if role == "source" else "ORTHANCB"}"
+calling_aet = "DRIMBOX{"A" if role == "source" else "B"}"
+scp_port = {scp_port}
+retrieve = "c-get"
 timeout_s = 10
 
 [source]
 poll_interval_s = 0.2
 retry_initial_s = 2
+lease_s = 60
 
 [dmp]
 base_url = "https://127.0.0.1:{ports.dmp}"
-tls_cert = "{certs.auth.cert_path}"
-tls_key = "{certs.auth.key_path}"
-tls_ca = "{certs.ca.cert_path}"
-signing_cert = "{certs.signing.cert_path}"
-signing_key = "{certs.signing.key_path}"
+tls_cert = "{c.auth.cert_path}"
+tls_key = "{c.auth.key_path}"
+tls_ca = "{c.ca.cert_path}"
+signing_cert = "{c.signing.cert_path}"
+signing_key = "{c.signing.key_path}"
 lps_id = "DRIMBOX-DEMO"
 lps_homologation_id = "DEMO"
 retry_initial_s = 2
 retry_max_s = 30
 
+[psc]
+client_id = "{psc.client.client_id}"
+client_secret = "{psc.client.client_secret}"
+discovery_url = "{psc.discovery_url}"
+
+[admin]
+users = ["{ADMIN_USER}"]
+
+[trust]
+whitelist_source = "{trust.whitelist}"
+anchors = ["{c.ca.cert_path}"]
+state_dir = "trust"
+tls_cert = "{box.cert_path}"
+tls_key = "{box.key_path}"
+tls_ca = "{c.ca.cert_path}"
+
 [store]
-database_url = "sqlite:///source.db"
+database_url = "sqlite:///drimbox.db"
 cache_dir = "cache"
+secret_key_file = "secret.key"
 """
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "drimbox.toml"
     path.write_text(text, encoding="utf-8")
     return load_config(path, environ={})
@@ -158,78 +270,136 @@ def generate_demo_studies(folder: Path) -> list[Path]:
     return files
 
 
+def launch_page(folder: Path, conso_viewer: str, report: ImagingReport) -> Path:
+    """What the RIS/DPI of site B does: a form posted to DRIMbox B with the patient's INS."""
+    patient = report.patient
+    fields = {
+        "Patient.identifier.value": patient.ins,
+        "Patient.identifier.system": f"urn:oid:{patient.ins_oid}",
+        "Patient.name.family": patient.name.family,
+        "Patient.name.given": patient.name.given[0] if patient.name.given else "",
+        "Patient.gender": patient.sex,
+        "Patient.birthDate": patient.birth_date.isoformat() if patient.birth_date else "",
+        "Address.district": "75056",
+        "PatientID": IPP_B,
+        "PatientIDIssuer": "1.2.250.1.999.2.1",
+        "InformationEtOppositionConsultation": "true",
+    }
+    inputs = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in fields.items()
+    )
+    page = folder / "lancement.html"
+    page.write_text(
+        f"""<!doctype html><html lang="fr"><head><meta charset="utf-8">
+<title>RIS du site B (démo) — lancement DRIM-M</title></head>
+<body style="font-family:sans-serif;max-width:40rem;margin:3rem auto">
+<h1>RIS du site B (démonstration)</h1>
+<p>Patient : {html.escape(patient.name.to_dicom())}, INS {html.escape(patient.ins)}</p>
+<form method="post" action="{conso_viewer}/lancement">{inputs}
+<button type="submit" id="lancer">Voir les examens antérieurs (DRIM-M)</button></form>
+</body></html>""",
+        encoding="utf-8",
+    )
+    return page
+
+
 def run_demo(folder: Path, *, fresh: bool, exit_after: bool, console: Console) -> int:
     """Start the demo network; returns the process exit code."""
     if fresh and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    ports = DemoPorts(
-        hl7=_port_or_free(2575),
-        http=_port_or_free(8080),
-        pacs_dicom=_port_or_free(4242),
-        pacs_http=_port_or_free(8042),
-        dmp=_port_or_free(8090),
-        scp=_port_or_free(11112),
-        viewer=_port_or_free(8081),
-    )
-    console.print(f"[bold]DRIMbox — démonstration[/] (dossier {folder})", highlight=False)
-    # A new test PKI each run: no key outlives the demo's own folder.
-    certs = site_certificates(folder / "pki")
-    config = demo_config(folder, ports, certs)
-    assert certs.server.cert_path and certs.server.key_path
-    dmp = LocalDmp(
-        DmpSimSettings(
-            database_path=folder / "dmp.db",
-            trusted_vihf_certs=[certs.ca.cert_pem],
-            tls_cert=certs.server.cert_path,
-            tls_key=certs.server.key_path,
-            client_ca=certs.ca.cert_path,
-        ),
-        port=ports.dmp,
-    )
-    with console.status("Démarrage du PACS Orthanc…"):
-        pacs = LocalOrthanc(
-            aet="ORTHANC",
-            http_port=ports.pacs_http,
-            dicom_port=ports.pacs_dicom,
-            work_dir=folder / "orthanc",
-        ).start()
-    try:
-        console.print(f"  [green]✓[/] PACS Orthanc : {pacs.url} (DICOM {pacs.dicom_port})")
-        with console.status("Démarrage du simulateur du DMP…"):
-            dmp.start()
-        console.print(f"  [green]✓[/] DMP (simulateur, TLS mutuel) : {dmp.url}")
-        if pacs.statistics().get("CountInstances", 0) == 0:
+    ports = demo_ports()
+    console.print(f"[bold]DRIMbox — réseau DRIM-M de démonstration[/] (dossier {folder})",
+                  highlight=False)  # fmt: skip
+    trust = make_trust(folder / "pki")
+    console.print("  [green]✓[/] IGC de test, certificats des DRIMbox, liste blanche signée")
+    with contextlib.ExitStack() as stack:
+        with console.status("Démarrage des PACS Orthanc A et B…"):
+            pacs_a = stack.enter_context(LocalOrthanc(
+                aet="ORTHANCA", http_port=ports.pacs_a_http, dicom_port=ports.pacs_a,
+                work_dir=folder / "orthanc-a"))  # fmt: skip
+            pacs_b = stack.enter_context(LocalOrthanc(
+                aet="ORTHANCB", http_port=ports.pacs_b_http, dicom_port=ports.pacs_b,
+                work_dir=folder / "orthanc-b"))  # fmt: skip
+        console.print(f"  [green]✓[/] PACS A {pacs_a.url}, PACS B {pacs_b.url}")
+        if pacs_a.statistics().get("CountInstances", 0) == 0:
             with console.status("Génération des examens de démonstration…"):
                 files = generate_demo_studies(folder / "studies")
-                pacs.store_files(files)
-            console.print(f"  [green]✓[/] {len(files)} images chargées dans le PACS")
+                pacs_a.store_files(files)
+            console.print(f"  [green]✓[/] {len(files)} images chargées dans le PACS A")
         else:
-            console.print("  [green]✓[/] examens déjà présents dans le PACS (dossier réutilisé)")
-        return asyncio.run(_run_node(config, ports, exit_after=exit_after, console=console))
-    finally:
-        dmp.stop()
-        pacs.stop()
+            console.print("  [green]✓[/] examens déjà présents dans le PACS A (dossier réutilisé)")
+        c = trust.certs
+        assert c.server.cert_path and c.server.key_path and c.ca.cert_path
+        with console.status("Démarrage des simulateurs du DMP et de Pro Santé Connect…"):
+            dmp = stack.enter_context(LocalDmp(DmpSimSettings(
+                database_path=folder / "dmp.db", trusted_vihf_certs=[c.ca.cert_pem],
+                tls_cert=c.server.cert_path, tls_key=c.server.key_path,
+                client_ca=c.ca.cert_path), port=ports.dmp))  # fmt: skip
+            psc = stack.enter_context(LocalPsc(port=ports.psc))
+        console.print(f"  [green]✓[/] DMP (simulateur, TLS mutuel) {dmp.url}")
+        console.print(f"  [green]✓[/] Pro Santé Connect (simulateur) {psc.url}")
+        config_a = site_config(
+            folder / "site-a", role="source", hl7_port=ports.hl7, peer_port=ports.a_peer,
+            viewer_port=ports.a_viewer, pacs_port=ports.pacs_a, scp_port=ports.scp_a,
+            box=trust.box_a, name="Centre de radiologie Ambroise (site A, démo)", ports=ports,
+            trust=trust, psc=psc,
+        )  # fmt: skip
+        config_b = site_config(
+            folder / "site-b", role="conso", hl7_port=0, peer_port=ports.b_peer,
+            viewer_port=ports.b_viewer, pacs_port=ports.pacs_b, scp_port=ports.scp_b,
+            box=trust.box_b, name="Hôpital de démonstration (site B)", ports=ports, trust=trust,
+            psc=psc,
+        )  # fmt: skip
+        return asyncio.run(
+            _run_network(folder, config_a, config_b, exit_after=exit_after, console=console)
+        )
 
 
-async def _run_node(config: Config, ports: DemoPorts, *, exit_after: bool, console: Console) -> int:
-    node = Node(config)
-    await node.start()
+async def _run_network(
+    folder: Path, config_a: Config, config_b: Config, *, exit_after: bool, console: Console
+) -> int:
+    node_a, node_b = Node(config_a), Node(config_b)
+    await node_a.start()
+    await node_b.start()
     try:
-        console.print(f"  [green]✓[/] DRIMbox Source : MLLP 127.0.0.1:{ports.hl7}")
-        results = await asyncio.to_thread(_send_reports, ports.hl7)
+        assert node_a.web is not None and node_b.web is not None and node_a.mllp is not None
+        site_a, site_b = config_a.viewer.public_url, config_b.viewer.public_url
+        console.print(f"  [green]✓[/] DRIMbox A (Source) : {site_a} — "
+                      f"pairs {node_a.web.peer.url}, MLLP {node_a.mllp.port}")  # fmt: skip
+        console.print(f"  [green]✓[/] DRIMbox B (Conso) : {site_b}")
+        results = await asyncio.to_thread(_send_reports, node_a.mllp.port, config_a)
         for name, code, detail in results:
             colour = "green" if code == "AA" else "red"
-            console.print(f"  [{colour}]{code or '—'}[/] RIS → {name} {detail}", highlight=False)
+            console.print(f"  [{colour}]{code or '—'}[/] RIS A → {name} {detail}", highlight=False)
         with console.status("Construction et publication des KOS au DMP…"):
-            reports = await asyncio.to_thread(_wait_settled, node, 120.0)
-        _print_reports(reports, console)
-        config_file = (
-            Path(config.store.database_url.removeprefix("sqlite:///")).parent / "drimbox.toml"
+            reports = await asyncio.to_thread(_wait_settled, node_a, 180.0)
+        for report in reports:
+            text = STATE_TEXT.get(report.state, report.state)
+            console.print(f"  [green]✓[/] examen {report.accession} : KOS {text}", highlight=False)
+        _, report_c = sample_report(DEMO_REPORTS[0][0])
+        page = launch_page(folder, site_b, report_c)
+        iid = (
+            f"{site_a}/IHEInvokeImageDisplay?requestType=STUDY"
+            f"&studyUID={report_c.study_instance_uid}&accessionNumber=ACN103"
+            f"&idCDA={report_c.document_id.root}"
         )
+        console.print("\n[bold]Prête.[/] À ouvrir dans un navigateur :")
+        links = (
+            ("Lancement contextuel (RIS du site B)", f"file://{page}"),
+            ("Lien du compte rendu (visionneuse du site A)", iid),
+            ("Console d'administration A", f"{site_a}/admin"),
+            ("Console d'administration B", f"{site_b}/admin"),
+        )
+        for label, url in links:
+            console.print(f"  {label} : {url}", highlight=False, soft_wrap=True)
+        console.print("  Utilisateurs de test (page de connexion Pro Santé Connect simulée) :")
+        for user, label in TEST_USERS:
+            console.print(f"    - {user} : {label}", highlight=False)
         console.print(
-            "\n[bold]Prête.[/] Pour consulter : "
-            f"[cyan]uv run drimbox reports list --config {config_file}[/]",
+            f"  En ligne de commande : uv run drimbox reports list --config "
+            f"{folder / 'site-a' / 'drimbox.toml'}",
             highlight=False,
         )
         failed = any(r.state != ReportState.PUBLISHED.value for r in reports)
@@ -238,58 +408,43 @@ async def _run_node(config: Config, ports: DemoPorts, *, exit_after: bool, conso
         console.print("Ctrl-C pour arrêter.")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        import signal
-
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         return 0
     finally:
-        await node.stop()
+        await node_b.stop()
+        await node_a.stop()
         console.print("Démonstration arrêtée.")
 
 
-def _send_reports(port: int) -> list[tuple[str, str, str]]:
+def _send_reports(port: int, config: Config) -> list[tuple[str, str, str]]:
+    """The RIS of site A: each report to DRIMbox A (MLLP), and the CDA itself to the DMP."""
     results = []
-    with RisClient("127.0.0.1", port) as ris:
+    with RisClient("127.0.0.1", port) as ris, DmpClient(DmpSettings.from_config(config)) as dmp:
         for relative, _ in DEMO_REPORTS:
-            text, _report = sample_report(relative)
+            text, report = sample_report(relative)
             result = ris.send(text)
             results.append((Path(relative).name, result.code, result.text))
+            # A second run finds the report already in the DMP.
+            with contextlib.suppress(RuntimeError):
+                publish_report_to_dmp(dmp, report, ans_report_cda(text))
     return results
+
+
+def ans_report_cda(text: str) -> bytes:
+    message = parse_report_message(text)
+    assert message.cda_xml is not None
+    return message.cda_xml
 
 
 def _wait_settled(node: Node, timeout_s: float) -> list[Report]:
     deadline = time.monotonic() + timeout_s
     while True:
         with node.db.session() as session:
-            reports = list(session.scalars(select(Report).order_by(Report.id)))
+            reports = list(
+                session.scalars(select(Report).where(Report.kind == "publish").order_by(Report.id))
+            )
         if (reports and all(r.state in SETTLED for r in reports)) or time.monotonic() > deadline:
             return reports
         time.sleep(0.2)
-
-
-def _print_reports(reports: list[Report], console: Console) -> None:
-    from pydicom import dcmread
-    from pydicom.filebase import DicomBytesIO
-
-    from drimbox.dicom.kos import describe_manifest
-
-    for report in reports:
-        if report.kos is not None:
-            console.print(
-                f"\n[bold green]KOS du compte rendu n°{report.id}[/] — "
-                f"{STATE_TEXT.get(report.state, report.state)} "
-                f"(entrée DMP {report.dmp_entry_uuid or '—'})",
-                highlight=False,
-            )
-            console.print(
-                describe_manifest(dcmread(DicomBytesIO(report.kos))),
-                highlight=False,
-                soft_wrap=True,
-            )
-        else:
-            console.print(
-                f"\n[bold red]Compte rendu n°{report.id} : {report.state}[/] {report.reason or ''}",
-                highlight=False,
-            )

@@ -10,7 +10,7 @@ document over the CDA, sent through the client's transport.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -20,13 +20,12 @@ from drimbox.cda.model import Code, ImagingReport
 from drimbox.cda.parser import parse_report
 from drimbox.conso.common import ConsoError
 from drimbox.conso.history import HistoryQuery, load_history
-from drimbox.dmp import codes, metadata, mtom, soap
+from drimbox.dmp import codes
 from drimbox.dmp.client import DmpClient, DmpSettings
-from drimbox.dmp.metadata import PublicationIds
 from drimbox.dmp.vihf import VihfSubject
-from drimbox.dmp.xades import SignedDocument, XmlSigner, build_signature_document
 from drimbox.samples import ANS_DIR
 from drimbox.sim.dmp import DEFAULT_PATIENTS, KnownPatient
+from drimbox.sim.ris import publish_report_to_dmp
 from support.dmp import STRUCTURE, DmpEnvironment, local_dmp
 from support.factories import CR_C_INS, CR_C_INS_OID
 
@@ -57,64 +56,8 @@ def settings_of(env: DmpEnvironment) -> DmpSettings:
 
 
 def publish_cda(client: DmpClient, report: ImagingReport, cda: bytes) -> None:
-    """ITI-41 of a CDA report as the RIS would send it (see the module docstring)."""
-    uid = report.document_id.root
-    ids = PublicationIds.derive(uid, UID_ROOT)
-    now = datetime.now(UTC)
-    signer = XmlSigner.from_files(client.settings.signing_cert, client.settings.signing_key)
-    signature = build_signature_document([SignedDocument(uid, cda)], signer, signing_time=now)
-    request = metadata.build_kos_submission(
-        report,
-        kos_bytes=cda,
-        ids=ids,
-        signature_xml=signature,
-        site=client.settings.site,
-        flags={},
-        submission_time=now,
-        signing_time=now,
-    )
-    entry = next(
-        e
-        for e in request.body.iter(f"{{{codes.RIM_NS}}}ExtrinsicObject")
-        if e.get("id") == ids.kos_entry_uuid
-    )
-    entry.set("mimeType", "text/xml")
-    replacements = {
-        codes.DE_CLASS: ("10", "1.2.250.1.213.1.1.4.1"),
-        codes.DE_TYPE: ("18748-4", "2.16.840.1.113883.6.1"),
-        codes.DE_FORMAT: (
-            "urn:ihe:rad:CDA:ImagingReportStructuredHeadings:2013",
-            "1.3.6.1.4.1.19376.1.2.3",
-        ),
-    }
-    for classification in entry.iterfind(f"{{{codes.RIM_NS}}}Classification"):
-        scheme = classification.get("classificationScheme", "")
-        if scheme in replacements:
-            code, system = replacements[scheme]
-            classification.set("nodeRepresentation", code)
-            for value in classification.iter(f"{{{codes.RIM_NS}}}Value"):
-                value.text = system
-    for slot in entry.iterfind(f"{{{codes.RIM_NS}}}Slot"):
-        if slot.get("name") == "URI":
-            next(slot.iter(f"{{{codes.RIM_NS}}}Value")).text = "CR.XML"
-    title = entry.find(f"{{{codes.RIM_NS}}}Name/{{{codes.RIM_NS}}}LocalizedString")
-    assert title is not None
-    title.set("value", report.title)
-    attachments = [
-        mtom.Attachment(
-            d.content_id, d.data, "text/xml" if d.entry_uuid == ids.kos_entry_uuid else d.mime_type
-        )
-        for d in request.documents
-    ]
-    reply = client._call(  # the transport of the client; only the document type differs
-        soap.ITI41,
-        request.body,
-        patient=(report.patient.ins, report.patient.ins_oid),
-        subject=VihfSubject.from_report(report),
-        attachments=attachments,
-    )
-    response = soap.expect_registry_response(reply.element)
-    assert not response.failure, response.errors
+    """ITI-41 of a CDA report as the RIS would send it."""
+    publish_report_to_dmp(client, report, cda)
 
 
 def ins_with_key(body: str) -> str:

@@ -551,6 +551,21 @@ class DmpClient:
             raise registry_error(response, soap.ITI41)
         return PublishResult(ids.kos_entry_uuid, kos_uid, ids.submission_set_unique_id)
 
+    def provide_and_register(
+        self,
+        body: etree._Element,
+        attachments: Sequence[mtom.Attachment],
+        *,
+        patient: tuple[str, str],
+        subject: VihfSubject,
+    ) -> soap.RegistryResponse:
+        """ITI-41 of a request built by the caller (the RIS simulator publishes its CDA reports
+        this way; the box itself publishes KOS through `publish_kos`)."""
+        reply = self._call(
+            soap.ITI41, body, patient=patient, subject=subject, attachments=attachments
+        )
+        return soap.expect_registry_response(reply.element)
+
     def _already_published(
         self, kos_uid: str, kos_bytes: bytes, patient: tuple[str, str], subject: VihfSubject
     ) -> DocumentEntry | None:

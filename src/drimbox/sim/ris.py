@@ -13,8 +13,14 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
+from drimbox.cda.model import ImagingReport
+from drimbox.dmp import codes, metadata, mtom
+from drimbox.dmp.client import DmpClient
+from drimbox.dmp.metadata import PublicationIds
+from drimbox.dmp.vihf import VihfSubject
+from drimbox.dmp.xades import SignedDocument, XmlSigner, build_signature_document
 from drimbox.hl7.mllp import frame
 
 START, END = b"\x0b", b"\x1c\x0d"
@@ -130,3 +136,59 @@ class RisClient:
 
     def send_all(self, messages: Iterable[str], *, fill: bool = True) -> list[AckResult]:
         return [self.send(m, fill=fill) for m in messages]
+
+
+def publish_report_to_dmp(client: DmpClient, report: ImagingReport, cda: bytes) -> None:
+    """ITI-41 of the CDA report itself, as the RIS does next to the box's KOS (the Conso pairs
+    them through their reference ids). Built from the KOS submission of `drimbox.dmp.metadata`
+    with the report's own class, type and format codes."""
+    uid = report.document_id.root
+    ids = PublicationIds.derive(uid, client.settings.uid_root)
+    now = datetime.now(UTC)
+    signer = XmlSigner.from_files(client.settings.signing_cert, client.settings.signing_key)
+    signature = build_signature_document([SignedDocument(uid, cda)], signer, signing_time=now)
+    request = metadata.build_kos_submission(
+        report, kos_bytes=cda, ids=ids, signature_xml=signature, site=client.settings.site,
+        flags={}, submission_time=now, signing_time=now,
+    )  # fmt: skip
+    entry = next(
+        element
+        for element in request.body.iter(f"{{{codes.RIM_NS}}}ExtrinsicObject")
+        if element.get("id") == ids.kos_entry_uuid
+    )
+    entry.set("mimeType", "text/xml")
+    report_codes = {
+        codes.DE_CLASS: ("10", "1.2.250.1.213.1.1.4.1"),
+        codes.DE_TYPE: ("18748-4", "2.16.840.1.113883.6.1"),
+        codes.DE_FORMAT: (
+            "urn:ihe:rad:CDA:ImagingReportStructuredHeadings:2013",
+            "1.3.6.1.4.1.19376.1.2.3",
+        ),
+    }
+    for classification in entry.iterfind(f"{{{codes.RIM_NS}}}Classification"):
+        scheme = classification.get("classificationScheme", "")
+        if scheme in report_codes:
+            code, system = report_codes[scheme]
+            classification.set("nodeRepresentation", code)
+            for value in classification.iter(f"{{{codes.RIM_NS}}}Value"):
+                value.text = system
+    for slot in entry.iterfind(f"{{{codes.RIM_NS}}}Slot"):
+        if slot.get("name") == "URI":
+            next(slot.iter(f"{{{codes.RIM_NS}}}Value")).text = "CR.XML"
+    title = entry.find(f"{{{codes.RIM_NS}}}Name/{{{codes.RIM_NS}}}LocalizedString")
+    if title is not None:
+        title.set("value", report.title)
+    attachments = [
+        mtom.Attachment(
+            d.content_id, d.data, "text/xml" if d.entry_uuid == ids.kos_entry_uuid else d.mime_type
+        )
+        for d in request.documents
+    ]
+    response = client.provide_and_register(
+        request.body,
+        attachments,
+        patient=(report.patient.ins, report.patient.ins_oid),
+        subject=VihfSubject.from_report(report),
+    )
+    if response.failure:
+        raise RuntimeError(f"the DMP refused the report: {response.errors}")

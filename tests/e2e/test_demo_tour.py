@@ -1,0 +1,127 @@
+"""README's demo command, toured as a new user would, in headless Chromium: the RIS's launch page
+at site B → Pro Santé Connect sign-in → the exam history → the viewer draws the first image →
+export to PACS B → site A's administration console shows the publication and the audit records
+of the tour; then Ctrl-C stops everything and leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+DRAWN_JS = """() => {
+    for (const canvas of document.querySelectorAll('canvas.cornerstone-canvas')) {
+        if (!canvas.width || !canvas.height) continue;
+        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let lit = 0;
+        for (let i = 0; i < data.length; i += 4) if (data[i] || data[i + 1] || data[i + 2]) lit++;
+        if (lit / (data.length / 4) > 0.05) return true;
+    }
+    return false;
+}"""
+
+
+def _skip_or_fail(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def demo(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
+    if not (REPO / "var" / "ohif" / "index.html").exists():
+        _skip_or_fail("OHIF not installed in var/ohif (scripts/install-ohif.sh)")
+    folder = tmp_path_factory.mktemp("demo") / "network"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "drimbox", "demo", "--folder", str(folder), "--fresh"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    assert process.stdout is not None
+    links: dict[str, str] = {}
+    lines = []
+    deadline = time.monotonic() + 300
+    for line in process.stdout:
+        lines.append(line)
+        match = re.match(r"\s+(.+?) : (file://\S+|https?://\S+)\s*$", line)
+        if match:
+            links[match.group(1)] = match.group(2)
+        pacs = re.search(r"PACS B (http://\S+)", line)
+        if pacs:
+            links["PACS B"] = pacs.group(1)
+        if "Ctrl-C pour arrêter" in line or time.monotonic() > deadline:
+            break
+    assert "Ctrl-C pour arrêter" in "".join(lines), "".join(lines)
+    yield process, links, folder
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+
+
+def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
+    process, links, folder = demo
+    if not Path(CHROMIUM).exists():
+        _skip_or_fail("Chromium not installed (Debian package chromium)")
+    from playwright.sync_api import sync_playwright
+
+    launch = links["Lancement contextuel (RIS du site B)"]
+    admin_a = links["Console d'administration A"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        page: Any = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(launch)
+        page.click("#lancer")
+        page.click("button[value=radiologue]")  # the PSC simulator's login page
+        page.wait_for_url("**/consultation/*")
+        history = page.url.split("?")[0]
+        assert "PAT-TROIS" in page.content()
+        assert page.locator("tbody tr").count() >= 2
+        page.click("a[href*='/ouvrir/']")
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        page.wait_for_function(DRAWN_JS, timeout=120_000, polling=250)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo-tour-viewer.png"))
+        page.goto(history)
+        page.locator("button[formaction*='/export/']").first.click()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            exports = page.request.get(f"{history}/etat").json()["exports"]
+            if exports and all(j["etat"] == "termine" for j in exports.values()):
+                break
+            time.sleep(0.5)
+        assert exports and all(j["etat"] == "termine" for j in exports.values()), exports
+        # Site A's console: the publications, and the audit records of this tour.
+        page.goto(f"{admin_a}/comptes-rendus")
+        page.click("button[value=radiologue]")
+        page.wait_for_url("**/admin/comptes-rendus")
+        assert page.content().count("publié au DMP") >= 2
+        page.goto(f"{admin_a}/audit?utilisateur=899700100011")
+        audit_page = page.content()
+        assert "image_retrieve" in audit_page and "login" in audit_page
+        page.screenshot(path=str(ARTIFACTS / "demo-tour-admin.png"))
+        browser.close()
+    exported = httpx.get(f"{links['PACS B']}/instances", timeout=10).json()
+    assert len(exported) == 48  # exam C's two series, now in site B's PACS
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 0
+    leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
