@@ -130,7 +130,8 @@ def test_sigkill_while_publishing_leaves_exactly_one_kos(
         f"DRIMBOX_{section.upper()}__{key.upper()}": str(value)
         for section, values in config.model_dump().items()
         for key, value in values.items()
-        if section in ("dmp", "pacs", "site", "source", "store")
+        if section in ("dmp", "pacs", "site", "source", "store", "http", "viewer")
+        and not isinstance(value, list)
     }
     node = NodeProcess(config_file, env=environ)
     node.start(DRIMBOX_FAILPOINTS=kill_point)

@@ -8,13 +8,18 @@ mid-job only delays the row until the lease expires.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
 
 from drimbox.db.engine import Database, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def claim_due(db: Database, model: Any, states: Iterable[str], lease: timedelta) -> int | None:
@@ -43,3 +48,22 @@ def claim_due(db: Database, model: Any, states: Iterable[str], lease: timedelta)
 def backoff(attempts: int, initial_s: float, max_s: float) -> float:
     """Exponential backoff: initial, 2×, 4×… capped."""
     return float(min(max_s, initial_s * 2 ** max(0, attempts - 1)))
+
+
+async def run_worker(
+    run_once: Callable[[], object | None], stop: asyncio.Event, poll_s: float, name: str
+) -> None:
+    """Call `run_once` (in a thread) until `stop`; wait `poll_s` whenever it finds nothing to do.
+
+    A bug on one item is logged and does not stop the worker: the item's lease expires and it is
+    tried again later.
+    """
+    while not stop.is_set():
+        try:
+            result = await asyncio.to_thread(run_once)
+        except Exception:
+            log.exception("%s failure", name)
+            result = None
+        if result is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll_s)

@@ -12,7 +12,6 @@ with an RPLC association.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,7 +24,7 @@ from drimbox.cda import parse_report
 from drimbox.cda.model import ImagingReport
 from drimbox.config import Config
 from drimbox.db import Database, DmpJob, JobState, Report, ReportState, utcnow
-from drimbox.db.leases import backoff, claim_due
+from drimbox.db.leases import backoff, claim_due, run_worker
 from drimbox.failpoints import failpoint
 from drimbox.trust import audit
 
@@ -124,15 +123,7 @@ class DmpPublisher:
         return handled
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                result = await asyncio.to_thread(self.run_once)
-            except Exception:  # a bug on one job must not stop the worker
-                log.exception("DMP outbox failure")
-                result = None
-            if result is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.source.poll_interval_s)
+        await run_worker(self.run_once, stop, self.config.source.poll_interval_s, "DMP outbox")
 
     # -- one job ---------------------------------------------------------------------------
     def process(self, job_id: int) -> JobResult:

@@ -9,7 +9,6 @@ outcome is written back with its reason in French for the site staff.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ from pydicom import Dataset
 from drimbox.cda import CdaError, parse_report
 from drimbox.config import Config
 from drimbox.db import Database, Report, ReportState, utcnow
-from drimbox.db.leases import backoff, claim_due
+from drimbox.db.leases import backoff, claim_due, run_worker
 from drimbox.dicom.kos import IdentityMismatch, KosError, KosSite, build_manifest, manifest_to_bytes
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
 from drimbox.source.outbox import DELETE, PUBLISH, enqueue
@@ -172,15 +171,7 @@ class ReportPipeline:
         return handled
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                outcome = await asyncio.to_thread(self.run_once)
-            except Exception:
-                log.exception("report pipeline failure")
-                outcome = None
-            if outcome is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.source.poll_interval_s)
+        await run_worker(self.run_once, stop, self.config.source.poll_interval_s, "report pipeline")
 
 
 def _aware(moment: datetime) -> datetime:

@@ -10,18 +10,15 @@ simulate an outage of the national service. Never deploy it.
 from __future__ import annotations
 
 import ssl
-import threading
-import time
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import uvicorn
 
 from drimbox.sim.dmp.app import create_dmp_app
 from drimbox.sim.dmp.settings import DmpSimSettings
 from drimbox.sim.orthanc import free_port
+from drimbox.sim.serving import ThreadedService
 
 
 class DmpSimulatorError(RuntimeError):
@@ -46,8 +43,11 @@ def _uvicorn_config(settings: DmpSimSettings, host: str, port: int) -> uvicorn.C
     )
 
 
-class LocalDmp:
+class LocalDmp(ThreadedService):
     """A simulated DMP on 127.0.0.1. `with LocalDmp(settings) as dmp: dmp.url …`."""
+
+    label = "DMP"
+    error = DmpSimulatorError
 
     def __init__(
         self,
@@ -59,12 +59,8 @@ class LocalDmp:
     ) -> None:
         if (settings.tls_cert is None) != (settings.tls_key is None):
             raise DmpSimulatorError("tls_cert and tls_key go together")
+        super().__init__(host, port or free_port(), start_timeout)
         self.settings = settings
-        self.host = host
-        self.port = port or free_port()
-        self.start_timeout = start_timeout
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -73,59 +69,12 @@ class LocalDmp:
         scheme = "https" if self.settings.tls_cert is not None else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> Self:
-        if self.running:
-            return self
-        server = uvicorn.Server(_uvicorn_config(self.settings, self.host, self.port))
-        thread = threading.Thread(target=server.run, name=f"dmp-sim-{self.port}", daemon=True)
-        self._server, self._thread = server, thread
-        thread.start()
-        deadline = time.monotonic() + self.start_timeout
-        while not server.started:
-            if not thread.is_alive():
-                self._server = self._thread = None
-                raise DmpSimulatorError(
-                    f"the DMP simulator did not start on {self.host}:{self.port} "
-                    "(port taken? TLS files unreadable?)"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise DmpSimulatorError(
-                    f"the DMP simulator did not start within {self.start_timeout} s"
-                )
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        """Stop listening (open connections are closed); the database file stays."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-        self._server = self._thread = None
-
-    def restart(self) -> Self:
-        self.stop()
-        return self.start()
+    def server_config(self) -> uvicorn.Config:
+        return _uvicorn_config(self.settings, self.host, self.port)
 
     def with_settings(self, **changes: object) -> LocalDmp:
         """Another simulator on the same port and database, with some settings changed."""
         return LocalDmp(replace(self.settings, **changes), host=self.host, port=self.port)  # type: ignore[arg-type]
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def run_dmp_simulator(

@@ -10,12 +10,9 @@ Never deploy it.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import uvicorn
 from joserfc.jwk import RSAKey
@@ -24,6 +21,7 @@ from drimbox.sim.orthanc import free_port
 from drimbox.sim.psc.app import PscPaths, create_psc_app
 from drimbox.sim.psc.provider import PscProvider
 from drimbox.sim.psc.settings import DEFAULT_CLIENT, PscSimSettings, SimClient, load_users
+from drimbox.sim.serving import ThreadedService
 
 
 class PscSimulatorError(RuntimeError):
@@ -45,8 +43,11 @@ def _uvicorn_config(app: Any, settings: PscSimSettings, host: str, port: int) ->
     )
 
 
-class LocalPsc:
+class LocalPsc(ThreadedService):
     """A simulated Pro Santé Connect on 127.0.0.1. `with LocalPsc() as psc: psc.discovery_url`."""
+
+    label = "PSC"
+    error = PscSimulatorError
 
     def __init__(
         self,
@@ -59,15 +60,11 @@ class LocalPsc:
         self.settings = settings or PscSimSettings()
         if (self.settings.tls_cert is None) != (self.settings.tls_key is None):
             raise PscSimulatorError("tls_cert and tls_key go together")
-        self.host = host
-        self.port = port or free_port()
-        self.start_timeout = start_timeout
+        super().__init__(host, port or free_port(), start_timeout)
         self.paths = PscPaths(
             (self.settings.public_url or self.url).rstrip("/"), self.settings.realm
         )
         self.provider = PscProvider(self.settings, self.paths.issuer)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
     # --- where it is --------------------------------------------------------------------------
 
@@ -93,51 +90,9 @@ class LocalPsc:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> Self:
-        if self.running:
-            return self
+    def server_config(self) -> uvicorn.Config:
         app = create_psc_app(self.provider, self.paths)
-        server = uvicorn.Server(_uvicorn_config(app, self.settings, self.host, self.port))
-        thread = threading.Thread(target=server.run, name=f"psc-sim-{self.port}", daemon=True)
-        self._server, self._thread = server, thread
-        thread.start()
-        deadline = time.monotonic() + self.start_timeout
-        while not server.started:
-            if not thread.is_alive():
-                self._server = self._thread = None
-                raise PscSimulatorError(
-                    f"the PSC simulator did not start on {self.host}:{self.port} "
-                    "(port taken? TLS files unreadable?)"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise PscSimulatorError(
-                    f"the PSC simulator did not start within {self.start_timeout} s"
-                )
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-        self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return _uvicorn_config(app, self.settings, self.host, self.port)
 
     # --- test helpers (delegated to the provider) ---------------------------------------------
 
