@@ -3,7 +3,6 @@ stored under the local IPP, the INS kept in OtherPatientIDsSequence with its iss
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ from support.factories import CR_C_INS, CR_C_INS_OID
 IDENTITY = LocalIdentity(
     patient_id="IPP-LOCAL-42", issuer="1.2.250.1.999.12.1", ins=CR_C_INS, ins_oid=CR_C_INS_OID
 )
-
-
-@pytest.fixture
-def pacs(orthanc: LocalOrthanc) -> Iterator[LocalOrthanc]:
-    orthanc.delete_all()
-    yield orthanc
-    orthanc.delete_all()
 
 
 def instances_of(study: Study) -> list[FileInstance]:

@@ -8,10 +8,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from drimbox.db import Database, Hl7Message, Report, ReportState
@@ -19,7 +17,7 @@ from drimbox.hl7.message import parse_report_message
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
-from support.dmp import DmpEnvironment, local_dmp
+from support.dmp import DmpEnvironment
 from support.node import node_config
 from support.process import NodeProcess
 from support.samples import hl7_text, report_variant
@@ -27,12 +25,6 @@ from support.samples import hl7_text, report_variant
 REPORTS = int(os.environ.get("SOAK_REPORTS", "40"))
 KILLS = int(os.environ.get("SOAK_KILLS", "3"))
 FINAL = {ReportState.PUBLISHED.value, ReportState.REPLACED.value}
-
-
-@pytest.fixture
-def dmp(tmp_path: Path) -> Iterator[DmpEnvironment]:
-    with local_dmp(tmp_path / "dmp") as environment:
-        yield environment
 
 
 def test_reports_survive_sigkills(

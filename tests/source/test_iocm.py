@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
@@ -17,7 +15,7 @@ from drimbox.hl7.message import parse_report_message
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
-from support.dmp import DmpEnvironment, local_dmp
+from support.dmp import DmpEnvironment
 from support.node import RunningNode, node_config
 from support.samples import hl7_text
 from support.tools import require_tool
@@ -76,19 +74,6 @@ def send_from_pacs(node: RunningNode, path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.fixture
-def pacs(orthanc: LocalOrthanc) -> Iterator[LocalOrthanc]:
-    orthanc.delete_all()
-    yield orthanc
-    orthanc.delete_all()
-
-
-@pytest.fixture
-def dmp(tmp_path: Path) -> Iterator[DmpEnvironment]:
-    with local_dmp(tmp_path / "dmp") as environment:
-        yield environment
 
 
 def delete_from_pacs(pacs: LocalOrthanc, datasets: list[Dataset]) -> None:

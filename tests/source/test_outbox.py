@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
 from drimbox.source.dmp_port import dmp_port
 from drimbox.source.outbox import PUBLISH, DmpPublisher, enqueue
-from support.dmp import DmpEnvironment, local_dmp
+from support.dmp import DmpEnvironment
 from support.factories import make_snapshot
 from support.node import node_config
 from support.postgres import TemporaryPostgres
@@ -64,12 +63,6 @@ def queue_reports(db: Database, count: int) -> None:
             enqueue(session, row, PUBLISH)
 
 
-@pytest.fixture
-def dmp(tmp_path: Path) -> Iterator[DmpEnvironment]:
-    with local_dmp(tmp_path / "dmp") as environment:
-        yield environment
-
-
 @pytest.mark.postgres
 def test_two_workers_on_postgresql_publish_100_reports_once_each(
     postgres_server: TemporaryPostgres, dmp: DmpEnvironment, tmp_path: Path
@@ -102,13 +95,6 @@ def test_two_workers_on_postgresql_publish_100_reports_once_each(
     kos = [d for d in dmp.documents() if d["mime_type"] == "application/dicom"]
     assert len(kos) == 100 and len({d["unique_id"] for d in kos}) == 100
     assert dmp.stats().get("ITI-41", 0) == 100  # not one submission twice
-
-
-@pytest.fixture
-def pacs(orthanc: LocalOrthanc) -> Iterator[LocalOrthanc]:
-    orthanc.delete_all()
-    yield orthanc
-    orthanc.delete_all()
 
 
 @pytest.mark.parametrize("kill_point", ["publish:before-send", "publish:after-send"])

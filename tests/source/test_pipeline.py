@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from typer.testing import CliRunner
@@ -29,14 +27,6 @@ SERIES = (
     SeriesSpec("MR", "Encéphale T1", 3, body_part="HEAD"),
 )
 SETTLED = {ReportState.PUBLISHING.value, ReportState.PUBLISHED.value, ReportState.REFUSED.value}
-
-
-@pytest.fixture
-def pacs(orthanc: LocalOrthanc) -> Iterator[LocalOrthanc]:
-    """The session's Orthanc, emptied so that each test sees only its own studies."""
-    orthanc.delete_all()
-    yield orthanc
-    orthanc.delete_all()
 
 
 def store_with_storescu(pacs: LocalOrthanc, files: list[Path]) -> None:

@@ -6,10 +6,7 @@ a depublication deletes it; an outage is caught up without duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from drimbox.db import ReportState
 from drimbox.dmp.client import DmpClient, DmpSettings
@@ -18,7 +15,7 @@ from drimbox.hl7.message import parse_report_message
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
-from support.dmp import DmpEnvironment, local_dmp
+from support.dmp import DmpEnvironment
 from support.node import RunningNode, node_config
 from support.samples import hl7_text, report_variant
 
@@ -31,19 +28,6 @@ DONE = {
     ReportState.REPLACED.value,
     ReportState.WITHDRAWN.value,
 }
-
-
-@pytest.fixture
-def pacs(orthanc: LocalOrthanc) -> Iterator[LocalOrthanc]:
-    orthanc.delete_all()
-    yield orthanc
-    orthanc.delete_all()
-
-
-@pytest.fixture
-def dmp(tmp_path: Path) -> Iterator[DmpEnvironment]:
-    with local_dmp(tmp_path / "dmp") as environment:
-        yield environment
 
 
 def store_study_for(pacs: LocalOrthanc, tmp_path: Path, sample: str) -> None:
