@@ -25,7 +25,8 @@ from drimbox.dicom.cache import SeriesCache
 from drimbox.source.retry import RetryError, retry_report
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
-from drimbox.web.layout import e, french_datetime, render, table
+from drimbox.web.pages import esc as e
+from drimbox.web.pages import french_datetime, layout, table
 from drimbox.web.sessions import DbSessionStore, SessionView
 from drimbox.web.status import CHECKS, StatusSources
 from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
@@ -78,7 +79,7 @@ def admin_router(
             )
         if view.subject_name_id not in admins:
             raise _Denied(
-                render(
+                layout(
                     "Accès refusé",
                     "<p>La console d'administration est réservée aux administrateurs de cette "
                     "DRIMbox (<code>[admin] users</code>).</p>",
@@ -91,10 +92,10 @@ def admin_router(
     def same_origin(request: Request) -> None:
         origin = request.headers.get("origin")
         if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):
-            raise _Denied(render("Requête refusée", "<p>Origine inattendue.</p>", status=403))
+            raise _Denied(layout("Requête refusée", "<p>Origine inattendue.</p>", status=403))
 
     def page(view: SessionView, title: str, body: str, status_code: int = 200) -> Response:
-        return render(title, body, status=status_code, nav=NAV, user=view.display_name)
+        return layout(title, body, status=status_code, nav=NAV, user=view.display_name)
 
     @router.get("/admin")
     async def dashboard(request: Request) -> Response:
@@ -160,7 +161,7 @@ def admin_router(
             f'<option value="{e(k)}"{" selected" if k == etat else ""}>{e(v)}</option>'
             for k, v in STATE_LABELS.items()
         )
-        notice = f'<p class="banner">{e(message)}</p>' if message else ""
+        notice = f'<p class="note">{e(message)}</p>' if message else ""
         body = (
             notice + '<form method="get"><label for="etat">État</label>'
             f'<select id="etat" name="etat"><option value="">tous</option>{options}</select> '
@@ -269,7 +270,7 @@ def admin_router(
         if cache is None:
             return page(view, "Cache d'images", "<p>Pas de cache sur ce nœud.</p>")
         usage = cache.usage()
-        notice = f'<p class="banner">{e(message)}</p>' if message else ""
+        notice = f'<p class="note">{e(message)}</p>' if message else ""
         body = (
             f'{notice}<div class="card"><p>{usage.bytes / 1e6:.1f} Mo utilisés sur '
             f"{usage.max_bytes / 1e6:.0f} Mo — {usage.series} séries, {usage.instances} images "

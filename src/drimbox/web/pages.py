@@ -1,4 +1,5 @@
-"""The French page layout of the user origin's own pages (Conso history, launch errors).
+"""The French page layout of every page of the user origin (Conso, administration, sign-in,
+viewer gate and error pages): one design for the whole product.
 
 Owns the HTML skeleton (language, skip link, header with the signed-in user and the logout link,
 a readable stylesheet with visible keyboard focus) and the small formatting helpers the pages
@@ -9,8 +10,10 @@ the database nor know any route's logic.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Final
+from zoneinfo import ZoneInfo
 
 from fastapi.responses import HTMLResponse
 
@@ -46,7 +49,12 @@ progress{width:9rem;vertical-align:middle}
 .state{font-size:.85rem;color:var(--muted);display:block}
 .state.erreur,.state.refuse{color:var(--bad)}.state.termine{color:var(--ok)}
 ul.errors li{margin:.3rem 0}
+nav.sections a{color:#fff;margin-right:1rem}
+.ok{color:var(--ok);font-weight:600}.ko{color:var(--bad);font-weight:600}.muted{color:var(--muted)}
+.card{border:1px solid var(--line);border-radius:6px;padding:1rem;margin-bottom:1rem}
+form.inline{display:inline}label{margin-right:.4rem}input,select{font:inherit;padding:.25rem}
 """
+PARIS: Final = ZoneInfo("Europe/Paris")
 
 
 def esc(value: object) -> str:
@@ -65,6 +73,26 @@ def french_date(value: date | datetime | None) -> str:
     return value.strftime("%d/%m/%Y")
 
 
+def french_datetime(value: datetime | str | None) -> str:
+    """ "05/03/2024 14:05" in French local time (ISO strings accepted), "" when unknown."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(PARIS)
+    return value.strftime("%d/%m/%Y %H:%M")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, empty: str) -> str:
+    """An HTML table of already-escaped cells, or a French "nothing" line."""
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    if not body:
+        return f'<p class="muted">{esc(empty)}</p>'
+    head = "".join(f'<th scope="col">{esc(h)}</th>' for h in headers)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def layout(
     title: str,
     body: str,
@@ -73,6 +101,7 @@ def layout(
     user: str = "",
     script: str = "",
     poll_url: str = "",
+    nav: Sequence[tuple[str, str]] = (),
 ) -> HTMLResponse:
     """A whole page: header (product, signed-in user, logout), `<main>` with `body`; `poll_url`
     is handed to the page's script as `<body data-etat>`."""
@@ -82,14 +111,16 @@ def layout(
         else ""
     )
     tail = f"<script>{script}</script>" if script else ""
+    links = "".join(f'<a href="{esc(href)}">{esc(label)}</a>' for href, label in nav)
+    sections = f'<nav class="sections" aria-label="Sections">{links}</nav>' if nav else ""
     return HTMLResponse(
         f"""<!doctype html><html lang="fr"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)} — DRIMbox</title><style>{STYLE}</style></head>
 <body{f' data-etat="{esc(poll_url)}"' if poll_url else ""}>
 <a class="skip" href="#contenu">Aller au contenu</a>
-<header class="top"><span><strong>DRIMbox</strong> · consultation des examens d'imagerie</span>
-{who}</header>
+<header class="top"><span><strong>DRIMbox</strong> · partage d'images DRIM-M</span>
+{sections}{who}</header>
 <main id="contenu" tabindex="-1"><h1>{esc(title)}</h1>{body}</main>{tail}</body></html>""",
         status_code=status,
         headers={"Cache-Control": "no-store"},

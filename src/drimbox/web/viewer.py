@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import html
 import mimetypes
 import re
 import secrets
@@ -37,6 +36,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from drimbox.source.grants import Grants, KosContent
 from drimbox.source.iid import install_iid_route
 from drimbox.source.wado import Scope, WadoError
+from drimbox.web.pages import layout
 
 SESSION_COOKIE = "drimbox_session"
 LOGIN_PATH = "/connexion"
@@ -183,14 +183,8 @@ class ViewerAuthorizer:
 
 
 def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    """A minimal French page (login placeholder, errors)."""
-    return HTMLResponse(
-        f"""<!doctype html><html lang="fr"><head><meta charset="utf-8">
-<title>{html.escape(title)} — DRIMbox</title>
-<style>body{{font-family:sans-serif;max-width:40rem;margin:4rem auto;color:#222}}</style>
-</head><body><h1>{html.escape(title)}</h1>{body}</body></html>""",
-        status_code=status,
-    )
+    """A French page of the product's one layout (sign-in, the viewer's gate, errors)."""
+    return layout(title, body, status=status)
 
 
 class StaticApp:
