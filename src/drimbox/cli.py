@@ -40,6 +40,8 @@ whitelist_app = typer.Typer(
     help="Liste blanche DRIM-M (espace de confiance).", no_args_is_help=True
 )
 app.add_typer(whitelist_app, name="whitelist")
+xdm_app = typer.Typer(help="Archives XDM (IHE ITI-32).", no_args_is_help=True)
+app.add_typer(xdm_app, name="xdm")
 audit_app = typer.Typer(help="Traces d'accès aux données de santé.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(sim_app, name="sim")
@@ -361,6 +363,41 @@ def selftest(
         err.print(f"{len(failed)} contrôle(s) en échec : " + ", ".join(r.file for r in failed))
         raise typer.Exit(1)
     console.print(f"{len(results)} contrôles réussis.")
+
+
+@xdm_app.command("import")
+def xdm_import(
+    archive: Path,
+    out: Annotated[
+        Path | None, typer.Option(help="Dossier où écrire les images et documents validés.")
+    ] = None,
+) -> None:
+    """Vérifie une archive XDM (IHE ITI-32 : empreintes, tailles, KOS) et en extrait le contenu."""
+    from drimbox.conso.common import FolderStore
+    from drimbox.conso.xdm import XdmError, read_xdm
+
+    if not archive.is_file():
+        fail(f"archive introuvable : {archive}")
+    try:
+        imported = read_xdm(archive, store=FolderStore(out / "images") if out else None)
+    except XdmError as exc:
+        fail(f"archive refusée : {exc}")
+        return
+    manifest = imported.manifest
+    if out is not None:
+        (out / "kos.dcm").write_bytes(imported.kos)
+        for n, report in enumerate(imported.reports, start=1):
+            (out / f"compte-rendu-{n}.xml").write_bytes(report)
+    console.print(f"[green]Archive valide[/] : {archive}", highlight=False)
+    console.print(f"  patient : {imported.patient_id}", highlight=False)
+    console.print(f"  examen : {manifest.study_uid}", highlight=False)
+    console.print(
+        f"  {len(imported.reports)} compte(s) rendu(s), {imported.images} image(s) "
+        f"({imported.image_bytes / 1e6:.1f} Mo)",
+        highlight=False,
+    )
+    if out is not None:
+        console.print(f"  contenu écrit dans {out}", highlight=False)
 
 
 @whitelist_app.command("verify")

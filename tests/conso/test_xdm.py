@@ -157,3 +157,22 @@ def test_not_a_zip_and_not_xdm() -> None:
         zf.writestr("README.TXT", b"hello")
     with pytest.raises(XdmError, match="METADATA"):
         read_xdm(io.BytesIO(empty.getvalue()))
+
+
+def test_xdm_import_command(study: Study, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from drimbox.cli import app
+
+    archive = tmp_path / "examen.zip"
+    archive.write_bytes(export(study))
+    runner = CliRunner()
+    result = runner.invoke(app, ["xdm", "import", str(archive), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "Archive valide" in result.output and study.manifest.study_uid in result.output
+    assert (tmp_path / "out" / "kos.dcm").read_bytes() == study.kos
+    assert len(list((tmp_path / "out" / "images").rglob("*.dcm"))) == len(study.files)
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    refused = runner.invoke(app, ["xdm", "import", str(broken)])
+    assert refused.exit_code == 1 and "archive refusée" in refused.output

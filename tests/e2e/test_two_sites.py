@@ -16,6 +16,7 @@ page, opens the viewer, compares two exams; export lands in Orthanc B under B's 
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import threading
@@ -33,6 +34,8 @@ import pytest
 from conso.helpers import make_study
 from conso.test_history import publish_cda, settings_of
 from drimbox.cda.parser import parse_report
+from drimbox.conso.common import FolderStore
+from drimbox.conso.xdm import read_xdm
 from drimbox.db import ReportState
 from drimbox.db.models import ConsoLaunch
 from drimbox.dmp.client import DmpClient
@@ -121,6 +124,7 @@ class Network:
     study_1: str
     study_2: str
     instances_1: int
+    tmp: Path
 
 
 def _variant(text: str) -> tuple[str, bytes]:
@@ -226,7 +230,7 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
                                    base_url=f"https://127.0.0.1:{unlisted.port}")  # fmt: skip
                 client.publish_kos(stray.report, stray.kos, {})
             yield Network(source, conso, orthanc_b, unlisted, report_1.study_instance_uid,
-                          STUDY_2, len(files_1))  # fmt: skip
+                          STUDY_2, len(files_1), tmp)  # fmt: skip
     unlisted.close()
     orthanc.delete_all()
 
@@ -346,6 +350,13 @@ def test_launch_history_viewer_export_and_compare(network: Network, browser: Any
             assert tags["PatientID"] == IPP_B
             assert tags["StudyInstanceUID"] == network.study_1
             assert tags["OtherPatientIDsSequence"][0]["PatientID"] == INS
+
+        # The exam as an XDM archive, read back by the box's own importer.
+        archive = page.request.get(f"{launch_url}/xdm/{network.study_1}")
+        assert archive.headers["content-type"] == "application/zip"
+        imported = read_xdm(io.BytesIO(archive.body()), store=FolderStore(network.tmp / "xdm"))
+        assert imported.manifest.study_uid == network.study_1
+        assert imported.images == network.instances_1 and len(imported.reports) == 1
 
         # Compare the two exams side by side.
         page.check(f"input[value='{network.study_1}']")

@@ -33,6 +33,7 @@ import binascii
 import contextlib
 import logging
 import secrets
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,7 @@ from typing import Any, Final
 from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from lxml import etree
 from sqlalchemy import select
 
@@ -53,6 +54,7 @@ from drimbox.conso.export import CStoreTarget, ExportReport, LocalIdentity, expo
 from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_manifest
 from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
+from drimbox.conso.xdm import XdmDocument, XdmPatient, write_xdm
 from drimbox.db import Database, utcnow
 from drimbox.db.models import ConsoExam, ConsoLaunch
 from drimbox.dicom.cache import CachedInstance
@@ -781,7 +783,9 @@ def _history_page(service: ConsoService, launch: Launch, view: SessionView) -> R
                 f'Ouvrir<span class="skip"> {esc(title)}</span></a> '
                 f'<button type="submit" formmethod="post" '
                 f'formaction="{base}/export/{quote(exam.study_uid)}">Exporter vers le PACS'
-                f'<span class="skip"> : {esc(title)}</span></button>'
+                f'<span class="skip"> : {esc(title)}</span></button> '
+                f'<a class="button" href="{base}/xdm/{quote(exam.study_uid)}">Archive XDM'
+                f'<span class="skip"> : {esc(title)}</span></a>'
                 + (
                     _job_cell("export", exam.id, exports.get(exam.id), "Export vers le PACS")
                     if exam.id in exports
@@ -1051,5 +1055,61 @@ def conso_router(service: ConsoService) -> APIRouter:
         return RedirectResponse(
             f"{CONSULTATION_PATH}/{quote(current.id)}#export-state-{exam.id}", status_code=303
         )
+
+    @router.get(CONSULTATION_PATH + "/{launch_id}/xdm/{study_uid}")
+    def xdm(request: Request, launch_id: str, study_uid: str) -> Response:
+        """The exam as an IHE XDM archive (ITI-32): KOS, report and images, for a physical medium
+        or a secure transfer."""
+        found = opened(request, launch_id)
+        if isinstance(found, Response):
+            return found
+        view, current = found
+        exam = current.exam(study_uid)
+        if exam is None or exam.kos is None or exam.manifest is None:
+            return _error_page(
+                "Examen introuvable", "Cet examen n'a pas d'images partagées pour ce patient.",
+                404, launch=current, user=view.display_name,
+            )  # fmt: skip
+        documents = [XdmDocument("kos", exam.kos, exam.manifest.sop_instance_uid,
+                                 title="Manifeste d'images")]  # fmt: skip
+        cda = service.report(current, exam.id) if exam.has_report else None
+        if cda is not None:
+            documents.append(XdmDocument("report", cda, f"{exam.study_uid}.cr",
+                                         title="Compte rendu"))  # fmt: skip
+        context = current.context
+        archive = tempfile.SpooledTemporaryFile(max_size=64 * 1024**2)  # noqa: SIM115
+        try:
+            service.register(current, view)
+            with service.pinned_instances(exam.manifest) as instances:
+                write_xdm(
+                    archive,
+                    XdmPatient(context.ins, context.ins_oid, context.display_name),
+                    documents,
+                    images=instances,
+                    source_id=service.config.site.uid_root,
+                    submission_unique_id=f"{service.config.site.uid_root}.8.{exam.id}",
+                )
+        except (ConsoError, RemoteSourceError) as exc:
+            archive.close()
+            return _error_page("Archive impossible", str(exc), 503, launch=current,
+                               user=view.display_name)  # fmt: skip
+        db_auditor(service.db, view.subject_name_id)(
+            action="xdm_export", result="ok", patient_ins=context.ins, study_uid=exam.study_uid,
+            nbytes=archive.tell(),
+        )  # fmt: skip
+        archive.seek(0)
+
+        def chunks() -> Iterator[bytes]:
+            with archive:
+                while block := archive.read(1024 * 1024):
+                    yield block
+
+        name = f"examen-{exam.accession or exam.id}.zip"
+        return StreamingResponse(
+            chunks(),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{name}"',
+                     "Cache-Control": "no-store"},
+        )  # fmt: skip
 
     return router
