@@ -3,10 +3,13 @@ says so on `/status`, never ACKs what it could not store, and catches up by itse
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from drimbox.db import ReportState
 from drimbox.hl7.message import parse_report_message
@@ -17,6 +20,7 @@ from support.dmp import local_dmp
 from support.node import RunningNode, node_config
 from support.postgres import TemporaryPostgres
 from support.samples import hl7_text, report_variant
+from support.site import official_headers, peer_client, series_url, source_site
 
 
 def test_postgresql_restart_under_a_running_node(
@@ -69,3 +73,30 @@ def test_pacs_and_dmp_down_are_reported_and_caught_up(tmp_path: Path) -> None:
             assert done.kos_sop_uid is not None
             status = httpx.get(f"{node.peer_url}/status", timeout=30).json()
             assert status["failing"] == [] or set(status["failing"]) <= {"whitelist"}
+
+
+def test_a_full_cache_disk_gives_503_and_is_reported(orthanc: LocalOrthanc, tmp_path: Path) -> None:
+    """The image cache's volume is full: peers get 503 with Retry-After, never a 500, and
+    /status says so."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(cache)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        message = f"cannot mount a small tmpfs here: {mounted.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        series = (SeriesSpec("CT", "a", 4),)
+        with source_site(orthanc, tmp_path, series, size=128) as site:
+            token = site.psc.mint_access_token("radiologue")
+            with peer_client(site, site.trusted_peer) as client:
+                response = client.get(series_url(site), headers=official_headers(site, token))
+                status = client.get(f"{site.node.peer_url}/status").json()
+            assert response.status_code == 503, response.text
+            assert "retry-after" in {k.lower() for k in response.headers}
+            assert "cache" in status["failing"]
+            assert "presque plein" in status["checks"]["cache"]["message"]
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], check=False)

@@ -9,6 +9,7 @@ routes are public (`PUBLIC_PATHS`).
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from drimbox.trust.store import WhitelistStore
 
 PUBLIC_PATHS = frozenset({"/health", "/status"})
 CHECK_TIMEOUT_S = 5.0
+MIN_FREE_BYTES = 512 * 1024**2
 
 
 @dataclass
@@ -107,10 +109,16 @@ def check_cache(sources: StatusSources) -> dict[str, Any]:
     if sources.cache is None:
         return {"ok": None, "message": "pas de cache d'images sur ce nœud"}
     usage = sources.cache.usage()
-    full = usage.max_bytes > 0 and usage.bytes >= usage.max_bytes
+    disk = shutil.disk_usage(sources.cache.directory)
+    # The disk, not only our own limit: other files may fill the volume the cache lives on.
+    disk_full = disk.free < MIN_FREE_BYTES or disk.free < disk.total // 50
+    message = f"{usage.bytes / 1e6:.0f} Mo sur {usage.max_bytes / 1e6:.0f} Mo"
+    if disk_full:
+        message = f"disque du cache presque plein ({disk.free / 1e6:.1f} Mo libres) — " + message
     return {
-        "ok": not full,
-        "message": f"{usage.bytes / 1e6:.0f} Mo sur {usage.max_bytes / 1e6:.0f} Mo",
+        "ok": not disk_full,
+        "message": message,
+        "disk_free_bytes": disk.free,
         "bytes": usage.bytes,
         "max_bytes": usage.max_bytes,
         "series": usage.series,
