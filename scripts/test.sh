@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 echo "==> ruff"
-uv run ruff check src tests bench
-uv run ruff format --check src tests bench
+uv run ruff check src tests bench fuzz
+uv run ruff format --check src tests bench fuzz
 echo "==> mypy"
 uv run mypy src
 echo "==> pytest"

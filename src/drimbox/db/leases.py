@@ -67,3 +67,31 @@ async def run_worker(
         if result is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), poll_s)
+
+
+class LeasedWorker:
+    """A worker over leased rows: `claim_next` leases one, `process` does it. Subclasses say how;
+    this class runs them one at a time, in a thread, until the node stops."""
+
+    name = "worker"
+    poll_s = 1.0
+
+    def claim_next(self) -> int | None:
+        raise NotImplementedError
+
+    def process(self, item_id: int) -> object:
+        raise NotImplementedError
+
+    def run_once(self) -> object | None:
+        item_id = self.claim_next()
+        return None if item_id is None else self.process(item_id)
+
+    def drain(self) -> int:
+        """Process everything due now (tests, CLI); how many items were handled."""
+        handled = 0
+        while self.run_once() is not None:
+            handled += 1
+        return handled
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        await run_worker(self.run_once, stop, self.poll_s, self.name)

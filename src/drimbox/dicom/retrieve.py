@@ -341,17 +341,9 @@ class SeriesFetcher:
                 lambda data: self._add(entry, data),
                 sop_classes,
             )
-            log.info(
-                "series %s retrieved by %s: %d instance(s), %d bytes",
-                entry.series_uid,
-                self.retriever.method,
-                count,
-                entry.size,
-            )
-            self.cache.finish(entry)
+            self._retrieved(entry, count)
         except BaseException as exc:
-            log.warning("retrieval of series %s failed: %s", entry.series_uid, exc)
-            self.cache.fail(entry, exc)
+            self._failed(entry, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
@@ -363,17 +355,23 @@ class SeriesFetcher:
                 lambda data: self._add(entry, data),
                 sop_classes,
             )
-            log.info(
-                "series %s retrieved by %s: %d instance(s), %d bytes",
-                entry.series_uid,
-                self.retriever.method,
-                count,
-                entry.size,
-            )
-            self.cache.finish(entry)
+            self._retrieved(entry, count)
         except BaseException as exc:  # noqa: BLE001 (handed to the readers, who answer 503)
-            log.warning("retrieval of series %s failed: %s", entry.series_uid, exc)
-            self.cache.fail(entry, exc)
+            self._failed(entry, exc)
+
+    def _retrieved(self, entry: CacheEntry, count: int) -> None:
+        log.info(
+            "series %s retrieved by %s: %d instance(s), %d bytes",
+            entry.series_uid,
+            self.retriever.method,
+            count,
+            entry.size,
+        )
+        self.cache.finish(entry)
+
+    def _failed(self, entry: CacheEntry, exc: BaseException) -> None:
+        log.warning("retrieval of series %s failed: %s", entry.series_uid, exc)
+        self.cache.fail(entry, exc)
 
     def _add(self, entry: CacheEntry, data: bytes) -> None:
         self.cache.add(entry, data)

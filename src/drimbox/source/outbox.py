@@ -11,7 +11,6 @@ with an RPLC association.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,7 +23,7 @@ from drimbox.cda import parse_report
 from drimbox.cda.model import ImagingReport
 from drimbox.config import Config
 from drimbox.db import Database, DmpJob, JobState, Report, ReportState, utcnow
-from drimbox.db.leases import backoff, claim_due, run_worker
+from drimbox.db.leases import LeasedWorker, backoff, claim_due
 from drimbox.failpoints import failpoint
 from drimbox.trust import audit
 
@@ -102,28 +101,18 @@ def enqueue(session: Session, report: Report, action: str) -> None:
     )
 
 
-class DmpPublisher:
+class DmpPublisher(LeasedWorker):
+    name = "DMP outbox"
+
     def __init__(self, config: Config, db: Database, port: DmpPort | None) -> None:
         self.config = config
         self.db = db
+        self.poll_s = config.source.poll_interval_s
         self.port = port
 
     def claim_next(self) -> int | None:
         lease = timedelta(seconds=self.config.source.lease_s)
         return claim_due(self.db, DmpJob, DUE, lease)
-
-    def run_once(self) -> JobResult | None:
-        job_id = self.claim_next()
-        return None if job_id is None else self.process(job_id)
-
-    def drain(self) -> int:
-        handled = 0
-        while self.run_once() is not None:
-            handled += 1
-        return handled
-
-    async def run_forever(self, stop: asyncio.Event) -> None:
-        await run_worker(self.run_once, stop, self.config.source.poll_interval_s, "DMP outbox")
 
     # -- one job ---------------------------------------------------------------------------
     def process(self, job_id: int) -> JobResult:

@@ -8,7 +8,6 @@ outcome is written back with its reason in French for the site staff.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ from pydicom import Dataset
 from drimbox.cda import CdaError, parse_report
 from drimbox.config import Config
 from drimbox.db import Database, Report, ReportState, utcnow
-from drimbox.db.leases import backoff, claim_due, run_worker
+from drimbox.db.leases import LeasedWorker, backoff, claim_due
 from drimbox.dicom.kos import IdentityMismatch, KosError, KosSite, build_manifest, manifest_to_bytes
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
 from drimbox.source.outbox import DELETE, PUBLISH, enqueue
@@ -57,10 +56,13 @@ def kos_site(config: Config) -> KosSite:
     )
 
 
-class ReportPipeline:
+class ReportPipeline(LeasedWorker):
+    name = "report pipeline"
+
     def __init__(self, config: Config, db: Database, pacs: PacsClient | None = None) -> None:
         self.config = config
         self.db = db
+        self.poll_s = config.source.poll_interval_s
         self.pacs = pacs or PacsClient(pacs_settings(config))
         self.site = kos_site(config)
 
@@ -158,20 +160,6 @@ class ReportPipeline:
 
     def _backoff(self, attempts: int) -> float:
         return backoff(attempts, self.config.source.retry_initial_s, self.config.source.retry_max_s)
-
-    def run_once(self) -> Outcome | None:
-        report_id = self.claim_next()
-        return None if report_id is None else self.process(report_id)
-
-    def drain(self) -> int:
-        """Process everything due now (tests, CLI); returns how many reports were handled."""
-        handled = 0
-        while self.run_once() is not None:
-            handled += 1
-        return handled
-
-    async def run_forever(self, stop: asyncio.Event) -> None:
-        await run_worker(self.run_once, stop, self.config.source.poll_interval_s, "report pipeline")
 
 
 def _aware(moment: datetime) -> datetime:
