@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -58,7 +58,7 @@ PARIS: Final = ZoneInfo("Europe/Paris")
 
 
 def esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape("" if value is None else str(value), quote=True)
 
 
 def french_date(value: date | datetime | None) -> str:
@@ -74,13 +74,16 @@ def french_date(value: date | datetime | None) -> str:
 
 
 def french_datetime(value: datetime | str | None) -> str:
-    """ "05/03/2024 14:05" in French local time (ISO strings accepted), "" when unknown."""
+    """ "05/03/2024 14:05" in French local time (ISO strings accepted), "" when unknown.
+
+    Timestamps come from the database in UTC; SQLite returns them without a zone."""
     if value is None or value == "":
         return ""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    if value.tzinfo is not None:
-        value = value.astimezone(PARIS)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(PARIS)
     return value.strftime("%d/%m/%Y %H:%M")
 
 
