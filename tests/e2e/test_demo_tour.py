@@ -94,6 +94,8 @@ def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
         history = page.url.split("?")[0]
         assert "PAT-TROIS" in page.content()
         assert page.locator("tbody tr").count() >= 2
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo-tour-history.png"), full_page=True)
         page.click("a[href*='/ouvrir/']")
         page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
         page.wait_for_function(DRAWN_JS, timeout=120_000, polling=250)
