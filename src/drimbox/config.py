@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "DRIMBOX_"
 # Variables of ours that are not configuration keys (see drimbox.failpoints).
@@ -151,6 +158,16 @@ class PacsConfig(_Section):
         if not value.strip() or "\\" in value:
             raise ValueError("AE Title vide ou invalide")
         return value
+
+
+class ConsoConfig(_Section):
+    """Behaviour of the Conso role."""
+
+    export: Literal["c-store", "stow-rs"] = Field(
+        "c-store",
+        description="Export des examens vers le PACS local : c-store (DICOM) ou stow-rs "
+        "(DICOMweb, vers [pacs] dicomweb_url).",
+    )
 
 
 class SourceConfig(_Section):
@@ -370,11 +387,18 @@ class Config(_Section):
     hl7: Hl7Config = Hl7Config()
     pacs: PacsConfig = PacsConfig()
     source: SourceConfig = SourceConfig()
+    conso: ConsoConfig = ConsoConfig()
     dmp: DmpConfig = DmpConfig()
     psc: PscConfig = PscConfig()
     admin: AdminConfig = AdminConfig()
     trust: TrustConfig = TrustConfig()
     store: StoreConfig = StoreConfig()
+
+    @model_validator(mode="after")
+    def _stow_needs_an_url(self) -> Config:
+        if self.conso.export == "stow-rs" and not self.pacs.dicomweb_url:
+            raise ValueError("conso.export = stow-rs demande [pacs] dicomweb_url")
+        return self
 
     def resolve_paths(self, base: Path) -> Config:
         """Relative paths in the file are relative to the file's folder, not to the cwd."""

@@ -125,3 +125,16 @@ def test_unreachable_pacs_and_missing_ipp(study: Study) -> None:
         export_exam(instances_of(study), no_ipp, CStoreTarget(client),
                     study_uid=study.report.study_instance_uid)  # fmt: skip
     assert missing.value.code == "IPP_ABSENT"
+
+
+def test_the_export_target_follows_the_configuration(tmp_path: Path) -> None:
+    from drimbox.config import ConfigError, load_config
+    from drimbox.web.conso_routes import export_target
+
+    assert isinstance(export_target(load_config(environ={})), CStoreTarget)
+    stow = load_config(environ={"DRIMBOX_CONSO__EXPORT": "stow-rs",
+                                "DRIMBOX_PACS__DICOMWEB_URL": "http://pacs/dicom-web"})  # fmt: skip
+    assert isinstance(export_target(stow), StowRsTarget)
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={"DRIMBOX_CONSO__EXPORT": "stow-rs"})
+    assert any("dicomweb_url" in problem for problem in caught.value.problems)

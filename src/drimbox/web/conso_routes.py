@@ -50,7 +50,14 @@ from sqlalchemy import select
 from drimbox.auth.users import UserInfoError
 from drimbox.config import Config
 from drimbox.conso.common import Auditor, ConsoError, db_auditor
-from drimbox.conso.export import CStoreTarget, ExportReport, LocalIdentity, export_exam
+from drimbox.conso.export import (
+    CStoreTarget,
+    ExportReport,
+    LocalIdentity,
+    StowRsTarget,
+    Target,
+    export_exam,
+)
 from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_manifest
 from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
@@ -630,7 +637,7 @@ class ConsoService:
         manifest = exam.manifest
         assert manifest is not None
         identity = LocalIdentity.from_launch(launch.context)
-        target = CStoreTarget(PacsClient(pacs_settings(self.config)))
+        target = export_target(self.config)
 
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
@@ -1113,3 +1120,10 @@ def conso_router(service: ConsoService) -> APIRouter:
         )  # fmt: skip
 
     return router
+
+
+def export_target(config: Config) -> Target:
+    """Where exports go: the local PACS by C-STORE, or its DICOMweb STOW-RS (`[conso] export`)."""
+    if config.conso.export == "stow-rs":
+        return StowRsTarget(config.pacs.dicomweb_url)
+    return CStoreTarget(PacsClient(pacs_settings(config)))
