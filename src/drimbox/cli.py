@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
@@ -67,7 +68,7 @@ def _load(path: Path | None) -> Config:
     except ConfigError as exc:
         err.print(f"[bold red]Configuration invalide[/] ({exc.source}) :", highlight=False)
         for problem in exc.problems:
-            err.print(f"  - {problem}", highlight=False)
+            err.print(f"  - {escape(problem)}", highlight=False)
         raise typer.Exit(2) from None
 
 

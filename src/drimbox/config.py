@@ -474,7 +474,7 @@ def _describe(error: Any) -> str:
     if kind == "model_type" or kind == "dict_type":
         return f"{location} : doit être une section [{location}]"
     message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{location} : {message}"
+    return f"{location} : {message}" if location else message
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
