@@ -58,7 +58,7 @@ ConfigOption = Annotated[
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]Erreur :[/] {message}", highlight=False)
+    err.print(f"[bold red]Erreur :[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
