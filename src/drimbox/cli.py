@@ -249,7 +249,7 @@ def reports_list(
             row["patient_ins"],
             row["accession"],
             STATE_LABELS.get(row["state"], row["state"]),
-            detail,
+            escape(detail),
         )
     console.print(table)
 
@@ -357,7 +357,7 @@ def selftest(
         table.add_column(column, overflow="fold")
     for result in results:
         verdict = "[green]réussi[/]" if result.ok else "[bold red]ÉCHEC[/]"
-        table.add_row(result.name, result.file, verdict, result.detail)
+        table.add_row(result.name, result.file, verdict, escape(result.detail))
     console.print(table)
     failed = [r for r in results if not r.ok]
     if failed:
