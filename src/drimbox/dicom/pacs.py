@@ -334,7 +334,8 @@ class PacsClient:
     def __init__(self, settings: PacsSettings) -> None:
         self.settings = settings
 
-    def _new_ae(self) -> _NoDelayAE:
+    def _configured_ae(self) -> _NoDelayAE:
+        """An AE with the box's title and every timeout and PDU size of the settings."""
         s = self.settings
         ae = _NoDelayAE(ae_title=s.calling_aet)
         ae.connection_timeout = s.connection_timeout
@@ -342,6 +343,10 @@ class PacsClient:
         ae.dimse_timeout = s.dimse_timeout
         ae.network_timeout = s.network_timeout
         ae.maximum_pdu_size = s.max_pdu
+        return ae
+
+    def _new_ae(self) -> _NoDelayAE:
+        ae = self._configured_ae()
         ae.add_requested_context(Verification)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         return ae
@@ -349,13 +354,7 @@ class PacsClient:
     def _retrieve_ae(self, sop_classes: Iterable[str]) -> tuple[_NoDelayAE, list[Any]]:
         """An AE proposing C-GET, C-MOVE and, for C-GET's C-STORE sub-operations, one context per
         (SOP class, transfer syntax) with the SCP role (PS3.4 C.4.3: the box stores)."""
-        s = self.settings
-        ae = _NoDelayAE(ae_title=s.calling_aet)
-        ae.connection_timeout = s.connection_timeout
-        ae.acse_timeout = s.acse_timeout
-        ae.dimse_timeout = s.dimse_timeout
-        ae.network_timeout = s.network_timeout
-        ae.maximum_pdu_size = s.max_pdu
+        ae = self._configured_ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         classes = list(dict.fromkeys(c for c in sop_classes if c))

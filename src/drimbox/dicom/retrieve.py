@@ -20,7 +20,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
@@ -158,6 +158,18 @@ class WadoRsRetriever:
             self._async = (loop, httpx.AsyncClient(timeout=self._timeout, limits=self._limits))
         return self._async[1]
 
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Transport and format failures of a WADO-RS retrieval, as the PACS errors callers see."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise PacsError(
+                f"PACS {self.label} injoignable en WADO-RS ({type(exc).__name__}: {exc})"
+            ) from exc
+        except MultipartError as exc:
+            raise PacsError(f"PACS {self.label} : réponse WADO-RS mal formée ({exc})") from exc
+
     def _url(self, study_uid: str, series_uid: str) -> str:
         return f"{self.base_url}/studies/{study_uid}/series/{series_uid}"
 
@@ -179,7 +191,7 @@ class WadoRsRetriever:
         count = 0
         client = self._async_client()
         url = self._url(study_uid, series_uid)
-        try:
+        with self._errors():
             async with client.stream("GET", url, headers={"Accept": WADO_ACCEPT}) as response:
                 reader = self._check(response, series_uid)
                 if reader is None:
@@ -189,12 +201,6 @@ class WadoRsRetriever:
                         sink(part.body)
                         count += 1
                 reader.close()
-        except httpx.TransportError as exc:
-            raise PacsError(
-                f"PACS {self.label} injoignable en WADO-RS ({type(exc).__name__}: {exc})"
-            ) from exc
-        except MultipartError as exc:
-            raise PacsError(f"PACS {self.label} : réponse WADO-RS mal formée ({exc})") from exc
         return count
 
     def retrieve_series(
@@ -202,22 +208,16 @@ class WadoRsRetriever:
     ) -> int:
         url = self._url(study_uid, series_uid)
         count = 0
-        try:
-            with self._client.stream("GET", url, headers={"Accept": WADO_ACCEPT}) as response:
-                reader = self._check(response, series_uid)
-                if reader is None:
-                    return 0
-                for chunk in response.iter_raw(WADO_CHUNK):
-                    for part in reader.feed(chunk):
-                        sink(part.body)
-                        count += 1
-                reader.close()
-        except httpx.TransportError as exc:
-            raise PacsError(
-                f"PACS {self.label} injoignable en WADO-RS ({type(exc).__name__}: {exc})"
-            ) from exc
-        except MultipartError as exc:
-            raise PacsError(f"PACS {self.label} : réponse WADO-RS mal formée ({exc})") from exc
+        request = self._client.stream("GET", url, headers={"Accept": WADO_ACCEPT})
+        with self._errors(), request as response:
+            reader = self._check(response, series_uid)
+            if reader is None:
+                return 0
+            for chunk in response.iter_raw(WADO_CHUNK):
+                for part in reader.feed(chunk):
+                    sink(part.body)
+                    count += 1
+            reader.close()
         return count
 
 
