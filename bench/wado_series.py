@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,12 @@ from drimbox.db import Database
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from drimbox.web.multipart import MultipartReader, boundary_of
+from drimbox.web.multipart_client import (
+    PartScanner,
+    get_request,
+    open_multipart,
+    parse_response_head,
+)
 
 OUT = Path(__file__).parent / "out" / "wado-series"
 OFFICIAL_ACCEPT = (
@@ -119,7 +126,67 @@ def fetch_curl(url: str, headers: dict[str, str]) -> tuple[float, float, int, in
 
 
 def fetch(url: str, headers: dict[str, str]) -> tuple[float, float, int, int]:
-    """(wall s, first part s, bytes, parts) for one multipart GET."""
+    """(wall s, first part s, body bytes, parts) for one multipart GET: a blocking socket
+    feeding the box's own `PartScanner` (as the Source reads its PACS, without the event
+    loop). As light as curl on the CPU, which matters when the client, Orthanc and the box
+    share 2 cores, and it sees the exact time of the first complete part."""
+    started = time.perf_counter()
+    request = get_request(url, headers)
+    with socket.create_connection((request.host, request.port), timeout=300) as sock:
+        sock.sendall(request.data)
+        received = bytearray()
+        while (end := received.find(b"\r\n\r\n")) < 0:
+            data = sock.recv(65536)
+            if not data:
+                raise RuntimeError(f"{url}: connection closed before the response head")
+            received += data
+        head = parse_response_head(bytes(received[: end + 4]))
+        if head.status != 200:
+            raise RuntimeError(f"{url}: HTTP {head.status} {bytes(received[end:])[:300]!r}")
+        scanner = PartScanner(boundary_of(head.headers["content-type"]), head.framing, head.length)
+        scanner.feed(bytes(received[end + 4 :]))
+        first = 0.0
+        total = parts = 0
+        while True:
+            while (part := scanner.next_part()) is not None:
+                if not first:
+                    first = time.perf_counter() - started
+                parts += 1
+                total += len(part.body)
+            if scanner.finished:
+                break
+            scanner.make_room()
+            count = sock.recv_into(scanner.writable())
+            if count:
+                scanner.received(count)
+            else:
+                scanner.eof()
+    return time.perf_counter() - started, first, total, parts
+
+
+def fetch_async(url: str, headers: dict[str, str]) -> tuple[float, float, int, int]:
+    """The same with the box's asyncio client (`open_multipart`, as the Source reads its
+    PACS): its event loop costs the client some CPU more."""
+    return asyncio.run(_fetch_async(url, headers))
+
+
+async def _fetch_async(url: str, headers: dict[str, str]) -> tuple[float, float, int, int]:
+    started = time.perf_counter()
+    first = 0.0
+    total = parts = 0
+    async with open_multipart(url, headers, timeout_s=300) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status} {await response.text(300)}")
+        async for part in response.parts():
+            if not first:
+                first = time.perf_counter() - started
+            parts += 1
+            total += len(part.body)
+    return time.perf_counter() - started, first, total, parts
+
+
+def fetch_httpx(url: str, headers: dict[str, str]) -> tuple[float, float, int, int]:
+    """The same with httpx and the incremental `MultipartReader` (a heavier Python client)."""
     started = time.perf_counter()
     first = 0.0
     total = 0
@@ -141,13 +208,17 @@ def fetch(url: str, headers: dict[str, str]) -> tuple[float, float, int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=1300)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="uncounted rounds first (both servers' caches)"
+    )
     parser.add_argument("--retrieve", default="wado-rs", choices=["wado-rs", "c-get", "c-move"])
     parser.add_argument(
         "--client",
-        default="httpx",
-        choices=["httpx", "curl"],
-        help="httpx parses parts (exact time to first part); curl: time to first byte",
+        default="lean",
+        choices=["lean", "async", "httpx", "curl"],
+        help="lean (default), async and httpx parse parts (exact time to first part); curl: "
+        "time to first byte",
     )
     args = parser.parse_args()
     from support.source import Tokens
@@ -196,18 +267,23 @@ def main() -> None:
                 "Authorization": f"Bearer {tokens.issue()}",
                 "KOS-SOPInstanceUID": kos_uid,
             }
-            fetch(pacs.dicomweb_url + path, orthanc_headers)  # warm Orthanc's own caches
             results: dict[str, list[tuple[float, float, int, int]]] = {"a": [], "b": [], "c": []}
-            get = fetch_curl if args.client == "curl" else fetch
-            for run in range(args.runs):
-                results["a"].append(get(pacs.dicomweb_url + path, orthanc_headers))
+            get = {
+                "lean": fetch,
+                "async": fetch_async,
+                "httpx": fetch_httpx,
+                "curl": fetch_curl,
+            }[args.client]
+            for run in range(-args.warmup, args.runs):
+                a = get(pacs.dicomweb_url + path, orthanc_headers)
                 httpx.post(source + "/bench/purge").raise_for_status()
-                results["b"].append(get(source + "/dicom-web-rs" + path, peer_headers))
-                results["c"].append(get(source + "/dicom-web-rs" + path, peer_headers))
-                line = f"  run {run + 1}: " + ", ".join(
-                    f"{k} {v[-1][0]:.2f} s" for k, v in results.items()
-                )
-                print(line, flush=True)
+                b = get(source + "/dicom-web-rs" + path, peer_headers)
+                c = get(source + "/dicom-web-rs" + path, peer_headers)
+                label = "warm-up" if run < 0 else f"run {run + 1}"
+                print(f"  {label}: a {a[0]:.2f} s, b {b[0]:.2f} s, c {c[0]:.2f} s", flush=True)
+                if run >= 0:
+                    for key, measure in zip("abc", (a, b, c), strict=True):
+                        results[key].append(measure)
         finally:
             server.terminate()
             server.join(10)

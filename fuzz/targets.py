@@ -5,8 +5,8 @@ error; anything else (an unexpected exception, a hang caught by atheris) is a fi
 
     uv run python fuzz/targets.py TARGET [atheris/libFuzzer options]   # e.g. -runs=1000000
 
-Targets: hl7, cda, kos, soap, whitelist, accept, launch. The test suite runs each for a bounded
-number of executions (tests/reliability/test_fuzz.py); a long run is documented in
+Targets: hl7, cda, kos, soap, whitelist, accept, launch, multipart. The test suite runs each for a
+bounded number of executions (tests/reliability/test_fuzz.py); a long run is documented in
 docs/reliability.md.
 """
 
@@ -29,6 +29,8 @@ with atheris.instrument_imports(include=["drimbox"]):
     from drimbox.hl7.message import HL7Error, parse_report_message
     from drimbox.trust.whitelist import WhitelistError, verify_whitelist
     from drimbox.web.accept import AcceptError, parse_accept
+    from drimbox.web.multipart import MultipartError
+    from drimbox.web.multipart_client import FetchError, Framing, PartScanner
 
 
 def _text(data: bytes) -> str:
@@ -70,6 +72,42 @@ def launch(data: bytes) -> None:
         parse_launch(data)
 
 
+MULTIPART_BOUNDARY = "b0und"  # the seeds in tests/reliability/test_fuzz.py use it too
+FRAMINGS: tuple[Framing, ...] = ("length", "chunked", "close")
+
+
+def multipart(data: bytes) -> None:
+    """A streamed WADO-RS body: byte 0 picks the framing (% 3), the filling (bit 7: `feed` or,
+    as the socket does, `writable`/`received`) and how many bytes short of the stream the
+    Content-Length is (bits 2-3); byte 1 the piece size; the rest is the stream."""
+    if len(data) < 2:
+        return
+    framing = FRAMINGS[data[0] % 3]
+    socket_like = bool(data[0] & 0x80)
+    cut = 1 + data[1]
+    stream = data[2:]
+    length = max(0, len(stream) - (data[0] >> 2 & 3)) if framing == "length" else None
+    scanner = PartScanner(MULTIPART_BOUNDARY, framing, length, max_part=4096)
+    with contextlib.suppress(MultipartError, FetchError):
+        for start in range(0, len(stream), cut):
+            piece = stream[start : start + cut]
+            if socket_like:
+                scanner.make_room()
+                scanner.writable()[: len(piece)] = piece
+                scanner.received(len(piece))
+            else:
+                scanner.feed(piece)
+            _take_parts(scanner)
+        scanner.eof()
+        _take_parts(scanner)
+
+
+def _take_parts(scanner: PartScanner) -> None:
+    while (part := scanner.next_part()) is not None:
+        bytes(part.body)
+        _ = part.content_type
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "hl7": hl7,
     "cda": cda,
@@ -78,6 +116,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "whitelist": whitelist,
     "accept": accept,
     "launch": launch,
+    "multipart": multipart,
 }
 
 if __name__ == "__main__":

@@ -109,3 +109,62 @@ def test_ttl_purge_and_restart(tmp_path: Path) -> None:
     result = purge_cache(tmp_path / "cache")
     assert result.series == 1 and result.bytes == sum(len(p) for p in payloads)
     assert SeriesCache(tmp_path / "cache", 10**9, 60).usage().series == 0
+
+
+def test_reserved_blocks_are_released_when_a_series_completes(tmp_path: Path) -> None:
+    payloads = instances(tmp_path, 3)
+    cache = SeriesCache(tmp_path / "cache", 10**9, 3600)
+    entry, _created = cache.get_or_begin(STUDY, "1.5")
+    cache.add(entry, memoryview(payloads[0]))  # a view of a receive buffer will do
+    # Filling: blocks are reserved ahead of the writes, readers see only what was added.
+    assert entry.data_path.stat().st_size >= len(payloads[0])
+    assert entry.instances[0].read() == payloads[0]
+    for data in payloads[1:]:
+        cache.add(entry, data)
+    cache.finish(entry)
+    cache.release(entry)
+    assert entry.data_path.stat().st_size == sum(len(p) for p in payloads)
+    assert cache.disk_bytes() == sum(len(p) for p in payloads)
+    reloaded = SeriesCache(tmp_path / "cache", 10**9, 3600)
+    with reloaded.pinned(STUDY, "1.5") as (again, created):
+        assert not created
+        assert [i.read() for i in again.instances] == payloads
+
+
+def test_batches_wait_for_enough_bytes_or_a_short_while(tmp_path: Path) -> None:
+    payloads = instances(tmp_path, 6)
+    size = len(payloads[0])
+    cache = SeriesCache(tmp_path / "cache", 10**9, 3600)
+    entry, _created = cache.get_or_begin(STUDY, "1.6")
+    batches: list[list[int]] = []
+
+    async def read(min_bytes: int, max_wait_s: float) -> None:
+        async for batch in entry.follow_batches(min_bytes, max_wait_s):
+            batches.append([i.offset for i in batch])
+
+    def producer(delay_s: float) -> None:
+        for data in payloads:
+            time.sleep(delay_s)
+            cache.add(entry, data)
+        cache.finish(entry)
+
+    # Fast filler, three instances per batch: the first alone (time to first byte), then
+    # batches of at least three, the rest at the end.
+    thread = threading.Thread(target=producer, args=(0.02,))
+    thread.start()
+    asyncio.run(read(3 * size, 10.0))
+    thread.join()
+    assert len(batches[0]) == 1
+    assert all(len(b) >= 3 for b in batches[1:-1])
+    assert sum(len(b) for b in batches) == 6
+    # A slow filler never holds an instance back longer than max_wait_s.
+    cache.release(entry)
+    cache.drop(STUDY)
+    entry, _created = cache.get_or_begin(STUDY, "1.6")
+    batches.clear()
+    thread = threading.Thread(target=producer, args=(0.1,))
+    thread.start()
+    asyncio.run(read(10**9, 0.02))
+    thread.join()
+    assert [len(b) for b in batches] == [1] * 6
+    cache.release(entry)

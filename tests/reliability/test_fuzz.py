@@ -18,9 +18,16 @@ from drimbox.conso.common import ConsoError
 from drimbox.conso.history import read_manifest
 from drimbox.dmp.soap import SoapError, SoapFault, body_of
 from drimbox.samples import ans_file
+from drimbox.web.multipart import closing, part_header
 from support.samples import cda_of, hl7_text
 
 ROOT = Path(__file__).parents[2]
+# A two-part body with the fuzz target's boundary: one part with a Content-Length, one without.
+MULTIPART_BODY = (
+    part_header("b0und", "application/dicom", 4) + b"DICM"
+    + b"\r\n" + part_header("b0und", "application/dicom") + b"\r\n--b0un\r\n"
+    + closing("b0und")
+)  # fmt: skip
 SEEDS = {
     "hl7": [hl7_text("CR_C-ORU.hl7").encode()[:4000],
             hl7_text("CR_W_Suppression-OMI.hl7").encode()],
@@ -31,6 +38,13 @@ SEEDS = {
     "accept": [ans_file("validators/wado-rs-series-request.txt").read_bytes().splitlines()[1]],
     "launch": [b"Patient.identifier.value=279035121518989"
                b"&Patient.identifier.system=urn%3Aoid%3A1.2.250.1.213.1.4.10"],
+    # byte 0: framing = byte % 3 (0 length, 1 chunked, 2 close), bit 7 set: socket-like
+    # filling; byte 1: piece size - 1; then the stream
+    "multipart": [bytes([0, 6]) + MULTIPART_BODY,
+                  bytes([129, 40]) + MULTIPART_BODY,
+                  bytes([130, 255]) + b"%x;x=y\r\n" % len(MULTIPART_BODY) + MULTIPART_BODY
+                  + b"\r\n0\r\nX-T: 1\r\n\r\n",
+                  bytes([2, 0]) + MULTIPART_BODY],
 }  # fmt: skip
 
 

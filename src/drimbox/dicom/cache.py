@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 ENTRY_FILE = "entry.json"
 DATA_FILE = "instances.bin"
 SERIES_DIR = "series"
+PREALLOCATE_MIN = 1024 * 1024
+PREALLOCATE_MAX = 64 * 1024 * 1024
 
 
 class CacheError(Exception):
@@ -57,6 +59,11 @@ class CachedInstance:
 
     def read(self) -> bytes:
         return self.entry.read(self.offset, self.size)
+
+    def read_into(self, target: memoryview) -> None:
+        """Copy the instance's bytes into `target` (exactly `size` bytes long): one copy from
+        the page cache, none through an intermediate bytes object."""
+        self.entry.read_into(self.offset, target)
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ _LONG_VRS = frozenset(
 )
 
 
-def _file_meta(data: bytes) -> tuple[str, str, str] | None:
+def _file_meta(data: bytes | memoryview) -> tuple[str, str, str] | None:
     """Group 0002 read straight from the bytes (always Explicit VR Little Endian, PS3.10 §7.1):
     ~100× cheaper than a pydicom parse, which matters at 1300 instances a series."""
     if len(data) < 132 or data[128:132] != b"DICM":
@@ -95,7 +102,7 @@ def _file_meta(data: bytes) -> tuple[str, str, str] | None:
         group, element = struct.unpack_from("<HH", data, pos)
         if group != 0x0002:
             break
-        vr = data[pos + 4 : pos + 6]
+        vr = bytes(data[pos + 4 : pos + 6])
         if vr in _LONG_VRS:
             (length,) = struct.unpack_from("<I", data, pos + 8)
             start = pos + 12
@@ -103,14 +110,15 @@ def _file_meta(data: bytes) -> tuple[str, str, str] | None:
             (length,) = struct.unpack_from("<H", data, pos + 6)
             start = pos + 8
         if element in (0x0002, 0x0003, 0x0010):
-            found[element] = data[start : start + length].decode("ascii", "replace").strip("\0 ")
+            value = bytes(data[start : start + length])
+            found[element] = value.decode("ascii", "replace").strip("\0 ")
         pos = start + length
     if not found.get(0x0003) or not found.get(0x0010):
         return None
     return found[0x0003], found.get(0x0002, ""), found[0x0010]
 
 
-def describe_instance(data: bytes) -> tuple[str, str, str]:
+def describe_instance(data: bytes | memoryview) -> tuple[str, str, str]:
     """(SOP Instance UID, SOP Class UID, transfer syntax) of Part-10 bytes, reading the header
     only (the pixel data is never decoded)."""
     quick = _file_meta(data)
@@ -147,34 +155,72 @@ class CacheEntry:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._write_fd: int | None = None
         self._read_fd: int | None = None
+        self._allocated = 0  # bytes of the data file reserved by `_preallocate`
 
     @property
     def data_path(self) -> Path:
         return self.directory / DATA_FILE
 
-    def read(self, offset: int, size: int) -> bytes:
-        """Bytes of the data file; one descriptor per entry, shared by its readers (pread)."""
+    def _reader(self) -> int:
+        """The data file's descriptor shared by the entry's readers (pread: no seek races)."""
         fd = self._read_fd
         if fd is None:
             with self._cache.lock:
                 if self._read_fd is None:
                     self._read_fd = os.open(self.data_path, os.O_RDONLY)
                 fd = self._read_fd
-        data = os.pread(fd, size, offset)
+        return fd
+
+    def read(self, offset: int, size: int) -> bytes:
+        data = os.pread(self._reader(), size, offset)
         if len(data) != size:
             raise CacheError(f"cache file {self.data_path} truncated")
         return data
 
-    def _append(self, data: bytes) -> int:
+    def read_into(self, offset: int, target: memoryview) -> None:
+        fd = self._reader()
+        while target:
+            count = os.preadv(fd, [target], offset)
+            if count <= 0:
+                raise CacheError(f"cache file {self.data_path} truncated")
+            target = target[count:]
+            offset += count
+
+    def _append(self, data: bytes | memoryview) -> int:
         # Unbuffered writes: what is written is readable at once by the streaming readers.
         if self._write_fd is None:
-            self._write_fd = os.open(self.data_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._write_fd = os.open(self.data_path, os.O_WRONLY | os.O_CREAT, 0o600)
         offset = self.size
+        end = offset + len(data)
+        if end > self._allocated:
+            self._preallocate(end)
         view = memoryview(data)
         while view:
-            written = os.write(self._write_fd, view)
+            written = os.pwrite(self._write_fd, view, offset)
             view = view[written:]
-        return offset
+            offset += written
+        return end - len(data)
+
+    def _preallocate(self, end: int) -> None:
+        """Reserve the file's blocks ahead of the writes (doubling, up to `PREALLOCATE_MAX`):
+        a third less CPU per byte written than block allocation write by write (measured on
+        ext4). Best effort: a file system without it, or too full for it, just writes."""
+        assert self._write_fd is not None
+        ahead = min(max(end, PREALLOCATE_MIN), PREALLOCATE_MAX)
+        try:
+            os.posix_fallocate(self._write_fd, self._allocated, end + ahead - self._allocated)
+            self._allocated = end + ahead
+        except OSError:
+            self._allocated = 2**63  # not again for this entry
+
+    def _seal(self) -> None:
+        """Drop the blocks reserved past the data and close the writer."""
+        if self._write_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._write_fd, self.size)
+        os.close(self._write_fd)
+        self._write_fd = None
 
     def _close(self) -> None:
         for name in ("_write_fd", "_read_fd"):
@@ -191,35 +237,63 @@ class CacheEntry:
     def _notify(self) -> None:
         # Called with the cache lock held, from any thread.
         waiters, self._waiters = self._waiters, []
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
         for loop, event in waiters:
+            if loop is current:
+                event.set()  # the filler runs in the readers' loop: no wake-up through a pipe
+                continue
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                 loop.call_soon_threadsafe(event.set)
 
     async def follow(self) -> AsyncIterator[CachedInstance]:
         """Every instance of the series, those already in first, then each as it arrives.
         Raises the retrieval's error if it fails after the last instance yielded."""
+        async for batch in self.follow_batches():
+            for instance in batch:
+                yield instance
+
+    async def follow_batches(
+        self, min_bytes: int = 0, max_wait_s: float = 0.05
+    ) -> AsyncIterator[list[CachedInstance]]:
+        """The same, as lists: what is in at each step (all of a complete series at once), so
+        that a reader can pack many instances into one write. After the first instance (at
+        once: time to first byte), a batch waits for `min_bytes`, at most `max_wait_s` (a
+        slow PACS still streams)."""
         index = 0
         loop = asyncio.get_running_loop()
+        deadline: float | None = None
         while True:
             with self._cache.lock:
                 ready = self.instances[index:]
                 finished = self.done
                 error = self.error
+                enough = finished or not index or sum(i.size for i in ready) >= min_bytes
+                if ready and not enough:
+                    deadline = deadline or loop.time() + max_wait_s
+                    enough = loop.time() >= deadline
                 event: asyncio.Event | None = None
-                if not ready and not finished:
+                if not (ready and enough) and not finished:
                     event = asyncio.Event()
                     self._waiters.append((loop, event))
-            for instance in ready:
-                index += 1
-                yield instance
-            if ready:
+            if ready and enough:
+                index += len(ready)
+                deadline = None
+                yield ready
                 continue
             if finished:
                 if error is not None:
                     raise error
                 return
             assert event is not None
-            await event.wait()
+            if deadline is None:
+                await event.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await event.wait()
 
     async def wait_first(self) -> None:
         """Until the first instance is in or the retrieval has ended."""
@@ -388,8 +462,9 @@ class SeriesCache:
 
     # -- filling (from retrieval threads) ----------------------------------------------------
 
-    def add(self, entry: CacheEntry, data: bytes) -> CachedInstance:
-        """Store one Part-10 instance, as received, into a series being filled."""
+    def add(self, entry: CacheEntry, data: bytes | memoryview) -> CachedInstance:
+        """Store one Part-10 instance, as received, into a series being filled (`data` is
+        not kept: a view of a receive buffer will do)."""
         sop, sop_class, syntax = describe_instance(data)
         # One filler per entry (single flight): appends need no lock against each other.
         try:
@@ -409,9 +484,7 @@ class SeriesCache:
     def finish(self, entry: CacheEntry) -> None:
         with self.lock:
             entry.completed_at = self.clock()
-            if entry._write_fd is not None:
-                os.close(entry._write_fd)
-                entry._write_fd = None
+            entry._seal()
             if not entry.detached:
                 try:
                     self._write_entry(entry)

@@ -64,8 +64,9 @@ _MAX_CONTEXTS = 127  # PS3.8: 128 presentation context ids; one is the C-GET mod
 _WARNING_SUBOPS_FAILED = 0xB000
 _OUT_OF_RESOURCES = 0xA700
 
-InstanceSink = Callable[[bytes], None]
-"""Receives one retrieved instance as Part-10 bytes (file meta + dataset as sent by the PACS)."""
+InstanceSink = Callable[[bytes | memoryview], None]
+"""Receives one retrieved instance as Part-10 bytes (file meta + dataset as sent by the PACS);
+a view is only valid during the call (it may be a receive buffer's)."""
 
 # C-FIND statuses (PS3.4 C.4.1.1.4): Pending with/without all optional keys supported.
 _PENDING = frozenset({0xFF00, 0xFF01})
@@ -442,7 +443,7 @@ class PacsClient:
             return 0
         errors: list[BaseException] = []
 
-        def guarded(data: bytes) -> None:
+        def guarded(data: bytes | memoryview) -> None:
             try:
                 sink(data)
             except BaseException as exc:

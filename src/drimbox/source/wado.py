@@ -5,7 +5,9 @@ Mounted twice by `drimbox.web.app`: under `/dicom-web-rs` for peers (bearer toke
 `KOS-SOPInstanceUID`, the DRIM-M flavour) and under `/dicom-web` on the viewer origin (session
 cookie). Either way an `Authorizer` turns the request into the KOS content the caller may read;
 the routes then only ever serve instances that KOS references. Responses stream: the status is
-sent once the first instance is in the cache, each part as soon as its instance arrives. Errors
+sent once the first instance is in the cache, then each part as its instance arrives (packed
+into writes of up to 1 MB while the PACS is fast, each part closed by the next delimiter so a
+reader holds it complete at once, written through `drimbox.web.rawbody`). Errors
 are PS3.18 statuses with a French JSON body (400, 401, 403, 404, 406, 503 + Retry-After),
 never 500 for a PACS or client problem. Every retrieval is recorded (`drimbox.source.access`).
 It must not open DICOM associations (the `ImageService` does) nor know how tokens are checked.
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -55,7 +57,15 @@ from drimbox.web.accept import (
     parse_accept,
     syntax_acceptance,
 )
-from drimbox.web.multipart import closing, new_boundary, part_header
+from drimbox.web.multipart import (
+    BODY_END,
+    closing,
+    new_boundary,
+    part_end,
+    part_header,
+    part_open,
+)
+from drimbox.web.rawbody import BodyChunk, Framable, RawStreamingResponse
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,7 @@ RETRY_AFTER_S = 30
 THUMBNAIL_SIZE = 128
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _METADATA_BULK_THRESHOLD = 64 * 1024
+CHUNK_BYTES = 1024 * 1024  # a response write: big enough to amortise, small enough to stream
 
 
 class WadoError(Exception):
@@ -237,6 +248,20 @@ def _part_type(syntax: str) -> str:
     return f"application/dicom; transfer-syntax={syntax}"
 
 
+def _pack(group: Sequence[tuple[bytes, CachedInstance]], tail: bytes, size: int) -> Framable:
+    """Parts (their opening, the instance's cached bytes, `tail`) laid out in one buffer."""
+    chunk = Framable.allocate(size)
+    buffer, position = chunk.buffer, chunk.start
+    for head, instance in group:
+        buffer[position : position + len(head)] = head
+        position += len(head)
+        instance.read_into(buffer[position : position + instance.size])
+        position += instance.size
+        buffer[position : position + len(tail)] = tail
+        position += len(tail)
+    return chunk
+
+
 class WadoRoutes:
     """The routes of one mount point, bound to an `ImageService` and an `Authorizer`."""
 
@@ -266,8 +291,9 @@ class WadoRoutes:
 
     async def _open_instances(
         self, scope: Scope, series_uid: str, only: set[str] | None = None
-    ) -> tuple[CacheEntry, AsyncIterator[CachedInstance]]:
-        """The series' entry (pinned) and an iterator over its instances the KOS grants."""
+    ) -> tuple[CacheEntry, AsyncIterator[list[CachedInstance]]]:
+        """The series' entry (pinned) and an iterator over the instances the KOS grants, in
+        batches of those that are in the cache (see `CacheEntry.follow_batches`)."""
         granted = scope.kos.series.get(series_uid, {})
         wanted = set(granted) if only is None else only & set(granted)
         try:
@@ -277,10 +303,11 @@ class WadoRoutes:
         except CacheError as exc:
             raise WadoError(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
 
-        async def granted_instances() -> AsyncIterator[CachedInstance]:
-            async for instance in entry.follow():
-                if instance.sop_instance_uid in wanted:
-                    yield instance
+        async def granted_instances() -> AsyncIterator[list[CachedInstance]]:
+            async for batch in entry.follow_batches(CHUNK_BYTES):
+                kept = [i for i in batch if i.sop_instance_uid in wanted]
+                if kept:
+                    yield kept
 
         return entry, granted_instances()
 
@@ -298,10 +325,10 @@ class WadoRoutes:
         )
 
     async def _first(
-        self, entry: CacheEntry, instances: AsyncIterator[CachedInstance]
-    ) -> CachedInstance | None:
+        self, entry: CacheEntry, batches: AsyncIterator[list[CachedInstance]]
+    ) -> list[CachedInstance] | None:
         try:
-            return await anext(instances, None)
+            return await anext(batches, None)
         except Exception as exc:  # noqa: BLE001 (the retrieval's error, whatever it is → 503)
             raise self._unavailable(exc) from None
 
@@ -342,10 +369,11 @@ class WadoRoutes:
                 first = await self._first(entry, instances)
             if first is None:
                 raise WadoError(404, "aucune image de cette sélection n'est dans le PACS")
-            if choose_syntax(first.transfer_syntax, acceptance) is None:
+            stored = first[0].transfer_syntax
+            if choose_syntax(stored, acceptance) is None:
                 raise WadoError(
                     406,
-                    f"syntaxe de transfert stockée {first.transfer_syntax} non acceptée et aucune "
+                    f"syntaxe de transfert stockée {stored} non acceptée et aucune "
                     "syntaxe productible acceptée",
                 )
         except BaseException:
@@ -362,26 +390,27 @@ class WadoRoutes:
             kos_sop_uid=scope.kos.kos_sop_uid,
         )
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[BodyChunk]:
             nonlocal entry, instances
             sent = count = 0
             result, detail = 200, ""
-            current: CachedInstance | None = first
+            batch: list[CachedInstance] | None = first
             try:
                 while True:
-                    while current is not None:
-                        chunk = await self._part(current, acceptance, fallback, boundary, count)
-                        if chunk:
+                    while batch is not None:
+                        async for chunk, parts in self._chunks(
+                            batch, acceptance, fallback, boundary, count
+                        ):
                             sent += len(chunk)
-                            count += 1
+                            count += parts
                             yield chunk
-                        current = await anext(instances, None)
+                        batch = await anext(instances, None)
                     if not queue:
                         break
                     self.images.cache.release(entry)
                     entry, instances = await self._open_instances(scope, queue.pop(0), only)
-                    current = await anext(instances, None)
-                end = closing(boundary) if count else b""
+                    batch = await anext(instances, None)
+                end = BODY_END if count else b""
                 sent += len(end)
                 yield end
             except (asyncio.CancelledError, GeneratorExit):
@@ -398,33 +427,53 @@ class WadoRoutes:
                     replace(record, bytes=sent, instances=count, result=result, detail=detail),
                 )
 
-        return StreamingResponse(
+        return RawStreamingResponse(
             body(),
             media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
         )
 
-    async def _part(
+    async def _chunks(
         self,
-        instance: CachedInstance,
+        batch: Sequence[CachedInstance],
         acceptance: SyntaxAcceptance,
         fallback: str | None,
         boundary: str,
         index: int,
-    ) -> bytes:
-        lead = b"\r\n" if index else b""
-        stored = instance.transfer_syntax
-        if acceptance.accepts(stored):
-            data = instance.read()  # the stored bytes, untouched
-            return lead + part_header(boundary, _part_type(stored), len(data)) + data
-        if fallback is None:
-            log.warning("instance %s skipped: nothing acceptable", instance.sop_instance_uid)
-            return b""
-        try:
-            data = await asyncio.to_thread(transcode, instance.read(), fallback)
-        except TranscodeError as exc:
-            log.warning("instance %s skipped: %s", instance.sop_instance_uid, exc)
-            return b""
-        return lead + part_header(boundary, _part_type(fallback), len(data)) + data
+    ) -> AsyncIterator[tuple[BodyChunk, int]]:
+        """The parts of `batch` (the first numbered `index`) as (chunk, number of parts), each
+        ended by the next delimiter (complete for the reader as soon as it arrives): stored
+        bytes are read straight into chunks of up to `CHUNK_BYTES` (few writes, one copy),
+        transcoded instances go one per chunk."""
+        group: list[tuple[bytes, CachedInstance]] = []
+        size = 0
+        tail = part_end(boundary)
+        for instance in batch:
+            stored = instance.transfer_syntax
+            if acceptance.accepts(stored):  # the stored bytes, untouched
+                head = part_open(boundary, _part_type(stored), instance.size, first=not index)
+                group.append((head, instance))
+                size += len(head) + instance.size + len(tail)
+                index += 1
+                if size >= CHUNK_BYTES:
+                    yield _pack(group, tail, size), len(group)
+                    group, size = [], 0
+                continue
+            if group:
+                yield _pack(group, tail, size), len(group)
+                group, size = [], 0
+            if fallback is None:
+                log.warning("instance %s skipped: nothing acceptable", instance.sop_instance_uid)
+                continue
+            try:
+                data = await asyncio.to_thread(transcode, instance.read(), fallback)
+            except TranscodeError as exc:
+                log.warning("instance %s skipped: %s", instance.sop_instance_uid, exc)
+                continue
+            head = part_open(boundary, _part_type(fallback), len(data), first=not index)
+            index += 1
+            yield memoryview(head + data + tail), 1
+        if group:
+            yield _pack(group, tail, size), len(group)
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -446,7 +495,7 @@ class WadoRoutes:
             )
             try:
                 try:
-                    collected = [i async for i in instances]
+                    collected = [i async for batch in instances for i in batch]
                 except Exception as exc:  # noqa: BLE001 (the retrieval's error → 503)
                     raise self._unavailable(exc) from None
                 items.extend(await asyncio.to_thread(_metadata_of, collected))
@@ -478,7 +527,7 @@ class WadoRoutes:
             found = await self._first(entry, instances)
             if found is None:
                 raise WadoError(404, "cette image n'est pas dans le PACS")
-            return found.read()
+            return found[0].read()
         finally:
             self.images.cache.release(entry)
 

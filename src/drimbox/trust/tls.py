@@ -31,10 +31,10 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from drimbox.trust.dn import DistinguishedName
 from drimbox.trust.whitelist import Domain, Whitelist
+from drimbox.web.rawbody import RawBodyH11Protocol
 
 PathLike = str | Path
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -202,8 +202,9 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     }
 
 
-class MtlsH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus the ASGI TLS extension (the peer certificate) in each scope."""
+class MtlsH11Protocol(RawBodyH11Protocol):
+    """The node's h11 protocol, plus the ASGI TLS extension (the peer certificate) in each
+    scope."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -121,5 +121,20 @@ def part_header(boundary: str, content_type: str, length: int | None = None) -> 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
+def part_open(boundary: str, content_type: str, length: int, *, first: bool) -> bytes:
+    """The start of a part in a body whose parts each end with the next delimiter
+    (`part_end`), so that a reader knows a part is complete as soon as it has it: the first
+    part opens with the delimiter line, later ones follow the previous part's delimiter."""
+    header = part_header(boundary, content_type, length)
+    return header if first else header[len(boundary) + 2 :]
+
+
+def part_end(boundary: str) -> bytes:
+    return f"\r\n--{boundary}".encode("ascii")
+
+
+BODY_END = b"--\r\n"  # after the last `part_end`: turns it into the closing delimiter
+
+
 def closing(boundary: str) -> bytes:
     return f"\r\n--{boundary}--\r\n".encode("ascii")

@@ -16,6 +16,8 @@ from typing import Any
 
 import uvicorn
 
+from drimbox.web.rawbody import RawBodyH11Protocol
+
 
 class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
@@ -75,7 +77,7 @@ class HttpServer:
             timeout_graceful_shutdown=10,
             proxy_headers=False,
             server_header=False,
-            http=self.http_protocol or "auto",
+            http=self.http_protocol or RawBodyH11Protocol,
         )
         config.load()
         if self.ssl is not None:
