@@ -3,13 +3,15 @@ simulator: login, the choice of situation d'exercice, a replayed callback, logou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from drimbox.sim.psc import LocalPsc
+from drimbox.sim.psc import LocalPsc, PscSimSettings
 from drimbox.trust import audit
 from support.node import RunningNode, node_config
 
@@ -69,3 +71,48 @@ def test_a_low_assurance_login_is_refused(node: tuple[RunningNode, LocalPsc]) ->
     with httpx.Client(follow_redirects=True, timeout=30) as browser:
         page = sign_in(browser, running.viewer_url, "authentification-faible")
     assert page.status_code == 403 and "drimbox_session" not in browser.cookies
+
+
+def test_the_access_token_is_refreshed_before_it_expires(tmp_path: Path) -> None:
+    """PSC access tokens live minutes, a prefetch or a viewing session longer: the session's
+    token is refreshed with its refresh token (once, whatever the concurrency), the user keeps
+    working; a refresh PSC refuses ends it."""
+    # 31 s of life with refreshes 30 s ahead: every token is due for refresh after 1 s.
+    with LocalPsc(PscSimSettings(access_token_lifetime_s=31)) as psc:
+        config = node_config(tmp_path, None, {
+            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
+            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
+            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+            "DRIMBOX_PACS__PORT": "9",
+        })  # fmt: skip
+        with RunningNode(config) as running, httpx.Client(follow_redirects=True) as browser:
+            assert sign_in(browser, running.viewer_url, "radiologue").status_code == 200
+            cookie = browser.cookies["drimbox_session"]
+            web = running.node.web
+            assert web is not None and web.session_tokens is not None
+            keeper, sessions = web.session_tokens, web.sessions
+            first = sessions.tokens(cookie)
+            assert first is not None
+            assert keeper.access_token(cookie) == first.access_token  # still fresh
+            time.sleep(1.2)
+            second = keeper.access_token(cookie)
+            assert second and second != first.access_token and keeper.refreshes == 1
+            stored = sessions.tokens(cookie)
+            assert stored is not None and stored.access_token == second
+            assert stored.subject == first.subject and stored.refresh_token
+            assert keeper.psc.userinfo(second, expected_subject=first.subject).subject_name_id
+            # Eight threads find it due at once: one refresh, one token for all.
+            time.sleep(1.2)
+            with ThreadPoolExecutor(8) as pool:
+                tokens = set(pool.map(lambda _: keeper.access_token(cookie), range(8)))
+            assert len(tokens) == 1 and None not in tokens and keeper.refreshes == 2
+            # PSC no longer honours the refresh token (the user logged out elsewhere): the
+            # session ends here too, and the next page asks to sign in again.
+            current = sessions.tokens(cookie)
+            assert current is not None
+            psc.provider.revoke(current.refresh_token)
+            time.sleep(1.2)
+            assert keeper.access_token(cookie) is None
+            assert sessions.view(cookie) is None
+            page = browser.get(f"{running.viewer_url}/viewer", follow_redirects=False)
+            assert page.status_code == 303 and page.headers["location"].startswith("/connexion")

@@ -30,7 +30,7 @@ from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
 from drimbox.web.admin_routes import admin_router
 from drimbox.web.app import create_peer_app, create_viewer_app
-from drimbox.web.auth_routes import CALLBACK_PATH, auth_router, psc_settings
+from drimbox.web.auth_routes import CALLBACK_PATH, SessionTokens, auth_router, psc_settings
 from drimbox.web.conso_routes import ConsoService, conso_router
 from drimbox.web.server import HttpServer
 from drimbox.web.sessions import DbSessionStore, load_secret_key
@@ -75,6 +75,7 @@ class WebServers:
     viewer: HttpServer
     sessions: DbSessionStore
     conso: ConsoService | None = None
+    session_tokens: SessionTokens | None = None
 
     def close(self) -> None:
         """Stop the background work of the pages (after the servers stopped)."""
@@ -124,13 +125,21 @@ def build_web(
     routers.append(
         admin_router(config, db, sessions, status=status, whitelist=whitelist, cache=images.cache)
     )
+    session_tokens = SessionTokens(sessions, client) if client is not None else None
     conso = None
     if config.roles.conso:
-        conso = ConsoService(config, db, sessions, images, whitelist)
+        conso = ConsoService(
+            config,
+            db,
+            sessions,
+            images,
+            whitelist,
+            access_token=session_tokens.access_token if session_tokens else None,
+        )
         routers.insert(0, conso_router(conso))
     if client is not None:
         secure = config.viewer.public_url.startswith("https://")
         routers.insert(0, auth_router(client, sessions, db, secure_cookies=secure))
     viewer_app = create_viewer_app(config, db, ViewerAuth(sessions), images=images, routers=routers)
     viewer = HttpServer(viewer_app, config.viewer.host, config.viewer.port)
-    return WebServers(peer, viewer, sessions, conso)
+    return WebServers(peer, viewer, sessions, conso, session_tokens)

@@ -8,14 +8,18 @@ here is public by nature: it is how a user gets a session.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import logging
+import threading
+import time
+from dataclasses import replace
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from drimbox.auth.psc import PscClient, PscError, PscSettings
+from drimbox.auth.psc import PscClient, PscError, PscErrorReason, PscSettings
 from drimbox.auth.users import UserInfoError
 from drimbox.config import Config
 from drimbox.db import Database
@@ -54,6 +58,59 @@ def psc_settings(config: Config, redirect_uri: str) -> PscSettings:
         timeout_s=psc.timeout_s,
         ca_file=psc.ca_file,
     )
+
+
+class SessionTokens:
+    """A signed-in user's PSC access token, kept valid: refreshed with the session's refresh
+    token shortly before it expires (PSC access tokens live minutes; a prefetch, an export or
+    a viewing session lasts longer). One refresh at a time per session in this process; a
+    refresh made by another node of the site is picked up from the database. None when the
+    session has ended or PSC refuses the refresh (the user must sign in again)."""
+
+    def __init__(self, sessions: DbSessionStore, psc: PscClient, *, margin_s: int = 30) -> None:
+        self.sessions = sessions
+        self.psc = psc
+        self.margin_s = margin_s
+        self.refreshes = 0
+        self._locks = [threading.Lock() for _ in range(64)]
+
+    def _lock(self, cookie: str) -> threading.Lock:
+        digest = hashlib.sha256(cookie.encode()).digest()
+        return self._locks[digest[0] % len(self._locks)]
+
+    def access_token(self, cookie: str) -> str | None:
+        tokens = self.sessions.tokens(cookie)
+        if tokens is None or not tokens.access_expired(margin_s=self.margin_s):
+            return tokens.access_token if tokens is not None else None
+        with self._lock(cookie):
+            tokens = self.sessions.tokens(cookie)  # refreshed meanwhile by another thread?
+            if tokens is None or not tokens.access_expired(margin_s=self.margin_s):
+                return tokens.access_token if tokens is not None else None
+            refresh_ended = tokens.refresh_expires_at is not None and (
+                tokens.refresh_expires_at <= time.time()
+            )
+            if not tokens.refresh_token or refresh_ended:
+                return None
+            try:
+                fresh = self.psc.refresh(tokens.refresh_token, id_token=tokens.id_token)
+            except PscError as exc:
+                log.info("PSC token refresh refused: %s", exc.reason)
+                if exc.reason == PscErrorReason.SESSION_ENDED:
+                    self.sessions.end(cookie)  # ended at PSC (logout elsewhere): here too
+                return None
+            if fresh.subject and fresh.subject != tokens.subject:
+                log.warning("PSC refresh answered for another subject: session not updated")
+                return None
+            fresh = replace(  # a refresh without ID token says nothing of who it is for
+                fresh,
+                subject=fresh.subject or tokens.subject,
+                acr=fresh.acr or tokens.acr,
+                session_id=fresh.session_id or tokens.session_id,
+                id_claims=fresh.id_claims or tokens.id_claims,
+            )
+            self.sessions.update_tokens(cookie, fresh)
+            self.refreshes += 1
+            return fresh.access_token
 
 
 def safe_return(target: str | None) -> str:

@@ -308,10 +308,14 @@ class ConsoService:
         open_within: timedelta = OPEN_WITHIN,
         keep_for: timedelta = KEEP_FOR,
         threads: int = 4,
+        access_token: Callable[[str], str | None] | None = None,
     ) -> None:
         self.config = config
         self.db = db
         self.sessions = sessions
+        # The user's PSC access token for a session cookie, refreshed when it is about to
+        # expire (`web.auth_routes.SessionTokens`); without PSC, the stored one.
+        self.access_token = access_token or self._stored_access_token
         self.images = images
         self.open_within = open_within
         self.keep_for = keep_for
@@ -531,6 +535,10 @@ class ConsoService:
                 )
         return None
 
+    def _stored_access_token(self, cookie: str) -> str | None:
+        tokens = self.sessions.tokens(cookie)
+        return tokens.access_token if tokens is not None else None
+
     def register(self, launch: Launch, view: SessionView) -> None:
         """Tell the image service where each exam of the launch comes from (with this user's
         token): `/dicom-web` then serves them from the cache, filled from their Source."""
@@ -542,8 +550,7 @@ class ConsoService:
         cookie = view.cookie
 
         def token() -> str | None:
-            tokens = self.sessions.tokens(cookie)
-            return tokens.access_token if tokens is not None else None
+            return self.access_token(cookie)
 
         for exam in launch.exams:
             manifest = exam.manifest
