@@ -171,7 +171,7 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
 
     try:
         asyncio.run(main())
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ports, files, settings only checkable at start
         fail(f"impossible de démarrer : {exc}")
 
 

@@ -150,6 +150,11 @@ class PacsConfig(_Section):
         "",
         description="Racine DICOMweb du PACS (pour retrieve = wado-rs), ex. http://pacs/dicom-web.",
     )
+    dicomweb_ca_file: str = Field(
+        "",
+        description="Autorités (PEM) du DICOMweb du PACS quand il est en https ; vide : celles "
+        "du système.",
+    )
     timeout_s: float = Field(30.0, gt=0, description="Délai d'attente réseau DICOM (secondes).")
     max_pdu: int = Field(
         0, ge=0, description="Taille maximale de PDU reçue (octets, 0 = illimitée)."
@@ -401,6 +406,8 @@ class Config(_Section):
     def _stow_needs_an_url(self) -> Config:
         if self.conso.export == "stow-rs" and not self.pacs.dicomweb_url:
             raise ValueError("conso.export = stow-rs demande [pacs] dicomweb_url")
+        if self.pacs.retrieve == "wado-rs" and not self.pacs.dicomweb_url:
+            raise ValueError("pacs.retrieve = wado-rs demande [pacs] dicomweb_url")
         return self
 
     def resolve_paths(self, base: Path) -> Config:
@@ -429,8 +436,11 @@ class Config(_Section):
         source = trust.whitelist_source
         if source and "://" not in source:
             trust.whitelist_source = str((base / source).resolve())
+        pacs = self.pacs.model_copy()
+        if pacs.dicomweb_ca_file:
+            pacs.dicomweb_ca_file = str((base / pacs.dicomweb_ca_file).resolve())
         return self.model_copy(
-            update={"store": store, "dmp": dmp, "viewer": viewer, "trust": trust}
+            update={"store": store, "dmp": dmp, "viewer": viewer, "trust": trust, "pacs": pacs}
         )
 
 

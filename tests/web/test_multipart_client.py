@@ -18,7 +18,11 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
 from pydicom import dcmread
 
+from drimbox.config import load_config
+from drimbox.dicom.pacs import PacsError
+from drimbox.dicom.retrieve import WadoRsRetriever, dicomweb_tls
 from drimbox.sim.orthanc import LocalOrthanc, free_port
+from drimbox.sim.pki import TestPki
 from drimbox.sim.studies import SeriesSpec, generate_study
 from drimbox.web.multipart import MultipartError, closing, new_boundary, part_header
 from drimbox.web.multipart_client import (
@@ -29,8 +33,9 @@ from drimbox.web.multipart_client import (
     _Receiver,
     open_multipart,
 )
+from drimbox.web.server import HttpServer
 from support.site import Site, official_headers, series_url, source_site
-from support.source import serving
+from support.source import LoopThread, serving
 
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -129,6 +134,7 @@ def _app(boundary: str, payloads: list[bytes]) -> FastAPI:
     ) + closing(boundary)
 
     @app.get("/whole")
+    @app.get("/dicom-web/studies/{study}/series/{series}")
     async def whole() -> Response:
         return Response(body, media_type=f"multipart/related; boundary={boundary}")
 
@@ -241,3 +247,45 @@ def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
             return sizes
 
         assert asyncio.run(slow()) == [len(p) for p in payloads]
+
+
+def test_an_https_pacs_trusted_through_its_own_authority(tmp_path: Path) -> None:
+    """`[pacs] dicomweb_ca_file`: a PACS DICOMweb behind https with the hospital's own CA is
+    read with that CA, refused without it (the system's authorities do not know it), and a
+    missing file is a clear configuration error."""
+    pki = TestPki("AC HOPITAL TEST")
+    ca = pki.ca.write(tmp_path, "ca")
+    server = pki.issue("localhost", usage="server", dns_names=("localhost",)).write(tmp_path, "srv")
+    assert ca.cert_path and server.cert_path and server.key_path
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(server.cert_path), str(server.key_path))
+    boundary = new_boundary()
+    payloads = [b"DICM-one", b"DICM-two"]
+    app = _app(boundary, payloads)
+    loop = LoopThread()
+    http = HttpServer(app, "127.0.0.1", 0, ssl=context)
+    loop.run(http.start())
+    try:
+        base = f"https://localhost:{http.port}/dicom-web"
+
+        def retrieve(ca_file: str) -> list[bytes]:
+            config = load_config(
+                environ={
+                    "DRIMBOX_PACS__RETRIEVE": "wado-rs",
+                    "DRIMBOX_PACS__DICOMWEB_URL": base,
+                    "DRIMBOX_PACS__DICOMWEB_CA_FILE": ca_file,
+                }
+            )
+            retriever = WadoRsRetriever(base, timeout_s=5, ssl_context=dicomweb_tls(config))
+            received: list[bytes] = []
+            retriever.retrieve_series("1.2", "1.2.3", lambda d: received.append(bytes(d)), ())
+            return received
+
+        assert retrieve(str(ca.cert_path)) == payloads
+        with pytest.raises(PacsError, match="injoignable"):
+            retrieve("")
+        with pytest.raises(ValueError, match="dicomweb_ca_file : fichier introuvable"):
+            retrieve(str(tmp_path / "absent.pem"))
+    finally:
+        loop.run(http.stop())
+        loop.close()

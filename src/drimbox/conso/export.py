@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -162,9 +163,17 @@ class CStoreTarget:
 class StowRsTarget:
     """A DICOMweb STOW-RS endpoint (`<base>/studies`), e.g. a PACS's DICOMweb URL."""
 
-    def __init__(self, base_url: str, *, http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        http: httpx.Client | None = None,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = http or httpx.Client(timeout=httpx.Timeout(120.0))
+        self._http = http or httpx.Client(
+            verify=verify if verify is not None else True, timeout=httpx.Timeout(120.0)
+        )
 
     @property
     def label(self) -> str:

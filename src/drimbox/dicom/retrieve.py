@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -135,12 +136,20 @@ class WadoRsRetriever:
 
     method = "wado-rs"
 
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0, label: str = "") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        label: str = "",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"PACS DICOMweb URL {base_url!r} must be an http(s) URL")
         self.base_url = base_url.rstrip("/")
         self.label = label or self.base_url
         self.timeout_s = timeout_s
+        self.ssl_context = ssl_context
 
     async def retrieve_series_async(
         self, study_uid: str, series_uid: str, sink: InstanceSink, sop_classes: Sequence[str]
@@ -151,7 +160,7 @@ class WadoRsRetriever:
         count = 0
         try:
             async with open_multipart(
-                url, {"Accept": WADO_ACCEPT}, timeout_s=self.timeout_s
+                url, {"Accept": WADO_ACCEPT}, timeout_s=self.timeout_s, ssl_context=self.ssl_context
             ) as response:
                 if response.status == 404:
                     return 0
@@ -514,6 +523,18 @@ class SourceAwarePacs(PacsClient):
         return [_pick(_header(i), _INSTANCE_KEYS) for i in instances]
 
 
+def dicomweb_tls(config: Config) -> ssl.SSLContext:
+    """How the PACS's DICOMweb is trusted over https: `[pacs] dicomweb_ca_file`, else the
+    system's authorities."""
+    ca_file = config.pacs.dicomweb_ca_file
+    if ca_file and not Path(ca_file).is_file():
+        raise ValueError(f"[pacs] dicomweb_ca_file : fichier introuvable ({ca_file})")
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except ssl.SSLError as exc:
+        raise ValueError(f"[pacs] dicomweb_ca_file : autorités illisibles ({exc})") from exc
+
+
 def pacs_settings(config: Config) -> PacsSettings:
     p = config.pacs
     return PacsSettings(
@@ -575,6 +596,7 @@ class ImageService:
                 self.config.pacs.dicomweb_url,
                 timeout_s=self.config.pacs.timeout_s,
                 label=self.pacs.settings.label,
+                ssl_context=dicomweb_tls(self.config),
             )
         if method == "c-move":
             if self.scp is None:

@@ -66,7 +66,7 @@ from drimbox.db import Database, utcnow
 from drimbox.db.models import ConsoExam, ConsoLaunch
 from drimbox.dicom.cache import CachedInstance
 from drimbox.dicom.pacs import InstanceSink, PacsClient
-from drimbox.dicom.retrieve import ImageService, RemoteSourceError, pacs_settings
+from drimbox.dicom.retrieve import ImageService, RemoteSourceError, dicomweb_tls, pacs_settings
 from drimbox.dmp.client import DmpClient, DmpSettings
 from drimbox.dmp.vihf import VihfSubject
 from drimbox.source.grants import session_hash
@@ -644,7 +644,11 @@ class ConsoService:
         manifest = exam.manifest
         assert manifest is not None
         identity = LocalIdentity.from_launch(launch.context)
-        target = export_target(self.config)
+        try:
+            target = export_target(self.config)
+        except ValueError as exc:  # e.g. an unreadable [pacs] dicomweb_ca_file
+            job.state, job.message = "erreur", f"Export impossible (configuration) : {exc}"
+            return
 
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
@@ -1132,5 +1136,5 @@ def conso_router(service: ConsoService) -> APIRouter:
 def export_target(config: Config) -> Target:
     """Where exports go: the local PACS by C-STORE, or its DICOMweb STOW-RS (`[conso] export`)."""
     if config.conso.export == "stow-rs":
-        return StowRsTarget(config.pacs.dicomweb_url)
+        return StowRsTarget(config.pacs.dicomweb_url, verify=dicomweb_tls(config))
     return CStoreTarget(PacsClient(pacs_settings(config)))
