@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 
@@ -28,11 +27,11 @@ from drimbox.trust.tls import (
     PeerRefused,
     client_ssl_context,
     peer_certificate,
-    peer_certificate_from_response,
     peer_certificate_from_scope,
     server_ssl_context,
 )
 from drimbox.trust.whitelist import Domain, Whitelist, verify_whitelist
+from drimbox.web.multipart_client import FetchError, open_multipart
 from support.trust import Ans, domain
 
 SERVER_HOST = "db1.test.mesimagesmedicales.fr"
@@ -251,33 +250,35 @@ def uvicorn_box(network: Network) -> Iterator[int]:
     thread.join(timeout=10)
 
 
-def _get(network: Network, client: Issued, port: int) -> tuple[httpx.Response, Any]:
-    """(response, server certificate): the certificate is read while the connection is open,
-    before the body, as a box must do before trusting what a peer sends."""
+def _get(network: Network, client: Issued, port: int) -> tuple[int, str, Any]:
+    """(status, body, server certificate): the certificate is read while the connection is
+    open, before the body, as a box must do before trusting what a peer sends."""
     context = client_ssl_context(client.cert_path, client.key_path, network.ca_file)  # type: ignore[arg-type]
-    # Connect to loopback while checking the certificate against the box's whitelisted name.
-    with (
-        httpx.Client(verify=context) as http,
-        http.stream(
-            "GET", f"https://127.0.0.1:{port}/", extensions={"sni_hostname": SERVER_HOST}
-        ) as response,  # fmt: skip
-    ):
-        certificate = peer_certificate_from_response(response)
-        response.read()
-    return response, certificate
+
+    async def get() -> tuple[int, str, Any]:
+        # Connect to loopback while checking the certificate against the box's whitelisted name.
+        url = f"https://{SERVER_HOST}:{port}/"
+        async with open_multipart(
+            url, {}, ssl_context=context, connect_to="127.0.0.1", timeout_s=10
+        ) as response:
+            ssl_object = response.ssl_object
+            certificate = peer_certificate(ssl_object) if ssl_object is not None else None
+            return response.status, await response.text(), certificate
+
+    return asyncio.run(get())
 
 
 def test_asgi_app_reads_the_peer_certificate(network: Network, uvicorn_box: int) -> None:
-    response, server_certificate = _get(network, network.accepted, uvicorn_box)
-    assert response.status_code == 200 and response.text == "bonjour Éditeur 2"
+    status, text, server_certificate = _get(network, network.accepted, uvicorn_box)
+    assert status == 200 and text == "bonjour Éditeur 2"
     assert server_certificate is not None
     url = f"https://{SERVER_HOST}/"
     assert PeerCheck(network.whitelist).check_outgoing(url, server_certificate).identifier == "1"
 
-    refused, _ = _get(network, network.unknown, uvicorn_box)
-    assert refused.status_code == 403 and "liste blanche" in refused.text
+    refused, text, _ = _get(network, network.unknown, uvicorn_box)
+    assert refused == 403 and "liste blanche" in text
 
 
 def test_asgi_handshake_refuses_a_foreign_certificate(network: Network, uvicorn_box: int) -> None:
-    with pytest.raises(httpx.HTTPError):
+    with pytest.raises(FetchError):
         _get(network, network.foreign, uvicorn_box)

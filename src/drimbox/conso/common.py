@@ -154,7 +154,7 @@ class MemoryInstance:
 class SeriesWriter(Protocol):
     """Receives the instances of one series, then `finish()` or `fail(error)` exactly once."""
 
-    def add(self, data: bytes) -> None: ...
+    def add(self, data: bytes | memoryview) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -173,7 +173,7 @@ class _CacheWriter:
         self._cache = cache
         self._entry = entry
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes | memoryview) -> None:
         self._cache.add(self._entry, data)
 
     def finish(self) -> None:
@@ -223,7 +223,7 @@ class _FolderWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.written: list[Path] = []
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes | memoryview) -> None:
         sop, _cls, _ts = describe_instance(data)
         if not is_uid(sop):
             raise ValueError(f"SOP Instance UID invalide : {sop[:80]!r}")

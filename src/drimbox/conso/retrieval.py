@@ -20,6 +20,7 @@ It must not decide who may retrieve (the web layer checks the session), nor serv
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import ssl
@@ -28,17 +29,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
-
-import httpx
+from urllib.parse import urlsplit
 
 from drimbox.conso.common import Auditor, ConsoError, InstanceStore, SeriesWriter, no_audit
 from drimbox.conso.history import Manifest, SeriesRef
 from drimbox.dicom.cache import CacheError, describe_instance
 from drimbox.trust.audit import Result
-from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate_from_response
+from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate
 from drimbox.trust.whitelist import Domain
-from drimbox.web.multipart import MultipartError, MultipartReader, boundary_of
+from drimbox.web.multipart import MultipartError
+from drimbox.web.multipart_client import (
+    FetchError,
+    MultipartResponse,
+    PartTooLarge,
+    open_multipart,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +68,6 @@ ACCEPT_DRIM_M: Final = (
     )
     + ","
 )
-CHUNK_BYTES: Final = 256 * 1024
 MAX_INSTANCE_BYTES: Final = 2 * 1024**3  # one multi-frame instance may be large; not a series
 MAX_ERROR_BODY: Final = 4096
 
@@ -175,6 +179,38 @@ _STATUS_ERRORS: Final[dict[int, tuple[str, str]]] = {
 }
 
 
+@dataclass
+class _Reading:
+    """What one series' answer goes into, and the checks on each of its instances."""
+
+    expected: set[str]
+    writer: SeriesWriter
+    result: SeriesResult
+    totals: Progress
+    progress: ProgressCallback | None
+    received: set[str] = field(default_factory=set)
+
+    def take(self, data: memoryview) -> None:
+        sop, _sop_class, _syntax = describe_instance(data)
+        result = self.result
+        if sop not in self.expected:
+            # Not referenced by the KOS of this series: never stored (identity safety).
+            result.unexpected.append(sop)
+            log.warning("instance %s not in KOS series %s: dropped", sop, result.series_uid)
+            return
+        if sop in self.received:
+            return  # a duplicate part: stored once
+        self.writer.add(data)
+        self.received.add(sop)
+        result.received.append(sop)
+        result.instances += 1
+        result.bytes += len(data)
+        self.totals.instances += 1
+        self.totals.bytes += len(data)
+        if self.progress is not None:
+            self.progress(self.totals)
+
+
 class SourceRetriever:
     """WADO-RS client of the Source boxes, for one node.
 
@@ -201,15 +237,12 @@ class SourceRetriever:
         self._resolve = {k.lower(): v for k, v in (resolve or {}).items()}
         self._max_instance = max_instance_bytes
         self._max_wait = max_wait_s
-        self._http = httpx.Client(
-            verify=ssl_context,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
-            headers={"User-Agent": user_agent},
-            follow_redirects=False,  # a redirect could leave the whitelisted host
-        )
+        self._ssl = ssl_context
+        self._timeout_s = timeout_s
+        self._user_agent = user_agent
 
     def close(self) -> None:
-        self._http.close()
+        """Nothing held between series (one connection per series): kept for `with`."""
 
     def __enter__(self) -> SourceRetriever:
         return self
@@ -303,7 +336,7 @@ class SourceRetriever:
         try:
             try:
                 self._fetch(url, series, manifest, token, writer, result, totals, progress)
-            except httpx.TransportError as exc:
+            except FetchError as exc:
                 raise RetrievalError(
                     "SOURCE_INJOIGNABLE",
                     f"La DRIMbox source {domain.name} est injoignable (réseau, certificat ou "
@@ -362,17 +395,6 @@ class SourceRetriever:
                 detail=refusal.detail,
             ) from refusal
 
-    def _target(self, url: str) -> tuple[str, dict[str, str], dict[str, object]]:
-        """The URL to connect to, extra headers and httpx extensions (SNI) under `resolve`."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        address = self._resolve.get(host.lower())
-        if address is None:
-            return url, {}, {}
-        netloc = f"{address}:{parts.port}" if parts.port else address
-        target = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-        return target, {"Host": parts.netloc}, {"sni_hostname": host}
-
     def _fetch(
         self,
         url: str,
@@ -384,45 +406,63 @@ class SourceRetriever:
         totals: Progress,
         progress: ProgressCallback | None,
     ) -> None:
-        target, extra_headers, extensions = self._target(url)
+        """One GET of the series (blocking: its own event loop in the calling thread); a busy
+        Source (503 with a short Retry-After) is asked once more."""
         headers = {
             "Accept": ACCEPT_DRIM_M,
             "Authorization": f"Bearer {token}",
             KOS_HEADER: manifest.sop_instance_uid,
-            **extra_headers,
+            "User-Agent": self._user_agent,
         }
         expected = {uid for _cls, uid in series.instances}
-        for attempt in (1, 2):
-            with self._http.stream("GET", target, headers=headers, extensions=extensions) as rsp:
-                # Who answers is checked before anything it sent is read (ARCHITECTURE §4).
-                try:
-                    self._check.check_outgoing(url, peer_certificate_from_response(rsp))
-                except PeerRefused as refusal:
-                    raise RetrievalError(
-                        "CERTIFICAT_NON_CONFORME",
-                        "Le certificat présenté par la DRIMbox source ne correspond pas à celui "
-                        "de la liste blanche : images non téléchargées.",
-                        detail=refusal.detail,
-                    ) from refusal
-                if rsp.status_code == 503 and attempt == 1:
-                    wait = _retry_after(rsp.headers.get("retry-after"))
-                    if wait is not None and wait <= self._max_wait:
-                        log.info("Source %s busy, retrying in %.1f s", urlsplit(url).hostname, wait)
-                        time.sleep(wait)
-                        continue
-                if rsp.status_code != 200:
-                    raise self._status_error(rsp)
-                self._read_parts(rsp, expected, writer, result, totals, progress)
+        for may_retry in (True, False):
+            wait = asyncio.run(
+                self._fetch_once(
+                    url, headers, _Reading(expected, writer, result, totals, progress), may_retry
+                )
+            )
+            if wait is None:
                 return
+            log.info("Source %s busy, retrying in %.1f s", urlsplit(url).hostname, wait)
+            time.sleep(wait)
 
-    def _status_error(self, response: httpx.Response) -> RetrievalError:
-        status = response.status_code
-        body = b""
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) >= MAX_ERROR_BODY:
-                break
-        detail = f"HTTP {status}: {body[:MAX_ERROR_BODY].decode('utf-8', 'replace')}"
+    async def _fetch_once(
+        self, url: str, headers: dict[str, str], reading: _Reading, may_retry: bool
+    ) -> float | None:
+        """None once the series is read; else seconds to wait before asking again."""
+        host = (urlsplit(url).hostname or "").lower()
+        async with open_multipart(
+            url,
+            headers,
+            timeout_s=self._timeout_s,
+            ssl_context=self._ssl,
+            connect_to=self._resolve.get(host),
+        ) as response:
+            # Who answers is checked before anything it sent is read (ARCHITECTURE §4).
+            ssl_object = response.ssl_object
+            try:
+                self._check.check_outgoing(
+                    url, peer_certificate(ssl_object) if ssl_object is not None else None
+                )
+            except PeerRefused as refusal:
+                raise RetrievalError(
+                    "CERTIFICAT_NON_CONFORME",
+                    "Le certificat présenté par la DRIMbox source ne correspond pas à celui "
+                    "de la liste blanche : images non téléchargées.",
+                    detail=refusal.detail,
+                ) from refusal
+            if response.status == 503 and may_retry:
+                wait = _retry_after(response.headers.get("retry-after"))
+                if wait is not None and wait <= self._max_wait:
+                    return wait
+            if response.status != 200:
+                body = await response.text(MAX_ERROR_BODY)
+                raise self._status_error(response.status, response.headers, body)
+            await self._read_parts(response, reading)
+            return None
+
+    def _status_error(self, status: int, headers: Mapping[str, str], body: str) -> RetrievalError:
+        detail = f"HTTP {status}: {body[:MAX_ERROR_BODY]}"
         code, message = _STATUS_ERRORS.get(
             status,
             (
@@ -430,7 +470,7 @@ class SourceRetriever:
                 f"La DRIMbox source a répondu par une erreur (HTTP {status}).",
             ),
         )
-        retry_after = _retry_after(response.headers.get("retry-after")) if status == 503 else None
+        retry_after = _retry_after(headers.get("retry-after")) if status == 503 else None
         if retry_after is not None:
             message += f" (nouvel essai possible dans {int(retry_after)} s)"
         return RetrievalError(
@@ -442,15 +482,7 @@ class SourceRetriever:
             retryable=status in (503,) or status >= 500,
         )
 
-    def _read_parts(
-        self,
-        response: httpx.Response,
-        expected: set[str],
-        writer: SeriesWriter,
-        result: SeriesResult,
-        totals: Progress,
-        progress: ProgressCallback | None,
-    ) -> None:
+    async def _read_parts(self, response: MultipartResponse, reading: _Reading) -> None:
         content_type = response.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/related"):
             raise RetrievalError(
@@ -458,20 +490,8 @@ class SourceRetriever:
                 "La DRIMbox source n'a pas renvoyé d'images DICOM (multipart/related attendu).",
                 detail=f"Content-Type {content_type!r}",
             )
-        reader = MultipartReader(boundary_of(content_type))
-        pending = 0  # bytes fed since the last complete part: bounds one instance in memory
-        received: set[str] = set()
-        for chunk in response.iter_bytes(CHUNK_BYTES):
-            pending += len(chunk)
-            for part in reader.feed(chunk):
-                pending = 0
-                if len(part.body) > self._max_instance:
-                    raise RetrievalError(
-                        "REPONSE_INVALIDE",
-                        "La DRIMbox source envoie une instance démesurée : téléchargement "
-                        "interrompu.",
-                        detail=f"part of {len(part.body)} bytes > {self._max_instance}",
-                    )
+        try:
+            async for part in response.parts(max_part=self._max_instance):
                 part_type = part.content_type.split(";", 1)[0].strip().lower()
                 if part_type and part_type != "application/dicom":
                     raise RetrievalError(
@@ -479,27 +499,10 @@ class SourceRetriever:
                         "La DRIMbox source a envoyé autre chose qu'une instance DICOM.",
                         detail=f"part Content-Type {part.content_type!r}",
                     )
-                sop, _sop_class, _syntax = describe_instance(part.body)
-                if sop not in expected:
-                    # Not referenced by the KOS of this series: never stored (identity safety).
-                    result.unexpected.append(sop)
-                    log.warning("instance %s not in KOS series %s: dropped", sop, result.series_uid)
-                    continue
-                if sop in received:
-                    continue  # a duplicate part: stored once
-                writer.add(part.body)
-                received.add(sop)
-                result.received.append(sop)
-                result.instances += 1
-                result.bytes += len(part.body)
-                totals.instances += 1
-                totals.bytes += len(part.body)
-                if progress is not None:
-                    progress(totals)
-            if pending > self._max_instance:
-                raise RetrievalError(
-                    "REPONSE_INVALIDE",
-                    "La DRIMbox source envoie une instance démesurée : téléchargement interrompu.",
-                    detail=f"more than {self._max_instance} bytes in one part",
-                )
-        reader.close()
+                reading.take(part.body)
+        except PartTooLarge as exc:
+            raise RetrievalError(
+                "REPONSE_INVALIDE",
+                "La DRIMbox source envoie une instance démesurée : téléchargement interrompu.",
+                detail=str(exc),
+            ) from exc

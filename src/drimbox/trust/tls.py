@@ -5,7 +5,7 @@ Owns `server_ssl_context` (client certificate required, TLS ≥ 1.2), `client_ss
 of a whitelist entry; for outgoing calls the URL host must also be that entry's `db`) and the ways
 to get the peer certificate of a connection: an asyncio transport or `ssl` object
 (`peer_certificate`), an ASGI scope (`peer_certificate_from_scope`, filled by
-`MtlsH11Protocol`), an httpx response (`peer_certificate_from_response`).
+`MtlsH11Protocol`; an outgoing `web.multipart_client` response gives its `ssl_object`).
 
 Chain and validity are the handshake's job: an expired certificate or one from another CA never
 reaches `PeerCheck`. This module must not load or refresh the whitelist (it reads whatever
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -228,16 +227,3 @@ def peer_certificate_from_scope(scope: Mapping[str, Any]) -> x509.Certificate | 
     if not chain:
         return None
     return x509.load_pem_x509_certificate(str(chain[0]).encode("ascii"))
-
-
-def peer_certificate_from_response(response: httpx.Response) -> x509.Certificate | None:
-    """The server certificate of the connection an httpx response came on (httpcore's stream).
-
-    Call it while the response is open — inside `client.stream(...)`, before reading the body —
-    since a closed connection no longer has it; then `PeerCheck.check_outgoing`.
-    """
-    stream = response.extensions.get("network_stream")
-    if stream is None:
-        return None
-    ssl_object = stream.get_extra_info("ssl_object")
-    return peer_certificate(ssl_object) if ssl_object is not None else None

@@ -203,7 +203,7 @@ class _SinkWriter:
     def __init__(self, sink: InstanceSink) -> None:
         self._sink = sink
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes | memoryview) -> None:
         self._sink(data)
 
     def finish(self) -> None:

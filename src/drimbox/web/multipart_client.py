@@ -40,6 +40,10 @@ class FetchError(Exception):
     """The server could not be reached, broke the connection, or sent a malformed response."""
 
 
+class PartTooLarge(MultipartError):
+    """A part exceeds the reader's `max_part` (a peer sending more than any instance is)."""
+
+
 @dataclass(frozen=True)
 class BodyPart:
     """One part: lower-case headers and its body, a view valid until the next part is read."""
@@ -258,12 +262,14 @@ class PartScanner:
         end = buffer.find(self._next, max(self._scan_from, body_start), self._data_end)
         if end < 0:
             self._scan_from = max(body_start, self._data_end - len(self._next) + 1)
-            if self._data_end - self._start > self._max_part:
-                raise MultipartError(f"a part larger than {self._max_part} bytes")
+            if self._data_end - body_start > self._max_part:
+                raise PartTooLarge(f"a part larger than {self._max_part} bytes")
             return None
         return self._take(headers, body_start, end)
 
     def _take(self, headers: Mapping[str, str], body_start: int, end: int) -> BodyPart:
+        if end - body_start > self._max_part:  # however it arrived: the limit is on the body
+            raise PartTooLarge(f"a part larger than {self._max_part} bytes")
         self._start = self._scan_from = end + len(self._next)
         self._head = None
         return BodyPart(headers, self._view[body_start:end])
@@ -295,7 +301,7 @@ class PartScanner:
         declared = headers.get("content-length", "")
         length = int(declared) if declared.isascii() and declared.isdigit() else None
         if length is not None and length > self._max_part:
-            raise MultipartError(f"a part larger than {self._max_part} bytes")
+            raise PartTooLarge(f"a part larger than {self._max_part} bytes")
         return headers, head_end + 4 - start, length
 
 
@@ -434,6 +440,12 @@ class MultipartResponse:
     def headers(self) -> Mapping[str, str]:
         return self.head.headers
 
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The TLS session (the peer's certificate), None over plain HTTP."""
+        transport = self._receiver.transport
+        return None if transport is None else transport.get_extra_info("ssl_object")
+
     def _scanner(self, boundary: str, max_part: int) -> PartScanner:
         receiver = self._receiver
         scanner = PartScanner(boundary, self.head.framing, self.head.length, max_part=max_part)
@@ -476,7 +488,7 @@ class MultipartResponse:
             await self._more(scanner)
 
     async def text(self, limit: int = 4096) -> str:
-        """The beginning of the body (for error messages)."""
+        """The beginning of the body (for error messages), chunk framing removed."""
         receiver = self._receiver
         deadline = asyncio.get_running_loop().time() + min(self._timeout_s, 5.0)
         while len(receiver.head) < limit and not receiver.closed and receiver.error is None:
@@ -485,7 +497,22 @@ class MultipartResponse:
                 break
             with contextlib.suppress(FetchError):
                 await receiver.wait(remaining)
-        return bytes(receiver.head[:limit]).decode("utf-8", "replace")
+        raw = bytes(receiver.head)
+        body = _unchunked(raw) if self.head.framing == "chunked" else raw
+        return body[:limit].decode("utf-8", "replace")
+
+
+def _unchunked(raw: bytes) -> bytes:
+    """The data of the complete chunks at the start of `raw` (best effort, for messages)."""
+    data = bytearray()
+    position = 0
+    while (line_end := raw.find(b"\r\n", position)) >= 0:
+        size_text = raw[position:line_end].split(b";", 1)[0].strip()
+        if not _CHUNK_SIZE.fullmatch(size_text) or not (size := int(size_text, 16)):
+            break
+        data += raw[line_end + 2 : line_end + 2 + size]
+        position = line_end + 2 + size + 2
+    return bytes(data)
 
 
 @dataclass(frozen=True)
@@ -530,9 +557,12 @@ async def open_multipart(
     *,
     timeout_s: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
+    connect_to: str | None = None,
 ) -> AsyncIterator[MultipartResponse]:
     """GET `url` and give the response once its head is in. `timeout_s` bounds the connection
-    and every wait for data. Raises `FetchError` (unreachable, timeout, malformed head)."""
+    and every wait for data; `connect_to` is an address to connect to instead of the URL's
+    host, which still names the server (Host, SNI, certificate check). Raises `FetchError`
+    (unreachable, TLS refused, timeout, malformed head)."""
     request = get_request(url, headers)
     authority = request.authority
     if request.secure and ssl_context is None:
@@ -541,7 +571,11 @@ async def open_multipart(
     try:
         async with asyncio.timeout(min(timeout_s, 10.0)):
             transport, receiver = await loop.create_connection(
-                _Receiver, request.host, request.port, ssl=ssl_context if request.secure else None
+                _Receiver,
+                connect_to or request.host,
+                request.port,
+                ssl=ssl_context if request.secure else None,
+                server_hostname=request.host if request.secure else None,
             )
     except (OSError, TimeoutError) as exc:
         raise FetchError(f"cannot connect to {authority} ({type(exc).__name__}: {exc})") from exc
