@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from drimbox.db import Database, utcnow
 from drimbox.db.models import ConsoExam, ConsoLaunch
 from drimbox.dicom.retrieve import ImageService, RemoteSourceError, RemoteStudies
 from drimbox.samples import ANS_DIR
+from drimbox.sim.psc import TWO_SITES_PHYSICIAN
 from drimbox.source.grants import Grants
 from drimbox.web.conso_routes import (
     ConsoService,
@@ -26,7 +28,7 @@ from drimbox.web.conso_routes import (
     format_ins,
     report_body,
 )
-from drimbox.web.sessions import DbSessionStore
+from drimbox.web.sessions import DbSessionStore, SessionView
 
 CONTEXT = LaunchContext(
     ins="279035121518989",
@@ -127,3 +129,33 @@ def test_a_study_of_another_site_is_never_asked_of_the_local_pacs(
     assert images.fetcher.retrievals == 0 and images.fetcher.remote_retrievals == 1
     with pytest.raises(RemoteSourceError):
         images.pacs.find_series("1.2.3.4")  # QIDO: no C-FIND to the PACS either
+
+
+def test_the_launch_names_the_situation_d_exercice(service: ConsoService) -> None:
+    """A DPI that sends `Situation` (a structure identifier or a situation key) spares a user
+    with several situations the choice page; anything else still asks."""
+    claims = TWO_SITES_PHYSICIAN.userinfo()
+    view = SessionView(
+        cookie="c",
+        subject="s",
+        subject_name_id=str(claims.get("SubjectNameID", "s")),
+        display_name="D",
+        userinfo=claims,
+        situation_key=None,
+        studies=frozenset(),
+        expires_at=utcnow() + timedelta(hours=1),
+    )
+    situations = view.user.situations()
+    assert len(situations) == 2 and view.user.must_choose_situation
+    second = situations[1]
+    assert second.activity is not None
+
+    def chosen(situation: str | None) -> str | None:
+        launch_id = service.store_launch(replace(CONTEXT, situation=situation))
+        return service.situation_of_launch(service.open_launch(launch_id, "c"), view)
+
+    assert chosen(second.activity.national_structure_id) == second.key
+    assert chosen(second.activity.structure_id) == second.key
+    assert chosen(situations[0].key) == situations[0].key
+    assert chosen("999999999") is None  # a structure where this user does not work
+    assert chosen(None) is None

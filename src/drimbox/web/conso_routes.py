@@ -37,7 +37,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote, urlencode, urlsplit
@@ -456,6 +456,25 @@ class ConsoService:
             authentication_mode=AUTHENTICATION_MODE,
             fallback_sector=self.config.dmp.activity_sector,
         )
+
+    def situation_of_launch(self, launch: Launch, view: SessionView) -> str | None:
+        """The key of the user's situation d'exercice the launch names (its `Situation` field:
+        a situation key, or the structure's national or technical identifier), when exactly
+        one matches: the DPI knows where its user works, no need to ask."""
+        wanted = (launch.context.situation or "").strip()
+        if not wanted:
+            return None
+        matches = {
+            situation.key
+            for situation in view.user.situations()
+            if wanted == situation.key
+            or (
+                situation.activity is not None
+                and wanted
+                in (situation.activity.national_structure_id, situation.activity.structure_id)
+            )
+        }
+        return matches.pop() if len(matches) == 1 else None
 
     def load_history(self, launch: Launch, view: SessionView) -> Launch:
         """Read the history from the DMP as the user, store it, start the prefetch."""
@@ -918,6 +937,9 @@ def conso_router(service: ConsoService) -> APIRouter:
         if isinstance(found, Response):
             return found
         view, current = found
+        if view.situation_key is None and (key := service.situation_of_launch(current, view)):
+            service.sessions.choose_situation(view.cookie, key)
+            view = replace(view, situation_key=key)
         try:
             service.subject(view)
         except UserInfoError:
