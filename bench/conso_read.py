@@ -11,66 +11,30 @@ node (`tests/support/site.py`), its cache warmed by a first read. Not a test: as
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ssl
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 from pydicom import dcmread
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from wado_series import fetch_async, fetch_httpx
 
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec
-from drimbox.web.multipart import MultipartReader, boundary_of
-from drimbox.web.multipart_client import open_multipart
 
-Read = Callable[[], tuple[int, int]]
+Fetch = Callable[[], tuple[float, float, int, int]]
 
 
-def lean(url: str, headers: dict[str, str], context: ssl.SSLContext | None) -> Read:
-    async def read() -> tuple[int, int]:
-        parts = size = 0
-        async with open_multipart(url, headers, ssl_context=context, timeout_s=60) as response:
-            async for part in response.parts():
-                parts += 1
-                size += len(part.body)
-        return parts, size
-
-    return lambda: asyncio.run(read())
-
-
-def with_httpx(url: str, headers: dict[str, str], context: ssl.SSLContext) -> Read:
-    def read() -> tuple[int, int]:
-        parts = size = 0
-        with (
-            httpx.Client(verify=context, timeout=60) as client,
-            client.stream("GET", url, headers=headers) as response,
-        ):
-            reader = MultipartReader(boundary_of(response.headers["content-type"]))
-            for chunk in response.iter_bytes(256 * 1024):
-                for part in reader.feed(chunk):
-                    parts += 1
-                    size += len(part.body)
-            reader.close()
-        return parts, size
-
-    return read
-
-
-def timed(read: Read, runs: int) -> tuple[float, int, int]:
-    walls = []
-    parts = size = 0
-    for _ in range(runs):
-        started = time.perf_counter()
-        parts, size = read()
-        walls.append(time.perf_counter() - started)
-    return statistics.median(walls), parts, size
+def timed(fetch: Fetch, runs: int) -> tuple[float, int, int]:
+    """(median wall s, parts, bytes) over `runs` reads."""
+    results = [fetch() for _ in range(runs)]
+    return statistics.median(r[0] for r in results), results[0][3], results[0][2]
 
 
 def main() -> None:
@@ -99,12 +63,14 @@ def main() -> None:
         study_uid = str(dcmread(any_file, stop_before_pixels=True).StudyInstanceUID)
         orthanc_url = f"{orthanc.dicomweb_url}/studies/{study_uid}/series/{series_uid}"
         accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
-        readers = {
-            "(a) Orthanc DICOMweb, plain HTTP": lean(orthanc_url, accept, None),
-            "(b) Source over mTLS, the box's client": lean(url, headers, context),
-            "(c) Source over mTLS, httpx + MultipartReader": with_httpx(url, headers, context),
+        readers: dict[str, Fetch] = {
+            "(a) Orthanc DICOMweb, plain HTTP": lambda: fetch_async(orthanc_url, accept),
+            "(b) Source over mTLS, the box's client": lambda: fetch_async(url, headers, context),
+            "(c) Source over mTLS, httpx + MultipartReader": lambda: fetch_httpx(
+                url, headers, context
+            ),
         }
-        readers["(b) Source over mTLS, the box's client"]()  # warm the Source's cache
+        fetch_async(url, headers, context)  # warm the Source's cache
         results = {label: timed(read, args.runs) for label, read in readers.items()}
     for label, (wall, parts, size) in results.items():
         print(f"  {label}: {wall:.3f} s, {size / wall / 1e6:.0f} MB/s ({parts} parts)")

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import multiprocessing
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -164,17 +165,21 @@ def fetch(url: str, headers: dict[str, str]) -> tuple[float, float, int, int]:
     return time.perf_counter() - started, first, total, parts
 
 
-def fetch_async(url: str, headers: dict[str, str]) -> tuple[float, float, int, int]:
+def fetch_async(
+    url: str, headers: dict[str, str], context: ssl.SSLContext | None = None
+) -> tuple[float, float, int, int]:
     """The same with the box's asyncio client (`open_multipart`, as the Source reads its
     PACS): its event loop costs the client some CPU more."""
-    return asyncio.run(_fetch_async(url, headers))
+    return asyncio.run(_fetch_async(url, headers, context))
 
 
-async def _fetch_async(url: str, headers: dict[str, str]) -> tuple[float, float, int, int]:
+async def _fetch_async(
+    url: str, headers: dict[str, str], context: ssl.SSLContext | None
+) -> tuple[float, float, int, int]:
     started = time.perf_counter()
     first = 0.0
     total = parts = 0
-    async with open_multipart(url, headers, timeout_s=300) as response:
+    async with open_multipart(url, headers, timeout_s=300, ssl_context=context) as response:
         if response.status != 200:
             raise RuntimeError(f"{url}: HTTP {response.status} {await response.text(300)}")
         async for part in response.parts():
@@ -185,13 +190,16 @@ async def _fetch_async(url: str, headers: dict[str, str]) -> tuple[float, float,
     return time.perf_counter() - started, first, total, parts
 
 
-def fetch_httpx(url: str, headers: dict[str, str]) -> tuple[float, float, int, int]:
+def fetch_httpx(
+    url: str, headers: dict[str, str], context: ssl.SSLContext | None = None
+) -> tuple[float, float, int, int]:
     """The same with httpx and the incremental `MultipartReader` (a heavier Python client)."""
     started = time.perf_counter()
     first = 0.0
     total = 0
     parts = 0
-    with httpx.Client(timeout=300) as client, client.stream("GET", url, headers=headers) as r:
+    client = httpx.Client(timeout=300, verify=context if context is not None else True)
+    with client, client.stream("GET", url, headers=headers) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {r.status_code} {r.read()[:300]!r}")
         reader = MultipartReader(boundary_of(r.headers["content-type"]))

@@ -11,20 +11,26 @@ from pathlib import Path
 import httpx
 import pytest
 
+from drimbox.config import Config
 from drimbox.sim.psc import LocalPsc, PscSimSettings
 from drimbox.trust import audit
 from support.node import RunningNode, node_config
 
 
+def psc_node_config(tmp_path: Path, psc: LocalPsc) -> Config:
+    """A node signing its users in with `psc`, its PACS unreachable (not needed here)."""
+    return node_config(tmp_path, None, {
+        "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
+        "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
+        "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+        "DRIMBOX_PACS__PORT": "9",
+    })  # fmt: skip
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[RunningNode, LocalPsc]]:
     with LocalPsc() as psc:
-        config = node_config(tmp_path, None, {
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
-            "DRIMBOX_PACS__PORT": "9",
-        })  # fmt: skip
+        config = psc_node_config(tmp_path, psc)
         with RunningNode(config) as running:
             # The redirect URI follows the viewer's real port, known once it listens.
             yield running, psc
@@ -79,12 +85,7 @@ def test_the_access_token_is_refreshed_before_it_expires(tmp_path: Path) -> None
     working; a refresh PSC refuses ends it."""
     # 31 s of life with refreshes 30 s ahead: every token is due for refresh after 1 s.
     with LocalPsc(PscSimSettings(access_token_lifetime_s=31)) as psc:
-        config = node_config(tmp_path, None, {
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
-            "DRIMBOX_PACS__PORT": "9",
-        })  # fmt: skip
+        config = psc_node_config(tmp_path, psc)
         with RunningNode(config) as running, httpx.Client(follow_redirects=True) as browser:
             assert sign_in(browser, running.viewer_url, "radiologue").status_code == 200
             cookie = browser.cookies["drimbox_session"]

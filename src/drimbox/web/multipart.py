@@ -100,17 +100,22 @@ class MultipartReader:
             raise MultipartError("malformed part (headers not terminated)")
         if head_end == line_end:
             return Part({}, raw[line_end + 4 :])
-        headers: dict[str, str] = {}
-        for line in raw[line_end + 2 : head_end].split(b"\r\n"):
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise MultipartError(f"malformed part header {line[:80]!r}")
-            headers[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
-        return Part(headers, raw[head_end + 4 :])
+        return Part(parse_part_headers(raw[line_end + 2 : head_end]), raw[head_end + 4 :])
 
     def close(self) -> None:
         if not self._finished:
             raise MultipartError("the multipart body ended before its closing delimiter")
+
+
+def parse_part_headers(block: bytes) -> dict[str, str]:
+    """A part's header lines (without the final empty line), names in lower case."""
+    headers: dict[str, str] = {}
+    for line in block.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise MultipartError(f"malformed part header {line[:80]!r}")
+        headers[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
+    return headers
 
 
 def part_header(boundary: str, content_type: str, length: int | None = None) -> bytes:

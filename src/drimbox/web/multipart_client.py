@@ -23,7 +23,12 @@ from urllib.parse import quote, urlsplit
 
 import h11
 
-from drimbox.web.multipart import MAX_HEADER_BYTES, MultipartError, boundary_of
+from drimbox.web.multipart import (
+    MAX_HEADER_BYTES,
+    MultipartError,
+    boundary_of,
+    parse_part_headers,
+)
 
 INITIAL_BUFFER = 4 * 1024 * 1024
 MIN_FREE = 64 * 1024  # reading pauses below this much free space, until the reader makes room
@@ -293,11 +298,7 @@ class PartScanner:
         if head_end > line_end:
             if head_end - line_end > MAX_HEADER_BYTES:
                 raise MultipartError("part headers too long")
-            for line in bytes(self._view[line_end + 2 : head_end]).split(b"\r\n"):
-                name, sep, value = line.partition(b":")
-                if not sep:
-                    raise MultipartError(f"malformed part header {line[:80]!r}")
-                headers[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
+            headers = parse_part_headers(bytes(self._view[line_end + 2 : head_end]))
         declared = headers.get("content-length", "")
         length = int(declared) if declared.isascii() and declared.isdigit() else None
         if length is not None and length > self._max_part:
