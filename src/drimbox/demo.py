@@ -21,7 +21,6 @@ import contextlib
 import html
 import shutil
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,7 @@ from drimbox.sim.dmp.server import LocalDmp
 from drimbox.sim.dmp.settings import DmpSimSettings
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.pki import Issued, SiteCertificates, TestPki, site_certificates
+from drimbox.sim.ports import free_port, is_free
 from drimbox.sim.psc import LocalPsc
 from drimbox.sim.ris import RisClient, publish_report_to_dmp
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
@@ -98,13 +98,7 @@ class DemoPorts:
 
 
 def _port_or_free(port: int) -> int:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+    return port if is_free(port) else free_port()
 
 
 def demo_ports() -> DemoPorts:

@@ -9,7 +9,7 @@ import pytest
 from psc_support import RelyingParty, client_settings, relying_party_app, serve
 
 from drimbox.auth.psc import PscClient
-from drimbox.sim.orthanc import free_port
+from drimbox.sim.ports import free_port
 from drimbox.sim.psc import LocalPsc
 
 

@@ -24,7 +24,7 @@ from drimbox.auth.psc import (
     TokenCheckUnavailable,
 )
 from drimbox.auth.tokens import InvalidToken, TokenVerifier
-from drimbox.sim.orthanc import free_port
+from drimbox.sim.ports import free_port
 from drimbox.sim.psc import LocalPsc, PscSimSettings, SimClient
 
 REASON = PscErrorReason

@@ -18,7 +18,8 @@ from drimbox.conso.export import (
     export_exam,
 )
 from drimbox.dicom.pacs import PacsClient, PacsSettings
-from drimbox.sim.orthanc import LocalOrthanc, free_port
+from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.ports import free_port
 from support.factories import CR_C_INS, CR_C_INS_OID
 
 IDENTITY = LocalIdentity(

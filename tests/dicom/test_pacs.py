@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
-from drimbox.sim.orthanc import LocalOrthanc, free_port
+from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.ports import free_port
 from drimbox.sim.studies import SeriesSpec, generate_study
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.77.9.1"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from drimbox.dmp.client import DmpClient, DmpError, DmpSettings
 from drimbox.dmp.metadata import PublicationIds
 from drimbox.dmp.vihf import VihfSubject, verify_vihf
 from drimbox.sim.pki import Issued, TestPki
+from drimbox.sim.ports import free_port
 from support.factories import CR_C_INS, CR_C_INS_OID
 
 SITE_ROOT = "1.2.250.1.999.77.1"
@@ -369,9 +369,7 @@ def test_client_certificate_refused_is_not_retryable(material: Material) -> None
 
 
 def test_connection_refused_is_retryable(material: Material) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again: nobody listens there
+    port = free_port()  # nobody listens there
     with (
         DmpClient(
             _settings(material, f"https://127.0.0.1:{port}"), subject=_consultant()

@@ -39,8 +39,9 @@ from drimbox.conso.xdm import read_xdm
 from drimbox.db import ReportState
 from drimbox.db.models import ConsoLaunch
 from drimbox.dmp.client import DmpClient
-from drimbox.sim.orthanc import LocalOrthanc, free_port
+from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.pki import TestPki
+from drimbox.sim.ports import free_port
 from drimbox.sim.psc import LocalPsc
 from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report

@@ -53,8 +53,8 @@ from test_dmp_requests import (
 )
 
 from drimbox.sim.dmp import DmpSimSettings, KnownPatient, LocalDmp
-from drimbox.sim.orthanc import free_port
 from drimbox.sim.pki import Issued, TestPki
+from drimbox.sim.ports import free_port
 
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
 

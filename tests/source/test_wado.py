@@ -22,7 +22,8 @@ from drimbox.db.models import ReportState
 from drimbox.dicom.pacs import InstanceSink
 from drimbox.dicom.retrieve import ImageService, Retriever
 from drimbox.samples import ANS_DIR
-from drimbox.sim.orthanc import LocalOrthanc, RemoteModality, free_port
+from drimbox.sim.orthanc import LocalOrthanc, RemoteModality
+from drimbox.sim.ports import free_port
 from drimbox.sim.studies import SeriesSpec
 from drimbox.source.access import access_log_path, read_records
 from drimbox.web.app import create_peer_app

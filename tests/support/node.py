@@ -13,7 +13,8 @@ from sqlalchemy import select
 from drimbox.config import Config, load_config
 from drimbox.db import Report
 from drimbox.node import Node
-from drimbox.sim.orthanc import LocalOrthanc, free_port
+from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.ports import free_port
 
 
 def node_config(

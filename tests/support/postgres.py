@@ -10,11 +10,12 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from drimbox.sim.ports import free_port
 
 
 def find_bin_dir() -> Path | None:
@@ -24,12 +25,6 @@ def find_bin_dir() -> Path | None:
             return Path(candidate)
     found = shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class TemporaryPostgres:

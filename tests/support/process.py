@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from drimbox.sim.orthanc import free_port
+from drimbox.sim.ports import free_port
 
 
 def wait_for_port(

@@ -21,8 +21,9 @@ from pydicom import dcmread
 from drimbox.config import load_config
 from drimbox.dicom.pacs import PacsError
 from drimbox.dicom.retrieve import WadoRsRetriever, dicomweb_tls
-from drimbox.sim.orthanc import LocalOrthanc, free_port
+from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.pki import TestPki
+from drimbox.sim.ports import free_port
 from drimbox.sim.studies import SeriesSpec, generate_study
 from drimbox.web.multipart import MultipartError, closing, new_boundary, part_header
 from drimbox.web.multipart_client import (

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+
+from drimbox.sim.ports import free_port
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 # Debian's orthanc-dicomweb package puts the plugin here (`dpkg -L orthanc-dicomweb`).
@@ -42,14 +43,6 @@ class RemoteModality:
     aet: str
     host: str
     port: int
-
-
-def free_port() -> int:
-    """A currently free loopback TCP port (tiny race window: fine for tests and the demo)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def find_dicomweb_plugin() -> str | None:

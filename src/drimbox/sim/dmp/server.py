@@ -17,7 +17,7 @@ import uvicorn
 
 from drimbox.sim.dmp.app import create_dmp_app
 from drimbox.sim.dmp.settings import DmpSimSettings
-from drimbox.sim.orthanc import free_port
+from drimbox.sim.ports import free_port
 from drimbox.sim.serving import ThreadedService
 
 

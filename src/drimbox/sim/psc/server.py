@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 from joserfc.jwk import RSAKey
 
-from drimbox.sim.orthanc import free_port
+from drimbox.sim.ports import free_port
 from drimbox.sim.psc.app import PscPaths, create_psc_app
 from drimbox.sim.psc.provider import PscProvider
 from drimbox.sim.psc.settings import DEFAULT_CLIENT, PscSimSettings, SimClient, load_users
