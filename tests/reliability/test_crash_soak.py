@@ -19,7 +19,7 @@ from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from support.dmp import DmpEnvironment
 from support.node import node_config
-from support.process import NodeProcess
+from support.process import NodeProcess, config_environ
 from support.samples import hl7_text, report_variant
 
 REPORTS = int(os.environ.get("SOAK_REPORTS", "40"))
@@ -37,13 +37,7 @@ def test_reports_survive_sigkills(
     orthanc.store_files(generate_study_for_report(
         tmp_path / "study", report, [SeriesSpec("CT", "x", 2)], rows=32, columns=32))  # fmt: skip
     config = node_config(tmp_path, orthanc, dmp.node_environ())
-    environ = {
-        f"DRIMBOX_{section.upper()}__{key.upper()}": str(value)
-        for section, values in config.model_dump().items()
-        for key, value in values.items()
-        if section in ("dmp", "pacs", "site", "source", "store", "http", "viewer")
-        and not isinstance(value, list)
-    }
+    environ = config_environ(config)
     config_file = tmp_path / "node.toml"
     config_file.write_text("[roles]\nsource = true\n")
     node = NodeProcess(config_file, env=environ).start()

@@ -21,7 +21,7 @@ from support.dmp import DmpEnvironment
 from support.factories import make_snapshot
 from support.node import node_config
 from support.postgres import TemporaryPostgres
-from support.process import NodeProcess
+from support.process import NodeProcess, config_environ
 from support.samples import hl7_text
 
 SITE = KosSite(uid_root="1.2.250.1.999.77", public_base_url="https://db.a.test",
@@ -112,13 +112,7 @@ def test_sigkill_while_publishing_leaves_exactly_one_kos(
     config_file = tmp_path / "node.toml"
     config_file.write_text("[roles]\nsource = true\n")
     config = node_config(tmp_path, pacs, dmp.node_environ())
-    environ = {
-        f"DRIMBOX_{section.upper()}__{key.upper()}": str(value)
-        for section, values in config.model_dump().items()
-        for key, value in values.items()
-        if section in ("dmp", "pacs", "site", "source", "store", "http", "viewer")
-        and not isinstance(value, list)
-    }
+    environ = config_environ(config)
     node = NodeProcess(config_file, env=environ)
     node.start(DRIMBOX_FAILPOINTS=kill_point)
     with RisClient("127.0.0.1", node.hl7_port) as ris:

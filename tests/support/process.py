@@ -10,7 +10,21 @@ import sys
 import time
 from pathlib import Path
 
+from drimbox.config import Config
 from drimbox.sim.ports import free_port
+
+# The sections a Source node process needs from a test's `Config` (lists cannot be passed).
+PROCESS_SECTIONS = ("dmp", "pacs", "site", "source", "store", "http", "viewer")
+
+
+def config_environ(config: Config) -> dict[str, str]:
+    """`config` as `DRIMBOX_<SECTION>__<KEY>` variables, for a node started as a process."""
+    return {
+        f"DRIMBOX_{section.upper()}__{key.upper()}": str(value)
+        for section, values in config.model_dump().items()
+        for key, value in values.items()
+        if section in PROCESS_SECTIONS and not isinstance(value, list)
+    }
 
 
 def wait_for_port(

@@ -650,12 +650,7 @@ def store_instances(
             "pour une seule association C-STORE"
         )
     s = client.settings
-    ae = _NoDelayAE(ae_title=s.calling_aet)
-    ae.connection_timeout = s.connection_timeout
-    ae.acse_timeout = s.acse_timeout
-    ae.dimse_timeout = s.dimse_timeout
-    ae.network_timeout = s.network_timeout
-    ae.maximum_pdu_size = s.max_pdu
+    ae = client._configured_ae()
     for sop_class, syntax in pairs:
         ae.add_requested_context(sop_class, [syntax])
     assoc = ae.associate(s.host, s.port, ae_title=s.called_aet)

@@ -25,7 +25,7 @@ from drimbox.db import Database
 from drimbox.dicom.retrieve import ImageService
 from drimbox.source.access import access_log_path
 from drimbox.source.grants import Grants
-from drimbox.source.wado import PeerAuthorizer, WadoRoutes, install
+from drimbox.source.wado import Authorizer, PeerAuthorizer, WadoRoutes, install
 from drimbox.trust.tls import PeerCheck
 from drimbox.web.viewer import ViewerAuth, ViewerAuthorizer, install_viewer_routes
 
@@ -61,24 +61,8 @@ def create_peer_app(
 ) -> FastAPI:
     """The peer-facing application (WADO-RS, DRIM-M flavour)."""
     images = images or ImageService(config)
-    app = FastAPI(
-        title="DRIMbox — service d'images (WADO-RS)",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        lifespan=_lifespan(images),
-    )
-    _common(app)
-    routes = WadoRoutes(
-        images,
-        PeerAuthorizer(verifier, Grants(db), peer_check),
-        access_log=access_log_path(config.store.cache_dir),
-        audit_db=db,
-    )
-    install(app, PEER_PREFIX, routes)
-    app.state.images = images
-    app.state.wado = routes
-    return app
+    authorizer = PeerAuthorizer(verifier, Grants(db), peer_check)
+    return _image_app("DRIMbox — service d'images (WADO-RS)", config, db, images, authorizer)
 
 
 def create_viewer_app(
@@ -93,24 +77,36 @@ def create_viewer_app(
     administration) are mounted before OHIF's catch-all route."""
     images = images or ImageService(config)
     grants = Grants(db)
+    app = _image_app(
+        "DRIMbox — visionneuse", config, db, images, ViewerAuthorizer(auth, grants), VIEWER_PREFIX
+    )
+    for router in routers:
+        app.include_router(router)
+    install_viewer_routes(app, ohif_dir=Path(config.viewer.ohif_dir), auth=auth, grants=grants)
+    return app
+
+
+def _image_app(
+    title: str,
+    config: Config,
+    db: Database,
+    images: ImageService,
+    authorizer: Authorizer,
+    prefix: str = PEER_PREFIX,
+) -> FastAPI:
+    """An application serving `images` over DICOMweb under `prefix`, every access checked by
+    `authorizer` and recorded (access log, audit trail)."""
     app = FastAPI(
-        title="DRIMbox — visionneuse",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        lifespan=_lifespan(images),
+        title=title, docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(images)
     )
     _common(app)
     routes = WadoRoutes(
         images,
-        ViewerAuthorizer(auth, grants),
+        authorizer,
         access_log=access_log_path(config.store.cache_dir),
         audit_db=db,
     )
-    install(app, VIEWER_PREFIX, routes)
-    for router in routers:
-        app.include_router(router)
-    install_viewer_routes(app, ohif_dir=Path(config.viewer.ohif_dir), auth=auth, grants=grants)
+    install(app, prefix, routes)
     app.state.images = images
     app.state.wado = routes
     return app

@@ -889,6 +889,16 @@ def _error_page(
     )
 
 
+def _no_such_exam(launch: Launch, user: str) -> Response:
+    return _error_page(
+        "Examen introuvable",
+        "Cet examen n'a pas d'images partagées pour ce patient.",
+        404,
+        launch=launch,
+        user=user,
+    )
+
+
 # -- routes ---------------------------------------------------------------------------------
 
 
@@ -1028,13 +1038,7 @@ def conso_router(service: ConsoService) -> APIRouter:
         view, current = found
         exams = [current.exam(uid) for uid in studies]
         if not studies or any(e is None for e in exams):
-            return _error_page(
-                "Examen introuvable",
-                "Cet examen n'a pas d'images partagées pour ce patient.",
-                404,
-                launch=current,
-                user=view.display_name,
-            )
+            return _no_such_exam(current, view.display_name)
         service.register(current, view)
         for uid in studies:
             sessions.grant(view.cookie, uid)
@@ -1074,13 +1078,7 @@ def conso_router(service: ConsoService) -> APIRouter:
         view, current = found
         exam = current.exam(study_uid)
         if exam is None:
-            return _error_page(
-                "Examen introuvable",
-                "Cet examen n'a pas d'images partagées pour ce patient.",
-                404,
-                launch=current,
-                user=view.display_name,
-            )
+            return _no_such_exam(current, view.display_name)
         if not current.context.local_patient_id:
             return _error_page(
                 "Export impossible",
@@ -1106,10 +1104,7 @@ def conso_router(service: ConsoService) -> APIRouter:
         view, current = found
         exam = current.exam(study_uid)
         if exam is None or exam.kos is None or exam.manifest is None:
-            return _error_page(
-                "Examen introuvable", "Cet examen n'a pas d'images partagées pour ce patient.",
-                404, launch=current, user=view.display_name,
-            )  # fmt: skip
+            return _no_such_exam(current, view.display_name)
         documents = [XdmDocument("kos", exam.kos, exam.manifest.sop_instance_uid,
                                  title="Manifeste d'images")]  # fmt: skip
         cda = service.report(current, exam.id) if exam.has_report else None

@@ -197,12 +197,10 @@ class PscProvider:
     ) -> str:
         """Authenticate `user_id` for `client_id` (a new session) and return an authorization
         code. `id_token_claims`/`signing_key` let tests tamper with the ID token it yields."""
-        user = self.user(user_id)
         now = self._clock()
-        session = _Session(uuid.uuid4().hex, user, client_id, int(now), user.acr)
+        session = self._open_session(user_id, client_id)
         code = secrets.token_urlsafe(32)
         with self._lock:
-            self._sessions[session.sid] = session
             self._codes[code] = _Code(
                 session=session,
                 redirect_uri=redirect_uri,
@@ -443,6 +441,14 @@ class PscProvider:
                 self._revoked_jti.add(str(claims["jti"]))
             self._refresh.pop(token, None)
 
+    def _open_session(self, user_id: str, client_id: str) -> _Session:
+        """A new live session of `user_id` at `client_id` (unknown user: `self.user` raises)."""
+        user = self.user(user_id)
+        session = _Session(uuid.uuid4().hex, user, client_id, int(self._clock()), user.acr)
+        with self._lock:
+            self._sessions[session.sid] = session
+        return session
+
     # --- test helpers -------------------------------------------------------------------------
 
     def issue_tokens(
@@ -454,10 +460,7 @@ class PscProvider:
         scope: str = "openid scope_all",
     ) -> dict[str, Any]:
         """A whole login without a browser: the token response a client would get."""
-        user = self.user(user_id)
-        session = _Session(uuid.uuid4().hex, user, client_id, int(self._clock()), user.acr)
-        with self._lock:
-            self._sessions[session.sid] = session
+        session = self._open_session(user_id, client_id)
         return self._token_response(session, scope, nonce)
 
     def mint_access_token(
@@ -471,10 +474,7 @@ class PscProvider:
     ) -> str:
         """An access token of a new live session, with chosen claims (None deletes one),
         lifetime (negative: already expired) and signing key."""
-        user = self.user(user_id)
-        session = _Session(uuid.uuid4().hex, user, client_id, int(self._clock()), user.acr)
-        with self._lock:
-            self._sessions[session.sid] = session
+        session = self._open_session(user_id, client_id)
         return self._access_token(
             session,
             "openid scope_all",
@@ -495,9 +495,6 @@ class PscProvider:
     ) -> str:
         """An ID token with chosen claims (e.g. `{"exp": past}`, `{"aud": "other"}`,
         `{"acr": "0"}`) and signing key (`foreign_key()` for a wrong signature)."""
-        user = self.user(user_id)
-        session = _Session(uuid.uuid4().hex, user, client_id, int(self._clock()), user.acr)
-        with self._lock:
-            self._sessions[session.sid] = session
+        session = self._open_session(user_id, client_id)
         body = self._id_claims(session, nonce, self._clock(), None)
         return self._sign(_apply(body, claims), key)
