@@ -295,7 +295,7 @@ def peer_speedtest(
     certificate: latency, first part, throughput. Without a study, a probe (latency only): the
     Source answers an unknown study with 401/404, which proves TLS and WADO-RS work."""
     from drimbox.conso.retrieval import RetrievalError, SourceRetriever
-    from drimbox.node import whitelist_store
+    from drimbox.trust.store import whitelist_store
     from drimbox.trust.tls import PeerCheck, client_ssl_context
 
     if bool(study_uid) != bool(kos_uid):
