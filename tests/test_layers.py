@@ -15,7 +15,20 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "drimbox"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"__init__", "config", "failpoints", "samples", "db", "cda", "hl7", "dicom", "http"}),
+    frozenset(
+        {
+            "__init__",
+            "config",
+            "french",
+            "failpoints",
+            "samples",
+            "db",
+            "cda",
+            "hl7",
+            "dicom",
+            "http",
+        }
+    ),
     frozenset({"dmp", "trust", "auth"}),
     frozenset({"source", "conso"}),
     frozenset({"web"}),
