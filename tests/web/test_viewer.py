@@ -98,7 +98,9 @@ def test_viewer_origin_gate_iid_and_static(
         assert home.status_code == 200 and "lancez la consultation" in home.text
         assert 'lang="fr"' in home.text and "Not Found" not in home.text
         icon = anonymous.get("/favicon.ico")
-        assert icon.status_code == 200 and icon.headers["content-type"] == "image/vnd.microsoft.icon"
+        assert (
+            icon.status_code == 200 and icon.headers["content-type"] == "image/vnd.microsoft.icon"
+        )
         css = anonymous.get("/_drimbox/drimbox.css")
         assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
         login = anonymous.get("/connexion")

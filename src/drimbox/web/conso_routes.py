@@ -710,6 +710,23 @@ class ConsoService:
         with self._lock:
             return dict(self.prefetch.get(launch_id, {})), dict(self.exports.get(launch_id, {}))
 
+    def current_jobs(self, launch: Launch) -> tuple[dict[int, Job], dict[int, Job]]:
+        """The launch's jobs, a finished prefetch whose images have left the cache since
+        (purge, eviction, expiry) shown as such: the page must not say "Images prêtes"."""
+        prefetch, exports = self.jobs(launch.id)
+        cache = self.images.cache
+        for exam in launch.exams:
+            job, manifest = prefetch.get(exam.id), exam.manifest
+            if job is None or job.state != "termine" or manifest is None:
+                continue
+            if not all(cache.holds(manifest.study_uid, s.series_uid) for s in manifest.series):
+                job.state, job.done = "hors_cache", 0
+                job.message = (
+                    "Images retirées du cache de cette DRIMbox : elles seront récupérées de "
+                    "nouveau à l'ouverture."
+                )
+        return prefetch, exports
+
 
 def _same_user(session: Session, bound: str, mine: str) -> bool:
     """The launch's session and this one belong to the same professional (PSC subject): a
@@ -733,6 +750,7 @@ JOB_LABELS: Final = {
     "erreur": "erreur",
     "refuse": "non contacté",
     "sans_images": "pas d'images",
+    "hors_cache": "à récupérer de nouveau",
 }
 
 
@@ -772,7 +790,7 @@ def _history_page(
     request: Request, service: ConsoService, launch: Launch, view: SessionView, notice: str = ""
 ) -> Response:
     base = f"{CONSULTATION_PATH}/{quote(launch.id)}"
-    prefetch, exports = service.jobs(launch.id)
+    prefetch, exports = service.current_jobs(launch)
     exams = []
     for exam in launch.exams:
         s = exam.summary
@@ -936,10 +954,10 @@ def conso_router(service: ConsoService) -> APIRouter:
         if view is None:
             return JSONResponse({"erreur": "session absente"}, status_code=401)
         try:
-            service.open_launch(launch_id, view.cookie)
+            current = service.open_launch(launch_id, view.cookie)
         except LaunchRefused as refused:
             return JSONResponse({"erreur": str(refused)}, status_code=refused.status)
-        prefetch, exports = service.jobs(launch_id)
+        prefetch, exports = service.current_jobs(current)
         return JSONResponse(
             {
                 "images": {str(k): v.as_json() for k, v in prefetch.items()},

@@ -24,8 +24,8 @@ from drimbox import __version__
 from drimbox.config import Config
 from drimbox.db import Database, DmpJob, JobState
 from drimbox.dicom.cache import SeriesCache
-from drimbox.french import french_size
 from drimbox.dicom.pacs import PacsClient, PacsError
+from drimbox.french import french_size
 from drimbox.trust.store import WhitelistStore
 
 PUBLIC_PATHS = frozenset({"/health", "/status"})

@@ -1,7 +1,8 @@
 (function(){
   var url = document.body.getAttribute('data-etat'); if (!url) return;
   var labels = {en_attente:'en attente', en_cours:'en cours', termine:'terminé', erreur:'erreur',
-                refuse:'non contacté', sans_images:"pas d'images"};
+                refuse:'non contacté', sans_images:"pas d'images",
+                hors_cache:'à récupérer de nouveau'};
   function show(prefix, id, job){
     var bar = document.getElementById(prefix + '-bar-' + id);
     var state = document.getElementById(prefix + '-state-' + id);
