@@ -45,8 +45,8 @@ _HASHED = re.compile(r"(^|\.)[0-9a-f]{8,}\.")  # app.bundle.<hash>.js, <hash>.wa
 _COMPRESSIBLE = (".js", ".css", ".html", ".json", ".wasm", ".svg", ".txt", ".map", ".mjs")
 _MEDIA_TYPES = {".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/javascript"}
 
-APP_CONFIG_JS = """// OHIF's i18next reads ?lng=, then the "i18next" cookie: French unless the user chose
-// another language in OHIF's preferences (which writes that cookie).
+APP_CONFIG_JS = """// OHIF's i18next reads ?lng=, then the "i18next" cookie: French unless the
+// user chose another language in OHIF's preferences (which writes that cookie).
 if (!/(^|;\\s*)i18next=/.test(document.cookie)) {
   document.cookie = 'i18next=fr; path=/; max-age=31536000; SameSite=Lax';
 }
