@@ -20,9 +20,10 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 
 from drimbox.config import Config
-from drimbox.db import Database, DmpJob, Report
+from drimbox.db import Database, DmpJob, Report, SpeedTest
 from drimbox.dicom.cache import SeriesCache
 from drimbox.french import PARIS
+from drimbox.ops.speedtest import latest_results
 from drimbox.source.retry import RetryError, retry_report
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
@@ -63,6 +64,29 @@ def purge_message(series: int, nbytes: int) -> str:
         f"Cache vidé : {french_number(series)} série{'s' if series > 1 else ''} "
         f"supprimée{'s' if series > 1 else ''}, {french_size(nbytes)} libérés."
     )
+
+
+def speed_rows(results: list[SpeedTest]) -> list[dict[str, Any]]:
+    """The last result of each speed test (`drimbox pacs|peer speedtest`), with its date; a
+    failed one, or one far below the previous, stands out."""
+    rows = []
+    for r in results:
+        rate = r.bytes / r.seconds if r.seconds > 0 and r.bytes else 0.0
+        figures = []
+        if r.latency_s is not None:
+            figures.append(f"latence {french_number(r.latency_s * 1000)} ms")
+        if r.first_image_s is not None:
+            figures.append(f"1re image {french_number(r.first_image_s * 1000)} ms")
+        if r.images:
+            figures.append(f"{french_number(r.images)} images, {french_size(r.bytes)}, "
+                           f"{french_size(rate)}/s")  # fmt: skip
+        rows.append({
+            "at": french_datetime(r.at), "to": "PACS" if r.kind == "pacs" else "DRIMbox",
+            "target": r.target, "mode": r.mode, "figures": ", ".join(figures),
+            "verdict": "failed" if not r.ok else "dropping" if r.flag else "ok",
+            "why": r.error if not r.ok else r.flag or "",
+        })  # fmt: skip
+    return rows
 
 
 class _Denied(Exception):
@@ -125,7 +149,9 @@ def admin_router(
              "message": result.get("message", "")}
             for name, result in zip(names, results, strict=True)
         ]  # fmt: skip
-        return page(request, view, "admin/dashboard.html", "État de la DRIMbox", checks=checks)
+        speeds = speed_rows(await asyncio.to_thread(latest_results, db))
+        return page(request, view, "admin/dashboard.html", "État de la DRIMbox", checks=checks,
+                    speeds=speeds)  # fmt: skip
 
     @router.get("/admin/comptes-rendus")
     def reports(request: Request, etat: str | None = None, message: str | None = None) -> Response:
