@@ -21,13 +21,13 @@ from drimbox.db import Database
 from drimbox.db.models import ReportState
 from drimbox.dicom.pacs import InstanceSink
 from drimbox.dicom.retrieve import ImageService, Retriever
+from drimbox.http.multipart import MultipartReader, boundary_of
 from drimbox.samples import ANS_DIR
 from drimbox.sim.orthanc import LocalOrthanc, RemoteModality
 from drimbox.sim.ports import free_port
 from drimbox.sim.studies import SeriesSpec
 from drimbox.source.access import access_log_path, read_records
 from drimbox.web.app import create_peer_app
-from drimbox.web.multipart import MultipartReader, boundary_of
 from support.source import PublishedStudy, Tokens, publish_study, serving, set_state
 
 SAMPLE = ANS_DIR / "validators" / "wado-rs-series-request.txt"

@@ -27,9 +27,9 @@ from drimbox.db.engine import utcnow
 from drimbox.db.models import Hl7Message, ReportState
 from drimbox.dicom.kos import KosSite, build_manifest, manifest_to_bytes
 from drimbox.dicom.pacs import PacsClient, PacsSettings
+from drimbox.http.server import HttpServer
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
-from drimbox.web.server import HttpServer
 from support.factories import CR_C_ACCESSION, make_report
 
 ISSUER = "https://psc.test/auth/realms/esante-wallet"

@@ -34,16 +34,16 @@ from urllib.parse import urlsplit
 from drimbox.conso.common import Auditor, ConsoError, InstanceStore, SeriesWriter, no_audit
 from drimbox.conso.history import Manifest, SeriesRef
 from drimbox.dicom.cache import CacheError, describe_instance
-from drimbox.trust.audit import Result
-from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate
-from drimbox.trust.whitelist import Domain
-from drimbox.web.multipart import MultipartError
-from drimbox.web.multipart_client import (
+from drimbox.http.multipart import MultipartError
+from drimbox.http.multipart_client import (
     FetchError,
     MultipartResponse,
     PartTooLarge,
     open_multipart,
 )
+from drimbox.trust.audit import Result
+from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate
+from drimbox.trust.whitelist import Domain
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from drimbox.config import Config
 from drimbox.dicom.cache import CachedInstance, CacheEntry, SeriesCache
 from drimbox.dicom.pacs import InstanceSink, PacsClient, PacsError, PacsSettings
 from drimbox.dicom.scp import ReceivedInstance, StoreScp
+from drimbox.http.multipart import MultipartError
+from drimbox.http.multipart_client import FetchError, open_multipart
 from drimbox.metrics import NodeMetrics
-from drimbox.web.multipart import MultipartError
-from drimbox.web.multipart_client import FetchError, open_multipart
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class CMoveRetriever:
 
 class WadoRsRetriever:
     """WADO-RS from the PACS's DICOMweb root, each part stored straight from the receive
-    buffer (`drimbox.web.multipart_client`: a fraction of httpx's CPU per byte, which on the
+    buffer (`drimbox.http.multipart_client`: a fraction of httpx's CPU per byte, which on the
     cold path is what the peer waits for)."""
 
     method = "wado-rs"

@@ -26,6 +26,7 @@ from drimbox.config import Config
 from drimbox.db import Database
 from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService
+from drimbox.http.server import HttpServer
 from drimbox.source.pipeline import pacs_settings
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
@@ -34,7 +35,6 @@ from drimbox.web.app import PEER_PREFIX, VIEWER_PREFIX, create_peer_app, create_
 from drimbox.web.auth_routes import CALLBACK_PATH, SessionTokens, auth_router, psc_settings
 from drimbox.web.conso_routes import ConsoService, conso_router
 from drimbox.web.metrics_app import ServedMetricsMiddleware, create_metrics_app
-from drimbox.web.server import HttpServer
 from drimbox.web.sessions import DbSessionStore, load_secret_key
 from drimbox.web.status import StatusSources, status_router
 from drimbox.web.viewer import ViewerAuth

@@ -30,8 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from drimbox import __version__
 from drimbox.config import Config
 from drimbox.db import DmpJob, JobState, Report, ReportState
+from drimbox.http.rawbody import RAW_BODY
 from drimbox.metrics import NodeMetrics, as_utc
-from drimbox.web.rawbody import RAW_BODY
 from drimbox.web.status import StatusSources, check_dmp, check_pacs
 
 WAITING_JOBS = (JobState.QUEUED.value, JobState.RETRYING.value)

@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from drimbox.web.rawbody import RawBodyH11Protocol
+from drimbox.http.rawbody import RawBodyH11Protocol
 
 
 class _EmbeddedServer(uvicorn.Server):
