@@ -34,60 +34,61 @@ class NodeMetrics:
     def __init__(self, node: str = "") -> None:
         self.node = node_name(node)
         self.registry = CollectorRegistry()
-        registry = self.registry
-        self.publication_latency = Histogram(
+        self.publication_latency = self._histogram(
             "drimbox_publication_latency_seconds",
             "Time from the report's reception to its KOS registered in the DMP.",
-            ["node"],
-            buckets=PUBLICATION_BUCKETS,
-            registry=registry,
+            [],
+            PUBLICATION_BUCKETS,
         )
-        self.dmp_jobs = Counter(
+        self.dmp_jobs = self._counter(
             "drimbox_dmp_jobs_total",
             "DMP outbox job attempts by action (publish, delete) and result (done, retrying, "
             "parked, queued).",
-            ["node", "action", "result"],
-            registry=registry,
+            ["action", "result"],
         )
-        self.served_requests = Counter(
+        self.served_requests = self._counter(
             "drimbox_wado_served_requests_total",
             "DICOMweb requests served, by channel (peer: WADO-RS of DRIM-M peers; viewer: OHIF) "
             "and HTTP status.",
-            ["node", "channel", "status"],
-            registry=registry,
+            ["channel", "status"],
         )
-        self.served_bytes = Counter(
+        self.served_bytes = self._counter(
             "drimbox_wado_served_bytes_total",
             "Body bytes of the DICOMweb answers served.",
-            ["node", "channel"],
-            registry=registry,
+            ["channel"],
         )
-        self.served_duration = Histogram(
+        self.served_duration = self._histogram(
             "drimbox_wado_served_duration_seconds",
             "DICOMweb requests served: time to the end of the answer.",
-            ["node", "channel"],
-            buckets=TRANSFER_BUCKETS,
-            registry=registry,
+            ["channel"],
+            TRANSFER_BUCKETS,
         )
-        self.retrievals = Counter(
+        self.retrievals = self._counter(
             "drimbox_retrievals_total",
             "Series retrieved into the cache, by origin (pacs, source: another DRIMbox by "
             "WADO-RS), method (wado-rs, c-get, c-move) and result (ok, error).",
-            ["node", "origin", "method", "result"],
-            registry=registry,
+            ["origin", "method", "result"],
         )
-        self.retrieved_bytes = Counter(
+        self.retrieved_bytes = self._counter(
             "drimbox_retrieved_bytes_total",
             "DICOM bytes retrieved into the cache.",
-            ["node", "origin", "method"],
-            registry=registry,
+            ["origin", "method"],
         )
-        self.retrieval_duration = Histogram(
+        self.retrieval_duration = self._histogram(
             "drimbox_retrieval_duration_seconds",
             "Series retrievals: time from the request to the last instance.",
-            ["node", "origin", "method"],
-            buckets=TRANSFER_BUCKETS,
-            registry=registry,
+            ["origin", "method"],
+            TRANSFER_BUCKETS,
+        )
+
+    def _counter(self, name: str, documentation: str, labels: list[str]) -> Counter:
+        return Counter(name, documentation, ["node", *labels], registry=self.registry)
+
+    def _histogram(
+        self, name: str, documentation: str, labels: list[str], buckets: tuple[float, ...]
+    ) -> Histogram:
+        return Histogram(
+            name, documentation, ["node", *labels], buckets=buckets, registry=self.registry
         )
 
     def published(self, action: str, result: str, received_at: datetime | None) -> None:
