@@ -1,5 +1,5 @@
 """The package's layering, read from the imports (docs/architecture.md, "Layers"):
-config/db/cda/hl7/dicom/http → dmp/trust/auth → source/conso → web → node/cli/demo.
+config/db/cda/hl7/dicom/http → dmp/trust/auth → source/conso/ops → web → node/cli/demo.
 
 Every import (module level, function level or under TYPE_CHECKING) must point to the same layer
 or a lower one; the packages' import graph has no cycle; `sim/` (simulators, test PKI, synthetic
@@ -20,7 +20,7 @@ LAYERS: tuple[frozenset[str], ...] = (
         | {"dicom", "http"}
     ),
     frozenset({"dmp", "trust", "auth"}),
-    frozenset({"source", "conso"}),
+    frozenset({"source", "conso", "ops"}),
     frozenset({"web"}),
     frozenset({"node", "selftest", "cli", "demo", "__main__"}),
 )

@@ -37,8 +37,8 @@ class ConfigError(Exception):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
-def comma_separated(value: object) -> object:
-    """A list key given as one string (environment variable): comma-separated items."""
+def _comma_separated(value: object) -> object:
+    """A list key given as one string (the environment): comma-separated items."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
@@ -315,10 +315,7 @@ class AdminConfig(_Section):
         "l'environnement : séparés par des virgules).",
     )
 
-    @field_validator("users", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return comma_separated(value)
+    _split = field_validator("users", mode="before")(_comma_separated)
 
 
 class TrustConfig(_Section):
@@ -355,10 +352,7 @@ class TrustConfig(_Section):
         "", description="Autorités (PEM) qui émettent les certificats des pairs (IGC-Santé)."
     )
 
-    @field_validator("anchors", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return comma_separated(value)
+    _split = field_validator("anchors", mode="before")(_comma_separated)
 
 
 class StoreConfig(_Section):
@@ -416,10 +410,7 @@ class MetricsConfig(_Section):
         "PACS (secondes) ; les lectures plus rapprochées reprennent la dernière.",
     )
 
-    @field_validator("allow", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return comma_separated(value)
+    _split = field_validator("allow", mode="before")(_comma_separated)
 
     @field_validator("allow")
     @classmethod
@@ -445,6 +436,47 @@ class LogConfig(_Section):
     )
 
 
+class ChecksConfig(_Section):
+    """Speed tests and the site acceptance check (`drimbox pacs speedtest`, `drimbox peer
+    speedtest`, `drimbox aptitude`)."""
+
+    pacs_study: str = Field(
+        "",
+        description="Examen (Study Instance UID) récupéré par le test de débit du PACS de la "
+        "vérification d'aptitude ; vide : le plus récent du PACS.",
+    )
+    peer_token: str = Field(
+        "",
+        description="Jeton d'accès PSC de test pour les mesures vers les autres DRIMbox "
+        "(préférer DRIMBOX_CHECKS__PEER_TOKEN à ce fichier) ; sinon celui de l'opérateur "
+        "(--token).",
+    )
+    peers: list[str] = Field(
+        default_factory=list,
+        description="Noms db… des DRIMbox de la liste blanche dont la vérification d'aptitude "
+        "teste l'accès WADO-RS (dans l'environnement : séparés par des virgules).",
+    )
+    dmp_test_patient: str = Field(
+        "",
+        description="INS du patient de test de l'environnement DMP, pour la requête sans effet "
+        "de la vérification d'aptitude ; vide : requête sur un patient inexistant.",
+    )
+    slow_ratio: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Un débit mesuré sous cette fraction du précédent est signalé sur la page "
+        "d'état de la console.",
+    )
+    cache_test_bytes: int = Field(
+        64 * 1024**2,
+        ge=1024**2,
+        description="Volume écrit dans le cache pour en mesurer la vitesse d'écriture (octets).",
+    )
+
+    _split = field_validator("peers", mode="before")(_comma_separated)
+
+
 class Config(_Section):
     """A whole node configuration (`drimbox.toml`)."""
 
@@ -463,6 +495,7 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    checks: ChecksConfig = ChecksConfig()
 
     @model_validator(mode="after")
     def _stow_needs_an_url(self) -> Config:

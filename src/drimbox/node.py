@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from pathlib import Path
 
 from drimbox.config import Config
 from drimbox.db import Database
@@ -23,32 +21,10 @@ from drimbox.source.intake import ReportIntake
 from drimbox.source.iocm import IocmStoreHandler
 from drimbox.source.outbox import DmpPublisher
 from drimbox.source.pipeline import ReportPipeline
-from drimbox.trust.store import WhitelistStore
-from drimbox.trust.whitelist import load_certificates
-from drimbox.trust.xades_verify import ExpectedSigner
+from drimbox.trust.store import WhitelistStore, whitelist_store
 from drimbox.web.assembly import WebServers, build_web
 
 log = logging.getLogger(__name__)
-
-
-def whitelist_store(config: Config) -> WhitelistStore | None:
-    """The whitelist in force, refreshed from `[trust] whitelist_source`; None when unset."""
-    trust = config.trust
-    if not trust.whitelist_source:
-        return None
-    expected = ExpectedSigner(
-        common_name=re.escape(trust.expected_signer_cn) if trust.expected_signer_cn else None,
-        organizational_unit=(
-            re.escape(trust.expected_signer_ou) if trust.expected_signer_ou else None
-        ),
-    )
-    return WhitelistStore(
-        trust.whitelist_source,
-        load_certificates([Path(anchor) for anchor in trust.anchors]),
-        trust.state_dir,
-        expected_signer=expected,
-        allow_sha1=trust.allow_sha1,
-    )
 
 
 class Node:

@@ -579,6 +579,31 @@ def pacs_settings(config: Config) -> PacsSettings:
     )
 
 
+def build_retriever(
+    config: Config, method: str, pacs: PacsClient, scp: StoreScp | None = None
+) -> Retriever:
+    """The retriever of `method` (`[pacs] retrieve`) for `pacs`; `c-move` needs the running SCP
+    where the PACS sends the instances (`[pacs] calling_aet` is its AE title)."""
+    if method == "wado-rs":
+        if not config.pacs.dicomweb_url:
+            raise ValueError(
+                "[pacs] retrieve = wado-rs demande [pacs] dicomweb_url (racine DICOMweb du PACS)"
+            )
+        return WadoRsRetriever(
+            config.pacs.dicomweb_url,
+            timeout_s=config.pacs.timeout_s,
+            label=pacs.settings.label,
+            ssl_context=dicomweb_tls(config),
+        )
+    if method == "c-move":
+        if scp is None:
+            raise ValueError("la récupération c-move demande le SCP DICOM de la DRIMbox")
+        return CMoveRetriever(pacs, scp, config.pacs.calling_aet)
+    if method == "c-get":
+        return CGetRetriever(pacs)
+    raise ValueError(f"méthode de récupération inconnue : {method!r} (c-get, c-move ou wado-rs)")
+
+
 class ImageService:
     """A node's image service: cache, PACS retriever and, for C-MOVE, the SCP; and `remote`,
     the studies of other sites (Conso exams), which are fetched from their Source instead.
@@ -619,29 +644,13 @@ class ImageService:
 
     def _default_retriever(self) -> Retriever:
         method = self.config.pacs.retrieve
-        if method == "wado-rs":
-            if not self.config.pacs.dicomweb_url:
-                raise ValueError(
-                    "[pacs] retrieve = wado-rs demande [pacs] dicomweb_url "
-                    "(racine DICOMweb du PACS)"
-                )
-            return WadoRsRetriever(
-                self.config.pacs.dicomweb_url,
-                timeout_s=self.config.pacs.timeout_s,
-                label=self.pacs.settings.label,
-                ssl_context=dicomweb_tls(self.config),
+        if method == "c-move" and self.scp is None:
+            # A node passes its own SCP (shared with IOCM); this one is for a lone service.
+            self.scp = StoreScp(
+                self.config.pacs.calling_aet, self.config.pacs.scp_host, self.config.pacs.scp_port
             )
-        if method == "c-move":
-            if self.scp is None:
-                # A node passes its own SCP (shared with IOCM); this one is for a lone service.
-                self.scp = StoreScp(
-                    self.config.pacs.calling_aet,
-                    self.config.pacs.scp_host,
-                    self.config.pacs.scp_port,
-                )
-                self._owns_scp = True
-            return CMoveRetriever(self.pacs, self.scp, self.config.pacs.calling_aet)
-        return CGetRetriever(self.pacs)
+            self._owns_scp = True
+        return build_retriever(self.config, method, self.pacs, self.scp)
 
     async def start(self) -> None:
         self._users += 1
