@@ -15,7 +15,10 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "drimbox"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"__init__", "config", "failpoints", "samples", "db", "cda", "hl7", "dicom", "http"}),
+    frozenset(
+        {"__init__", "config", "failpoints", "logs", "metrics", "samples", "db", "cda", "hl7"}
+        | {"dicom", "http", "french"}
+    ),
     frozenset({"dmp", "trust", "auth"}),
     frozenset({"source", "conso", "ops"}),
     frozenset({"web"}),

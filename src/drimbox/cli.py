@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 from datetime import datetime
@@ -258,13 +257,12 @@ def peer_speedtest_command(
 @app.command()
 def serve(config: ConfigOption = None, verbose: bool = False) -> None:
     """Démarre le nœud (rôles selon la configuration) jusqu'à Ctrl-C."""
+    from drimbox.logs import configure_logging
+    from drimbox.metrics import node_name
     from drimbox.node import Node
 
     cfg = _load(config)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(cfg.log, node_name(cfg.metrics.node_name), verbose=verbose)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -7,6 +7,7 @@ Owns the configuration model (sections and defaults), loading from TOML, the
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -382,6 +383,59 @@ class StoreConfig(_Section):
         return value
 
 
+class MetricsConfig(_Section):
+    """The Prometheus endpoint (`/metrics`), on its own port, loopback by default: it names no
+    patient, but tells the box's activity, so only the monitoring may read it."""
+
+    enabled: bool = Field(
+        False, description="Sert /metrics (Prometheus) sur host:port (installation : activé)."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Adresse d'écoute de /metrics (0.0.0.0 : toutes, voir allow)."
+    )
+    port: int = Field(9464, ge=0, le=65535, description="Port de /metrics (0 : un port libre).")
+    allow: list[str] = Field(
+        ["127.0.0.1/32", "::1/128"],
+        description="Réseaux (CIDR) autorisés à lire /metrics ; les autres reçoivent 403.",
+    )
+    node_name: str = Field(
+        "",
+        description="Nom du nœud (étiquette node des métriques, champ node des journaux JSON) ; "
+        "vide : le nom d'hôte. Distinct pour chaque nœud d'un site.",
+    )
+    probe_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="Intervalle minimal entre deux vérifications de joignabilité du DMP et du "
+        "PACS (secondes) ; les lectures plus rapprochées reprennent la dernière.",
+    )
+
+    _split = field_validator("allow", mode="before")(_comma_separated)
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"« {network} » n'est pas un réseau (ex. 10.0.0.0/24)") from None
+        return value
+
+
+class LogConfig(_Section):
+    """The node's log: one line per event, to standard error (the journal under systemd)."""
+
+    format: Literal["text", "json"] = Field(
+        "text",
+        description="text : lisible ; json : un objet JSON par ligne (compte rendu, examen, "
+        "pair dans des champs à part), pour un collecteur de journaux.",
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Niveau minimal des messages journalisés."
+    )
+
+
 class ChecksConfig(_Section):
     """Speed tests and the site acceptance check (`drimbox pacs speedtest`, `drimbox peer
     speedtest`, `drimbox aptitude`)."""
@@ -450,6 +504,8 @@ class Config(_Section):
     admin: AdminConfig = AdminConfig()
     trust: TrustConfig = TrustConfig()
     store: StoreConfig = StoreConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
     checks: ChecksConfig = ChecksConfig()
 
     @model_validator(mode="after")

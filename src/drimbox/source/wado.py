@@ -284,6 +284,21 @@ class WadoRoutes:
         client = request.client.host if request.client else ""
         record = replace(record, channel=self.authorizer.channel, client=client)
         record_retrieval(self.access_log, record)
+        log.info(
+            "%s %s of study %s for %s: HTTP %s, %d instance(s)",
+            record.channel,
+            record.resource,
+            record.study_uid,
+            record.subject or client,
+            record.result,
+            record.instances,
+            extra={
+                "study_uid": record.study_uid,
+                "peer": client,
+                "subject": record.subject,
+                "bytes": record.bytes,
+            },
+        )
         if self.audit_db is not None:
             # The audit table is written off the event loop; the local access log above is the
             # fallback trace if the database is unavailable.
