@@ -552,19 +552,13 @@ def _whitelist(checks: _Checks, config: Config, now: datetime) -> Any:
         f"(valide encore {signer_days} jours)"
     )
     figures = {"domains": len(current.domains), "age_days": age.days, "source": store.source}
-    if age.days > WHITELIST_MAX_AGE_DAYS:
-        checks.add(
-            "whitelist",
-            group,
-            title,
-            "warning",
-            message,
-            "La liste en ligne n'a pas changé depuis longtemps : vérifiez l'adresse "
-            "configurée auprès de l'ANS.",
-            figures=figures,
-        )
-    else:
-        checks.add("whitelist", group, title, "ok", message, figures=figures)
+    stale = age.days > WHITELIST_MAX_AGE_DAYS
+    checks.add(
+        "whitelist", group, title, "warning" if stale else "ok", message,
+        "La liste en ligne n'a pas changé depuis longtemps : vérifiez l'adresse configurée "
+        "auprès de l'ANS.",
+        figures=figures,
+    )  # fmt: skip
     return store
 
 
@@ -925,33 +919,18 @@ def _psc(checks: _Checks, config: Config) -> None:
     group = "Pro Santé Connect"
     fix = "Vérifiez [psc] (adresse de découverte, identifiant et secret du client)."
     redirect = config.psc.redirect_uri or f"{config.viewer.public_url}/auth/callback"
+    client: PscClient | None = None
     try:
         client = PscClient(PscSettings.from_config(config, redirect))
+        endpoints = client.endpoints
     except PscError as exc:
+        if client is not None:
+            client.close()
         checks.add("psc.discovery", group, "Découverte", "failure", exc.message, fix)
-        checks.add(
-            "psc.client",
-            group,
-            "Authentification du client",
-            "failure",
-            "non faite : configuration invalide",
-            fix,
-        )
+        checks.add("psc.client", group, "Authentification du client", "failure",
+                   "non faite : Pro Santé Connect non découvert", fix)  # fmt: skip
         return
     with client:
-        try:
-            endpoints = client.endpoints
-        except PscError as exc:
-            checks.add("psc.discovery", group, "Découverte", "failure", exc.message, fix)
-            checks.add(
-                "psc.client",
-                group,
-                "Authentification du client",
-                "failure",
-                "non faite : découverte impossible",
-                fix,
-            )
-            return
         checks.add(
             "psc.discovery",
             group,
@@ -1069,28 +1048,19 @@ def _cache(checks: _Checks, config: Config) -> None:
     )
     figures = {"free_bytes": usage.free, "total_bytes": usage.total, "write_bps": round(rate)}
     if usage.free < MIN_FREE_BYTES:
-        checks.add(
-            "cache",
-            group,
-            title,
-            "failure",
-            message,
-            "Libérez de la place ou déplacez [store] cache_dir.",
-            figures=figures,
-        )
+        status: Status = "failure"
+        action = "Libérez de la place ou déplacez [store] cache_dir."
     elif usage.free < wanted or rate < config.checks.cache_min_write_bps:
-        checks.add(
-            "cache",
-            group,
-            title,
+        status, action = (
             "warning",
-            message,
-            "Le volume ne peut pas contenir le cache configuré, ou il est lent : "
-            "ajustez [store] cache_max_bytes ou le stockage.",
-            figures=figures,
+            (
+                "Le volume ne peut pas contenir le cache configuré, ou il est lent : ajustez "
+                "[store] cache_max_bytes ou le stockage."
+            ),
         )
     else:
-        checks.add("cache", group, title, "ok", message, figures=figures)
+        status, action = "ok", ""
+    checks.add("cache", group, title, status, message, action, figures=figures)
 
 
 def _write_speed(folder: Path, size: int) -> float:
