@@ -125,7 +125,7 @@ def cache_purge(
     result = purge_cache(
         Path(cfg.store.cache_dir), expired_only=expired, ttl_h=cfg.store.cache_ttl_h
     )
-    console.print(f"Cache purgé : {result}", highlight=False)
+    console.print(f"Cache purgé : {result.summary()}", highlight=False)
 
 
 @pacs_app.command("echo")

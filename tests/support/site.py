@@ -63,6 +63,7 @@ def source_site(
     tmp_path: Path,
     series: tuple[SeriesSpec, ...] = (SeriesSpec("CT", "a", 4), SeriesSpec("CT", "b", 2)),
     size: int = 32,
+    environ_extra: dict[str, str] | None = None,
 ) -> Iterator[Site]:
     orthanc.delete_all()
     pki = TestPki()
@@ -93,18 +94,22 @@ def source_site(
     )
     orthanc.store_files(files)
     with local_dmp(tmp_path / "dmp", pki) as dmp, LocalPsc() as psc:
-        environ = dmp.node_environ() | {
-            "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp_path / "whitelist.xml"),
-            "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
-            "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
-            "DRIMBOX_TRUST__STATE_DIR": str(tmp_path / "trust"),
-            "DRIMBOX_TRUST__TLS_CERT": str(box.cert_path),
-            "DRIMBOX_TRUST__TLS_KEY": str(box.key_path),
-            "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
-        }
+        environ = (
+            dmp.node_environ()
+            | {
+                "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp_path / "whitelist.xml"),
+                "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
+                "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
+                "DRIMBOX_TRUST__STATE_DIR": str(tmp_path / "trust"),
+                "DRIMBOX_TRUST__TLS_CERT": str(box.cert_path),
+                "DRIMBOX_TRUST__TLS_KEY": str(box.key_path),
+                "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
+                "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
+                "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
+                "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+            }
+            | (environ_extra or {})
+        )
         with RunningNode(node_config(tmp_path, orthanc, environ)) as node:
             with RisClient("127.0.0.1", node.hl7_port) as ris:
                 assert ris.send(hl7_text("CR_C-ORU.hl7")).code == "AA"

@@ -292,7 +292,7 @@ def admin_router(
         result = cache.purge()
         audit.record(db, actor=view.subject_name_id, role="operator", action="cache_purge",
                      result="ok")  # fmt: skip
-        message = f"Cache vidé : {result}"
+        message = f"Cache vidé : {result.summary()}"
         return RedirectResponse(f"/admin/cache?{urlencode({'message': message})}", status_code=303)
 
     return router
