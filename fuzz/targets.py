@@ -32,11 +32,11 @@ with atheris.instrument_imports(include=["drimbox"]):
     from drimbox.dmp.soap import SoapError, SoapFault, body_of
     from drimbox.errors import refusals_only
     from drimbox.hl7.message import HL7Error, parse_report_message
+    from drimbox.http.accept import AcceptError, parse_accept
+    from drimbox.http.multipart import MultipartError
+    from drimbox.http.multipart_client import FetchError, Framing, PartScanner
     from drimbox.samples import ans_file
     from drimbox.trust.whitelist import WhitelistError, verify_whitelist
-    from drimbox.web.accept import AcceptError, parse_accept
-    from drimbox.web.multipart import MultipartError
-    from drimbox.web.multipart_client import FetchError, Framing, PartScanner
 
 
 def _text(data: bytes) -> str:

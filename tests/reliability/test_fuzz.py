@@ -21,9 +21,9 @@ from drimbox.conso.common import ConsoError
 from drimbox.conso.history import read_manifest
 from drimbox.dmp.soap import SoapError, SoapFault, body_of
 from drimbox.errors import refusals_only
+from drimbox.http.multipart import closing, part_header
 from drimbox.samples import ans_file
 from drimbox.selftest import sample_kos
-from drimbox.web.multipart import closing, part_header
 from support.samples import hl7_text, with_cda
 
 ROOT = Path(__file__).parents[2]
@@ -100,9 +100,9 @@ BUG_SITES = {
     "kos": ("drimbox.conso.history", "_manifest"),
     "soap": ("drimbox.dmp.soap", "_local"),
     "whitelist": ("drimbox.trust.whitelist", "_content"),
-    "accept": ("drimbox.web.accept", "_media_range"),
+    "accept": ("drimbox.http.accept", "_media_range"),
     "launch": ("drimbox.conso.launch", "_normalise"),
-    "multipart": ("drimbox.web.multipart_client", "PartScanner._part_head"),
+    "multipart": ("drimbox.http.multipart_client", "PartScanner._part_head"),
 }
 INJECTED = "injected parser bug"
 

@@ -17,9 +17,9 @@ from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
 from drimbox.dicom.cache import DATA_FILE, SeriesCache
+from drimbox.http.multipart import MultipartReader, boundary_of
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec
-from drimbox.web.multipart import MultipartReader, boundary_of
 from support.node import signed_in
 from support.process import config_environ
 from support.site import Site, official_headers, peer_client, series_url, source_site
