@@ -121,12 +121,13 @@ def cache_purge(
 ) -> None:
     """Vide le cache d'images (ou seulement les séries expirées)."""
     from drimbox.dicom.cache import purge_cache
+    from drimbox.web.admin_routes import purge_message
 
     cfg = _load(config)
     result = purge_cache(
         Path(cfg.store.cache_dir), expired_only=expired, ttl_h=cfg.store.cache_ttl_h
     )
-    console.print(f"Cache purgé : {result.summary()}", highlight=False)
+    console.print(purge_message(result.series, result.bytes), highlight=False)
 
 
 @pacs_app.command("echo")

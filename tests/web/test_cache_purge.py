@@ -114,7 +114,7 @@ def test_cli_purge_while_a_peer_reads(site: Site) -> None:
             env=environ, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "Cache purgé : 1 série(s)" in result.stdout
+        assert "Cache vidé : 1 série supprimée" in result.stdout
 
     _purge_while_reading(site, purge)
 
@@ -127,7 +127,7 @@ def test_console_purge_while_a_peer_reads(site: Site) -> None:
             f"{site.node.viewer_url}/admin/cache/purger",
             headers={"Origin": site.node.viewer_url},
         )
-        assert page.status_code == 200 and "Cache vidé : 1 série(s)" in page.text
+        assert page.status_code == 200 and "Cache vidé : 1 série supprimée" in page.text
 
     try:
         _purge_while_reading(site, purge)

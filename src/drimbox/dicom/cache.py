@@ -86,13 +86,6 @@ class PurgeResult:
     series: int
     bytes: int
 
-    def summary(self) -> str:
-        """For site staff (CLI and console)."""
-        return (
-            f"{self.series} série(s), {self.bytes / 1e6:.1f} Mo libérés (une série en cours de "
-            "lecture l'est à la fin de sa lecture)"
-        )
-
 
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -438,6 +431,12 @@ class SeriesCache:
 
     def _expired_entry(self, entry: CacheEntry) -> bool:
         return entry.complete and self.clock() - entry.created > self.ttl_s
+
+    def holds(self, study_uid: str, series_uid: str) -> bool:
+        """Whether the series is complete in the cache now (no pin, no statistics)."""
+        with self.lock:
+            entry = self._entries.get(self.key(study_uid, series_uid))
+            return entry is not None and entry.complete and not self._expired_entry(entry)
 
     def get_or_begin(self, study_uid: str, series_uid: str) -> tuple[CacheEntry, bool]:
         """The series' entry, pinned (call `release` when done), and whether it is new: the
