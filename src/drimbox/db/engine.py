@@ -10,6 +10,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +47,12 @@ def _sqlite_begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _alembic_config() -> AlembicConfig:
+    alembic_config = AlembicConfig()
+    alembic_config.set_main_option("script_location", str(MIGRATIONS))
+    return alembic_config
+
+
 class Database:
     """A node's database: `session()` is one unit of work, committed on success."""
 
@@ -64,11 +72,18 @@ class Database:
 
     def upgrade(self) -> None:
         """Bring the schema to the latest revision (idempotent)."""
-        alembic_config = AlembicConfig()
-        alembic_config.set_main_option("script_location", str(MIGRATIONS))
+        alembic_config = _alembic_config()
         with self.engine.begin() as connection:
             alembic_config.attributes["connection"] = connection
             command.upgrade(alembic_config, "head")
+
+    def schema_revisions(self) -> tuple[set[str], set[str]]:
+        """(revisions the database is at, head revisions of this software), without changing
+        anything: empty first set = a database never upgraded."""
+        heads = set(ScriptDirectory.from_config(_alembic_config()).get_heads())
+        with self.engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+        return current, heads
 
     @contextmanager
     def session(self) -> Iterator[Session]:
