@@ -10,10 +10,16 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer DRIMbox: this one must not touch it."""
 
 
 def utcnow() -> datetime:
@@ -63,10 +69,23 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     def upgrade(self) -> None:
-        """Bring the schema to the latest revision (idempotent)."""
+        """Bring the schema to the latest revision (idempotent). Raises `SchemaTooNew` on a
+        database migrated by a newer version (a rollback without restoring the backup)."""
         alembic_config = AlembicConfig()
         alembic_config.set_main_option("script_location", str(MIGRATIONS))
+        script = ScriptDirectory.from_config(alembic_config)
+        known = {revision.revision for revision in script.walk_revisions()}
         with self.engine.begin() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+            unknown = [revision for revision in current if revision not in known]
+            if unknown:
+                raise SchemaTooNew(
+                    f"la base de données est à la révision de schéma {', '.join(unknown)}, "
+                    "plus récente que cette version de la DRIMbox (dernière révision connue : "
+                    f"{script.get_current_head()}) : elle a été mise à jour par une version "
+                    "plus récente. Réinstallez cette version, ou restaurez la sauvegarde faite "
+                    "avant la mise à jour (docs/deploy.md, « Retour arrière »)."
+                )
             alembic_config.attributes["connection"] = connection
             command.upgrade(alembic_config, "head")
 
