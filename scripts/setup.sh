@@ -33,6 +33,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  . scripts/env.sh  # the CA bundle may have just been installed
 fi
 
 # uv: the one already on PATH, else a pinned uv in a venv of Debian's python3 (Debian's python3
