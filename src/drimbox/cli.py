@@ -57,7 +57,12 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Fichier de configuration TOML (sinon les défauts)."),
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="DRIMBOX_CONFIG",
+        help="Fichier de configuration TOML (sinon $DRIMBOX_CONFIG, sinon les défauts).",
+    ),
 ]
 
 
