@@ -507,6 +507,49 @@ def audit_export(
 
 
 @app.command()
+def aptitude(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Configuration du nœud (TOML).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Rapport HTML imprimable (procès-verbal à signer)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Résultats en JSON.")] = False,
+) -> None:
+    """Vérification d'aptitude du site : configuration, base, certificats, liste blanche, PACS,
+    DMP, Pro Santé Connect, autres DRIMbox, cache, horloge ; code 1 si une vérification échoue."""
+    from drimbox.ops.aptitude import invalid_configuration, run_aptitude
+    from drimbox.ops.report import render_html
+
+    try:
+        report = run_aptitude(load_config(config))
+    except ConfigError as exc:
+        report = invalid_configuration(exc.source, exc.problems)
+    if output is not None:
+        try:
+            output.write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            fail(f"rapport non écrit ({output}) : {exc}")
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
+    else:
+        colours = {"ok": "green", "warning": "yellow", "failure": "bold red"}
+        table = Table(title="Vérification d'aptitude DRIMbox", title_justify="left")
+        for column in ("Rubrique", "Vérification", "Résultat", "Constat et action"):
+            table.add_column(column, overflow="fold")
+        for check in report.checks:
+            detail = check.message + (f"\n→ {check.action}" if check.action else "")
+            table.add_row(check.group, check.title,
+                          f"[{colours[check.status]}]{check.label}[/]", escape(detail))  # fmt: skip
+        console.print(table)
+        verdict = {"ok": "apte", "warning": "apte avec réserves", "failure": "NON APTE"}
+        console.print(f"Installation {verdict[report.status]}.", highlight=False)
+        if output is not None:
+            console.print(f"Rapport à imprimer et signer : {output}", highlight=False)
+    if report.status == "failure":
+        raise typer.Exit(1)
+
+
+@app.command()
 def selftest(
     samples: Annotated[
         Path | None, typer.Option(help="Dossier d'échantillons ANS (défaut : ceux fournis).")

@@ -461,6 +461,11 @@ class ChecksConfig(_Section):
         description="INS du patient de test de l'environnement DMP, pour la requête sans effet "
         "de la vérification d'aptitude ; vide : requête sur un patient inexistant.",
     )
+    dmp_test_patient_oid: str = Field(
+        "1.2.250.1.213.1.4.10",
+        description="OID de l'INS de ce patient : INS-NIR de test (1.2.250.1.213.1.4.10) par "
+        "défaut, 1.2.250.1.213.1.4.8 pour un INS-NIR.",
+    )
     slow_ratio: float = Field(
         0.5,
         gt=0,
@@ -472,6 +477,12 @@ class ChecksConfig(_Section):
         64 * 1024**2,
         ge=1024**2,
         description="Volume écrit dans le cache pour en mesurer la vitesse d'écriture (octets).",
+    )
+    cache_min_write_bps: int = Field(
+        20_000_000,
+        ge=0,
+        description="Vitesse d'écriture du cache en dessous de laquelle la vérification "
+        "d'aptitude avertit (octets par seconde).",
     )
 
     _split = field_validator("peers", mode="before")(_comma_separated)

@@ -116,6 +116,7 @@ class Trust:
     box_a: Issued
     box_b: Issued
     whitelist: Path
+    pki: TestPki  # issues more certificates (tests: an expired one)
 
 
 def make_trust(folder: Path) -> Trust:
@@ -144,7 +145,7 @@ def make_trust(folder: Path) -> Trust:
     )
     whitelist = folder / "liste-blanche.xml"
     whitelist.write_bytes(signed)
-    return Trust(certs, box_a, box_b, whitelist)
+    return Trust(certs, box_a, box_b, whitelist, pki)
 
 
 def site_config(

@@ -51,6 +51,12 @@ def _sqlite_begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _alembic_config() -> AlembicConfig:
+    alembic_config = AlembicConfig()
+    alembic_config.set_main_option("script_location", str(MIGRATIONS))
+    return alembic_config
+
+
 class Database:
     """A node's database: `session()` is one unit of work, committed on success."""
 
@@ -71,8 +77,7 @@ class Database:
     def upgrade(self) -> None:
         """Bring the schema to the latest revision (idempotent). Raises `SchemaTooNew` on a
         database migrated by a newer version (a rollback without restoring the backup)."""
-        alembic_config = AlembicConfig()
-        alembic_config.set_main_option("script_location", str(MIGRATIONS))
+        alembic_config = _alembic_config()
         script = ScriptDirectory.from_config(alembic_config)
         known = {revision.revision for revision in script.walk_revisions()}
         with self.engine.begin() as connection:
@@ -84,10 +89,18 @@ class Database:
                     "plus récente que cette version de la DRIMbox (dernière révision connue : "
                     f"{script.get_current_head()}) : elle a été mise à jour par une version "
                     "plus récente. Réinstallez cette version, ou restaurez la sauvegarde faite "
-                    "avant la mise à jour (docs/deploy.md, « Retour arrière »)."
+                    "avant la mise à jour (docs/deploy.md, « Upgrades and rollback »)."
                 )
             alembic_config.attributes["connection"] = connection
             command.upgrade(alembic_config, "head")
+
+    def schema_revisions(self) -> tuple[set[str], set[str]]:
+        """(revisions the database is at, head revisions of this software), without changing
+        anything: empty first set = a database never upgraded."""
+        heads = set(ScriptDirectory.from_config(_alembic_config()).get_heads())
+        with self.engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+        return current, heads
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -186,7 +186,8 @@ class _Reply:
     message: mtom.MtomResponse = field(repr=False)
 
 
-def _ssl_context(settings: DmpSettings) -> ssl.SSLContext:
+def tls_context(settings: DmpSettings) -> ssl.SSLContext:
+    """Mutual TLS with the DMP: the structure's ORG authentication certificate, the DMP's CAs."""
     try:
         context = ssl.create_default_context(cafile=settings.tls_ca or None)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -328,7 +329,7 @@ class DmpClient:
         self._signer = signer or _load_signer(settings)
         self._owns_http = http is None
         self._http = http or httpx.Client(
-            verify=_ssl_context(settings),
+            verify=tls_context(settings),
             timeout=httpx.Timeout(settings.timeout_s),
             headers={"User-Agent": f"{settings.lps_name}/{settings.lps_version}"},
         )
