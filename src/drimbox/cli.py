@@ -22,6 +22,9 @@ from sqlalchemy import select
 
 from drimbox.config import Config, ConfigError, load_config
 from drimbox.db import Database, Report
+from drimbox.db.engine import SchemaTooNew
+
+SCHEMA_TOO_NEW_EXIT = 3  # kept in scripts/drimbox.service (RestartPreventExitStatus)
 
 app = typer.Typer(help="DRIMbox : passerelle d'imagerie du réseau DRIM-M.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration du nœud.", no_args_is_help=True)
@@ -54,7 +57,12 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Fichier de configuration TOML (sinon les défauts)."),
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="DRIMBOX_CONFIG",
+        help="Fichier de configuration TOML (sinon $DRIMBOX_CONFIG, sinon les défauts).",
+    ),
 ]
 
 
@@ -77,6 +85,8 @@ def _database(config: Config) -> Database:
     db = Database(config.store.database_url)
     try:
         db.upgrade()
+    except SchemaTooNew as exc:
+        fail(str(exc), code=SCHEMA_TOO_NEW_EXIT)
     except Exception as exc:  # noqa: BLE001 - shown to the operator, not a traceback
         fail(f"base de données inaccessible ({config.store.database_url}) : {exc}")
     return db
@@ -112,6 +122,47 @@ def db_upgrade(config: ConfigOption = None) -> None:
     cfg = _load(config)
     _database(cfg).dispose()
     console.print(f"[green]Schéma à jour[/] : {cfg.store.database_url}")
+
+
+@db_app.command("backup")
+def db_backup(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Fichier de sauvegarde.")],
+    config: ConfigOption = None,
+) -> None:
+    """Sauvegarde la base pendant que le nœud tourne (SQLite : copie cohérente ; PostgreSQL :
+    pg_dump au format custom)."""
+    from drimbox.db.backup import BackupError, backup
+
+    cfg = _load(config)
+    try:
+        backup(cfg.store.database_url, output)
+    except BackupError as exc:
+        fail(f"sauvegarde impossible : {exc}")
+    size = output.stat().st_size / 1e6
+    console.print(f"[green]Sauvegarde écrite[/] : {output} ({size:.1f} Mo)", highlight=False)
+
+
+@db_app.command("restore")
+def db_restore(
+    backup_file: Annotated[Path, typer.Argument(help="Fichier écrit par `drimbox db backup`.")],
+    config: ConfigOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Sans demander de confirmation.")] = False,
+) -> None:
+    """Remplace toute la base par une sauvegarde (nœud arrêté), puis met son schéma à jour."""
+    from drimbox.db.backup import BackupError, restore
+
+    cfg = _load(config)
+    url = cfg.store.database_url
+    if not yes and not typer.confirm(
+        f"Remplacer toute la base {url} par {backup_file} ? Arrêtez d'abord le service."
+    ):
+        fail("restauration annulée")
+    try:
+        restore(url, backup_file)
+    except BackupError as exc:
+        fail(f"restauration impossible : {exc}")
+    _database(cfg).dispose()
+    console.print(f"[green]Base restaurée[/] depuis {backup_file} : {url}", highlight=False)
 
 
 @cache_app.command("purge")
@@ -282,6 +333,9 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
 
     try:
         asyncio.run(main())
+    except SchemaTooNew as exc:
+        # Its own exit code: the systemd unit does not restart on it (RestartPreventExitStatus).
+        fail(f"démarrage refusé : {exc}", code=SCHEMA_TOO_NEW_EXIT)
     except (OSError, ValueError) as exc:  # ports, files, settings only checkable at start
         fail(f"impossible de démarrer : {exc}")
 

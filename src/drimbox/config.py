@@ -24,8 +24,8 @@ from pydantic import (
 )
 
 ENV_PREFIX = "DRIMBOX_"
-# Variables of ours that are not configuration keys (see drimbox.failpoints).
-NOT_CONFIGURATION = frozenset({"DRIMBOX_FAILPOINTS"})
+# Variables of ours that are not configuration keys (drimbox.failpoints; the CLI's file).
+NOT_CONFIGURATION = frozenset({"DRIMBOX_FAILPOINTS", "DRIMBOX_CONFIG"})
 
 
 class ConfigError(Exception):

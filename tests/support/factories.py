@@ -15,6 +15,7 @@ from drimbox.cda.model import (
     Patient,
     PersonName,
 )
+from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
 from drimbox.dicom.model import InstanceRef, SeriesSnapshot, StudySnapshot
 
 CR_C_STUDY_UID = "1.2.250.1.213.4.5.2.1.103"
@@ -113,3 +114,26 @@ def make_snapshot(report: ImagingReport, instances: int = 3) -> StudySnapshot:
         referring_physician_name="",
         series=(series,),
     )
+
+
+def add_reports(db: Database, count: int, first: int = 0) -> None:
+    """`count` received reports, numbered from `first` (document ids 1.2.3.N)."""
+    now = utcnow()
+    with db.session() as session:
+        for index in range(first, first + count):
+            message = Hl7Message(received_at=now, size_bytes=1, raw=b"x", ack_code="AA")
+            session.add(message)
+            session.flush()
+            session.add(
+                Report(
+                    message_id=message.id,
+                    received_at=now,
+                    updated_at=now,
+                    kind="publish",
+                    document_id=f"1.2.3.{index}",
+                    flags={"MASQUE_PS": False},
+                    state=ReportState.RECEIVED.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                )
+            )

@@ -18,6 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer DRIMbox: this one must not touch it."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -71,9 +75,22 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     def upgrade(self) -> None:
-        """Bring the schema to the latest revision (idempotent)."""
+        """Bring the schema to the latest revision (idempotent). Raises `SchemaTooNew` on a
+        database migrated by a newer version (a rollback without restoring the backup)."""
         alembic_config = _alembic_config()
+        script = ScriptDirectory.from_config(alembic_config)
+        known = {revision.revision for revision in script.walk_revisions()}
         with self.engine.begin() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+            unknown = [revision for revision in current if revision not in known]
+            if unknown:
+                raise SchemaTooNew(
+                    f"la base de données est à la révision de schéma {', '.join(unknown)}, "
+                    "plus récente que cette version de la DRIMbox (dernière révision connue : "
+                    f"{script.get_current_head()}) : elle a été mise à jour par une version "
+                    "plus récente. Réinstallez cette version, ou restaurez la sauvegarde faite "
+                    "avant la mise à jour (docs/deploy.md, « Upgrades and rollback »)."
+                )
             alembic_config.attributes["connection"] = connection
             command.upgrade(alembic_config, "head")
 
