@@ -25,7 +25,9 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -64,6 +66,8 @@ class EntryRow(Base):
     submission_set_uuid: Mapped[str] = mapped_column(String(80))
     repository_unique_id: Mapped[str] = mapped_column(String(128))
     replaces: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    # The structure that published it (VIHF Identifiant_Structure): the owner of the entry.
+    structure_id: Mapped[str] = mapped_column(String(64), default="")
     xml: Mapped[str] = mapped_column(Text)
 
 
@@ -134,6 +138,14 @@ class Registry:
             cursor.close()
 
         Base.metadata.create_all(self.engine)
+        # A database of an earlier simulator (the demo keeps its folder) lacks the owner column.
+        if "structure_id" not in {
+            c["name"] for c in inspect(self.engine).get_columns("dmp_sim_entry")
+        }:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    text("ALTER TABLE dmp_sim_entry ADD COLUMN structure_id VARCHAR(64) DEFAULT ''")
+                )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.lock = threading.RLock()
 
