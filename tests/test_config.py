@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from drimbox.cli import app
-from drimbox.config import Config, ConfigError, load_config
+from drimbox.config import Config, ConfigError, StructureConfig, load_config
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "drimbox.toml"
 
@@ -28,9 +28,14 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
     for section, model in Config.model_fields.items():
         assert section in written, f"[{section}] missing from the example"
         section_type = model.annotation
+        tables = written[section]
+        if section == "structures":  # [[structures]]: a list of tables
+            section_type = StructureConfig
+            assert isinstance(tables, list) and len(tables) >= 2
+            tables = tables[0]
         assert section_type is not None
         for key in section_type.model_fields:  # type: ignore[union-attr]
-            assert key in written[section], f"{section}.{key} missing from the example"
+            assert key in tables, f"{section}.{key} missing from the example"
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:

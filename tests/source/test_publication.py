@@ -94,6 +94,11 @@ def test_update_replaces_and_depublication_deletes(
     assert kos_entries[old.kos_sop_uid]["status"] == "Deprecated"
     assert kos_entries[updated.kos_sop_uid]["status"] == "Approved"
     assert kos_entries[updated.kos_sop_uid]["replaces"] == old.dmp_entry_uuid
+    # The signature document follows its KOS: the old one is replaced too, none is orphaned.
+    signatures = [d for d in dmp.documents() if d["mime_type"] == "text/xml"]
+    assert sorted(d["status"] for d in signatures) == ["Approved", "Deprecated"]
+    [new_signature] = [d for d in signatures if d["status"] == "Approved"]
+    assert new_signature["replaces"] in {d["entry_uuid"] for d in signatures}
 
 
 def test_depublication_deletes_the_kos(
@@ -110,6 +115,8 @@ def test_depublication_deletes_the_kos(
     assert applied.state == ReportState.APPLIED.value, applied.reason
     [entry] = [d for d in dmp.documents() if d["unique_id"] == gone.kos_sop_uid]
     assert entry["status"] == "Deleted"
+    # Deleted with its KOS: no signature entry stays Approved.
+    assert [d["status"] for d in dmp.documents() if d["mime_type"] == "text/xml"] == ["Deleted"]
 
 
 def test_dmp_outage_is_caught_up_without_duplicates(
@@ -137,3 +144,5 @@ def test_dmp_outage_is_caught_up_without_duplicates(
     assert sorted(d["unique_id"] for d in registered) == sorted(kos_uids)  # each once
     # Same study: each version replaced the previous one; only the last stays Approved.
     assert [d["status"] for d in registered].count("Approved") == 1
+    signatures = [d for d in dmp.documents() if d["mime_type"] == "text/xml"]
+    assert [d["status"] for d in signatures].count("Approved") == 1
