@@ -656,13 +656,19 @@ class DmpClient:
         statuses: Sequence[str] = (codes.STATUS_APPROVED,),
         subject: VihfSubject | None = None,
     ) -> list[DocumentEntry]:
+        """FindDocumentsByReferenceId. A study UID is looked up in every form boxes publish it:
+        without CX.4, with ours (DICOM's root) or XDS.xml's placeholder authority; when none
+        matches, the patient's KOS are read and matched on the UID itself (any authority)."""
         references: list[str] = []
         if accession is not None:
             references.append(
                 metadata.reference_id(accession.extension, accession.root, codes.REF_ACCESSION)
             )
         if study_instance_uid:
-            references.append(metadata.reference_id(study_instance_uid, None, codes.REF_STUDY_UID))
+            for authority in (None, *codes.STUDY_UID_AUTHORITIES):
+                references.append(
+                    metadata.reference_id(study_instance_uid, authority, codes.REF_STUDY_UID)
+                )
         if order is not None:
             references.append(metadata.reference_id(order.extension, order.root, codes.REF_ORDER))
         if not references:
@@ -671,7 +677,23 @@ class DmpClient:
             metadata.cx(patient_ins, ins_oid), references, statuses=statuses
         )
         result = self._query(query, (patient_ins, ins_oid), subject)
-        return metadata.parse_document_entries(result.objects)
+        found = metadata.parse_document_entries(result.objects)
+        if study_instance_uid and not any(
+            e.reference(codes.REF_STUDY_UID) == study_instance_uid for e in found
+        ):
+            # Another box's authority: match the UID on the patient's KOS (same result set).
+            known = {e.entry_uuid for e in found}
+            others = self.find_documents(
+                patient_ins, ins_oid, statuses=statuses, type_codes=[codes.KOS_TYPE],
+                subject=subject,
+            )  # fmt: skip
+            found += [
+                e
+                for e in others
+                if e.entry_uuid not in known
+                and e.reference(codes.REF_STUDY_UID) == study_instance_uid
+            ]
+        return found
 
     def get_documents(
         self,

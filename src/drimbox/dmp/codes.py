@@ -88,6 +88,8 @@ REF_STUDY_UID: Final = "urn:ihe:iti:xds:2016:studyInstanceUID"
 # one): DICOM's UID root, the namespace every study UID lives in (XDS.xml's 1.2.3.4.5.6 is a
 # placeholder). The Conso finds study references with any CX.4, or none.
 STUDY_UID_AUTHORITY: Final = "1.2.840.10008"
+# The authorities a Conso tries first when it searches a study UID (ours, XDS.xml's).
+STUDY_UID_AUTHORITIES: Final = (STUDY_UID_AUTHORITY, "1.2.3.4.5.6")
 CCAM_SYSTEM: Final = "1.2.250.1.213.2.5"
 # The CDA author code system (TRE_G15 profession / TRE_R38 specialty, "G15_10/SM44").
 AUTHOR_SPECIALTY_SYSTEM: Final = "1.2.250.1.213.1.1.4.5"

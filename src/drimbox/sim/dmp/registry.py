@@ -32,6 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from drimbox.sim.dmp.soap import RIM, parse_xml
+
 
 class Base(DeclarativeBase):
     """Tables of the simulator only (never mixed with the box's schema)."""
@@ -250,5 +252,18 @@ def entry_view(row: EntryRow, content_url: str) -> dict[str, Any]:
         "submission_set_uuid": row.submission_set_uuid,
         "repository_unique_id": row.repository_unique_id,
         "replaces": row.replaces,
+        "structure_id": row.structure_id,
+        "author_institutions": _slot_values(row.xml, "authorInstitution"),
         "content_url": content_url,
     }
+
+
+def _slot_values(xml: str, name: str) -> list[str]:
+    """The values of a slot anywhere in a stored entry (e.g. its author's institution)."""
+    root = parse_xml(xml.encode("utf-8"))
+    return [
+        value.text or ""
+        for value in root.iterfind(
+            f".//{{{RIM}}}Slot[@name='{name}']/{{{RIM}}}ValueList/{{{RIM}}}Value"
+        )
+    ]
