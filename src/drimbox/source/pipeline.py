@@ -112,7 +112,14 @@ class ReportPipeline(LeasedWorker):
                     for evidence in kos.CurrentRequestedProcedureEvidenceSequence
                     for series in evidence.ReferencedSeriesSequence
                 )
-        log.info("report %s: %s %s", report_id, outcome.state.value, outcome.reason or "")
+            study = report.study_uid
+        log.info(
+            "report %s: %s %s",
+            report_id,
+            outcome.state.value,
+            outcome.reason or "",
+            extra={"report_id": report_id, "study_uid": study},
+        )
         return outcome
 
     def _build(

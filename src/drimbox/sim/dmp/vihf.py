@@ -237,9 +237,10 @@ def check_trusted_certificate(
 
 
 def check_client_certificate(client: x509.Certificate | None, vihf: Vihf) -> None:
-    """The TLS client certificate authenticates the structure the VIHF names: an ORG AUTH
-    certificate whose OU is the VIHF's Identifiant_Structure and the structure of the VIHF's
-    signing certificate. (Chain and validity: the TLS handshake, against the client CA.)"""
+    """The TLS client certificate authenticates the structure that acts: an ORG AUTH
+    certificate of the same structure (OU) as the VIHF's signing certificate and, in INDIRECTE
+    mode, as the VIHF's Identifiant_Structure. (Chain and validity: the TLS handshake, against
+    the client CA.)"""
     if client is None:
         raise _fault(
             "DMPCertificatClientAbsent",
@@ -256,7 +257,10 @@ def check_client_certificate(client: x509.Certificate | None, vihf: Vihf) -> Non
             "wsse:FailedAuthentication",
         )
     tls_structures = certificate_structures(client)
-    if vihf.structure not in tls_structures:
+    # A structure acting itself (INDIRECTE: publication, its own reads and deletions) is the
+    # one of its certificate. A professional authenticated by PSC (INDIRECTE_RENFORCEE…) names
+    # the structure of their own activity, which the box operator's certificate need not be.
+    if vihf.is_publication and vihf.structure not in tls_structures:
         raise _fault(
             "DMPStructureIncoherente",
             f"La structure du VIHF (Identifiant_Structure « {vihf.structure} ») n'est pas celle "
