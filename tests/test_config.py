@@ -86,7 +86,7 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "fichier introuvable" in missing.output
 
 
-def _structure_toml(structure_id: str, kind: str, auth: Path, sign: Path, keys: Path) -> str:
+def _structure_toml(structure_id: str, kind: str, auth: str, sign: str, keys: str) -> str:
     return (
         f'[[structures]]\nid = "{structure_id}"\nkind = "{kind}"\nname = "S {structure_id}"\n'
         f'tls_cert = "{auth}.crt"\ntls_key = "{auth}.key"\n'
@@ -102,28 +102,27 @@ def test_config_check_verifies_each_structures_certificates(tmp_path: Path) -> N
         '[roles]\nsource = true\n[dmp]\nbase_url = "https://dmp.test"\n'
         f'tls_ca = "{tmp_path / "ca.crt"}"\n'
     )
-    ok_file = tmp_path / "ok.toml"
-    ok_file.write_text(
-        base
-        + _structure_toml("101235555", "FINESS_EG", tmp_path / "a-auth", tmp_path / "a-sign",
-                          tmp_path / "a-sign")
-        + _structure_toml("3123456789012345", "SIRET", tmp_path / "b-auth", tmp_path / "b-sign",
-                          tmp_path / "b-sign")
-    )  # fmt: skip
+
+    def two_structures(name: str, b_auth: str, b_sign: str, b_key: str) -> Path:
+        a = tmp_path / "a"
+        file = tmp_path / f"{name}.toml"
+        file.write_text(
+            base
+            + _structure_toml("101235555", "FINESS_EG", f"{a}-auth", f"{a}-sign", f"{a}-sign")
+            + _structure_toml(
+                "3123456789012345", "SIRET", *(str(tmp_path / p) for p in (b_auth, b_sign, b_key))
+            )
+        )
+        return file
+
+    ok_file = two_structures("ok", "b-auth", "b-sign", "b-sign")
     runner = CliRunner()
     ok = runner.invoke(app, ["config", "check", str(ok_file)])
     assert ok.exit_code == 0, ok.output
     assert "structure 101235555" in ok.output and "structure 3123456789012345" in ok.output
     # Structure B signs with A's certificate and a key that is not its certificate's; its TLS
     # certificate is a signing one.
-    bad_file = tmp_path / "bad.toml"
-    bad_file.write_text(
-        base
-        + _structure_toml("101235555", "FINESS_EG", tmp_path / "a-auth", tmp_path / "a-sign",
-                          tmp_path / "a-sign")
-        + _structure_toml("3123456789012345", "SIRET", tmp_path / "b-sign", tmp_path / "a-sign",
-                          tmp_path / "b-sign")
-    )  # fmt: skip
+    bad_file = two_structures("bad", "b-sign", "a-sign", "b-sign")
     bad = runner.invoke(app, ["config", "check", str(bad_file)])
     assert bad.exit_code == 2, bad.output
     output = " ".join(bad.output.split())

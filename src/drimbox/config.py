@@ -61,7 +61,10 @@ class SiteConfig(_Section):
     name: str = Field("Site d'imagerie DRIMbox", description="Nom affiché de la structure.")
     structure_id: str = Field(
         "",
-        description="Identifiant de la structure (FINESS/SIRET), utilisé pour le DMP et le VIHF.",
+        description="Identifiant national de la structure (IDNST : OU des certificats ORG de "
+        "[dmp], Identifiant_Structure du VIHF). Sans [[structures]], seuls les CR dont "
+        "l'organisation (representedOrganization du responsable) est celle-ci sont publiés ; "
+        "les autres sont mis de côté avec la raison.",
     )
     uid_root: str = Field(
         "1.2.250.1.999.9",

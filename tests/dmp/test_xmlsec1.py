@@ -12,11 +12,12 @@ from typing import get_args
 
 import pytest
 from lxml import etree
+from test_vihf import CONTEXT
 
 from drimbox.cda.model import ImagingReport
 from drimbox.dicom.kos import manifest_from_bytes
 from drimbox.dmp import codes
-from drimbox.dmp.vihf import VihfContext, VihfSubject, build_vihf, vihf_bytes
+from drimbox.dmp.vihf import VihfSubject, build_vihf, vihf_bytes
 from drimbox.dmp.xades import (
     SignatureAlgorithm,
     SignedDocument,
@@ -26,14 +27,6 @@ from drimbox.dmp.xades import (
 from drimbox.sim.pki import Issued, TestPki
 
 SAML_ASSERTION = f"{codes.SAML_NS}:Assertion"
-CONTEXT = VihfContext(
-    structure_id="101235555",
-    activity_sector="SA08^1.2.250.1.71.4.2.4",
-    lps_id="DRIMBOX-TEST",
-    lps_name="DRIMbox",
-    lps_version="0.1.0",
-    lps_homologation_id="HOMOLOG-TEST",
-)
 DIGESTS = {"rsa-sha1": "sha1", "rsa-sha256": "sha256", "rsa-sha512": "sha512"}
 
 
