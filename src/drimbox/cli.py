@@ -106,6 +106,30 @@ def config_check(file: Path) -> None:
         f"  PACS : {config.pacs.called_aet}@{config.pacs.host}:{config.pacs.port} "
         f"(récupération {config.pacs.retrieve})"
     )
+    _check_structures(config)
+
+
+def _check_structures(config: Config) -> None:
+    """Each structure's ORG certificates name it (subject OU) and match their keys."""
+    from drimbox.dmp.structures import certificate_problems, site_structures
+
+    if not config.roles.source or not config.dmp.base_url:
+        return  # no publication: the DMP certificates are not used
+    problems: list[str] = []
+    for structure in site_structures(config):
+        found = certificate_problems(structure)
+        problems += found
+        if not found:
+            console.print(
+                f"  structure {structure.id} ({structure.name}) : certificats ORG AUTH et "
+                "ORG SIGN conformes",
+                highlight=False,
+            )
+    if problems:
+        err.print("[bold red]Certificats des structures incorrects[/] :", highlight=False)
+        for problem in problems:
+            err.print(f"  - {escape(problem)}", highlight=False)
+        raise typer.Exit(2)
 
 
 @config_app.command("reference")

@@ -65,7 +65,9 @@ def make_report(**overrides: Any) -> ImagingReport:
         accession_number=CR_C_ACCESSION,
         placer_order=CR_C_ORDER,
         act_code=Code("24727-0", "2.16.840.1.113883.6.1", "CT Head W contrast IV"),
-        act_translations=(),
+        act_translations=(
+            Code("ACQH004", "1.2.250.1.213.2.5", "Scanographie du crâne avec injection"),
+        ),
         modalities=(Code("CT", "1.2.840.10008.2.16.4", "Computed Tomography"),),
         regions=(Code("774007", "2.16.840.1.113883.6.96", "Head and Neck"),),
         service_start=datetime(2021, 1, 8, 10, 0, tzinfo=_PARIS),
@@ -78,6 +80,7 @@ def make_report(**overrides: Any) -> ImagingReport:
         replaced_document_id=None,
         viewer_url=None,
         document_code=Code("18748-4", "2.16.840.1.113883.6.1", "CR d'imagerie médicale"),
+        encounter_code=Code("AMB", "2.16.840.1.113883.5.4", "ambulatoire (hors établissement)"),
     )
     return dataclasses.replace(report, **overrides)
 

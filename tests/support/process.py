@@ -22,8 +22,9 @@ def config_environ(config: Config) -> dict[str, str]:
     return {
         f"DRIMBOX_{section.upper()}__{key.upper()}": str(value)
         for section, values in config.model_dump().items()
+        if section in PROCESS_SECTIONS
         for key, value in values.items()
-        if section in PROCESS_SECTIONS and not isinstance(value, list)
+        if not isinstance(value, list)
     }
 
 
