@@ -73,7 +73,7 @@ def _load(path: Path | None) -> Config:
 
 
 def _database(config: Config) -> Database:
-    db = Database(config.store.database_url)
+    db = Database(config.store.database_url, config.node.name)
     try:
         db.upgrade()
     except Exception as exc:  # noqa: BLE001 - shown to the operator, not a traceback

@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 
 from drimbox.config import Config
-from drimbox.db import Database
+from drimbox.db import Database, DmpJob, Report
+from drimbox.db.leases import reclaim
 from drimbox.dicom.retrieve import ImageService, RemoteStudies
 from drimbox.dicom.scp import StoreScp
 from drimbox.hl7.server import MllpServer
@@ -53,7 +54,7 @@ def whitelist_store(config: Config) -> WhitelistStore | None:
 class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.db = Database(config.store.database_url)
+        self.db = Database(config.store.database_url, config.node.name)
         self.mllp: MllpServer | None = None
         self.pipeline: ReportPipeline | None = None
         self.publisher: DmpPublisher | None = None
@@ -66,6 +67,8 @@ class Node:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.db.upgrade)
+        if self.config.roles.source:
+            await asyncio.to_thread(self._reclaim)
         self.whitelist = whitelist_store(self.config)
         if self.whitelist is not None:
             interval = self.config.trust.refresh_interval_s
@@ -100,6 +103,13 @@ class Node:
             self.web = build_web(self.config, self.db, self.images, self.whitelist)
             await self.web.peer.start()
             await self.web.viewer.start()
+
+    def _reclaim(self) -> None:
+        """Work this node held when it last died is due again now, not after its lease."""
+        name = self.config.node.name
+        reports, jobs = (reclaim(self.db, model, name) for model in (Report, DmpJob))
+        if reports or jobs:
+            log.warning("node %s: %d report(s), %d DMP job(s) taken back", name, reports, jobs)
 
     async def stop(self) -> None:
         self._stop.set()

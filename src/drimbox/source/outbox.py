@@ -23,7 +23,7 @@ from drimbox.cda import parse_report
 from drimbox.cda.model import ImagingReport
 from drimbox.config import Config
 from drimbox.db import Database, DmpJob, JobState, Report, ReportState, utcnow
-from drimbox.db.leases import LeasedWorker, backoff, claim_due
+from drimbox.db.leases import LeasedWorker, backoff
 from drimbox.failpoints import failpoint
 from drimbox.trust import audit
 
@@ -103,16 +103,16 @@ def enqueue(session: Session, report: Report, action: str) -> None:
 
 class DmpPublisher(LeasedWorker):
     name = "DMP outbox"
+    model = DmpJob
+    due_states = DUE
 
     def __init__(self, config: Config, db: Database, port: DmpPort | None) -> None:
         self.config = config
         self.db = db
+        self.owner = config.node.name
+        self.lease = timedelta(seconds=config.source.lease_s)
         self.poll_s = config.source.poll_interval_s
         self.port = port
-
-    def claim_next(self) -> int | None:
-        lease = timedelta(seconds=self.config.source.lease_s)
-        return claim_due(self.db, DmpJob, DUE, lease)
 
     # -- one job ---------------------------------------------------------------------------
     def process(self, job_id: int) -> JobResult:
@@ -153,6 +153,9 @@ class DmpPublisher(LeasedWorker):
         with self.db.session() as session:
             job = session.get(DmpJob, job_id)
             assert job is not None
+            if self.taken_over(job_id, job.leased_by, job.state):
+                return  # the DMP is asked again by the node that took the job over
+            job.leased_by = None
             job.state = result.state.value
             job.last_error = result.message if result.state != JobState.DONE else None
             job.updated_at = now

@@ -52,6 +52,7 @@ def record(
                     study_uid=study_uid,
                     bytes=nbytes,
                     remote=remote,
+                    node=db.node,
                     detail=detail,
                 )
             )
@@ -97,5 +98,6 @@ def _as_dict(event: AuditEvent) -> dict[str, Any]:
         "study_uid": event.study_uid,
         "bytes": event.bytes,
         "remote": event.remote,
+        "node": event.node,
         "detail": event.detail,
     }

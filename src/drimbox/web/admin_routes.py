@@ -246,7 +246,7 @@ def admin_router(
         rows = [
             [e(french_datetime(ev["at"])), e(ev["actor"]), e(ev["role"]), e(ev["action"]),
              e(ev["result"]), e(ev["patient_ins"]), e(ev["study_uid"]),
-             e(ev["bytes"] if ev["bytes"] is not None else "")]
+             e(ev["bytes"] if ev["bytes"] is not None else ""), e(ev["node"])]
             for ev in reversed(events)
         ]  # fmt: skip
         form = (
@@ -258,7 +258,7 @@ def admin_router(
             f'<input id="depuis" name="depuis" type="date" value="{e(depuis)}"> '
             '<button type="submit">Filtrer</button></form><br>'
         )
-        headers = ["Le", "Qui", "Rôle", "Action", "Résultat", "INS", "Examen", "Octets"]
+        headers = ["Le", "Qui", "Rôle", "Action", "Résultat", "INS", "Examen", "Octets", "Nœud"]
         return page(view, "Traces d'accès", form + table(headers, rows, empty="Aucune trace."))
 
     @router.get("/admin/cache")

@@ -62,7 +62,7 @@ from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_mani
 from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
 from drimbox.conso.xdm import XdmDocument, XdmPatient, write_xdm
-from drimbox.db import Database, utcnow
+from drimbox.db import Database, aware, utcnow
 from drimbox.db.models import ConsoExam, ConsoLaunch
 from drimbox.dicom.cache import CachedInstance
 from drimbox.dicom.pacs import InstanceSink, PacsClient
@@ -398,7 +398,7 @@ class ConsoService:
                     "votre logiciel (RIS ou dossier patient).",
                 )
             if row.session_hash is None:
-                if _aware(row.open_by) < now:
+                if aware(row.open_by) < now:
                     raise LaunchRefused(
                         410,
                         "Lancement expiré",
@@ -416,7 +416,7 @@ class ConsoService:
                     "Ce lancement a été ouvert dans une autre session : relancez la consultation "
                     "depuis votre logiciel.",
                 )
-            elif _aware(row.expires_at) < now:
+            elif aware(row.expires_at) < now:
                 raise LaunchRefused(
                     410,
                     "Consultation expirée",
@@ -706,12 +706,6 @@ class ConsoService:
     def jobs(self, launch_id: str) -> tuple[dict[int, Job], dict[int, Job]]:
         with self._lock:
             return dict(self.prefetch.get(launch_id, {})), dict(self.exports.get(launch_id, {}))
-
-
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # -- pages ----------------------------------------------------------------------------------
