@@ -147,12 +147,14 @@ def pacs_echo(config: ConfigOption = None) -> None:
 def serve(config: ConfigOption = None, verbose: bool = False) -> None:
     """Démarre le nœud (rôles selon la configuration) jusqu'à Ctrl-C."""
     from drimbox.node import Node
+    from drimbox.redact import quiet_libraries
 
     cfg = _load(config)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_libraries(verbose)
 
     async def main() -> None:
         stop = asyncio.Event()

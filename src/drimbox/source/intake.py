@@ -55,7 +55,8 @@ class ReportIntake:
         except HL7Error as error:
             ack = build_ack(text, error.code, str(error), error=error)
             message_id = self._store_rejected(block, text, peer, error)
-            log.warning("HL7 from %s refused (%s): %s", peer, error.code, error)
+            # The error may quote a field's value (a name, a date): it is stored, not logged.
+            log.warning("HL7 message %s from %s refused (%s)", message_id, peer, error.code)
             return IntakeResult(ack, error.code, message_id, None)
         try:
             message_id, report_id, duplicate_of = self._store_accepted(block, message, peer)

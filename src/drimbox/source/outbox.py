@@ -172,7 +172,11 @@ class DmpPublisher(LeasedWorker):
             elif result.state in (JobState.RETRYING, JobState.QUEUED) and result.message:
                 report.reason = result.message
                 report.updated_at = now
-        log.info("DMP job %s: %s %s", job_id, result.state.value, result.message or "")
+        # The DMP's answers and errors may quote the patient's INS: only our own waiting notes
+        # are logged, the rest stays in the database.
+        own = result.state == JobState.QUEUED
+        detail = (result.message if own else "(see drimbox reports show)") if result.message else ""
+        log.info("DMP job %s report %s: %s %s", job_id, report_id, result.state.value, detail)
         if result.state in (JobState.DONE, JobState.PARKED):
             audit.record(
                 self.db,

@@ -20,6 +20,7 @@ from drimbox.db import Database, Report, ReportState, aware, utcnow
 from drimbox.db.leases import LeasedWorker, backoff
 from drimbox.dicom.kos import IdentityMismatch, KosError, KosSite, build_manifest, manifest_to_bytes
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
+from drimbox.redact import ref
 from drimbox.source.outbox import DELETE, PUBLISH, enqueue
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class Outcome:
     state: ReportState
     reason: str | None = None
     retry_in_s: float | None = None
+    private: bool = False  # the reason quotes the patient's identity: kept out of the logs
 
 
 def pacs_settings(config: Config) -> PacsSettings:
@@ -77,7 +79,7 @@ class ReportPipeline(LeasedWorker):
             if report is None:
                 raise LookupError(report_id)
             cda, received_at, attempts = report.cda, report.received_at, report.attempts
-            kind = report.kind
+            kind, study_uid = report.kind, report.study_uid
         kos: Dataset | None
         try:
             outcome, kos = self._build(cda, received_at, attempts, kind)
@@ -113,7 +115,9 @@ class ReportPipeline(LeasedWorker):
                     for evidence in kos.CurrentRequestedProcedureEvidenceSequence
                     for series in evidence.ReferencedSeriesSequence
                 )
-        log.info("report %s: %s %s", report_id, outcome.state.value, outcome.reason or "")
+        reason = "(see drimbox reports show)" if outcome.private else outcome.reason or ""
+        state = outcome.state.value
+        log.info("report %s study %s: %s %s", report_id, ref(study_uid), state, reason)
         return outcome
 
     def _build(
@@ -124,7 +128,7 @@ class ReportPipeline(LeasedWorker):
         try:
             parsed = parse_report(cda)
         except CdaError as exc:
-            return Outcome(ReportState.REFUSED, f"CDA illisible : {exc}"), None
+            return Outcome(ReportState.REFUSED, f"CDA illisible : {exc}", private=True), None
         try:
             study = self.pacs.snapshot(parsed.study_instance_uid)
         except PacsError as exc:
@@ -154,9 +158,10 @@ class ReportPipeline(LeasedWorker):
             kos = build_manifest(parsed, study, self.site)
         except IdentityMismatch as exc:
             reasons = "; ".join(exc.reasons)
-            return Outcome(ReportState.REFUSED, f"Identité incohérente PACS/CR : {reasons}"), None
+            reason = f"Identité incohérente PACS/CR : {reasons}"
+            return Outcome(ReportState.REFUSED, reason, private=True), None
         except KosError as exc:
-            return Outcome(ReportState.REFUSED, f"KOS impossible : {exc}"), None
+            return Outcome(ReportState.REFUSED, f"KOS impossible : {exc}", private=True), None
         return Outcome(ReportState.KOS_BUILT, None), kos
 
     def _backoff(self, attempts: int) -> float:

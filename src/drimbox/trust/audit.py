@@ -16,6 +16,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 
 from drimbox.db import AuditEvent, Database, utcnow
+from drimbox.redact import ref
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ def record(
                 )
             )
     except Exception:
-        log.exception("AUDIT RECORD LOST: %s %s %s %s", actor, action, patient_ins, result)
+        log.exception(
+            "AUDIT RECORD LOST: %s %s patient %s %s", actor, action, ref(patient_ins), result
+        )
 
 
 def events(
