@@ -140,7 +140,7 @@ def test_upgrade_keeps_duplicates_stored_before_the_version_key(tmp_path: Path) 
     alembic.set_main_option("script_location", str(MIGRATIONS))
     with db.engine.begin() as connection:
         alembic.attributes["connection"] = connection
-        command.upgrade(alembic, "0006")
+        command.upgrade(alembic, "0007")
         connection.execute(
             text(
                 "INSERT INTO hl7_messages (id, received_at, peer, control_id, message_type, "

@@ -132,6 +132,7 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
 
         wait_until(stall_seen, 60, "node-b's /status shows the stalled work")
         during = cluster.status("node-b")
+        gauges = cluster.metrics("node-b")
         wait_until(lambda: len(acked) >= REPORTS // 2, 300, "half the reports ACKed")
         cluster.nodes["node-a"].kill()
         killed_at = time.monotonic()
@@ -140,7 +141,11 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
         final = select(func.count()).where(Report.state.in_(FINAL))
         wait_until(lambda: count(db, final) >= REPORTS, 180, "every report published")
         settled_s = time.monotonic() - killed_at
-        after = cluster.status("node-b")
+        # node-a comes back (node-b took its work over: nothing to take back); both nodes
+        # then tell the same about the site's work, each under its own name.
+        cluster.nodes["node-a"].start(DRIMBOX_FAILPOINTS="")
+        after = {name: cluster.status(name) for name in cluster.nodes}
+        scraped = {name: cluster.metrics(name) for name in cluster.nodes}
         logs = {name: node.log() for name, node in cluster.nodes.items()}
     try:
         with db.session() as session:
@@ -161,9 +166,19 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
     assert during["node"] == "node-b"
     assert "work" in during["failing"] and during["status"] == "dégradé", during
     assert during["checks"]["work"]["jobs"]["oldest_s"] > 3
-    work = after["checks"]["work"]
-    assert work["ok"] is True and work["leased_by"] == {}
-    assert work["reports"]["waiting"] == work["jobs"]["waiting"] == 0
+    assert gauges.value("drimbox_work_leased_by", node="node-b", holder="node-a") >= 1
+    assert gauges.value("drimbox_work_oldest_age_seconds", queue="jobs") > 3
+    for name in ("node-a", "node-b"):
+        assert after[name]["node"] == name
+        work = after[name]["checks"]["work"]
+        assert work["ok"] is True and work["leased_by"] == {}
+        assert work["reports"]["waiting"] == work["jobs"]["waiting"] == 0
+        samples = scraped[name]
+        assert samples.value("drimbox_reports", node=name, state="published") == REPORTS
+        assert samples.value("drimbox_outbox_jobs", node=name, state="done") == REPORTS
+        for status in ("waiting", "leased", "lapsed"):
+            assert samples.value("drimbox_work_items", queue="jobs", status=status) == 0
+    assert "taken back" not in logs["node-a"]
 
     assert "DMP job" in logs["node-b"]  # the logs say what happened…
     for name, text in logs.items():

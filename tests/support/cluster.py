@@ -19,6 +19,7 @@ from drimbox.cda import parse_report
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ports import free_port
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from support.metrics import Samples, scrape
 from support.process import NodeProcess, wait_for_port
 from support.samples import cda_of
 
@@ -72,8 +73,10 @@ class Cluster:
         self.config_file.write_text("[roles]\nsource = true\n")
         self.environ = environ
         self.nodes: dict[str, NodeProcess] = {}
+        self.metrics_ports: dict[str, int] = {}
         for name in names:
             http_port, viewer_port = free_port(), free_port()
+            self.metrics_ports[name] = free_port()
             env = {
                 **environ,
                 "DRIMBOX_NODE__NAME": name,
@@ -81,6 +84,8 @@ class Cluster:
                 "DRIMBOX_VIEWER__PORT": str(viewer_port),
                 "DRIMBOX_VIEWER__PUBLIC_URL": f"http://127.0.0.1:{viewer_port}",
                 "DRIMBOX_PACS__SCP_PORT": "0",
+                "DRIMBOX_METRICS__ENABLED": "true",
+                "DRIMBOX_METRICS__PORT": str(self.metrics_ports[name]),
                 "DRIMBOX_STORE__CACHE_DIR": str(folder / name / "cache"),
                 **(node_env or {}).get(name, {}),
             }
@@ -130,6 +135,9 @@ class Cluster:
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
+
+    def metrics(self, name: str) -> Samples:
+        return scrape(f"http://127.0.0.1:{self.metrics_ports[name]}/metrics")
 
     def stop(self) -> None:
         if self.balancer is not None and self.balancer.poll() is None:

@@ -4,6 +4,7 @@ trail, status and cache pages, over a real node and the PSC simulator."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from html import unescape
 from pathlib import Path
 
 import httpx
@@ -62,8 +63,14 @@ def test_console_for_an_administrator(node: RunningNode) -> None:
         assert "nouvelle interrogation du PACS" in retried.text
         assert "Aucune liste blanche configurée" in browser.get(f"{base}/admin/liste-blanche").text
         traces = browser.get(f"{base}/admin/audit", params={"utilisateur": ADMIN})
-        assert "report_retry" in traces.text and "login" in traces.text
-        assert "Mo utilisés" in browser.get(f"{base}/admin/cache").text
+        # French labels for people; the codes stay in the JSON export (below).
+        assert "relance d'un compte rendu" in unescape(traces.text) and "connexion" in traces.text
+        assert "administrateur" in traces.text and "report_retry" not in traces.text
+        assert ">publication<" in reports.text and ">publish<" not in reports.text
+        cache = browser.get(f"{base}/admin/cache").text
+        assert ("utilisés sur" in cache and " Mo" in cache) or "octet" in cache
+        purged = browser.post(f"{base}/admin/cache/purger")
+        assert "Cache vidé" in purged.text and "PurgeResult" not in purged.text
     finally:
         browser.close()
     actions = [e["action"] for e in audit.events(node.node.db, actor=ADMIN)]
@@ -82,3 +89,26 @@ def test_console_refuses_others(node: RunningNode) -> None:
         assert browser.post(f"{base}/admin/comptes-rendus/1/relancer").status_code == 403
     finally:
         browser.close()
+
+
+def test_status_page_keeps_the_last_speed_tests(node: RunningNode) -> None:
+    from datetime import timedelta
+
+    from drimbox.ops.speedtest import SpeedResult, failed, record
+
+    db = node.node.db
+    earlier = utcnow() - timedelta(days=2)
+    record(db, SpeedResult("pacs", "PACS@pacs:104", "c-get", "1.2.3", at=earlier, images=300,
+                           bytes=150_000_000, seconds=2.0, first_image_s=0.04))  # fmt: skip
+    record(db, SpeedResult("pacs", "PACS@pacs:104", "c-get", "1.2.3", images=300,
+                           bytes=150_000_000, seconds=10.0, first_image_s=0.05))  # fmt: skip
+    record(db, failed("peer", "db7.exemple.fr", "wado-rs", "", "DRIMbox injoignable"))
+    browser = signed_in(node, "radiologue")
+    try:
+        page = browser.get(f"{node.viewer_url}/admin").text
+    finally:
+        browser.close()
+    assert "Derniers tests de débit" in page
+    assert "PACS@pacs:104" in page and "300 images, 150,0 Mo, 15,0 Mo/s" in page
+    assert "EN BAISSE" in page and "75,0 Mo/s" in page  # the previous run, with its date
+    assert "db7.exemple.fr" in page and "ÉCHEC" in page and "DRIMbox injoignable" in page

@@ -32,7 +32,7 @@ from drimbox.dmp import codes
 from drimbox.dmp.client import DmpClient, DmpError
 from drimbox.dmp.metadata import DocumentEntry
 from drimbox.dmp.vihf import VihfSubject
-from drimbox.redact import ref
+from drimbox.logs import ref
 
 log = logging.getLogger(__name__)
 

@@ -413,6 +413,12 @@ class SeriesCache:
     def _expired_entry(self, entry: CacheEntry) -> bool:
         return entry.complete and self.clock() - entry.created > self.ttl_s
 
+    def holds(self, study_uid: str, series_uid: str) -> bool:
+        """Whether the series is complete in the cache now (no pin, no statistics)."""
+        with self.lock:
+            entry = self._entries.get(self.key(study_uid, series_uid))
+            return entry is not None and entry.complete and not self._expired_entry(entry)
+
     def get_or_begin(self, study_uid: str, series_uid: str) -> tuple[CacheEntry, bool]:
         """The series' entry, pinned (call `release` when done), and whether it is new: the
         caller of a new entry must fill it (`add`, then `finish` or `fail`). Concurrent callers

@@ -25,6 +25,7 @@ from drimbox.config import Config
 from drimbox.db import Database, DmpJob, JobState, Report, ReportState, utcnow
 from drimbox.db.leases import LeasedWorker, backoff
 from drimbox.failpoints import failpoint
+from drimbox.metrics import NodeMetrics
 from drimbox.trust import audit
 
 log = logging.getLogger(__name__)
@@ -106,13 +107,20 @@ class DmpPublisher(LeasedWorker):
     model = DmpJob
     due_states = DUE
 
-    def __init__(self, config: Config, db: Database, port: DmpPort | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        port: DmpPort | None,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         self.config = config
         self.db = db
         self.owner = config.node.name
         self.lease = timedelta(seconds=config.source.lease_s)
         self.poll_s = config.source.poll_interval_s
         self.port = port
+        self.metrics = metrics or NodeMetrics(config.node.name)
 
     # -- one job ---------------------------------------------------------------------------
     def process(self, job_id: int) -> JobResult:
@@ -164,7 +172,7 @@ class DmpPublisher(LeasedWorker):
             )
             report = session.get(Report, report_id)
             assert report is not None
-            patient, study = report.patient_ins, report.study_uid
+            patient, study, received_at = report.patient_ins, report.study_uid, report.received_at
             if result.state == JobState.PARKED:
                 report.state = ReportState.PARKED.value
                 report.reason = f"Refusé par le DMP : {result.message}"
@@ -173,10 +181,19 @@ class DmpPublisher(LeasedWorker):
                 report.reason = result.message
                 report.updated_at = now
         # The DMP's answers and errors may quote the patient's INS: only our own waiting notes
-        # are logged, the rest stays in the database.
+        # are logged, the rest stays in the database (drimbox reports show).
         own = result.state == JobState.QUEUED
         detail = (result.message if own else "(see drimbox reports show)") if result.message else ""
-        log.info("DMP job %s report %s: %s %s", job_id, report_id, result.state.value, detail)
+        log.info(
+            "DMP job %s (%s of report %s): %s %s",
+            job_id,
+            action,
+            report_id,
+            result.state.value,
+            detail,
+            extra={"report_id": report_id, "study_uid": study, "job_id": job_id},
+        )
+        self.metrics.published(action, result.state.value, received_at)
         if result.state in (JobState.DONE, JobState.PARKED):
             audit.record(
                 self.db,

@@ -20,7 +20,6 @@ from drimbox.db import Database, Report, ReportState, aware, utcnow
 from drimbox.db.leases import LeasedWorker, backoff
 from drimbox.dicom.kos import IdentityMismatch, KosError, KosSite, build_manifest, manifest_to_bytes
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
-from drimbox.redact import ref
 from drimbox.source.outbox import DELETE, PUBLISH, enqueue
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ class ReportPipeline(LeasedWorker):
             if report is None:
                 raise LookupError(report_id)
             cda, received_at, attempts = report.cda, report.received_at, report.attempts
-            kind, study_uid = report.kind, report.study_uid
+            kind = report.kind
         kos: Dataset | None
         try:
             outcome, kos = self._build(cda, received_at, attempts, kind)
@@ -115,9 +114,16 @@ class ReportPipeline(LeasedWorker):
                     for evidence in kos.CurrentRequestedProcedureEvidenceSequence
                     for series in evidence.ReferencedSeriesSequence
                 )
+            study = report.study_uid
+        # A reason quoting the patient's identity stays in the database (drimbox reports show).
         reason = "(see drimbox reports show)" if outcome.private else outcome.reason or ""
-        state = outcome.state.value
-        log.info("report %s study %s: %s %s", report_id, ref(study_uid), state, reason)
+        log.info(
+            "report %s: %s %s",
+            report_id,
+            outcome.state.value,
+            reason,
+            extra={"report_id": report_id, "study_uid": study},
+        )
         return outcome
 
     def _build(

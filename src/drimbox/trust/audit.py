@@ -16,7 +16,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 
 from drimbox.db import AuditEvent, Database, utcnow
-from drimbox.redact import ref
+from drimbox.logs import ref
 
 log = logging.getLogger(__name__)
 

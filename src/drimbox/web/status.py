@@ -26,6 +26,7 @@ from drimbox.config import Config
 from drimbox.db import Database, DmpJob, JobState, Report, ReportState, aware, utcnow
 from drimbox.dicom.cache import SeriesCache
 from drimbox.dicom.pacs import PacsClient, PacsError
+from drimbox.french import french_size
 from drimbox.source.outbox import DUE as JOB_DUE
 from drimbox.source.pipeline import DUE_STATES as REPORT_DUE
 from drimbox.trust.store import WhitelistStore
@@ -71,9 +72,18 @@ def check_dmp(sources: StatusSources) -> dict[str, Any]:
         # Any HTTP answer proves the DMP is reachable through our TLS; a SOAP service answers a
         # GET with an error page, which is fine here.
         response = client.get(f"{base}/registry", timeout=CHECK_TIMEOUT_S)
-        return {"ok": True, "message": f"DMP joignable (HTTP {response.status_code})"}
+        return {
+            "ok": True,
+            "message": "DMP joignable : le service répond",
+            "http_status": response.status_code,
+        }
+    except httpx.TimeoutException:
+        return {"ok": False, "message": "DMP injoignable : pas de réponse dans le délai"}
+    except httpx.ConnectError as exc:
+        return {"ok": False, "message": "DMP injoignable : connexion impossible "
+                f"(adresse, pare-feu ou certificat) — {exc}"}  # fmt: skip
     except httpx.HTTPError as exc:
-        return {"ok": False, "message": f"DMP injoignable : {exc.__class__.__name__} {exc}"}
+        return {"ok": False, "message": f"DMP injoignable : {exc}"}
     finally:
         if sources.dmp_http is None:
             client.close()
@@ -186,9 +196,9 @@ def check_cache(sources: StatusSources) -> dict[str, Any]:
     disk = shutil.disk_usage(sources.cache.directory)
     # The disk, not only our own limit: other files may fill the volume the cache lives on.
     disk_full = disk.free < MIN_FREE_BYTES or disk.free < disk.total // 50
-    message = f"{usage.bytes / 1e6:.0f} Mo sur {usage.max_bytes / 1e6:.0f} Mo"
+    message = f"{french_size(usage.bytes)} sur {french_size(usage.max_bytes)}"
     if disk_full:
-        message = f"disque du cache presque plein ({disk.free / 1e6:.1f} Mo libres) — " + message
+        message = f"disque du cache presque plein ({french_size(disk.free)} libres) — " + message
     return {
         "ok": not disk_full,
         "message": message,
