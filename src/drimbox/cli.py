@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from drimbox.config import Config, ConfigError, load_config
 from drimbox.db import Database, Report
@@ -82,7 +82,7 @@ def _load(path: Path | None) -> Config:
 
 
 def _database(config: Config) -> Database:
-    db = Database(config.store.database_url)
+    db = Database(config.store.database_url, config.node.name)
     try:
         db.upgrade()
     except SchemaTooNew as exc:
@@ -334,11 +334,10 @@ def peer_speedtest_command(
 def serve(config: ConfigOption = None, verbose: bool = False) -> None:
     """Démarre le nœud (rôles selon la configuration) jusqu'à Ctrl-C."""
     from drimbox.logs import configure_logging
-    from drimbox.metrics import node_name
     from drimbox.node import Node
 
     cfg = _load(config)
-    configure_logging(cfg.log, node_name(cfg.metrics.node_name), verbose=verbose)
+    configure_logging(cfg.log, cfg.node.name, verbose=verbose)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -407,21 +406,48 @@ STATE_LABELS = {
 @reports_app.command("list")
 def reports_list(
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Sortie JSON (une liste).")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Sortie JSON : {total, offset, limit, truncated, next_offset, reports}.",
+        ),
+    ] = False,
     state: Annotated[str | None, typer.Option(help="Filtrer sur un état.")] = None,
-    limit: int = 100,
+    limit: Annotated[int, typer.Option(min=0, help="Nombre maximal de lignes (0 : toutes).")] = 100,
+    offset: Annotated[
+        int, typer.Option(min=0, help="Lignes à sauter (page suivante : next_offset).")
+    ] = 0,
 ) -> None:
-    """Liste les comptes rendus reçus, du plus récent au plus ancien."""
+    """Liste les comptes rendus reçus, du plus récent au plus ancien, par pages de --limit."""
     db = _database(_load(config))
     with db.session() as session:
-        query = select(Report).order_by(Report.id.desc()).limit(limit)
+        query = select(Report).order_by(Report.id.desc()).offset(offset)
+        counted = select(func.count()).select_from(Report)
         if state:
             query = query.where(Report.state == state)
+            counted = counted.where(Report.state == state)
+        if limit:
+            query = query.limit(limit)
         rows = [_report_row(r) for r in session.scalars(query)]
+        total = session.scalar(counted) or 0
+    shown_to = offset + len(rows)
+    truncated = shown_to < total
     if as_json:
-        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        page = {
+            "total": total,
+            "offset": offset,
+            "limit": limit or None,
+            "truncated": truncated,
+            "next_offset": shown_to if truncated else None,
+            "reports": rows,
+        }
+        sys.stdout.write(json.dumps(page, ensure_ascii=False, indent=2) + "\n")
         return
-    table = Table(title=f"Comptes rendus ({len(rows)})", title_justify="left")
+    title = f"Comptes rendus ({len(rows)} sur {total})"
+    if truncated:
+        title += f" — suite : --offset {shown_to}, ou --limit 0 pour tout voir"
+    table = Table(title=title, title_justify="left")
     for column in ("N°", "Reçu le", "Type", "INS", "N° d'accès", "État", "Détail"):
         table.add_column(column, overflow="fold", no_wrap=column in ("N°", "Reçu le", "INS"))
     for row in rows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +54,23 @@ class RolesConfig(_Section):
 
     source: bool = Field(True, description="Rôle Source : reçoit les CR du RIS, publie les KOS.")
     conso: bool = Field(False, description="Rôle Conso : consultation des examens du DMP.")
+
+
+class NodeConfig(_Section):
+    """This node among the nodes of a site that share one database."""
+
+    name: str = Field(
+        "",
+        max_length=64,
+        description="Nom du nœud, unique parmi les nœuds d'un site et stable d'un démarrage à "
+        "l'autre (il marque le travail qu'il tient et le journal d'audit) ; vide : le nom "
+        "d'hôte de la machine.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _hostname_by_default(cls, value: str) -> str:
+        return value.strip() or socket.gethostname()[:64]
 
 
 class SiteConfig(_Section):
@@ -206,10 +224,17 @@ class SourceConfig(_Section):
         1.0, gt=0, description="Intervalle de scrutation de la file de traitement."
     )
     lease_s: float = Field(
-        600.0,
+        30.0,
+        ge=3,
+        description="Bail d'un travail en cours (CR, envoi au DMP) : renouvelé toutes les "
+        "lease_s/3 secondes tant que le nœud travaille ; si le nœud meurt, un autre nœud le "
+        "reprend après ce délai (voir docs/deploy.md pour la valeur minimale sûre).",
+    )
+    stale_work_s: float = Field(
+        300.0,
         gt=0,
-        description="Durée pendant laquelle un nœud garde un travail en cours (CR, envoi au DMP) "
-        "avant qu'un autre nœud — ou lui-même après un arrêt brutal — ne le reprenne.",
+        description="Âge au-delà duquel un travail en attente (CR reçu, envoi au DMP) fait passer "
+        "/status en alerte (secondes).",
     )
 
 
@@ -453,11 +478,6 @@ class MetricsConfig(_Section):
         ["127.0.0.1/32", "::1/128"],
         description="Réseaux (CIDR) autorisés à lire /metrics ; les autres reçoivent 403.",
     )
-    node_name: str = Field(
-        "",
-        description="Nom du nœud (étiquette node des métriques, champ node des journaux JSON) ; "
-        "vide : le nom d'hôte. Distinct pour chaque nœud d'un site.",
-    )
     probe_interval_s: float = Field(
         30.0,
         gt=0,
@@ -547,6 +567,7 @@ class Config(_Section):
     """A whole node configuration (`drimbox.toml`)."""
 
     roles: RolesConfig = RolesConfig()
+    node: NodeConfig = NodeConfig()
     site: SiteConfig = SiteConfig()
     http: HttpConfig = HttpConfig()
     viewer: ViewerConfig = ViewerConfig()

@@ -33,6 +33,7 @@ from drimbox.dmp.client import DmpClient, DmpError
 from drimbox.dmp.metadata import DocumentEntry
 from drimbox.dmp.vihf import VihfSubject
 from drimbox.errors import InternalError
+from drimbox.logs import ref
 
 log = logging.getLogger(__name__)
 
@@ -496,10 +497,10 @@ class ExamHistory:
                 "Le manifeste de cet examen désigne un autre patient : images non proposées."
             )
             log.warning(
-                "KOS %s of %s carries PatientID %s",
+                "KOS %s of patient %s carries the PatientID of patient %s",
                 manifest.sop_instance_uid,
-                query.ins,
-                manifest.patient_id,
+                ref(query.ins),
+                ref(manifest.patient_id),
             )
             return
         exam.manifest = manifest

@@ -26,6 +26,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes for what was stored as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def normalise_url(url: str) -> str:
     """`postgresql://` means psycopg 3 here (psycopg2 is not a dependency)."""
     if url.startswith("postgresql://"):
@@ -58,10 +63,12 @@ def _alembic_config() -> AlembicConfig:
 
 
 class Database:
-    """A node's database: `session()` is one unit of work, committed on success."""
+    """A node's database: `session()` is one unit of work, committed on success. `node` is the
+    name of the node using it, written with what it records (audit trail)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, node: str = "") -> None:
         self.url = normalise_url(url)
+        self.node = node
         if self.url.startswith("sqlite:///") and not self.url.endswith(":memory:"):
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
