@@ -18,8 +18,17 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer DRIMbox: this one must not touch it."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes for what was stored as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def normalise_url(url: str) -> str:
@@ -54,10 +63,12 @@ def _alembic_config() -> AlembicConfig:
 
 
 class Database:
-    """A node's database: `session()` is one unit of work, committed on success."""
+    """A node's database: `session()` is one unit of work, committed on success. `node` is the
+    name of the node using it, written with what it records (audit trail)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, node: str = "") -> None:
         self.url = normalise_url(url)
+        self.node = node
         if self.url.startswith("sqlite:///") and not self.url.endswith(":memory:"):
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
@@ -71,9 +82,22 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     def upgrade(self) -> None:
-        """Bring the schema to the latest revision (idempotent)."""
+        """Bring the schema to the latest revision (idempotent). Raises `SchemaTooNew` on a
+        database migrated by a newer version (a rollback without restoring the backup)."""
         alembic_config = _alembic_config()
+        script = ScriptDirectory.from_config(alembic_config)
+        known = {revision.revision for revision in script.walk_revisions()}
         with self.engine.begin() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+            unknown = [revision for revision in current if revision not in known]
+            if unknown:
+                raise SchemaTooNew(
+                    f"la base de données est à la révision de schéma {', '.join(unknown)}, "
+                    "plus récente que cette version de la DRIMbox (dernière révision connue : "
+                    f"{script.get_current_head()}) : elle a été mise à jour par une version "
+                    "plus récente. Réinstallez cette version, ou restaurez la sauvegarde faite "
+                    "avant la mise à jour (docs/deploy.md, « Upgrades and rollback »)."
+                )
             alembic_config.attributes["connection"] = connection
             command.upgrade(alembic_config, "head")
 
