@@ -13,7 +13,7 @@ import pytest
 from drimbox.db import Hl7Message, Report, ReportState, utcnow
 from drimbox.sim.psc import LocalPsc
 from drimbox.trust import audit
-from support.node import RunningNode, node_config
+from support.node import RunningNode, node_config, signed_in
 
 ADMIN = "899700100011"  # the simulator's `radiologue`
 
@@ -42,12 +42,6 @@ def node(tmp_path: Path) -> Iterator[RunningNode]:
                     reason="Identité incohérente PACS/CR : date de naissance",
                 ))  # fmt: skip
             yield running
-
-
-def signed_in(node: RunningNode, user: str) -> httpx.Client:
-    browser = httpx.Client(follow_redirects=True, timeout=30)
-    browser.get(f"{node.viewer_url}/connexion", params={"login_hint": user, "next": "/admin"})
-    return browser
 
 
 def test_console_for_an_administrator(node: RunningNode) -> None:

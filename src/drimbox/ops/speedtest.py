@@ -337,8 +337,8 @@ def peer_speedtest(
         meter.stop()
         if study_uid is None and exc.status in (400, 401, 404):
             result.note = (
-                f"sonde sans examen : la DRIMbox a répondu HTTP {exc.status} (TLS mutuel et "
-                "WADO-RS fonctionnent) ; --study et --kos pour mesurer le débit"
+                f"sonde sans examen : HTTP {exc.status}, TLS mutuel et WADO-RS fonctionnent ; "
+                "--study et --kos pour mesurer le débit"
             )
             return result
         raise SpeedTestError(_peer_message(exc, bool(token))) from exc

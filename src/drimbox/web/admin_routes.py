@@ -254,7 +254,8 @@ def admin_router(
         rows = [
             [french_datetime(ev["at"]), ev["actor"], label(AUDIT_ROLES, ev["role"]),
              action_label(ev["action"]), label(AUDIT_RESULTS, ev["result"]), ev["patient_ins"],
-             ev["study_uid"], french_size(ev["bytes"]) if ev["bytes"] is not None else ""]
+             ev["study_uid"], french_size(ev["bytes"]) if ev["bytes"] is not None else "",
+             ev["node"]]
             for ev in reversed(events)
         ]  # fmt: skip
         return page(request, view, "admin/audit.html", "Traces d'accès", events=rows,

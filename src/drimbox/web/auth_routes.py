@@ -36,27 +36,7 @@ PUBLIC_PATHS = frozenset({LOGIN_PATH, CALLBACK_PATH, LOGOUT_PATH})
 
 
 def psc_settings(config: Config, redirect_uri: str) -> PscSettings:
-    psc = config.psc
-    return PscSettings(
-        client_id=psc.client_id,
-        client_secret=psc.client_secret,
-        redirect_uri=redirect_uri,
-        discovery_url=psc.discovery_url,
-        issuer=psc.issuer,
-        authorization_endpoint=psc.authorization_endpoint,
-        token_endpoint=psc.token_endpoint,
-        userinfo_endpoint=psc.userinfo_endpoint,
-        jwks_uri=psc.jwks_uri,
-        introspection_endpoint=psc.introspection_endpoint,
-        end_session_endpoint=psc.end_session_endpoint,
-        scope=psc.scope,
-        acr_values=psc.acr_values,
-        token_endpoint_auth_method=psc.token_endpoint_auth_method,
-        use_pkce=psc.use_pkce,
-        leeway_s=psc.leeway_s,
-        timeout_s=psc.timeout_s,
-        ca_file=psc.ca_file,
-    )
+    return PscSettings.from_config(config, redirect_uri)
 
 
 class SessionTokens:

@@ -63,7 +63,7 @@ from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_mani
 from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
 from drimbox.conso.xdm import XdmDocument, XdmPatient, write_xdm
-from drimbox.db import Database, utcnow
+from drimbox.db import Database, aware, utcnow
 from drimbox.db.models import ConsoExam, ConsoLaunch, UserSession
 from drimbox.dicom.cache import CachedInstance
 from drimbox.dicom.pacs import InstanceSink, PacsClient
@@ -399,7 +399,7 @@ class ConsoService:
                     "votre logiciel (RIS ou dossier patient).",
                 )
             if row.session_hash is None:
-                if _aware(row.open_by) < now:
+                if aware(row.open_by) < now:
                     raise LaunchRefused(
                         410,
                         "Lancement expiré",
@@ -417,7 +417,7 @@ class ConsoService:
                     "Ce lancement a été ouvert dans une autre session : relancez la consultation "
                     "depuis votre logiciel.",
                 )
-            elif _aware(row.expires_at) < now:
+            elif aware(row.expires_at) < now:
                 raise LaunchRefused(
                     410,
                     "Consultation expirée",
@@ -733,12 +733,6 @@ def _same_user(session: Session, bound: str, mine: str) -> bool:
     user who signs in again after a logout or a refused refresh gets the launch back."""
     old, new = session.get(UserSession, bound), session.get(UserSession, mine)
     return old is not None and new is not None and old.subject == new.subject
-
-
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # -- pages ----------------------------------------------------------------------------------
