@@ -540,11 +540,7 @@ def test_markup_in_every_field_is_shown_as_text(network: Network, browser: Any) 
     """Patient name, report title, site name and error reasons carrying markup: shown as
     text, never run nor drawn. (Last of the module: it adds an exam to the patient.)"""
     title = f"Scanner {MARKUP}"
-    author = make_report().authors[0]
-    assert author.organization is not None
-    organization = dataclasses.replace(author.organization, name=f"Site {MARKUP}")
     report = make_report(
-        authors=(dataclasses.replace(author, organization=organization),),
         study_instance_uid=STUDY_MARKUP,
         accession_number=Identifier(root=CR_C_ACCESSION.root, extension="ACN978"),
         title=title,
@@ -553,7 +549,9 @@ def test_markup_in_every_field_is_shown_as_text(network: Network, browser: Any) 
     unlisted = f"https://127.0.0.1:{network.unlisted.port}"
     study = make_study(network.tmp / "markup", study_uid=STUDY_MARKUP, accession="ACN978",
                        base_url=unlisted, report=report)  # fmt: skip
-    with DmpClient(network.dmp_settings) as client:
+    # The site shown is the publishing structure's name (authorInstitution).
+    publisher = dataclasses.replace(network.dmp_settings, structure_name=f"Site {MARKUP}")
+    with DmpClient(publisher) as client:
         client.publish_kos(study.report, study.kos, {})
     base = network.conso.viewer_url
     context = browser.new_context(viewport={"width": 1400, "height": 900})
