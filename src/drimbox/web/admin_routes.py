@@ -43,8 +43,9 @@ from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 SOURCE_NAV: Final = ("/admin/comptes-rendus", "Comptes rendus")
 RETRYABLE = {"refused", "parked"}
 CHECK_LABELS: Final = {"pacs": "PACS", "dmp": "DMP", "whitelist": "Liste blanche",
-                       "outbox": "File d'envoi au DMP", "cache": "Cache d'images"}  # fmt: skip
-SOURCE_CHECKS: Final = frozenset({"outbox"})
+                       "outbox": "File d'envoi au DMP", "work": "Travail en cours (CR, envois)",
+                       "cache": "Cache d'images"}  # fmt: skip
+SOURCE_CHECKS: Final = frozenset({"outbox", "work"})
 
 
 def admin_nav(config: Config) -> list[tuple[str, str]]:
