@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
 from drimbox.cli import app
@@ -29,6 +32,7 @@ from drimbox.samples import ANS_DIR
 from drimbox.sim.dmp.server import LocalDmp
 from drimbox.sim.dmp.settings import DmpSimSettings
 from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.pki import Issued, TestPki
 from drimbox.sim.ports import free_port
 from drimbox.sim.psc import LocalPsc
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
@@ -154,16 +158,49 @@ def test_every_check_passes_on_the_demo_network(network: Network, tmp_path: Path
         page.close()
 
 
-@pytest.fixture
-def expired(network: Network) -> Config:
-    """The box's certificate, expired last month (the same DN, so only its dates are wrong)."""
-    pki = network.trust.pki
-    old = pki.issue(
+def box_certificate(
+    network: Network, name: str, pki: TestPki | None = None, **dates: Any
+) -> Config:
+    """The configuration with another certificate of the box's DN (`pki`: another authority)."""
+    issued = (pki or network.trust.pki).issue(
         "localhost", usage="server", dns_names=("localhost", "127.0.0.1"),
         organizational_unit="300000001830001", organization="SITE A DEMO", state="Paris (75)",
-        not_before=datetime.now(UTC) - timedelta(days=400), days=365,
-    ).write(network.folder / "pki", "box-a-expired")  # fmt: skip
-    trust = {"tls_cert": str(old.cert_path), "tls_key": str(old.key_path)}
+        **dates,
+    ).write(network.folder / "pki", name)  # fmt: skip
+    trust = {"tls_cert": str(issued.cert_path), "tls_key": str(issued.key_path)}
+    return changed(network.config, trust=trust)
+
+
+def revoked_certificate(network: Network) -> Config:
+    """A certificate whose CRL (named in it, as IGC-Santé's are) lists it as revoked."""
+    ca, now = network.trust.pki.ca, datetime.now(UTC)
+    crl_path = network.folder / "pki" / "ac.crl"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_path.as_uri())],
+                                   None, None, None)  # fmt: skip
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(network.trust.box_a.certificate.subject)
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.CRLDistributionPoints([point]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    revoked = x509.RevokedCertificateBuilder().serial_number(certificate.serial_number)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(now - timedelta(hours=1))
+        .next_update(now + timedelta(days=7))
+        .add_revoked_certificate(revoked.revocation_date(now - timedelta(hours=1)).build())
+        .sign(ca.key, hashes.SHA256())
+    )
+    crl_path.write_bytes(crl.public_bytes(serialization.Encoding.DER))
+    issued = Issued(certificate, key).write(network.folder / "pki", "box-a-revoked")
+    trust = {"tls_cert": str(issued.cert_path), "tls_key": str(issued.key_path)}
     return changed(network.config, trust=trust)
 
 
@@ -172,19 +209,29 @@ def expired(network: Network) -> Config:
     [
         ("stopped PACS", {"pacs.echo", "pacs.find", "pacs.speed"}),
         ("expired certificate", {"cert.tls"}),
+        ("revoked certificate", {"cert.tls"}),
+        ("key of another certificate", {"cert.tls"}),
+        ("certificate of an unknown authority", {"cert.tls"}),
         ("unsigned whitelist", {"whitelist", "whitelist.self"}),
         ("DMP down", {"dmp.tls", "clock", "dmp.query"}),
         ("wrong PSC client", {"psc.client"}),
     ],
 )
 def test_each_broken_dependency_is_named(
-    case: str, failing: set[str], network: Network, tmp_path: Path, request: pytest.FixtureRequest
+    case: str, failing: set[str], network: Network, tmp_path: Path
 ) -> None:
     config = network.config
     if case == "stopped PACS":
         config = changed(config, pacs={"port": free_port()})
     elif case == "expired certificate":
-        config = request.getfixturevalue("expired")
+        config = box_certificate(network, "box-a-expired", days=365,
+                                 not_before=datetime.now(UTC) - timedelta(days=400))  # fmt: skip
+    elif case == "revoked certificate":
+        config = revoked_certificate(network)
+    elif case == "key of another certificate":
+        config = changed(config, trust={"tls_key": str(network.trust.box_b.key_path)})
+    elif case == "certificate of an unknown authority":
+        config = box_certificate(network, "box-a-other-ca", TestPki("AC INCONNUE"))
     elif case == "unsigned whitelist":
         config = changed(config, trust={"whitelist_source": str(UNSIGNED),
                                         "state_dir": str(tmp_path / "trust")})  # fmt: skip
@@ -202,6 +249,9 @@ def test_each_broken_dependency_is_named(
     expected_words = {
         "stopped PACS": ("pacs.echo", "injoignable"),
         "expired certificate": ("cert.tls", "a expiré"),
+        "revoked certificate": ("cert.tls", "révoqué le"),
+        "key of another certificate": ("cert.tls", "ne correspond pas au certificat"),
+        "certificate of an unknown authority": ("cert.tls", "ne se rattache à aucune autorité"),
         "unsigned whitelist": ("whitelist", "liste refusée"),
         "DMP down": ("dmp.tls", "DMP injoignable"),
         "wrong PSC client": ("psc.client", "PSC refuse le client"),

@@ -997,9 +997,7 @@ def _peers(checks: _Checks, config: Config, store: Any) -> None:
     for host in config.checks.peers:
         key, title = f"peer.{peer_target(host)}", f"Accès WADO-RS à {host}"
         try:
-            result = peer_speedtest(
-                config, host, token=config.checks.peer_token, whitelist_refresh=False
-            )
+            result = peer_speedtest(config, host, token=config.checks.peer_token, store=store)
         except SpeedTestError as exc:
             checks.add(
                 key,
