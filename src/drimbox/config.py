@@ -467,6 +467,13 @@ class StoreConfig(_Section):
     cache_ttl_h: float = Field(
         72.0, gt=0, description="Durée de conservation d'une série dans le cache (heures)."
     )
+    cache_protect_viewed_min: float = Field(
+        60.0,
+        ge=0,
+        description="Une série consultée depuis moins de ce délai (minutes) n'est retirée du "
+        "cache qu'en dernier, et jamais pour le préchargement d'une autre consultation ; les "
+        "séries préchargées jamais ouvertes partent les premières.",
+    )
 
     @field_validator("database_url")
     @classmethod

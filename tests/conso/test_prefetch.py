@@ -201,6 +201,52 @@ def test_the_byte_budget_stops_the_prefetch_between_series(network: HistoryNetwo
         conso.config = original
 
 
+def test_a_launch_prefetch_never_evicts_what_another_user_views(network: HistoryNetwork) -> None:
+    """User 2 prefetches four CT head exams and views the first; the cache is then nearly full
+    when user 1's launch prefetches four CT thorax exams: user 2's unopened prefetched series
+    go, the viewed exam stays, and user 1's prefetch stops when only it is left."""
+    images = network.conso.node.images
+    assert images is not None
+    cache = images.cache
+    cache.purge()
+    limit = cache.max_bytes
+    viewed, *others = [network.exams[i] for i in (0, 4, 8, 12)]  # CT head, most recent first
+    json = {"Accept": "application/dicom+json"}
+    try:
+        with signed_in_user(network, "radiologue-2") as second:
+            launch_url, _ = launch(second, StudyInstanceUID=viewed.study_uid)
+            wait_prefetch(second, launch_url)
+            assert all(cached_bytes(network, e.study_uid) for e in (viewed, *others))
+            second.get(f"{launch_url}/ouvrir/{viewed.study_uid}", follow_redirects=False)
+            listed = second.get(f"/dicom-web/studies/{viewed.study_uid}/series", headers=json)
+            assert listed.status_code == 200 and len(listed.json()) == 2
+            for item in listed.json():
+                uid = item["0020000E"]["Value"][0]
+                metadata = second.get(
+                    f"/dicom-web/studies/{viewed.study_uid}/series/{uid}/metadata", headers=json
+                )
+                assert metadata.status_code == 200
+        exam_size = cache.usage().bytes / 4
+        cache.max_bytes = int(exam_size * 3.5)
+        evictions = cache.usage().evictions
+
+        with signed_in_user(network) as first:
+            launch_url, _ = launch(first, StudyInstanceUID=network.named.study_uid)
+            state = wait_prefetch(first, launch_url)
+        ids = exam_ids(network, launch_url)
+        jobs = {ids[int(k)]: v for k, v in state["images"].items()}
+        assert jobs[network.named.study_uid]["etat"] == "termine"
+        # The viewed exam is whole; the other user's unopened prefetches made the room.
+        assert all(cache.holds(viewed.study_uid, s) for s in viewed.study.series_uids)
+        assert not any(cached_bytes(network, e.study_uid) for e in others)
+        assert cache.usage().evictions - evictions >= len(others)
+        full = [j for j in jobs.values() if "occupé par les images consultées" in j["message"]]
+        assert full, jobs  # stopped rather than evicting the viewed exam
+        assert cache.usage().bytes <= cache.max_bytes + exam_size
+    finally:
+        cache.max_bytes = limit
+
+
 def test_an_unauthenticated_state_poll_is_refused(network: HistoryNetwork) -> None:
     with httpx.Client(base_url=network.conso.viewer_url) as anonymous:
         assert anonymous.get("/consultation/x/etat").status_code == 401

@@ -204,14 +204,14 @@ READY: Final = "Images prêtes."
 ON_DEMAND: Final = "Hors du préchargement : les images seront récupérées à l'ouverture de l'examen."
 
 
-def _over_budget(budget: Budget, *, partly: bool = False) -> str:
-    limit = f"limite de {french_size(budget.max_bytes)} par consultation atteinte"
+def _stopped(reason: str, *, partly: bool = False) -> str:
+    """The job message of an exam the prefetch stopped at (`reason`: why)."""
     if partly:
         return (
-            f"Préchargement partiel ({limit}) : le reste des images sera récupéré à l'ouverture "
-            "de l'examen."
+            f"Préchargement partiel ({reason}) : le reste des images sera récupéré à "
+            "l'ouverture de l'examen."
         )
-    return f"Hors du préchargement ({limit}) : les images seront récupérées à son ouverture."
+    return f"Hors du préchargement ({reason}) : les images seront récupérées à son ouverture."
 
 
 @dataclass
@@ -676,28 +676,41 @@ class ConsoService:
         if planned:
             exams = {e.id: e for e in launch.exams}
             self._executor.submit(
-                self._prefetch_launch, [(exams[k], jobs[k]) for k in planned], summary
+                self._prefetch_launch, launch.id, [(exams[k], jobs[k]) for k in planned], summary
             )
 
     def _prefetch_launch(
-        self, planned: list[tuple[ExamRow, Job]], summary: PrefetchSummary
+        self, launch_id: str, planned: list[tuple[ExamRow, Job]], summary: PrefetchSummary
     ) -> None:
-        budget = summary.budget
         for position, (exam, job) in enumerate(planned):
-            if not budget.allows_more(position, summary.bytes):
+            reason = self._prefetch_stop(launch_id, summary, position, summary.bytes)
+            if reason is not None:
                 with self._lock:
                     if job.state == "en_attente":
-                        job.state, job.message = "a_la_demande", _over_budget(budget)
+                        job.state, job.message = "a_la_demande", _stopped(reason)
                 continue
             if not self._claim(job):
                 continue  # opened meanwhile: fetched on demand
 
-            def allow(spent: int, position: int = position) -> bool:
-                return budget.allows_more(position, summary.bytes + spent)
+            def stop(spent: int, position: int = position) -> str | None:
+                return self._prefetch_stop(launch_id, summary, position, summary.bytes + spent)
 
-            summary.bytes += self._fetch_exam(exam, job, allow=allow)
+            summary.bytes += self._fetch_exam(exam, job, stop=stop, prefetch=launch_id)
             if job.state == "termine":
                 summary.exams += 1
+
+    def _prefetch_stop(
+        self, launch_id: str, summary: PrefetchSummary, position: int, spent: int
+    ) -> str | None:
+        """Why the launch's prefetch must not start another series (`spent` bytes into it),
+        or None: its byte budget, or a cache with no room left but other users' viewed
+        images (never evicted for a prefetch). The first exam is always fetched whole."""
+        budget = summary.budget
+        if not budget.allows_more(position, spent):
+            return f"limite de {french_size(budget.max_bytes)} par consultation atteinte"
+        if position and self.images.cache.prefetch_room(launch_id) <= 0:
+            return "cache de cette DRIMbox occupé par les images consultées par d'autres"
+        return None
 
     def _claim(self, job: Job) -> bool:
         """Start `job` unless it is running or done (the launch's worker and an opening may
@@ -723,11 +736,12 @@ class ConsoService:
         exam: ExamRow,
         job: Job,
         *,
-        allow: Callable[[int], bool] | None = None,
+        stop: Callable[[int], str | None] | None = None,
+        prefetch: str | None = None,
     ) -> int:
-        """Every series of the exam into the cache, `job` kept up to date; `allow(bytes so far)`
-        is asked before each series (the prefetch budget). Returns the bytes of the exam's
-        series now in the cache."""
+        """Every series of the exam into the cache, `job` kept up to date. For a prefetch (the
+        launch's id), `stop(bytes so far)` is asked before each series (why not, or None).
+        Returns the bytes of the exam's series now in the cache."""
         manifest = exam.manifest
         assert manifest is not None
         job.state = "en_cours"
@@ -735,8 +749,9 @@ class ConsoService:
         errors: list[str] = []
         spent = 0
         for series in manifest.series:
-            if allow is not None and not allow(spent):
-                job.state, job.message = "a_la_demande", _over_budget(self.budget(), partly=True)
+            reason = stop(spent) if stop is not None else None
+            if reason is not None:
+                job.state, job.message = "a_la_demande", _stopped(reason, partly=True)
                 return spent
 
             def count(n: int, uid: str = series.series_uid) -> None:
@@ -745,7 +760,11 @@ class ConsoService:
 
             try:
                 instances = self.images.fetcher.remote_series(
-                    manifest.study_uid, series.series_uid, wait="done", on_instance=count
+                    manifest.study_uid,
+                    series.series_uid,
+                    wait="done",
+                    on_instance=count,
+                    prefetch=prefetch,
                 )
                 spent += sum(i.size for i in instances)
             except RemoteSourceError as exc:
