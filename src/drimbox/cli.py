@@ -437,9 +437,9 @@ def _shown(key: str, value: Any) -> str:
     if key.endswith("_at"):
         return french_datetime(value, offset=True)
     if key == "kind":
-        return KIND_LABELS.get(value, value)
+        return KIND_LABELS.get(value, str(value))
     if key == "state":
-        return STATE_LABELS.get(value, value)
+        return STATE_LABELS.get(value, str(value))
     if key == "kos_instances":
         return french_number(value)
     return str(value)
