@@ -829,7 +829,9 @@ def demo(
     from drimbox.sim.orthanc import OrthancError
 
     try:
-        code = run_demo(folder.resolve(), fresh=fresh, exit_after=exit_after, console=console)
+        # Piped or logged, one line per item: a link or a command cut in two is no use.
+        out = console if console.is_terminal else Console(soft_wrap=True)
+        code = run_demo(folder.resolve(), fresh=fresh, exit_after=exit_after, console=out)
     except OrthancError as exc:
         fail(f"PACS de démonstration : {exc}")
         return
