@@ -267,7 +267,8 @@ def _database(checks: _Checks, config: Config) -> Any:
         message,
         "Lancez « drimbox db upgrade --config … » (nœuds arrêtés).",
     )
-    return db
+    db.dispose()
+    return None  # nothing is recorded in a database at another schema
 
 
 # -- certificates --------------------------------------------------------------------------------
@@ -598,7 +599,7 @@ def _own_entry(checks: _Checks, config: Config, store: Any) -> None:
         certificate = x509.load_pem_x509_certificates(Path(config.trust.tls_cert).read_bytes())[0]
         if entry.dn != DistinguishedName.from_name(certificate.subject):
             problems.append(
-                f"le DN de la liste est « {entry.operator_dn} », le certificate "
+                f"le DN de la liste est « {entry.operator_dn} », le certificat "
                 f"installé est « {certificate.subject.rfc4514_string()} »"
             )
     except (OSError, ValueError) as exc:
@@ -998,9 +999,7 @@ def _peers(checks: _Checks, config: Config, store: Any) -> None:
     for host in config.checks.peers:
         key, title = f"peer.{peer_target(host)}", f"Accès WADO-RS à {host}"
         try:
-            result = peer_speedtest(
-                config, host, token=config.checks.peer_token, whitelist_refresh=False
-            )
+            result = peer_speedtest(config, host, token=config.checks.peer_token, store=store)
         except SpeedTestError as exc:
             checks.add(
                 key,
@@ -1016,7 +1015,8 @@ def _peers(checks: _Checks, config: Config, store: Any) -> None:
             group,
             title,
             "ok",
-            f"répond en {(result.latency_s or 0) * 1000:.0f} ms sur TLS mutuel ({result.note})",
+            f"répond en {french_number((result.latency_s or 0) * 1000)} ms sur TLS mutuel "
+            f"({result.note})",
             figures={"latency_ms": round((result.latency_s or 0) * 1000)},
         )
 
