@@ -199,6 +199,10 @@ KIND_LABELS = {
     "update": "mise à jour",
     "withdraw": "dépublication",
     "withdraw_exam": "suppression examen",
+    "exam_update": "examen modifié",
+    "iocm": "rejet PACS",
+    "recheck": "images tardives",
+    "confidentiality": "confidentialité",
 }
 STATE_LABELS = {
     "received": "reçu",
@@ -212,6 +216,8 @@ STATE_LABELS = {
     "replaced": "remplacé",
     "withdrawn": "dépublié",
     "applied": "dépublication faite",
+    "not_for_dmp": "non destiné au DMP",
+    "superseded": "version dépassée",
 }
 
 

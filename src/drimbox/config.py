@@ -36,6 +36,13 @@ class ConfigError(Exception):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
+def _commas(value: object) -> object:
+    """A list key given as one string (environment variable): comma-separated values."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -200,6 +207,24 @@ class SourceConfig(_Section):
         description="Durée pendant laquelle un nœud garde un travail en cours (CR, envoi au DMP) "
         "avant qu'un autre nœud — ou lui-même après un arrêt brutal — ne le reprenne.",
     )
+    images_recheck_s: list[float] = Field(
+        default_factory=lambda: [300.0, 1800.0, 7200.0, 86400.0],
+        description="Images arrivées en retard : délais (secondes après la publication) auxquels "
+        "le PACS est relu ; si les instances de l'examen ont changé, le KOS est remplacé au DMP. "
+        "Liste vide : pas de relecture (dans l'environnement : valeurs séparées par des virgules).",
+    )
+
+    @field_validator("images_recheck_s", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _commas(value)
+
+    @field_validator("images_recheck_s")
+    @classmethod
+    def _positive_sorted(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("les délais de relecture doivent être positifs")
+        return sorted(value)
 
 
 class DmpConfig(_Section):
@@ -310,9 +335,7 @@ class AdminConfig(_Section):
     @field_validator("users", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return _commas(value)
 
 
 class TrustConfig(_Section):
@@ -352,9 +375,7 @@ class TrustConfig(_Section):
     @field_validator("anchors", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return _commas(value)
 
 
 class StoreConfig(_Section):

@@ -22,23 +22,36 @@ from drimbox.db.engine import Database, utcnow
 log = logging.getLogger(__name__)
 
 
-def claim_due(db: Database, model: Any, states: Iterable[str], lease: timedelta) -> int | None:
-    """Lease the oldest row of `model` whose state is in `states` and that is due; its id."""
+def claim_due(
+    db: Database,
+    model: Any,
+    states: Iterable[str],
+    lease: timedelta,
+    *,
+    column: str = "next_attempt_at",
+    count_attempts: bool = True,
+) -> int | None:
+    """Lease the oldest row of `model` whose state is in `states` and that is due (`column`
+    passed; an empty `next_attempt_at` means due now, any other empty column never); its id."""
     now = utcnow()
+    due_at = getattr(model, column)
+    is_due = due_at <= now
+    if column == "next_attempt_at":
+        is_due = or_(due_at.is_(None), is_due)
     due = (
         select(model.id)
         .where(model.state.in_(list(states)))
-        .where(or_(model.next_attempt_at.is_(None), model.next_attempt_at <= now))
+        .where(is_due)
         .order_by(model.id)
         .limit(1)
     )
     if not db.is_sqlite:
         due = due.with_for_update(skip_locked=True)
+    values: dict[str, Any] = {column: now + lease}
+    if count_attempts:
+        values["attempts"] = model.attempts + 1
     claim = (
-        update(model)
-        .where(model.id == due.scalar_subquery())
-        .values(next_attempt_at=now + lease, attempts=model.attempts + 1)
-        .returning(model.id)
+        update(model).where(model.id == due.scalar_subquery()).values(**values).returning(model.id)
     )
     with db.session() as session:
         claimed: int | None = session.scalar(claim)

@@ -49,6 +49,8 @@ STATE_LABELS = {
     "withdrawn": "dépublié",
     "withdrawal_received": "dépublication reçue",
     "applied": "dépublication faite",
+    "not_for_dmp": "non destiné au DMP",
+    "superseded": "version dépassée",
 }
 RETRYABLE = {"refused", "parked"}
 
