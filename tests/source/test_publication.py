@@ -13,42 +13,16 @@ from drimbox.dmp.client import DmpClient, DmpSettings
 from drimbox.dmp.vihf import VihfSubject
 from drimbox.hl7.message import parse_report_message
 from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.ris import RisClient
-from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from support.dmp import DmpEnvironment
 from support.node import RunningNode, node_config
+from support.publishing import DONE, send, store_study_for
 from support.samples import hl7_text, report_variant
-
-SERIES = (SeriesSpec("CT", "Crâne", 4), SeriesSpec("CT", "Crâne injecté", 3))
-DONE = {
-    ReportState.PUBLISHED.value,
-    ReportState.PARKED.value,
-    ReportState.REFUSED.value,
-    ReportState.APPLIED.value,
-    ReportState.REPLACED.value,
-    ReportState.WITHDRAWN.value,
-}
-
-
-def store_study_for(pacs: LocalOrthanc, tmp_path: Path, sample: str) -> None:
-    report = parse_report_message(hl7_text(sample)).report
-    assert report is not None
-    folder = tmp_path / f"study-{report.study_instance_uid}"
-    pacs.store_files(generate_study_for_report(folder, report, SERIES, rows=32, columns=32))
-
-
-def send(node: RunningNode, *messages: str) -> list[int]:
-    with RisClient("127.0.0.1", node.hl7_port) as ris:
-        for message in messages:
-            ack = ris.send(message)
-            assert ack.code == "AA", ack.ack
-    return [r.id for r in node.reports()]
 
 
 def test_report_is_published_and_retrievable(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, "CR_C-ORU.hl7")
+    store_study_for(pacs, tmp_path, hl7_text("CR_C-ORU.hl7"))
     config = node_config(tmp_path, pacs, dmp.node_environ())
     with RunningNode(config) as node:
         [report_id] = send(node, hl7_text("CR_C-ORU.hl7"))
@@ -79,7 +53,7 @@ def test_report_is_published_and_retrievable(
 def test_update_replaces_and_depublication_deletes(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, "CR_G1-ORU.hl7")
+    store_study_for(pacs, tmp_path, hl7_text("CR_G1-ORU.hl7"))
     with RunningNode(node_config(tmp_path, pacs, dmp.node_environ())) as node:
         [first] = send(node, hl7_text("CR_G1-ORU.hl7"))
         node.wait_for_report(first, DONE)
@@ -99,7 +73,7 @@ def test_update_replaces_and_depublication_deletes(
 def test_depublication_deletes_the_kos(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, "CR_C-ORU.hl7")
+    store_study_for(pacs, tmp_path, hl7_text("CR_C-ORU.hl7"))
     with RunningNode(node_config(tmp_path, pacs, dmp.node_environ())) as node:
         [published] = send(node, hl7_text("CR_C-ORU.hl7"))
         node.wait_for_report(published, DONE)
@@ -115,7 +89,7 @@ def test_depublication_deletes_the_kos(
 def test_dmp_outage_is_caught_up_without_duplicates(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, "CR_C-ORU.hl7")
+    store_study_for(pacs, tmp_path, hl7_text("CR_C-ORU.hl7"))
     base = hl7_text("CR_C-ORU.hl7")
     dmp.dmp.stop()
     with RunningNode(node_config(tmp_path, pacs, dmp.node_environ())) as node:
