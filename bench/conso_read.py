@@ -1,6 +1,6 @@
 """Benchmark: the Conso reading a series from a Source DRIMbox over mutual TLS (whitelisted
 peer certificate, PSC token, the official DRIM-M headers), with the box's streaming client
-(`drimbox.web.multipart_client`, what `conso.retrieval.SourceRetriever` uses) and, for
+(`drimbox.http.multipart_client`, what `conso.retrieval.SourceRetriever` uses) and, for
 reference, with httpx + `MultipartReader` (what it used before); Orthanc's own DICOMweb (plain
 HTTP, same series) read by the same streaming client gives the scale.
 

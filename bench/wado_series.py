@@ -30,15 +30,15 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 from drimbox.config import Config, load_config
 from drimbox.db import Database
-from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.studies import SeriesSpec, generate_study_for_report
-from drimbox.web.multipart import MultipartReader, boundary_of
-from drimbox.web.multipart_client import (
+from drimbox.http.multipart import MultipartReader, boundary_of
+from drimbox.http.multipart_client import (
     PartScanner,
     get_request,
     open_multipart,
     parse_response_head,
 )
+from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 
 OUT = Path(__file__).parent / "out" / "wado-series"
 OFFICIAL_ACCEPT = (
@@ -84,8 +84,8 @@ def publish(db: Database, pacs: LocalOrthanc, report: Any) -> tuple[str, str]:
 def serve(config_env: dict[str, str], queue: Any) -> None:
     """The Source node's peer app in its own process; `POST /bench/purge` empties its cache."""
     from drimbox.dicom.retrieve import ImageService
+    from drimbox.http.server import HttpServer
     from drimbox.web.app import create_peer_app
-    from drimbox.web.server import HttpServer
     from support.source import Tokens
 
     config = load_config(environ=config_env)

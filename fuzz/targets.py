@@ -27,10 +27,10 @@ with atheris.instrument_imports(include=["drimbox"]):
     from drimbox.conso.launch import InvalidLaunch, parse_launch
     from drimbox.dmp.soap import SoapError, SoapFault, body_of
     from drimbox.hl7.message import HL7Error, parse_report_message
+    from drimbox.http.accept import AcceptError, parse_accept
+    from drimbox.http.multipart import MultipartError
+    from drimbox.http.multipart_client import FetchError, Framing, PartScanner
     from drimbox.trust.whitelist import WhitelistError, verify_whitelist
-    from drimbox.web.accept import AcceptError, parse_accept
-    from drimbox.web.multipart import MultipartError
-    from drimbox.web.multipart_client import FetchError, Framing, PartScanner
 
 
 def _text(data: bytes) -> str:

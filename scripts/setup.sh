@@ -3,13 +3,21 @@
 # environment from the lock file. Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/env.sh
 
-DEBIAN_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql xmlsec1 chromium)
+UV_VERSION="0.13.9"
+# Everything the demo and the tests run, including what a minimal Debian 12 lacks: python3-venv
+# (uv's tool venv), nodejs/npm (the OHIF package), systemd (systemd-analyze verify of the unit),
+# procps (pgrep), ca-certificates (HTTPS to PyPI and npm), git (the fresh-install check's clone).
+DEBIAN_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql xmlsec1 chromium
+  python3 python3-venv systemd procps ca-certificates git)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
 done
+# npm by command: another nodejs build (NodeSource's) ships npm without Debian's npm package.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "Paquets Debian manquants : ${missing[*]} — relancez en root ou : sudo apt-get install ${missing[*]}" >&2
@@ -27,16 +35,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# uv: the one already on PATH, else a pinned uv in a venv of Debian's python3 (Debian's python3
+# has no pip and refuses `pip install` outside a venv: PEP 668 "externally-managed-environment").
 if ! command -v uv >/dev/null 2>&1; then
-  echo "==> pip install uv"
-  python3 -m pip install --quiet "uv==0.13.9"
+  echo "==> uv $UV_VERSION (venv $UV_TOOL_DIR)"
+  rm -rf "$UV_TOOL_DIR"
+  /usr/bin/python3 -m venv "$UV_TOOL_DIR"
+  "$UV_TOOL_DIR/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+  # So that the README's `uv run …` commands work in any shell, not only in these scripts.
+  if [ "$(id -u)" -eq 0 ] && [ ! -e /usr/local/bin/uv ]; then
+    ln -s "$UV_TOOL_DIR/bin/uv" /usr/local/bin/uv
+  fi
 fi
 echo "==> uv sync (versions from uv.lock)"
 uv sync --frozen --quiet
 
-if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
-  echo "==> apt-get install nodejs npm (for the OHIF package)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
-fi
 echo "==> OHIF viewer (npm @ohif/app, prebuilt)"
 ./scripts/install-ohif.sh var/ohif

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+. scripts/env.sh
 SOAK_REPORTS="${1:-1000}" SOAK_KILLS="${2:-10}" uv run pytest -q tests/reliability/test_crash_soak.py

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+. scripts/env.sh
 echo "==> ruff"
 uv run ruff check src tests bench fuzz
 uv run ruff format --check src tests bench fuzz

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 from datetime import datetime
@@ -47,6 +46,8 @@ audit_app = typer.Typer(help="Traces d'accès aux données de santé.", no_args_
 app.add_typer(audit_app, name="audit")
 app.add_typer(sim_app, name="sim")
 app.add_typer(pacs_app, name="pacs")
+peer_app = typer.Typer(help="Autres DRIMbox de la liste blanche.", no_args_is_help=True)
+app.add_typer(peer_app, name="peer")
 
 console = Console()
 err = Console(stderr=True)
@@ -143,16 +144,125 @@ def pacs_echo(config: ConfigOption = None) -> None:
     console.print(f"[green]PACS joignable[/] : {client.settings.label}", highlight=False)
 
 
+def _record_speed(cfg: Config, result: Any) -> None:
+    """Keep a speed test for the console's status page (best effort: the measure is shown)."""
+    from drimbox.ops.speedtest import record
+
+    try:
+        db = Database(cfg.store.database_url)
+        try:
+            db.upgrade()
+            record(db, result, slow_ratio=cfg.checks.slow_ratio)
+        finally:
+            db.dispose()
+    except Exception as exc:  # noqa: BLE001 - shown to the operator, not a traceback
+        err.print(f"[yellow]Résultat non enregistré[/] (base de données : {escape(str(exc))})")
+
+
+def _speed_report(cfg: Config, result: Any, as_json: bool) -> None:
+    """Record a speed test and print it; exit 1 when it failed."""
+    _record_speed(cfg, result)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), ensure_ascii=False, indent=2) + "\n")
+    else:
+        title = "Test de débit" + (" — ÉCHEC" if not result.ok else "")
+        table = Table(title=title, title_justify="left", show_header=False)
+        table.add_column("", style="bold")
+        table.add_column("", overflow="fold")
+        for label, value in result.summary():
+            table.add_row(label, escape(value))
+        if result.error:
+            table.add_row("Erreur", escape(result.error))
+        console.print(table)
+        if result.flag:
+            err.print(f"[bold yellow]Attention :[/] {escape(result.flag)}", highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _speed_failure(cfg: Config, result: Any) -> None:
+    """A test that could not run: recorded as such, refused in French."""
+    _record_speed(cfg, result)
+    fail(result.error)
+
+
+@pacs_app.command("speedtest")
+def pacs_speedtest_command(
+    config: ConfigOption = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study Instance UID de l'examen à récupérer.")
+    ] = None,
+    latest: Annotated[
+        bool, typer.Option("--latest", help="L'examen le plus récent du PACS (défaut).")
+    ] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="c-move, c-get ou wado-rs (défaut : [pacs] retrieve)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Sortie JSON (supervision).")] = False,
+) -> None:
+    """Récupère un vrai examen du PACS comme le fait la DRIMbox, sans le garder, et mesure
+    première image, images, volume, débit et syntaxe de transfert reçue."""
+    from drimbox.dicom.retrieve import pacs_settings
+    from drimbox.ops.speedtest import SpeedTestError, failed, pacs_speedtest
+
+    cfg = _load(config)
+    if study and latest:
+        fail("--study et --latest s'excluent : choisissez l'un des deux")
+    chosen = mode or cfg.pacs.retrieve
+    if not as_json:
+        err.print(f"Récupération depuis le PACS en {chosen}…", highlight=False)
+    try:
+        result = pacs_speedtest(cfg, study_uid=study, mode=chosen)
+    except SpeedTestError as exc:
+        _speed_failure(cfg, failed("pacs", pacs_settings(cfg).label, chosen, study or "", exc))
+        return
+    _speed_report(cfg, result, as_json)
+
+
+@peer_app.command("speedtest")
+def peer_speedtest_command(
+    host: Annotated[str, typer.Argument(help="Nom db… de la DRIMbox (liste blanche).")],
+    config: ConfigOption = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study Instance UID d'un examen qu'elle publie.")
+    ] = None,
+    kos: Annotated[
+        str | None, typer.Option("--kos", help="SOP Instance UID du KOS publié de cet examen.")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Jeton d'accès PSC de l'opérateur (sinon [checks] peer_token).",
+            envvar="DRIMBOX_SPEEDTEST_TOKEN",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Sortie JSON (supervision).")] = False,
+) -> None:
+    """Mesure une autre DRIMbox en WADO-RS sur TLS mutuel (latence de la requête, première
+    image, débit), avec le certificat de cette DRIMbox ; sans --study : sonde de latence."""
+    from drimbox.ops.speedtest import SpeedTestError, failed, peer_speedtest, peer_target
+
+    cfg = _load(config)
+    try:
+        result = peer_speedtest(
+            cfg, host, study_uid=study, kos_uid=kos, token=token or cfg.checks.peer_token
+        )
+    except SpeedTestError as exc:
+        _speed_failure(cfg, failed("peer", peer_target(host), "wado-rs", study or "", exc))
+        return
+    _speed_report(cfg, result, as_json)
+
+
 @app.command()
 def serve(config: ConfigOption = None, verbose: bool = False) -> None:
     """Démarre le nœud (rôles selon la configuration) jusqu'à Ctrl-C."""
+    from drimbox.logs import configure_logging
+    from drimbox.metrics import node_name
     from drimbox.node import Node
 
     cfg = _load(config)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(cfg.log, node_name(cfg.metrics.node_name), verbose=verbose)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -7,6 +7,7 @@ Owns the configuration model (sections and defaults), loading from TOML, the
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -36,8 +37,8 @@ class ConfigError(Exception):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
-def _commas(value: object) -> object:
-    """A list key given as one string (environment variable): comma-separated values."""
+def _comma_separated(value: object) -> object:
+    """A list key given as one string (the environment): comma-separated items."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
@@ -214,10 +215,7 @@ class SourceConfig(_Section):
         "Liste vide : pas de relecture (dans l'environnement : valeurs séparées par des virgules).",
     )
 
-    @field_validator("images_recheck_s", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return _commas(value)
+    _split = field_validator("images_recheck_s", mode="before")(_comma_separated)
 
     @field_validator("images_recheck_s")
     @classmethod
@@ -332,10 +330,7 @@ class AdminConfig(_Section):
         "l'environnement : séparés par des virgules).",
     )
 
-    @field_validator("users", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return _commas(value)
+    _split = field_validator("users", mode="before")(_comma_separated)
 
 
 class TrustConfig(_Section):
@@ -372,10 +367,7 @@ class TrustConfig(_Section):
         "", description="Autorités (PEM) qui émettent les certificats des pairs (IGC-Santé)."
     )
 
-    @field_validator("anchors", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return _commas(value)
+    _split = field_validator("anchors", mode="before")(_comma_separated)
 
 
 class StoreConfig(_Section):
@@ -406,6 +398,100 @@ class StoreConfig(_Section):
         return value
 
 
+class MetricsConfig(_Section):
+    """The Prometheus endpoint (`/metrics`), on its own port, loopback by default: it names no
+    patient, but tells the box's activity, so only the monitoring may read it."""
+
+    enabled: bool = Field(
+        False, description="Sert /metrics (Prometheus) sur host:port (installation : activé)."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Adresse d'écoute de /metrics (0.0.0.0 : toutes, voir allow)."
+    )
+    port: int = Field(9464, ge=0, le=65535, description="Port de /metrics (0 : un port libre).")
+    allow: list[str] = Field(
+        ["127.0.0.1/32", "::1/128"],
+        description="Réseaux (CIDR) autorisés à lire /metrics ; les autres reçoivent 403.",
+    )
+    node_name: str = Field(
+        "",
+        description="Nom du nœud (étiquette node des métriques, champ node des journaux JSON) ; "
+        "vide : le nom d'hôte. Distinct pour chaque nœud d'un site.",
+    )
+    probe_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="Intervalle minimal entre deux vérifications de joignabilité du DMP et du "
+        "PACS (secondes) ; les lectures plus rapprochées reprennent la dernière.",
+    )
+
+    _split = field_validator("allow", mode="before")(_comma_separated)
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"« {network} » n'est pas un réseau (ex. 10.0.0.0/24)") from None
+        return value
+
+
+class LogConfig(_Section):
+    """The node's log: one line per event, to standard error (the journal under systemd)."""
+
+    format: Literal["text", "json"] = Field(
+        "text",
+        description="text : lisible ; json : un objet JSON par ligne (compte rendu, examen, "
+        "pair dans des champs à part), pour un collecteur de journaux.",
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Niveau minimal des messages journalisés."
+    )
+
+
+class ChecksConfig(_Section):
+    """Speed tests and the site acceptance check (`drimbox pacs speedtest`, `drimbox peer
+    speedtest`, `drimbox aptitude`)."""
+
+    pacs_study: str = Field(
+        "",
+        description="Examen (Study Instance UID) récupéré par le test de débit du PACS de la "
+        "vérification d'aptitude ; vide : le plus récent du PACS.",
+    )
+    peer_token: str = Field(
+        "",
+        description="Jeton d'accès PSC de test pour les mesures vers les autres DRIMbox "
+        "(préférer DRIMBOX_CHECKS__PEER_TOKEN à ce fichier) ; sinon celui de l'opérateur "
+        "(--token).",
+    )
+    peers: list[str] = Field(
+        default_factory=list,
+        description="Noms db… des DRIMbox de la liste blanche dont la vérification d'aptitude "
+        "teste l'accès WADO-RS (dans l'environnement : séparés par des virgules).",
+    )
+    dmp_test_patient: str = Field(
+        "",
+        description="INS du patient de test de l'environnement DMP, pour la requête sans effet "
+        "de la vérification d'aptitude ; vide : requête sur un patient inexistant.",
+    )
+    slow_ratio: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Un débit mesuré sous cette fraction du précédent est signalé sur la page "
+        "d'état de la console.",
+    )
+    cache_test_bytes: int = Field(
+        64 * 1024**2,
+        ge=1024**2,
+        description="Volume écrit dans le cache pour en mesurer la vitesse d'écriture (octets).",
+    )
+
+    _split = field_validator("peers", mode="before")(_comma_separated)
+
+
 class Config(_Section):
     """A whole node configuration (`drimbox.toml`)."""
 
@@ -422,6 +508,9 @@ class Config(_Section):
     admin: AdminConfig = AdminConfig()
     trust: TrustConfig = TrustConfig()
     store: StoreConfig = StoreConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+    checks: ChecksConfig = ChecksConfig()
 
     @model_validator(mode="after")
     def _stow_needs_an_url(self) -> Config:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from pathlib import Path
 
 from drimbox.config import Config
 from drimbox.db import Database
@@ -17,6 +15,7 @@ from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService, RemoteStudies
 from drimbox.dicom.scp import StoreScp
 from drimbox.hl7.server import MllpServer
+from drimbox.metrics import NodeMetrics
 from drimbox.source.dmp_port import ClientDmpPort, dmp_port
 from drimbox.source.grants import Grants
 from drimbox.source.intake import ReportIntake
@@ -24,38 +23,17 @@ from drimbox.source.iocm import IocmStoreHandler
 from drimbox.source.outbox import DmpPublisher
 from drimbox.source.pipeline import ReportPipeline, pacs_settings
 from drimbox.source.recheck import LateImagesWorker
-from drimbox.trust.store import WhitelistStore
-from drimbox.trust.whitelist import load_certificates
-from drimbox.trust.xades_verify import ExpectedSigner
+from drimbox.trust.store import WhitelistStore, whitelist_store
 from drimbox.web.assembly import WebServers, build_web
 
 log = logging.getLogger(__name__)
-
-
-def whitelist_store(config: Config) -> WhitelistStore | None:
-    """The whitelist in force, refreshed from `[trust] whitelist_source`; None when unset."""
-    trust = config.trust
-    if not trust.whitelist_source:
-        return None
-    expected = ExpectedSigner(
-        common_name=re.escape(trust.expected_signer_cn) if trust.expected_signer_cn else None,
-        organizational_unit=(
-            re.escape(trust.expected_signer_ou) if trust.expected_signer_ou else None
-        ),
-    )
-    return WhitelistStore(
-        trust.whitelist_source,
-        load_certificates([Path(anchor) for anchor in trust.anchors]),
-        trust.state_dir,
-        expected_signer=expected,
-        allow_sha1=trust.allow_sha1,
-    )
 
 
 class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.db = Database(config.store.database_url)
+        self.metrics = NodeMetrics(config.metrics.node_name)
         self.mllp: MllpServer | None = None
         self.pipeline: ReportPipeline | None = None
         self.publisher: DmpPublisher | None = None
@@ -93,23 +71,25 @@ class Node:
             )
             self.scp.add_handler(IocmStoreHandler(self.db))
             await asyncio.to_thread(self.scp.start)
-            self.publisher = DmpPublisher(self.config, self.db, dmp_port(self.config))
+            self.publisher = DmpPublisher(self.config, self.db, dmp_port(self.config), self.metrics)
             self._tasks.append(asyncio.create_task(self.publisher.run_forever(self._stop)))
             late = LateImagesWorker(self.config, self.db, PacsClient(pacs_settings(self.config)))
             self._tasks.append(asyncio.create_task(late.run_forever(self._stop)))
         if self.config.roles.source or self.config.roles.conso:
             # Conso exams (studies of other sites) come from their Source, never from the PACS.
             remote = RemoteStudies(Grants(self.db).is_conso_study)
-            self.images = ImageService(self.config, scp=self.scp, remote=remote)
+            self.images = ImageService(
+                self.config, scp=self.scp, remote=remote, metrics=self.metrics
+            )
             self.web = build_web(self.config, self.db, self.images, self.whitelist)
-            await self.web.peer.start()
-            await self.web.viewer.start()
+            for server in self.web.servers():
+                await server.start()
 
     async def stop(self) -> None:
         self._stop.set()
         if self.web is not None:
-            await self.web.viewer.stop()
-            await self.web.peer.stop()
+            for server in reversed(self.web.servers()):
+                await server.stop()
             self.web.close()
         if self.mllp is not None:
             await self.mllp.stop()

@@ -19,9 +19,9 @@ from drimbox.dicom.kos import KosSite, build_manifest, manifest_from_bytes, mani
 from drimbox.dicom.model import InstanceRef, SeriesSnapshot, StudySnapshot
 from drimbox.dmp.metadata import parse_document_entries
 from drimbox.hl7.message import parse_report_message
+from drimbox.http.accept import parse_accept, syntax_acceptance
 from drimbox.samples import ANS_DIR
 from drimbox.trust.whitelist import WhitelistError, verify_whitelist
-from drimbox.web.accept import parse_accept, syntax_acceptance
 
 RIM = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0"
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"

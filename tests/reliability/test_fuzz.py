@@ -17,8 +17,8 @@ from drimbox.cda import CdaError, parse_report
 from drimbox.conso.common import ConsoError
 from drimbox.conso.history import read_manifest
 from drimbox.dmp.soap import SoapError, SoapFault, body_of
+from drimbox.http.multipart import closing, part_header
 from drimbox.samples import ans_file
-from drimbox.web.multipart import closing, part_header
 from support.samples import cda_of, hl7_text
 
 ROOT = Path(__file__).parents[2]

@@ -21,14 +21,21 @@ from drimbox.db import Database
 from drimbox.db.models import ReportState
 from drimbox.dicom.pacs import InstanceSink
 from drimbox.dicom.retrieve import ImageService, Retriever
+from drimbox.http.multipart import MultipartReader, boundary_of
 from drimbox.samples import ANS_DIR
-from drimbox.sim.orthanc import LocalOrthanc, RemoteModality
+from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ports import free_port
 from drimbox.sim.studies import SeriesSpec
 from drimbox.source.access import access_log_path, read_records
 from drimbox.web.app import create_peer_app
-from drimbox.web.multipart import MultipartReader, boundary_of
-from support.source import PublishedStudy, Tokens, publish_study, serving, set_state
+from support.source import (
+    PublishedStudy,
+    Tokens,
+    orthanc_moving_to,
+    publish_study,
+    serving,
+    set_state,
+)
 
 SAMPLE = ANS_DIR / "validators" / "wado-rs-series-request.txt"
 BOX_AET = "DRIMBOX"
@@ -55,13 +62,7 @@ def scp_port() -> int:
 
 @pytest.fixture(scope="module")
 def pacs(scp_port: int) -> Iterator[LocalOrthanc]:
-    """An Orthanc that knows the box's SCP as a C-MOVE destination."""
-    from drimbox.sim.orthanc import orthanc_available
-
-    if not orthanc_available():
-        pytest.skip("Orthanc not installed")
-    modalities = {"drimbox": RemoteModality(BOX_AET, "127.0.0.1", scp_port)}
-    with LocalOrthanc(aet="ORTHANCW", modalities=modalities) as orthanc:
+    with orthanc_moving_to("ORTHANCW", BOX_AET, scp_port) as orthanc:
         yield orthanc
 
 

@@ -39,6 +39,8 @@ def node_config(
         "DRIMBOX_PACS__TIMEOUT_S": "5",
         "DRIMBOX_PACS__SCP_PORT": "0",
         "DRIMBOX_HTTP__PORT": "0",
+        # Off unless a test turns it on; then on a free port.
+        "DRIMBOX_METRICS__PORT": "0",
         # A known port: PSC redirects the browser back to the viewer's public URL.
         "DRIMBOX_VIEWER__PORT": str(viewer_port),
         "DRIMBOX_VIEWER__PUBLIC_URL": f"http://127.0.0.1:{viewer_port}",
@@ -73,6 +75,11 @@ class RunningNode:
         asyncio.run_coroutine_threadsafe(self.node.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+    @property
+    def metrics_url(self) -> str:
+        assert self.node.web is not None and self.node.web.metrics is not None
+        return f"{self.node.web.metrics.url}/metrics"
 
     @property
     def peer_url(self) -> str:

@@ -48,6 +48,31 @@ class Site:
     study_uid: str
     kos_uid: str
     series_uids: list[str]
+    pki: TestPki
+    ans: Issued  # signs whitelists chained to `ca_file`
+    box: Issued  # the node's own certificate (CN=localhost)
+
+
+def peer_view(site: Site, folder: Path, certificate: Issued) -> dict[str, str]:
+    """The configuration (environment) of another box that calls this site's node as a peer:
+    `certificate` for mutual TLS, and a whitelist signed at test time naming the node as
+    `localhost` (its certificate's host name) and the trusted peer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = [domain(1, db="localhost", operator_dn=site.box.subject),
+              domain(2, db="db2.test.fr", operator_dn=PEER_DN)]  # fmt: skip
+    whitelist = sign_whitelist(
+        build_whitelist(listed, datetime.now(UTC)), site.ans, [site.pki.ca.certificate]
+    )
+    (folder / "whitelist.xml").write_bytes(whitelist)
+    assert certificate.cert_path and certificate.key_path
+    return {
+        "DRIMBOX_TRUST__WHITELIST_SOURCE": str(folder / "whitelist.xml"),
+        "DRIMBOX_TRUST__ANCHORS": str(site.ca_file),
+        "DRIMBOX_TRUST__STATE_DIR": str(folder / "trust"),
+        "DRIMBOX_TRUST__TLS_CERT": str(certificate.cert_path),
+        "DRIMBOX_TRUST__TLS_KEY": str(certificate.key_path),
+        "DRIMBOX_TRUST__TLS_CA": str(site.ca_file),
+    }
 
 
 def peer_client(site: Site, peer: Issued) -> httpx.Client:
@@ -63,6 +88,7 @@ def source_site(
     tmp_path: Path,
     series: tuple[SeriesSpec, ...] = (SeriesSpec("CT", "a", 4), SeriesSpec("CT", "b", 2)),
     size: int = 32,
+    environ_extra: dict[str, str] | None = None,
 ) -> Iterator[Site]:
     orthanc.delete_all()
     pki = TestPki()
@@ -93,18 +119,22 @@ def source_site(
     )
     orthanc.store_files(files)
     with local_dmp(tmp_path / "dmp", pki) as dmp, LocalPsc() as psc:
-        environ = dmp.node_environ() | {
-            "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp_path / "whitelist.xml"),
-            "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
-            "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
-            "DRIMBOX_TRUST__STATE_DIR": str(tmp_path / "trust"),
-            "DRIMBOX_TRUST__TLS_CERT": str(box.cert_path),
-            "DRIMBOX_TRUST__TLS_KEY": str(box.key_path),
-            "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
-        }
+        environ = (
+            dmp.node_environ()
+            | {
+                "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp_path / "whitelist.xml"),
+                "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
+                "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
+                "DRIMBOX_TRUST__STATE_DIR": str(tmp_path / "trust"),
+                "DRIMBOX_TRUST__TLS_CERT": str(box.cert_path),
+                "DRIMBOX_TRUST__TLS_KEY": str(box.key_path),
+                "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
+                "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
+                "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
+                "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+            }
+            | (environ_extra or {})
+        )
         with RunningNode(node_config(tmp_path, orthanc, environ)) as node:
             with RisClient("127.0.0.1", node.hl7_port) as ris:
                 assert ris.send(hl7_text("CR_C-ORU.hl7")).code == "AA"
@@ -119,7 +149,7 @@ def source_site(
                 for s in e.ReferencedSeriesSequence
             ]
             yield Site(node, dmp, psc, trusted, unknown, ca.cert_path, published.study_uid,
-                       published.kos_sop_uid, series)  # fmt: skip
+                       published.kos_sop_uid, series, pki, ans, box)  # fmt: skip
     orthanc.delete_all()
 
 

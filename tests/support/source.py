@@ -27,9 +27,9 @@ from drimbox.db.engine import utcnow
 from drimbox.db.models import Hl7Message, ReportState
 from drimbox.dicom.kos import KosSite, build_manifest, manifest_to_bytes
 from drimbox.dicom.pacs import PacsClient, PacsSettings
+from drimbox.http.server import HttpServer
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
-from drimbox.web.server import HttpServer
 from support.factories import CR_C_ACCESSION, make_report
 
 ISSUER = "https://psc.test/auth/realms/esante-wallet"
@@ -228,3 +228,17 @@ def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     finally:
         loop.run(server.stop())
         loop.close()
+
+
+@contextmanager
+def orthanc_moving_to(aet: str, box_aet: str, scp_port: int) -> Iterator[LocalOrthanc]:
+    """An Orthanc that knows the box's SCP (`box_aet` on `scp_port`) as a C-MOVE destination."""
+    import pytest
+
+    from drimbox.sim.orthanc import RemoteModality, orthanc_available
+
+    if not orthanc_available():
+        pytest.skip("Orthanc not installed")
+    modalities = {"drimbox": RemoteModality(box_aet, "127.0.0.1", scp_port)}
+    with LocalOrthanc(aet=aet, modalities=modalities) as orthanc:
+        yield orthanc

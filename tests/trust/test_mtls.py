@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from drimbox.http.multipart_client import FetchError, open_multipart
 from drimbox.sim.pki import Issued, TestPki
 from drimbox.trust.tls import (
     MtlsH11Protocol,
@@ -31,7 +32,6 @@ from drimbox.trust.tls import (
     server_ssl_context,
 )
 from drimbox.trust.whitelist import Domain, Whitelist, verify_whitelist
-from drimbox.web.multipart_client import FetchError, open_multipart
 from support.trust import Ans, domain
 
 SERVER_HOST = "db1.test.mesimagesmedicales.fr"

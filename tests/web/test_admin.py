@@ -82,3 +82,26 @@ def test_console_refuses_others(node: RunningNode) -> None:
         assert browser.post(f"{base}/admin/comptes-rendus/1/relancer").status_code == 403
     finally:
         browser.close()
+
+
+def test_status_page_keeps_the_last_speed_tests(node: RunningNode) -> None:
+    from datetime import timedelta
+
+    from drimbox.ops.speedtest import SpeedResult, failed, record
+
+    db = node.node.db
+    earlier = utcnow() - timedelta(days=2)
+    record(db, SpeedResult("pacs", "PACS@pacs:104", "c-get", "1.2.3", at=earlier, images=300,
+                           bytes=150_000_000, seconds=2.0, first_image_s=0.04))  # fmt: skip
+    record(db, SpeedResult("pacs", "PACS@pacs:104", "c-get", "1.2.3", images=300,
+                           bytes=150_000_000, seconds=10.0, first_image_s=0.05))  # fmt: skip
+    record(db, failed("peer", "db7.exemple.fr", "wado-rs", "", "DRIMbox injoignable"))
+    browser = signed_in(node, "radiologue")
+    try:
+        page = browser.get(f"{node.viewer_url}/admin").text
+    finally:
+        browser.close()
+    assert "Derniers tests de débit" in page
+    assert "PACS@pacs:104" in page and "300 images, 150.0 Mo, 15.0 Mo/s" in page
+    assert "EN BAISSE" in page and "75.0 Mo/s" in page  # the previous run, with its date
+    assert "db7.exemple.fr" in page and "ÉCHEC" in page and "DRIMbox injoignable" in page

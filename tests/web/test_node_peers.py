@@ -13,9 +13,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
+from drimbox.http.multipart import MultipartReader, boundary_of
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.trust import audit
-from drimbox.web.multipart import MultipartReader, boundary_of
 from support.site import Site, official_headers, peer_client, series_url, source_site
 
 

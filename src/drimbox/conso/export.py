@@ -30,7 +30,7 @@ from drimbox.conso.common import Auditor, ConsoError, InstanceSource, no_audit
 from drimbox.conso.launch import LaunchContext, is_oid
 from drimbox.dicom.kos import INS_ISSUERS
 from drimbox.dicom.pacs import PacsClient, PacsError, StoreOutcome, store_instances
-from drimbox.web.multipart import new_boundary
+from drimbox.http.multipart import new_boundary
 
 log = logging.getLogger(__name__)
 

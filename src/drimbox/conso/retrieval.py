@@ -25,7 +25,8 @@ import email.utils
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -34,16 +35,16 @@ from urllib.parse import urlsplit
 from drimbox.conso.common import Auditor, ConsoError, InstanceStore, SeriesWriter, no_audit
 from drimbox.conso.history import Manifest, SeriesRef
 from drimbox.dicom.cache import CacheError, describe_instance
-from drimbox.trust.audit import Result
-from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate
-from drimbox.trust.whitelist import Domain
-from drimbox.web.multipart import MultipartError
-from drimbox.web.multipart_client import (
+from drimbox.http.multipart import MultipartError
+from drimbox.http.multipart_client import (
     FetchError,
     MultipartResponse,
     PartTooLarge,
     open_multipart,
 )
+from drimbox.trust.audit import Result
+from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate
+from drimbox.trust.whitelist import Domain
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,27 @@ class _Reading:
             self.progress(self.totals)
 
 
+@contextmanager
+def _transport_errors(domain: Domain) -> Iterator[None]:
+    """Network and format failures of a Source's answer, in French."""
+    try:
+        yield
+    except FetchError as exc:
+        raise RetrievalError(
+            "SOURCE_INJOIGNABLE",
+            f"La DRIMbox source {domain.name} est injoignable (réseau, certificat ou service "
+            "arrêté).",
+            detail=f"{type(exc).__name__}: {exc}",
+            retryable=True,
+        ) from exc
+    except (MultipartError, ValueError) as exc:
+        raise RetrievalError(
+            "REPONSE_INVALIDE",
+            f"La DRIMbox source {domain.name} a envoyé une réponse illisible.",
+            detail=str(exc),
+        ) from exc
+
+
 class SourceRetriever:
     """WADO-RS client of the Source boxes, for one node.
 
@@ -334,22 +356,8 @@ class SourceRetriever:
         result = SeriesResult(series.series_uid, domain.identifier)
         totals = totals or Progress(0, 1, 0, 0, len(series.instances), series.series_uid)
         try:
-            try:
+            with _transport_errors(domain):
                 self._fetch(url, series, manifest, token, writer, result, totals, progress)
-            except FetchError as exc:
-                raise RetrievalError(
-                    "SOURCE_INJOIGNABLE",
-                    f"La DRIMbox source {domain.name} est injoignable (réseau, certificat ou "
-                    "service arrêté).",
-                    detail=f"{type(exc).__name__}: {exc}",
-                    retryable=True,
-                ) from exc
-            except (MultipartError, ValueError) as exc:
-                raise RetrievalError(
-                    "REPONSE_INVALIDE",
-                    f"La DRIMbox source {domain.name} a envoyé une réponse illisible.",
-                    detail=str(exc),
-                ) from exc
         except BaseException as exc:
             writer.fail(exc)
             code = exc.code if isinstance(exc, RetrievalError) else type(exc).__name__
@@ -370,6 +378,32 @@ class SourceRetriever:
             missing=len(result.missing),
         )
         return result
+
+    def measure(
+        self,
+        url: str,
+        token: str,
+        kos_uid: str,
+        take: Callable[[memoryview], None],
+        on_headers: Callable[[], None] | None = None,
+    ) -> Domain:
+        """One WADO-RS request to a Source for the speed test (`drimbox peer speedtest`): the
+        same checks and headers as a retrieval, each instance handed to `take` and nothing kept,
+        nothing audited (no patient data is stored or shown). Returns the Source's entry."""
+        domain = self._allowed(url)
+        with _transport_errors(domain):
+            asyncio.run(
+                self._fetch_once(url, self._headers(token, kos_uid), take, False, on_headers)
+            )
+        return domain
+
+    def _headers(self, token: str, kos_uid: str) -> dict[str, str]:
+        return {
+            "Accept": ACCEPT_DRIM_M,
+            "Authorization": f"Bearer {token}",
+            KOS_HEADER: kos_uid,
+            "User-Agent": self._user_agent,
+        }
 
     def _allowed(self, url: str) -> Domain:
         parts = urlsplit(url)
@@ -408,28 +442,26 @@ class SourceRetriever:
     ) -> None:
         """One GET of the series (blocking: its own event loop in the calling thread); a busy
         Source (503 with a short Retry-After) is asked once more."""
-        headers = {
-            "Accept": ACCEPT_DRIM_M,
-            "Authorization": f"Bearer {token}",
-            KOS_HEADER: manifest.sop_instance_uid,
-            "User-Agent": self._user_agent,
-        }
+        headers = self._headers(token, manifest.sop_instance_uid)
         expected = {uid for _cls, uid in series.instances}
+        reading = _Reading(expected, writer, result, totals, progress)
         for may_retry in (True, False):
-            wait = asyncio.run(
-                self._fetch_once(
-                    url, headers, _Reading(expected, writer, result, totals, progress), may_retry
-                )
-            )
+            wait = asyncio.run(self._fetch_once(url, headers, reading.take, may_retry))
             if wait is None:
                 return
             log.info("Source %s busy, retrying in %.1f s", urlsplit(url).hostname, wait)
             time.sleep(wait)
 
     async def _fetch_once(
-        self, url: str, headers: dict[str, str], reading: _Reading, may_retry: bool
+        self,
+        url: str,
+        headers: dict[str, str],
+        take: Callable[[memoryview], None],
+        may_retry: bool,
+        on_headers: Callable[[], None] | None = None,
     ) -> float | None:
-        """None once the series is read; else seconds to wait before asking again."""
+        """None once the answer is read (each instance handed to `take`); else seconds to wait
+        before asking again. `on_headers` is called once the Source's headers are in."""
         host = (urlsplit(url).hostname or "").lower()
         async with open_multipart(
             url,
@@ -451,6 +483,8 @@ class SourceRetriever:
                     "de la liste blanche : images non téléchargées.",
                     detail=refusal.detail,
                 ) from refusal
+            if on_headers is not None:
+                on_headers()
             if response.status == 503 and may_retry:
                 wait = _retry_after(response.headers.get("retry-after"))
                 if wait is not None and wait <= self._max_wait:
@@ -458,7 +492,7 @@ class SourceRetriever:
             if response.status != 200:
                 body = await response.text(MAX_ERROR_BODY)
                 raise self._status_error(response.status, response.headers, body)
-            await self._read_parts(response, reading)
+            await self._read_parts(response, take)
             return None
 
     def _status_error(self, status: int, headers: Mapping[str, str], body: str) -> RetrievalError:
@@ -482,7 +516,9 @@ class SourceRetriever:
             retryable=status in (503,) or status >= 500,
         )
 
-    async def _read_parts(self, response: MultipartResponse, reading: _Reading) -> None:
+    async def _read_parts(
+        self, response: MultipartResponse, take: Callable[[memoryview], None]
+    ) -> None:
         content_type = response.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/related"):
             raise RetrievalError(
@@ -499,7 +535,7 @@ class SourceRetriever:
                         "La DRIMbox source a envoyé autre chose qu'une instance DICOM.",
                         detail=f"part Content-Type {part.content_type!r}",
                     )
-                reading.take(part.body)
+                take(part.body)
         except PartTooLarge as exc:
             raise RetrievalError(
                 "REPONSE_INVALIDE",

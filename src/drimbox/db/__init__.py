@@ -14,6 +14,7 @@ from drimbox.db.models import (
     LoginRequestRow,
     Report,
     ReportState,
+    SpeedTest,
     UserSession,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "LoginRequestRow",
     "Report",
     "ReportState",
+    "SpeedTest",
     "UserSession",
     "utcnow",
 ]

@@ -8,7 +8,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -240,3 +243,28 @@ class ConsoExam(Base):
     report: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SpeedTest(Base):
+    """One run of `drimbox pacs speedtest` / `drimbox peer speedtest`, kept for the console's
+    status page (the last results, and a drop against the previous one). No patient data: the
+    study UID only."""
+
+    __tablename__ = "speed_tests"
+    __table_args__ = (Index("ix_speed_tests_target", "kind", "target", "mode", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(16))  # pacs, peer
+    target: Mapped[str] = mapped_column(String(255))  # PACS label, peer host
+    mode: Mapped[str] = mapped_column(String(16))  # c-get, c-move, wado-rs
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    images: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    first_image_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    transfer_syntaxes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str] = mapped_column(Text, default="")
+    flag: Mapped[str] = mapped_column(Text, default="")  # far below the previous result: why

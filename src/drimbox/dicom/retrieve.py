@@ -34,8 +34,9 @@ from drimbox.config import Config
 from drimbox.dicom.cache import CachedInstance, CacheEntry, SeriesCache
 from drimbox.dicom.pacs import InstanceSink, PacsClient, PacsError, PacsSettings
 from drimbox.dicom.scp import ReceivedInstance, StoreScp
-from drimbox.web.multipart import MultipartError
-from drimbox.web.multipart_client import FetchError, open_multipart
+from drimbox.http.multipart import MultipartError
+from drimbox.http.multipart_client import FetchError, open_multipart
+from drimbox.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class CMoveRetriever:
 
 class WadoRsRetriever:
     """WADO-RS from the PACS's DICOMweb root, each part stored straight from the receive
-    buffer (`drimbox.web.multipart_client`: a fraction of httpx's CPU per byte, which on the
+    buffer (`drimbox.http.multipart_client`: a fraction of httpx's CPU per byte, which on the
     cold path is what the peer waits for)."""
 
     method = "wado-rs"
@@ -253,10 +254,12 @@ class SeriesFetcher:
         *,
         threads: int = 4,
         remote: RemoteStudies | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.cache = cache
         self.retriever = retriever
         self.remote = remote or RemoteStudies()
+        self.metrics = metrics or NodeMetrics()
         self.retrievals = 0
         self.remote_retrievals = 0
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="drimbox-retrieve")
@@ -298,6 +301,7 @@ class SeriesFetcher:
 
     async def _fill_async(self, entry: CacheEntry, sop_classes: tuple[str, ...]) -> None:
         assert isinstance(self.retriever, AsyncRetriever)
+        started = time.perf_counter()
         try:
             count = await self.retriever.retrieve_series_async(
                 entry.study_uid,
@@ -305,13 +309,14 @@ class SeriesFetcher:
                 lambda data: self._add(entry, data),
                 sop_classes,
             )
-            self._retrieved(entry, count)
+            self._retrieved(entry, count, started)
         except BaseException as exc:
-            self._failed(entry, exc)
+            self._failed(entry, exc, started)
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
     def _fill(self, entry: CacheEntry, sop_classes: tuple[str, ...]) -> None:
+        started = time.perf_counter()
         try:
             count = self.retriever.retrieve_series(
                 entry.study_uid,
@@ -319,23 +324,37 @@ class SeriesFetcher:
                 lambda data: self._add(entry, data),
                 sop_classes,
             )
-            self._retrieved(entry, count)
+            self._retrieved(entry, count, started)
         except BaseException as exc:  # noqa: BLE001 (handed to the readers, who answer 503)
-            self._failed(entry, exc)
+            self._failed(entry, exc, started)
 
-    def _retrieved(self, entry: CacheEntry, count: int) -> None:
+    def _retrieved(self, entry: CacheEntry, count: int, started: float) -> None:
         log.info(
             "series %s retrieved by %s: %d instance(s), %d bytes",
             entry.series_uid,
             self.retriever.method,
             count,
             entry.size,
+            extra={"study_uid": entry.study_uid, "series_uid": entry.series_uid},
         )
+        self._measure("pacs", self.retriever.method, entry, started, ok=True)
         self.cache.finish(entry)
 
-    def _failed(self, entry: CacheEntry, exc: BaseException) -> None:
-        log.warning("retrieval of series %s failed: %s", entry.series_uid, exc)
+    def _failed(self, entry: CacheEntry, exc: BaseException, started: float) -> None:
+        log.warning(
+            "retrieval of series %s failed: %s",
+            entry.series_uid,
+            exc,
+            extra={"study_uid": entry.study_uid, "series_uid": entry.series_uid},
+        )
+        self._measure("pacs", self.retriever.method, entry, started, ok=False)
         self.cache.fail(entry, exc)
+
+    def _measure(
+        self, origin: str, method: str, entry: CacheEntry, started: float, *, ok: bool
+    ) -> None:
+        seconds = time.perf_counter() - started
+        self.metrics.retrieved(origin, method, entry.size, seconds, ok)
 
     def _add(self, entry: CacheEntry, data: bytes | memoryview) -> None:
         self.cache.add(entry, data)
@@ -356,6 +375,8 @@ class SeriesFetcher:
             if on_instance is not None:
                 on_instance(len(entry.instances))
 
+        started = time.perf_counter()
+        context = {"study_uid": entry.study_uid, "series_uid": entry.series_uid}
         try:
             count = source.fetch_series(entry.study_uid, entry.series_uid, sink)
             log.info(
@@ -363,10 +384,18 @@ class SeriesFetcher:
                 entry.series_uid,
                 count,
                 entry.size,
+                extra=context,
             )
+            self._measure("source", "wado-rs", entry, started, ok=True)
             self.cache.finish(entry)
         except BaseException as exc:  # noqa: BLE001 (handed to the readers, who answer 503)
-            log.warning("retrieval of series %s from its Source failed: %s", entry.series_uid, exc)
+            log.warning(
+                "retrieval of series %s from its Source failed: %s",
+                entry.series_uid,
+                exc,
+                extra=context,
+            )
+            self._measure("source", "wado-rs", entry, started, ok=False)
             self.cache.fail(entry, exc)
 
     def remote_series(
@@ -550,6 +579,31 @@ def pacs_settings(config: Config) -> PacsSettings:
     )
 
 
+def build_retriever(
+    config: Config, method: str, pacs: PacsClient, scp: StoreScp | None = None
+) -> Retriever:
+    """The retriever of `method` (`[pacs] retrieve`) for `pacs`; `c-move` needs the running SCP
+    where the PACS sends the instances (`[pacs] calling_aet` is its AE title)."""
+    if method == "wado-rs":
+        if not config.pacs.dicomweb_url:
+            raise ValueError(
+                "[pacs] retrieve = wado-rs demande [pacs] dicomweb_url (racine DICOMweb du PACS)"
+            )
+        return WadoRsRetriever(
+            config.pacs.dicomweb_url,
+            timeout_s=config.pacs.timeout_s,
+            label=pacs.settings.label,
+            ssl_context=dicomweb_tls(config),
+        )
+    if method == "c-move":
+        if scp is None:
+            raise ValueError("la récupération c-move demande le SCP DICOM de la DRIMbox")
+        return CMoveRetriever(pacs, scp, config.pacs.calling_aet)
+    if method == "c-get":
+        return CGetRetriever(pacs)
+    raise ValueError(f"méthode de récupération inconnue : {method!r} (c-get, c-move ou wado-rs)")
+
+
 class ImageService:
     """A node's image service: cache, PACS retriever and, for C-MOVE, the SCP; and `remote`,
     the studies of other sites (Conso exams), which are fetched from their Source instead.
@@ -567,8 +621,10 @@ class ImageService:
         retriever: Retriever | None = None,
         scp: StoreScp | None = None,
         remote: RemoteStudies | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or NodeMetrics(config.metrics.node_name)
         store = config.store
         self.cache = SeriesCache(
             Path(store.cache_dir), store.cache_max_bytes, store.cache_ttl_h * 3600.0
@@ -580,35 +636,21 @@ class ImageService:
         if retriever is None:
             retriever = self._default_retriever()
         self.retriever = retriever
-        self.fetcher = SeriesFetcher(self.cache, retriever, remote=self.remote)
+        self.fetcher = SeriesFetcher(
+            self.cache, retriever, remote=self.remote, metrics=self.metrics
+        )
         self.pacs.fetcher = self.fetcher
         self._users = 0
 
     def _default_retriever(self) -> Retriever:
         method = self.config.pacs.retrieve
-        if method == "wado-rs":
-            if not self.config.pacs.dicomweb_url:
-                raise ValueError(
-                    "[pacs] retrieve = wado-rs demande [pacs] dicomweb_url "
-                    "(racine DICOMweb du PACS)"
-                )
-            return WadoRsRetriever(
-                self.config.pacs.dicomweb_url,
-                timeout_s=self.config.pacs.timeout_s,
-                label=self.pacs.settings.label,
-                ssl_context=dicomweb_tls(self.config),
+        if method == "c-move" and self.scp is None:
+            # A node passes its own SCP (shared with IOCM); this one is for a lone service.
+            self.scp = StoreScp(
+                self.config.pacs.calling_aet, self.config.pacs.scp_host, self.config.pacs.scp_port
             )
-        if method == "c-move":
-            if self.scp is None:
-                # A node passes its own SCP (shared with IOCM); this one is for a lone service.
-                self.scp = StoreScp(
-                    self.config.pacs.calling_aet,
-                    self.config.pacs.scp_host,
-                    self.config.pacs.scp_port,
-                )
-                self._owns_scp = True
-            return CMoveRetriever(self.pacs, self.scp, self.config.pacs.calling_aet)
-        return CGetRetriever(self.pacs)
+            self._owns_scp = True
+        return build_retriever(self.config, method, self.pacs, self.scp)
 
     async def start(self) -> None:
         self._users += 1

@@ -29,7 +29,7 @@ from pydicom.uid import (
     JPEGLSLossless,
 )
 
-from drimbox.web.accept import SyntaxAcceptance
+from drimbox.http.accept import SyntaxAcceptance
 
 # What the box can produce from any decodable instance, most compact first (ties in the client's
 # q-values are broken by this order). All lossless: a transcoded image is the stored one.

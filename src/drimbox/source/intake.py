@@ -60,7 +60,9 @@ class ReportIntake:
         except HL7Error as error:
             ack = build_ack(text, error.code, str(error), error=error)
             message_id = self._store_rejected(block, text, peer, error)
-            log.warning("HL7 from %s refused (%s): %s", peer, error.code, error)
+            log.warning(
+                "HL7 from %s refused (%s): %s", peer, error.code, error, extra={"peer": peer}
+            )
             return IntakeResult(ack, error.code, message_id, None)
         try:
             message_id, report_id, duplicate_of = self._store_accepted(block, message, peer)
@@ -78,6 +80,18 @@ class ReportIntake:
             ack = build_ack(text, "AE", str(storage_error), error=storage_error)
             return IntakeResult(ack, "AE", None, None)
         ack = build_ack(text, "AA", "Message enregistré")
+        log.info(
+            "HL7 %s from %s stored: report %s%s",
+            message.message_type,
+            peer,
+            report_id,
+            f" (duplicate of report {duplicate_of})" if duplicate_of else "",
+            extra={
+                "report_id": report_id,
+                "study_uid": message.study_instance_uid or "",
+                "peer": peer,
+            },
+        )
         return IntakeResult(ack, "AA", message_id, report_id, duplicate_of)
 
     def _store_rejected(self, block: bytes, text: str, peer: str, error: HL7Error) -> int | None:

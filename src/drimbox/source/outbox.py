@@ -25,6 +25,7 @@ from drimbox.config import Config
 from drimbox.db import Database, DmpJob, JobState, Report, ReportState, utcnow
 from drimbox.db.leases import LeasedWorker, backoff, claim_due
 from drimbox.failpoints import failpoint
+from drimbox.metrics import NodeMetrics
 from drimbox.source.lifecycle import (
     PUBLISHING_KINDS,
     flags_for_publication,
@@ -110,11 +111,18 @@ def enqueue(session: Session, report: Report, action: str) -> None:
 class DmpPublisher(LeasedWorker):
     name = "DMP outbox"
 
-    def __init__(self, config: Config, db: Database, port: DmpPort | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        port: DmpPort | None,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         self.config = config
         self.db = db
         self.poll_s = config.source.poll_interval_s
         self.port = port
+        self.metrics = metrics or NodeMetrics(config.metrics.node_name)
 
     def claim_next(self) -> int | None:
         lease = timedelta(seconds=self.config.source.lease_s)
@@ -167,7 +175,7 @@ class DmpPublisher(LeasedWorker):
             )
             report = session.get(Report, report_id)
             assert report is not None
-            patient, study = report.patient_ins, report.study_uid
+            patient, study, received_at = report.patient_ins, report.study_uid, report.received_at
             if result.state == JobState.PARKED:
                 report.state = ReportState.PARKED.value
                 report.reason = f"Refusé par le DMP : {result.message}"
@@ -175,7 +183,16 @@ class DmpPublisher(LeasedWorker):
             elif result.state in (JobState.RETRYING, JobState.QUEUED) and result.message:
                 report.reason = result.message
                 report.updated_at = now
-        log.info("DMP job %s: %s %s", job_id, result.state.value, result.message or "")
+        log.info(
+            "DMP job %s (%s of report %s): %s %s",
+            job_id,
+            action,
+            report_id,
+            result.state.value,
+            result.message or "",
+            extra={"report_id": report_id, "study_uid": study, "job_id": job_id},
+        )
+        self.metrics.published(action, result.state.value, received_at)
         if result.state in (JobState.DONE, JobState.PARKED):
             audit.record(
                 self.db,

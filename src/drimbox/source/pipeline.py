@@ -129,7 +129,14 @@ class ReportPipeline(LeasedWorker):
                 enqueue(session, report, DELETE)
             if kos is not None:
                 self._built(session, report, kos)
-        log.info("report %s: %s %s", report_id, outcome.state.value, outcome.reason or "")
+            study = report.study_uid
+        log.info(
+            "report %s: %s %s",
+            report_id,
+            outcome.state.value,
+            outcome.reason or "",
+            extra={"report_id": report_id, "study_uid": study},
+        )
         return outcome
 
     def _built(self, session: Session, report: Report, kos: Dataset) -> None:

@@ -7,7 +7,7 @@ cookie). Either way an `Authorizer` turns the request into the KOS content the c
 the routes then only ever serve instances that KOS references. Responses stream: the status is
 sent once the first instance is in the cache, then each part as its instance arrives (packed
 into writes of up to 1 MB while the PACS is fast, each part closed by the next delimiter so a
-reader holds it complete at once, written through `drimbox.web.rawbody`). Errors
+reader holds it complete at once, written through `drimbox.http.rawbody`). Errors
 are PS3.18 statuses with a French JSON body (400, 401, 403, 404, 406, 503 + Retry-After),
 never 500 for a PACS or client problem. Every retrieval is recorded (`drimbox.source.access`).
 It must not open DICOM associations (the `ImageService` does) nor know how tokens are checked.
@@ -44,11 +44,7 @@ from drimbox.dicom.transcode import (
     render,
     transcode,
 )
-from drimbox.source.access import RetrievalRecord, record_retrieval
-from drimbox.source.grants import GrantError, Grants, KosContent
-from drimbox.trust import audit
-from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate_from_scope
-from drimbox.web.accept import (
+from drimbox.http.accept import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     AcceptError,
     MediaRange,
@@ -57,7 +53,7 @@ from drimbox.web.accept import (
     parse_accept,
     syntax_acceptance,
 )
-from drimbox.web.multipart import (
+from drimbox.http.multipart import (
     BODY_END,
     closing,
     new_boundary,
@@ -65,7 +61,11 @@ from drimbox.web.multipart import (
     part_header,
     part_open,
 )
-from drimbox.web.rawbody import BodyChunk, Framable, RawStreamingResponse
+from drimbox.http.rawbody import BodyChunk, Framable, RawStreamingResponse
+from drimbox.source.access import RetrievalRecord, record_retrieval
+from drimbox.source.grants import GrantError, Grants, KosContent
+from drimbox.trust import audit
+from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate_from_scope
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,21 @@ class WadoRoutes:
         client = request.client.host if request.client else ""
         record = replace(record, channel=self.authorizer.channel, client=client)
         record_retrieval(self.access_log, record)
+        log.info(
+            "%s %s of study %s for %s: HTTP %s, %d instance(s)",
+            record.channel,
+            record.resource,
+            record.study_uid,
+            record.subject or client,
+            record.result,
+            record.instances,
+            extra={
+                "study_uid": record.study_uid,
+                "peer": client,
+                "subject": record.subject,
+                "bytes": record.bytes,
+            },
+        )
         if self.audit_db is not None:
             # The audit table is written off the event loop; the local access log above is the
             # fallback trace if the database is unavailable.

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import tempfile
 import threading
 from collections import deque
@@ -27,8 +28,9 @@ from typing import Literal
 import httpx
 from cryptography import x509
 
+from drimbox.config import Config
 from drimbox.trust.errors import Reason, WhitelistError
-from drimbox.trust.whitelist import MAX_BYTES, Whitelist, verify_whitelist
+from drimbox.trust.whitelist import MAX_BYTES, Whitelist, load_certificates, verify_whitelist
 from drimbox.trust.xades_verify import ExpectedSigner
 
 log = logging.getLogger(__name__)
@@ -244,3 +246,23 @@ class WhitelistStore:
             log.warning("stored whitelist %s refused: %s (%s)", path, error.message, error.detail)
             return
         self._current = dataclasses.replace(whitelist, source=str(path))
+
+
+def whitelist_store(config: Config) -> WhitelistStore | None:
+    """The whitelist in force, refreshed from `[trust] whitelist_source`; None when unset."""
+    trust = config.trust
+    if not trust.whitelist_source:
+        return None
+    expected = ExpectedSigner(
+        common_name=re.escape(trust.expected_signer_cn) if trust.expected_signer_cn else None,
+        organizational_unit=(
+            re.escape(trust.expected_signer_ou) if trust.expected_signer_ou else None
+        ),
+    )
+    return WhitelistStore(
+        trust.whitelist_source,
+        load_certificates([Path(anchor) for anchor in trust.anchors]),
+        trust.state_dir,
+        expected_signer=expected,
+        allow_sha1=trust.allow_sha1,
+    )

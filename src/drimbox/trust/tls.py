@@ -5,7 +5,7 @@ Owns `server_ssl_context` (client certificate required, TLS ≥ 1.2), `client_ss
 of a whitelist entry; for outgoing calls the URL host must also be that entry's `db`) and the ways
 to get the peer certificate of a connection: an asyncio transport or `ssl` object
 (`peer_certificate`), an ASGI scope (`peer_certificate_from_scope`, filled by
-`MtlsH11Protocol`; an outgoing `web.multipart_client` response gives its `ssl_object`).
+`MtlsH11Protocol`; an outgoing `http.multipart_client` response gives its `ssl_object`).
 
 Chain and validity are the handshake's job: an expired certificate or one from another CA never
 reaches `PeerCheck`. This module must not load or refresh the whitelist (it reads whatever
@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from drimbox.http.rawbody import RawBodyH11Protocol
 from drimbox.trust.dn import DistinguishedName
 from drimbox.trust.whitelist import Domain, Whitelist
-from drimbox.web.rawbody import RawBodyH11Protocol
 
 PathLike = str | Path
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}

@@ -20,8 +20,9 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 
 from drimbox.config import Config
-from drimbox.db import Database, DmpJob, Report
+from drimbox.db import Database, DmpJob, Report, SpeedTest
 from drimbox.dicom.cache import SeriesCache
+from drimbox.ops.speedtest import latest_results
 from drimbox.source.retry import RetryError, retry_report
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
@@ -53,6 +54,36 @@ STATE_LABELS = {
     "superseded": "version dépassée",
 }
 RETRYABLE = {"refused", "parked"}
+
+
+def speed_table(results: list[SpeedTest]) -> str:
+    """The last result of each speed test (`drimbox pacs|peer speedtest`), with its date; a
+    failed one, or one far below the previous, stands out."""
+    rows = []
+    for r in results:
+        rate = r.bytes / r.seconds if r.seconds > 0 and r.bytes else 0.0
+        figures = []
+        if r.latency_s is not None:
+            figures.append(f"latence {r.latency_s * 1000:.0f} ms")
+        if r.first_image_s is not None:
+            figures.append(f"1re image {r.first_image_s * 1000:.0f} ms")
+        if r.images:
+            figures.append(f"{r.images} images, {r.bytes / 1e6:.1f} Mo, {rate / 1e6:.1f} Mo/s")
+        if not r.ok:
+            verdict = f'<span class="ko">ÉCHEC</span> {e(r.error)}'
+        elif r.flag:
+            verdict = f'<span class="ko">EN BAISSE</span> {e(r.flag)}'
+        else:
+            verdict = '<span class="ok">OK</span>'
+        rows.append([
+            e(french_datetime(r.at)), e("PACS" if r.kind == "pacs" else "DRIMbox"),
+            e(r.target), e(r.mode), e(", ".join(figures)), verdict,
+        ])  # fmt: skip
+    return table(
+        ["Le", "Vers", "Cible", "Méthode", "Mesure", "Résultat"],
+        rows,
+        empty="Aucun test de débit : drimbox pacs speedtest, drimbox peer speedtest.",
+    )
 
 
 class _Denied(Exception):
@@ -119,6 +150,9 @@ def admin_router(
             )  # fmt: skip
             rows.append([e(labels[name]), verdict, e(result.get("message", ""))])
         body = table(["Service", "État", "Détail"], rows, empty="")
+        body += "<h2>Derniers tests de débit</h2>" + speed_table(
+            await asyncio.to_thread(latest_results, db)
+        )
         return page(view, "État de la DRIMbox", body)
 
     @router.get("/admin/comptes-rendus")

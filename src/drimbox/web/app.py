@@ -27,6 +27,7 @@ from drimbox.source.access import access_log_path
 from drimbox.source.grants import Grants
 from drimbox.source.wado import Authorizer, PeerAuthorizer, WadoRoutes, install
 from drimbox.trust.tls import PeerCheck
+from drimbox.web.iid import install_iid_route
 from drimbox.web.viewer import ViewerAuth, ViewerAuthorizer, install_viewer_routes
 
 PEER_PREFIX = "/dicom-web-rs"
@@ -82,6 +83,7 @@ def create_viewer_app(
     )
     for router in routers:
         app.include_router(router)
+    install_iid_route(app, auth=auth, grants=grants)
     install_viewer_routes(app, ohif_dir=Path(config.viewer.ohif_dir), auth=auth, grants=grants)
     return app
 

@@ -2,6 +2,7 @@
 
 - the peer origin (`[http]`, the whitelist's `db` name): WADO-RS for DRIM-M peers over mutual TLS
   (when `[trust] tls_cert` is set), `/health` and `/status`;
+- the metrics port (`[metrics]`, off by default): `/metrics` for Prometheus;
 - the user origin (`[viewer]`, the `vi` name): Pro Santé Connect sign-in, OHIF and its DICOMweb,
   the IID links, the Conso pages when `[roles] conso` is on (`web.conso_routes`: contextual
   launch, exam history, prefetch and export), and the `extra_routers` (administration).
@@ -25,14 +26,15 @@ from drimbox.config import Config
 from drimbox.db import Database
 from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService
+from drimbox.http.server import HttpServer
 from drimbox.source.pipeline import pacs_settings
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
 from drimbox.web.admin_routes import admin_router
-from drimbox.web.app import create_peer_app, create_viewer_app
+from drimbox.web.app import PEER_PREFIX, VIEWER_PREFIX, create_peer_app, create_viewer_app
 from drimbox.web.auth_routes import CALLBACK_PATH, SessionTokens, auth_router, psc_settings
 from drimbox.web.conso_routes import ConsoService, conso_router
-from drimbox.web.server import HttpServer
+from drimbox.web.metrics_app import ServedMetricsMiddleware, create_metrics_app
 from drimbox.web.sessions import DbSessionStore, load_secret_key
 from drimbox.web.status import StatusSources, status_router
 from drimbox.web.viewer import ViewerAuth
@@ -76,6 +78,10 @@ class WebServers:
     sessions: DbSessionStore
     conso: ConsoService | None = None
     session_tokens: SessionTokens | None = None
+    metrics: HttpServer | None = None  # `[metrics] enabled`
+
+    def servers(self) -> list[HttpServer]:
+        return [self.peer, self.viewer, *([self.metrics] if self.metrics else [])]
 
     def close(self) -> None:
         """Stop the background work of the pages (after the servers stopped)."""
@@ -106,6 +112,10 @@ def build_web(
         dmp_http=dmp_status_client(config),
     )
     peer_app.include_router(status_router(status))
+    metrics = images.metrics
+    peer_app.add_middleware(
+        ServedMetricsMiddleware, metrics=metrics, prefix=PEER_PREFIX, channel="peer"
+    )
     ssl = None
     if trust.tls_cert:
         ssl = server_ssl_context(trust.tls_cert, trust.tls_key, trust.tls_ca)
@@ -141,5 +151,12 @@ def build_web(
         secure = config.viewer.public_url.startswith("https://")
         routers.insert(0, auth_router(client, sessions, db, secure_cookies=secure))
     viewer_app = create_viewer_app(config, db, ViewerAuth(sessions), images=images, routers=routers)
+    viewer_app.add_middleware(
+        ServedMetricsMiddleware, metrics=metrics, prefix=VIEWER_PREFIX, channel="viewer"
+    )
     viewer = HttpServer(viewer_app, config.viewer.host, config.viewer.port)
-    return WebServers(peer, viewer, sessions, conso, session_tokens)
+    metrics_server = None
+    if config.metrics.enabled:
+        metrics_app = create_metrics_app(config, metrics, status)
+        metrics_server = HttpServer(metrics_app, config.metrics.host, config.metrics.port)
+    return WebServers(peer, viewer, sessions, conso, session_tokens, metrics_server)

@@ -34,7 +34,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from drimbox.source.grants import Grants, KosContent
-from drimbox.source.iid import install_iid_route
 from drimbox.source.wado import Scope, WadoError
 from drimbox.web.pages import layout
 
@@ -236,8 +235,8 @@ class StaticApp:
 def install_viewer_routes(
     app: FastAPI, *, ohif_dir: Path, auth: ViewerAuth, grants: Grants
 ) -> None:
-    """IID, login placeholder, app-config and OHIF with SPA fallback (register last: the
-    fallback route catches every other GET)."""
+    """Login placeholder, app-config and OHIF with SPA fallback (register last: the fallback
+    route catches every other GET; `web.iid` installs the IID route before)."""
     static = StaticApp(ohif_dir)
 
     @app.get(LOGIN_PATH, response_class=HTMLResponse)
@@ -249,8 +248,6 @@ def install_viewer_routes(
             "disponible sur cette DRIMbox : contactez le service informatique du site.</p>",
             status=401,
         )
-
-    install_iid_route(app, auth=auth, grants=grants)
 
     @app.get("/app-config.js")
     async def app_config() -> Response:

@@ -59,12 +59,12 @@ BodyChunk = bytes | memoryview | Framable
 RawWrite = Callable[[BodyChunk], Awaitable[bool]]
 
 
-def _raw_writer(
-    cycle: RequestResponseCycle, transport: asyncio.Transport, chunked: bool
-) -> RawWrite:
-    """Writes body bytes of `cycle`'s response: framed as one chunk if the response is chunked
-    (HTTP/1.1 without Content-Length), with uvicorn's own back-pressure. Returns False once
-    the client has left."""
+def _raw_writer(offer: dict[str, Any], chunked: bool) -> RawWrite:
+    """Writes body bytes of the offer's response cycle: framed as one chunk if the response is
+    chunked (HTTP/1.1 without Content-Length), with uvicorn's own back-pressure. Returns False
+    once the client has left. Adds the body bytes written to `offer["written"]` (metrics)."""
+    cycle: RequestResponseCycle = offer["cycle"]
+    transport: asyncio.Transport = offer["transport"]
 
     async def write(data: BodyChunk) -> bool:
         if cycle.flow.write_paused and not cycle.disconnected:
@@ -83,6 +83,7 @@ def _raw_writer(
             transport.write(b"\r\n")
         else:
             transport.write(data)
+        offer["written"] += len(data)
         # A fast client never makes the transport push back: let the loop serve others (and
         # notice a client that left) between chunks.
         await asyncio.sleep(0)
@@ -102,7 +103,7 @@ class RawBodyH11Protocol(H11Protocol):
         async def app_with_raw_body(scope: Any, receive: Any, send: Any) -> None:
             if scope.get("type") == "http" and scope.get("method") != "HEAD":
                 # One cycle per request: the writer is bound to this request's response.
-                offer = {"cycle": protocol.cycle, "transport": protocol.transport}
+                offer = {"cycle": protocol.cycle, "transport": protocol.transport, "written": 0}
                 scope.setdefault("extensions", {})[RAW_BODY] = offer
             await app(scope, receive, send)
 
@@ -123,7 +124,7 @@ class RawStreamingResponse(StreamingResponse):
         offer = (scope.get("extensions") or {}).get(RAW_BODY)
         if offer is not None:
             chunked = scope.get("http_version") == "1.1"
-            self._write = _raw_writer(offer["cycle"], offer["transport"], chunked)
+            self._write = _raw_writer(offer, chunked)
         await super().__call__(scope, receive, send)
 
     async def stream_response(self, send: Send) -> None:

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drimbox.samples import ans_file
-from drimbox.web.multipart import (
+from drimbox.http.multipart import (
     MAX_HEADER_BYTES,
     MultipartError,
     MultipartReader,
@@ -21,7 +20,7 @@ from drimbox.web.multipart import (
     closing,
     part_header,
 )
-from drimbox.web.multipart_client import (
+from drimbox.http.multipart_client import (
     MIN_FREE,
     FetchError,
     Framing,
@@ -29,6 +28,7 @@ from drimbox.web.multipart_client import (
     get_request,
     parse_response_head,
 )
+from drimbox.samples import ans_file
 
 BOUNDARY = "drimbox-5f0c2a9e7b31d4c8a6e2f017"
 DELIMITER = f"--{BOUNDARY}".encode()

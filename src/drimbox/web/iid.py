@@ -10,23 +10,18 @@ authenticate anyone: a request without a session goes to the login page first.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
 from drimbox.source.grants import Grants
-
-if TYPE_CHECKING:
-    from drimbox.web.viewer import ViewerAuth
+from drimbox.web.viewer import ViewerAuth, page
 
 IID_PATH = "/IHEInvokeImageDisplay"
 
 
 def install_iid_route(app: FastAPI, *, auth: ViewerAuth, grants: Grants) -> None:
-    from drimbox.web.viewer import page  # the viewer module imports this one
-
     @app.get(IID_PATH)
     async def iid(request: Request) -> Response:
         session = auth.session(request)

@@ -13,7 +13,7 @@ import httpx
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from drimbox.web.rawbody import BodyChunk, Framable, RawStreamingResponse
+from drimbox.http.rawbody import BodyChunk, Framable, RawStreamingResponse
 from support.source import serving
 
 BIG = bytes(range(256)) * 8192  # 2 MiB

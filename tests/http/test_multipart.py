@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drimbox.web.multipart import (
+from drimbox.http.multipart import (
     MultipartError,
     MultipartReader,
     boundary_of,

@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import h11
 
-from drimbox.web.multipart import (
+from drimbox.http.multipart import (
     MAX_HEADER_BYTES,
     MultipartError,
     boundary_of,

@@ -10,14 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drimbox.dicom.transcode import PRODUCIBLE_SYNTAXES, choose_syntax
-from drimbox.samples import ANS_DIR
-from drimbox.web.accept import (
+from drimbox.http.accept import (
     AcceptError,
     MediaRange,
     accepts_media_type,
     parse_accept,
     syntax_acceptance,
 )
+from drimbox.samples import ANS_DIR
 
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
 JPEG_LS = "1.2.840.10008.1.2.4.80"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
-from drimbox.web.server import HttpServer
+from drimbox.http.server import HttpServer
 from support.source import LoopThread
 
 

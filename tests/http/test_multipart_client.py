@@ -21,12 +21,8 @@ from pydicom import dcmread
 from drimbox.config import load_config
 from drimbox.dicom.pacs import PacsError
 from drimbox.dicom.retrieve import WadoRsRetriever, dicomweb_tls
-from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.pki import TestPki
-from drimbox.sim.ports import free_port
-from drimbox.sim.studies import SeriesSpec, generate_study
-from drimbox.web.multipart import MultipartError, closing, new_boundary, part_header
-from drimbox.web.multipart_client import (
+from drimbox.http.multipart import MultipartError, closing, new_boundary, part_header
+from drimbox.http.multipart_client import (
     MIN_FREE,
     FetchError,
     MultipartResponse,
@@ -34,7 +30,11 @@ from drimbox.web.multipart_client import (
     _Receiver,
     open_multipart,
 )
-from drimbox.web.server import HttpServer
+from drimbox.http.server import HttpServer
+from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.pki import TestPki
+from drimbox.sim.ports import free_port
+from drimbox.sim.studies import SeriesSpec, generate_study
 from support.site import Site, official_headers, series_url, source_site
 from support.source import LoopThread, serving
 

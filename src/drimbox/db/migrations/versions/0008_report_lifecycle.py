@@ -1,14 +1,14 @@
 """report versions ordered by the CDA's own time; late-images re-checks
 
-Revision ID: 0007r
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007r"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

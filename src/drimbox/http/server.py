@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from drimbox.web.rawbody import RawBodyH11Protocol
+from drimbox.http.rawbody import RawBodyH11Protocol
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -72,6 +72,8 @@ class HttpServer:
         config = uvicorn.Config(
             self.app,
             log_level=self.log_level,
+            # uvicorn's messages go through the node's handler (`[log] format`), not its own.
+            log_config=None,
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,

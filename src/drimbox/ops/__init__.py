@@ -1,0 +1,1 @@
+"""Operations: speed tests and the site acceptance check (vérification d'aptitude)."""
