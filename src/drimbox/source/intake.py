@@ -171,11 +171,11 @@ class ReportIntake:
                     study_uid=study_uid,
                     accession=accession or (message.accession_number or ""),
                     document_id=document_id,
-                    set_id=_ii(report.set_id) if report else "",
+                    set_id=identifier_text(report.set_id) if report else "",
                     version_number=report.version_number if report else None,
                     document_time=report.effective_time if report else None,
                     replaced_document_id=(
-                        _ii(report.replaced_document_id)
+                        identifier_text(report.replaced_document_id)
                         if report and report.replaced_document_id
                         else (message.replaced_document_id or "")
                     ),
@@ -241,7 +241,7 @@ def _exam_update(session: Session, entry: Report) -> None:
     entry.reason = f"examen relu dans le PACS : compte rendu n°{again.id}"
 
 
-def _ii(identifier: object) -> str:
+def identifier_text(identifier: object) -> str:
     root = getattr(identifier, "root", "")
     extension = getattr(identifier, "extension", "")
     return f"{root}^{extension}" if extension else str(root)
@@ -249,7 +249,7 @@ def _ii(identifier: object) -> str:
 
 def _document_id(message: ReportMessage) -> str:
     if message.report is not None:
-        return _ii(message.report.document_id)
+        return identifier_text(message.report.document_id)
     return message.document_id or ""
 
 
