@@ -28,23 +28,10 @@ from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from support.dmp import local_dmp
 from support.node import RunningNode, node_config
-from support.samples import cda_of, hl7_text, report_variant, with_cda
+from support.samples import cda_of, exam_variant, hl7_text, report_variant
 
 PUBLISHED = {ReportState.PUBLISHED.value, ReportState.REPLACED.value}
 FINAL = PUBLISHED | {ReportState.PARKED.value, ReportState.REFUSED.value}
-
-
-def exam_variant(text: str, index: int) -> str:
-    """The sample report for another exam of the patient: new CDA id, study UID, accession."""
-    cda = (
-        cda_of(text)
-        .replace(b'<id root="1.2.250.1.213.4.5.4.403"/>',
-                 f'<id root="1.2.250.1.213.4.5.4.403.{index}"/>'.encode())
-        .replace(b'<id root="1.2.250.1.213.4.5.2.1.103"/>',
-                 f'<id root="1.2.250.1.213.4.5.2.1.103.{index}"/>'.encode())
-        .replace(b'extension="ACN103"', f'extension="ACN103-{index}"'.encode())
-    )  # fmt: skip
-    return with_cda(text, cda)
 
 
 def main() -> None:

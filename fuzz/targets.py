@@ -1,7 +1,8 @@
 """Coverage-guided fuzz targets (atheris) for the box's parsers of untrusted input.
 
 Each target feeds fuzzer bytes to one parser and lets through only the parser's own documented
-error; anything else (an unexpected exception, a hang caught by atheris) is a finding.
+refusal; anything else is a finding: an unexpected exception, a refusal marked `InternalError`
+(the parser caught one of its own bugs and refused the input), a hang caught by atheris.
 
     uv run python fuzz/targets.py TARGET [atheris/libFuzzer options]   # e.g. -runs=1000000
 
@@ -12,11 +13,14 @@ docs/reliability.md.
 
 from __future__ import annotations
 
-import contextlib
+import base64
+import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import atheris
+from cryptography import x509
 
 # Only our own code is instrumented: the libraries are not what is under test, and instrumenting
 # them makes every run start slowly.
@@ -26,10 +30,12 @@ with atheris.instrument_imports(include=["drimbox"]):
     from drimbox.conso.history import read_manifest
     from drimbox.conso.launch import InvalidLaunch, parse_launch
     from drimbox.dmp.soap import SoapError, SoapFault, body_of
+    from drimbox.errors import refusals_only
     from drimbox.hl7.message import HL7Error, parse_report_message
     from drimbox.http.accept import AcceptError, parse_accept
     from drimbox.http.multipart import MultipartError
     from drimbox.http.multipart_client import FetchError, Framing, PartScanner
+    from drimbox.samples import ans_file
     from drimbox.trust.whitelist import WhitelistError, verify_whitelist
 
 
@@ -38,37 +44,49 @@ def _text(data: bytes) -> str:
 
 
 def hl7(data: bytes) -> None:
-    with contextlib.suppress(HL7Error):
+    with refusals_only(HL7Error):
         parse_report_message(_text(data))
 
 
 def cda(data: bytes) -> None:
-    with contextlib.suppress(CdaError):
+    with refusals_only(CdaError):
         parse_report(data)
 
 
 def kos(data: bytes) -> None:
-    with contextlib.suppress(ConsoError):
+    with refusals_only(ConsoError):
         read_manifest(data)
 
 
 def soap(data: bytes) -> None:
-    with contextlib.suppress(SoapError, SoapFault):
+    with refusals_only(SoapError, SoapFault):
         body_of(data)
 
 
+def _official_root() -> x509.Certificate:
+    """The TEST root the official signed list carries: a valid seed then gets past the signature
+    checks into the content checks (verified at a fixed time, inside the signer's validity)."""
+    text = ans_file("whitelist/LISTEBLANCHE_DRIM-M_SIGNEE_TEST.xml").read_text("utf-8")
+    der = re.findall(r"<ds:X509Certificate>(.*?)</ds:X509Certificate>", text, re.S)[2]
+    return x509.load_der_x509_certificate(base64.b64decode(der))
+
+
+WHITELIST_ANCHORS = [_official_root()]
+WHITELIST_TIME = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
 def whitelist(data: bytes) -> None:
-    with contextlib.suppress(WhitelistError):
-        verify_whitelist(data, [])
+    with refusals_only(WhitelistError):
+        verify_whitelist(data, WHITELIST_ANCHORS, now=WHITELIST_TIME)
 
 
 def accept(data: bytes) -> None:
-    with contextlib.suppress(AcceptError):
+    with refusals_only(AcceptError):
         parse_accept(_text(data))
 
 
 def launch(data: bytes) -> None:
-    with contextlib.suppress(InvalidLaunch):
+    with refusals_only(InvalidLaunch):
         parse_launch(data)
 
 
@@ -88,7 +106,7 @@ def multipart(data: bytes) -> None:
     stream = data[2:]
     length = max(0, len(stream) - (data[0] >> 2 & 3)) if framing == "length" else None
     scanner = PartScanner(MULTIPART_BOUNDARY, framing, length, max_part=4096)
-    with contextlib.suppress(MultipartError, FetchError):
+    with refusals_only(MultipartError, FetchError):
         for start in range(0, len(stream), cut):
             piece = stream[start : start + cut]
             if socket_like:
@@ -119,7 +137,12 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "multipart": multipart,
 }
 
-if __name__ == "__main__":
-    name = sys.argv[1]
-    atheris.Setup([sys.argv[0], *sys.argv[2:]], TARGETS[name])
+
+def main(argv: list[str]) -> None:
+    """`argv`: program, target name, libFuzzer options and corpus folders."""
+    atheris.Setup([argv[0], *argv[2:]], TARGETS[argv[1]])
     atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -55,6 +55,15 @@ for absent in /usr/bin/python3 /usr/bin/npm /usr/bin/uv /usr/lib/postgresql /usr
   [ ! -e "$ROOTFS$absent" ] || { echo "$absent déjà présent dans le rootfs" >&2; exit 1; }
 done
 
+# A host behind a TLS-inspecting proxy trusts extra CAs: the chroot needs them to reach PyPI and
+# npm (ca-certificates, installed by setup.sh, adds them to the system bundle). None elsewhere.
+local_cas=(/usr/local/share/ca-certificates/*.crt)
+if [ -e "${local_cas[0]}" ]; then
+  mkdir -p "$ROOTFS/usr/local/share/ca-certificates"
+  cp "${local_cas[@]}" "$ROOTFS/usr/local/share/ca-certificates/"
+  echo "    autorités locales de l'hôte copiées : ${#local_cas[@]}"
+fi
+
 step "clone propre du dépôt ($(git rev-parse --short HEAD))"
 git clone --quiet --no-hardlinks "$PWD" "$ROOTFS/root/drimbox"
 took "clone"

@@ -5,7 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 
-UV_VERSION="0.13.9"
 # Everything the demo and the tests run, including what a minimal Debian 12 lacks: python3-venv
 # (uv's tool venv), nodejs/npm (the OHIF package), systemd (systemd-analyze verify of the unit),
 # procps (pgrep), ca-certificates (HTTPS to PyPI and npm), git (the fresh-install check's clone).
@@ -33,20 +32,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  . scripts/env.sh  # the CA bundle may have just been installed
 fi
 
-# uv: the one already on PATH, else a pinned uv in a venv of Debian's python3 (Debian's python3
-# has no pip and refuses `pip install` outside a venv: PEP 668 "externally-managed-environment").
-if ! command -v uv >/dev/null 2>&1; then
-  echo "==> uv $UV_VERSION (venv $UV_TOOL_DIR)"
-  rm -rf "$UV_TOOL_DIR"
-  /usr/bin/python3 -m venv "$UV_TOOL_DIR"
-  "$UV_TOOL_DIR/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
-  # So that the README's `uv run …` commands work in any shell, not only in these scripts.
-  if [ "$(id -u)" -eq 0 ] && [ ! -e /usr/local/bin/uv ]; then
-    ln -s "$UV_TOOL_DIR/bin/uv" /usr/local/bin/uv
-  fi
-fi
+ensure_uv
 echo "==> uv sync (versions from uv.lock)"
 uv sync --frozen --quiet
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -48,3 +50,35 @@ def test_reports_retry(tmp_path: Path) -> None:
     assert nothing.exit_code == 1 and "rien à relancer" in nothing.output
     unknown = runner.invoke(app, ["reports", "retry", "9"], env=env)
     assert unknown.exit_code == 1 and "aucun compte rendu" in unknown.output
+
+
+def test_reports_list_says_when_it_truncates_and_pages(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    db = Database(url)
+    db.upgrade()
+    now = utcnow()
+    with db.session() as session:
+        message = Hl7Message(received_at=now, size_bytes=1, raw=b"x", ack_code="AA")
+        session.add(message)
+        session.flush()
+        for _ in range(5):
+            row = Report(message_id=message.id, received_at=now, updated_at=now, kind="publish")
+            session.add(row)
+    db.dispose()
+    runner = CliRunner()
+    env = {"DRIMBOX_STORE__DATABASE_URL": url}
+
+    def listed(*options: str) -> dict[str, Any]:
+        result = runner.invoke(app, ["reports", "list", "--json", *options], env=env)
+        assert result.exit_code == 0, result.output
+        page: dict[str, Any] = json.loads(result.stdout)
+        return page
+
+    first = listed("--limit", "2")
+    assert [r["id"] for r in first["reports"]] == [5, 4]
+    assert (first["total"], first["truncated"], first["next_offset"]) == (5, True, 2)
+    last = listed("--limit", "2", "--offset", "4")
+    assert [r["id"] for r in last["reports"]] == [1] and last["truncated"] is False
+    assert len(listed("--limit", "0")["reports"]) == 5
+    table = runner.invoke(app, ["reports", "list", "--limit", "2"], env=env)
+    assert "2 sur 5" in table.output and "--offset 2" in table.output

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from drimbox.cli import app
-from drimbox.config import Config, ConfigError, load_config
+from drimbox.config import Config, ConfigError, StructureConfig, load_config
+from drimbox.sim.pki import TestPki, structure_certificates
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "drimbox.toml"
 
@@ -28,9 +29,14 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
     for section, model in Config.model_fields.items():
         assert section in written, f"[{section}] missing from the example"
         section_type = model.annotation
+        tables = written[section]
+        if section == "structures":  # [[structures]]: a list of tables
+            section_type = StructureConfig
+            assert isinstance(tables, list) and len(tables) >= 2
+            tables = tables[0]
         assert section_type is not None
         for key in section_type.model_fields:  # type: ignore[union-attr]
-            assert key in written[section], f"{section}.{key} missing from the example"
+            assert key in tables, f"{section}.{key} missing from the example"
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -78,6 +84,63 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert "pacs.port" in result.output and "pacs.foo : clé inconnue" in result.output
     missing = runner.invoke(app, ["config", "check", str(tmp_path / "none.toml")])
     assert missing.exit_code == 2 and "fichier introuvable" in missing.output
+
+
+def _structure_toml(structure_id: str, kind: str, auth: str, sign: str, keys: str) -> str:
+    return (
+        f'[[structures]]\nid = "{structure_id}"\nkind = "{kind}"\nname = "S {structure_id}"\n'
+        f'tls_cert = "{auth}.crt"\ntls_key = "{auth}.key"\n'
+        f'signing_cert = "{sign}.crt"\nsigning_key = "{keys}.key"\n'
+    )
+
+
+def test_config_check_verifies_each_structures_certificates(tmp_path: Path) -> None:
+    pki = TestPki()
+    good = structure_certificates(tmp_path, pki, "101235555", prefix="a")
+    other = structure_certificates(tmp_path, pki, "3123456789012345", prefix="b")
+    base = (
+        '[roles]\nsource = true\n[dmp]\nbase_url = "https://dmp.test"\n'
+        f'tls_ca = "{tmp_path / "ca.crt"}"\n'
+    )
+
+    def two_structures(name: str, b_auth: str, b_sign: str, b_key: str) -> Path:
+        a = tmp_path / "a"
+        file = tmp_path / f"{name}.toml"
+        file.write_text(
+            base
+            + _structure_toml("101235555", "FINESS_EG", f"{a}-auth", f"{a}-sign", f"{a}-sign")
+            + _structure_toml(
+                "3123456789012345", "SIRET", *(str(tmp_path / p) for p in (b_auth, b_sign, b_key))
+            )
+        )
+        return file
+
+    ok_file = two_structures("ok", "b-auth", "b-sign", "b-sign")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["config", "check", str(ok_file)])
+    assert ok.exit_code == 0, ok.output
+    assert "structure 101235555" in ok.output and "structure 3123456789012345" in ok.output
+    # Structure B signs with A's certificate and a key that is not its certificate's; its TLS
+    # certificate is a signing one.
+    bad_file = two_structures("bad", "b-sign", "a-sign", "b-sign")
+    bad = runner.invoke(app, ["config", "check", str(bad_file)])
+    assert bad.exit_code == 2, bad.output
+    output = " ".join(bad.output.split())
+    assert "structure 3123456789012345 : signing_cert" in output
+    assert "« 101235555 », pas de 3123456789012345" in output
+    assert f"la clé signing_key ({tmp_path / 'b-sign.key'}) ne correspond pas" in output
+    assert "tls_cert" in output and "n'est pas un certificat d'authentification" in output
+    assert "structure 101235555 :" not in output  # A is right
+    assert good.structure_id != other.structure_id
+
+
+def test_a_structure_id_used_twice_is_refused() -> None:
+    structure = {
+        "id": "101235555", "name": "A", "tls_cert": "a", "tls_key": "a", "signing_cert": "a",
+        "signing_key": "a",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="déclarée deux fois"):
+        Config.model_validate({"structures": [structure, structure]})
 
 
 def test_configuration_reference_is_up_to_date() -> None:

@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "drimbox"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset(
         {"__init__", "config", "failpoints", "logs", "metrics", "samples", "db", "cda", "hl7"}
-        | {"dicom", "http"}
+        | {"dicom", "http", "french", "errors"}
     ),
     frozenset({"dmp", "trust", "auth"}),
     frozenset({"source", "conso", "ops"}),

@@ -48,7 +48,7 @@ def test_json_error_is_one_line_with_its_traceback() -> None:
 
 def test_serve_logs_json_events_of_a_report(tmp_path: Path) -> None:
     config_file = tmp_path / "node.toml"
-    config_file.write_text('[log]\nformat = "json"\n\n[metrics]\nnode_name = "noeud-json"\n')
+    config_file.write_text('[log]\nformat = "json"\n\n[node]\nname = "noeud-json"\n')
     # No PACS listens there: the report is stored, then waits for its images.
     config = node_config(tmp_path, None, {"DRIMBOX_PACS__PORT": str(free_port())})
     node = NodeProcess(config_file, env=config_environ(config)).start()

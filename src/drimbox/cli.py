@@ -18,10 +18,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from drimbox.config import Config, ConfigError, load_config
 from drimbox.db import Database, Report
+from drimbox.db.engine import SchemaTooNew
+
+SCHEMA_TOO_NEW_EXIT = 3  # kept in scripts/drimbox.service (RestartPreventExitStatus)
 
 app = typer.Typer(help="DRIMbox : passerelle d'imagerie du réseau DRIM-M.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration du nœud.", no_args_is_help=True)
@@ -54,7 +57,12 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Fichier de configuration TOML (sinon les défauts)."),
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="DRIMBOX_CONFIG",
+        help="Fichier de configuration TOML (sinon $DRIMBOX_CONFIG, sinon les défauts).",
+    ),
 ]
 
 
@@ -74,9 +82,11 @@ def _load(path: Path | None) -> Config:
 
 
 def _database(config: Config) -> Database:
-    db = Database(config.store.database_url)
+    db = Database(config.store.database_url, config.node.name)
     try:
         db.upgrade()
+    except SchemaTooNew as exc:
+        fail(str(exc), code=SCHEMA_TOO_NEW_EXIT)
     except Exception as exc:  # noqa: BLE001 - shown to the operator, not a traceback
         fail(f"base de données inaccessible ({config.store.database_url}) : {exc}")
     return db
@@ -96,6 +106,30 @@ def config_check(file: Path) -> None:
         f"  PACS : {config.pacs.called_aet}@{config.pacs.host}:{config.pacs.port} "
         f"(récupération {config.pacs.retrieve})"
     )
+    _check_structures(config)
+
+
+def _check_structures(config: Config) -> None:
+    """Each structure's ORG certificates name it (subject OU) and match their keys."""
+    from drimbox.dmp.structures import certificate_problems, site_structures
+
+    if not config.roles.source or not config.dmp.base_url:
+        return  # no publication: the DMP certificates are not used
+    problems: list[str] = []
+    for structure in site_structures(config):
+        found = certificate_problems(structure)
+        problems += found
+        if not found:
+            console.print(
+                f"  structure {structure.id} ({structure.name}) : certificats ORG AUTH et "
+                "ORG SIGN conformes",
+                highlight=False,
+            )
+    if problems:
+        err.print("[bold red]Certificats des structures incorrects[/] :", highlight=False)
+        for problem in problems:
+            err.print(f"  - {escape(problem)}", highlight=False)
+        raise typer.Exit(2)
 
 
 @config_app.command("reference")
@@ -114,6 +148,47 @@ def db_upgrade(config: ConfigOption = None) -> None:
     console.print(f"[green]Schéma à jour[/] : {cfg.store.database_url}")
 
 
+@db_app.command("backup")
+def db_backup(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Fichier de sauvegarde.")],
+    config: ConfigOption = None,
+) -> None:
+    """Sauvegarde la base pendant que le nœud tourne (SQLite : copie cohérente ; PostgreSQL :
+    pg_dump au format custom)."""
+    from drimbox.db.backup import BackupError, backup
+
+    cfg = _load(config)
+    try:
+        backup(cfg.store.database_url, output)
+    except BackupError as exc:
+        fail(f"sauvegarde impossible : {exc}")
+    size = output.stat().st_size / 1e6
+    console.print(f"[green]Sauvegarde écrite[/] : {output} ({size:.1f} Mo)", highlight=False)
+
+
+@db_app.command("restore")
+def db_restore(
+    backup_file: Annotated[Path, typer.Argument(help="Fichier écrit par `drimbox db backup`.")],
+    config: ConfigOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Sans demander de confirmation.")] = False,
+) -> None:
+    """Remplace toute la base par une sauvegarde (nœud arrêté), puis met son schéma à jour."""
+    from drimbox.db.backup import BackupError, restore
+
+    cfg = _load(config)
+    url = cfg.store.database_url
+    if not yes and not typer.confirm(
+        f"Remplacer toute la base {url} par {backup_file} ? Arrêtez d'abord le service."
+    ):
+        fail("restauration annulée")
+    try:
+        restore(url, backup_file)
+    except BackupError as exc:
+        fail(f"restauration impossible : {exc}")
+    _database(cfg).dispose()
+    console.print(f"[green]Base restaurée[/] depuis {backup_file} : {url}", highlight=False)
+
+
 @cache_app.command("purge")
 def cache_purge(
     config: ConfigOption = None,
@@ -121,12 +196,13 @@ def cache_purge(
 ) -> None:
     """Vide le cache d'images (ou seulement les séries expirées)."""
     from drimbox.dicom.cache import purge_cache
+    from drimbox.web.admin_routes import purge_message
 
     cfg = _load(config)
     result = purge_cache(
         Path(cfg.store.cache_dir), expired_only=expired, ttl_h=cfg.store.cache_ttl_h
     )
-    console.print(f"Cache purgé : {result}", highlight=False)
+    console.print(purge_message(result.series, result.bytes), highlight=False)
 
 
 @pacs_app.command("echo")
@@ -258,11 +334,10 @@ def peer_speedtest_command(
 def serve(config: ConfigOption = None, verbose: bool = False) -> None:
     """Démarre le nœud (rôles selon la configuration) jusqu'à Ctrl-C."""
     from drimbox.logs import configure_logging
-    from drimbox.metrics import node_name
     from drimbox.node import Node
 
     cfg = _load(config)
-    configure_logging(cfg.log, node_name(cfg.metrics.node_name), verbose=verbose)
+    configure_logging(cfg.log, cfg.node.name, verbose=verbose)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -281,6 +356,9 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
 
     try:
         asyncio.run(main())
+    except SchemaTooNew as exc:
+        # Its own exit code: the systemd unit does not restart on it (RestartPreventExitStatus).
+        fail(f"démarrage refusé : {exc}", code=SCHEMA_TOO_NEW_EXIT)
     except (OSError, ValueError) as exc:  # ports, files, settings only checkable at start
         fail(f"impossible de démarrer : {exc}")
 
@@ -334,21 +412,48 @@ STATE_LABELS = {
 @reports_app.command("list")
 def reports_list(
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Sortie JSON (une liste).")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Sortie JSON : {total, offset, limit, truncated, next_offset, reports}.",
+        ),
+    ] = False,
     state: Annotated[str | None, typer.Option(help="Filtrer sur un état.")] = None,
-    limit: int = 100,
+    limit: Annotated[int, typer.Option(min=0, help="Nombre maximal de lignes (0 : toutes).")] = 100,
+    offset: Annotated[
+        int, typer.Option(min=0, help="Lignes à sauter (page suivante : next_offset).")
+    ] = 0,
 ) -> None:
-    """Liste les comptes rendus reçus, du plus récent au plus ancien."""
+    """Liste les comptes rendus reçus, du plus récent au plus ancien, par pages de --limit."""
     db = _database(_load(config))
     with db.session() as session:
-        query = select(Report).order_by(Report.id.desc()).limit(limit)
+        query = select(Report).order_by(Report.id.desc()).offset(offset)
+        counted = select(func.count()).select_from(Report)
         if state:
             query = query.where(Report.state == state)
+            counted = counted.where(Report.state == state)
+        if limit:
+            query = query.limit(limit)
         rows = [_report_row(r) for r in session.scalars(query)]
+        total = session.scalar(counted) or 0
+    shown_to = offset + len(rows)
+    truncated = shown_to < total
     if as_json:
-        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        page = {
+            "total": total,
+            "offset": offset,
+            "limit": limit or None,
+            "truncated": truncated,
+            "next_offset": shown_to if truncated else None,
+            "reports": rows,
+        }
+        sys.stdout.write(json.dumps(page, ensure_ascii=False, indent=2) + "\n")
         return
-    table = Table(title=f"Comptes rendus ({len(rows)})", title_justify="left")
+    title = f"Comptes rendus ({len(rows)} sur {total})"
+    if truncated:
+        title += f" — suite : --offset {shown_to}, ou --limit 0 pour tout voir"
+    table = Table(title=title, title_justify="left")
     for column in ("N°", "Reçu le", "Type", "INS", "N° d'accès", "État", "Détail"):
         table.add_column(column, overflow="fold", no_wrap=column in ("N°", "Reçu le", "INS"))
     for row in rows:
@@ -456,6 +561,49 @@ def audit_export(
             handle.write(line + "\n")
             count += 1
     console.print(f"{count} événements écrits dans {output}")
+
+
+@app.command()
+def aptitude(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Configuration du nœud (TOML).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Rapport HTML imprimable (procès-verbal à signer)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Résultats en JSON.")] = False,
+) -> None:
+    """Vérification d'aptitude du site : configuration, base, certificats, liste blanche, PACS,
+    DMP, Pro Santé Connect, autres DRIMbox, cache, horloge ; code 1 si une vérification échoue."""
+    from drimbox.ops.aptitude import invalid_configuration, run_aptitude
+    from drimbox.ops.report import render_html
+
+    try:
+        report = run_aptitude(load_config(config))
+    except ConfigError as exc:
+        report = invalid_configuration(exc.source, exc.problems)
+    if output is not None:
+        try:
+            output.write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            fail(f"rapport non écrit ({output}) : {exc}")
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
+    else:
+        colours = {"ok": "green", "warning": "yellow", "failure": "bold red"}
+        table = Table(title="Vérification d'aptitude DRIMbox", title_justify="left")
+        for column in ("Rubrique", "Vérification", "Résultat", "Constat et action"):
+            table.add_column(column, overflow="fold")
+        for check in report.checks:
+            detail = check.message + (f"\n→ {check.action}" if check.action else "")
+            table.add_row(check.group, check.title,
+                          f"[{colours[check.status]}]{check.label}[/]", escape(detail))  # fmt: skip
+        console.print(table)
+        verdict = {"ok": "apte", "warning": "apte avec réserves", "failure": "NON APTE"}
+        console.print(f"Installation {verdict[report.status]}.", highlight=False)
+        if output is not None:
+            console.print(f"Rapport à imprimer et signer : {output}", highlight=False)
+    if report.status == "failure":
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,8 +25,8 @@ from pydantic import (
 )
 
 ENV_PREFIX = "DRIMBOX_"
-# Variables of ours that are not configuration keys (see drimbox.failpoints).
-NOT_CONFIGURATION = frozenset({"DRIMBOX_FAILPOINTS"})
+# Variables of ours that are not configuration keys (drimbox.failpoints; the CLI's file).
+NOT_CONFIGURATION = frozenset({"DRIMBOX_FAILPOINTS", "DRIMBOX_CONFIG"})
 
 
 class ConfigError(Exception):
@@ -55,13 +56,33 @@ class RolesConfig(_Section):
     conso: bool = Field(False, description="Rôle Conso : consultation des examens du DMP.")
 
 
+class NodeConfig(_Section):
+    """This node among the nodes of a site that share one database."""
+
+    name: str = Field(
+        "",
+        max_length=64,
+        description="Nom du nœud, unique parmi les nœuds d'un site et stable d'un démarrage à "
+        "l'autre (il marque le travail qu'il tient et le journal d'audit) ; vide : le nom "
+        "d'hôte de la machine.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _hostname_by_default(cls, value: str) -> str:
+        return value.strip() or socket.gethostname()[:64]
+
+
 class SiteConfig(_Section):
     """Identity of the imaging site that runs this node."""
 
     name: str = Field("Site d'imagerie DRIMbox", description="Nom affiché de la structure.")
     structure_id: str = Field(
         "",
-        description="Identifiant de la structure (FINESS/SIRET), utilisé pour le DMP et le VIHF.",
+        description="Identifiant national de la structure (IDNST : OU des certificats ORG de "
+        "[dmp], Identifiant_Structure du VIHF). Sans [[structures]], seuls les CR dont "
+        "l'organisation (representedOrganization du responsable) est celle-ci sont publiés ; "
+        "les autres sont mis de côté avec la raison.",
     )
     uid_root: str = Field(
         "1.2.250.1.999.9",
@@ -203,10 +224,17 @@ class SourceConfig(_Section):
         1.0, gt=0, description="Intervalle de scrutation de la file de traitement."
     )
     lease_s: float = Field(
-        600.0,
+        30.0,
+        ge=3,
+        description="Bail d'un travail en cours (CR, envoi au DMP) : renouvelé toutes les "
+        "lease_s/3 secondes tant que le nœud travaille ; si le nœud meurt, un autre nœud le "
+        "reprend après ce délai (voir docs/deploy.md pour la valeur minimale sûre).",
+    )
+    stale_work_s: float = Field(
+        300.0,
         gt=0,
-        description="Durée pendant laquelle un nœud garde un travail en cours (CR, envoi au DMP) "
-        "avant qu'un autre nœud — ou lui-même après un arrêt brutal — ne le reprenne.",
+        description="Âge au-delà duquel un travail en attente (CR reçu, envoi au DMP) fait passer "
+        "/status en alerte (secondes).",
     )
     images_recheck_s: list[float] = Field(
         default_factory=lambda: [300.0, 1800.0, 7200.0, 86400.0],
@@ -259,11 +287,14 @@ class DmpConfig(_Section):
         "SA07^1.2.250.1.71.4.2.4",
         description="Secteur d'activité du VIHF (code^système), ex. SA07 (cabinet), SA01 (ES).",
     )
-    signature_algorithm: Literal["rsa-sha256", "rsa-sha512", "rsa-sha1"] = Field(
-        "rsa-sha256", description="Algorithme de signature du VIHF et du XAdES."
+    signature_algorithm: Literal["rsa-sha1", "rsa-sha256", "rsa-sha512"] = Field(
+        "rsa-sha1",
+        description="Algorithme de signature du VIHF et du XAdES. rsa-sha1 par défaut : c'est "
+        "celui de la requête acceptée par le DMP (XDS.xml) ; rsa-sha256 si le DMP l'accepte.",
     )
-    digest_algorithm: Literal["sha256", "sha512", "sha1"] = Field(
-        "sha256", description="Algorithme d'empreinte des signatures."
+    digest_algorithm: Literal["sha1", "sha256", "sha512"] = Field(
+        "sha1",
+        description="Algorithme d'empreinte des signatures (sha1 comme XDS.xml ; sha256 possible).",
     )
     retry_initial_s: float = Field(
         30.0, gt=0, description="Premier délai avant nouvel essai quand le DMP est injoignable."
@@ -276,6 +307,55 @@ class DmpConfig(_Section):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("doit commencer par https:// (ou http:// pour un simulateur local)")
         return value.rstrip("/")
+
+
+StructureKind = Literal["FINESS_EJ", "FINESS_EG", "SIRET", "RPPS"]
+
+
+class StructureConfig(_Section):
+    """One structure (legal or geographic entity) this box publishes for, with its IGC-Santé
+    ORG certificates. Repeat `[[structures]]` for each; without any, the structure is the one of
+    `[site]` with the `[dmp]` certificates."""
+
+    id: str = Field(
+        description="Identifiant national de la structure (IDNST, OU de ses certificats ORG, "
+        "Identifiant_Structure du VIHF) : 1 + FINESS, 3 + SIRET, 4 + identifiant de cabinet."
+    )
+    kind: StructureKind = Field(
+        "FINESS_EG",
+        description="Nature de l'identifiant : FINESS_EJ (entité juridique), FINESS_EG "
+        "(entité géographique), SIRET ou RPPS (cabinet libéral).",
+    )
+    name: str = Field(description="Nom de la structure (authorInstitution).")
+    report_ids: list[str] = Field(
+        default_factory=list,
+        description="Autres identifiants sous lesquels les CR du RIS désignent cette structure "
+        "(representedOrganization du CDA, PRT-8 du message HL7), ex. le FINESS sans préfixe.",
+    )
+    tls_cert: str = Field(
+        description="Certificat ORG AUTH (PEM) de la structure : TLS mutuel avec le DMP."
+    )
+    tls_key: str = Field(description="Clé privée (PEM) du certificat ORG AUTH.")
+    signing_cert: str = Field(
+        description="Certificat ORG SIGN (PEM) de la structure : VIHF et document de signature."
+    )
+    signing_key: str = Field(description="Clé privée (PEM) du certificat ORG SIGN.")
+    activity_sector: str = Field(
+        "",
+        description="Secteur d'activité du VIHF (code^système) ; vide : [dmp] activity_sector.",
+    )
+    content_type: str = Field(
+        "",
+        description="contentTypeCode par défaut des lots (code^système^libellé) quand la "
+        "rencontre du CR ne le donne pas ; vide : celui de XDS.xml (04, 1.2.250.1.213.2.2).",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not value.strip() or not value.strip().isalnum():
+            raise ValueError("identifiant de structure vide ou non alphanumérique")
+        return value.strip()
 
 
 class PscConfig(_Section):
@@ -413,11 +493,6 @@ class MetricsConfig(_Section):
         ["127.0.0.1/32", "::1/128"],
         description="Réseaux (CIDR) autorisés à lire /metrics ; les autres reçoivent 403.",
     )
-    node_name: str = Field(
-        "",
-        description="Nom du nœud (étiquette node des métriques, champ node des journaux JSON) ; "
-        "vide : le nom d'hôte. Distinct pour chaque nœud d'un site.",
-    )
     probe_interval_s: float = Field(
         30.0,
         gt=0,
@@ -476,6 +551,11 @@ class ChecksConfig(_Section):
         description="INS du patient de test de l'environnement DMP, pour la requête sans effet "
         "de la vérification d'aptitude ; vide : requête sur un patient inexistant.",
     )
+    dmp_test_patient_oid: str = Field(
+        "1.2.250.1.213.1.4.10",
+        description="OID de l'INS de ce patient : INS-NIR de test (1.2.250.1.213.1.4.10) par "
+        "défaut, 1.2.250.1.213.1.4.8 pour un INS-NIR.",
+    )
     slow_ratio: float = Field(
         0.5,
         gt=0,
@@ -488,6 +568,12 @@ class ChecksConfig(_Section):
         ge=1024**2,
         description="Volume écrit dans le cache pour en mesurer la vitesse d'écriture (octets).",
     )
+    cache_min_write_bps: int = Field(
+        20_000_000,
+        ge=0,
+        description="Vitesse d'écriture du cache en dessous de laquelle la vérification "
+        "d'aptitude avertit (octets par seconde).",
+    )
 
     _split = field_validator("peers", mode="before")(_comma_separated)
 
@@ -496,6 +582,7 @@ class Config(_Section):
     """A whole node configuration (`drimbox.toml`)."""
 
     roles: RolesConfig = RolesConfig()
+    node: NodeConfig = NodeConfig()
     site: SiteConfig = SiteConfig()
     http: HttpConfig = HttpConfig()
     viewer: ViewerConfig = ViewerConfig()
@@ -511,6 +598,22 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     checks: ChecksConfig = ChecksConfig()
+    structures: list[StructureConfig] = []
+
+    @model_validator(mode="after")
+    def _structures_are_distinct(self) -> Config:
+        seen: dict[str, str] = {}
+        for structure in self.structures:
+            for name in (structure.id, *structure.report_ids):
+                if name in seen and seen[name] != structure.id:
+                    raise ValueError(
+                        f"structures : l'identifiant « {name} » désigne deux structures "
+                        f"({seen[name]} et {structure.id})"
+                    )
+                if name == structure.id and name in seen:
+                    raise ValueError(f"structures : la structure « {name} » est déclarée deux fois")
+                seen[name] = structure.id
+        return self
 
     @model_validator(mode="after")
     def _stow_needs_an_url(self) -> Config:
@@ -549,8 +652,23 @@ class Config(_Section):
         pacs = self.pacs.model_copy()
         if pacs.dicomweb_ca_file:
             pacs.dicomweb_ca_file = str((base / pacs.dicomweb_ca_file).resolve())
+        structures = []
+        for structure in self.structures:
+            paths = ("tls_cert", "tls_key", "signing_cert", "signing_key")
+            structures.append(
+                structure.model_copy(
+                    update={k: str((base / getattr(structure, k)).resolve()) for k in paths}
+                )
+            )
         return self.model_copy(
-            update={"store": store, "dmp": dmp, "viewer": viewer, "trust": trust, "pacs": pacs}
+            update={
+                "store": store,
+                "dmp": dmp,
+                "viewer": viewer,
+                "trust": trust,
+                "pacs": pacs,
+                "structures": structures,
+            }
         )
 
 
@@ -636,12 +754,19 @@ def reference_markdown() -> str:
     ]
     for section, field in Config.model_fields.items():
         model = field.annotation
+        heading = f"[{section}]"
+        if section == "structures":  # a list of tables
+            model, heading = StructureConfig, "[[structures]]"
         assert isinstance(model, type) and issubclass(model, BaseModel)
-        lines += [f"## [{section}]", "", (model.__doc__ or "").strip(), ""]
+        lines += [f"## {heading}", "", (model.__doc__ or "").strip(), ""]
         lines += ["| key | default | description |", "| --- | --- | --- |"]
         for key, info in model.model_fields.items():
             default = info.get_default(call_default_factory=True)
-            shown = f"`{default!r}`" if default not in ("", None, []) else "—"
+            if info.is_required():
+                default = "(obligatoire)"
+            shown = f"`{default!r}`" if default not in ("", None, [], "(obligatoire)") else "—"
+            if info.is_required():
+                shown = "obligatoire"
             description = (info.description or "").replace("|", "\\|")
             lines.append(f"| `{key}` | {shown} | {description} |")
         lines.append("")

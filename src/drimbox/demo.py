@@ -39,7 +39,14 @@ from drimbox.samples import ans_file
 from drimbox.sim.dmp.server import LocalDmp
 from drimbox.sim.dmp.settings import DmpSimSettings
 from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.pki import Issued, SiteCertificates, TestPki, site_certificates
+from drimbox.sim.pki import (
+    Issued,
+    SiteCertificates,
+    StructureCertificates,
+    TestPki,
+    site_certificates,
+    structure_certificates,
+)
 from drimbox.sim.ports import free_port, is_free
 from drimbox.sim.psc import LocalPsc
 from drimbox.sim.ris import RisClient, publish_report_to_dmp
@@ -78,6 +85,10 @@ TEST_USERS = (
 DN_A = "CN=localhost,OU=300000001830001,O=SITE A DEMO,ST=Paris (75),C=FR"
 DN_B = "CN=drimbox-b.demo,OU=300000001830002,O=SITE B DEMO,ST=Paris (75),C=FR"
 IPP_B = "IPP-B-0001"
+# DMP structures: site A is the organisation of the sample reports (CR_C.xml's legal
+# authenticator), site B its own; each has its ORG AUTH and ORG SIGN certificates.
+SOURCE_STRUCTURE = "101235555"
+CONSO_STRUCTURE = "300000001830002"
 
 
 @dataclass(frozen=True)
@@ -112,16 +123,22 @@ def demo_ports() -> DemoPorts:
 
 @dataclass(frozen=True)
 class Trust:
-    certs: SiteCertificates  # the DMP's TLS and the sites' ORG certificates
+    certs: SiteCertificates  # the DMP's TLS and site A's ORG certificates
+    conso_org: StructureCertificates  # site B's ORG certificates (its DMP consultations)
     box_a: Issued
     box_b: Issued
     whitelist: Path
+    pki: TestPki  # issues more certificates (tests: an expired one)
 
 
 def make_trust(folder: Path) -> Trust:
     """A test PKI, both boxes' certificates and a whitelist naming them, signed by a test ANS."""
     pki = TestPki()
-    certs = site_certificates(folder, pki)
+    # Site A publishes for the organisation of the sample reports' legal authenticator.
+    certs = site_certificates(folder, pki, structure_id=SOURCE_STRUCTURE)
+    conso_org = structure_certificates(
+        folder, pki, CONSO_STRUCTURE, organization="SITE B DEMO", prefix="org-b"
+    )
     box_a = pki.issue(
         "localhost", usage="server", dns_names=("localhost", "127.0.0.1"),
         organizational_unit="300000001830001", organization="SITE A DEMO", state="Paris (75)",
@@ -144,7 +161,7 @@ def make_trust(folder: Path) -> Trust:
     )
     whitelist = folder / "liste-blanche.xml"
     whitelist.write_bytes(signed)
-    return Trust(certs, box_a, box_b, whitelist)
+    return Trust(certs, conso_org, box_a, box_b, whitelist, pki)
 
 
 def site_config(
@@ -164,6 +181,11 @@ def site_config(
 ) -> Config:
     """One site's configuration, written to `<folder>/drimbox.toml` for the CLI."""
     c = trust.certs
+    org = (
+        trust.conso_org
+        if role == "conso"
+        else StructureCertificates(SOURCE_STRUCTURE, c.auth, c.signing)
+    )
     text = f"""# Written by `drimbox demo`: {name}.
 [roles]
 source = {"true" if role == "source" else "false"}
@@ -171,7 +193,7 @@ conso = {"true" if role == "conso" else "false"}
 
 [site]
 name = "{name}"
-structure_id = "{"300000001830001" if role == "source" else "300000001830002"}"
+structure_id = "{SOURCE_STRUCTURE if role == "source" else CONSO_STRUCTURE}"
 uid_root = "1.2.250.1.999.{"1" if role == "source" else "2"}"
 public_base_url = "https://localhost:{peer_port}"
 
@@ -206,11 +228,11 @@ lease_s = 60
 
 [dmp]
 base_url = "https://127.0.0.1:{ports.dmp}"
-tls_cert = "{c.auth.cert_path}"
-tls_key = "{c.auth.key_path}"
+tls_cert = "{org.auth.cert_path}"
+tls_key = "{org.auth.key_path}"
 tls_ca = "{c.ca.cert_path}"
-signing_cert = "{c.signing.cert_path}"
-signing_key = "{c.signing.key_path}"
+signing_cert = "{org.signing.cert_path}"
+signing_key = "{org.signing.key_path}"
 lps_id = "DRIMBOX-DEMO"
 lps_homologation_id = "DEMO"
 retry_initial_s = 2

@@ -4,10 +4,17 @@ or as JSON (`[log] format`).
 Events about a report, a study or a peer carry them as fields (`extra={"report_id": …}`), so a
 log collector can follow one report through intake, PACS query, publication and retrieval; the
 text format appends them as `key=value`.
+
+What the logs may say about a patient: nothing. Reports are named by their id, studies by their
+UID (an identifier), patients by a short hash (`ref`) that an operator matches against the audit
+trail; names, INS, birth dates and the reasons that quote them stay in the database
+(`drimbox reports show`). Libraries that dump whole datasets at INFO (pynetdicom logs every C-FIND
+identifier: name, INS, birth date) are kept at WARNING unless the node runs with --verbose.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -15,8 +22,15 @@ from typing import Any
 
 from drimbox.config import LogConfig
 
+# Loggers that write patient data at INFO: quiet unless verbose.
+DATASET_LOGGERS = ("pynetdicom",)
 # The fields of a record that the events add (`extra=`), in display order.
 CONTEXT_FIELDS = ("report_id", "study_uid", "series_uid", "job_id", "peer", "subject", "bytes")
+
+
+def ref(value: str) -> str:
+    """A short, stable stand-in for a patient identifier in the logs (SHA-256, 12 hex digits)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:12] if value else "-"
 
 
 def context_of(record: logging.LogRecord) -> dict[str, Any]:
@@ -64,3 +78,5 @@ def configure_logging(settings: LogConfig, node: str, *, verbose: bool = False) 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else settings.level)
+    for name in DATASET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from drimbox.db.engine import aware
+
 # Publication: from the report's reception to the DMP's answer (images may come hours later).
 PUBLICATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600)
 # Image requests: a thumbnail in milliseconds, a CT series over a slow link in minutes.
@@ -23,11 +25,6 @@ TRANSFER_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 def node_name(configured: str) -> str:
     """The `node` label: the configured name, else the host name."""
     return configured or socket.gethostname()
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite gives back naive datetimes; ours are all UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class NodeMetrics:
@@ -95,7 +92,7 @@ class NodeMetrics:
         """An outbox job finished one attempt; a publication's latency when it is done."""
         self.dmp_jobs.labels(self.node, action, result).inc()
         if received_at is not None and action == "publish" and result == "done":
-            latency = (datetime.now(UTC) - as_utc(received_at)).total_seconds()
+            latency = (datetime.now(UTC) - aware(received_at)).total_seconds()
             self.publication_latency.labels(self.node).observe(max(latency, 0.0))
 
     def served(self, channel: str, status: int, size: int, seconds: float) -> None:

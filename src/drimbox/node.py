@@ -10,7 +10,8 @@ import asyncio
 import logging
 
 from drimbox.config import Config
-from drimbox.db import Database
+from drimbox.db import Database, DmpJob, Report
+from drimbox.db.leases import reclaim
 from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService, RemoteStudies
 from drimbox.dicom.scp import StoreScp
@@ -32,8 +33,8 @@ log = logging.getLogger(__name__)
 class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.db = Database(config.store.database_url)
-        self.metrics = NodeMetrics(config.metrics.node_name)
+        self.db = Database(config.store.database_url, config.node.name)
+        self.metrics = NodeMetrics(config.node.name)
         self.mllp: MllpServer | None = None
         self.pipeline: ReportPipeline | None = None
         self.publisher: DmpPublisher | None = None
@@ -46,6 +47,8 @@ class Node:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.db.upgrade)
+        if self.config.roles.source:
+            await asyncio.to_thread(self._reclaim)
         self.whitelist = whitelist_store(self.config)
         if self.whitelist is not None:
             interval = self.config.trust.refresh_interval_s
@@ -84,6 +87,13 @@ class Node:
             self.web = build_web(self.config, self.db, self.images, self.whitelist)
             for server in self.web.servers():
                 await server.start()
+
+    def _reclaim(self) -> None:
+        """Work this node held when it last died is due again now, not after its lease."""
+        name = self.config.node.name
+        reports, jobs = (reclaim(self.db, model, name) for model in (Report, DmpJob))
+        if reports or jobs:
+            log.warning("node %s: %d report(s), %d DMP job(s) taken back", name, reports, jobs)
 
     async def stop(self) -> None:
         self._stop.set()

@@ -82,8 +82,8 @@ def check_cda(folder: Path) -> str:
     return f"CR {report.document_id.root}, {report.patient.name.to_dicom()}"
 
 
-def check_kos(folder: Path) -> str:
-    """A KOS built by the box for exam C round-trips and carries what DRIM-M requires."""
+def sample_kos(folder: Path = ANS_DIR) -> bytes:
+    """The Part-10 KOS the box builds for the official exam C (one CT instance)."""
     report = parse_report((folder / "cda/CR_C.xml").read_bytes())
     uid = report.study_instance_uid
     study = StudySnapshot(
@@ -101,7 +101,12 @@ def check_kos(folder: Path) -> str:
     )  # fmt: skip
     site = KosSite(uid_root="1.2.250.1.999.9", public_base_url="https://db.exemple.fr",
                    institution_name="Autotest")  # fmt: skip
-    kos = manifest_from_bytes(manifest_to_bytes(build_manifest(report, study, site)))
+    return manifest_to_bytes(build_manifest(report, study, site))
+
+
+def check_kos(folder: Path) -> str:
+    """A KOS built by the box for exam C round-trips and carries what DRIM-M requires."""
+    kos = manifest_from_bytes(sample_kos(folder))
     _expect(kos.SOPClassUID == KOS_CLASS, "classe SOP")
     _expect(kos.ConceptNameCodeSequence[0].CodeValue == "113030", "titre 113030 Manifest")
     series = kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]

@@ -178,3 +178,25 @@ def test_dmp_down(dmp: DmpEnvironment) -> None:
         load_history(client, CONSULTANT, HistoryQuery(CR_C_INS, CR_C_INS_OID))
     assert caught.value.code == "DMP_INJOIGNABLE" and caught.value.retryable
     assert "DMP injoignable" in caught.value.message
+
+
+@pytest.mark.parametrize("authority", ["", "9.8.7.6", codes.STUDY_UID_AUTHORITY])
+def test_a_study_is_found_whatever_authority_its_publisher_gave_its_uid(
+    dmp: DmpEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authority: str
+) -> None:
+    # Other vendors' boxes publish the study UID without CX.4 or with their own authority.
+    study = make_study(tmp_path / "s", study_uid="1.2.826.0.1.3680043.8.498.77.9.7")
+    monkeypatch.setattr(codes, "STUDY_UID_AUTHORITY", authority)
+    with DmpClient(settings_of(dmp)) as client:
+        client.publish_kos(study.report, study.kos, {})
+        monkeypatch.undo()
+        [stored] = [d for d in dmp.documents() if d["mime_type"] == "application/dicom"]
+        form = f"^^^&{authority}&ISO^" if authority else "^^^^"
+        assert f"{study.report.study_instance_uid}{form}" in " ".join(stored["reference_ids"])
+        found = client.find_by_reference_id(
+            CR_C_INS,
+            CR_C_INS_OID,
+            study_instance_uid=study.report.study_instance_uid,
+            subject=VihfSubject.from_report(study.report),
+        )
+    assert [e.unique_id for e in found if e.is_kos] == [stored["unique_id"]]

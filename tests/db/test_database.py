@@ -7,30 +7,9 @@ import threading
 from sqlalchemy import inspect, select
 
 from drimbox.config import load_config
-from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
+from drimbox.db import Database, Report
 from drimbox.source.pipeline import ReportPipeline
-
-
-def _add_reports(db: Database, count: int) -> None:
-    now = utcnow()
-    with db.session() as session:
-        for index in range(count):
-            message = Hl7Message(received_at=now, size_bytes=1, raw=b"x", ack_code="AA")
-            session.add(message)
-            session.flush()
-            session.add(
-                Report(
-                    message_id=message.id,
-                    received_at=now,
-                    updated_at=now,
-                    kind="publish",
-                    document_id=f"1.2.3.{index}",
-                    flags={"MASQUE_PS": False},
-                    state=ReportState.RECEIVED.value,
-                    attempts=0,
-                    next_attempt_at=now,
-                )
-            )
+from support.factories import add_reports
 
 
 def test_upgrade_creates_the_schema_and_is_idempotent(database: Database) -> None:
@@ -40,7 +19,7 @@ def test_upgrade_creates_the_schema_and_is_idempotent(database: Database) -> Non
 
 
 def test_report_round_trip_keeps_binary_and_json(database: Database) -> None:
-    _add_reports(database, 1)
+    add_reports(database, 1)
     with database.session() as session:
         report = session.scalars(select(Report)).one()
         report.kos = bytes(range(256)) * 10
@@ -52,7 +31,7 @@ def test_report_round_trip_keeps_binary_and_json(database: Database) -> None:
 
 
 def test_concurrent_workers_never_claim_the_same_report(database: Database) -> None:
-    _add_reports(database, 40)
+    add_reports(database, 40)
     config = load_config(environ={})
     claimed: list[int] = []
     lock = threading.Lock()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -51,6 +53,8 @@ def _pnr(
     *,
     flags: dict[str, bool] | None = None,
     replaces: str | None = None,
+    replaces_signature: str | None = None,
+    site: SourceSite = SITE,
 ) -> PnrRequest:
     uid = str(manifest_from_bytes(kos).SOPInstanceUID)
     ids = PublicationIds.derive(uid, SITE.uid_root)
@@ -60,11 +64,12 @@ def _pnr(
         kos_bytes=kos,
         ids=ids,
         signature_xml=signature,
-        site=SITE,
+        site=site,
         flags=FLAGS if flags is None else flags,
         submission_time=NOW,
         signing_time=NOW,
         replaces_entry_uuid=replaces,
+        replaces_signature_entry_uuid=replaces_signature,
     )
 
 
@@ -196,14 +201,18 @@ def test_values_come_from_our_data(
     ]
     assert slot(kos, codes.REFERENCE_ID_LIST) == [
         "ACN103^^^&1.2.250.1.925.994044785528.27&ISO^urn:ihe:iti:xds:2013:accession",
-        "1.2.250.1.213.4.5.2.1.103^^^^urn:ihe:iti:xds:2016:studyInstanceUID",
+        "1.2.250.1.213.4.5.2.1.103^^^&1.2.840.10008&ISO^urn:ihe:iti:xds:2016:studyInstanceUID",
         "OPN103^^^&1.2.250.1.213.4.5.2.6&ISO^urn:ihe:iti:xds:2013:order",
     ]
     events = {
         (c.get("nodeRepresentation"), c.findtext(f".//{{{RIM}}}Value"))
         for c in kos.iterfind(f"{{{RIM}}}Classification[@classificationScheme='{codes.DE_EVENT}']")
     }
-    assert events == {("CT", codes.MODALITY_VALUE_SET), ("774007", codes.REGION_VALUE_SET)}
+    assert events == {
+        ("ACQH004", codes.CCAM_SYSTEM),
+        ("CT", codes.MODALITY_VALUE_SET),
+        ("774007", codes.REGION_VALUE_SET),
+    }
     confidentiality = {
         c.get("nodeRepresentation")
         for c in kos.iterfind(
@@ -360,3 +369,115 @@ def test_availability_update_shape(
     }
     assert slots == {"OriginalStatus": codes.STATUS_APPROVED, "NewStatus": codes.STATUS_DELETED}
     assert _identifiers(package) == {codes.SS_PATIENT_ID, codes.SS_SOURCE_ID, codes.SS_UNIQUE_ID}
+
+
+# -- values and code systems, slot by slot against XDS.xml (issue 18 §5, issue 13 §2) --------
+
+
+def _codes(obj: etree._Element, scheme: str) -> list[tuple[str, str]]:
+    return [
+        (
+            c.get("nodeRepresentation", ""),
+            c.findtext(f"{{{RIM}}}Slot[@name='codingScheme']/{{{RIM}}}ValueList/{{{RIM}}}Value")
+            or "",
+        )
+        for c in obj.iterfind(f"{{{RIM}}}Classification[@classificationScheme='{scheme}']")
+    ]
+
+
+def _slot_values(obj: etree._Element, name: str) -> list[str]:
+    return [
+        v.text or ""
+        for v in obj.iterfind(f".//{{{RIM}}}Slot[@name='{name}']/{{{RIM}}}ValueList/{{{RIM}}}Value")
+    ]
+
+
+def _cx_shape(value: str) -> tuple[int, str, str]:
+    """A CX reduced to what is not a value of ours: its component count, its CX.4 form
+    (`&<OID>&ISO` → "&OID&ISO") and its CX.5 type."""
+    parts = value.split("^")
+    authority = re.sub(r"^&[0-9.]+&ISO$", "&OID&ISO", parts[3]) if len(parts) > 3 else ""
+    return len(parts), authority, parts[-1]
+
+
+def test_values_and_code_systems_are_those_of_xds_xml(
+    report: ImagingReport, kos_bytes: bytes, signer: XmlSigner
+) -> None:
+    sample, ours = _objects(_sample()), _objects(_pnr(report, kos_bytes, signer).body)
+    # Codes that are not ours (document kind, format, signature purpose): same value and system.
+    for role in ("KOS", "signature"):
+        for scheme in (codes.DE_CLASS, codes.DE_TYPE, codes.DE_FORMAT):
+            assert _codes(ours[role], scheme) == _codes(sample[role], scheme), (role, scheme)
+    assert _codes(ours["signature"], codes.DE_EVENT) == _codes(sample["signature"], codes.DE_EVENT)
+    # Codes that are ours: XDS.xml's code systems. The CCAM act first, then the modality (the
+    # region, absent from XDS.xml, follows).
+    ours_events = _codes(ours["KOS"], codes.DE_EVENT)
+    sample_events = _codes(sample["KOS"], codes.DE_EVENT)
+    assert [system for _, system in sample_events] == [codes.CCAM_SYSTEM, codes.MODALITY_VALUE_SET]
+    assert ours_events[:2] == [("ACQH004", codes.CCAM_SYSTEM), ("CT", codes.MODALITY_VALUE_SET)]
+    for scheme in (codes.DE_CONFIDENTIALITY, codes.DE_FACILITY_TYPE, codes.DE_PRACTICE_SETTING):
+        sample_systems = {system for _, system in _codes(sample["KOS"], scheme)}
+        assert {system for _, system in _codes(ours["KOS"], scheme)} <= sample_systems | {
+            codes.CONFIDENTIALITY_DMP_SYSTEM
+        }, scheme
+    # contentTypeCode: TRE_R209 as XDS.xml; an outpatient (AMB) exam is no "04 Hospitalisation
+    # de jour" but "07 Consultation Soins Externes".
+    [(sample_code, sample_system)] = _codes(sample["submission set"], codes.SS_CONTENT_TYPE)
+    assert (sample_code, sample_system) == ("04", codes.CONTENT_TYPE_SYSTEM)
+    assert _codes(ours["submission set"], codes.SS_CONTENT_TYPE) == [
+        ("07", codes.CONTENT_TYPE_SYSTEM)
+    ]
+    # referenceIdList: the same three references, each with its assigning authority (CX.4).
+    for role in ("KOS", "signature"):
+        mine = [_cx_shape(v) for v in _slot_values(ours[role], codes.REFERENCE_ID_LIST)]
+        theirs = [_cx_shape(v) for v in _slot_values(sample[role], codes.REFERENCE_ID_LIST)]
+        assert mine == theirs, role
+    study = next(v for v in _slot_values(ours["KOS"], codes.REFERENCE_ID_LIST) if v.endswith("UID"))
+    assert study == f"{report.study_instance_uid}^^^&1.2.840.10008&ISO^{codes.REF_STUDY_UID}"
+    # Patient ids and the institution: XDS.xml's forms (authority OIDs, types).
+    for role in ("KOS", "signature", "submission set"):
+        mine = {e.get("value", "") for e in ours[role].iter(f"{{{RIM}}}ExternalIdentifier")}
+        theirs = {e.get("value", "") for e in sample[role].iter(f"{{{RIM}}}ExternalIdentifier")}
+        assert {_cx_shape(v) for v in mine if "^" in v} == {
+            _cx_shape(v) for v in theirs if "^" in v
+        }, role
+        [institution] = _slot_values(ours[role], "authorInstitution")
+        [sample_institution] = _slot_values(sample[role], "authorInstitution")
+        assert institution.split("^")[1:] == [
+            *sample_institution.split("^")[1:-1],
+            SITE.structure_id,
+        ]
+    assert _slot_values(ours["KOS"], "authorSpecialty") == [
+        "G15_10/SM44^Médecin - Radio-diagnostic (SM)^1.2.250.1.213.1.1.4.5"
+    ]
+
+
+def test_a_structure_default_content_type_when_the_encounter_says_nothing(
+    report: ImagingReport, kos_bytes: bytes, signer: XmlSigner
+) -> None:
+    default = Code("SA08", "1.2.250.1.71.4.2.4", "Cabinet de groupe")
+    site = dataclasses.replace(SITE, content_type=default)
+    emergency = Code("EMER", "2.16.840.1.113883.5.4", "urgences")
+    for encounter, expected in ((None, default), (emergency, default)):
+        request = _pnr(
+            dataclasses.replace(report, encounter_code=encounter), kos_bytes, signer, site=site
+        )
+        package = _objects(request.body)["submission set"]
+        assert _codes(package, codes.SS_CONTENT_TYPE) == [(expected.code, expected.code_system)]
+
+
+def test_the_signature_document_is_replaced_with_its_kos(
+    report: ImagingReport, kos_bytes: bytes, signer: XmlSigner
+) -> None:
+    old_kos, old_signature = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    request = _pnr(report, kos_bytes, signer, replaces=old_kos, replaces_signature=old_signature)
+    objects = _objects(request.body)
+    rplc = {
+        (a.get("sourceObject"), a.get("targetObject"))
+        for a in request.body.iter(f"{{{RIM}}}Association")
+        if a.get("associationType") == codes.ASSOC_RPLC
+    }
+    assert rplc == {
+        (objects["KOS"].get("id"), old_kos),
+        (objects["signature"].get("id"), old_signature),
+    }

@@ -139,7 +139,8 @@ def test_publication_subject_from_the_report(report: ImagingReport) -> None:
     assert subject.profession == Code("10", codes.PROFESSION_SYSTEM, "Médecin")
     assert subject.specialty == Code("SM44", codes.SPECIALTY_SYSTEM, "Radio-diagnostic (SM)")
     assert subject.authentication_mode == "INDIRECTE"
-    assert subject.structure_id == "101235555"
+    # The structure is the publishing one (the configured structure chosen for the report).
+    assert subject.structure_id is None
 
 
 def test_consultation_subject_mode_is_carried(signer: XmlSigner, pki: TestPki) -> None:

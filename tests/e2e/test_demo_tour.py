@@ -117,7 +117,7 @@ def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
         assert page.content().count("publié au DMP") >= 2
         page.goto(f"{admin_a}/audit?utilisateur=899700100011")
         audit_page = page.content()
-        assert "image_retrieve" in audit_page and "login" in audit_page
+        assert "images servies" in audit_page and "connexion" in audit_page
         page.screenshot(path=str(ARTIFACTS / "demo-tour-admin.png"))
         browser.close()
     exported = httpx.get(f"{links['PACS B']}/instances", timeout=10).json()

@@ -50,12 +50,12 @@ from drimbox.trust import audit
 from support.dmp import local_dmp
 from support.node import RunningNode, node_config
 from support.samples import cda_of, hl7_text, with_cda
+from support.tools import chromium
 from support.trust import domain
 
 REPO = Path(__file__).resolve().parents[2]
 OHIF_DIR = REPO / "var" / "ohif"
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
 DN_A = "CN=localhost,OU=300000001830001,O=SITE A,ST=Paris (75),C=FR"
 DN_B = "CN=db-b.test.fr,OU=300000001830002,O=SITE B,ST=Paris (75),C=FR"
 IPP_B = "IPP-B-4242"
@@ -238,19 +238,8 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        _skip_or_fail("Chromium not installed (Debian package chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def launch_fields(**changes: str) -> dict[str, str]:

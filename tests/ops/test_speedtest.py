@@ -118,7 +118,7 @@ def test_latest_study_and_the_command_line(
     assert figures["study_uid"] == str(dcmread(study[0]).StudyInstanceUID)
     assert figures["throughput_mb_s"] > 0 and figures["transfer_syntaxes"] == {JPEGLSLossless: 7}
     text = runner.invoke(app, ["pacs", "speedtest", "--config", str(path)])
-    assert text.exit_code == 0 and "Première image" in text.stdout and "Mo/s" in text.stdout
+    assert text.exit_code == 0 and "Première image" in text.stdout and "o/s (" in text.stdout
     db = Database(config.store.database_url)
     rows = latest_results(db)
     db.dispose()
@@ -160,7 +160,7 @@ def test_a_result_far_below_the_previous_one_is_flagged(database: Database) -> N
     slow = SpeedResult("pacs", "PACS@h:104", "c-get", "1.2", images=100, bytes=50_000_000,
                        seconds=5.0, first_image_s=0.06)  # fmt: skip
     flag = record(database, slow).flag
-    assert "débit nettement inférieur" in flag and "10.0 Mo/s contre 31.2 Mo/s" in flag
+    assert "débit nettement inférieur" in flag and "10,0 Mo/s contre 31,2 Mo/s" in flag
     # Another method or another PACS is not compared with this one.
     other = SpeedResult("pacs", "PACS@h:104", "wado-rs", "1.2", images=1, bytes=1, seconds=9.0)
     assert record(database, other).flag == ""

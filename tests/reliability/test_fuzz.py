@@ -1,12 +1,15 @@
 """Parsers of untrusted input under fuzzing: a bounded coverage-guided run (atheris) per parser,
 seeded with the official samples, and property tests (hypothesis) on mutated samples. Only each
-parser's own error may come out."""
+parser's expected refusals may come out; a refusal marked `InternalError` (the parser caught its
+own bug) is a finding. Each run is shown able to fail: a bug injected into each parser makes its
+fuzz target and its property test report it."""
 
 from __future__ import annotations
 
-import contextlib
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,9 +20,11 @@ from drimbox.cda import CdaError, parse_report
 from drimbox.conso.common import ConsoError
 from drimbox.conso.history import read_manifest
 from drimbox.dmp.soap import SoapError, SoapFault, body_of
+from drimbox.errors import refusals_only
 from drimbox.http.multipart import closing, part_header
 from drimbox.samples import ans_file
-from support.samples import cda_of, hl7_text
+from drimbox.selftest import sample_kos
+from support.samples import hl7_text, with_cda
 
 ROOT = Path(__file__).parents[2]
 # A two-part body with the fuzz target's boundary: one part with a Content-Length, one without.
@@ -28,12 +33,15 @@ MULTIPART_BODY = (
     + b"\r\n" + part_header("b0und", "application/dicom") + b"\r\n--b0un\r\n"
     + closing("b0und")
 )  # fmt: skip
+# The official CDA with its PDF cut to a few bytes: whole and well-formed, small enough to fuzz.
+SMALL_CDA = re.sub(rb'(representation="B64">)[^<]+', rb"\1JVBERi0xLjQK",
+                   ans_file("cda/CR_C.xml").read_bytes())  # fmt: skip
 SEEDS = {
-    "hl7": [hl7_text("CR_C-ORU.hl7").encode()[:4000],
+    "hl7": [with_cda(hl7_text("CR_C-ORU.hl7"), SMALL_CDA).encode(),
             hl7_text("CR_W_Suppression-OMI.hl7").encode()],
-    "cda": [ans_file("cda/CR_C.xml").read_bytes()[:20000]],
-    "kos": [],
-    "soap": [ans_file("validators/XDS.xml").read_bytes()[:8000]],
+    "cda": [SMALL_CDA],
+    "kos": [sample_kos()],  # and the official KOS, written by `_seed_corpus`
+    "soap": [ans_file("validators/XDS.xml").read_bytes()],
     "whitelist": [ans_file("whitelist/LISTEBLANCHE_DRIM-M_SIGNEE_TEST.xml").read_bytes()],
     "accept": [ans_file("validators/wado-rs-series-request.txt").read_bytes().splitlines()[1]],
     "launch": [b"Patient.identifier.value=279035121518989"
@@ -48,20 +56,77 @@ SEEDS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("target", sorted(SEEDS))
-def test_bounded_coverage_guided_run(target: str, tmp_path: Path) -> None:
-    corpus = tmp_path / "corpus"
+RUNS = 1500
+OFFICIAL_KOS_DUMP = ans_file("informatif/Manifest_KOS_dump.xml")
+
+
+def _seed_corpus(target: str, folder: Path) -> Path:
+    corpus = folder / "corpus"
     corpus.mkdir()
     for index, seed in enumerate(SEEDS[target]):
         (corpus / f"seed{index}").write_bytes(seed)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "fuzz" / "targets.py"), target, "-runs=1500",
-         "-max_len=20000", "-timeout=10", "-rss_limit_mb=2048", str(corpus)],
+    if target == "kos":  # the official KOS, back from its dcm2xml dump to Part-10 bytes
+        subprocess.run(["xml2dcm", str(OFFICIAL_KOS_DUMP), str(corpus / "official.dcm")],
+                       check=True, capture_output=True)  # fmt: skip
+    return corpus
+
+
+def _fuzz(target: str, folder: Path, inject: str = "") -> subprocess.CompletedProcess[str]:
+    """A bounded atheris run of `target`; `inject` is Python run after the import of the targets
+    (and of the parsers), before fuzzing: the place to plant a bug."""
+    program = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'fuzz')!r}); import targets\n{inject}\n"
+        "targets.main(sys.argv)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", program, target, f"-runs={RUNS}", "-max_len=40000",
+         "-timeout=10", "-rss_limit_mb=2048", str(_seed_corpus(target, folder))],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("target", sorted(SEEDS))
+def test_bounded_coverage_guided_run(target: str, tmp_path: Path) -> None:
+    result = _fuzz(target, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    assert "Done 1500 runs" in output or "DONE" in output.upper(), output[-2000:]
+    assert f"Done {RUNS} runs in " in output, output[-2000:]
+
+
+# Per target, a function of its parser that every seed reaches (module, attribute path).
+BUG_SITES = {
+    "hl7": ("drimbox.hl7.message", "_get"),
+    "cda": ("drimbox.cda.parser", "_patient"),
+    "kos": ("drimbox.conso.history", "_manifest"),
+    "soap": ("drimbox.dmp.soap", "_local"),
+    "whitelist": ("drimbox.trust.whitelist", "_content"),
+    "accept": ("drimbox.http.accept", "_media_range"),
+    "launch": ("drimbox.conso.launch", "_normalise"),
+    "multipart": ("drimbox.http.multipart_client", "PartScanner._part_head"),
+}
+INJECTED = "injected parser bug"
+
+
+def _buggy(*_args: object, **_kwargs: object) -> None:
+    raise IndexError(INJECTED)
+
+
+@pytest.mark.parametrize("target", sorted(BUG_SITES))
+def test_the_fuzz_target_reports_an_injected_bug(target: str, tmp_path: Path) -> None:
+    module, path = BUG_SITES[target]
+    owner, _, name = path.rpartition(".")
+    where = f"importlib.import_module({module!r})" + (f".{owner}" if owner else "")
+    inject = (
+        "import importlib\n"
+        "def buggy(*args, **kwargs):\n"
+        f"    raise IndexError({INJECTED!r})\n"
+        f"setattr({where}, {name!r}, buggy)"
+    )
+    result = _fuzz(target, tmp_path, inject)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert "Uncaught Python exception" in output, output[-2000:]
+    assert INJECTED in output, output[-2000:]
 
 
 def _mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:
@@ -78,21 +143,45 @@ EDITS = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(EDITS)
 def test_mutated_cda_only_raises_cda_errors(edits: list[tuple[int, int]]) -> None:
-    data = _mutate(cda_of(hl7_text("CR_C-ORU.hl7"))[:30000], edits)
-    with contextlib.suppress(CdaError):
+    data = _mutate(SMALL_CDA, edits)
+    with refusals_only(CdaError):
         parse_report(data)
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.binary(max_size=2000))
-def test_arbitrary_bytes_as_a_kos_only_raise_conso_errors(data: bytes) -> None:
-    with pytest.raises(ConsoError):
-        read_manifest(b"\0" * 128 + b"DICM" + data)
+KOS = sample_kos()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(EDITS)
+def test_mutated_kos_only_raises_kos_refusals(edits: list[tuple[int, int]]) -> None:
+    data = _mutate(KOS, edits)
+    with refusals_only(ConsoError):
+        manifest = read_manifest(data)
+        # What a damaged KOS still yields is read from it, not invented.
+        assert manifest.study_uid.encode() in data
+        assert all(series.series_uid.encode() in data for series in manifest.series)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(EDITS)
 def test_mutated_soap_only_raises_soap_errors(edits: list[tuple[int, int]]) -> None:
     data = _mutate(ans_file("validators/XDS.xml").read_bytes(), edits)
-    with contextlib.suppress(SoapError, SoapFault):
+    with refusals_only(SoapError, SoapFault):
         body_of(data)
+
+
+PROPERTY_TESTS: dict[str, Callable[[], None]] = {
+    "cda": test_mutated_cda_only_raises_cda_errors,
+    "kos": test_mutated_kos_only_raises_kos_refusals,
+    "soap": test_mutated_soap_only_raises_soap_errors,
+}  # the whitelist's: tests/trust/test_whitelist_fuzz.py
+
+
+@pytest.mark.parametrize("target", sorted(PROPERTY_TESTS))
+def test_the_property_test_reports_an_injected_bug(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, name = BUG_SITES[target]
+    monkeypatch.setattr(f"{module}.{name}", _buggy)
+    with pytest.raises(Exception, match=INJECTED):
+        PROPERTY_TESTS[target]()

@@ -12,17 +12,21 @@ import base64
 import copy
 import datetime as dt
 import hashlib
-import os
+import io
 import re
+import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import xmlsec
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from lxml import etree
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from drimbox.samples import ANS_DIR
 from drimbox.sim.dmp import checks
@@ -81,12 +85,27 @@ GET_ASSOCIATIONS = "urn:uuid:a7ae438b-4bc2-4642-93e9-be891f7bb155"
 APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
 DEPRECATED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"
 DELETED = "urn:asip:ci-sis:2010:StatusType:Deleted"
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 
 SIGN_METHODS = {
     "rsa-sha1": (xmlsec.constants.TransformRsaSha1, xmlsec.constants.TransformSha1),
     "rsa-sha256": (xmlsec.constants.TransformRsaSha256, xmlsec.constants.TransformSha256),
     "rsa-sha512": (xmlsec.constants.TransformRsaSha512, xmlsec.constants.TransformSha512),
 }
+
+
+STRUCTURE = "499700367909006"  # XDS.xml's structure (its certificate's OU)
+
+
+def tls_client(
+    base_url: str, ca: Path, auth: Issued | None, *, timeout: float = 30
+) -> httpx.Client:
+    """A client of the simulator over mutual TLS with a structure's ORG AUTH certificate."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if auth is not None:
+        assert auth.cert_path is not None and auth.key_path is not None
+        context.load_cert_chain(str(auth.cert_path), str(auth.key_path))
+    return httpx.Client(base_url=base_url, verify=context, timeout=timeout)
 
 
 def sample() -> etree._Element:
@@ -102,9 +121,45 @@ def new_uid() -> str:
     return f"1.2.826.0.1.3680043.8.498.{uuid.uuid4().int % 10**20}"
 
 
-def kos_bytes(size: int = 4000) -> bytes:
-    """DICOM Part 10 shaped bytes (preamble + DICM): the simulator checks no more."""
-    return b"\0" * 128 + b"DICM" + os.urandom(size)
+def kos_bytes(
+    sop_instance_uid: str | None = None,
+    study_uid: str | None = None,
+    ins: str = INS,
+    ins_oid: str = INS_OID,
+) -> bytes:
+    """A Key Object Selection document (Part 10) of the patient, built here with pydicom (not by
+    the box): the simulator reads its class, instance, patient and study."""
+    study_uid = study_uid or new_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = KOS_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid or new_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = KOS_SOP_CLASS
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID = ins
+    issuer = Dataset()
+    issuer.UniversalEntityID = ins_oid
+    issuer.UniversalEntityIDType = "ISO"
+    ds.IssuerOfPatientIDQualifiersSequence = [issuer]
+    ds.PatientName = "PAT-TROIS^DOMINIQUE"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = new_uid()
+    ds.Modality = "KO"
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    instance.ReferencedSOPInstanceUID = new_uid()
+    series = Dataset()
+    series.SeriesInstanceUID = new_uid()
+    series.ReferencedSOPSequence = [instance]
+    evidence = Dataset()
+    evidence.StudyInstanceUID = study_uid
+    evidence.ReferencedSeriesSequence = [series]
+    ds.CurrentRequestedProcedureEvidenceSequence = [evidence]
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +222,7 @@ def make_vihf(signer: Issued, spec: VihfSpec | None = None) -> etree._Element:
     assert name_id is not None
     name_id.text = spec.name_id
     values = {
-        "Identifiant_Structure": "499700367909006",
+        "Identifiant_Structure": STRUCTURE,
         "LPS_ID": "DRIMBOX-TEST",
         "LPS_Nom": "DRIMbox",
         "LPS_Version": "0.1.0",
@@ -503,8 +558,9 @@ def make_publication(
     for element in request.iter(f"{{{RIM}}}ExternalIdentifier"):
         if element.get("value", "").endswith("^NH"):
             element.set("value", patient_id)
-    kos = kos if kos is not None else kos_bytes()
     kos_uid = kos_uid or new_uid()
+    study_uid = study_uid or new_uid()
+    kos = kos if kos is not None else kos_bytes(kos_uid, study_uid, patient_id.split("^")[0])
     signature_uid, set_uid = new_uid(), new_uid()
     _set_identifier(
         request, "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab", "DocumentKOS", kos_uid
@@ -515,13 +571,12 @@ def make_publication(
     _set_identifier(
         request, "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8", "SubmissionSet01", set_uid
     )
-    if study_uid is not None:
-        for value in request.iterfind(
-            ".//rim:Slot[@name='urn:ihe:iti:xds:2013:referenceIdList']/rim:ValueList/rim:Value",
-            NS,
-        ):
-            if (value.text or "").endswith("studyInstanceUID"):
-                value.text = f"{study_uid}^^^&1.2.3.4.5.6&ISO^urn:ihe:iti:xds:2016:studyInstanceUID"
+    for value in request.iterfind(
+        ".//rim:Slot[@name='urn:ihe:iti:xds:2013:referenceIdList']/rim:ValueList/rim:Value",
+        NS,
+    ):
+        if (value.text or "").endswith("studyInstanceUID"):
+            value.text = f"{study_uid}^^^&1.2.3.4.5.6&ISO^urn:ihe:iti:xds:2016:studyInstanceUID"
     signature = signature_document(document_signer or signer, {kos_uid: kos})
     _set_document(request, "DocumentKOS", kos)
     _set_document(request, "Signature01", signature)

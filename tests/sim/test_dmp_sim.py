@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import io
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
 from lxml import etree
 from test_dmp_requests import (
@@ -30,9 +33,11 @@ from test_dmp_requests import (
     ITI18,
     ITI43,
     ITI57,
+    KOS_SOP_CLASS,
     NS,
     PATIENT_ID,
     RIM,
+    STRUCTURE,
     TD02,
     TD03,
     USER_ID,
@@ -44,45 +49,62 @@ from test_dmp_requests import (
     kos_bytes,
     make_publication,
     make_vihf,
+    new_uid,
     post,
     retrieve_request,
     stored_query,
     td02_request,
     td03_request,
+    tls_client,
     update_status_request,
 )
 
 from drimbox.sim.dmp import DmpSimSettings, KnownPatient, LocalDmp
-from drimbox.sim.pki import Issued, TestPki
+from drimbox.sim.pki import Issued, StructureCertificates, TestPki, structure_certificates
 from drimbox.sim.ports import free_port
 
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
+OTHER_STRUCTURE = "300000001830002"
 
 
 @dataclass
 class Keys:
     pki: TestPki
-    signer: Issued
+    ca_path: Path
+    server: Issued  # the simulated DMP's TLS certificate
+    auth: Issued  # the structure's ORG AUTH (TLS client)
+    signer: Issued  # the structure's ORG SIGN (VIHF, signature document)
     stranger: Issued  # same subject, another CA
+    other: StructureCertificates  # another structure, same CA
 
 
 @pytest.fixture(scope="module")
-def keys() -> Keys:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    folder = tmp_path_factory.mktemp("sim-pki")
     pki = TestPki()
-    subject = {
-        "organizational_unit": "499700367909006",
-        "organization": "CABINET M DOC0036790",
-        "state": "Paris (75)",
-    }
-    signer = pki.issue("DRIMbox", usage="sign", **subject)  # type: ignore[arg-type]
-    stranger = TestPki("AC PIRATE").issue("DRIMbox", usage="sign", **subject)  # type: ignore[arg-type]
-    return Keys(pki, signer, stranger)
+    own = structure_certificates(folder, pki, STRUCTURE)
+    other = structure_certificates(folder, pki, OTHER_STRUCTURE, prefix="other")
+    stranger = TestPki("AC PIRATE").issue(
+        "DRIMbox",
+        usage="sign",
+        organizational_unit=STRUCTURE,
+        organization="CABINET M DOC0036790",
+        state="Paris (75)",
+    )
+    server = pki.issue("dmp.test", usage="server", dns_names=("127.0.0.1",)).write(folder, "srv")
+    return Keys(
+        pki, pki.ca.write(folder, "ca").cert_path or folder, server, own.auth, own.signing,
+        stranger, other,
+    )  # fmt: skip
 
 
 def settings_for(tmp_path: Path, keys: Keys, **changes: object) -> DmpSimSettings:
     return DmpSimSettings(
         database_path=tmp_path / "dmp.db",
         trusted_vihf_certs=[keys.pki.ca.cert_pem],
+        tls_cert=keys.server.cert_path,
+        tls_key=keys.server.key_path,
+        client_ca=keys.ca_path,
         extra_patients=(
             KnownPatient("180000000000001", has_dmp=False),
             KnownPatient("180000000000002", blocked=frozenset({USER_ID})),
@@ -98,8 +120,8 @@ def dmp(tmp_path: Path, keys: Keys) -> Iterator[LocalDmp]:
 
 
 @pytest.fixture
-def client(dmp: LocalDmp) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=dmp.url, timeout=30) as http:
+def client(dmp: LocalDmp, keys: Keys) -> Iterator[httpx.Client]:
+    with tls_client(dmp.url, keys.ca_path, keys.auth) as http:
         yield http
 
 
@@ -700,16 +722,16 @@ def test_stop_and_restart_keep_the_registry(tmp_path: Path, keys: Keys) -> None:
     simulator = LocalDmp(settings_for(tmp_path, keys)).start()
     try:
         publication = make_publication(keys.signer)
-        with httpx.Client(base_url=simulator.url, timeout=30) as http:
+        with tls_client(simulator.url, keys.ca_path, keys.auth) as http:
             assert publish(http, keys, publication).status == "Success"
         simulator.stop()
         with (
-            httpx.Client(base_url=simulator.url, timeout=5) as http,
+            tls_client(simulator.url, keys.ca_path, keys.auth, timeout=5) as http,
             pytest.raises(httpx.ConnectError),
         ):
             http.get("/sim/health")
         simulator.start()
-        with httpx.Client(base_url=simulator.url, timeout=30) as http:
+        with tls_client(simulator.url, keys.ca_path, keys.auth) as http:
             assert by_unique_id(http, publication.kos_uid)["status"] == "Approved"
             assert http.get("/sim/stats").json()["ITI-41:Success"] == 1
             again = publish(http, keys, publication)
@@ -718,9 +740,11 @@ def test_stop_and_restart_keep_the_registry(tmp_path: Path, keys: Keys) -> None:
         simulator.stop()
 
 
-def test_kos_bytes_helper_is_part10_shaped() -> None:
-    data = kos_bytes(10)
-    assert data[128:132] == b"DICM"
+def test_kos_bytes_helper_is_a_kos_of_the_patient() -> None:
+    dataset = pydicom.dcmread(io.BytesIO(kos_bytes("1.2.3.4", "1.2.3.5")))
+    assert dataset.SOPClassUID == KOS_SOP_CLASS
+    assert (dataset.SOPInstanceUID, dataset.StudyInstanceUID) == ("1.2.3.4", "1.2.3.5")
+    assert dataset.PatientID == INS
 
 
 def test_a_user_publishing_directly_needs_an_authorisation(
@@ -736,18 +760,18 @@ def test_a_user_publishing_directly_needs_an_authorisation(
 
 
 def test_the_cli_hook_serves_until_stopped(tmp_path: Path, keys: Keys) -> None:
-    cert = tmp_path / "ca.pem"
-    cert.write_bytes(keys.pki.ca.cert_pem)
+    cert = keys.ca_path
     port = free_port()
     code = (
         "from pathlib import Path; from drimbox.sim.dmp import run_dmp_simulator; "
         f"run_dmp_simulator('127.0.0.1', {port}, Path({str(tmp_path / 'cli.db')!r}), "
-        f"[Path({str(cert)!r})])"
+        f"[Path({str(cert)!r})], Path({str(keys.server.cert_path)!r}), "
+        f"Path({str(keys.server.key_path)!r}), Path({str(cert)!r}))"
     )
     process = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 30
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        with tls_client(f"https://127.0.0.1:{port}", cert, keys.auth, timeout=5) as http:
             while True:
                 try:
                     if http.get("/sim/health").status_code == 200:
@@ -763,3 +787,149 @@ def test_the_cli_hook_serves_until_stopped(tmp_path: Path, keys: Keys) -> None:
         process.terminate()
         process.wait(timeout=15)
     assert (tmp_path / "cli.db").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the DMP refuses (issue 18 §1): each probe that once got "Success"
+
+
+def _fault(client: httpx.Client, vihf: etree._Element, keys: Keys) -> tuple[str, str]:
+    answer = post(client, "repository", make_publication(keys.signer).envelope(vihf), mtom=True)
+    assert answer.status_code == 500
+    return answer.fault_code, answer.fault_subcode
+
+
+def _other_vihf(keys: Keys, **kwargs: object) -> etree._Element:
+    spec = VihfSpec(overrides={"Identifiant_Structure": OTHER_STRUCTURE}, **kwargs)  # type: ignore[arg-type]
+    return make_vihf(keys.other.signing, spec)
+
+
+@pytest.mark.parametrize("signer", ["tls-auth", "dmp-server"])
+def test_a_vihf_signed_by_a_certificate_that_is_no_signing_certificate_is_refused(
+    client: httpx.Client, keys: Keys, signer: str
+) -> None:
+    certificate = keys.auth if signer == "tls-auth" else keys.server
+    vihf = make_vihf(certificate)
+    assert _fault(client, vihf, keys) == ("DMPVihfCertificatUsage", "wsse:FailedAuthentication")
+    assert view(client) == []
+
+
+def test_a_signature_document_signed_by_the_tls_certificate_is_refused(
+    client: httpx.Client, keys: Keys
+) -> None:
+    publication = make_publication(keys.signer, document_signer=keys.auth)
+    answer = publish(client, keys, publication)
+    assert answer.error_codes == ["DMPSignatureLotInvalide"]
+    assert "nonRepudiation" in answer.error_contexts
+    assert view(client) == []
+
+
+def test_a_vihf_structure_other_than_the_tls_certificate_is_refused(
+    client: httpx.Client, keys: Keys
+) -> None:
+    vihf = make_vihf(keys.signer, VihfSpec(overrides={"Identifiant_Structure": OTHER_STRUCTURE}))
+    assert _fault(client, vihf, keys) == ("DMPStructureIncoherente", "wsse:InvalidSecurityToken")
+    assert view(client) == []
+
+
+def test_a_vihf_signed_by_another_structure_than_the_tls_client_is_refused(
+    dmp: LocalDmp, keys: Keys
+) -> None:
+    # The other structure's TLS certificate, the VIHF naming it, but signed by ours.
+    vihf = make_vihf(keys.signer, VihfSpec(overrides={"Identifiant_Structure": OTHER_STRUCTURE}))
+    with tls_client(dmp.url, keys.ca_path, keys.other.auth) as other:
+        assert _fault(other, vihf, keys) == (
+            "DMPStructureIncoherente",
+            "wsse:InvalidSecurityToken",
+        )
+
+
+def test_only_an_authentication_certificate_opens_the_tls_connection(
+    dmp: LocalDmp, keys: Keys
+) -> None:
+    # A signing certificate (no digitalSignature) fails the handshake itself.
+    with (
+        tls_client(dmp.url, keys.ca_path, keys.signer) as wrong,
+        pytest.raises(httpx.TransportError),
+    ):
+        wrong.get("/sim/health")
+    # The DMP's own server certificate authenticates no structure.
+    with tls_client(dmp.url, keys.ca_path, keys.server) as server:
+        assert _fault(server, make_vihf(keys.signer), keys) == (
+            "DMPStructureIncoherente",
+            "wsse:InvalidSecurityToken",
+        )
+
+
+def test_an_unknown_vihf_version_is_refused(client: httpx.Client, keys: Keys) -> None:
+    vihf = make_vihf(keys.signer, VihfSpec(overrides={"VIHF_Version": "99"}))
+    assert _fault(client, vihf, keys) == (
+        "DMPVihfVersionNonSupportee",
+        "wsse:InvalidSecurityToken",
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "phrase"),
+    [
+        ("random", "KOS"),  # unreadable, or read as no KOS
+        ("other-patient", "PatientID « 180000000000002 »"),
+        ("other-study", "StudyInstanceUID"),
+        ("other-uid", "SOPInstanceUID"),
+    ],
+)
+def test_a_kos_that_is_not_the_patients_kos_is_refused(
+    client: httpx.Client, keys: Keys, case: str, phrase: str
+) -> None:
+    uid = new_uid()
+    kos = {
+        "random": b"\0" * 128 + b"DICM" + os.urandom(4000),
+        "other-patient": kos_bytes(uid, ins="180000000000002"),
+        "other-study": kos_bytes(uid),  # its own study, not the one in referenceIdList
+        "other-uid": kos_bytes(new_uid()),
+    }[case]
+    publication = make_publication(keys.signer, kos=kos, kos_uid=uid)
+    answer = publish(client, keys, publication)
+    assert "XDSRepositoryMetadataError" in answer.error_codes
+    assert phrase in answer.error_contexts
+    assert view(client) == []
+
+
+def test_only_the_owner_structure_deletes_or_replaces(
+    dmp: LocalDmp, client: httpx.Client, keys: Keys
+) -> None:
+    publication = make_publication(keys.signer)
+    assert publish(client, keys, publication).status == "Success"
+    entry_uuid = _entry_uuid(client, keys, publication.kos_uid)
+    with tls_client(dmp.url, keys.ca_path, keys.other.auth) as other:
+        delete = envelope(ITI57, "registry", update_status_request(entry_uuid), _other_vihf(keys))
+        answer = post(other, "registry", delete)
+        assert answer.error_codes == ["DMPAccesRefuse"]
+        assert OTHER_STRUCTURE in answer.error_contexts
+        replacement = make_publication(keys.other.signing)
+        replacement.add_rplc(entry_uuid)
+        answer = post(other, "repository", replacement.envelope(_other_vihf(keys)), mtom=True)
+        assert answer.error_codes == ["DMPAccesRefuse"]
+    assert by_unique_id(client, publication.kos_uid)["status"] == "Approved"
+    # The owner may.
+    delete = envelope(ITI57, "registry", update_status_request(entry_uuid), make_vihf(keys.signer))
+    assert post(client, "registry", delete).status == "Success"
+
+
+def test_another_structure_without_authorisation_sees_nothing(
+    dmp: LocalDmp, client: httpx.Client, keys: Keys
+) -> None:
+    publication = make_publication(keys.signer)
+    assert publish(client, keys, publication).status == "Success"
+    query = envelope(ITI18, "registry", find_documents(), make_vihf(keys.signer))
+    own = post(client, "registry", query)
+    assert len(own.body.findall("rim:RegistryObjectList/rim:ExtrinsicObject", NS)) == 2
+    with tls_client(dmp.url, keys.ca_path, keys.other.auth) as other:
+        query = envelope(ITI18, "registry", find_documents(), _other_vihf(keys))
+        found = post(other, "registry", query)
+        assert found.status == "Success"
+        assert found.body.findall("rim:RegistryObjectList/rim:ExtrinsicObject", NS) == []
+        retrieve = envelope(
+            ITI43, "repository", retrieve_request(publication.kos_uid), _other_vihf(keys)
+        )
+        assert post(other, "repository", retrieve).error_codes == ["XDSDocumentUniqueIdError"]

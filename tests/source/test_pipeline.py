@@ -95,7 +95,9 @@ def test_sample_report_to_kos(pacs: LocalOrthanc, tmp_path: Path) -> None:
     env = {"DRIMBOX_STORE__DATABASE_URL": config.store.database_url}
     listed = runner.invoke(app, ["reports", "list", "--json"], env=env)
     assert listed.exit_code == 0, listed.output
-    [row] = json.loads(listed.stdout)
+    page = json.loads(listed.stdout)
+    assert (page["total"], page["truncated"], page["next_offset"]) == (1, False, None)
+    [row] = page["reports"]
     assert row["state"] == "publishing" and row["accession"] == "ACN103"
     assert row["kos_sop_instance_uid"] == kos.SOPInstanceUID
     out = tmp_path / "out.dcm"

@@ -13,9 +13,11 @@ import httpx
 
 from drimbox.sim.dmp.server import LocalDmp
 from drimbox.sim.dmp.settings import DmpSimSettings
-from drimbox.sim.pki import DEMO_STRUCTURE, SiteCertificates, TestPki, site_certificates
+from drimbox.sim.pki import SiteCertificates, TestPki, site_certificates
 
-STRUCTURE = DEMO_STRUCTURE
+# The organisation of the official CDA's legal authenticator (CR_C.xml): the site's structure, so
+# the DMP's certificates name it (OU) like the VIHF and the metadata do.
+STRUCTURE = "101235555"
 
 
 @dataclass
@@ -68,7 +70,7 @@ class DmpEnvironment:
 def local_dmp(
     folder: Path, pki: TestPki | None = None, **settings: Any
 ) -> Iterator[DmpEnvironment]:
-    certs = site_certificates(folder / "pki", pki)
+    certs = site_certificates(folder / "pki", pki, structure_id=STRUCTURE)
     assert certs.server.cert_path and certs.server.key_path and certs.ca.cert_path
     sim_settings = DmpSimSettings(
         database_path=folder / "dmp.db",

@@ -15,6 +15,7 @@ from drimbox.cda.model import (
     Patient,
     PersonName,
 )
+from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
 from drimbox.dicom.model import InstanceRef, SeriesSnapshot, StudySnapshot
 
 CR_C_STUDY_UID = "1.2.250.1.213.4.5.2.1.103"
@@ -64,7 +65,9 @@ def make_report(**overrides: Any) -> ImagingReport:
         accession_number=CR_C_ACCESSION,
         placer_order=CR_C_ORDER,
         act_code=Code("24727-0", "2.16.840.1.113883.6.1", "CT Head W contrast IV"),
-        act_translations=(),
+        act_translations=(
+            Code("ACQH004", "1.2.250.1.213.2.5", "Scanographie du crâne avec injection"),
+        ),
         modalities=(Code("CT", "1.2.840.10008.2.16.4", "Computed Tomography"),),
         regions=(Code("774007", "2.16.840.1.113883.6.96", "Head and Neck"),),
         service_start=datetime(2021, 1, 8, 10, 0, tzinfo=_PARIS),
@@ -77,6 +80,7 @@ def make_report(**overrides: Any) -> ImagingReport:
         replaced_document_id=None,
         viewer_url=None,
         document_code=Code("18748-4", "2.16.840.1.113883.6.1", "CR d'imagerie médicale"),
+        encounter_code=Code("AMB", "2.16.840.1.113883.5.4", "ambulatoire (hors établissement)"),
     )
     return dataclasses.replace(report, **overrides)
 
@@ -113,3 +117,26 @@ def make_snapshot(report: ImagingReport, instances: int = 3) -> StudySnapshot:
         referring_physician_name="",
         series=(series,),
     )
+
+
+def add_reports(db: Database, count: int, first: int = 0) -> None:
+    """`count` received reports, numbered from `first` (document ids 1.2.3.N)."""
+    now = utcnow()
+    with db.session() as session:
+        for index in range(first, first + count):
+            message = Hl7Message(received_at=now, size_bytes=1, raw=b"x", ack_code="AA")
+            session.add(message)
+            session.flush()
+            session.add(
+                Report(
+                    message_id=message.id,
+                    received_at=now,
+                    updated_at=now,
+                    kind="publish",
+                    document_id=f"1.2.3.{index}",
+                    flags={"MASQUE_PS": False},
+                    state=ReportState.RECEIVED.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                )
+            )

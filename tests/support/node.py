@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import select
 
 from drimbox.config import Config, load_config
@@ -110,3 +111,10 @@ class RunningNode:
     def reports(self) -> list[Report]:
         with self.node.db.session() as session:
             return list(session.scalars(select(Report).order_by(Report.id)))
+
+
+def signed_in(node: RunningNode, user: str) -> httpx.Client:
+    """A browser signed in to the node's viewer origin through the PSC simulator as `user`."""
+    browser = httpx.Client(follow_redirects=True, timeout=30)
+    browser.get(f"{node.viewer_url}/connexion", params={"login_hint": user, "next": "/admin"})
+    return browser

@@ -22,8 +22,9 @@ def config_environ(config: Config) -> dict[str, str]:
     return {
         f"DRIMBOX_{section.upper()}__{key.upper()}": str(value)
         for section, values in config.model_dump().items()
+        if section in PROCESS_SECTIONS
         for key, value in values.items()
-        if section in PROCESS_SECTIONS and not isinstance(value, list)
+        if not isinstance(value, list)
     }
 
 
@@ -45,12 +46,20 @@ def wait_for_port(
 class NodeProcess:
     """`drimbox serve --config FILE` in a subprocess, with an MLLP port chosen here."""
 
-    def __init__(self, config_file: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_file: Path,
+        *,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        http_port: int | None = None,
+    ) -> None:
         self.config_file = config_file
         self.hl7_port = free_port()
+        self.http_port = http_port  # waited for as well when given
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = config_file.parent / "node.log"
+        self.log_path = log_path or config_file.parent / "node.log"
 
     def start(self, **env: str) -> NodeProcess:
         environ = {
@@ -67,7 +76,10 @@ class NodeProcess:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_for_port(self.hl7_port, process=self.process)
+        # Generous: a loaded CI machine may take long to import and start a node.
+        wait_for_port(self.hl7_port, 120, process=self.process)
+        if self.http_port is not None:
+            wait_for_port(self.http_port, 120, process=self.process)
         return self
 
     def kill(self) -> None:

@@ -116,3 +116,15 @@ def cda_version(
         assert event_id is not None
         cda = cda[:end] + block.replace(event_id.group(1), extra_study) + cda[end:]
     return with_cda(text, cda.encode("utf-8"))
+
+
+def exam_variant(text: str, index: int) -> str:
+    """The sample report for another exam of the patient: new CDA id, study UID, accession."""
+    cda = (
+        cda_of(text)
+        .replace(f'<id root="{CDA_ID_C}"/>'.encode(), f'<id root="{CDA_ID_C}.{index}"/>'.encode())
+        .replace(b'<id root="1.2.250.1.213.4.5.2.1.103"/>',
+                 f'<id root="1.2.250.1.213.4.5.2.1.103.{index}"/>'.encode())
+        .replace(b'extension="ACN103"', f'extension="ACN103-{index}"'.encode())
+    )  # fmt: skip
+    return with_cda(text, cda)

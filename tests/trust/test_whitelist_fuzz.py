@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drimbox.errors import InternalError
 from drimbox.trust.errors import WhitelistError
-from drimbox.trust.whitelist import UNEXPECTED, Whitelist, verify_whitelist
+from drimbox.trust.whitelist import Whitelist, verify_whitelist
 from support.trust import NOW, SIGNED, official_root
 
 ORIGINAL = SIGNED.read_bytes()
@@ -83,7 +85,7 @@ def test_random_mutations_never_yield_another_list(edit: tuple[str, int, bytes |
     try:
         whitelist = verify_whitelist(mutated, ANCHORS, now=NOW)
     except WhitelistError as error:
-        assert UNEXPECTED not in error.detail, f"mutation {edit!r}: {error.detail}"
+        assert not isinstance(error, InternalError), f"mutation {edit!r}: {error.detail}"
         return
     assert _same_content(whitelist), f"mutation {edit!r} accepted with other content"
 
@@ -97,6 +99,15 @@ def test_any_change_of_a_signed_character_is_refused(position: int, replacement:
     try:
         verify_whitelist(mutated, ANCHORS, now=NOW)
     except WhitelistError as error:
-        assert UNEXPECTED not in error.detail, f"change at {position}: {error.detail}"
+        assert not isinstance(error, InternalError), f"change at {position}: {error.detail}"
         return
     raise AssertionError(f"change at {position} to {chr(replacement)!r} was accepted")
+
+
+def test_the_mutation_test_reports_an_injected_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    def buggy(*_args: object) -> None:
+        raise IndexError("injected bug")
+
+    monkeypatch.setattr("drimbox.trust.whitelist._content", buggy)
+    with pytest.raises(AssertionError, match="injected bug"):
+        test_random_mutations_never_yield_another_list()

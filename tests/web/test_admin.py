@@ -4,6 +4,7 @@ trail, status and cache pages, over a real node and the PSC simulator."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from html import unescape
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from drimbox.db import Hl7Message, Report, ReportState, utcnow
 from drimbox.sim.psc import LocalPsc
 from drimbox.trust import audit
-from support.node import RunningNode, node_config
+from support.node import RunningNode, node_config, signed_in
 
 ADMIN = "899700100011"  # the simulator's `radiologue`
 
@@ -43,12 +44,6 @@ def node(tmp_path: Path) -> Iterator[RunningNode]:
             yield running
 
 
-def signed_in(node: RunningNode, user: str) -> httpx.Client:
-    browser = httpx.Client(follow_redirects=True, timeout=30)
-    browser.get(f"{node.viewer_url}/connexion", params={"login_hint": user, "next": "/admin"})
-    return browser
-
-
 def test_console_for_an_administrator(node: RunningNode) -> None:
     base = node.viewer_url
     browser = signed_in(node, "radiologue")
@@ -62,8 +57,14 @@ def test_console_for_an_administrator(node: RunningNode) -> None:
         assert "nouvelle interrogation du PACS" in retried.text
         assert "Aucune liste blanche configurée" in browser.get(f"{base}/admin/liste-blanche").text
         traces = browser.get(f"{base}/admin/audit", params={"utilisateur": ADMIN})
-        assert "report_retry" in traces.text and "login" in traces.text
-        assert "Mo utilisés" in browser.get(f"{base}/admin/cache").text
+        # French labels for people; the codes stay in the JSON export (below).
+        assert "relance d'un compte rendu" in unescape(traces.text) and "connexion" in traces.text
+        assert "administrateur" in traces.text and "report_retry" not in traces.text
+        assert ">publication<" in reports.text and ">publish<" not in reports.text
+        cache = browser.get(f"{base}/admin/cache").text
+        assert ("utilisés sur" in cache and " Mo" in cache) or "octet" in cache
+        purged = browser.post(f"{base}/admin/cache/purger")
+        assert "Cache vidé" in purged.text and "PurgeResult" not in purged.text
     finally:
         browser.close()
     actions = [e["action"] for e in audit.events(node.node.db, actor=ADMIN)]
@@ -102,6 +103,6 @@ def test_status_page_keeps_the_last_speed_tests(node: RunningNode) -> None:
     finally:
         browser.close()
     assert "Derniers tests de débit" in page
-    assert "PACS@pacs:104" in page and "300 images, 150.0 Mo, 15.0 Mo/s" in page
-    assert "EN BAISSE" in page and "75.0 Mo/s" in page  # the previous run, with its date
+    assert "PACS@pacs:104" in page and "300 images, 150,0 Mo, 15,0 Mo/s" in page
+    assert "EN BAISSE" in page and "75,0 Mo/s" in page  # the previous run, with its date
     assert "db7.exemple.fr" in page and "ÉCHEC" in page and "DRIMbox injoignable" in page

@@ -20,11 +20,12 @@ from drimbox.web.assembly import build_web
 from drimbox.web.auth_routes import PUBLIC_PATHS as AUTH_PUBLIC
 from drimbox.web.conso_routes import PUBLIC_PATHS as CONSO_PUBLIC
 from drimbox.web.status import PUBLIC_PATHS as STATUS_PUBLIC
+from drimbox.web.viewer import PUBLIC_PATHS as VIEWER_PUBLIC
 from support.node import node_config
 
 # Public by design: sign-in, health, the viewer's static shell (no patient data), and the
 # Conso's contextual launch (the RIS posts it before sign-in; it only stores the form).
-PUBLIC = AUTH_PUBLIC | STATUS_PUBLIC | CONSO_PUBLIC | {"/app-config.js"}
+PUBLIC = AUTH_PUBLIC | STATUS_PUBLIC | CONSO_PUBLIC | VIEWER_PUBLIC
 UID = "1.2.250.1.999.1"
 
 

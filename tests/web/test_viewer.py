@@ -88,11 +88,21 @@ def test_viewer_origin_gate_iid_and_static(
     with serving(app) as base:
         anonymous = httpx.Client(base_url=base)
         # Without a session: pages go to the French login placeholder, data answers 401.
-        for path in ("/", "/viewer?StudyInstanceUIDs=1.2.3", iid_link("", study)):
+        for path in ("/viewer?StudyInstanceUIDs=1.2.3", iid_link("", study)):
             response = anonymous.get(path)
             assert response.status_code == 303 and response.headers["location"].startswith(
                 "/connexion"
             )
+        # The root is the DRIMbox's own French page (not OHIF's English 404), with its icon.
+        home = anonymous.get("/")
+        assert home.status_code == 200 and "lancez la consultation" in home.text
+        assert 'lang="fr"' in home.text and "Not Found" not in home.text
+        icon = anonymous.get("/favicon.ico")
+        assert (
+            icon.status_code == 200 and icon.headers["content-type"] == "image/vnd.microsoft.icon"
+        )
+        css = anonymous.get("/_drimbox/drimbox.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
         login = anonymous.get("/connexion")
         assert login.status_code == 401 and "Pro Santé Connect" in login.text
         qido = anonymous.get("/dicom-web/studies", headers={"Accept": "application/dicom+json"})

@@ -42,6 +42,7 @@ from joserfc.jwk import KeySet
 
 from drimbox.auth.tokens import MAX_TOKEN_LENGTH, InvalidToken, TokenIdentity
 from drimbox.auth.users import PscUser, UserInfoError
+from drimbox.config import Config
 
 DEFAULT_SCOPE = "openid scope_all"
 DEFAULT_ACR = "eidas1"
@@ -159,6 +160,31 @@ class PscSettings:
                 PscErrorReason.CONFIGURATION,
                 "configuration [psc] invalide : " + "; ".join(problems),
             )
+
+    @classmethod
+    def from_config(cls, config: Config, redirect_uri: str) -> PscSettings:
+        """The `[psc]` section, with the callback URL of the origin that signs users in."""
+        psc = config.psc
+        return cls(
+            client_id=psc.client_id,
+            client_secret=psc.client_secret,
+            redirect_uri=redirect_uri,
+            discovery_url=psc.discovery_url,
+            issuer=psc.issuer,
+            authorization_endpoint=psc.authorization_endpoint,
+            token_endpoint=psc.token_endpoint,
+            userinfo_endpoint=psc.userinfo_endpoint,
+            jwks_uri=psc.jwks_uri,
+            introspection_endpoint=psc.introspection_endpoint,
+            end_session_endpoint=psc.end_session_endpoint,
+            scope=psc.scope,
+            acr_values=psc.acr_values,
+            token_endpoint_auth_method=psc.token_endpoint_auth_method,
+            use_pkce=psc.use_pkce,
+            leeway_s=psc.leeway_s,
+            timeout_s=psc.timeout_s,
+            ca_file=psc.ca_file,
+        )
 
 
 @dataclass(frozen=True)

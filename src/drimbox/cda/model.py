@@ -100,6 +100,7 @@ class ImagingReport:
     replaced_document_id: Identifier | None  # relatedDocument[@typeCode=RPLC]/parentDocument/id
     viewer_url: str | None  # IHEInvokeImageDisplay link (entry template 1.2.250.1.213.1.1.3.157)
     document_code: Code | None = None  # ClinicalDocument/code (LOINC 18748-4)
+    encounter_code: Code | None = None  # componentOf/encompassingEncounter/code (AMB, IMP…)
     extra: dict[str, str] = field(default_factory=dict)
     # Every study the report covers (one documentationOf/serviceEvent each), in CDA order.
     study_instance_uids: tuple[str, ...] = ()

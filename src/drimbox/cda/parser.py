@@ -579,5 +579,6 @@ def parse_report(xml: bytes | str, study_uid: str | None = None) -> ImagingRepor
         replaced_document_id=replaced,
         viewer_url=_viewer_url(doc),
         document_code=_code(_first(doc, "h:code")),
+        encounter_code=_code(_first(doc, "h:componentOf/h:encompassingEncounter/h:code")),
         extra=extra,
     )

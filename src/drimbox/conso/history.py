@@ -32,6 +32,8 @@ from drimbox.dmp import codes
 from drimbox.dmp.client import DmpClient, DmpError
 from drimbox.dmp.metadata import DocumentEntry
 from drimbox.dmp.vihf import VihfSubject
+from drimbox.errors import InternalError
+from drimbox.logs import ref
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +124,27 @@ def read_manifest(data: bytes) -> Manifest:
     """Parse a KOS (Part-10 bytes) into a `Manifest`. Raises `ConsoError` (`KOS_ILLISIBLE`)."""
     try:
         ds = manifest_from_bytes(data)
-        return _manifest(ds, data)
-    except ConsoError:
-        raise
-    except Exception as exc:  # pydicom raises many kinds on bad input
+        # pydicom decodes lazily: decode every element now, so that what bad bytes make it
+        # raise (it raises many kinds) is a refusal here and anything later a bug of ours.
+        for element in ds.iterall():
+            _ = element.value
+    except Exception as exc:
         raise ConsoError(
             "KOS_ILLISIBLE", "Le manifeste (KOS) de l'examen est illisible.", detail=str(exc)
         ) from exc
+    try:
+        return _manifest(ds, data)
+    except ConsoError:
+        raise
+    except Exception as exc:
+        log.exception("unexpected error while reading a KOS")
+        raise KosInternalError(
+            "KOS_ILLISIBLE", "Le manifeste (KOS) de l'examen est illisible.", detail=repr(exc)
+        ) from exc
+
+
+class KosInternalError(ConsoError, InternalError):
+    """A decoded KOS the reader failed on: a bug of the box, not of the KOS."""
 
 
 def _manifest(ds: Dataset, data: bytes) -> Manifest:
@@ -481,10 +497,10 @@ class ExamHistory:
                 "Le manifeste de cet examen désigne un autre patient : images non proposées."
             )
             log.warning(
-                "KOS %s of %s carries PatientID %s",
+                "KOS %s of patient %s carries the PatientID of patient %s",
                 manifest.sop_instance_uid,
-                query.ins,
-                manifest.patient_id,
+                ref(query.ins),
+                ref(manifest.patient_id),
             )
             return
         exam.manifest = manifest

@@ -4,7 +4,7 @@ Runs on SQLite (the single-node default) and on PostgreSQL (several nodes). Owns
 how a unit of work is committed; the domain packages say what to store, not how.
 """
 
-from drimbox.db.engine import Database, utcnow
+from drimbox.db.engine import Database, aware, utcnow
 from drimbox.db.models import (
     AuditEvent,
     Base,
@@ -30,5 +30,6 @@ __all__ = [
     "ReportState",
     "SpeedTest",
     "UserSession",
+    "aware",
     "utcnow",
 ]

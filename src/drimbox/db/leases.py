@@ -2,8 +2,11 @@
 
 One `UPDATE … WHERE id = (SELECT … LIMIT 1 [FOR UPDATE SKIP LOCKED]) RETURNING id`: atomic on
 SQLite (the write lock is taken by the statement) and on PostgreSQL (SKIP LOCKED lets several
-nodes share the queue). The lease pushes `next_attempt_at` ahead, so that a worker that dies
-mid-job only delays the row until the lease expires.
+nodes share the queue). The claim writes the node's name in `leased_by` and pushes
+`next_attempt_at` one lease ahead. A heartbeat renews the lease every third of it while the work
+runs, so a slow PACS or DMP call keeps its row, and a node that dies only delays its rows by one
+lease. A node that restarts takes its own rows back at once (`reclaim`): a node's name is unique
+among the nodes sharing the database, so whatever it held was held by its dead predecessor.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from datetime import timedelta
+from types import TracebackType
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from drimbox.db.engine import Database, utcnow
 
@@ -27,12 +33,14 @@ def claim_due(
     model: Any,
     states: Iterable[str],
     lease: timedelta,
+    owner: str,
     *,
     column: str = "next_attempt_at",
     count_attempts: bool = True,
 ) -> int | None:
-    """Lease the oldest row of `model` whose state is in `states` and that is due (`column`
-    passed; an empty `next_attempt_at` means due now, any other empty column never); its id."""
+    """Lease to `owner` the oldest row of `model` whose state is in `states` and that is due
+    (`column` passed; an empty `next_attempt_at` means due now, any other empty column never);
+    its id."""
     now = utcnow()
     due_at = getattr(model, column)
     is_due = due_at <= now
@@ -47,7 +55,7 @@ def claim_due(
     )
     if not db.is_sqlite:
         due = due.with_for_update(skip_locked=True)
-    values: dict[str, Any] = {column: now + lease}
+    values: dict[str, Any] = {column: now + lease, "leased_by": owner}
     if count_attempts:
         values["attempts"] = model.attempts + 1
     claim = (
@@ -56,6 +64,88 @@ def claim_due(
     with db.session() as session:
         claimed: int | None = session.scalar(claim)
         return claimed
+
+
+def renew(
+    db: Database,
+    model: Any,
+    row_id: int,
+    owner: str,
+    lease: timedelta,
+    column: str = "next_attempt_at",
+) -> bool:
+    """Push the lease of a row `owner` holds one lease ahead; False if it is no longer held."""
+    with db.session() as session:
+        result = session.execute(
+            update(model)
+            .where(model.id == row_id, model.leased_by == owner)
+            .values({column: utcnow() + lease})
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+def reclaim(db: Database, model: Any, owner: str) -> int:
+    """Make every row `owner` holds due again (a restarted node's predecessor died holding them);
+    how many."""
+    with db.session() as session:
+        result = session.execute(
+            update(model)
+            .where(model.leased_by == owner)
+            .values(next_attempt_at=utcnow(), leased_by=None)
+        )
+        return int(getattr(result, "rowcount", 0))
+
+
+class Heartbeat:
+    """Renews a row's lease from a thread while the `with` block does its work."""
+
+    def __init__(
+        self,
+        db: Database,
+        model: Any,
+        row_id: int,
+        owner: str,
+        lease: timedelta,
+        column: str = "next_attempt_at",
+    ) -> None:
+        self.db, self.model, self.row_id, self.owner, self.lease = db, model, row_id, owner, lease
+        self.column = column
+        self.lost = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease {model.__tablename__} {row_id}", daemon=True
+        )
+
+    def _run(self) -> None:
+        interval = self.lease.total_seconds() / 3
+        while not self._done.wait(interval):
+            try:
+                held = renew(self.db, self.model, self.row_id, self.owner, self.lease, self.column)
+            except SQLAlchemyError:
+                # The database is away: try again at the next beat, the lease may still hold.
+                log.warning("lease of %s %s not renewed", self.model.__tablename__, self.row_id)
+                continue
+            if not held:
+                self.lost = True
+                log.warning(
+                    "lease of %s %s taken over by another node",
+                    self.model.__tablename__,
+                    self.row_id,
+                )
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def backoff(attempts: int, initial_s: float, max_s: float) -> float:
@@ -83,21 +173,50 @@ async def run_worker(
 
 
 class LeasedWorker:
-    """A worker over leased rows: `claim_next` leases one, `process` does it. Subclasses say how;
-    this class runs them one at a time, in a thread, until the node stops."""
+    """A worker over leased rows of `model` in `due_states`: `claim_next` leases one, `process`
+    does it under a heartbeat. Subclasses say what `process` does and set `db`, `owner` (the node's
+    name) and `lease`; this class runs them one at a time, in a thread, until the node stops."""
 
     name = "worker"
     poll_s = 1.0
+    model: Any
+    due_states: tuple[str, ...]
+    # The column that says when a row is due and holds its lease; whether a claim is an attempt.
+    lease_column = "next_attempt_at"
+    count_attempts = True
+    db: Database
+    owner: str
+    lease: timedelta
 
     def claim_next(self) -> int | None:
-        raise NotImplementedError
+        """Take the oldest due row and lease it; None when nothing is due."""
+        return claim_due(
+            self.db,
+            self.model,
+            self.due_states,
+            self.lease,
+            self.owner,
+            column=self.lease_column,
+            count_attempts=self.count_attempts,
+        )
 
     def process(self, item_id: int) -> object:
         raise NotImplementedError
 
+    def taken_over(self, item_id: int, leased_by: str | None, state: str) -> bool:
+        """Whether a row this worker processed was taken over meanwhile (its lease lapsed while
+        the node was stalled): its outcome is then not written over the other node's."""
+        if leased_by in (None, self.owner) and state in self.due_states:
+            return False
+        log.warning("%s %s: taken over by %s, outcome dropped", self.name, item_id, leased_by)
+        return True
+
     def run_once(self) -> object | None:
         item_id = self.claim_next()
-        return None if item_id is None else self.process(item_id)
+        if item_id is None:
+            return None
+        with Heartbeat(self.db, self.model, item_id, self.owner, self.lease, self.lease_column):
+            return self.process(item_id)
 
     def drain(self) -> int:
         """Process everything due now (tests, CLI); how many items were handled."""

@@ -79,6 +79,8 @@ class Report(Base):
         Index("ix_reports_study", "study_uid"),
         Index("ix_reports_patient", "patient_ins"),
         Index("ix_reports_recheck", "recheck_at"),
+        # One row per report version whichever node received it (two nodes, one re-send).
+        Index("uq_reports_version_key", "version_key", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -99,12 +101,16 @@ class Report(Base):
     # ClinicalDocument/effectiveTime: with the version, orders the versions of a report.
     document_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     replaced_document_id: Mapped[str] = mapped_column(String(128), default="")
+    # "kind|document id" for a report version received from the RIS; None for rows the box
+    # creates itself (IOCM) and for duplicates stored before the constraint existed.
+    version_key: Mapped[str | None] = mapped_column(String(160), nullable=True)
     flags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     cda: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     state: Mapped[str] = mapped_column(String(32), default=ReportState.RECEIVED.value)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    leased_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # node name
     kos_sop_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     kos: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     kos_instance_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -131,6 +137,7 @@ class DmpJob(Base):
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    leased_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # node name
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     entry_uuid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -160,6 +167,7 @@ class AuditEvent(Base):
     study_uid: Mapped[str] = mapped_column(String(64), default="")
     bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     remote: Mapped[str] = mapped_column(String(128), default="")
+    node: Mapped[str] = mapped_column(String(64), default="")  # the node that recorded it
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 

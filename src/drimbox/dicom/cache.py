@@ -78,6 +78,7 @@ class CacheUsage:
     misses: int
     evictions: int
     expired: int
+    reading: int = 0  # series pinned by readers (or being filled) right now
 
 
 @dataclass(frozen=True)
@@ -162,14 +163,25 @@ class CacheEntry:
         return self.directory / DATA_FILE
 
     def _reader(self) -> int:
-        """The data file's descriptor shared by the entry's readers (pread: no seek races)."""
+        """The data file's descriptor shared by the entry's readers (pread: no seek races).
+        Opened when the entry is pinned (`SeriesCache.get_or_begin`) or its file created, and
+        kept while it is pinned: a purge by another process cannot pull the file from under a
+        reader, and the disk is freed once the last reader is done."""
         fd = self._read_fd
         if fd is None:
             with self._cache.lock:
                 if self._read_fd is None:
-                    self._read_fd = os.open(self.data_path, os.O_RDONLY)
+                    try:
+                        self._read_fd = os.open(self.data_path, os.O_RDONLY)
+                    except OSError as exc:
+                        raise CacheError(f"cache file {self.data_path} unreadable: {exc}") from exc
                 fd = self._read_fd
         return fd
+
+    def _on_disk(self) -> bool:
+        """Whether a complete entry is still there: another process (`drimbox cache purge`)
+        removes an entry's index first, then its folder."""
+        return os.path.exists(self.directory / ENTRY_FILE)
 
     def read(self, offset: int, size: int) -> bytes:
         data = os.pread(self._reader(), size, offset)
@@ -190,6 +202,7 @@ class CacheEntry:
         # Unbuffered writes: what is written is readable at once by the streaming readers.
         if self._write_fd is None:
             self._write_fd = os.open(self.data_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            self._reader()  # the followers read the file that is being written, whatever happens
         offset = self.size
         end = offset + len(data)
         if end > self._allocated:
@@ -221,6 +234,12 @@ class CacheEntry:
             os.ftruncate(self._write_fd, self.size)
         os.close(self._write_fd)
         self._write_fd = None
+
+    def _close_reader(self) -> None:
+        if self._read_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._read_fd)
+            self._read_fd = None
 
     def _close(self) -> None:
         for name in ("_write_fd", "_read_fd"):
@@ -413,6 +432,12 @@ class SeriesCache:
     def _expired_entry(self, entry: CacheEntry) -> bool:
         return entry.complete and self.clock() - entry.created > self.ttl_s
 
+    def holds(self, study_uid: str, series_uid: str) -> bool:
+        """Whether the series is complete in the cache now (no pin, no statistics)."""
+        with self.lock:
+            entry = self._entries.get(self.key(study_uid, series_uid))
+            return entry is not None and entry.complete and not self._expired_entry(entry)
+
     def get_or_begin(self, study_uid: str, series_uid: str) -> tuple[CacheEntry, bool]:
         """The series' entry, pinned (call `release` when done), and whether it is new: the
         caller of a new entry must fill it (`add`, then `finish` or `fail`). Concurrent callers
@@ -424,6 +449,8 @@ class SeriesCache:
                 self._expired += 1
                 self._detach(entry)
                 entry = None
+            if entry is not None and entry.complete and not self._readable(entry):
+                entry = None  # purged by another process: fetched again
             if entry is not None:
                 self._hits += 1
                 created = False
@@ -440,6 +467,19 @@ class SeriesCache:
             self._entries.move_to_end(key)
             return entry, created
 
+    def _readable(self, entry: CacheEntry) -> bool:
+        """A complete entry still on disk, its data file open for the pinning reader; one that
+        another process purged is detached (the disk is freed when its last reader is done)."""
+        try:
+            if not entry._on_disk():
+                raise CacheError("index removed")
+            entry._reader()
+        except CacheError as exc:
+            log.info("cache entry of series %s purged from disk (%s)", entry.series_uid, exc)
+            self._detach(entry)
+            return False
+        return True
+
     def release(self, entry: CacheEntry) -> None:
         """Unpin an entry got from `get_or_begin`."""
         with self.lock:
@@ -448,6 +488,9 @@ class SeriesCache:
             if entry.pins <= 0 and entry.detached:
                 self._delete(entry)
             elif entry.complete and entry.pins <= 0:
+                # Unread, a series holds no open file: a purge by another process frees its
+                # disk at once, and the next reader finds it gone (see `_readable`).
+                entry._close_reader()
                 with contextlib.suppress(OSError):  # LRU order survives restarts
                     os.utime(entry.directory / ENTRY_FILE)
             self._evict()
@@ -556,6 +599,9 @@ class SeriesCache:
 
     def usage(self) -> CacheUsage:
         with self.lock:
+            for entry in list(self._entries.values()):  # purged by another process
+                if entry.complete and not entry._on_disk():
+                    self._detach(entry)
             return CacheUsage(
                 bytes=self._bytes,
                 max_bytes=self.max_bytes,
@@ -565,6 +611,7 @@ class SeriesCache:
                 misses=self._misses,
                 evictions=self._evictions,
                 expired=self._expired,
+                reading=sum(1 for e in self._entries.values() if e.pins > 0),
             )
 
     def disk_bytes(self) -> int:
@@ -578,8 +625,38 @@ class SeriesCache:
         return total
 
 
-def purge_cache(directory: Path, *, expired_only: bool = False, ttl_h: float = 72.0) -> PurgeResult:
-    """`drimbox cache purge`: empty a node's cache folder (run while the node is stopped, or
-    through the running node's `SeriesCache.purge`)."""
-    cache = SeriesCache(directory, max_bytes=2**63 - 1, ttl_s=ttl_h * 3600.0)
-    return cache.purge(expired_only=expired_only)
+def purge_cache(
+    directory: Path,
+    *,
+    expired_only: bool = False,
+    ttl_h: float = 72.0,
+    clock: Callable[[], float] = time.time,
+) -> PurgeResult:
+    """`drimbox cache purge`: remove the complete series of a node's cache folder (or the
+    expired ones), whether the node runs or not.
+
+    Each series' index goes first, then its folder: a running node takes a series without index
+    for gone and fetches it again, its readers of the moment finish from their open file (whose
+    disk is freed when they are done). Series being filled are left to the node that fills
+    them (a node cleans up those of a previous run when it starts)."""
+    removed = removed_bytes = 0
+    root = Path(directory) / SERIES_DIR
+    folders = sorted(root.iterdir()) if root.is_dir() else []
+    for folder in folders:
+        index = folder / ENTRY_FILE
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+            size = sum(int(item["size"]) for item in data["instances"])
+            created = float(data["created"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being filled, or already going
+        if expired_only and clock() - created <= ttl_h * 3600.0:
+            continue
+        try:
+            index.unlink()
+        except FileNotFoundError:
+            continue  # purged meanwhile by the node or another purge
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+        removed_bytes += size
+    return PurgeResult(removed, removed_bytes)

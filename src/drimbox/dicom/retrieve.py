@@ -624,7 +624,7 @@ class ImageService:
         metrics: NodeMetrics | None = None,
     ) -> None:
         self.config = config
-        self.metrics = metrics or NodeMetrics(config.metrics.node_name)
+        self.metrics = metrics or NodeMetrics(config.node.name)
         store = config.store
         self.cache = SeriesCache(
             Path(store.cache_dir), store.cache_max_bytes, store.cache_ttl_h * 3600.0

@@ -33,6 +33,7 @@ from lxml import etree
 from drimbox.cda.model import Code, Identifier, ImagingReport
 from drimbox.dmp import codes, metadata, mtom, soap
 from drimbox.dmp.metadata import DocumentEntry, MetadataError, PublicationIds, SourceSite
+from drimbox.dmp.structures import Structure, site_structures
 from drimbox.dmp.vihf import VihfContext, VihfError, VihfSubject, build_vihf
 from drimbox.dmp.xades import (
     DigestAlgorithm,
@@ -121,32 +122,37 @@ class DmpSettings:
     lps_homologation_id: str = ""
     vihf_version: str = "3.0"
     activity_sector: str = "SA07^1.2.250.1.71.4.2.4"
-    signature_algorithm: SignatureAlgorithm = "rsa-sha256"
-    digest_algorithm: DigestAlgorithm = "sha256"
+    # rsa-sha1/sha1: what the DMP-accepted request (XDS.xml) signs with (docs/conformance.md).
+    signature_algorithm: SignatureAlgorithm = "rsa-sha1"
+    digest_algorithm: DigestAlgorithm = "sha1"
     content_type: Code = codes.DEFAULT_CONTENT_TYPE
 
     @classmethod
-    def from_config(cls, config: Config) -> DmpSettings:
+    def from_config(cls, config: Config, structure: Structure | None = None) -> DmpSettings:
+        """The settings of one structure (default: the first configured, or the single
+        structure of `[site]` + `[dmp]`): its id, name and certificates everywhere."""
         dmp, site = config.dmp, config.site
+        structure = structure or site_structures(config)[0]
         return cls(
             base_url=dmp.base_url,
-            structure_id=site.structure_id,
-            structure_name=site.name,
+            structure_id=structure.id,
+            structure_name=structure.name,
             uid_root=site.uid_root,
             timeout_s=dmp.timeout_s,
-            tls_cert=dmp.tls_cert,
-            tls_key=dmp.tls_key,
+            tls_cert=structure.tls_cert,
+            tls_key=structure.tls_key,
             tls_ca=dmp.tls_ca,
-            signing_cert=dmp.signing_cert,
-            signing_key=dmp.signing_key,
+            signing_cert=structure.signing_cert,
+            signing_key=structure.signing_key,
             lps_id=dmp.lps_id,
             lps_name=dmp.lps_name,
             lps_version=dmp.lps_version,
             lps_homologation_id=dmp.lps_homologation_id,
             vihf_version=dmp.vihf_version,
-            activity_sector=dmp.activity_sector,
+            activity_sector=structure.activity_sector or dmp.activity_sector,
             signature_algorithm=dmp.signature_algorithm,
             digest_algorithm=dmp.digest_algorithm,
+            content_type=structure.content_type or codes.DEFAULT_CONTENT_TYPE,
         )
 
     @property
@@ -186,7 +192,8 @@ class _Reply:
     message: mtom.MtomResponse = field(repr=False)
 
 
-def _ssl_context(settings: DmpSettings) -> ssl.SSLContext:
+def tls_context(settings: DmpSettings) -> ssl.SSLContext:
+    """Mutual TLS with the DMP: the structure's ORG authentication certificate, the DMP's CAs."""
     try:
         context = ssl.create_default_context(cafile=settings.tls_ca or None)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -328,7 +335,7 @@ class DmpClient:
         self._signer = signer or load_signer(settings)
         self._owns_http = http is None
         self._http = http or httpx.Client(
-            verify=_ssl_context(settings),
+            verify=tls_context(settings),
             timeout=httpx.Timeout(settings.timeout_s),
             headers={"User-Agent": f"{settings.lps_name}/{settings.lps_version}"},
         )
@@ -489,9 +496,11 @@ class DmpClient:
         flags: Mapping[str, bool | str],
         *,
         replaces_entry_uuid: str | None = None,
+        replaces_signature_entry_uuid: str | None = None,
         now: datetime | None = None,
     ) -> PublishResult:
-        """ITI-41: the KOS, its DSG signature document and (for a new version) RPLC.
+        """ITI-41: the KOS, its DSG signature document and (for a new version) RPLC of the old
+        KOS and of its signature document (so that no orphaned signature stays Approved).
 
         A retry after a lost answer is recognised (same derived ids): when the DMP reports the
         KOS uniqueId as already registered with the same hash, the existing entry is returned.
@@ -517,6 +526,7 @@ class DmpClient:
                 submission_time=now,
                 signing_time=now,
                 replaces_entry_uuid=replaces_entry_uuid,
+                replaces_signature_entry_uuid=replaces_signature_entry_uuid,
             )
         except MetadataError as exc:
             raise DmpError(
@@ -573,12 +583,30 @@ class DmpClient:
         digest = hashlib.sha1(kos_bytes).hexdigest()
         return next((e for e in found if e.hash == digest), None)
 
-    def delete(self, entry: DocumentEntry, *, subject: VihfSubject | None = None) -> None:
-        """ITI-57: set the entry's availability status to Deleted (DMP depublication)."""
+    def signature_of(
+        self, kos: DocumentEntry, *, subject: VihfSubject | None = None
+    ) -> DocumentEntry | None:
+        """The Approved signature document published with this KOS (its uniqueId is derived
+        from the KOS's, `PublicationIds`), or None (another box's KOS, or already gone)."""
+        ids = PublicationIds.derive(kos.unique_id, self.settings.uid_root)
+        found = self.get_documents(
+            *kos.patient_ins, unique_ids=[ids.signature_unique_id], subject=subject
+        )
+        return next((e for e in found if e.status == codes.STATUS_APPROVED), None)
+
+    def delete(
+        self,
+        entry: DocumentEntry,
+        *,
+        subject: VihfSubject | None = None,
+        also: Sequence[DocumentEntry] = (),
+    ) -> None:
+        """ITI-57: set the entry's availability status to Deleted (DMP depublication), with
+        `also` (the KOS's signature document) in the same submission."""
         chosen = self._require_subject(subject)
         try:
             body = metadata.build_availability_update(
-                entry, site=self.settings.site, submission_time=datetime.now(UTC)
+                entry, site=self.settings.site, submission_time=datetime.now(UTC), also=also
             )
         except MetadataError as exc:
             raise DmpError(
@@ -629,13 +657,19 @@ class DmpClient:
         statuses: Sequence[str] = (codes.STATUS_APPROVED,),
         subject: VihfSubject | None = None,
     ) -> list[DocumentEntry]:
+        """FindDocumentsByReferenceId. A study UID is looked up in every form boxes publish it:
+        without CX.4, with ours (DICOM's root) or XDS.xml's placeholder authority; when none
+        matches, the patient's KOS are read and matched on the UID itself (any authority)."""
         references: list[str] = []
         if accession is not None:
             references.append(
                 metadata.reference_id(accession.extension, accession.root, codes.REF_ACCESSION)
             )
         if study_instance_uid:
-            references.append(metadata.reference_id(study_instance_uid, None, codes.REF_STUDY_UID))
+            for authority in (None, *codes.STUDY_UID_AUTHORITIES):
+                references.append(
+                    metadata.reference_id(study_instance_uid, authority, codes.REF_STUDY_UID)
+                )
         if order is not None:
             references.append(metadata.reference_id(order.extension, order.root, codes.REF_ORDER))
         if not references:
@@ -644,7 +678,23 @@ class DmpClient:
             metadata.cx(patient_ins, ins_oid), references, statuses=statuses
         )
         result = self._query(query, (patient_ins, ins_oid), subject)
-        return metadata.parse_document_entries(result.objects)
+        found = metadata.parse_document_entries(result.objects)
+        if study_instance_uid and not any(
+            e.reference(codes.REF_STUDY_UID) == study_instance_uid for e in found
+        ):
+            # Another box's authority: match the UID on the patient's KOS (same result set).
+            known = {e.entry_uuid for e in found}
+            others = self.find_documents(
+                patient_ins, ins_oid, statuses=statuses, type_codes=[codes.KOS_TYPE],
+                subject=subject,
+            )  # fmt: skip
+            found += [
+                e
+                for e in others
+                if e.entry_uuid not in known
+                and e.reference(codes.REF_STUDY_UID) == study_instance_uid
+            ]
+        return found
 
     def get_documents(
         self,

@@ -84,6 +84,15 @@ QUERY_GET_ASSOCIATIONS: Final = "urn:uuid:a7ae438b-4bc2-4642-93e9-be891f7bb155"
 REF_ACCESSION: Final = "urn:ihe:iti:xds:2013:accession"
 REF_ORDER: Final = "urn:ihe:iti:xds:2013:order"
 REF_STUDY_UID: Final = "urn:ihe:iti:xds:2016:studyInstanceUID"
+# Assigning authority of the study UID in referenceIdList (CX.4 `&OID&ISO`, as XDS.xml carries
+# one): DICOM's UID root, the namespace every study UID lives in (XDS.xml's 1.2.3.4.5.6 is a
+# placeholder). The Conso finds study references with any CX.4, or none.
+STUDY_UID_AUTHORITY: Final = "1.2.840.10008"
+# The authorities a Conso tries first when it searches a study UID (ours, XDS.xml's).
+STUDY_UID_AUTHORITIES: Final = (STUDY_UID_AUTHORITY, "1.2.3.4.5.6")
+CCAM_SYSTEM: Final = "1.2.250.1.213.2.5"
+# The CDA author code system (TRE_G15 profession / TRE_R38 specialty, "G15_10/SM44").
+AUTHOR_SPECIALTY_SYSTEM: Final = "1.2.250.1.213.1.1.4.5"
 REFERENCE_ID_LIST: Final = "urn:ihe:iti:xds:2013:referenceIdList"
 
 # --- Identifier authorities ---------------------------------------------------------------------
@@ -123,8 +132,21 @@ SIGNATURE_FORMAT: Final = Code(
 SIGNATURE_PURPOSE: Final = Code("1.2.840.10065.1.12.1.14", "1.2.840.10065.1.12", "Source")
 SIGNATURE_LANGUAGE: Final = "art"  # IHE DSG: "artificial" language
 
-# Submission set contentTypeCode of XDS.xml; configurable (DmpSettings.content_type).
-DEFAULT_CONTENT_TYPE: Final = Code("04", "1.2.250.1.213.2.2", "Hospitalisation de jour")
+# Submission set contentTypeCode: TRE_R209-TypeActivite (1.2.250.1.213.2.2). XDS.xml's value
+# (04) is the fallback; a structure may configure its own default.
+CONTENT_TYPE_SYSTEM: Final = "1.2.250.1.213.2.2"
+DEFAULT_CONTENT_TYPE: Final = Code("04", CONTENT_TYPE_SYSTEM, "Hospitalisation de jour")
+# The report's encounter (CDA encompassingEncounter/code, HL7 v3 ActEncounterCode) → the
+# TRE_R209 type of activity. Codes without a sure match (EMER, FLD, HH, VR…) are left out: the
+# structure's default applies (docs/conformance.md, "contentTypeCode").
+ENCOUNTER_CONTENT_TYPES: Final[dict[str, Code]] = {
+    "AMB": Code("07", CONTENT_TYPE_SYSTEM, "Consultation Soins Externes"),
+    "IMP": Code("03", CONTENT_TYPE_SYSTEM, "Hospitalisation complète"),
+    "ACUTE": Code("03", CONTENT_TYPE_SYSTEM, "Hospitalisation complète"),
+    "NONAC": Code("03", CONTENT_TYPE_SYSTEM, "Hospitalisation complète"),
+    "SS": Code("04", CONTENT_TYPE_SYSTEM, "Hospitalisation de jour"),
+}
+ENCOUNTER_SYSTEM: Final = "2.16.840.1.113883.5.4"  # HL7 v3 ActCode
 DEFAULT_PRACTICE_SETTING: Final = Code("AMBULATOIRE", "1.2.250.1.213.1.1.4.9", "Ambulatoire")
 
 # OBX flags of the report (keys as the HL7 intake yields them) → DMP confidentiality codes.

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from lxml import etree
 
-from drimbox.cda.model import Code, HealthProfessional, Identifier, ImagingReport, Organization
+from drimbox.cda.model import Code, HealthProfessional, Identifier, ImagingReport
 from drimbox.dmp import codes
 from drimbox.dmp.soap import default_ns, q
 
@@ -108,7 +108,7 @@ def xon(name: str, structure_id: str, authority_oid: str = codes.STRUCTURE_OID) 
 
 
 def reference_id(value: str, authority_oid: str | None, id_type: str) -> str:
-    """A CXi of referenceIdList; no assigning authority for a (globally unique) study UID."""
+    """A CXi of referenceIdList: `value^^^&OID&ISO^type` (no CX.4 when no authority)."""
     authority = f"&{authority_oid}&ISO" if authority_oid else ""
     return f"{hl7_escape(value)}^^^{authority}^{id_type}"
 
@@ -201,7 +201,12 @@ def _classification(
 
 
 def _author(
-    parent: etree._Element, scheme: str, object_id: str, person: str, institutions: Sequence[str]
+    parent: etree._Element,
+    scheme: str,
+    object_id: str,
+    person: str,
+    institutions: Sequence[str],
+    specialty: str = "",
 ) -> None:
     element = etree.SubElement(
         parent,
@@ -214,6 +219,8 @@ def _author(
     _slot(element, "authorPerson", [person])
     if institutions:
         _slot(element, "authorInstitution", institutions)
+    if specialty:
+        _slot(element, "authorSpecialty", [specialty])
 
 
 def _external_id(
@@ -296,19 +303,26 @@ def confidentiality_codes(base: Code, flags: Mapping[str, bool | str]) -> list[C
 
 
 def event_codes(report: ImagingReport) -> list[Code]:
-    """Modalities (JDV 1.2.250.1.213.1.1.5.618) then anatomic regions.
+    """CCAM act codes (1.2.250.1.213.2.5), modalities (JDV 1.2.250.1.213.1.1.5.618), then
+    anatomic regions — XDS.xml carries the act code and the modality.
 
     The CDA carries DICOM modality codes and SNOMED CT regions; the DMP wants the CI-SIS value
     set OIDs as coding schemes. Region codes already in a CI-SIS system stay as they are.
     """
-    result = [Code(m.code, codes.MODALITY_VALUE_SET, m.display_name) for m in report.modalities]
+    result = [
+        Code(t.code, codes.CCAM_SYSTEM, t.display_name)
+        for t in report.act_translations
+        if t.code_system == codes.CCAM_SYSTEM and t.code
+    ]
+    result += [Code(m.code, codes.MODALITY_VALUE_SET, m.display_name) for m in report.modalities]
     for region in report.regions:
         system = (
             region.code_system
             if region.code_system in codes.REGION_SYSTEMS_KEPT
             else codes.REGION_VALUE_SET
         )
-        result.append(Code(region.code, system, region.display_name))
+        if Code(region.code, system, region.display_name) not in result:
+            result.append(Code(region.code, system, region.display_name))
     if not report.modalities:
         raise MetadataError("le compte rendu n'indique aucune modalité d'acquisition")
     return result
@@ -323,10 +337,30 @@ def _facility_code(report: ImagingReport, site: SourceSite) -> Code:
     )
 
 
-def _institution(organization: Organization | None, site: SourceSite) -> str:
-    if organization is not None and organization.id.extension:
-        return xon(organization.name or site.structure_name, organization.id.extension)
+def _institution(site: SourceSite) -> str:
+    """The publishing structure: the one whose certificates sign and carry the request (the
+    report's organisation, chosen by `structures.choose_structure`)."""
     return xon(site.structure_name, site.structure_id)
+
+
+def content_type(report: ImagingReport, site: SourceSite) -> Code:
+    """contentTypeCode: the report's encounter mapped to TRE_R209 (codes.ENCOUNTER_CONTENT_TYPES),
+    else the structure's default (configured, else XDS.xml's)."""
+    encounter = report.encounter_code
+    if encounter is not None and encounter.code_system in ("", codes.ENCOUNTER_SYSTEM):
+        mapped = codes.ENCOUNTER_CONTENT_TYPES.get(encounter.code.upper())
+        if mapped is not None:
+            return mapped
+    return site.content_type
+
+
+def author_specialty(professional: HealthProfessional) -> str:
+    """authorSpecialty `code^display^system` from the CDA author code (e.g. G15_10/SM44)."""
+    code = professional.code
+    if code is None or not code.code:
+        return ""
+    system = code.code_system or codes.AUTHOR_SPECIALTY_SYSTEM
+    return f"{hl7_escape(code.code)}^{hl7_escape(code.display_name)}^{system}"
 
 
 def _reference_ids(report: ImagingReport) -> list[str]:
@@ -334,9 +368,9 @@ def _reference_ids(report: ImagingReport) -> list[str]:
     accession = report.accession_number
     if accession and accession.extension:
         values.append(reference_id(accession.extension, accession.root, codes.REF_ACCESSION))
-    # A study UID is globally unique and has no issuer: without an authority, any Conso can
-    # find it with FindDocumentsByReferenceId (XDS.xml's "&1.2.3.4.5.6&ISO" is a placeholder).
-    values.append(reference_id(report.study_instance_uid, None, codes.REF_STUDY_UID))
+    values.append(
+        reference_id(report.study_instance_uid, codes.STUDY_UID_AUTHORITY, codes.REF_STUDY_UID)
+    )
     order: Identifier | None = report.placer_order
     if order and order.extension:
         values.append(reference_id(order.extension, order.root, codes.REF_ORDER))
@@ -366,6 +400,7 @@ def build_kos_submission(
     signing_time: datetime,
     kos_creation_time: datetime | None = None,
     replaces_entry_uuid: str | None = None,
+    replaces_signature_entry_uuid: str | None = None,
 ) -> PnrRequest:
     """The ITI-41 body of a KOS publication (and of its replacement when `replaces_entry_uuid`)."""
     patient = report.patient
@@ -376,7 +411,7 @@ def build_kos_submission(
         raise MetadataError("le compte rendu n'a pas d'auteur")
     legal = report.legal_authenticator or author
     author_person = xcn(author)
-    institutions = [_institution(author.organization, site)]
+    institutions = [_institution(site)]
     patient_id = cx(patient.ins, patient.ins_oid, "NH")
     submitted = dtm(submission_time)
     signed = dtm(signing_time)
@@ -404,7 +439,7 @@ def build_kos_submission(
     _localized(package, "Name", "Publication DRIMbox")
     _localized(package, "Description", report.title or "KOS")
     _author(package, codes.SS_AUTHOR, ss_id, author_person, institutions)
-    _classification(package, codes.SS_CONTENT_TYPE, ss_id, site.content_type)
+    _classification(package, codes.SS_CONTENT_TYPE, ss_id, content_type(report, site))
     etree.SubElement(
         package,
         _rim("Classification"),
@@ -445,7 +480,7 @@ def build_kos_submission(
     _slot(kos, codes.REFERENCE_ID_LIST, references)
     _localized(kos, "Name", codes.KOS_TITLE)
     _localized(kos, "Description", "KOS")
-    _author(kos, codes.DE_AUTHOR, kos_id, author_person, institutions)
+    _author(kos, codes.DE_AUTHOR, kos_id, author_person, institutions, author_specialty(author))
     _classification(kos, codes.DE_CLASS, kos_id, codes.KOS_CLASS)
     _classification(kos, codes.DE_TYPE, kos_id, codes.KOS_TYPE)
     for code in confidentiality:
@@ -480,7 +515,7 @@ def build_kos_submission(
     _slot(sig, codes.REFERENCE_ID_LIST, references)
     _localized(sig, "Name", codes.SIGNATURE_TITLE)
     _localized(sig, "Description", "")
-    _author(sig, codes.DE_AUTHOR, sig_id, xcn(legal), institutions)
+    _author(sig, codes.DE_AUTHOR, sig_id, xcn(legal), institutions, author_specialty(legal))
     _classification(sig, codes.DE_CLASS, sig_id, codes.SIGNATURE_CLASS)
     _classification(sig, codes.DE_TYPE, sig_id, codes.SIGNATURE_TYPE)
     for code in confidentiality:
@@ -528,6 +563,17 @@ def build_kos_submission(
             kos_id,
             replaces_entry_uuid,
             association_id=derived_uuid("rplc", ids.kos_unique_id, replaces_entry_uuid),
+        )
+    if replaces_signature_entry_uuid:
+        # The signature document follows its KOS: replaced with it.
+        _association(
+            objects,
+            codes.ASSOC_RPLC,
+            sig_id,
+            replaces_signature_entry_uuid,
+            association_id=derived_uuid(
+                "rplc-sig", ids.kos_unique_id, replaces_signature_entry_uuid
+            ),
         )
 
     documents = (
@@ -658,9 +704,11 @@ def build_availability_update(
     new_status: str = codes.STATUS_DELETED,
     submission_time: datetime,
     author_person: str | None = None,
+    also: Sequence[DocumentEntry] = (),
 ) -> etree._Element:
     """ITI-57 SubmitObjectsRequest: a submission set and one UpdateAvailabilityStatus
-    association from it to the entry (XDS Metadata Update, ITI TF-3 4.2.3.2)."""
+    association from it to the entry, and to each of `also` (XDS Metadata Update, ITI TF-3
+    4.2.3.2)."""
     root = etree.Element(
         q(codes.LCM_NS, "SubmitObjectsRequest"), nsmap=default_ns(codes.RIM_NS, lcm=codes.LCM_NS)
     )
@@ -693,13 +741,14 @@ def build_availability_update(
         derived_uid(site.uid_root, "7", f"update|{entry.entry_uuid}|{new_status}"),
         "XDSSubmissionSet.uniqueId",
     )
-    _association(
-        objects,
-        codes.ASSOC_UPDATE_AVAILABILITY,
-        ss_id,
-        entry.entry_uuid,
-        slots={"OriginalStatus": [entry.status], "NewStatus": [new_status]},
-    )
+    for target in (entry, *also):
+        _association(
+            objects,
+            codes.ASSOC_UPDATE_AVAILABILITY,
+            ss_id,
+            target.entry_uuid,
+            slots={"OriginalStatus": [target.status], "NewStatus": [new_status]},
+        )
     return root
 
 

@@ -90,15 +90,14 @@ class VihfSubject:
         name = professional.name
         display = " ".join([*(name.given if name else ()), name.family if name else ""]).strip()
         profession, specialty = _profession_and_specialty(professional.code)
-        structure = None
-        if professional.organization and professional.organization.id.extension:
-            structure = professional.organization.id.extension
         return cls(
             name_id=professional.id.extension,
             display_name=display or professional.id.extension,
             profession=profession,
             specialty=specialty,
-            structure_id=structure,
+            # The structure is the publishing one (its certificates): the context's, chosen from
+            # the report's organisation by `structures.choose_structure`.
+            structure_id=None,
             activity_sector=activity_sector,
         )
 

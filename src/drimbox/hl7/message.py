@@ -23,6 +23,7 @@ import hl7
 from drimbox.cda import CdaError, parse_report
 from drimbox.cda.model import INS_OIDS, Identifier, ImagingReport
 from drimbox.cda.parser import is_valid_dicom_uid, is_valid_ins
+from drimbox.errors import InternalError
 
 __all__ = [
     "HL7_ERROR_CODES",
@@ -130,6 +131,10 @@ class HL7Error(Exception):
             f"Message refusé : {_FRENCH_0357.get(hl7_error_code, 'erreur')}"
             + (f" ({segment}-{field})" if segment and field else "")
         )
+
+
+class HL7InternalError(HL7Error, InternalError):
+    """The message was refused because the parser failed: a bug of the box, not of the RIS."""
 
     def __repr__(self) -> str:
         where = f"{self.segment}-{self.field}" if self.segment else "-"
@@ -733,7 +738,7 @@ def parse_report_message(raw: str) -> ReportMessage:
     except Exception as exc:
         # The MLLP server must always be able to answer: a bug here becomes an AR, logged.
         log.exception("unexpected error while parsing an HL7 message")
-        raise HL7Error(
+        raise HL7InternalError(
             "AR",
             f"internal error while parsing the message: {exc!r}",
             None,

@@ -28,6 +28,7 @@ from drimbox.dicom.model import StudySnapshot
 from drimbox.dicom.pacs import PacsClient, PacsError
 from drimbox.dicom.retrieve import build_retriever, pacs_settings
 from drimbox.dicom.scp import ScpError, StoreScp
+from drimbox.french import french_datetime, french_number, french_size
 
 Kind = Literal["pacs", "peer"]
 PACS_MODES: Final = ("c-get", "c-move", "wado-rs")
@@ -81,9 +82,11 @@ class SpeedResult:
         if self.study_uid:
             lines.append(("Examen", self.study_uid))
         if self.latency_s is not None:
-            lines.append(("Latence de la requête WADO-RS", f"{self.latency_s * 1000:.0f} ms"))
+            lines.append(
+                ("Latence de la requête WADO-RS", f"{french_number(self.latency_s * 1000)} ms")
+            )
         if self.first_image_s is not None:
-            lines.append(("Première image", f"{self.first_image_s * 1000:.0f} ms"))
+            lines.append(("Première image", f"{french_number(self.first_image_s * 1000)} ms"))
         if self.images or self.expected_images:
             expected = (
                 f" sur {self.expected_images} attendues"
@@ -91,13 +94,15 @@ class SpeedResult:
                 else ""
             )
             lines.append(("Images", f"{self.images}{expected}"))
-            lines.append(("Volume", f"{self.bytes / 1e6:.1f} Mo ({self.bytes} octets)"))
-            lines.append(("Durée", f"{self.seconds:.2f} s"))
+            lines.append(
+                ("Volume", f"{french_size(self.bytes)} ({french_number(self.bytes)} octets)")
+            )
+            lines.append(("Durée", f"{french_number(self.seconds, 2)} s"))
             lines.append(
                 (
                     "Débit",
-                    f"{self.throughput_bps / 1e6:.1f} Mo/s ({self.throughput_bps * 8 / 1e6:.0f} "
-                    "Mbit/s)",
+                    f"{french_size(self.throughput_bps)}/s "
+                    f"({french_number(self.throughput_bps * 8 / 1e6)} Mbit/s)",
                 )
             )
         if self.transfer_syntaxes:
@@ -332,8 +337,8 @@ def peer_speedtest(
         meter.stop()
         if study_uid is None and exc.status in (400, 401, 404):
             result.note = (
-                f"sonde sans examen : la DRIMbox a répondu HTTP {exc.status} (TLS mutuel et "
-                "WADO-RS fonctionnent) ; --study et --kos pour mesurer le débit"
+                f"sonde sans examen : HTTP {exc.status}, TLS mutuel et WADO-RS fonctionnent ; "
+                "--study et --kos pour mesurer le débit"
             )
             return result
         raise SpeedTestError(_peer_message(exc, bool(token))) from exc
@@ -384,18 +389,17 @@ def record(db: Database, result: SpeedResult, *, slow_ratio: float = 0.5) -> Spe
 
 def _compare(result: SpeedResult, previous: SpeedTest, slow_ratio: float) -> str:
     before = previous.bytes / previous.seconds if previous.seconds > 0 else 0.0
-    when = previous.at if previous.at.tzinfo else previous.at.replace(tzinfo=UTC)
-    since = f"le {when.astimezone():%d/%m/%Y %H:%M}"
+    since = f"le {french_datetime(previous.at)}"
     if before > 0 and result.throughput_bps < before * slow_ratio:
         return (
-            f"débit nettement inférieur au précédent : {result.throughput_bps / 1e6:.1f} Mo/s "
-            f"contre {before / 1e6:.1f} Mo/s {since}"
+            f"débit nettement inférieur au précédent : {french_size(result.throughput_bps)}/s "
+            f"contre {french_size(before)}/s {since}"
         )
     first, prior = result.first_image_s, previous.first_image_s
     if first is not None and prior is not None and prior > 0 and first * slow_ratio > prior + 0.2:
         return (
-            f"première image nettement plus lente que la précédente : {first * 1000:.0f} ms "
-            f"contre {prior * 1000:.0f} ms {since}"
+            "première image nettement plus lente que la précédente : "
+            f"{french_number(first * 1000)} ms contre {french_number(prior * 1000)} ms {since}"
         )
     return ""
 

@@ -186,8 +186,10 @@ class TestPki:
 
 
 def _key_usage(usage: Usage) -> x509.KeyUsage:
+    # As IGC-Santé: ORG AUTH (and server) certificates authenticate (digitalSignature, TLS),
+    # ORG SIGN certificates only sign documents (nonRepudiation); a DMP tells them apart.
     return x509.KeyUsage(
-        digital_signature=usage != "ca",
+        digital_signature=usage in ("auth", "server"),
         content_commitment=usage == "sign",
         key_encipherment=usage in ("auth", "server"),
         data_encipherment=False,
@@ -212,23 +214,52 @@ class SiteCertificates:
     server: Issued  # the (simulated) DMP's TLS server certificate
 
 
-def site_certificates(folder: Path, pki: TestPki | None = None) -> SiteCertificates:
-    """A fresh set of site certificates written as PEM files under `folder`."""
-    pki = pki or TestPki()
+@dataclass(frozen=True)
+class StructureCertificates:
+    """The two IGC-Santé ORG certificates of one structure (subject OU = its id)."""
+
+    structure_id: str
+    auth: Issued  # ORG AUTH: mutual TLS client (digitalSignature, clientAuth)
+    signing: Issued  # ORG SIGN: VIHF and XAdES (nonRepudiation)
+
+
+def structure_certificates(
+    folder: Path,
+    pki: TestPki,
+    structure_id: str = DEMO_STRUCTURE,
+    *,
+    organization: str = "CABINET M DOC0036790",
+    prefix: str = "org",
+) -> StructureCertificates:
+    """ORG AUTH and ORG SIGN certificates of one structure, written under `folder` as
+    `<prefix>-auth.crt/.key` and `<prefix>-sign.crt/.key`."""
 
     def org(usage: Usage) -> Issued:
         return pki.issue(
             "DRIMbox",
             usage=usage,
-            organizational_unit=DEMO_STRUCTURE,
-            organization="CABINET M DOC0036790",
+            organizational_unit=structure_id,
+            organization=organization,
             state="Paris (75)",
         )
 
+    return StructureCertificates(
+        structure_id,
+        auth=org("auth").write(folder, f"{prefix}-auth"),
+        signing=org("sign").write(folder, f"{prefix}-sign"),
+    )
+
+
+def site_certificates(
+    folder: Path, pki: TestPki | None = None, *, structure_id: str = DEMO_STRUCTURE
+) -> SiteCertificates:
+    """A fresh set of site certificates written as PEM files under `folder`."""
+    pki = pki or TestPki()
+    org = structure_certificates(folder, pki, structure_id)
     return SiteCertificates(
         ca=pki.ca.write(folder, "ca"),
-        auth=org("auth").write(folder, "org-auth"),
-        signing=org("sign").write(folder, "org-sign"),
+        auth=org.auth,
+        signing=org.signing,
         server=pki.issue("dmp.test", usage="server", dns_names=("localhost", "127.0.0.1")).write(
             folder, "dmp-server"
         ),

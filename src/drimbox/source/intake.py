@@ -3,7 +3,9 @@
 The promise to the RIS: an `AA` means the message is committed to the database (an SQLite file
 with synchronous=FULL, or PostgreSQL). Bad messages are stored too, with the reason and the NAK
 they got, so that nothing is dropped silently. A re-sent report version (same CDA id) is
-acknowledged again but not queued twice.
+acknowledged again but not queued twice — also when two nodes receive it at the same moment:
+the report version's unique key makes the second insert fail, and that node then answers it as
+a re-send.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
@@ -60,8 +63,13 @@ class ReportIntake:
         except HL7Error as error:
             ack = build_ack(text, error.code, str(error), error=error)
             message_id = self._store_rejected(block, text, peer, error)
+            # The error may quote a field's value (a name, a date): it is stored, not logged.
             log.warning(
-                "HL7 from %s refused (%s): %s", peer, error.code, error, extra={"peer": peer}
+                "HL7 message %s from %s refused (%s)",
+                message_id,
+                peer,
+                error.code,
+                extra={"peer": peer},
             )
             return IntakeResult(ack, error.code, message_id, None)
         try:
@@ -117,9 +125,21 @@ class ReportIntake:
     def _store_accepted(
         self, block: bytes, message: ReportMessage, peer: str
     ) -> tuple[int, int | None, int | None]:
+        try:
+            return self._store_once(block, message, peer)
+        except IntegrityError:
+            # Another node stored the same version between our check and our insert: the second
+            # try finds it and answers as a re-send.
+            log.info("HL7 from %s: report version stored meanwhile by another node", peer)
+            return self._store_once(block, message, peer)
+
+    def _store_once(
+        self, block: bytes, message: ReportMessage, peer: str
+    ) -> tuple[int, int | None, int | None]:
         now = utcnow()
         report = message.report
         document_id = _document_id(message)
+        version_key = f"{message.kind}|{document_id}"[:160] if document_id else None
         with self.db.session() as session:
             row = Hl7Message(
                 received_at=now,
@@ -133,12 +153,9 @@ class ReportIntake:
             session.add(row)
             session.flush()
             duplicate_of = None
-            if document_id:
+            if version_key:
                 duplicate_of = session.scalar(
-                    select(Report.id)
-                    .where(Report.document_id == document_id, Report.kind == message.kind)
-                    .order_by(Report.id)
-                    .limit(1)
+                    select(Report.id).where(Report.version_key == version_key)
                 )
             if duplicate_of is not None:
                 row.error = _resent(session, message, document_id, duplicate_of)
@@ -156,7 +173,7 @@ class ReportIntake:
                 if report
                 else (message.study_instance_uid or "",)
             )
-            entries = []
+            entries: list[Report] = []
             # A report covering several studies gives one row — hence one KOS — per study.
             for study_uid in studies:
                 entry = Report(
@@ -171,6 +188,7 @@ class ReportIntake:
                     study_uid=study_uid,
                     accession=accession or (message.accession_number or ""),
                     document_id=document_id,
+                    version_key=_study_key(version_key, len(entries)),
                     set_id=identifier_text(report.set_id) if report else "",
                     version_number=report.version_number if report else None,
                     document_time=report.effective_time if report else None,
@@ -193,6 +211,14 @@ class ReportIntake:
                 if message.kind == "exam_update":
                     _exam_update(session, entry)
             return row.id, entries[0].id, None
+
+
+def _study_key(version_key: str | None, index: int) -> str | None:
+    """The unique key of the row of a report version's `index`-th study: the version's own key
+    for the first (so that a re-send on another node collides with it), suffixed for the next."""
+    if version_key is None or index == 0:
+        return version_key
+    return f"{version_key[:150]}#{index}"
 
 
 def _resent(session: Session, message: ReportMessage, document_id: str, first: int) -> str:

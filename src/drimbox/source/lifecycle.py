@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from drimbox.db import Report, ReportState, utcnow
+from drimbox.db import Report, ReportState, aware, utcnow
 from drimbox.dmp.codes import CONFIDENTIALITY_FLAGS
 
 # Report kinds that carry a KOS to publish (the others withdraw).
@@ -124,8 +124,3 @@ def next_recheck(delays: Sequence[float], done: int, after: datetime) -> datetim
         return None
     gap = delays[done] - (delays[done - 1] if done else 0.0)
     return after + timedelta(seconds=gap)
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite gives back naive datetimes for what was stored as UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -23,7 +23,7 @@ from drimbox.cda import parse_report
 from drimbox.cda.model import ImagingReport
 from drimbox.config import Config
 from drimbox.db import Database, DmpJob, JobState, Report, ReportState, utcnow
-from drimbox.db.leases import LeasedWorker, backoff, claim_due
+from drimbox.db.leases import LeasedWorker, backoff
 from drimbox.failpoints import failpoint
 from drimbox.metrics import NodeMetrics
 from drimbox.source.lifecycle import (
@@ -110,6 +110,8 @@ def enqueue(session: Session, report: Report, action: str) -> None:
 
 class DmpPublisher(LeasedWorker):
     name = "DMP outbox"
+    model = DmpJob
+    due_states = DUE
 
     def __init__(
         self,
@@ -120,13 +122,11 @@ class DmpPublisher(LeasedWorker):
     ) -> None:
         self.config = config
         self.db = db
+        self.owner = config.node.name
+        self.lease = timedelta(seconds=config.source.lease_s)
         self.poll_s = config.source.poll_interval_s
         self.port = port
-        self.metrics = metrics or NodeMetrics(config.metrics.node_name)
-
-    def claim_next(self) -> int | None:
-        lease = timedelta(seconds=self.config.source.lease_s)
-        return claim_due(self.db, DmpJob, DUE, lease)
+        self.metrics = metrics or NodeMetrics(config.node.name)
 
     # -- one job ---------------------------------------------------------------------------
     def process(self, job_id: int) -> JobResult:
@@ -167,6 +167,9 @@ class DmpPublisher(LeasedWorker):
         with self.db.session() as session:
             job = session.get(DmpJob, job_id)
             assert job is not None
+            if self.taken_over(job_id, job.leased_by, job.state):
+                return  # the DMP is asked again by the node that took the job over
+            job.leased_by = None
             job.state = result.state.value
             job.last_error = result.message if result.state != JobState.DONE else None
             job.updated_at = now
@@ -183,13 +186,17 @@ class DmpPublisher(LeasedWorker):
             elif result.state in (JobState.RETRYING, JobState.QUEUED) and result.message:
                 report.reason = result.message
                 report.updated_at = now
+        # The DMP's answers and errors may quote the patient's INS: only our own waiting notes
+        # are logged, the rest stays in the database (drimbox reports show).
+        own = result.state == JobState.QUEUED
+        detail = (result.message if own else "(see drimbox reports show)") if result.message else ""
         log.info(
             "DMP job %s (%s of report %s): %s %s",
             job_id,
             action,
             report_id,
             result.state.value,
-            result.message or "",
+            detail,
             extra={"report_id": report_id, "study_uid": study, "job_id": job_id},
         )
         self.metrics.published(action, result.state.value, received_at)

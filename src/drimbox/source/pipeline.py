@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from drimbox.cda import CdaError, parse_report
 from drimbox.config import Config
-from drimbox.db import Database, Report, ReportState, utcnow
-from drimbox.db.leases import LeasedWorker, backoff, claim_due
+from drimbox.db import Database, Report, ReportState, aware, utcnow
+from drimbox.db.leases import LeasedWorker, backoff
 from drimbox.dicom.kos import (
     IdentityMismatch,
     KosError,
@@ -30,7 +30,6 @@ from drimbox.dicom.kos import (
 )
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
 from drimbox.source.lifecycle import (
-    aware,
     confidentiality_of,
     latest_published,
     newer_version,
@@ -48,6 +47,7 @@ class Outcome:
     state: ReportState
     reason: str | None = None
     retry_in_s: float | None = None
+    private: bool = False  # the reason quotes the patient's identity: kept out of the logs
 
 
 def pacs_settings(config: Config) -> PacsSettings:
@@ -74,19 +74,17 @@ def kos_site(config: Config) -> KosSite:
 
 class ReportPipeline(LeasedWorker):
     name = "report pipeline"
+    model = Report
+    due_states = DUE_STATES
 
     def __init__(self, config: Config, db: Database, pacs: PacsClient | None = None) -> None:
         self.config = config
         self.db = db
+        self.owner = config.node.name
+        self.lease = timedelta(seconds=config.source.lease_s)
         self.poll_s = config.source.poll_interval_s
         self.pacs = pacs or PacsClient(pacs_settings(config))
         self.site = kos_site(config)
-
-    # -- claiming ---------------------------------------------------------------------------
-    def claim_next(self) -> int | None:
-        """Take the oldest due report and lease it; None when nothing is due."""
-        lease = timedelta(seconds=self.config.source.lease_s)
-        return claim_due(self.db, Report, DUE_STATES, lease)
 
     # -- processing -------------------------------------------------------------------------
     def process(self, report_id: int) -> Outcome:
@@ -119,6 +117,9 @@ class ReportPipeline(LeasedWorker):
         with self.db.session() as session:
             report = session.get(Report, report_id)
             assert report is not None
+            if self.taken_over(report_id, report.leased_by, report.state):
+                return outcome
+            report.leased_by = None
             report.state = outcome.state.value
             report.reason = outcome.reason
             report.updated_at = now
@@ -130,11 +131,13 @@ class ReportPipeline(LeasedWorker):
             if kos is not None:
                 self._built(session, report, kos)
             study = report.study_uid
+        # A reason quoting the patient's identity stays in the database (drimbox reports show).
+        reason = "(see drimbox reports show)" if outcome.private else outcome.reason or ""
         log.info(
             "report %s: %s %s",
             report_id,
             outcome.state.value,
-            outcome.reason or "",
+            reason,
             extra={"report_id": report_id, "study_uid": study},
         )
         return outcome
@@ -186,7 +189,7 @@ class ReportPipeline(LeasedWorker):
         try:
             parsed = parse_report(cda, study_uid or None)
         except CdaError as exc:
-            return Outcome(ReportState.REFUSED, f"CDA illisible : {exc}"), None
+            return Outcome(ReportState.REFUSED, f"CDA illisible : {exc}", private=True), None
         try:
             study = self.pacs.snapshot(parsed.study_instance_uid)
         except PacsError as exc:
@@ -216,9 +219,10 @@ class ReportPipeline(LeasedWorker):
             kos = build_manifest(parsed, study, self.site, variant=variant)
         except IdentityMismatch as exc:
             reasons = "; ".join(exc.reasons)
-            return Outcome(ReportState.REFUSED, f"Identité incohérente PACS/CR : {reasons}"), None
+            reason = f"Identité incohérente PACS/CR : {reasons}"
+            return Outcome(ReportState.REFUSED, reason, private=True), None
         except KosError as exc:
-            return Outcome(ReportState.REFUSED, f"KOS impossible : {exc}"), None
+            return Outcome(ReportState.REFUSED, f"KOS impossible : {exc}", private=True), None
         return Outcome(ReportState.KOS_BUILT, None), kos
 
     def _backoff(self, attempts: int) -> float:

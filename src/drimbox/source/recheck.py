@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from drimbox.config import Config
 from drimbox.db import Database, Report, ReportState, utcnow
-from drimbox.db.leases import LeasedWorker, claim_due
+from drimbox.db.leases import LeasedWorker
 from drimbox.dicom.kos import manifest_from_bytes, referenced_instances
 from drimbox.dicom.pacs import PacsClient, PacsError
 from drimbox.source.lifecycle import next_recheck, reopen
@@ -25,23 +25,19 @@ log = logging.getLogger(__name__)
 
 class LateImagesWorker(LeasedWorker):
     name = "late images"
+    model = Report
+    due_states = (ReportState.PUBLISHED.value,)
+    # The recheck time is the lease: a published report's retry columns are not this worker's.
+    lease_column = "recheck_at"
+    count_attempts = False
 
     def __init__(self, config: Config, db: Database, pacs: PacsClient) -> None:
         self.config = config
         self.db = db
         self.pacs = pacs
         self.poll_s = max(config.source.poll_interval_s, 1.0)
-
-    def claim_next(self) -> int | None:
-        lease = timedelta(seconds=self.config.source.lease_s)
-        return claim_due(
-            self.db,
-            Report,
-            (ReportState.PUBLISHED.value,),
-            lease,
-            column="recheck_at",
-            count_attempts=False,
-        )
+        self.owner = config.node.name
+        self.lease = timedelta(seconds=config.source.lease_s)
 
     def process(self, report_id: int) -> str:
         """Compare one published KOS with the PACS; what was done (for logs and tests)."""
@@ -83,6 +79,7 @@ class LateImagesWorker(LeasedWorker):
             )
             row.recheck_at = None
             row.rechecks_done = done + 1
+            row.leased_by = None
             log.info(
                 "report %s: PACS changed (+%d -%d), re-opened as %s",
                 report_id,
@@ -99,6 +96,7 @@ class LateImagesWorker(LeasedWorker):
             row = session.get(Report, report_id)
             assert row is not None
             row.recheck_at = when
+            row.leased_by = None
             if done is not None:
                 row.rechecks_done = done
         return what

@@ -1,4 +1,5 @@
-"""Operator actions on a report: put a refused or parked report back in the queue."""
+"""Operator actions on a report: put a refused or parked report back in the queue, or make
+waiting work due now (a lease held by a node that died, a retry delay)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from sqlalchemy import select
 
 from drimbox.db import Database, DmpJob, JobState, Report, ReportState, utcnow
 from drimbox.source.lifecycle import not_for_dmp
+from drimbox.source.outbox import DUE as JOB_DUE
+from drimbox.source.pipeline import DUE_STATES
 
 
 class RetryError(Exception):
@@ -39,6 +42,22 @@ def retry_report(db: Database, report_id: int) -> str:
             report.reason = "relancé par l'opérateur"
             report.updated_at = now
             return "envoi au DMP remis en file"
+        waiting = session.scalars(
+            select(DmpJob).where(DmpJob.report_id == report_id, DmpJob.state.in_(JOB_DUE))
+        ).all()
+        if report.state in DUE_STATES or waiting:
+            # A lease taken over early is safe: a report is rebuilt with the same KOS UIDs, and
+            # a job asks the DMP what it holds before sending anything.
+            rows: list[Report | DmpJob] = [*waiting]
+            if report.state in DUE_STATES:
+                rows.append(report)
+            held = {row.leased_by for row in rows if row.leased_by}
+            for row in rows:
+                row.leased_by = None
+                row.next_attempt_at = now
+            report.updated_at = now
+            holder = f" (bail du nœud {', '.join(sorted(held))} libéré)" if held else ""
+            return f"travail en attente repris maintenant{holder}"
         if report.state == ReportState.REFUSED.value:
             report.state = ReportState.RECEIVED.value
             report.attempts = 0

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 
 from drimbox.db import AuditEvent, Database, utcnow
+from drimbox.logs import ref
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,14 @@ def record(
                     study_uid=study_uid,
                     bytes=nbytes,
                     remote=remote,
+                    node=db.node,
                     detail=detail,
                 )
             )
     except Exception:
-        log.exception("AUDIT RECORD LOST: %s %s %s %s", actor, action, patient_ins, result)
+        log.exception(
+            "AUDIT RECORD LOST: %s %s patient %s %s", actor, action, ref(patient_ins), result
+        )
 
 
 def events(
@@ -97,5 +101,6 @@ def _as_dict(event: AuditEvent) -> dict[str, Any]:
         "study_uid": event.study_uid,
         "bytes": event.bytes,
         "remote": event.remote,
+        "node": event.node,
         "detail": event.detail,
     }

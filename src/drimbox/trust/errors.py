@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from drimbox.errors import InternalError
+
 
 class Reason(Enum):
     """Refusal reasons; the value is the French message shown to the site's IT staff."""
@@ -61,3 +63,7 @@ class WhitelistError(Exception):
     @property
     def message(self) -> str:
         return self.reason.message
+
+
+class WhitelistInternalError(WhitelistError, InternalError):
+    """The list is refused because the verifier failed on it: a bug of the box, logged."""

@@ -22,7 +22,7 @@ from cryptography import x509
 from lxml import etree
 
 from drimbox.trust.dn import DistinguishedName, DnSyntaxError, dn_equal
-from drimbox.trust.errors import Reason, WhitelistError
+from drimbox.trust.errors import Reason, WhitelistError, WhitelistInternalError
 from drimbox.trust.xades_verify import (
     DS,
     ExpectedSigner,
@@ -254,7 +254,9 @@ def verify_whitelist(
         # refusal for the caller (the list in force stays), and a log entry for us. The fuzz
         # tests fail on this detail, so a new case gets a precise handling.
         log.exception("unexpected error while verifying a whitelist")
-        raise WhitelistError(Reason.MALFORMED, f"{UNEXPECTED} {type(exc).__name__}: {exc}") from exc
+        raise WhitelistInternalError(
+            Reason.MALFORMED, f"{UNEXPECTED} {type(exc).__name__}: {exc}"
+        ) from exc
     return Whitelist(
         generated_at=generated_at,
         domains=domains,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
@@ -22,41 +22,51 @@ from sqlalchemy import select
 from drimbox.config import Config
 from drimbox.db import Database, DmpJob, Report, SpeedTest
 from drimbox.dicom.cache import SeriesCache
+from drimbox.french import PARIS
 from drimbox.ops.speedtest import latest_results
 from drimbox.source.retry import RetryError, retry_report
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
-from drimbox.web.pages import esc as e
-from drimbox.web.pages import french_datetime, layout, table
+from drimbox.web.labels import (
+    AUDIT_RESULTS,
+    AUDIT_ROLES,
+    REPORT_KINDS,
+    REPORT_STATES,
+    action_label,
+    label,
+)
+from drimbox.web.pages import french_datetime, french_number, french_size, message, render
 from drimbox.web.sessions import DbSessionStore, SessionView
 from drimbox.web.status import CHECKS, StatusSources
 from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 
-NAV = (
-    ("/admin", "État"),
-    ("/admin/comptes-rendus", "Comptes rendus"),
-    ("/admin/liste-blanche", "Liste blanche"),
-    ("/admin/audit", "Traces"),
-    ("/admin/cache", "Cache"),
-)
-STATE_LABELS = {
-    "received": "reçu",
-    "waiting_images": "attente des images",
-    "publishing": "publication en cours",
-    "published": "publié au DMP",
-    "refused": "refusé",
-    "parked": "bloqué par le DMP",
-    "replaced": "remplacé",
-    "withdrawn": "dépublié",
-    "withdrawal_received": "dépublication reçue",
-    "applied": "dépublication faite",
-    "not_for_dmp": "non destiné au DMP",
-    "superseded": "version dépassée",
-}
+SOURCE_NAV: Final = ("/admin/comptes-rendus", "Comptes rendus")
 RETRYABLE = {"refused", "parked"}
+CHECK_LABELS: Final = {"pacs": "PACS", "dmp": "DMP", "whitelist": "Liste blanche",
+                       "outbox": "File d'envoi au DMP", "cache": "Cache d'images"}  # fmt: skip
+SOURCE_CHECKS: Final = frozenset({"outbox"})
 
 
-def speed_table(results: list[SpeedTest]) -> str:
+def admin_nav(config: Config) -> list[tuple[str, str]]:
+    """The console's sections: the Source's only on a node with the Source role."""
+    nav = [("/admin", "État")]
+    if config.roles.source:
+        nav.append(SOURCE_NAV)
+    nav += [("/admin/liste-blanche", "Liste blanche"), ("/admin/audit", "Traces"),
+            ("/admin/cache", "Cache")]  # fmt: skip
+    return nav
+
+
+def purge_message(series: int, nbytes: int) -> str:
+    if not series:
+        return "Cache vidé : il ne contenait aucune série."
+    return (
+        f"Cache vidé : {french_number(series)} série{'s' if series > 1 else ''} "
+        f"supprimée{'s' if series > 1 else ''}, {french_size(nbytes)} libérés."
+    )
+
+
+def speed_rows(results: list[SpeedTest]) -> list[dict[str, Any]]:
     """The last result of each speed test (`drimbox pacs|peer speedtest`), with its date; a
     failed one, or one far below the previous, stands out."""
     rows = []
@@ -64,26 +74,19 @@ def speed_table(results: list[SpeedTest]) -> str:
         rate = r.bytes / r.seconds if r.seconds > 0 and r.bytes else 0.0
         figures = []
         if r.latency_s is not None:
-            figures.append(f"latence {r.latency_s * 1000:.0f} ms")
+            figures.append(f"latence {french_number(r.latency_s * 1000)} ms")
         if r.first_image_s is not None:
-            figures.append(f"1re image {r.first_image_s * 1000:.0f} ms")
+            figures.append(f"1re image {french_number(r.first_image_s * 1000)} ms")
         if r.images:
-            figures.append(f"{r.images} images, {r.bytes / 1e6:.1f} Mo, {rate / 1e6:.1f} Mo/s")
-        if not r.ok:
-            verdict = f'<span class="ko">ÉCHEC</span> {e(r.error)}'
-        elif r.flag:
-            verdict = f'<span class="ko">EN BAISSE</span> {e(r.flag)}'
-        else:
-            verdict = '<span class="ok">OK</span>'
-        rows.append([
-            e(french_datetime(r.at)), e("PACS" if r.kind == "pacs" else "DRIMbox"),
-            e(r.target), e(r.mode), e(", ".join(figures)), verdict,
-        ])  # fmt: skip
-    return table(
-        ["Le", "Vers", "Cible", "Méthode", "Mesure", "Résultat"],
-        rows,
-        empty="Aucun test de débit : drimbox pacs speedtest, drimbox peer speedtest.",
-    )
+            figures.append(f"{french_number(r.images)} images, {french_size(r.bytes)}, "
+                           f"{french_size(rate)}/s")  # fmt: skip
+        rows.append({
+            "at": french_datetime(r.at), "to": "PACS" if r.kind == "pacs" else "DRIMbox",
+            "target": r.target, "mode": r.mode, "figures": ", ".join(figures),
+            "verdict": "failed" if not r.ok else "dropping" if r.flag else "ok",
+            "why": r.error if not r.ok else r.flag or "",
+        })  # fmt: skip
+    return rows
 
 
 class _Denied(Exception):
@@ -102,6 +105,7 @@ def admin_router(
 ) -> APIRouter:
     router = APIRouter()
     admins = set(config.admin.users)
+    nav = admin_nav(config)
 
     def admin(request: Request) -> SessionView:
         view = sessions.view(request.cookies.get(SESSION_COOKIE, ""))
@@ -112,10 +116,11 @@ def admin_router(
             )
         if view.subject_name_id not in admins:
             raise _Denied(
-                layout(
+                message(
+                    request,
                     "Accès refusé",
-                    "<p>La console d'administration est réservée aux administrateurs de cette "
-                    "DRIMbox (<code>[admin] users</code>).</p>",
+                    "La console d'administration est réservée aux administrateurs de cette "
+                    "DRIMbox ([admin] users).",
                     status=403,
                     user=view.display_name,
                 )
@@ -125,10 +130,11 @@ def admin_router(
     def same_origin(request: Request) -> None:
         origin = request.headers.get("origin")
         if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):
-            raise _Denied(layout("Requête refusée", "<p>Origine inattendue.</p>", status=403))
+            raise _Denied(message(request, "Requête refusée", "Origine inattendue.", status=403))
 
-    def page(view: SessionView, title: str, body: str, status_code: int = 200) -> Response:
-        return layout(title, body, status=status_code, nav=NAV, user=view.display_name)
+    def page(request: Request, view: SessionView, template: str, title: str,
+             **context: Any) -> Response:  # fmt: skip
+        return render(request, template, title=title, nav=nav, user=view.display_name, **context)
 
     @router.get("/admin")
     async def dashboard(request: Request) -> Response:
@@ -136,24 +142,16 @@ def admin_router(
             view = admin(request)
         except _Denied as denied:
             return denied.response
-        names = list(CHECKS)
+        names = [n for n in CHECKS if config.roles.source or n not in SOURCE_CHECKS]
         results = await asyncio.gather(*(asyncio.to_thread(CHECKS[name], status) for name in names))
-        labels = {"pacs": "PACS", "dmp": "DMP", "whitelist": "Liste blanche",
-                  "outbox": "File d'envoi au DMP", "cache": "Cache d'images"}  # fmt: skip
-        rows = []
-        for name, result in zip(names, results, strict=True):
-            ok = result.get("ok")
-            verdict = (
-                '<span class="ok">OK</span>' if ok else
-                '<span class="ko">PROBLÈME</span>' if ok is False else
-                '<span class="muted">non utilisé</span>'
-            )  # fmt: skip
-            rows.append([e(labels[name]), verdict, e(result.get("message", ""))])
-        body = table(["Service", "État", "Détail"], rows, empty="")
-        body += "<h2>Derniers tests de débit</h2>" + speed_table(
-            await asyncio.to_thread(latest_results, db)
-        )
-        return page(view, "État de la DRIMbox", body)
+        checks = [
+            {"label": CHECK_LABELS[name], "ok": result.get("ok"),
+             "message": result.get("message", "")}
+            for name, result in zip(names, results, strict=True)
+        ]  # fmt: skip
+        speeds = speed_rows(await asyncio.to_thread(latest_results, db))
+        return page(request, view, "admin/dashboard.html", "État de la DRIMbox", checks=checks,
+                    speeds=speeds)  # fmt: skip
 
     @router.get("/admin/comptes-rendus")
     def reports(request: Request, etat: str | None = None, message: str | None = None) -> Response:
@@ -178,34 +176,17 @@ def admin_router(
             detail = report.reason or ""
             if job is not None and job.last_error and job.state != "done":
                 detail = f"{detail} — dernier essai : {job.last_error}".strip(" —")
-            action = ""
-            if report.state in RETRYABLE:
-                action = (
-                    f'<form class="inline" method="post" '
-                    f'action="/admin/comptes-rendus/{report.id}/relancer">'
-                    f'<button type="submit">Relancer</button></form>'
-                )
-            rows.append([
-                e(report.id), e(french_datetime(report.received_at)), e(report.kind),
-                e(report.patient_ins), e(report.accession),
-                e(STATE_LABELS.get(report.state, report.state)),
-                e(detail) + (f"<br><span class='muted'>DMP {e(report.dmp_entry_uuid)}</span>"
-                             if report.dmp_entry_uuid else ""),
-                action,
-            ])  # fmt: skip
-        options = "".join(
-            f'<option value="{e(k)}"{" selected" if k == etat else ""}>{e(v)}</option>'
-            for k, v in STATE_LABELS.items()
-        )
-        notice = f'<p class="note">{e(message)}</p>' if message else ""
-        body = (
-            notice + '<form method="get"><label for="etat">État</label>'
-            f'<select id="etat" name="etat"><option value="">tous</option>{options}</select> '
-            '<button type="submit">Filtrer</button></form><br>'
-            + table(["N°", "Reçu le", "Type", "INS", "N° d'accès", "État", "Détail", ""], rows,
-                    empty="Aucun compte rendu.")
-        )  # fmt: skip
-        return page(view, "Comptes rendus et publication", body)
+            rows.append({
+                "id": report.id, "received": french_datetime(report.received_at),
+                "kind": label(REPORT_KINDS, report.kind), "ins": report.patient_ins,
+                "accession": report.accession, "state": label(REPORT_STATES, report.state),
+                "detail": detail, "dmp_entry": report.dmp_entry_uuid,
+                "retry_url": f"/admin/comptes-rendus/{report.id}/relancer"
+                if report.state in RETRYABLE else "",
+            })  # fmt: skip
+        return page(request, view, "admin/reports.html", "Comptes rendus et publication",
+                    reports=rows, states=list(REPORT_STATES.items()), selected=etat,
+                    notice=message)  # fmt: skip
 
     @router.post("/admin/comptes-rendus/{report_id}/relancer")
     def retry(request: Request, report_id: int) -> Response:
@@ -215,12 +196,12 @@ def admin_router(
         except _Denied as denied:
             return denied.response
         try:
-            message = f"Compte rendu n°{report_id} : {retry_report(db, report_id)}"
+            text = f"Compte rendu n°{report_id} : {retry_report(db, report_id)}"
         except RetryError as exc:
-            message = f"Compte rendu n°{report_id} : {exc}"
+            text = f"Compte rendu n°{report_id} : {exc}"
         audit.record(db, actor=view.subject_name_id, role="operator", action="report_retry",
                      result="ok", report_id=report_id)  # fmt: skip
-        target = f"/admin/comptes-rendus?{urlencode({'message': message})}"
+        target = f"/admin/comptes-rendus?{urlencode({'message': text})}"
         return RedirectResponse(target, status_code=303)
 
     @router.get("/admin/liste-blanche")
@@ -229,35 +210,26 @@ def admin_router(
             view = admin(request)
         except _Denied as denied:
             return denied.response
+        title = "Liste blanche DRIM-M"
         if whitelist is None:
-            return page(view, "Liste blanche", "<p>Aucune liste blanche configurée.</p>")
+            return page(request, view, "admin/whitelist.html", title, configured=False)
         current = whitelist.current()
-        refusals = [
-            [e(french_datetime(r.at)), e(r.message)] for r in reversed(list(whitelist.refusals))
-        ]
-        parts = []
-        if current is None:
-            parts.append('<p class="ko">Aucune liste valide : aucun pair n\'est admis.</p>')
-        else:
+        refusals = [[french_datetime(r.at), r.message] for r in reversed(list(whitelist.refusals))]
+        shown = None
+        if current is not None:
             signer = current.signer
-            parts.append(
-                '<div class="card">'
-                f"<p>Générée le {e(french_datetime(current.generated_at))} — "
-                f"{len(current.domains)} DRIMbox — dernière mise à jour "
-                f"{e(french_datetime(whitelist.last_refresh))}</p>"
-                f"<p>Signataire : {e(signer.subject)}<br>"
-                f"Valide du {e(french_datetime(signer.not_before))} "
-                f"au {e(french_datetime(signer.not_after))}</p></div>"
-            )
-            parts.append(table(
-                ["Id", "Nom db", "Nom vi", "Dénomination", "DN du certificat", "Mise à jour"],
-                ([e(d.identifier), e(d.db), e(d.vi), e(d.name), e(d.operator_dn),
-                  e(french_datetime(d.updated_at))] for d in current.domains),
-                empty="",
-            ))  # fmt: skip
-        parts.append("<h2>Listes refusées</h2>")
-        parts.append(table(["Le", "Motif"], refusals, empty="Aucune liste refusée."))
-        return page(view, "Liste blanche DRIM-M", "".join(parts))
+            shown = {
+                "generated": french_datetime(current.generated_at),
+                "count": len(current.domains),
+                "refreshed": french_datetime(whitelist.last_refresh),
+                "signer": signer.subject,
+                "not_before": french_datetime(signer.not_before),
+                "not_after": french_datetime(signer.not_after),
+                "domains": [[d.identifier, d.db, d.vi, d.name, d.operator_dn,
+                             french_datetime(d.updated_at)] for d in current.domains],
+            }  # fmt: skip
+        return page(request, view, "admin/whitelist.html", title, configured=True,
+                    current=shown, refusals=refusals)  # fmt: skip
 
     @router.get("/admin/audit")
     def audit_page(
@@ -273,29 +245,21 @@ def admin_router(
         since = None
         if depuis:
             try:
-                since = datetime.fromisoformat(depuis).astimezone()
+                since = datetime.fromisoformat(depuis).replace(tzinfo=PARIS)
             except ValueError:
                 since = None
         events: list[dict[str, Any]] = audit.events(
             db, since=since, patient_ins=patient or None, actor=utilisateur or None
         )[-500:]
         rows = [
-            [e(french_datetime(ev["at"])), e(ev["actor"]), e(ev["role"]), e(ev["action"]),
-             e(ev["result"]), e(ev["patient_ins"]), e(ev["study_uid"]),
-             e(ev["bytes"] if ev["bytes"] is not None else "")]
+            [french_datetime(ev["at"]), ev["actor"], label(AUDIT_ROLES, ev["role"]),
+             action_label(ev["action"]), label(AUDIT_RESULTS, ev["result"]), ev["patient_ins"],
+             ev["study_uid"], french_size(ev["bytes"]) if ev["bytes"] is not None else "",
+             ev["node"]]
             for ev in reversed(events)
         ]  # fmt: skip
-        form = (
-            '<form method="get"><label for="patient">INS patient</label>'
-            f'<input id="patient" name="patient" value="{e(patient)}"> '
-            '<label for="utilisateur">Utilisateur</label>'
-            f'<input id="utilisateur" name="utilisateur" value="{e(utilisateur)}"> '
-            '<label for="depuis">Depuis</label>'
-            f'<input id="depuis" name="depuis" type="date" value="{e(depuis)}"> '
-            '<button type="submit">Filtrer</button></form><br>'
-        )
-        headers = ["Le", "Qui", "Rôle", "Action", "Résultat", "INS", "Examen", "Octets"]
-        return page(view, "Traces d'accès", form + table(headers, rows, empty="Aucune trace."))
+        return page(request, view, "admin/audit.html", "Traces d'accès", events=rows,
+                    patient=patient, actor=utilisateur, since=depuis)  # fmt: skip
 
     @router.get("/admin/cache")
     def cache_page(request: Request, message: str | None = None) -> Response:
@@ -303,18 +267,9 @@ def admin_router(
             view = admin(request)
         except _Denied as denied:
             return denied.response
-        if cache is None:
-            return page(view, "Cache d'images", "<p>Pas de cache sur ce nœud.</p>")
-        usage = cache.usage()
-        notice = f'<p class="note">{e(message)}</p>' if message else ""
-        body = (
-            f'{notice}<div class="card"><p>{usage.bytes / 1e6:.1f} Mo utilisés sur '
-            f"{usage.max_bytes / 1e6:.0f} Mo — {usage.series} séries, {usage.instances} images "
-            f"— {usage.hits} accès servis depuis le cache, {usage.misses} récupérations</p></div>"
-            '<form method="post" action="/admin/cache/purger">'
-            '<button type="submit">Vider le cache</button></form>'
-        )
-        return page(view, "Cache d'images", body)
+        usage = cache.usage() if cache is not None else None
+        return page(request, view, "admin/cache.html", "Cache d'images", usage=usage,
+                    notice=message)  # fmt: skip
 
     @router.post("/admin/cache/purger")
     def purge(request: Request) -> Response:
@@ -327,8 +282,8 @@ def admin_router(
             return RedirectResponse("/admin/cache", status_code=303)
         result = cache.purge()
         audit.record(db, actor=view.subject_name_id, role="operator", action="cache_purge",
-                     result="ok")  # fmt: skip
-        message = f"Cache vidé : {result}"
-        return RedirectResponse(f"/admin/cache?{urlencode({'message': message})}", status_code=303)
+                     result="ok", series=result.series, nbytes=result.bytes)  # fmt: skip
+        text = purge_message(result.series, result.bytes)
+        return RedirectResponse(f"/admin/cache?{urlencode({'message': text})}", status_code=303)
 
     return router

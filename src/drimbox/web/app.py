@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from drimbox.auth.tokens import TokenVerifier
 from drimbox.config import Config
@@ -28,6 +29,7 @@ from drimbox.source.grants import Grants
 from drimbox.source.wado import Authorizer, PeerAuthorizer, WadoRoutes, install
 from drimbox.trust.tls import PeerCheck
 from drimbox.web.iid import install_iid_route
+from drimbox.web.pages import STATIC_DIR, STATIC_PATH
 from drimbox.web.viewer import ViewerAuth, ViewerAuthorizer, install_viewer_routes
 
 PEER_PREFIX = "/dicom-web-rs"
@@ -83,8 +85,15 @@ def create_viewer_app(
     )
     for router in routers:
         app.include_router(router)
+    app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="drimbox-static")
     install_iid_route(app, auth=auth, grants=grants)
-    install_viewer_routes(app, ohif_dir=Path(config.viewer.ohif_dir), auth=auth, grants=grants)
+    install_viewer_routes(
+        app,
+        ohif_dir=Path(config.viewer.ohif_dir),
+        auth=auth,
+        grants=grants,
+        admins=frozenset(config.admin.users),
+    )
     return app
 
 

@@ -9,7 +9,6 @@ here is public by nature: it is how a user gets a session.
 from __future__ import annotations
 
 import hashlib
-import html
 import logging
 import threading
 import time
@@ -24,40 +23,20 @@ from drimbox.auth.users import UserInfoError
 from drimbox.config import Config
 from drimbox.db import Database
 from drimbox.trust import audit
+from drimbox.web.pages import LOGOUT_PATH, message, render
 from drimbox.web.sessions import DbSessionStore
-from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE, page
+from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 
 log = logging.getLogger(__name__)
 
 BROWSER_COOKIE = "drimbox_login"
 CALLBACK_PATH = "/auth/callback"
 SITUATION_PATH = "/auth/situation"
-LOGOUT_PATH = "/deconnexion"
 PUBLIC_PATHS = frozenset({LOGIN_PATH, CALLBACK_PATH, LOGOUT_PATH})
 
 
 def psc_settings(config: Config, redirect_uri: str) -> PscSettings:
-    psc = config.psc
-    return PscSettings(
-        client_id=psc.client_id,
-        client_secret=psc.client_secret,
-        redirect_uri=redirect_uri,
-        discovery_url=psc.discovery_url,
-        issuer=psc.issuer,
-        authorization_endpoint=psc.authorization_endpoint,
-        token_endpoint=psc.token_endpoint,
-        userinfo_endpoint=psc.userinfo_endpoint,
-        jwks_uri=psc.jwks_uri,
-        introspection_endpoint=psc.introspection_endpoint,
-        end_session_endpoint=psc.end_session_endpoint,
-        scope=psc.scope,
-        acr_values=psc.acr_values,
-        token_endpoint_auth_method=psc.token_endpoint_auth_method,
-        use_pkce=psc.use_pkce,
-        leeway_s=psc.leeway_s,
-        timeout_s=psc.timeout_s,
-        ca_file=psc.ca_file,
-    )
+    return PscSettings.from_config(config, redirect_uri)
 
 
 class SessionTokens:
@@ -126,19 +105,30 @@ def auth_router(
 ) -> APIRouter:
     router = APIRouter()
 
-    def refused(message: str, status: int = 403) -> HTMLResponse:
-        body = (
-            f"<p>{html.escape(message)}</p>"
-            f'<p><a href="{LOGIN_PATH}">Se reconnecter avec Pro Santé Connect</a></p>'
+    def sign_in_again(return_to: str) -> str:
+        """The sign-in link that brings the user back to where they were (the launch's
+        history, the image link), not to the origin's root."""
+        target = safe_return(return_to)
+        return LOGIN_PATH + (f"?{urlencode({'next': target})}" if target != "/" else "")
+
+    def refused(
+        request: Request, text: str, status: int = 403, return_to: str = "/"
+    ) -> HTMLResponse:
+        return message(
+            request,
+            "Connexion refusée",
+            text,
+            status=status,
+            alert=True,
+            links=[(sign_in_again(return_to), "Se reconnecter avec Pro Santé Connect")],
         )
-        return page("Connexion refusée", body, status)
 
     @router.get(LOGIN_PATH)
     def login(request: Request, next: str | None = None) -> Response:
         try:
             pending = psc.new_login(login_hint=request.query_params.get("login_hint"))
         except PscError as exc:
-            return refused(exc.message, 503)
+            return refused(request, exc.message, 503, next or "/")
         browser = sessions.remember_login(pending, safe_return(next))
         response = RedirectResponse(pending.url, status_code=303)
         response.set_cookie(
@@ -149,13 +139,15 @@ def auth_router(
 
     @router.get(CALLBACK_PATH)
     def callback(request: Request) -> Response:
+        return_to = "/"
         try:
             code, state = PscClient.callback_parameters(dict(request.query_params))
             pending = sessions.take_login(state, request.cookies.get(BROWSER_COOKIE, ""))
             if pending is None:
                 return refused(
-                    "Cette connexion a expiré ou a déjà été utilisée : recommencez.", 400
+                    request, "Cette connexion a expiré ou a déjà été utilisée : recommencez.", 400
                 )
+            return_to = pending.return_to
             tokens = psc.exchange(
                 code,
                 state=state,
@@ -166,7 +158,17 @@ def auth_router(
             user = psc.userinfo(tokens.access_token, expected_subject=tokens.subject)
         except PscError as exc:
             log.info("PSC sign-in refused: %s", exc.reason)
-            return refused(exc.message)
+            return refused(request, exc.message, return_to=return_to)
+        if not user.situations():
+            log.info("PSC sign-in refused: no situation d'exercice")
+            return refused(
+                request,
+                "Votre compte Pro Santé Connect ne déclare aucune situation d'exercice (lieu "
+                "et mode d'exercice dans l'Annuaire Santé) : l'accès aux examens n'est pas "
+                "possible. Faites mettre à jour votre inscription auprès de votre ordre ou de "
+                "votre structure, puis reconnectez-vous.",
+                return_to=return_to,
+            )
         cookie = sessions.create(tokens, user, dict(user.claims))
         remote = request.client.host if request.client else ""
         audit.record(db, actor=user.subject_name_id, role="user", action="login", result="ok",
@@ -186,19 +188,25 @@ def auth_router(
         view = sessions.view(request.cookies.get(SESSION_COOKIE, ""))
         if view is None:
             return RedirectResponse(LOGIN_PATH, status_code=303)
-        choices = "".join(
-            f'<p><label><input type="radio" name="situation" value="{html.escape(s.key)}"'
-            f"{' checked' if index == 0 else ''}> {html.escape(s.label)}</label></p>"
-            for index, s in enumerate(view.user.situations())
+        situations = view.user.situations()
+        if not situations:
+            return message(
+                request,
+                "Accès impossible",
+                "Votre compte Pro Santé Connect ne déclare aucune situation d'exercice : "
+                "l'accès aux examens n'est pas possible.",
+                status=403,
+                alert=True,
+                user=view.display_name,
+            )
+        return render(
+            request,
+            "situation.html",
+            title="Situation d'exercice",
+            user=view.display_name,
+            situations=[{"key": s.key, "label": s.label} for s in situations],
+            next=safe_return(next),
         )
-        body = (
-            f"<p>Bonjour {html.escape(view.display_name)}. Vous exercez dans plusieurs "
-            "situations : laquelle s'applique à cette consultation ?</p>"
-            f'<form method="post"><input type="hidden" name="next" '
-            f'value="{html.escape(safe_return(next))}">{choices}'
-            '<button type="submit">Continuer</button></form>'
-        )
-        return page("Situation d'exercice", body)
 
     @router.post(SITUATION_PATH)
     async def situation_choice(request: Request) -> Response:
@@ -211,12 +219,12 @@ def auth_router(
         try:
             view.user.situation(key)
         except UserInfoError as exc:
-            return page("Situation d'exercice", f"<p>{html.escape(str(exc))}</p>", 400)
+            return message(request, "Situation d'exercice", str(exc), status=400, alert=True)
         sessions.choose_situation(cookie, key)
         return RedirectResponse(safe_return(str(form.get("next", "/"))), status_code=303)
 
     @router.get(LOGOUT_PATH)
-    def logout(request: Request) -> Response:
+    def logout(request: Request, next: str | None = None) -> Response:
         cookie = request.cookies.get(SESSION_COOKIE, "")
         tokens = sessions.tokens(cookie) if cookie else None
         if cookie:
@@ -226,9 +234,11 @@ def auth_router(
                 psc.end_session(tokens.refresh_token)
             except PscError as exc:
                 log.info("PSC logout: %s", exc.reason)
-        response = page(
+        response = message(
+            request,
             "Déconnecté",
-            f'<p>Votre session est terminée.</p><p><a href="{LOGIN_PATH}">Se reconnecter</a></p>',
+            "Votre session est terminée.",
+            links=[(sign_in_again(next or "/"), "Se reconnecter")],
         )
         response.delete_cookie(SESSION_COOKIE)
         return response

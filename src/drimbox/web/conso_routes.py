@@ -46,6 +46,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from lxml import etree
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from drimbox.auth.users import UserInfoError
 from drimbox.config import Config
@@ -62,8 +63,8 @@ from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_mani
 from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
 from drimbox.conso.xdm import XdmDocument, XdmPatient, write_xdm
-from drimbox.db import Database, utcnow
-from drimbox.db.models import ConsoExam, ConsoLaunch
+from drimbox.db import Database, aware, utcnow
+from drimbox.db.models import ConsoExam, ConsoLaunch, UserSession
 from drimbox.dicom.cache import CachedInstance
 from drimbox.dicom.pacs import InstanceSink, PacsClient
 from drimbox.dicom.retrieve import ImageService, RemoteSourceError, dicomweb_tls, pacs_settings
@@ -72,7 +73,7 @@ from drimbox.dmp.vihf import VihfSubject
 from drimbox.source.grants import session_hash
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import PeerCheck, PeerRefused, client_ssl_context
-from drimbox.web.pages import esc, french_date, layout
+from drimbox.web.pages import french_date, french_number, message, render
 from drimbox.web.sessions import DbSessionStore, SessionView
 from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 
@@ -398,7 +399,7 @@ class ConsoService:
                     "votre logiciel (RIS ou dossier patient).",
                 )
             if row.session_hash is None:
-                if _aware(row.open_by) < now:
+                if aware(row.open_by) < now:
                     raise LaunchRefused(
                         410,
                         "Lancement expiré",
@@ -409,19 +410,21 @@ class ConsoService:
                 row.session_hash = mine
                 row.opened_at = now
                 row.expires_at = now + self.keep_for
-            elif row.session_hash != mine:
+            elif row.session_hash != mine and not _same_user(session, row.session_hash, mine):
                 raise LaunchRefused(
                     403,
                     "Lancement déjà ouvert",
                     "Ce lancement a été ouvert dans une autre session : relancez la consultation "
                     "depuis votre logiciel.",
                 )
-            elif _aware(row.expires_at) < now:
+            elif aware(row.expires_at) < now:
                 raise LaunchRefused(
                     410,
                     "Consultation expirée",
                     "Cette consultation a expiré : relancez-la depuis votre logiciel.",
                 )
+            else:
+                row.session_hash = mine  # the same user signed in again (after a logout)
             exams = session.scalars(
                 select(ConsoExam)
                 .where(ConsoExam.launch_id == launch_id)
@@ -707,190 +710,148 @@ class ConsoService:
         with self._lock:
             return dict(self.prefetch.get(launch_id, {})), dict(self.exports.get(launch_id, {}))
 
+    def current_jobs(self, launch: Launch) -> tuple[dict[int, Job], dict[int, Job]]:
+        """The launch's jobs, a finished prefetch whose images have left the cache since
+        (purge, eviction, expiry) shown as such: the page must not say "Images prêtes"."""
+        prefetch, exports = self.jobs(launch.id)
+        cache = self.images.cache
+        for exam in launch.exams:
+            job, manifest = prefetch.get(exam.id), exam.manifest
+            if job is None or job.state != "termine" or manifest is None:
+                continue
+            if not all(cache.holds(manifest.study_uid, s.series_uid) for s in manifest.series):
+                job.state, job.done = "hors_cache", 0
+                job.message = (
+                    "Images retirées du cache de cette DRIMbox : elles seront récupérées de "
+                    "nouveau à l'ouverture."
+                )
+        return prefetch, exports
 
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
 
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+def _same_user(session: Session, bound: str, mine: str) -> bool:
+    """The launch's session and this one belong to the same professional (PSC subject): a
+    user who signs in again after a logout or a refused refresh gets the launch back."""
+    old, new = session.get(UserSession, bound), session.get(UserSession, mine)
+    return old is not None and new is not None and old.subject == new.subject
 
 
 # -- pages ----------------------------------------------------------------------------------
 
-
-def _banner(context: LaunchContext) -> str:
-    items = [
-        ("INS", format_ins(context.ins)),
-        ("Né(e) le", french_date(context.birth_date)),
-        ("Sexe", _SEX.get(context.gender, context.gender)),
-        ("IPP", context.local_patient_id),
-    ]
-    details = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in items)
-    return (
-        '<section class="banner" aria-label="Patient">'
-        f"<strong>{esc(context.display_name)}</strong><dl>{details}</dl></section>"
-    )
+JOB_LABELS: Final = {
+    "en_attente": "en attente",
+    "en_cours": "en cours",
+    "termine": "terminé",
+    "erreur": "erreur",
+    "refuse": "non contacté",
+    "sans_images": "pas d'images",
+    "hors_cache": "à récupérer de nouveau",
+}
 
 
-def _job_cell(prefix: str, exam_id: int, job: Job | None, label: str) -> str:
-    job = job or Job()
-    value = f' value="{job.done}" max="{max(job.total, 1)}"' if job.total else ""
-    labels = {
-        "en_attente": "en attente",
-        "en_cours": "en cours",
-        "termine": "terminé",
-        "erreur": "erreur",
-        "refuse": "non contacté",
-        "sans_images": "pas d'images",
+def patient_banner(context: LaunchContext) -> dict[str, Any]:
+    return {
+        "name": context.display_name,
+        "details": [
+            ("INS", format_ins(context.ins)),
+            ("Né(e) le", french_date(context.birth_date)),
+            ("Sexe", _SEX.get(context.gender, context.gender)),
+            ("IPP", context.local_patient_id),
+        ],
     }
-    text = f"{labels.get(job.state, job.state)}"
+
+
+def _job_view(job: Job | None) -> dict[str, Any]:
+    job = job or Job()
+    text = JOB_LABELS.get(job.state, job.state)
     if job.total:
         text += f" — {job.done}/{job.total}"
     if job.message:
         text += f" — {job.message}"
-    details = "".join(f"<li>{esc(d)}</li>" for d in job.detail)
+    return {"state": job.state, "done": job.done, "total": job.total, "text": text,
+            "detail": list(job.detail)}  # fmt: skip
+
+
+def _counts(series: int, images: int) -> str:
+    if not series:
+        return ""
     return (
-        f'<progress id="{prefix}-bar-{exam_id}" aria-label="{esc(label)}"{value}></progress>'
-        f'<span class="state {esc(job.state.replace("_", ""))}" id="{prefix}-state-{exam_id}" '
-        f'role="status">{esc(text)}</span>' + (f"<ul>{details}</ul>" if details else "")
+        f"{french_number(series)} série{'s' if series > 1 else ''}, "
+        f"{french_number(images)} image{'s' if images > 1 else ''}"
     )
 
 
-POLL_SCRIPT: Final = """
-(function(){
-  var url = document.body.getAttribute('data-etat'); if (!url) return;
-  var labels = {en_attente:'en attente', en_cours:'en cours', termine:'terminé', erreur:'erreur',
-                refuse:'non contacté', sans_images:"pas d'images"};
-  function show(prefix, id, job){
-    var bar = document.getElementById(prefix + '-bar-' + id);
-    var state = document.getElementById(prefix + '-state-' + id);
-    if (bar && job.total) { bar.max = job.total; bar.value = job.faits; }
-    if (state) {
-      var text = labels[job.etat] || job.etat;
-      if (job.total) text += ' — ' + job.faits + '/' + job.total;
-      if (job.message) text += ' — ' + job.message;
-      state.textContent = text; state.className = 'state ' + job.etat.replace('_', '');
-    }
-  }
-  function poll(){
-    fetch(url, {credentials:'same-origin', headers:{Accept:'application/json'}})
-      .then(function(r){ return r.ok ? r.json() : null; })
-      .then(function(data){
-        if (!data) return;
-        var busy = false;
-        [['images', data.images], ['export', data.exports]].forEach(function(pair){
-          Object.keys(pair[1] || {}).forEach(function(id){
-            var job = pair[1][id]; show(pair[0], id, job);
-            if (job.etat === 'en_cours' || job.etat === 'en_attente') busy = true;
-          });
-        });
-        if (busy) setTimeout(poll, 1000);
-      }).catch(function(){ setTimeout(poll, 3000); });
-  }
-  poll();
-})();
-"""
-
-
-def _history_page(service: ConsoService, launch: Launch, view: SessionView) -> Response:
+def _history_page(
+    request: Request, service: ConsoService, launch: Launch, view: SessionView, notice: str = ""
+) -> Response:
     base = f"{CONSULTATION_PATH}/{quote(launch.id)}"
-    prefetch, exports = service.jobs(launch.id)
-    rows = []
+    prefetch, exports = service.current_jobs(launch)
+    exams = []
     for exam in launch.exams:
         s = exam.summary
-        when = datetime.fromisoformat(s["date"]) if s.get("date") else None
-        images = exam.kos is not None and prefetch.get(exam.id, Job()).state != "refuse"
-        title = s.get("description") or "Examen"
-        report = (
-            f'<a href="{base}/compte-rendu/{exam.id}">Voir le compte rendu</a>'
-            if exam.has_report
-            else "<span>Pas de compte rendu</span>"
-        )
-        warnings = "".join(f"<br><small>{esc(w)}</small>" for w in s.get("warnings", []))
-        choose = (
-            f'<input type="checkbox" name="etude" value="{esc(exam.study_uid)}" '
-            f'id="choix-{exam.id}"><label for="choix-{exam.id}" class="skip">Sélectionner '
-            f"{esc(title)}</label>"
-            if images
-            else ""
-        )
-        actions = ""
-        if images:
-            actions = (
-                f'<a class="button primary" href="{base}/ouvrir/{quote(exam.study_uid)}">'
-                f'Ouvrir<span class="skip"> {esc(title)}</span></a> '
-                f'<button type="submit" formmethod="post" '
-                f'formaction="{base}/export/{quote(exam.study_uid)}">Exporter vers le PACS'
-                f'<span class="skip"> : {esc(title)}</span></button> '
-                f'<a class="button" href="{base}/xdm/{quote(exam.study_uid)}">Archive XDM'
-                f'<span class="skip"> : {esc(title)}</span></a>'
-                + (
-                    _job_cell("export", exam.id, exports.get(exam.id), "Export vers le PACS")
-                    if exam.id in exports
-                    else ""
-                )
-            )
-        rows.append(
-            "<tr>"
-            f"<td>{choose}</td>"
-            f"<td>{esc(french_date(when))}</td>"
-            f"<td>{esc(', '.join(s.get('modalities', [])))}</td>"
-            f"<td>{esc(', '.join(s.get('regions', [])))}</td>"
-            f"<td>{esc(title)}{warnings}</td>"
-            f"<td>{esc(s.get('site', ''))}</td>"
-            f"<td>{report}</td>"
-            f"<td>{_job_cell('images', exam.id, prefetch.get(exam.id), 'Récupération des images')}"
-            "</td>"
-            f'<td class="actions">{actions}</td>'
-            "</tr>"
-        )
-    if rows:
-        table = (
-            f'<form method="get" action="{base}/comparer">'
-            '<table><caption class="skip">Examens d\'imagerie partagés dans le DMP</caption>'
-            '<thead><tr><th scope="col">Comparer</th><th scope="col">Date</th>'
-            '<th scope="col">Modalité</th><th scope="col">Région</th>'
-            '<th scope="col">Description</th><th scope="col">Site</th>'
-            '<th scope="col">Compte rendu</th><th scope="col">Images</th>'
-            '<th scope="col">Actions</th></tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>"
-            '<p><button type="submit">Comparer les deux examens sélectionnés</button></p></form>'
-        )
-    else:
-        table = "<p class=\"note\">Aucun examen d'imagerie n'est partagé dans le DMP.</p>"
-    body = (
-        _banner(launch.context)
-        + "<h2>Examens d'imagerie du DMP</h2>"
-        + table
-        + f'<p><a href="{base}?actualiser=1">Actualiser l\'historique depuis le DMP</a></p>'
-    )
-    return layout(
-        "Historique des examens",
-        body,
+        manifest = exam.manifest
+        series = len(manifest.series) if manifest is not None else 0
+        uid = quote(exam.study_uid)
+        exams.append({
+            "id": exam.id,
+            "study_uid": exam.study_uid,
+            "when": french_date(datetime.fromisoformat(s["date"]) if s.get("date") else None),
+            "modalities": ", ".join(s.get("modalities", [])),
+            "regions": ", ".join(s.get("regions", [])),
+            "title": s.get("description") or "Examen",
+            "accession": exam.accession,
+            "counts": _counts(series, manifest.instance_count if manifest is not None else 0),
+            "warnings": s.get("warnings", []),
+            "site": s.get("site", ""),
+            "report_url": f"{base}/compte-rendu/{exam.id}" if exam.has_report else "",
+            "images": exam.kos is not None and prefetch.get(exam.id, Job()).state != "refuse",
+            "prefetch": _job_view(prefetch.get(exam.id)),
+            "export": _job_view(exports[exam.id]) if exam.id in exports else None,
+            "open_url": f"{base}/ouvrir/{uid}",
+            "export_url": f"{base}/export/{uid}",
+            "xdm_url": f"{base}/xdm/{uid}",
+        })  # fmt: skip
+    return render(
+        request,
+        "history.html",
+        title="Historique des examens",
         user=view.display_name,
-        script=POLL_SCRIPT,
         poll_url=f"{base}/etat",
+        patient=patient_banner(launch.context),
+        exams=exams,
+        base=base,
+        notice=notice,
     )
 
 
 def _error_page(
-    title: str, message: str, status: int, *, launch: Launch | None = None, user: str = ""
+    request: Request,
+    title: str,
+    text: str,
+    status: int,
+    *,
+    launch: Launch | None = None,
+    user: str = "",
 ) -> Response:
-    banner = _banner(launch.context) if launch is not None else ""
     retry = (
-        f'<p><a href="{CONSULTATION_PATH}/{quote(launch.id)}?actualiser=1">Réessayer</a></p>'
+        [(f"{CONSULTATION_PATH}/{quote(launch.id)}?actualiser=1", "Réessayer")]
         if launch is not None
-        else ""
+        else []
     )
-    return layout(
+    return message(
+        request,
         title,
-        f'{banner}<div class="alert" role="alert"><p>{esc(message)}</p></div>{retry}',
+        text,
         status=status,
+        alert=True,
+        links=retry,
         user=user,
+        patient=patient_banner(launch.context) if launch is not None else None,
     )
 
 
-def _no_such_exam(launch: Launch, user: str) -> Response:
+def _no_such_exam(request: Request, launch: Launch, user: str) -> Response:
     return _error_page(
+        request,
         "Examen introuvable",
         "Cet examen n'a pas d'images partagées pour ce patient.",
         404,
@@ -920,7 +881,9 @@ def conso_router(service: ConsoService) -> APIRouter:
         try:
             return view, service.open_launch(launch_id, view.cookie)
         except LaunchRefused as refused:
-            return _error_page(refused.title, str(refused), refused.status, user=view.display_name)
+            return _error_page(
+                request, refused.title, str(refused), refused.status, user=view.display_name
+            )
 
     @router.post(LAUNCH_PATH)
     async def launch(request: Request) -> Response:
@@ -928,15 +891,18 @@ def conso_router(service: ConsoService) -> APIRouter:
         try:
             context = parse_launch(body)
         except InvalidLaunch as invalid:
-            items = "".join(f"<li>{esc(e.message)}</li>" for e in invalid.errors)
-            return layout(
+            return message(
+                request,
                 "Lancement refusé",
-                '<div class="alert" role="alert"><p>Le logiciel qui a lancé la consultation a '
-                "envoyé un formulaire incomplet ou invalide :</p>"
-                f'<ul class="errors">{items}</ul></div>'
-                "<p>Corrigez la demande (ou signalez-la au service informatique) puis relancez "
-                "la consultation.</p>",
+                "Le logiciel qui a lancé la consultation a envoyé un formulaire incomplet ou "
+                "invalide :",
                 status=400,
+                alert=True,
+                items=[e.message for e in invalid.errors],
+                after=[
+                    "Corrigez la demande (ou signalez-la au service informatique) puis relancez "
+                    "la consultation."
+                ],
             )
         launch_id = service.store_launch(context)
         return RedirectResponse(f"{CONSULTATION_PATH}/{launch_id}", status_code=303)
@@ -952,7 +918,10 @@ def conso_router(service: ConsoService) -> APIRouter:
             view = replace(view, situation_key=key)
         try:
             service.subject(view)
-        except UserInfoError:
+        except UserInfoError as exc:
+            if not view.user.situations():
+                return _error_page(request, "Accès impossible", f"{str(exc)[:1].upper()}"
+                                   f"{str(exc)[1:]}.", 403, user=view.display_name)  # fmt: skip
             target = f"{CONSULTATION_PATH}/{launch_id}"
             return RedirectResponse(
                 f"{SITUATION_PATH}?{urlencode({'next': target})}", status_code=303
@@ -962,6 +931,7 @@ def conso_router(service: ConsoService) -> APIRouter:
                 current = service.load_history(current, view)
             except ConsoError as error:
                 return _error_page(
+                    request,
                     _ERROR_TITLES.get(error.code, "Consultation du DMP impossible"),
                     error.message,
                     _ERROR_STATUS.get(error.code, 502),
@@ -970,7 +940,7 @@ def conso_router(service: ConsoService) -> APIRouter:
                 )
         elif current.id not in service.prefetch:
             service.start_prefetch(current, view)  # another node loaded it, or a restart
-        return _history_page(service, current, view)
+        return _history_page(request, service, current, view)
 
     @router.get(CONSULTATION_PATH + "/{launch_id}/etat")
     def progress(request: Request, launch_id: str) -> Response:
@@ -978,10 +948,10 @@ def conso_router(service: ConsoService) -> APIRouter:
         if view is None:
             return JSONResponse({"erreur": "session absente"}, status_code=401)
         try:
-            service.open_launch(launch_id, view.cookie)
+            current = service.open_launch(launch_id, view.cookie)
         except LaunchRefused as refused:
             return JSONResponse({"erreur": str(refused)}, status_code=refused.status)
-        prefetch, exports = service.jobs(launch_id)
+        prefetch, exports = service.current_jobs(current)
         return JSONResponse(
             {
                 "images": {str(k): v.as_json() for k, v in prefetch.items()},
@@ -999,7 +969,8 @@ def conso_router(service: ConsoService) -> APIRouter:
         cda = service.report(current, int(exam_id)) if exam_id.isdigit() else None
         if cda is None:
             return _error_page(
-                "Compte rendu introuvable", "Ce compte rendu n'existe pas pour ce patient.", 404,
+                request, "Compte rendu introuvable",
+                "Ce compte rendu n'existe pas pour ce patient.", 404,
                 launch=current, user=view.display_name,
             )  # fmt: skip
         exam = next((e for e in current.exams if e.id == int(exam_id)), None)
@@ -1020,13 +991,14 @@ def conso_router(service: ConsoService) -> APIRouter:
                 },
             )
         text = content if isinstance(content, str) and content else "(compte rendu sans texte)"
-        return layout(
-            "Compte rendu",
-            _banner(current.context)
-            + f'<pre style="white-space:pre-wrap">{esc(text)}</pre>'
-            + f'<p><a href="{CONSULTATION_PATH}/{quote(current.id)}">'
-            + "Retour à l'historique</a></p>",
+        return render(
+            request,
+            "report.html",
+            title="Compte rendu",
             user=view.display_name,
+            patient=patient_banner(current.context),
+            text=text,
+            back=f"{CONSULTATION_PATH}/{quote(current.id)}",
         )
 
     def open_viewer(
@@ -1038,7 +1010,7 @@ def conso_router(service: ConsoService) -> APIRouter:
         view, current = found
         exams = [current.exam(uid) for uid in studies]
         if not studies or any(e is None for e in exams):
-            return _no_such_exam(current, view.display_name)
+            return _no_such_exam(request, current, view.display_name)
         service.register(current, view)
         for uid in studies:
             sessions.grant(view.cookie, uid)
@@ -1059,12 +1031,14 @@ def conso_router(service: ConsoService) -> APIRouter:
             if isinstance(found, Response):
                 return found
             view, current = found
-            return _error_page(
-                "Comparaison impossible",
-                "Sélectionnez exactement deux examens avec images pour les comparer.",
-                400,
-                launch=current,
-                user=view.display_name,
+            return _history_page(
+                request,
+                service,
+                current,
+                view,
+                notice=f"Comparaison impossible : vous avez sélectionné {len(studies)} examen"
+                f"{'s' if len(studies) > 1 else ''}. Cochez exactement deux examens avec images, "
+                "puis « Comparer les deux examens sélectionnés ».",
             )
         return open_viewer(request, launch_id, studies, True)
 
@@ -1078,9 +1052,10 @@ def conso_router(service: ConsoService) -> APIRouter:
         view, current = found
         exam = current.exam(study_uid)
         if exam is None:
-            return _no_such_exam(current, view.display_name)
+            return _no_such_exam(request, current, view.display_name)
         if not current.context.local_patient_id:
             return _error_page(
+                request,
                 "Export impossible",
                 "L'identifiant local du patient (IPP) n'a pas été transmis au lancement.",
                 400,
@@ -1104,7 +1079,7 @@ def conso_router(service: ConsoService) -> APIRouter:
         view, current = found
         exam = current.exam(study_uid)
         if exam is None or exam.kos is None or exam.manifest is None:
-            return _no_such_exam(current, view.display_name)
+            return _no_such_exam(request, current, view.display_name)
         documents = [XdmDocument("kos", exam.kos, exam.manifest.sop_instance_uid,
                                  title="Manifeste d'images")]  # fmt: skip
         cda = service.report(current, exam.id) if exam.has_report else None
@@ -1126,7 +1101,7 @@ def conso_router(service: ConsoService) -> APIRouter:
                 )
         except (ConsoError, RemoteSourceError) as exc:
             archive.close()
-            return _error_page("Archive impossible", str(exc), 503, launch=current,
+            return _error_page(request, "Archive impossible", str(exc), 503, launch=current,
                                user=view.display_name)  # fmt: skip
         db_auditor(service.db, view.subject_name_id)(
             action="xdm_export", result="ok", patient_ins=context.ins, study_uid=exam.study_uid,

@@ -16,7 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
 from drimbox.source.grants import Grants
-from drimbox.web.viewer import ViewerAuth, page
+from drimbox.web.pages import message
+from drimbox.web.viewer import ViewerAuth
 
 IID_PATH = "/IHEInvokeImageDisplay"
 
@@ -33,20 +34,24 @@ def install_iid_route(app: FastAPI, *, auth: ViewerAuth, grants: Grants) -> None
         accession = params.get("accessionNumber", "")
         document_id = params.get("idCDA", "")
         if request_type.upper() != "STUDY" or not study_uid or not document_id:
-            return page(
+            return message(
+                request,
                 "Lien invalide",
-                "<p>Le lien doit préciser requestType=STUDY, studyUID et idCDA.</p>",
+                "Le lien doit préciser requestType=STUDY, studyUID et idCDA.",
                 status=400,
+                alert=True,
             )
         published = await asyncio.to_thread(
             grants.iid_report_published, study_uid, accession, document_id
         )
         if not published:
-            return page(
+            return message(
+                request,
                 "Examen introuvable",
-                "<p>Aucun examen publié ne correspond à ce lien (étude, numéro d'examen et "
-                "compte rendu). Il a peut-être été retiré ou remplacé.</p>",
+                "Aucun examen publié ne correspond à ce lien (étude, numéro d'examen et compte "
+                "rendu). Il a peut-être été retiré ou remplacé.",
                 status=404,
+                alert=True,
             )
         auth.sessions.grant(session.id, study_uid)
         return RedirectResponse(f"/viewer?StudyInstanceUIDs={quote(study_uid)}", status_code=303)

@@ -29,10 +29,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from drimbox import __version__
 from drimbox.config import Config
-from drimbox.db import DmpJob, JobState, Report, ReportState
+from drimbox.db import DmpJob, JobState, Report, ReportState, aware
 from drimbox.http.rawbody import RAW_BODY
-from drimbox.metrics import NodeMetrics, as_utc
-from drimbox.web.status import StatusSources, check_dmp, check_pacs
+from drimbox.metrics import NodeMetrics
+from drimbox.web.status import StatusSources, check_dmp, check_pacs, work_queues
 
 WAITING_JOBS = (JobState.QUEUED.value, JobState.RETRYING.value)
 
@@ -147,8 +147,39 @@ class NodeStateCollector(Collector):
             "Age of the oldest DMP job still waiting (queued or retrying); 0 when none.",
             [],
         )
-        age.add_metric([node], (now - as_utc(oldest)).total_seconds() if oldest else 0.0)
+        age.add_metric([node], (now - aware(oldest)).total_seconds() if oldest else 0.0)
         yield age
+        yield from self._work(node)
+
+    def _work(self, node: str) -> Iterator[Metric]:
+        """The work queues as /status shows them: waiting, leased, leases lapsed, the oldest."""
+        reports, jobs, _, by_holder = work_queues(self.sources.db)
+        items = self._gauge(
+            "drimbox_work_items",
+            "Reports and DMP jobs due: waiting for a node, leased by one, or leased by a node "
+            "that stopped renewing (lapsed).",
+            ["queue", "status"],
+        )
+        oldest = self._gauge(
+            "drimbox_work_oldest_age_seconds",
+            "Age of the oldest report (since reception) or DMP job (since creation) still to "
+            "do, waiting or leased; 0 when none. Reports waiting for their images are not counted.",
+            ["queue"],
+        )
+        for queue, counts in (("reports", reports), ("jobs", jobs)):
+            for status in ("waiting", "leased", "lapsed"):
+                items.add_metric([node, queue, status], getattr(counts, status))
+            oldest.add_metric([node, queue], counts.oldest_s or 0.0)
+        yield items
+        yield oldest
+        holders = self._gauge(
+            "drimbox_work_leased_by",
+            "Reports and DMP jobs leased by each node of the site (holder: the node's name).",
+            ["holder"],
+        )
+        for holder, count in by_holder.items():
+            holders.add_metric([node, holder], count)
+        yield holders
 
     def _cache(self, node: str) -> Iterator[Metric]:
         cache = self.sources.cache

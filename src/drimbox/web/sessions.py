@@ -22,7 +22,7 @@ from sqlalchemy import delete, select
 
 from drimbox.auth.psc import LoginRequest, PscTokens
 from drimbox.auth.users import PscUser
-from drimbox.db import Database, LoginRequestRow, UserSession, utcnow
+from drimbox.db import Database, LoginRequestRow, UserSession, aware, utcnow
 from drimbox.web.viewer import ViewerSession
 
 LOGIN_TTL = timedelta(minutes=10)
@@ -45,12 +45,6 @@ def load_secret_key(path: Path) -> bytes:
 
 def _hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -110,7 +104,7 @@ class DbSessionStore:
             if row is None:
                 return None
             session.delete(row)
-            if _aware(row.expires_at) < utcnow() or row.browser_hash != _hash(browser):
+            if aware(row.expires_at) < utcnow() or row.browser_hash != _hash(browser):
                 return None
             return PendingLogin(row.nonce, row.code_verifier, row.return_to)
 
@@ -143,7 +137,7 @@ class DbSessionStore:
             return None
         with self.db.session() as session:
             row = session.get(UserSession, _hash(cookie))
-            if row is None or row.ended_at is not None or _aware(row.expires_at) < utcnow():
+            if row is None or row.ended_at is not None or aware(row.expires_at) < utcnow():
                 return None
             return SessionView(
                 cookie=cookie,
@@ -153,7 +147,7 @@ class DbSessionStore:
                 userinfo=dict(row.userinfo),
                 situation_key=row.situation_key,
                 studies=frozenset(row.studies),
-                expires_at=_aware(row.expires_at),
+                expires_at=aware(row.expires_at),
             )
 
     def tokens(self, cookie: str) -> PscTokens | None:

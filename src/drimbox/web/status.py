@@ -1,6 +1,7 @@
 """The box's health: `/health` for load balancers (the process answers) and `/status` (the
-"météo": version, roles, and a real check of each dependency — PACS C-ECHO, DMP reachability over
-its TLS, whitelist validity and age, outbox depth, cache use).
+"météo": version, roles, node name, and a real check of each dependency — PACS C-ECHO, DMP
+reachability over its TLS, whitelist validity and age, outbox depth, the work waiting or leased and
+the age of the oldest, cache use).
 
 Owns what is reported and the French wording of problems; it holds no patient data, so both
 routes are public (`PUBLIC_PATHS`).
@@ -22,9 +23,12 @@ from sqlalchemy import func, select
 
 from drimbox import __version__
 from drimbox.config import Config
-from drimbox.db import Database, DmpJob, JobState
+from drimbox.db import Database, DmpJob, JobState, Report, ReportState, aware, utcnow
 from drimbox.dicom.cache import SeriesCache
 from drimbox.dicom.pacs import PacsClient, PacsError
+from drimbox.french import french_size
+from drimbox.source.outbox import DUE as JOB_DUE
+from drimbox.source.pipeline import DUE_STATES as REPORT_DUE
 from drimbox.trust.store import WhitelistStore
 
 PUBLIC_PATHS = frozenset({"/health", "/status"})
@@ -68,9 +72,18 @@ def check_dmp(sources: StatusSources) -> dict[str, Any]:
         # Any HTTP answer proves the DMP is reachable through our TLS; a SOAP service answers a
         # GET with an error page, which is fine here.
         response = client.get(f"{base}/registry", timeout=CHECK_TIMEOUT_S)
-        return {"ok": True, "message": f"DMP joignable (HTTP {response.status_code})"}
+        return {
+            "ok": True,
+            "message": "DMP joignable : le service répond",
+            "http_status": response.status_code,
+        }
+    except httpx.TimeoutException:
+        return {"ok": False, "message": "DMP injoignable : pas de réponse dans le délai"}
+    except httpx.ConnectError as exc:
+        return {"ok": False, "message": "DMP injoignable : connexion impossible "
+                f"(adresse, pare-feu ou certificat) — {exc}"}  # fmt: skip
     except httpx.HTTPError as exc:
-        return {"ok": False, "message": f"DMP injoignable : {exc.__class__.__name__} {exc}"}
+        return {"ok": False, "message": f"DMP injoignable : {exc}"}
     finally:
         if sources.dmp_http is None:
             client.close()
@@ -105,6 +118,77 @@ def check_outbox(sources: StatusSources) -> dict[str, Any]:
     return {"ok": parked == 0, "message": message, "waiting": waiting, "parked": parked}
 
 
+@dataclass
+class WorkQueue:
+    """Due rows of one table: waiting for a node, leased (by node), leases lapsed, the oldest."""
+
+    waiting: int = 0
+    leased: int = 0
+    lapsed: int = 0  # held by a node that stopped renewing: taken over at the next poll
+    oldest_s: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"waiting": self.waiting, "leased": self.leased, "lapsed_leases": self.lapsed,
+                "oldest_s": self.oldest_s}  # fmt: skip
+
+
+def work_queues(db: Database) -> tuple[WorkQueue, WorkQueue, int, dict[str, int]]:
+    """The reports and DMP jobs waiting or leased, the reports waiting for their images (not
+    stuck: they wait for the PACS), and the leases held per node."""
+    now = utcnow()
+    queues: list[WorkQueue] = []
+    by_node: dict[str, int] = {}
+    waiting_images = 0
+    with db.session() as session:
+        for model, states, since in (
+            (Report, REPORT_DUE, Report.received_at),
+            (DmpJob, JOB_DUE, DmpJob.created_at),
+        ):
+            held = model.next_attempt_at > now
+            rows = session.execute(
+                select(model.state, model.leased_by, held, func.count(), func.min(since))
+                .where(model.state.in_(states))
+                .group_by(model.state, model.leased_by, held)
+            ).all()
+            queue = WorkQueue()
+            for state, leased_by, is_held, count, oldest in rows:
+                if state == ReportState.WAITING_IMAGES.value:
+                    waiting_images += count
+                    continue
+                if leased_by and is_held:
+                    queue.leased += count
+                    by_node[leased_by] = by_node.get(leased_by, 0) + count
+                else:
+                    queue.waiting += count
+                    queue.lapsed += count if leased_by else 0
+                age = round((now - aware(oldest)).total_seconds(), 1)
+                queue.oldest_s = max(queue.oldest_s or 0.0, age)
+            queues.append(queue)
+    return queues[0], queues[1], waiting_images, by_node
+
+
+def check_work(sources: StatusSources) -> dict[str, Any]:
+    reports, jobs, waiting_images, by_node = work_queues(sources.db)
+    limit = sources.config.source.stale_work_s
+    oldest = max(reports.oldest_s or 0.0, jobs.oldest_s or 0.0)
+    stale = oldest > limit
+    message = (
+        f"{reports.waiting + reports.leased} CR et {jobs.waiting + jobs.leased} envoi(s) au DMP "
+        f"en cours, {waiting_images} CR en attente d'images"
+    )
+    if stale:
+        message = f"travail en attente depuis {oldest:.0f} s (seuil {limit:g} s) — " + message
+    return {
+        "ok": not stale,
+        "message": message,
+        "reports": reports.as_dict(),
+        "jobs": jobs.as_dict(),
+        "waiting_images": waiting_images,
+        "leased_by": by_node,
+        "stale_after_s": limit,
+    }
+
+
 def check_cache(sources: StatusSources) -> dict[str, Any]:
     if sources.cache is None:
         return {"ok": None, "message": "pas de cache d'images sur ce nœud"}
@@ -112,9 +196,9 @@ def check_cache(sources: StatusSources) -> dict[str, Any]:
     disk = shutil.disk_usage(sources.cache.directory)
     # The disk, not only our own limit: other files may fill the volume the cache lives on.
     disk_full = disk.free < MIN_FREE_BYTES or disk.free < disk.total // 50
-    message = f"{usage.bytes / 1e6:.0f} Mo sur {usage.max_bytes / 1e6:.0f} Mo"
+    message = f"{french_size(usage.bytes)} sur {french_size(usage.max_bytes)}"
     if disk_full:
-        message = f"disque du cache presque plein ({disk.free / 1e6:.1f} Mo libres) — " + message
+        message = f"disque du cache presque plein ({french_size(disk.free)} libres) — " + message
     return {
         "ok": not disk_full,
         "message": message,
@@ -130,6 +214,7 @@ CHECKS = {
     "dmp": check_dmp,
     "whitelist": check_whitelist,
     "outbox": check_outbox,
+    "work": check_work,
     "cache": check_cache,
 }
 
@@ -154,6 +239,7 @@ def status_router(sources: StatusSources) -> APIRouter:
             "version": __version__,
             "roles": roles,
             "site": sources.config.site.name,
+            "node": sources.config.node.name,
             "time": datetime.now(UTC).isoformat(),
             "status": "dégradé" if failing else "ok",
             "failing": failing,

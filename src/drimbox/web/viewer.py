@@ -35,15 +35,22 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from drimbox.source.grants import Grants, KosContent
 from drimbox.source.wado import Scope, WadoError
-from drimbox.web.pages import layout
+from drimbox.web.pages import favicon, message, render
 
 SESSION_COOKIE = "drimbox_session"
 LOGIN_PATH = "/connexion"
+# The home page (no patient data: it says how to open exams), the icon, OHIF's configuration.
+PUBLIC_PATHS = frozenset({"/", "/favicon.ico", "/app-config.js"})
 _HASHED = re.compile(r"(^|\.)[0-9a-f]{8,}\.")  # app.bundle.<hash>.js, <hash>.wasm
 _COMPRESSIBLE = (".js", ".css", ".html", ".json", ".wasm", ".svg", ".txt", ".map", ".mjs")
 _MEDIA_TYPES = {".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/javascript"}
 
-APP_CONFIG_JS = """window.config = {
+APP_CONFIG_JS = """// OHIF's i18next reads ?lng=, then the "i18next" cookie: French unless the
+// user chose another language in OHIF's preferences (which writes that cookie).
+if (!/(^|;\\s*)i18next=/.test(document.cookie)) {
+  document.cookie = 'i18next=fr; path=/; max-age=31536000; SameSite=Lax';
+}
+window.config = {
   routerBasename: null,
   extensions: [], modes: [],
   showStudyList: false,
@@ -181,11 +188,6 @@ class ViewerAuthorizer:
         return session.subject if session else ""
 
 
-def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    """A French page of the product's one layout (sign-in, the viewer's gate, errors)."""
-    return layout(title, body, status=status)
-
-
 class StaticApp:
     """OHIF's files, with gzip computed once per file and kept in memory."""
 
@@ -233,7 +235,12 @@ class StaticApp:
 
 
 def install_viewer_routes(
-    app: FastAPI, *, ohif_dir: Path, auth: ViewerAuth, grants: Grants
+    app: FastAPI,
+    *,
+    ohif_dir: Path,
+    auth: ViewerAuth,
+    grants: Grants,
+    admins: frozenset[str] = frozenset(),
 ) -> None:
     """Login placeholder, app-config and OHIF with SPA fallback (register last: the fallback
     route catches every other GET; `web.iid` installs the IID route before)."""
@@ -241,13 +248,32 @@ def install_viewer_routes(
 
     @app.get(LOGIN_PATH, response_class=HTMLResponse)
     async def login(request: Request) -> Response:
-        return page(
+        return message(
+            request,
             "Connexion requise",
-            "<p>L'accès aux images nécessite une connexion avec Pro Santé Connect "
-            "(carte CPS ou e-CPS).</p><p>La connexion Pro Santé Connect n'est pas encore "
-            "disponible sur cette DRIMbox : contactez le service informatique du site.</p>",
+            "L'accès aux images nécessite une connexion avec Pro Santé Connect (carte CPS ou "
+            "e-CPS).",
+            "La connexion Pro Santé Connect n'est pas configurée sur cette DRIMbox : contactez "
+            "le service informatique du site.",
             status=401,
         )
+
+    @app.get("/")
+    async def home(request: Request) -> Response:
+        """The origin's own French page: OHIF only ever opens a given study."""
+        session = auth.session(request)
+        return render(
+            request,
+            "home.html",
+            title="DRIMbox",
+            user=session.display_name if session else "",
+            admin=session is not None and session.subject in admins,
+            login_path=LOGIN_PATH,
+        )
+
+    @app.get("/favicon.ico")
+    async def icon() -> Response:
+        return favicon()
 
     @app.get("/app-config.js")
     async def app_config() -> Response:
@@ -267,10 +293,11 @@ def install_viewer_routes(
         if auth.session(request) is None:
             return auth.login_redirect(request)
         if not static.installed:
-            return page(
+            return message(
+                request,
                 "Visionneuse non installée",
-                "<p>La visionneuse OHIF n'est pas installée sur cette DRIMbox "
-                "(scripts/install-ohif.sh).</p>",
+                "La visionneuse OHIF n'est pas installée sur cette DRIMbox "
+                "(scripts/install-ohif.sh).",
                 status=503,
             )
         return await static.serve(request, static.root / "index.html", no_cache=True)

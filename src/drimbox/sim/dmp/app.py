@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from lxml import etree
@@ -38,7 +39,8 @@ from drimbox.sim.dmp.soap import (
     check_addressing,
     read_soap_request,
 )
-from drimbox.sim.dmp.vihf import Vihf, check_vihf
+from drimbox.sim.dmp.vihf import Vihf, check_client_certificate, check_vihf
+from drimbox.trust.tls import peer_certificate_from_scope
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,13 @@ class DmpSimulator:
                 return E.registry_response([denied])
         return E.registry_response(transaction(request.body, vihf, now))
 
-    def handle(self, path: str, content_type: str, body: bytes) -> SoapResponse:
+    def handle(
+        self,
+        path: str,
+        content_type: str,
+        body: bytes,
+        client_certificate: x509.Certificate | None = None,
+    ) -> SoapResponse:
         self.registry.count(f"POST {path}")
         request: SoapRequest | None = None
         name = "?"
@@ -147,6 +155,7 @@ class DmpSimulator:
             name = operation.name
             now = dt.datetime.now(dt.UTC)
             vihf = check_vihf(request, self.settings, now)
+            check_client_certificate(client_certificate, vihf)
             payload = operation.handler(request, vihf, now)
         except SoapFault as fault:
             log.info("DMP simulator: fault %s on %s: %s", fault.code, path, fault.reason)
@@ -183,7 +192,11 @@ def create_dmp_app(settings: DmpSimSettings) -> FastAPI:
     async def soap_endpoint(request: Request) -> Response:
         body = await request.body()
         result = await run_in_threadpool(
-            simulator.handle, request.url.path, request.headers.get("content-type", ""), body
+            simulator.handle,
+            request.url.path,
+            request.headers.get("content-type", ""),
+            body,
+            peer_certificate_from_scope(request.scope),
         )
         return Response(
             result.content,

@@ -14,9 +14,11 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import io
 import re
 from dataclasses import dataclass, field
 
+import pydicom
 from lxml import etree
 
 from drimbox.sim.dmp import ebrim as E
@@ -26,6 +28,7 @@ from drimbox.sim.dmp.soap import DS, LCM, RIM, XDSB, SoapFault, parse_xml
 from drimbox.sim.dmp.vihf import (
     PATIENT_ID,
     Vihf,
+    certificate_structures,
     check_trusted_certificate,
     keyinfo_certificate,
     load_trusted,
@@ -80,6 +83,7 @@ DTM = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2})?)?)?)?)?$")
 OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 SHA1 = re.compile(r"^[0-9A-Fa-f]{40}$")
 STUDY_UID_REF = "urn:ihe:iti:xds:2016:studyInstanceUID"
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 
 DIGESTS = {
     "http://www.w3.org/2000/09/xmldsig#sha1": "sha1",
@@ -456,15 +460,63 @@ def check_documents(submission: Submission) -> list[RegistryError]:
                     entry.id,
                 )
             )
-        if entry.element.get("mimeType") == "application/dicom" and data[128:132] != b"DICM":
-            errors.append(
-                RegistryError(
-                    REPOSITORY_METADATA,
-                    f"Fiche {entry.id} : le document n'est pas un fichier DICOM Part 10.",
-                    entry.id,
-                )
-            )
+        if entry.element.get("mimeType") == "application/dicom":
+            errors += check_kos(entry, data)
     return errors
+
+
+def _study_reference(entry: RegistryObject) -> str:
+    for value in entry.slots.get("urn:ihe:iti:xds:2013:referenceIdList", []):
+        if value.endswith(f"^{STUDY_UID_REF}"):
+            return value.split("^", 1)[0]
+    return ""
+
+
+def _kos_problems(entry: RegistryObject, data: bytes) -> list[str]:
+    """What is wrong with a KOS document, read as DICOM (empty: a KOS of this entry)."""
+    if data[128:132] != b"DICM":
+        return ["le document n'est pas un fichier DICOM Part 10"]
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        sop_class = str(dataset.get("SOPClassUID", ""))
+        sop_instance = str(dataset.get("SOPInstanceUID", ""))
+        patient = str(dataset.get("PatientID", ""))
+        qualifiers = dataset.get("IssuerOfPatientIDQualifiersSequence") or []
+        issuer = str(qualifiers[0].get("UniversalEntityID", "")) if qualifiers else ""
+        study = str(dataset.get("StudyInstanceUID", ""))
+        evidence = [
+            str(item.get("StudyInstanceUID", ""))
+            for item in dataset.get("CurrentRequestedProcedureEvidenceSequence") or []
+        ]
+    # Untrusted bytes: pydicom raises many kinds of errors on garbage; each is a refusal.
+    except Exception as error:  # noqa: BLE001
+        return [f"le document n'est pas un KOS DICOM lisible ({type(error).__name__})"]
+    problems: list[str] = []
+    if sop_class != KOS_SOP_CLASS:
+        problems.append(f"SOPClassUID « {sop_class} » : un KOS ({KOS_SOP_CLASS}) est attendu")
+    unique_id = entry.identifiers.get(E.DE_UNIQUE_ID, "")
+    if sop_instance != unique_id:
+        problems.append(f"SOPInstanceUID « {sop_instance} » ≠ uniqueId de la fiche « {unique_id} »")
+    match = PATIENT_ID.match(entry.identifiers.get(E.DE_PATIENT_ID, ""))
+    if match is not None and patient != match.group("ins"):
+        problems.append(f"PatientID « {patient} » ≠ INS de la fiche « {match.group('ins')} »")
+    if match is not None and issuer and issuer != match.group("oid"):
+        problems.append(f"autorité de l'identifiant patient « {issuer} » ≠ {match.group('oid')}")
+    if not evidence:
+        problems.append("CurrentRequestedProcedureEvidenceSequence vide : aucune image référencée")
+    elif any(uid != study for uid in evidence):
+        problems.append("les images référencées ne sont pas toutes de l'examen du KOS")
+    reference = _study_reference(entry)
+    if reference and reference != study:
+        problems.append(f"StudyInstanceUID « {study} » ≠ celui de referenceIdList « {reference} »")
+    return problems
+
+
+def check_kos(entry: RegistryObject, data: bytes) -> list[RegistryError]:
+    return [
+        RegistryError(REPOSITORY_METADATA, f"Fiche {entry.id} : {problem}.", entry.id)
+        for problem in _kos_problems(entry, data)
+    ]
 
 
 def check_unique_ids_in_message(submission: Submission) -> list[RegistryError]:
@@ -485,7 +537,7 @@ def check_unique_ids_in_message(submission: Submission) -> list[RegistryError]:
 
 
 def check_signature_document(
-    submission: Submission, settings: DmpSimSettings, now: dt.datetime
+    submission: Submission, settings: DmpSimSettings, now: dt.datetime, vihf: Vihf
 ) -> list[RegistryError]:
     """The submission set is signed (IHE DSG): a signature entry `signs` it, its XML signature
     verifies with a trusted certificate, and its manifest digests every other document."""
@@ -515,7 +567,7 @@ def check_signature_document(
         data = submission.documents.get(signer.id)
         if data is None:
             continue  # reported as XDSMissingDocument
-        errors += _verify_signature_document(signer, data, submission, settings, now)
+        errors += _verify_signature_document(signer, data, submission, settings, now, vihf)
     return errors
 
 
@@ -525,6 +577,7 @@ def _verify_signature_document(
     submission: Submission,
     settings: DmpSimSettings,
     now: dt.datetime,
+    vihf: Vihf,
 ) -> list[RegistryError]:
     code = "DMPSignatureLotInvalide"
     try:
@@ -545,6 +598,15 @@ def _verify_signature_document(
         )
     except SoapFault as fault:
         return [RegistryError(code, fault.reason, signer.id)]
+    if vihf.structure not in certificate_structures(certificate):
+        return [
+            RegistryError(
+                code,
+                f"Le lot est signé par une autre structure ({certificate.subject.rfc4514_string()})"
+                f" que celle du VIHF (« {vihf.structure} »).",
+                signer.id,
+            )
+        ]
     try:
         verify_enveloping(signature, certificate)
     except SignatureInvalid as error:

@@ -30,6 +30,7 @@ from drimbox.sim.dmp.checks import (
     submit_objects,
 )
 from drimbox.sim.dmp.ebrim import RegistryError
+from drimbox.sim.dmp.queries import ACCESS_DENIED
 from drimbox.sim.dmp.registry import (
     AssociationRow,
     ContentRow,
@@ -124,6 +125,20 @@ def check_associations(submission: Submission, *, update: bool) -> list[Registry
     return errors
 
 
+def owner_check(row: EntryRow, vihf: Vihf, action: str, where: str) -> RegistryError | None:
+    """A structure acting in INDIRECTE mode writes only what it published; a professional
+    (authorised on the patient, checked before) may act on any entry of the patient."""
+    if not vihf.is_publication or row.structure_id == vihf.structure:
+        return None
+    return RegistryError(
+        ACCESS_DENIED,
+        f"La structure « {vihf.structure} » ne peut pas {action} la fiche {row.entry_uuid}, "
+        f"publiée par la structure « {row.structure_id} » (seuls la structure auteur et les "
+        "professionnels autorisés le peuvent).",
+        where,
+    )
+
+
 def _new_id(value: str) -> str:
     return value if value.startswith("urn:uuid:") else f"urn:uuid:{uuid.uuid4()}"
 
@@ -190,15 +205,17 @@ class Publication:
         errors += check_unique_ids_in_message(submission)
         errors += check_associations(submission, update=False)
         if self.settings.require_signature_document:
-            errors += check_signature_document(submission, self.settings, now)
+            errors += check_signature_document(submission, self.settings, now, vihf)
         with self.registry.session() as session:
-            errors += self._registry_checks(session, submission)
+            errors += self._registry_checks(session, submission, vihf)
             if errors:
                 return errors
-            self._store(session, submit, submission, now)
+            self._store(session, submit, submission, now, vihf)
         return []
 
-    def _registry_checks(self, session: Session, submission: Submission) -> list[RegistryError]:
+    def _registry_checks(
+        self, session: Session, submission: Submission, vihf: Vihf
+    ) -> list[RegistryError]:
         errors: list[RegistryError] = []
         if submission.submission_set is not None:
             set_unique_id = submission.submission_set.identifiers.get(E.SS_UNIQUE_ID, "")
@@ -278,10 +295,17 @@ class Publication:
                         where,
                     )
                 )
+            elif (denied := owner_check(replaced, vihf, "remplacer", where)) is not None:
+                errors.append(denied)
         return errors
 
     def _store(
-        self, session: Session, submit: etree._Element, submission: Submission, now: dt.datetime
+        self,
+        session: Session,
+        submit: etree._Element,
+        submission: Submission,
+        now: dt.datetime,
+        vihf: Vihf,
     ) -> None:
         assert submission.submission_set is not None
         mapping = _id_map(submit)
@@ -369,6 +393,7 @@ class Publication:
                     submission_set_uuid=set_uuid,
                     repository_unique_id=self.settings.repository_unique_id,
                     replaces=replaced_by.get(entry.id),
+                    structure_id=vihf.structure,
                     xml=_xml(element),
                 )
             )
@@ -432,7 +457,7 @@ class Publication:
                     )
             changes: list[tuple[EntryRow, str]] = []
             for association in updates:
-                errors += self._check_update(session, association, set_patient, changes)
+                errors += self._check_update(session, association, set_patient, changes, vihf)
             if errors:
                 return errors
             assert submission.submission_set is not None
@@ -472,6 +497,7 @@ class Publication:
         association: etree._Element,
         set_patient: str,
         changes: list[tuple[EntryRow, str]],
+        vihf: Vihf,
     ) -> list[RegistryError]:
         where = association.get("id", "")
         target = association.get("targetObject", "")
@@ -516,5 +542,8 @@ class Publication:
                     where,
                 )
             ]
+        denied = owner_check(row, vihf, "modifier", where)
+        if denied is not None:
+            return [denied]
         changes.append((row, new))
         return []

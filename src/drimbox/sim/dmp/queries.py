@@ -4,7 +4,8 @@ Stored queries: FindDocuments, FindDocumentsByReferenceId, GetDocuments, GetAsso
 the XDS parameter syntax (`('a','b')` lists, `code^^scheme` codes, DTM time ranges: From
 inclusive, To exclusive). Answers carry the ExtrinsicObjects as registered (LeafClass) or
 ObjectRefs. A consultation (any mode but INDIRECTE) sees only patients it is authorised on and
-never the entries masked to professionals (MASQUE_PS) unless it authored them.
+never the entries masked to professionals (MASQUE_PS) unless it authored them; a structure
+acting in INDIRECTE mode (no authorised professional) sees only the entries it published.
 Part of the test/demo simulator of the national DMP; never deploy it.
 """
 
@@ -115,8 +116,9 @@ def _matches_codes(value: str, wanted: list[str]) -> bool:
 
 
 def _visible(row: EntryRow, vihf: Vihf) -> bool:
+    # A structure (INDIRECTE, no professional authorised) sees only what it published.
     if vihf.is_publication:
-        return True
+        return row.structure_id == vihf.structure
     codes = json.loads(row.confidentiality_codes)
     if not any(c.split("^^")[0] == MASKED_TO_PROFESSIONALS for c in codes):
         return True

@@ -25,10 +25,14 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from drimbox.sim.dmp.soap import RIM, parse_xml
 
 
 class Base(DeclarativeBase):
@@ -64,6 +68,8 @@ class EntryRow(Base):
     submission_set_uuid: Mapped[str] = mapped_column(String(80))
     repository_unique_id: Mapped[str] = mapped_column(String(128))
     replaces: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    # The structure that published it (VIHF Identifiant_Structure): the owner of the entry.
+    structure_id: Mapped[str] = mapped_column(String(64), default="")
     xml: Mapped[str] = mapped_column(Text)
 
 
@@ -134,6 +140,14 @@ class Registry:
             cursor.close()
 
         Base.metadata.create_all(self.engine)
+        # A database of an earlier simulator (the demo keeps its folder) lacks the owner column.
+        if "structure_id" not in {
+            c["name"] for c in inspect(self.engine).get_columns("dmp_sim_entry")
+        }:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    text("ALTER TABLE dmp_sim_entry ADD COLUMN structure_id VARCHAR(64) DEFAULT ''")
+                )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.lock = threading.RLock()
 
@@ -239,5 +253,18 @@ def entry_view(row: EntryRow, content_url: str) -> dict[str, Any]:
         "submission_set_uuid": row.submission_set_uuid,
         "repository_unique_id": row.repository_unique_id,
         "replaces": row.replaces,
+        "structure_id": row.structure_id,
+        "author_institutions": _slot_values(row.xml, "authorInstitution"),
         "content_url": content_url,
     }
+
+
+def _slot_values(xml: str, name: str) -> list[str]:
+    """The values of a slot anywhere in a stored entry (e.g. its author's institution)."""
+    root = parse_xml(xml.encode("utf-8"))
+    return [
+        value.text or ""
+        for value in root.iterfind(
+            f".//{{{RIM}}}Slot[@name='{name}']/{{{RIM}}}ValueList/{{{RIM}}}Value"
+        )
+    ]

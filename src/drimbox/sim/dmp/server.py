@@ -19,6 +19,7 @@ from drimbox.sim.dmp.app import create_dmp_app
 from drimbox.sim.dmp.settings import DmpSimSettings
 from drimbox.sim.ports import free_port
 from drimbox.sim.serving import ThreadedService
+from drimbox.trust.tls import MtlsH11Protocol
 
 
 class DmpSimulatorError(RuntimeError):
@@ -32,6 +33,8 @@ def _uvicorn_config(settings: DmpSimSettings, host: str, port: int) -> uvicorn.C
         if settings.client_ca is not None:
             tls["ssl_ca_certs"] = str(settings.client_ca)
             tls["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+            # Puts the client certificate in each request's scope: the VIHF is tied to it.
+            tls["http"] = MtlsH11Protocol
     return uvicorn.Config(
         create_dmp_app(settings),
         host=host,

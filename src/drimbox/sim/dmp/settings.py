@@ -64,10 +64,13 @@ class DmpSimSettings:
     # The submission set must carry a signature document (IHE DSG) whose digests match.
     require_signature_document: bool = True
     verify_signature_document: bool = True
+    # VIHF_Version values accepted (XDS.xml, the DMP-accepted request, carries 3.0).
+    vihf_versions: Sequence[str] = ("3.0",)
     # A VIHF older than this (IssueInstant) is refused when it has no Conditions of its own.
     vihf_max_age_seconds: int = 3600
     clock_skew_seconds: int = 300
-    # TLS (mutual when `client_ca` is set: CERT_REQUIRED).
+    # TLS (mutual when `client_ca` is set: CERT_REQUIRED). Without a client certificate (no
+    # `client_ca`) every SOAP request is refused, as the DMP serves mutual TLS only.
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None

@@ -21,6 +21,7 @@ import xmlsec
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from lxml import etree
 
 from drimbox.sim.dmp.settings import INS_OIDS, DmpSimSettings
@@ -113,6 +114,10 @@ class Vihf:
     def is_publication(self) -> bool:
         return self.mode.upper() == "INDIRECTE"
 
+    @property
+    def structure(self) -> str:
+        return self.first("Identifiant_Structure")
+
 
 def _fault(code: str, reason: str, subcode: str) -> SoapFault:
     return SoapFault(code, reason, subcode=subcode)
@@ -148,6 +153,42 @@ def load_trusted(pems: Sequence[bytes]) -> list[x509.Certificate]:
     return certificates
 
 
+def certificate_structures(certificate: x509.Certificate) -> list[str]:
+    """The structure ids an IGC-Santé ORG certificate names (its subject OU)."""
+    return [
+        str(attribute.value)
+        for attribute in certificate.subject.get_attributes_for_oid(
+            NameOID.ORGANIZATIONAL_UNIT_NAME
+        )
+    ]
+
+
+def _key_usage(certificate: x509.Certificate) -> x509.KeyUsage | None:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def is_signing_certificate(certificate: x509.Certificate) -> bool:
+    """An IGC-Santé signing certificate (ORG SIGN): key usage nonRepudiation. Authentication
+    and server certificates (digitalSignature for TLS) may not sign a VIHF or a document."""
+    usage = _key_usage(certificate)
+    return usage is not None and usage.content_commitment
+
+
+def is_authentication_certificate(certificate: x509.Certificate) -> bool:
+    """An IGC-Santé authentication certificate (ORG AUTH): digitalSignature and clientAuth."""
+    usage = _key_usage(certificate)
+    if usage is None or not usage.digital_signature:
+        return False
+    try:
+        purposes = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in purposes
+
+
 def check_trusted_certificate(
     certificate: x509.Certificate,
     trusted: Sequence[x509.Certificate],
@@ -155,7 +196,8 @@ def check_trusted_certificate(
     *,
     what: str = "VIHF",
 ) -> None:
-    """One of the trusted certificates, or directly issued by one of them; valid today."""
+    """One of the trusted certificates, or directly issued by one of them; valid today; a
+    signing certificate (nonRepudiation)."""
     der = certificate.public_bytes(serialization.Encoding.DER)
     accepted = False
     for anchor in trusted:
@@ -183,6 +225,55 @@ def check_trusted_certificate(
             f"(validité {certificate.not_valid_before_utc:%Y-%m-%d} – "
             f"{certificate.not_valid_after_utc:%Y-%m-%d}).",
             "wsse:FailedAuthentication",
+        )
+    if not is_signing_certificate(certificate):
+        raise _fault(
+            "DMPVihfCertificatUsage",
+            f"Le certificat qui signe le {what} ({certificate.subject.rfc4514_string()}) n'est "
+            "pas un certificat de signature (usage nonRepudiation attendu : certificat ORG "
+            "SIGN, pas un certificat d'authentification ni de serveur).",
+            "wsse:FailedAuthentication",
+        )
+
+
+def check_client_certificate(client: x509.Certificate | None, vihf: Vihf) -> None:
+    """The TLS client certificate authenticates the structure that acts: an ORG AUTH
+    certificate of the same structure (OU) as the VIHF's signing certificate and, in INDIRECTE
+    mode, as the VIHF's Identifiant_Structure. (Chain and validity: the TLS handshake, against
+    the client CA.)"""
+    if client is None:
+        raise _fault(
+            "DMPCertificatClientAbsent",
+            "Aucun certificat client TLS : le DMP n'accepte que des connexions en TLS mutuel "
+            "avec le certificat d'authentification (ORG AUTH) de la structure.",
+            "wsse:FailedAuthentication",
+        )
+    subject = client.subject.rfc4514_string()
+    if not is_authentication_certificate(client):
+        raise _fault(
+            "DMPCertificatClientInvalide",
+            f"Le certificat client TLS ({subject}) n'est pas un certificat d'authentification "
+            "(digitalSignature et clientAuth attendus : certificat ORG AUTH).",
+            "wsse:FailedAuthentication",
+        )
+    tls_structures = certificate_structures(client)
+    # A structure acting itself (INDIRECTE: publication, its own reads and deletions) is the
+    # one of its certificate. A professional authenticated by PSC (INDIRECTE_RENFORCEE…) names
+    # the structure of their own activity, which the box operator's certificate need not be.
+    if vihf.is_publication and vihf.structure not in tls_structures:
+        raise _fault(
+            "DMPStructureIncoherente",
+            f"La structure du VIHF (Identifiant_Structure « {vihf.structure} ») n'est pas celle "
+            f"du certificat d'authentification TLS (OU « {', '.join(tls_structures)} »).",
+            "wsse:InvalidSecurityToken",
+        )
+    signer_structures = certificate_structures(vihf.certificate)
+    if not set(signer_structures) & set(tls_structures):
+        raise _fault(
+            "DMPStructureIncoherente",
+            f"Le VIHF est signé par une autre structure (OU « {', '.join(signer_structures)} ») "
+            f"que celle du certificat d'authentification TLS (OU « {', '.join(tls_structures)} »).",
+            "wsse:InvalidSecurityToken",
         )
 
 
@@ -279,7 +370,7 @@ def check_vihf(request: SoapRequest, settings: DmpSimSettings, now: dt.datetime)
             f"« {certificate.subject.rfc4514_string()} ».",
             "wsse:InvalidSecurityToken",
         )
-    return _read_attributes(assertion, certificate)
+    return _read_attributes(assertion, certificate, settings)
 
 
 def _check_signature_shape(signature: etree._Element, assertion_id: str) -> None:
@@ -357,7 +448,9 @@ def _check_times(assertion: etree._Element, settings: DmpSimSettings, now: dt.da
         )
 
 
-def _read_attributes(assertion: etree._Element, certificate: x509.Certificate) -> Vihf:
+def _read_attributes(
+    assertion: etree._Element, certificate: x509.Certificate, settings: DmpSimSettings
+) -> Vihf:
     name_id = (assertion.findtext(f"{{{SAML}}}Subject/{{{SAML}}}NameID") or "").strip()
     if not name_id:
         raise _fault(
@@ -388,6 +481,14 @@ def _read_attributes(assertion: etree._Element, certificate: x509.Certificate) -
             "wsse:InvalidSecurityToken",
         )
     vihf = Vihf(name_id, attributes, roles, certificate, purpose)
+    version = vihf.first("VIHF_Version")
+    if version not in settings.vihf_versions:
+        raise _fault(
+            "DMPVihfVersionNonSupportee",
+            f"VIHF_Version « {version} » non supportée (attendue : "
+            f"{', '.join(settings.vihf_versions)}).",
+            "wsse:InvalidSecurityToken",
+        )
     if vihf.first("Ressource_URN") != "urn:dmp":
         raise _fault(
             "DMPVihfAttributInvalide",
