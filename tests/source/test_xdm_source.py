@@ -39,7 +39,7 @@ def cli(config_env: dict[str, str], *args: str) -> str:
         args = (*args, "--config", str(empty))
     result = CliRunner().invoke(app, list(args), env=config_env)
     assert result.exit_code == 0, result.output
-    return result.output
+    return " ".join(result.output.split())  # rich wraps long lines at the terminal's width
 
 
 def kos_entries(dmp: DmpEnvironment) -> dict[str, dict[str, object]]:
@@ -91,6 +91,8 @@ def test_export_import_then_update_and_depublish(
         # Its images are served to peers holding the KOS (the image service's grant).
         content = Grants(node.node.db).for_peer(STUDY_C, published.kos_sop_uid or "")
         assert sum(len(s) for s in content.series.values()) == 7
+        # The RIS re-sending the imported version is a re-send, not a new publication.
+        assert send(node, CR_C) == [restored.id]
         # An update published from the new node replaces the imported KOS (RPLC) …
         send(node, cda_version(CR_C, "2", 2))
         update = node.wait_for_report(node.reports()[-1].id, DONE)
@@ -130,7 +132,7 @@ def test_archives_that_do_not_hold_are_refused(
     db.upgrade()
     metadata = _metadata(archive)
     other_ins = b"180036512345646"  # a valid NIR, another patient
-    kos_hash = re.search(rb'name="hash"><rim:ValueList><rim:Value>([0-9a-f]+)', metadata)
+    kos_hash = re.search(rb'name="hash">\s*<rim:ValueList>\s*<rim:Value>([0-9a-f]+)', metadata)
     assert kos_hash is not None
     not_a_kos = ans_file("cda/CR_C.xml").read_bytes()
     forged_metadata = metadata.replace(
@@ -172,7 +174,10 @@ def test_archives_that_do_not_hold_are_refused(
     write_xdm(
         conso,
         XdmPatient("279035121518989", "1.2.250.1.213.1.4.10"),
-        [XdmDocument("kos", published.kos, "1.2.3"), XdmDocument("report", cda_of(CR_C), "1.2.4")],
+        [
+            XdmDocument("kos", published.kos, published.kos_sop_uid or ""),
+            XdmDocument("report", cda_of(CR_C), "1.2.4"),
+        ],
         source_id="1.2.250.1.999.77",
         submission_unique_id="1.2.250.1.999.77.5",
     )

@@ -344,6 +344,11 @@ def import_published(
             count = len(referenced_instances(item.kos))
             for described, cda, parsed in item.reports:
                 accession = parsed.accession_number.extension if parsed.accession_number else ""
+                document_id = identifier_text(parsed.document_id)
+                # The version's unique key: the RIS re-sending it to this node is a re-send.
+                key: str | None = f"publish|{document_id}"[:160]
+                if session.scalar(select(Report.id).where(Report.version_key == key)):
+                    key = None
                 session.add(
                     Report(
                         message_id=None,
@@ -355,7 +360,8 @@ def import_published(
                         patient_ipp=parsed.patient.ipp.extension if parsed.patient.ipp else "",
                         study_uid=parsed.study_instance_uid,
                         accession=accession,
-                        document_id=identifier_text(parsed.document_id),
+                        document_id=document_id,
+                        version_key=key,
                         set_id=identifier_text(parsed.set_id),
                         version_number=parsed.version_number,
                         document_time=parsed.effective_time,
