@@ -19,7 +19,7 @@ from support.node import RunningNode, node_config
 from support.site import Site, official_headers, peer_client, series_url, source_site
 
 NODE = "noeud-a1"
-METRICS_ON = {"DRIMBOX_METRICS__ENABLED": "true", "DRIMBOX_METRICS__NODE_NAME": NODE}
+METRICS_ON = {"DRIMBOX_METRICS__ENABLED": "true", "DRIMBOX_NODE__NAME": NODE}
 
 
 @pytest.fixture
