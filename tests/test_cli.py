@@ -9,7 +9,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from drimbox.cli import app
+from drimbox.cli import _since, app
 from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
 from drimbox.samples import ans_file
 
@@ -118,6 +118,8 @@ def test_reports_in_paris_time_and_french_figures(tmp_path: Path) -> None:
     listed = json.loads(runner.invoke(app, ["reports", "list", "--json"], env=env).stdout)
     assert listed["reports"][1]["state"] == "published"
     assert datetime.fromisoformat(listed["reports"][1]["received_at"]) == winter
+    # A --since without a zone is read in the same Paris time.
+    assert _since("2026-01-15T13:30") == winter and _since("2026-07-15T14:30") == summer
     backup = runner.invoke(app, ["db", "backup", "-o", str(tmp_path / "b.db")], env=env)
     assert backup.exit_code == 0, backup.output
     assert " ko)" in backup.output or " Mo)" in backup.output

@@ -587,15 +587,7 @@ def audit_export(
     """Exporte la trace d'audit en JSON lines (une ligne par événement)."""
     from drimbox.trust.audit import export_json_lines
 
-    start = None
-    if since:
-        try:
-            start = datetime.fromisoformat(since)
-        except ValueError:
-            fail(f"date invalide « {since} » : attendu AAAA-MM-JJ ou AAAA-MM-JJTHH:MM:SS")
-            return
-        if start.tzinfo is None:  # the zone of every date shown by the box
-            start = start.replace(tzinfo=PARIS)
+    start = _since(since)
     db = _database(_load(config))
     lines = export_json_lines(db, since=start)
     if output is None:
@@ -678,6 +670,7 @@ def selftest(
 
 
 def _since(value: str | None) -> datetime | None:
+    """--since: ISO 8601; without a zone, Paris time (the zone of every date the box shows)."""
     if not value:
         return None
     try:
@@ -685,7 +678,7 @@ def _since(value: str | None) -> datetime | None:
     except ValueError:
         fail(f"date invalide pour --since : « {value} » (attendu AAAA-MM-JJ ou AAAA-MM-JJTHH:MM)")
         raise
-    return moment if moment.tzinfo else moment.astimezone()
+    return moment if moment.tzinfo else moment.replace(tzinfo=PARIS)
 
 
 @xdm_app.command("export")
