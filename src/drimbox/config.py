@@ -249,6 +249,21 @@ class SourceConfig(_Section):
         description="Âge au-delà duquel un travail en attente (CR reçu, envoi au DMP) fait passer "
         "/status en alerte (secondes).",
     )
+    images_recheck_s: list[float] = Field(
+        default_factory=lambda: [300.0, 1800.0, 7200.0, 86400.0],
+        description="Images arrivées en retard : délais (secondes après la publication) auxquels "
+        "le PACS est relu ; si les instances de l'examen ont changé, le KOS est remplacé au DMP. "
+        "Liste vide : pas de relecture (dans l'environnement : valeurs séparées par des virgules).",
+    )
+
+    _split = field_validator("images_recheck_s", mode="before")(_comma_separated)
+
+    @field_validator("images_recheck_s")
+    @classmethod
+    def _positive_sorted(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("les délais de relecture doivent être positifs")
+        return sorted(value)
 
 
 class DmpConfig(_Section):
