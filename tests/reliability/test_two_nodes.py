@@ -128,7 +128,11 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
 
         def stall_seen() -> dict[str, object] | None:
             work = cluster.status("node-b")["checks"]["work"]
-            return work if not work["ok"] and work["leased_by"].get("node-a") else None
+            # Queued reports may go stale first on a loaded machine: wait for the stalled job.
+            stalled_job = (work["jobs"]["oldest_s"] or 0) > 3
+            return (
+                work if not work["ok"] and work["leased_by"].get("node-a") and stalled_job else None
+            )
 
         wait_until(stall_seen, 60, "node-b's /status shows the stalled work")
         during = cluster.status("node-b")
