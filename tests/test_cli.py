@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from typer.testing import CliRunner
 
-from drimbox.cli import app
+from drimbox.cli import _since, app
 from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
 from drimbox.samples import ans_file
 
@@ -150,3 +151,44 @@ def test_pacs_echo_answers_in_french(orthanc: Any, tmp_path: Path) -> None:
     wrong_aet = runner.invoke(app, ["pacs", "echo"], env=env | {"DRIMBOX_PACS__CALLED_AET": "NOPE"})
     assert wrong_aet.exit_code == 1, wrong_aet.output
     assert "PACS NOPE@" in wrong_aet.output and "PACS joignable" not in wrong_aet.output
+
+
+def test_reports_in_paris_time_and_french_figures(tmp_path: Path) -> None:
+    """The CLI shows the zone the web shows (Paris), with its offset, and French numbers."""
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    db = Database(url)
+    db.upgrade()
+    winter = datetime(2026, 1, 15, 12, 30, tzinfo=UTC)
+    summer = datetime(2026, 7, 15, 12, 30, tzinfo=UTC)
+    with db.session() as session:
+        message = Hl7Message(received_at=winter, size_bytes=1, raw=b"x", ack_code="AA")
+        session.add(message)
+        session.flush()
+        for moment in (winter, summer):
+            session.add(Report(message_id=message.id, received_at=moment, updated_at=moment,
+                               kind="publish", flags={}, state=ReportState.PUBLISHED.value,
+                               kos_instance_count=12345, published_at=moment))  # fmt: skip
+    db.dispose()
+    runner = CliRunner()
+    env = {"DRIMBOX_STORE__DATABASE_URL": url, "COLUMNS": "200", "TZ": "UTC"}
+    table = runner.invoke(app, ["reports", "list"], env=env)
+    assert table.exit_code == 0, table.output
+    assert "15/01/2026 13:30 (UTC+01:00)" in table.output
+    assert "15/07/2026 14:30 (UTC+02:00)" in table.output
+    assert "12\u202f345 images" in table.output and "publié au DMP" in table.output
+    shown = runner.invoke(app, ["reports", "show", "1"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "Reçu le : 15/01/2026 13:30 (UTC+01:00)" in shown.output
+    assert "Publié le : 15/01/2026 13:30 (UTC+01:00)" in shown.output
+    assert "Type : CR" in shown.output and "État : publié au DMP" in shown.output
+    assert "received_at" not in shown.output and "published" not in shown.output
+    # The JSON keeps machine values (ISO 8601 with its zone, codes).
+    listed = json.loads(runner.invoke(app, ["reports", "list", "--json"], env=env).stdout)
+    assert listed["reports"][1]["state"] == "published"
+    assert datetime.fromisoformat(listed["reports"][1]["received_at"]) == winter
+    # A --since without a zone is read in the same Paris time.
+    assert _since("2026-01-15T13:30") == winter and _since("2026-07-15T14:30") == summer
+    backup = runner.invoke(app, ["db", "backup", "-o", str(tmp_path / "b.db")], env=env)
+    assert backup.exit_code == 0, backup.output
+    assert " ko)" in backup.output or " Mo)" in backup.output
+    assert "." not in backup.output.split("(")[-1]  # decimal comma
