@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -20,11 +19,16 @@ from sqlalchemy import func, select
 from drimbox.db import AuditEvent, Database, DmpJob, Hl7Message, Report, ReportState
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
-from support.cluster import Cluster, running_cluster, store_exams
+from support.cluster import (
+    Cluster,
+    count,
+    running_cluster,
+    source_environ,
+    store_exams,
+    wait_until,
+)
 from support.dmp import DmpEnvironment
-from support.node import node_config
 from support.postgres import TemporaryPostgres
-from support.process import config_environ
 from support.samples import exam_variant, hl7_text, report_variant
 
 REPORTS = int(os.environ.get("TWO_NODES_REPORTS", "40"))
@@ -32,29 +36,6 @@ FINAL = {ReportState.PUBLISHED.value, ReportState.REPLACED.value}
 STALL = {"DRIMBOX_FAILPOINTS": "publish:before-send=stall"}
 # The patient of the ANS sample: none of it may reach the logs at the default level.
 PATIENT_DATA = ("279035121518989", "PAT-TROIS", "DOMINIQUE", "19790328", "1979-03-28")
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout_s} s")
-        time.sleep(0.2)
-
-
-def count(db: Database, query: object) -> int:
-    with db.session() as session:
-        return int(session.scalar(query) or 0)  # type: ignore[call-overload]
-
-
-def source_environ(
-    tmp_path: Path, url: str, orthanc: LocalOrthanc | None, dmp: DmpEnvironment | None
-) -> dict[str, str]:
-    extra = {"DRIMBOX_STORE__DATABASE_URL": url, **(dmp.node_environ() if dmp else {})}
-    pacs = {} if orthanc else {"pacs": {"port": 9, "timeout_s": 1}}
-    environ = config_environ(node_config(tmp_path, orthanc, extra, **pacs))
-    # One secret key file for all the nodes of the site (docs/deploy.md).
-    return environ | {"DRIMBOX_STORE__SECRET_KEY_FILE": str(tmp_path / "shared-secret.key")}
 
 
 def test_a_report_sent_to_both_nodes_at_once_is_stored_once(

@@ -37,6 +37,13 @@ def scrape(url: str) -> Samples:
     return samples
 
 
+def families(url: str) -> set[str]:
+    """The metric families a scrape declares, samples or not (a counter without `_total`)."""
+    response = httpx.get(url, timeout=30)
+    assert response.status_code == 200, response.text
+    return {family.name for family in text_string_to_metric_families(response.text)}
+
+
 def wait_for_metrics(url: str, ready: Callable[[Samples], bool], timeout_s: float = 30) -> Samples:
     """Scrape until `ready` (the counters of a request move right after its last byte)."""
     deadline = time.monotonic() + timeout_s
