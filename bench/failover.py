@@ -24,7 +24,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,9 +35,8 @@ from sqlalchemy import func, select
 
 from drimbox.db import AuditEvent, Database, DmpJob, Hl7Message, Report, ReportState
 from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.ris import RisClient
 from drimbox.web.metrics_app import WAITING_JOBS
-from support.cluster import Cluster, count, source_environ, store_exams, wait_until
+from support.cluster import Cluster, RisSenders, count, source_environ, store_exams, wait_until
 from support.dmp import local_dmp
 from support.postgres import TemporaryPostgres
 from support.samples import exam_variant, hl7_text
@@ -97,23 +95,12 @@ def run(
         cluster = Cluster(folder / "site", environ, scenario.nodes).start()
         try:
             balancer = cluster.start_balancer()
-            acked: list[str] = []
-            unanswered: list[str] = []
-
-            def ris(first: int) -> None:
-                with RisClient("127.0.0.1", balancer, timeout_s=10, max_attempts=400) as client:
-                    for index in range(first, total, 4):
-                        result = client.send(exams[index])
-                        (acked if result.code == "AA" else unanswered).append(result.control_id)
-
-            senders = [threading.Thread(target=ris, args=(first,)) for first in range(4)]
             started = time.monotonic()
-            for sender in senders:
-                sender.start()
+            senders = RisSenders(balancer, exams, max_attempts=400).start()
             killed_at = killed_wall = None
             held: set[int] = set()
             if scenario.kill:
-                wait_until(lambda: len(acked) >= total // 2, 600, "half the reports ACKed")
+                wait_until(lambda: len(senders.acked) >= total // 2, 600, "half the reports ACKed")
                 wait_until(lambda: held_by(db, VICTIM), 120, f"{VICTIM} holds work")
                 held = held_by(db, VICTIM)
                 cluster.nodes[VICTIM].kill()
@@ -121,8 +108,7 @@ def run(
                 if scenario.restart_delay_s is not None:
                     time.sleep(scenario.restart_delay_s)
                     cluster.nodes[VICTIM].start()
-            for sender in senders:
-                sender.join(900)
+            senders.join(900)
             published = select(func.count()).where(Report.state.in_(PUBLISHED))
             wait_until(lambda: count(db, published) >= total, 900, "every report published")
             settled = time.monotonic()
@@ -137,7 +123,7 @@ def run(
                 outcome.held_done_s = (last - killed_wall).total_seconds() if last else None
                 if scenario.restart_delay_s is None:
                     cluster.nodes[VICTIM].start()  # back, so both nodes can be compared
-            check_once(outcome, db, dmp.documents(), dmp.stats(), total, acked, unanswered)
+            check_once(outcome, db, dmp.documents(), dmp.stats(), total, senders)
             check_coherent(outcome, cluster, total)
         finally:
             cluster.stop()
@@ -151,8 +137,7 @@ def check_once(
     documents: list[dict[str, object]],
     stats: dict[str, object],
     total: int,
-    acked: list[str],
-    unanswered: list[str],
+    senders: RisSenders,
 ) -> None:
     problems = outcome.problems
     with db.session() as session:
@@ -164,9 +149,9 @@ def check_once(
             .group_by(AuditEvent.node)
         ):
             outcome.published_by[node] = done
-    if unanswered:
-        problems.append(f"{len(unanswered)} messages never ACKed")
-    if not set(acked) <= messages:
+    if senders.unanswered:
+        problems.append(f"{len(senders.unanswered)} messages never ACKed")
+    if not set(senders.acked) <= messages:
         problems.append("an ACKed message is missing from the database")
     if len(reports) != total or any(r.state not in PUBLISHED for r in reports):
         problems.append(f"{len(reports)} report rows for {total}, not all published")

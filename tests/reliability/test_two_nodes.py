@@ -21,6 +21,7 @@ from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
 from support.cluster import (
     Cluster,
+    RisSenders,
     count,
     running_cluster,
     source_environ,
@@ -86,23 +87,12 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
         "DRIMBOX_SOURCE__STALE_WORK_S": "3",
     }
     db = Database(url)
-    acked: list[str] = []
-    unanswered: list[str] = []
     with running_cluster(
         tmp_path / "site", environ, ["node-a", "node-b"], {"node-a": STALL}
     ) as cluster:
         balancer = cluster.start_balancer()
 
-        def ris(first: int) -> None:
-            # Each RIS connection goes to one node; on a broken connection it re-sends.
-            with RisClient("127.0.0.1", balancer, timeout_s=10, max_attempts=200) as client:
-                for index in range(first, REPORTS, 4):
-                    result = client.send(exams[index])
-                    (acked if result.code == "AA" else unanswered).append(result.control_id)
-
-        senders = [threading.Thread(target=ris, args=(first,)) for first in range(4)]
-        for sender in senders:
-            sender.start()
+        senders = RisSenders(balancer, exams).start()
         # node-a's first DMP call never returns: it holds that job, its heartbeat renewing it.
         stalled = select(func.count()).where(DmpJob.leased_by == "node-a")
         wait_until(lambda: count(db, stalled), 120, "node-a holds a DMP job")
@@ -114,11 +104,10 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
         wait_until(stall_seen, 60, "node-b's /status shows the stalled work")
         during = cluster.status("node-b")
         gauges = cluster.metrics("node-b")
-        wait_until(lambda: len(acked) >= REPORTS // 2, 300, "half the reports ACKed")
+        wait_until(lambda: len(senders.acked) >= REPORTS // 2, 300, "half the reports ACKed")
         cluster.nodes["node-a"].kill()
         killed_at = time.monotonic()
-        for sender in senders:
-            sender.join(600)
+        senders.join(600)
         final = select(func.count()).where(Report.state.in_(FINAL))
         wait_until(lambda: count(db, final) >= REPORTS, 180, "every report published")
         settled_s = time.monotonic() - killed_at
@@ -137,8 +126,8 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
     finally:
         db.dispose()
 
-    assert unanswered == [], "the RIS had every message ACKed (re-sent through the balancer)"
-    assert set(acked) <= messages  # nothing ACKed was lost
+    assert senders.unanswered == [], "the RIS had every message ACKed (re-sent via the balancer)"
+    assert set(senders.acked) <= messages  # nothing ACKed was lost
     assert len(reports) == REPORTS and all(r.state in FINAL for r in reports)
     registered = [d["unique_id"] for d in dmp.documents() if d["mime_type"] == "application/dicom"]
     assert sorted(registered) == sorted(r.kos_sop_uid for r in reports)  # each exactly once

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from drimbox.cda import parse_report
 from drimbox.db import Database
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ports import free_port
+from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from support.dmp import DmpEnvironment
 from support.metrics import Samples, scrape
@@ -73,6 +75,38 @@ def source_environ(
     environ = config_environ(node_config(folder, orthanc, extra, **pacs))
     # One secret key file for all the nodes of the site (docs/deploy.md).
     return environ | {"DRIMBOX_STORE__SECRET_KEY_FILE": str(folder / "shared-secret.key")}
+
+
+class RisSenders:
+    """`connections` RIS connections sending `messages` to `port` (the balancer) in background
+    threads: each connection goes to one node and, when it breaks, re-sends on a new one."""
+
+    def __init__(
+        self, port: int, messages: list[str], connections: int = 4, max_attempts: int = 200
+    ) -> None:
+        self.acked: list[str] = []
+        self.unanswered: list[str] = []
+        self.threads = [
+            threading.Thread(
+                target=self._send, args=(port, messages[first::connections], max_attempts)
+            )
+            for first in range(connections)
+        ]
+
+    def _send(self, port: int, messages: list[str], max_attempts: int) -> None:
+        with RisClient("127.0.0.1", port, timeout_s=10, max_attempts=max_attempts) as client:
+            for message in messages:
+                result = client.send(message)
+                (self.acked if result.code == "AA" else self.unanswered).append(result.control_id)
+
+    def start(self) -> RisSenders:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def join(self, timeout_s: float) -> None:
+        for thread in self.threads:
+            thread.join(timeout_s)
 
 
 def store_exams(orthanc: LocalOrthanc, folder: Path, messages: list[str]) -> None:
