@@ -202,6 +202,8 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=200)
     parser.add_argument("--lease-s", type=float, default=30.0, help="[source] lease_s")
     parser.add_argument("--restart-delay-s", type=float, default=5.0, help="RestartSec")
+    parser.add_argument("--only", nargs="*", help="scenarios to run (all by default)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (node logs)")
     args = parser.parse_args()
     scenarios = [
         Scenario("two-nodes", ["node-a", "node-b"], kill=False),
@@ -209,6 +211,7 @@ def main() -> None:
         Scenario("one-node", [VICTIM], kill=False),
         Scenario("one-node-kill", [VICTIM], kill=True, restart_delay_s=args.restart_delay_s),
     ]
+    scenarios = [s for s in scenarios if not args.only or s.name in args.only]
     work = Path(tempfile.mkdtemp(prefix="drimbox-bench-failover-"))
     exams = [exam_variant(hl7_text("CR_C-ORU.hl7"), index) for index in range(args.reports)]
     postgres = TemporaryPostgres().start()
@@ -223,7 +226,10 @@ def main() -> None:
                 print(f"  {scenario.name}: {describe(outcome)}", flush=True)
     finally:
         postgres.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     print("\n| scenario | all published | settled after the kill | killed node's work | "
           "published once, /status and /metrics coherent |")  # fmt: skip
     print("| --- | --- | --- | --- | --- |")

@@ -22,7 +22,7 @@ from support.site import Site, official_headers, peer_client, series_url, source
 
 NODE = "noeud-a1"
 DOCS = Path(__file__).resolve().parents[2] / "docs/monitoring.md"
-METRICS_ON = {"DRIMBOX_METRICS__ENABLED": "true", "DRIMBOX_METRICS__NODE_NAME": NODE}
+METRICS_ON = {"DRIMBOX_METRICS__ENABLED": "true", "DRIMBOX_NODE__NAME": NODE}
 
 
 @pytest.fixture
