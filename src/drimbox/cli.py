@@ -387,6 +387,10 @@ KIND_LABELS = {
     "update": "mise à jour",
     "withdraw": "dépublication",
     "withdraw_exam": "suppression examen",
+    "exam_update": "examen modifié",
+    "iocm": "rejet PACS",
+    "recheck": "images tardives",
+    "confidentiality": "confidentialité",
 }
 STATE_LABELS = {
     "received": "reçu",
@@ -400,6 +404,8 @@ STATE_LABELS = {
     "replaced": "remplacé",
     "withdrawn": "dépublié",
     "applied": "dépublication faite",
+    "not_for_dmp": "non destiné au DMP",
+    "superseded": "version dépassée",
 }
 
 
@@ -624,19 +630,87 @@ def selftest(
     console.print(f"{len(results)} contrôles réussis.")
 
 
+def _since(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"date invalide pour --since : « {value} » (attendu AAAA-MM-JJ ou AAAA-MM-JJTHH:MM)")
+        raise
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+@xdm_app.command("export")
+def xdm_export(
+    config: ConfigOption = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Archive XDM (zip) à écrire.")
+    ] = Path("drimbox-xdm.zip"),
+    since: Annotated[
+        str | None, typer.Option(help="Seulement les KOS publiés depuis cette date (AAAA-MM-JJ).")
+    ] = None,
+) -> None:
+    """Exporte les KOS publiés par la Source (KOS, signature, comptes rendus) en archive XDM."""
+    from drimbox.conso.xdm import XdmError
+    from drimbox.source.xdm import export_published
+
+    loaded = _load(config)
+    db = _database(loaded)
+    start = _since(since)
+    partial = output.with_name(output.name + ".partiel")
+    try:
+        result = export_published(loaded, db, partial, since=start)
+    except XdmError as exc:
+        partial.unlink(missing_ok=True)
+        fail(exc.message)
+        return
+    partial.replace(output)  # a crash never leaves a truncated archive under the final name
+    console.print(
+        f"[green]Archive écrite[/] : {output} — {result.kos} KOS, {result.signatures} "
+        f"signature(s), {result.reports} compte(s) rendu(s)",
+        highlight=False,
+    )
+
+
 @xdm_app.command("import")
 def xdm_import(
     archive: Path,
     out: Annotated[
         Path | None, typer.Option(help="Dossier où écrire les images et documents validés.")
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Restaure les KOS de l'archive dans la Source de ce nœud, comme publiés "
+            "(mise à jour, dépublication et images ensuite possibles).",
+        ),
+    ] = None,
 ) -> None:
-    """Vérifie une archive XDM (IHE ITI-32 : empreintes, tailles, KOS) et en extrait le contenu."""
+    """Vérifie une archive XDM (IHE ITI-32 : empreintes, tailles, KOS) et en extrait le contenu ;
+    avec --config, la restaure dans la Source."""
     from drimbox.conso.common import FolderStore
     from drimbox.conso.xdm import XdmError, read_xdm
 
     if not archive.is_file():
         fail(f"archive introuvable : {archive}")
+    if config is not None:
+        from drimbox.source.xdm import import_published
+
+        db = _database(_load(config))
+        try:
+            restored = import_published(db, archive, actor="drimbox xdm import")
+        except XdmError as exc:
+            fail(f"{exc.message}{f' ({exc.detail})' if exc.detail else ''}")
+            return
+        console.print(
+            f"[green]Archive restaurée[/] : {len(restored.imported)} KOS publié(s) importé(s) "
+            f"({restored.reports} compte(s) rendu(s)), {len(restored.already)} déjà présent(s).",
+            highlight=False,
+        )
+        return
     try:
         imported = read_xdm(archive, store=FolderStore(out / "images") if out else None)
     except XdmError as exc:

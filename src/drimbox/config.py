@@ -205,6 +205,19 @@ class ConsoConfig(_Section):
         description="Export des examens vers le PACS local : c-store (DICOM) ou stow-rs "
         "(DICOMweb, vers [pacs] dicomweb_url).",
     )
+    prefetch_exams: int = Field(
+        4,
+        ge=0,
+        description="Examens préchargés à chaque lancement : l'examen demandé puis les "
+        "antériorités les plus pertinentes (même modalité et région, les plus récentes "
+        "d'abord) ; les autres sont récupérés à leur ouverture (0 : aucun préchargement).",
+    )
+    prefetch_max_bytes: int = Field(
+        2_000_000_000,
+        ge=0,
+        description="Volume d'images préchargé au plus par lancement (octets), vérifié entre "
+        "deux séries ; l'examen demandé est toujours récupéré en entier.",
+    )
 
 
 class SourceConfig(_Section):
@@ -236,6 +249,21 @@ class SourceConfig(_Section):
         description="Âge au-delà duquel un travail en attente (CR reçu, envoi au DMP) fait passer "
         "/status en alerte (secondes).",
     )
+    images_recheck_s: list[float] = Field(
+        default_factory=lambda: [300.0, 1800.0, 7200.0, 86400.0],
+        description="Images arrivées en retard : délais (secondes après la publication) auxquels "
+        "le PACS est relu ; si les instances de l'examen ont changé, le KOS est remplacé au DMP. "
+        "Liste vide : pas de relecture (dans l'environnement : valeurs séparées par des virgules).",
+    )
+
+    _split = field_validator("images_recheck_s", mode="before")(_comma_separated)
+
+    @field_validator("images_recheck_s")
+    @classmethod
+    def _positive_sorted(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("les délais de relecture doivent être positifs")
+        return sorted(value)
 
 
 class DmpConfig(_Section):
@@ -453,6 +481,13 @@ class StoreConfig(_Section):
     )
     cache_ttl_h: float = Field(
         72.0, gt=0, description="Durée de conservation d'une série dans le cache (heures)."
+    )
+    cache_protect_viewed_min: float = Field(
+        60.0,
+        ge=0,
+        description="Une série consultée depuis moins de ce délai (minutes) n'est retirée du "
+        "cache qu'en dernier, et jamais pour le préchargement d'une autre consultation ; les "
+        "séries préchargées jamais ouvertes partent les premières.",
     )
 
     @field_validator("database_url")

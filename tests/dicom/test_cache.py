@@ -31,8 +31,10 @@ def instances(tmp_path: Path, count: int = 3) -> list[bytes]:
     return [p.read_bytes() for p in paths]
 
 
-def fill(cache: SeriesCache, series: str, payloads: list[bytes]) -> None:
-    entry, created = cache.get_or_begin(STUDY, series)
+def fill(
+    cache: SeriesCache, series: str, payloads: list[bytes], prefetch: str | None = None
+) -> None:
+    entry, created = cache.get_or_begin(STUDY, series, prefetch=prefetch)
     assert created
     for data in payloads:
         cache.add(entry, data)
@@ -85,6 +87,41 @@ def test_lru_eviction_respects_pins_and_limit(tmp_path: Path) -> None:
     assert pinned.instances[0].read() == payloads[0]
     cache.release(pinned)
     assert cache.usage().evictions >= 1
+
+
+def test_a_prefetch_never_evicts_viewed_series_and_unopened_prefetches_go_first(
+    tmp_path: Path,
+) -> None:
+    payloads = instances(tmp_path, 2)
+    size = sum(len(p) for p in payloads)
+    now = [1000.0]
+    cache = SeriesCache(tmp_path / "cache", size * 3, 3600, protect_viewed_s=600,
+                        clock=lambda: now[0])  # fmt: skip
+    fill(cache, "2.1", payloads)  # viewed by a user (any reader)
+    fill(cache, "2.2", payloads, prefetch="launch-a")  # prefetched by another launch, unopened
+    fill(cache, "2.3", payloads, prefetch="launch-a")
+    with cache.pinned(STUDY, "2.3"):  # then opened: a viewed series now
+        pass
+    now[0] += 10
+    assert cache.prefetch_room("launch-b") == size  # 2.2 may go, not the viewed ones
+    fill(cache, "2.4", payloads, prefetch="launch-b")
+    assert [cache.holds(STUDY, s) for s in ("2.1", "2.2", "2.3", "2.4")] == [
+        True, False, True, True,
+    ]  # fmt: skip
+    assert cache.prefetch_room("launch-b") <= 0  # its own and the viewed series stay
+    fill(cache, "2.5", payloads, prefetch="launch-b")  # over the limit rather than evicting
+    assert all(cache.holds(STUDY, s) for s in ("2.1", "2.3", "2.4", "2.5"))
+    assert cache.usage().bytes == 4 * size
+    # A reader's own fill may evict: the unopened prefetches first, then the least recently
+    # viewed, once nothing else is left.
+    fill(cache, "2.6", payloads)
+    assert not cache.holds(STUDY, "2.4") and not cache.holds(STUDY, "2.5")
+    assert all(cache.holds(STUDY, s) for s in ("2.1", "2.3", "2.6"))
+    now[0] += 601  # nothing viewed recently any more: a prefetch may evict (LRU)
+    assert cache.prefetch_room("launch-c") == size * 3
+    fill(cache, "2.7", payloads, prefetch="launch-c")
+    assert not cache.holds(STUDY, "2.1")
+    assert all(cache.holds(STUDY, s) for s in ("2.3", "2.6", "2.7"))
 
 
 def test_ttl_purge_and_restart(tmp_path: Path) -> None:

@@ -16,8 +16,10 @@ page, opens the viewer, compares two exams; export lands in Orthanc B under B's 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
+import re
 import socket
 import threading
 import time
@@ -33,12 +35,13 @@ import pytest
 
 from conso.helpers import make_study
 from conso.test_history import publish_cda, settings_of
+from drimbox.cda.model import Code, Identifier
 from drimbox.cda.parser import parse_report
 from drimbox.conso.common import FolderStore
 from drimbox.conso.xdm import read_xdm
 from drimbox.db import ReportState
 from drimbox.db.models import ConsoLaunch
-from drimbox.dmp.client import DmpClient
+from drimbox.dmp.client import DmpClient, DmpSettings
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.pki import TestPki
 from drimbox.sim.ports import free_port
@@ -48,6 +51,7 @@ from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitelist
 from drimbox.trust import audit
 from support.dmp import local_dmp
+from support.factories import CR_C_ACCESSION, make_report
 from support.node import RunningNode, node_config
 from support.samples import cda_of, hl7_text, with_cda
 from support.tools import chromium
@@ -64,6 +68,10 @@ INS = "279035121518989"
 INS_OID = "1.2.250.1.213.1.4.10"
 STUDY_2 = "1.2.250.1.213.4.5.2.1.104"
 STUDY_UNLISTED = "1.2.826.0.1.3680043.8.498.77.9.77"
+STUDY_MARKUP = "1.2.826.0.1.3680043.8.498.77.9.78"
+RADIOLOGIST_ID = "899700100011"  # the PSC simulator's `radiologue`
+# Markup that would run script and draw if a page put it in as HTML.
+MARKUP = "<img src=x onerror=window.pwned=1><b>gras</b>"
 
 DRAWN_JS = """(count) => {
     const canvases = Array.from(document.querySelectorAll('canvas.cornerstone-canvas'));
@@ -126,6 +134,7 @@ class Network:
     study_2: str
     instances_1: int
     tmp: Path
+    dmp_settings: DmpSettings
 
 
 def _variant(text: str) -> tuple[str, bytes]:
@@ -214,6 +223,7 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
             "DRIMBOX_TRUST__TLS_CERT": str(box_b.cert_path),
             "DRIMBOX_TRUST__TLS_KEY": str(box_b.key_path),
             "DRIMBOX_VIEWER__OHIF_DIR": str(OHIF_DIR),
+            "DRIMBOX_ADMIN__USERS": RADIOLOGIST_ID,
         })  # fmt: skip
         with RunningNode(config_a) as source, RunningNode(config_b) as conso:
             with RisClient("127.0.0.1", source.hl7_port) as ris:
@@ -231,7 +241,7 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
                                    base_url=f"https://127.0.0.1:{unlisted.port}")  # fmt: skip
                 client.publish_kos(stray.report, stray.kos, {})
             yield Network(source, conso, orthanc_b, unlisted, report_1.study_instance_uid,
-                          STUDY_2, len(files_1), tmp)  # fmt: skip
+                          STUDY_2, len(files_1), tmp, settings_of(dmp))  # fmt: skip
     unlisted.close()
     orthanc.delete_all()
 
@@ -391,3 +401,179 @@ def test_negative_launches(network: Network) -> None:
         assert expired.status_code == 410 and "expiré" in expired.text
         unknown = user.get("/consultation/inconnu")
         assert unknown.status_code == 404 and "inconnu" in unknown.text
+
+
+def sign_in_at_psc(page: Any, user: str, wait_for: str = "**/consultation/*") -> None:
+    """On the PSC simulator's login page, the tester picks `user`."""
+    page.click(f"button[value={user}]")
+    if wait_for:
+        page.wait_for_url(wait_for)
+
+
+def open_history(context: Any, network: Network, user: str = "radiologue") -> tuple[Any, str]:
+    page = context.new_page()
+    post_launch(page, network.conso.viewer_url, launch_fields())
+    sign_in_at_psc(page, user)
+    return page, page.url.split("?")[0]
+
+
+def no_horizontal_overflow(page: Any) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], f"page {width} px wide"
+
+
+def test_sign_in_again_returns_to_the_launch_history(network: Network, browser: Any) -> None:
+    base = network.conso.viewer_url
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        # After a logout, "Se reconnecter" leads back to the launch's history.
+        page, launch_url = open_history(context, network)
+        page.click("text=Se déconnecter")
+        assert page.locator("h1").inner_text() == "Déconnecté"
+        page.click("text=Se reconnecter")
+        sign_in_at_psc(page, "radiologue")
+        assert page.url.split("?")[0] == launch_url
+        assert "PAT-TROIS DOMINIQUE" in page.locator(".banner").inner_text()
+        context.clear_cookies()
+
+        # After a refused sign-in (no CPS/e-CPS), the same: the patient is not lost.
+        post_launch(page, base, launch_fields())
+        sign_in_at_psc(page, "authentification-faible", wait_for="")
+        page.wait_for_selector("h1:text('Connexion refusée')")
+        page.click("text=Se reconnecter avec Pro Santé Connect")
+        sign_in_at_psc(page, "radiologue")
+        assert "Historique des examens" in page.locator("h1").inner_text()
+        assert "PAT-TROIS DOMINIQUE" in page.locator(".banner").inner_text()
+        context.clear_cookies()
+
+        # A professional with no situation d'exercice is refused clearly, not asked to choose
+        # among nothing.
+        post_launch(page, base, launch_fields())
+        sign_in_at_psc(page, "sans-situation", wait_for="")
+        page.wait_for_selector("h1:text('Connexion refusée')")
+        text = page.locator("main").inner_text()
+        assert "aucune situation d'exercice" in text and "Continuer" not in text
+
+        # The origin's root is a French page of its own (not OHIF's English 404), with an icon.
+        page.goto(f"{base}/")
+        assert page.locator("html").get_attribute("lang") == "fr"
+        body = page.locator("body").inner_text()
+        assert "lancez la consultation" in body and "find the page" not in body
+        icon = page.request.get(f"{base}/favicon.ico")
+        assert icon.status == 200 and icon.body()[:4] == b"\x00\x00\x01\x00"
+    finally:
+        context.close()
+
+
+def test_compare_export_purge_and_console_in_french(network: Network, browser: Any) -> None:
+    base = network.conso.viewer_url
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        page, launch_url = open_history(context, network)
+        jobs = wait_jobs(page, launch_url, "images")
+        assert sorted(j["etat"] for j in jobs.values()) == ["refuse", "termine", "termine"]
+
+        # "Comparer" with one exam: said on the history page, not an HTTP 400 page.
+        page.check(f"input[value='{network.study_1}']")
+        page.click("text=Comparer les deux examens sélectionnés")
+        alert = page.locator("[role=alert]").inner_text()
+        assert "vous avez sélectionné 1 examen" in alert and "exactement deux" in alert
+        assert page.locator("h1").inner_text() == "Historique des examens"
+
+        # Each row: accession, number of series and images, site.
+        row = page.locator("tr", has=page.locator(f"input[value='{network.study_1}']"))
+        text = row.inner_text()
+        assert "N° d'examen : ACN103" in text
+        assert f"1 série, {network.instances_1} images" in text or "séries" in text
+
+        # After an export the status line wraps: no horizontal scroll at 1400 px.
+        page.goto(launch_url)
+        page.click(f"button[formaction$='/export/{network.study_1}']")
+        wait_jobs(page, launch_url, "exports")
+        page.reload()
+        assert "sous l'IPP IPP-B-4242" in page.content()
+        page.screenshot(path=str(ARTIFACTS / "conso-history-after-export.png"), full_page=True)
+        no_horizontal_overflow(page)
+
+        # The viewer speaks French (OHIF's own i18n).
+        page.click(f"a[href$='/ouvrir/{network.study_1}']")
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        wait_drawn(page, 1, "conso-viewer-french.png")
+        assert "i18next=fr" in page.evaluate("document.cookie")
+        assert page.evaluate("window.localStorage.getItem('i18nextLng')") in (None, "fr")
+
+        # The console of a Conso-only node: no Source tabs, French labels and status.
+        page.goto(f"{base}/admin")
+        nav = page.locator("nav.sections").inner_text()
+        assert "Comptes rendus" not in nav and "Cache" in nav
+        status = page.locator("main").inner_text()
+        assert "File d'envoi au DMP" not in status
+        assert "DMP joignable : le service répond" in status and "HTTP" not in status
+        page.goto(f"{base}/admin/audit")
+        traces = page.locator("main table").inner_text()
+        for label in (
+            "consultation de l'historique DMP",
+            "professionnel de santé",
+            "lecture d'un manifeste d'images (KOS) au DMP",
+            "export vers le PACS",
+        ):
+            assert label in traces, label  # fmt: skip
+        for code in ("dmp_retrieve_kos", "image_retrieve", "export_pacs", "\tuser\t"):
+            assert code not in traces, code
+
+        # The purge says what it did in French, with units; the history follows the cache.
+        page.goto(f"{base}/admin/cache")
+        page.click("text=Vider le cache")
+        notice = page.locator("p.note").inner_text()
+        assert re.fullmatch(r"Cache vidé : \d+ séries? supprimées?, [\d,]+ [kMG]?o libérés\.",
+                            notice), notice  # fmt: skip
+        page.goto(launch_url)
+        states = page.locator("[id^=images-state-]").all_inner_texts()
+        assert not any("Images prêtes" in s for s in states), states
+        assert sum("à récupérer de nouveau" in s for s in states) == 2, states
+        no_horizontal_overflow(page)
+    finally:
+        context.close()
+
+
+def test_markup_in_every_field_is_shown_as_text(network: Network, browser: Any) -> None:
+    """Patient name, report title, site name and error reasons carrying markup: shown as
+    text, never run nor drawn. (Last of the module: it adds an exam to the patient.)"""
+    title = f"Scanner {MARKUP}"
+    report = make_report(
+        study_instance_uid=STUDY_MARKUP,
+        accession_number=Identifier(root=CR_C_ACCESSION.root, extension="ACN978"),
+        title=title,
+        act_code=Code("24727-0", "2.16.840.1.113883.6.1", title),
+    )
+    unlisted = f"https://127.0.0.1:{network.unlisted.port}"
+    study = make_study(network.tmp / "markup", study_uid=STUDY_MARKUP, accession="ACN978",
+                       base_url=unlisted, report=report)  # fmt: skip
+    # The site shown is the publishing structure's name (authorInstitution).
+    publisher = dataclasses.replace(network.dmp_settings, structure_name=f"Site {MARKUP}")
+    with DmpClient(publisher) as client:
+        client.publish_kos(study.report, study.kos, {})
+    base = network.conso.viewer_url
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        page = context.new_page()
+        # Error reasons: the refused launch lists the invalid value.
+        post_launch(page, base, launch_fields(**{"Patient.identifier.system": MARKUP}))
+        assert page.locator("h1").inner_text() == "Lancement refusé"
+        assert MARKUP in page.locator("ul.errors").inner_text()
+        shown_as_text(page)
+        # Patient name, report title, site name.
+        post_launch(page, base, launch_fields(**{"Patient.name.family": f"PAT-TROIS{MARKUP}"}))
+        sign_in_at_psc(page, "radiologue")
+        assert MARKUP.upper() in page.locator(".banner strong").inner_text()  # family name
+        row = page.locator("tr", has_text="ACN978").inner_text()
+        assert title in row and f"Site {MARKUP}" in row
+        shown_as_text(page)
+    finally:
+        context.close()
+
+
+def shown_as_text(page: Any) -> None:
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("img[src=x]").count() == 0
+    assert page.locator("main b").count() == 0

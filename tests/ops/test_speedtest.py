@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.uid import JPEGLSLossless
@@ -28,8 +29,9 @@ from drimbox.ops.speedtest import (
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ports import free_port
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from drimbox.trust import audit
 from support.factories import make_report
-from support.node import node_config
+from support.node import RunningNode, node_config
 from support.site import Site, peer_view, source_site
 from support.source import orthanc_moving_to
 
@@ -235,3 +237,40 @@ def test_peer_refusals(site: Site, tmp_path: Path) -> None:
     # An exam without its KOS makes no sense to a Source.
     with pytest.raises(SpeedTestError, match="--study et --kos vont ensemble"):
         peer_speedtest(config, host, study_uid=site.study_uid)
+
+
+def test_peer_speedtest_from_the_console_with_the_operator_token(
+    site: Site, tmp_path: Path
+) -> None:
+    """Site B's administrator measures site A from the status page, with their own PSC sign-in."""
+    admin = "899700100011"  # the PSC simulator's `radiologue`
+    environ = peer_view(site, tmp_path / "conso", site.trusted_peer) | {
+        "DRIMBOX_PSC__CLIENT_ID": site.psc.client.client_id,
+        "DRIMBOX_PSC__CLIENT_SECRET": site.psc.client.client_secret,
+        "DRIMBOX_PSC__DISCOVERY_URL": site.psc.discovery_url,
+        "DRIMBOX_ADMIN__USERS": admin,
+    }
+    host = "localhost:" + site.node.peer_url.rsplit(":", 1)[1]
+    with (
+        RunningNode(node_config(tmp_path / "conso", None, environ)) as conso,
+        httpx.Client(follow_redirects=True, timeout=60) as browser,
+    ):
+        base = conso.viewer_url
+        browser.get(f"{base}/connexion", params={"login_hint": "radiologue", "next": "/admin"})
+        form = browser.get(f"{base}/admin").text
+        assert 'action="/admin/debit"' in form and '<option value="localhost">' in form
+        fields = {"hote": host, "examen": site.study_uid, "kos": site.kos_uid}
+        page = browser.post(f"{base}/admin/debit", data=fields)
+        assert page.status_code == 200
+        assert f"Test de débit vers {host} : réussi" in page.text
+        assert "6 images" in page.text  # the result, on the status page
+        blank = browser.post(f"{base}/admin/debit", data={"hote": " "})
+        assert "Indiquez le nom db… de la DRIMbox à mesurer." in blank.text
+        # The token really is the operator's: signed out, nothing is measured.
+        browser.cookies.clear()
+        refused = browser.post(f"{base}/admin/debit", data=fields, follow_redirects=False)
+        assert refused.status_code == 303 and "/connexion" in refused.headers["location"]
+        rows = latest_results(conso.node.db)
+        events = audit.events(conso.node.db, actor=admin)
+    assert [(r.kind, r.target, r.images, r.ok) for r in rows] == [("peer", host, 6, True)]
+    assert any(e["action"] == "peer_speedtest" and e["result"] == "ok" for e in events)

@@ -97,12 +97,13 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
         stalled = select(func.count()).where(DmpJob.leased_by == "node-a")
         wait_until(lambda: count(db, stalled), 120, "node-a holds a DMP job")
 
-        def stall_seen() -> bool:
-            # The stalled job itself past the threshold (on a loaded machine, reports waiting
-            # for a node may pass it first).
+        def stall_seen() -> dict[str, object] | None:
             work = cluster.status("node-b")["checks"]["work"]
-            stalled = work["leased_by"].get("node-a") and (work["jobs"]["oldest_s"] or 0) > 3
-            return bool(stalled and not work["ok"])
+            # Queued reports may go stale first on a loaded machine: wait for the stalled job.
+            stalled_job = (work["jobs"]["oldest_s"] or 0) > 3
+            return (
+                work if not work["ok"] and work["leased_by"].get("node-a") and stalled_job else None
+            )
 
         wait_until(stall_seen, 60, "node-b's /status shows the stalled work")
         during = cluster.status("node-b")

@@ -73,6 +73,7 @@ class PublishedStudy:
     series_uids: list[str]
     files: list[Path]
     by_series: dict[str, list[Path]] = field(default_factory=dict)
+    report: ImagingReport | None = None
 
 
 def unique_study_uid() -> str:
@@ -90,14 +91,17 @@ def publish_study(
     columns: int = 64,
     state: str = ReportState.PUBLISHED.value,
     public_base_url: str = "https://db.site-a.test",
+    **report_fields: Any,
 ) -> PublishedStudy:
-    """Generate a study, store it in Orthanc, build its KOS and record a published report."""
+    """Generate a study, store it in Orthanc, build its KOS and record a published report
+    (`report_fields`: the report's modalities, regions, date…)."""
     study_uid = unique_study_uid()
     number = next(_counter)
     accession = f"ACN{number}"
     report = make_report(
         study_instance_uid=study_uid,
         accession_number=Identifier(root=CR_C_ACCESSION.root, extension=accession),
+        **report_fields,
     )
     files = generate_study_for_report(
         out_dir / study_uid,
@@ -127,6 +131,7 @@ def publish_study(
         series_uids=series_uids,
         files=files,
         by_series=by_series,
+        report=report,
     )
 
 

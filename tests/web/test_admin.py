@@ -13,6 +13,8 @@ import pytest
 from drimbox.db import Hl7Message, Report, ReportState, utcnow
 from drimbox.sim.psc import LocalPsc
 from drimbox.trust import audit
+from drimbox.web.admin_routes import CHECK_LABELS
+from drimbox.web.status import CHECKS
 from support.node import RunningNode, node_config, signed_in
 
 ADMIN = "899700100011"  # the simulator's `radiologue`
@@ -50,7 +52,7 @@ def test_console_for_an_administrator(node: RunningNode) -> None:
     try:
         status = browser.get(f"{base}/admin")
         assert status.status_code == 200 and "État de la DRIMbox" in status.text
-        assert "envoi au DMP" in status.text
+        assert "envoi au DMP" in status.text and "Travail en cours" in status.text
         reports = browser.get(f"{base}/admin/comptes-rendus")
         assert "Identité incohérente" in reports.text and "Relancer" in reports.text
         retried = browser.post(f"{base}/admin/comptes-rendus/1/relancer")
@@ -69,6 +71,10 @@ def test_console_for_an_administrator(node: RunningNode) -> None:
         browser.close()
     actions = [e["action"] for e in audit.events(node.node.db, actor=ADMIN)]
     assert "report_retry" in actions
+
+
+def test_every_status_check_has_a_french_label() -> None:
+    assert set(CHECK_LABELS) == set(CHECKS)
 
 
 def test_console_refuses_others(node: RunningNode) -> None:

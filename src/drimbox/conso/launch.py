@@ -178,7 +178,12 @@ def parse_launch(form: FormInput, *, today: date | None = None) -> LaunchContext
             errors.append(FieldError(name, f"Le champ obligatoire {name} est absent ou vide."))
 
     def bad(name: str, message: str) -> None:
-        errors.append(FieldError(name, f"Le champ {name} est invalide : {message}"))
+        # The value received, so that the site's IT staff can find the sender's mistake.
+        received = values.get(name, "")
+        shown = received if len(received) <= 80 else received[:79] + "…"
+        errors.append(
+            FieldError(name, f"Le champ {name} est invalide (reçu « {shown} ») : {message}")
+        )
 
     ins = values.get(F_INS, "").replace(" ", "").upper()
     if ins and not is_valid_ins(ins):

@@ -4,9 +4,12 @@ Owns the cache folder (`[store] cache_dir`): one sub-folder per series holding t
 exactly as the PACS sent them, appended one after the other to `instances.bin` (one file per
 series: creating 1300 small files cost more than receiving them), and an `entry.json` index
 (offsets) written when the series is complete; the
-size limit (least recently used complete series are evicted first), the time to live, purge and
-usage figures. An entry being filled is visible at once: readers follow its instances as they
-arrive (`CacheEntry.follow`), which is what lets a response stream before the PACS has finished.
+size limit, the time to live, purge and usage figures. Eviction is fair between users: series a
+prefetch filled and nobody opened go first, then the least recently used, and series a user
+viewed recently (`protect_viewed_s`) last — never for another user's prefetch (which stops when
+the cache has no room left for it, `prefetch_room`). An entry being filled is visible at once:
+readers follow its instances as they arrive (`CacheEntry.follow`), which is what lets a response
+stream before the PACS has finished.
 Thread-safe: retrieval threads add instances, the event loop reads. A series being read is pinned
 and never evicted under its readers. It must not talk to the PACS (see `drimbox.dicom.retrieve`)
 nor decide who may read what. One node per cache folder (shared folders come with §7's scaling).
@@ -152,6 +155,10 @@ class CacheEntry:
         self.last_used = self.created
         self.size = 0
         self.pins = 0
+        # The prefetch (a launch id) that filled it, until a reader opens it; when a reader
+        # (viewer, peer, export) last pinned it. In memory only: a restart forgets both.
+        self.prefetched_by: str | None = None
+        self.viewed_at: float | None = None
         self.detached = False  # out of the index (expired, evicted or failed); deleted unpinned
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._write_fd: int | None = None
@@ -333,6 +340,8 @@ class SeriesCache:
       is read and evicted right after.
     - `ttl_s`: a series older than this is fetched again from the PACS (the PACS may have
       received corrections; IOCM rejections also remove series, see `drop`).
+    - `protect_viewed_s`: a series a reader pinned less than this ago is evicted only after
+      every other one, and never to make room for a prefetch.
     """
 
     def __init__(
@@ -341,6 +350,7 @@ class SeriesCache:
         max_bytes: int,
         ttl_s: float,
         *,
+        protect_viewed_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_bytes < 0 or ttl_s <= 0:
@@ -349,6 +359,7 @@ class SeriesCache:
         self.series_root = self.directory / SERIES_DIR
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
+        self.protect_viewed_s = protect_viewed_s
         self.clock = clock
         self.lock = threading.RLock()
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()  # LRU order, oldest first
@@ -438,10 +449,15 @@ class SeriesCache:
             entry = self._entries.get(self.key(study_uid, series_uid))
             return entry is not None and entry.complete and not self._expired_entry(entry)
 
-    def get_or_begin(self, study_uid: str, series_uid: str) -> tuple[CacheEntry, bool]:
+    def get_or_begin(
+        self, study_uid: str, series_uid: str, *, prefetch: str | None = None
+    ) -> tuple[CacheEntry, bool]:
         """The series' entry, pinned (call `release` when done), and whether it is new: the
         caller of a new entry must fill it (`add`, then `finish` or `fail`). Concurrent callers
-        for one series share one entry: one PACS retrieval (single flight)."""
+        for one series share one entry: one PACS retrieval (single flight).
+
+        `prefetch` names the prefetch (a launch) asking, for whom nobody is viewing the series
+        yet; any other caller is a reader, which makes the series "viewed" (see `_evict`)."""
         key = self.key(study_uid, series_uid)
         with self.lock:
             entry = self._entries.get(key)
@@ -464,6 +480,10 @@ class SeriesCache:
                 created = True
             entry.pins += 1
             entry.last_used = self.clock()
+            if prefetch is None:
+                entry.prefetched_by, entry.viewed_at = None, entry.last_used
+            elif created:
+                entry.prefetched_by = prefetch
             self._entries.move_to_end(key)
             return entry, created
 
@@ -493,7 +513,7 @@ class SeriesCache:
                 entry._close_reader()
                 with contextlib.suppress(OSError):  # LRU order survives restarts
                     os.utime(entry.directory / ENTRY_FILE)
-            self._evict()
+            self._evict(entry.prefetched_by)
 
     @contextlib.contextmanager
     def pinned(self, study_uid: str, series_uid: str) -> Iterator[tuple[CacheEntry, bool]]:
@@ -521,7 +541,7 @@ class SeriesCache:
             if not entry.detached:
                 self._bytes += instance.size
             entry._notify()
-            self._evict()
+            self._evict(entry.prefetched_by)
         return instance
 
     def finish(self, entry: CacheEntry) -> None:
@@ -536,7 +556,7 @@ class SeriesCache:
                     self._detach(entry)
             entry.complete = True
             entry._notify()
-            self._evict()
+            self._evict(entry.prefetched_by)
 
     def fail(self, entry: CacheEntry, error: BaseException) -> None:
         with self.lock:
@@ -560,15 +580,41 @@ class SeriesCache:
         entry._close()
         shutil.rmtree(entry.directory, ignore_errors=True)
 
-    def _evict(self) -> None:
+    def _victims(self, prefetch: str | None) -> list[CacheEntry]:
+        """The series that may be evicted, in order: those another prefetch filled and nobody
+        opened, then those nobody viewed recently, then (not for a prefetch) the recently
+        viewed; least recently used first in each group. Never a pinned series, nor one a
+        prefetch filled for the same launch that is making room now."""
+        now = self.clock()
+        unused = [e for e in self._entries.values() if e.complete and e.pins <= 0]
+
+        def viewed(entry: CacheEntry) -> bool:
+            return entry.viewed_at is not None and now - entry.viewed_at <= self.protect_viewed_s
+
+        groups = [
+            [e for e in unused if e.prefetched_by is not None and e.prefetched_by != prefetch],
+            [e for e in unused if e.prefetched_by is None and not viewed(e)],
+        ]
+        if prefetch is None:
+            groups.append([e for e in unused if e.prefetched_by is None and viewed(e)])
+        return [entry for group in groups for entry in group]
+
+    def _evict(self, prefetch: str | None = None) -> None:
+        """Back under the size limit, making room for `prefetch` (a launch) or a reader."""
         if self._bytes <= self.max_bytes:
             return
-        for entry in list(self._entries.values()):  # least recently used first
+        for entry in self._victims(prefetch):
             if self._bytes <= self.max_bytes:
                 break
-            if entry.complete and entry.pins <= 0:
-                self._evictions += 1
-                self._detach(entry)
+            self._evictions += 1
+            self._detach(entry)
+
+    def prefetch_room(self, prefetch: str) -> int:
+        """Bytes a prefetch may still fill without evicting a pinned series, a recently viewed
+        one or its own: what another series of it may take (<= 0: no room)."""
+        with self.lock:
+            freeable = sum(e.size for e in self._victims(prefetch))
+            return self.max_bytes - self._bytes + freeable
 
     def drop(self, study_uid: str, series_uid: str | None = None) -> int:
         """Forget a series (or every series of a study): e.g. after an IOCM rejection."""

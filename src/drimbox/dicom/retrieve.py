@@ -406,12 +406,14 @@ class SeriesFetcher:
         wait: Literal["first", "done"] = "done",
         timeout_s: float = 300.0,
         on_instance: Callable[[int], None] | None = None,
+        prefetch: str | None = None,
     ) -> list[CachedInstance]:
         """Blocking (a worker thread): the cached instances of a series of another site's
         study, fetched from its Source on a miss (in this thread) or followed while another
         retrieval fills it; until the first instance or the whole series (`wait`). Raises
-        `RemoteSourceError` when the Source could not provide it."""
-        entry, created = self.cache.get_or_begin(study_uid, series_uid)
+        `RemoteSourceError` when the Source could not provide it. `prefetch`: the launch
+        prefetching it (no user views it yet, see `SeriesCache.get_or_begin`)."""
+        entry, created = self.cache.get_or_begin(study_uid, series_uid, prefetch=prefetch)
         try:
             if created:
                 self._fill_remote(entry, on_instance)
@@ -627,7 +629,10 @@ class ImageService:
         self.metrics = metrics or NodeMetrics(config.node.name)
         store = config.store
         self.cache = SeriesCache(
-            Path(store.cache_dir), store.cache_max_bytes, store.cache_ttl_h * 3600.0
+            Path(store.cache_dir),
+            store.cache_max_bytes,
+            store.cache_ttl_h * 3600.0,
+            protect_viewed_s=store.cache_protect_viewed_min * 60.0,
         )
         self.pacs = SourceAwarePacs(pacs_settings(config))
         self.remote = remote or RemoteStudies()

@@ -29,6 +29,7 @@ from drimbox.dicom.pacs import PacsClient, PacsError
 from drimbox.dicom.retrieve import build_retriever, pacs_settings
 from drimbox.dicom.scp import ScpError, StoreScp
 from drimbox.french import french_datetime, french_number, french_size
+from drimbox.trust.store import WhitelistStore, whitelist_store
 
 Kind = Literal["pacs", "peer"]
 PACS_MODES: Final = ("c-get", "c-move", "wado-rs")
@@ -295,12 +296,12 @@ def peer_speedtest(
     token: str = "",
     resolve: dict[str, str] | None = None,
     whitelist_refresh: bool = True,
+    store: WhitelistStore | None = None,
 ) -> SpeedResult:
     """One WADO-RS study request to a whitelisted Source, over mutual TLS with the box's
     certificate: latency, first part, throughput. Without a study, a probe (latency only): the
     Source answers an unknown study with 401/404, which proves TLS and WADO-RS work."""
     from drimbox.conso.retrieval import RetrievalError, SourceRetriever
-    from drimbox.trust.store import whitelist_store
     from drimbox.trust.tls import PeerCheck, client_ssl_context
 
     if bool(study_uid) != bool(kos_uid):
@@ -310,11 +311,13 @@ def peer_speedtest(
         raise SpeedTestError(
             "la DRIMbox n'a pas de certificat pour le TLS mutuel ([trust] tls_cert, tls_key)"
         )
-    store = whitelist_store(config)
     if store is None:
-        raise SpeedTestError("aucune liste blanche configurée ([trust] whitelist_source)")
-    if whitelist_refresh:
-        store.refresh()
+        # A command of its own: the list as the node would have it now.
+        store = whitelist_store(config)
+        if store is None:
+            raise SpeedTestError("aucune liste blanche configurée ([trust] whitelist_source)")
+        if whitelist_refresh:
+            store.refresh()
     if store.current() is None:
         raise SpeedTestError(
             "aucune liste blanche valide : les échanges entre DRIMbox sont suspendus"

@@ -11,9 +11,10 @@ functions (`retry_report`, the cache's purge).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -23,7 +24,15 @@ from drimbox.config import Config
 from drimbox.db import Database, DmpJob, Report, SpeedTest
 from drimbox.dicom.cache import SeriesCache
 from drimbox.french import PARIS
-from drimbox.ops.speedtest import latest_results
+from drimbox.ops.speedtest import (
+    SpeedResult,
+    SpeedTestError,
+    failed,
+    latest_results,
+    peer_speedtest,
+    peer_target,
+    record,
+)
 from drimbox.source.retry import RetryError, retry_report
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
@@ -43,8 +52,9 @@ from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 SOURCE_NAV: Final = ("/admin/comptes-rendus", "Comptes rendus")
 RETRYABLE = {"refused", "parked"}
 CHECK_LABELS: Final = {"pacs": "PACS", "dmp": "DMP", "whitelist": "Liste blanche",
-                       "outbox": "File d'envoi au DMP", "cache": "Cache d'images"}  # fmt: skip
-SOURCE_CHECKS: Final = frozenset({"outbox"})
+                       "outbox": "File d'envoi au DMP", "work": "Travail en cours",
+                       "cache": "Cache d'images"}  # fmt: skip
+SOURCE_CHECKS: Final = frozenset({"outbox", "work"})
 
 
 def admin_nav(config: Config) -> list[tuple[str, str]]:
@@ -89,6 +99,22 @@ def speed_rows(results: list[SpeedTest]) -> list[dict[str, Any]]:
     return rows
 
 
+def run_peer_speedtest(
+    config: Config,
+    host: str,
+    study: str,
+    kos: str,
+    token: str,
+    whitelist: WhitelistStore | None,
+) -> SpeedResult:
+    """The test, or the record of why it could not run."""
+    try:
+        return peer_speedtest(config, host, study_uid=study or None, kos_uid=kos or None,
+                              token=token, store=whitelist)  # fmt: skip
+    except SpeedTestError as exc:
+        return failed("peer", peer_target(host), "wado-rs", study, exc)
+
+
 class _Denied(Exception):
     def __init__(self, response: Response) -> None:
         self.response = response
@@ -102,7 +128,10 @@ def admin_router(
     status: StatusSources,
     whitelist: WhitelistStore | None,
     cache: SeriesCache | None,
+    access_token: Callable[[str], str | None] | None = None,
 ) -> APIRouter:
+    """`access_token`: the signed-in operator's PSC access token (kept fresh) from the session
+    cookie, for the peer speed test run from the status page."""
     router = APIRouter()
     admins = set(config.admin.users)
     nav = admin_nav(config)
@@ -151,7 +180,46 @@ def admin_router(
         ]  # fmt: skip
         speeds = speed_rows(await asyncio.to_thread(latest_results, db))
         return page(request, view, "admin/dashboard.html", "État de la DRIMbox", checks=checks,
-                    speeds=speeds)  # fmt: skip
+                    speeds=speeds, notice=request.query_params.get("message"),
+                    peers=whitelist_peers())  # fmt: skip
+
+    def whitelist_peers() -> list[str]:
+        current = whitelist.current() if whitelist is not None else None
+        own = urlsplit(config.site.public_base_url).hostname or ""
+        return [d.db for d in current.domains if d.db != own] if current is not None else []
+
+    @router.post("/admin/debit")
+    async def peer_speed(request: Request) -> Response:
+        """A peer speed test with the operator's own PSC token (`drimbox peer speedtest`)."""
+        try:
+            view = admin(request)
+            same_origin(request)
+        except _Denied as denied:
+            return denied.response
+        form = await request.form()
+        host, study, kos = (str(form.get(name, "") or "").strip()
+                            for name in ("hote", "examen", "kos"))  # fmt: skip
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        token = await asyncio.to_thread(access_token, cookie) if access_token else None
+        if not host:
+            text = "Indiquez le nom db… de la DRIMbox à mesurer."
+        elif not token:
+            text = "Votre connexion Pro Santé Connect a expiré : reconnectez-vous puis relancez."
+        else:
+            result = await asyncio.to_thread(
+                run_peer_speedtest, config, host, study, kos, token, whitelist
+            )
+
+            def keep() -> None:
+                record(db, result, slow_ratio=config.checks.slow_ratio)
+                audit.record(db, actor=view.subject_name_id, role="operator",
+                             action="peer_speedtest", result="ok" if result.ok else "error",
+                             remote=result.target)  # fmt: skip
+
+            await asyncio.to_thread(keep)
+            text = (f"Test de débit vers {result.target} : "
+                    + (result.error or result.flag or "réussi"))  # fmt: skip
+        return RedirectResponse(f"/admin?{urlencode({'message': text})}", status_code=303)
 
     @router.get("/admin/comptes-rendus")
     def reports(request: Request, etat: str | None = None, message: str | None = None) -> Response:

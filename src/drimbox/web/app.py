@@ -24,6 +24,7 @@ from drimbox.auth.tokens import TokenVerifier
 from drimbox.config import Config
 from drimbox.db import Database
 from drimbox.dicom.retrieve import ImageService
+from drimbox.http.pathguard import PathGuard
 from drimbox.source.access import access_log_path
 from drimbox.source.grants import Grants
 from drimbox.source.wado import Authorizer, PeerAuthorizer, WadoRoutes, install
@@ -118,6 +119,7 @@ def _image_app(
         audit_db=db,
     )
     install(app, prefix, routes)
+    app.add_middleware(PathGuard, prefix=prefix)
     app.state.images = images
     app.state.wado = routes
     return app

@@ -132,10 +132,13 @@ def build_web(
         max_age=timedelta(hours=config.psc.session_max_h),
     )
     routers = list(extra_routers or [])
-    routers.append(
-        admin_router(config, db, sessions, status=status, whitelist=whitelist, cache=images.cache)
-    )
     session_tokens = SessionTokens(sessions, client) if client is not None else None
+    routers.append(
+        admin_router(
+            config, db, sessions, status=status, whitelist=whitelist, cache=images.cache,
+            access_token=session_tokens.access_token if session_tokens else None,
+        )
+    )  # fmt: skip
     conso = None
     if config.roles.conso:
         conso = ConsoService(

@@ -9,13 +9,15 @@ Routes (French pages; every one but the launch itself needs a session):
   browser before any sign-in; it reveals nothing.
 - `GET /consultation/<id>` — sign-in first (`/connexion?next=…`); the first session to open the
   launch is bound to it, no other session sees it. The history is read from the DMP as the user
-  (TD0.2/TD0.3, ITI-18, ITI-43, `conso.history`) once, stored per launch, and the images of every
-  exam are prefetched in the background from their Source (`conso.retrieval`: whitelisted `db`
-  hosts only, mutual TLS, the user's PSC token and the KOS UID) into the node's cache.
+  (TD0.2/TD0.3, ITI-18, ITI-43, `conso.history`) once, stored per launch, and the images of the
+  named exam and its relevant priors are prefetched in the background, within the launch's
+  budget (`conso.prefetch`), from their Source (`conso.retrieval`: whitelisted `db` hosts only,
+  mutual TLS, the user's PSC token and the KOS UID) into the node's cache.
 - `GET /consultation/<id>/etat` — JSON progress of prefetch and exports (polled by the page).
 - `GET /consultation/<id>/compte-rendu/<exam>` — the report: its embedded PDF or its text.
 - `GET /consultation/<id>/ouvrir/<study>`, `GET /consultation/<id>/comparer?etude=a&etude=b` —
-  grant the studies to the session and open OHIF (`/viewer?StudyInstanceUIDs=…`).
+  grant the studies to the session, fetch those outside the prefetch (progress on the history
+  page) and open OHIF (`/viewer?StudyInstanceUIDs=…`).
 - `POST /consultation/<id>/export/<study>` — C-STORE to `[pacs]` under the launch's IPP
   (`conso.export`), progress and a French report on the page.
 
@@ -61,6 +63,7 @@ from drimbox.conso.export import (
 )
 from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_manifest
 from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
+from drimbox.conso.prefetch import Budget, Candidate, prefetch_order
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
 from drimbox.conso.xdm import XdmDocument, XdmPatient, write_xdm
 from drimbox.db import Database, aware, utcnow
@@ -73,7 +76,7 @@ from drimbox.dmp.vihf import VihfSubject
 from drimbox.source.grants import session_hash
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import PeerCheck, PeerRefused, client_ssl_context
-from drimbox.web.pages import french_date, french_number, message, render
+from drimbox.web.pages import french_date, french_number, french_size, message, render
 from drimbox.web.sessions import DbSessionStore, SessionView
 from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 
@@ -195,6 +198,52 @@ class Job:
             "message": self.message,
             "details": list(self.detail),
         }
+
+
+READY: Final = "Images prêtes."
+ON_DEMAND: Final = "Hors du préchargement : les images seront récupérées à l'ouverture de l'examen."
+
+
+def _stopped(reason: str, *, partly: bool = False) -> str:
+    """The job message of an exam the prefetch stopped at (`reason`: why)."""
+    if partly:
+        return (
+            f"Préchargement partiel ({reason}) : le reste des images sera récupéré à "
+            "l'ouverture de l'examen."
+        )
+    return f"Hors du préchargement ({reason}) : les images seront récupérées à son ouverture."
+
+
+@dataclass
+class PrefetchSummary:
+    """What one launch's prefetch planned and has done so far: the exams it made ready, and
+    the bytes of the series it made ready (fetched now or already in the cache)."""
+
+    budget: Budget
+    planned: int
+    exams: int = 0
+    bytes: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "prevus": self.planned,
+            "examens": self.exams,
+            "octets": self.bytes,
+            "budget_examens": self.budget.exams,
+            "budget_octets": self.budget.max_bytes,
+        }
+
+
+def _candidate(exam: ExamRow) -> Candidate:
+    s = exam.summary
+    return Candidate(
+        key=exam.id,
+        study_uid=exam.study_uid,
+        accession=exam.accession,
+        date=str(s.get("date") or ""),
+        modalities=tuple(s.get("modalities", [])),
+        regions=tuple(s.get("regions", [])),
+    )
 
 
 # -- where a Conso exam's images come from --------------------------------------------------
@@ -325,12 +374,16 @@ class ConsoService:
         self._retriever: SourceRetriever | None = None
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="drimbox-conso")
+        # Exams opened outside the prefetch: never queued behind other launches' prefetch.
+        self._on_demand = ThreadPoolExecutor(threads, thread_name_prefix="drimbox-conso-open")
         self.prefetch: dict[str, dict[int, Job]] = {}  # launch id → exam id → job
+        self.summaries: dict[str, PrefetchSummary] = {}  # launch id → what its prefetch did
         self.exports: dict[str, dict[int, Job]] = {}
         self.export_reports: dict[tuple[str, int], ExportReport] = {}
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._on_demand.shutdown(wait=False, cancel_futures=True)
         if self._dmp is not None:
             self._dmp.close()
         if self._retriever is not None:
@@ -581,9 +634,17 @@ class ConsoService:
                     exam.study_uid, ExamSource(manifest, retriever, token, audit)
                 )
 
+    def budget(self) -> Budget:
+        conso = self.config.conso
+        return Budget(conso.prefetch_exams, conso.prefetch_max_bytes)
+
     def start_prefetch(self, launch: Launch, view: SessionView) -> None:
+        """Plan the launch's prefetch (`conso.prefetch`: the named exam, then the relevant
+        priors, within the budget) and run it in the background, one exam after the other;
+        the other exams wait to be opened (`fetch_on_demand`)."""
         self.register(launch, view)
         jobs: dict[int, Job] = {}
+        candidates: list[Candidate] = []
         for exam in launch.exams:
             manifest = exam.manifest
             if manifest is None:
@@ -593,29 +654,119 @@ class ConsoService:
             reason = self.refusal(manifest)
             if reason is not None:
                 job.state, job.message = "refuse", reason
+            else:
+                candidates.append(_candidate(exam))
             jobs[exam.id] = job
+        context = launch.context
+        order = prefetch_order(
+            candidates,
+            study_uid=context.study_instance_uid,
+            accession=context.accession_number,
+            modality=context.modality,
+        )
+        budget = self.budget()
+        planned = [c.key for position, c in enumerate(order) if budget.allows_exam(position)]
+        for candidate in order[len(planned) :]:
+            jobs[candidate.key].state = "a_la_demande"
+            jobs[candidate.key].message = ON_DEMAND
+        summary = PrefetchSummary(budget, planned=len(planned))
         with self._lock:
             self.prefetch[launch.id] = jobs
-        for exam in launch.exams:
-            if jobs[exam.id].state == "en_attente":
-                self._executor.submit(self._prefetch_exam, exam, jobs[exam.id])
+            self.summaries[launch.id] = summary
+        if planned:
+            exams = {e.id: e for e in launch.exams}
+            self._executor.submit(
+                self._prefetch_launch, launch.id, [(exams[k], jobs[k]) for k in planned], summary
+            )
 
-    def _prefetch_exam(self, exam: ExamRow, job: Job) -> None:
+    def _prefetch_launch(
+        self, launch_id: str, planned: list[tuple[ExamRow, Job]], summary: PrefetchSummary
+    ) -> None:
+        for position, (exam, job) in enumerate(planned):
+            reason = self._prefetch_stop(launch_id, summary, position, summary.bytes)
+            if reason is not None:
+                with self._lock:
+                    if job.state == "en_attente":
+                        job.state, job.message = "a_la_demande", _stopped(reason)
+                continue
+            if not self._claim(job):
+                continue  # opened meanwhile: fetched on demand
+
+            def stop(spent: int, position: int = position) -> str | None:
+                return self._prefetch_stop(launch_id, summary, position, summary.bytes + spent)
+
+            summary.bytes += self._fetch_exam(exam, job, stop=stop, prefetch=launch_id)
+            if job.state == "termine":
+                summary.exams += 1
+
+    def _prefetch_stop(
+        self, launch_id: str, summary: PrefetchSummary, position: int, spent: int
+    ) -> str | None:
+        """Why the launch's prefetch must not start another series (`spent` bytes into it),
+        or None: its byte budget, or a cache with no room left but other users' viewed
+        images (never evicted for a prefetch). The first exam is always fetched whole."""
+        budget = summary.budget
+        if not budget.allows_more(position, spent):
+            return f"limite de {french_size(budget.max_bytes)} par consultation atteinte"
+        if position and self.images.cache.prefetch_room(launch_id) <= 0:
+            return "cache de cette DRIMbox occupé par les images consultées par d'autres"
+        return None
+
+    def _claim(self, job: Job) -> bool:
+        """Start `job` unless it is running or done (the launch's worker and an opening may
+        race for one exam)."""
+        with self._lock:
+            if job.state in ("en_cours", "termine", "refuse", "sans_images"):
+                return False
+            job.state, job.message, job.done = "en_cours", "", 0
+            return True
+
+    def fetch_on_demand(self, launch: Launch, study_uids: Sequence[str]) -> None:
+        """The exams the user opens or compares that are not (or no longer) prefetched: fetched
+        now, their progress shown on the history page like the prefetch's."""
+        jobs = self.current_jobs(launch)[0]
+        for uid in study_uids:
+            exam = launch.exam(uid)
+            job = jobs.get(exam.id) if exam is not None else None
+            if exam is not None and job is not None and self._claim(job):
+                self._on_demand.submit(self._fetch_exam, exam, job)
+
+    def _fetch_exam(
+        self,
+        exam: ExamRow,
+        job: Job,
+        *,
+        stop: Callable[[int], str | None] | None = None,
+        prefetch: str | None = None,
+    ) -> int:
+        """Every series of the exam into the cache, `job` kept up to date. For a prefetch (the
+        launch's id), `stop(bytes so far)` is asked before each series (why not, or None).
+        Returns the bytes of the exam's series now in the cache."""
         manifest = exam.manifest
         assert manifest is not None
         job.state = "en_cours"
         done: dict[str, int] = {}
         errors: list[str] = []
+        spent = 0
         for series in manifest.series:
+            reason = stop(spent) if stop is not None else None
+            if reason is not None:
+                job.state, job.message = "a_la_demande", _stopped(reason, partly=True)
+                return spent
 
             def count(n: int, uid: str = series.series_uid) -> None:
                 done[uid] = n
                 job.done = sum(done.values())
 
             try:
-                self.images.fetcher.remote_series(
-                    manifest.study_uid, series.series_uid, wait="done", on_instance=count
+                instances = self.images.fetcher.remote_series(
+                    manifest.study_uid,
+                    series.series_uid,
+                    wait="done",
+                    on_instance=count,
+                    prefetch=prefetch,
                 )
+                spent += sum(i.size for i in instances)
             except RemoteSourceError as exc:
                 errors.append(str(exc))
             except Exception as exc:
@@ -624,7 +775,8 @@ class ConsoService:
         if errors:
             job.state, job.message = "erreur", errors[0]
         else:
-            job.state, job.message = "termine", "Images prêtes."
+            job.state, job.message = "termine", READY
+        return spent
 
     @contextlib.contextmanager
     def pinned_instances(self, manifest: Manifest) -> Iterator[list[CachedInstance]]:
@@ -745,6 +897,7 @@ JOB_LABELS: Final = {
     "refuse": "non contacté",
     "sans_images": "pas d'images",
     "hors_cache": "à récupérer de nouveau",
+    "a_la_demande": "à l'ouverture",
 }
 
 
@@ -820,7 +973,36 @@ def _history_page(
         exams=exams,
         base=base,
         notice=notice,
+        prefetch_note=_prefetch_note(prefetch, service.budget()),
     )
+
+
+def _prefetch_note(jobs: dict[int, Job], budget: Budget) -> str:
+    """One sentence above the history: how many exams are ready, and that the others are
+    fetched when opened (and why)."""
+    states = [job.state for job in jobs.values()]
+    ready = states.count("termine")
+    coming = states.count("en_attente") + states.count("en_cours")
+    later = states.count("a_la_demande") + states.count("hors_cache")
+    parts = [f"Images prêtes : {_exams(ready)}"]
+    if coming:
+        parts.append(f"en cours de préchargement : {_exams(coming)}")
+    text = " ; ".join(parts) + "."
+    if later:
+        text += (
+            f" {_exams(later, capital=True)} {'seront' if later > 1 else 'sera'} "
+            f"récupéré{'s' if later > 1 else ''} à l'ouverture (préchargement limité à "
+            f"{_exams(budget.exams)} et {french_size(budget.max_bytes)} par consultation : "
+            "l'examen demandé puis les antériorités de même modalité et région, les plus "
+            "récentes d'abord)."
+        )
+    return text
+
+
+def _exams(count: int, *, capital: bool = False) -> str:
+    word = "examen" + ("s" if count > 1 else "")
+    text = f"{french_number(count)} {word}" if count else f"aucun {word}"
+    return text[:1].upper() + text[1:] if capital else text
 
 
 def _error_page(
@@ -952,10 +1134,12 @@ def conso_router(service: ConsoService) -> APIRouter:
         except LaunchRefused as refused:
             return JSONResponse({"erreur": str(refused)}, status_code=refused.status)
         prefetch, exports = service.current_jobs(current)
+        summary = service.summaries.get(current.id)
         return JSONResponse(
             {
                 "images": {str(k): v.as_json() for k, v in prefetch.items()},
                 "exports": {str(k): v.as_json() for k, v in exports.items()},
+                "prechargement": summary.as_json() if summary is not None else None,
             },
             headers={"Cache-Control": "no-store"},
         )
@@ -1014,6 +1198,7 @@ def conso_router(service: ConsoService) -> APIRouter:
         service.register(current, view)
         for uid in studies:
             sessions.grant(view.cookie, uid)
+        service.fetch_on_demand(current, studies)
         target = "/viewer?StudyInstanceUIDs=" + ",".join(quote(uid) for uid in studies)
         if compare:
             target += f"&hangingProtocolId={quote(COMPARE_PROTOCOL)}"

@@ -207,7 +207,21 @@ LOW_ACR_USER = SimUser(
     ),
 )
 
-DEFAULT_USERS: tuple[SimUser, ...] = (RADIOLOGIST, TWO_SITES_PHYSICIAN, LOW_ACR_USER)
+NO_SITUATION_USER = SimUser(
+    id="sans-situation",
+    subject_name_id="899700100044",
+    given_name="Anne",
+    family_name="SANS-EXERCICE",
+    description="Professionnel sans situation d'exercice dans l'Annuaire Santé (à refuser)",
+    exercices=(),
+)
+
+DEFAULT_USERS: tuple[SimUser, ...] = (
+    RADIOLOGIST,
+    TWO_SITES_PHYSICIAN,
+    LOW_ACR_USER,
+    NO_SITUATION_USER,
+)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
   var url = document.body.getAttribute('data-etat'); if (!url) return;
   var labels = {en_attente:'en attente', en_cours:'en cours', termine:'terminé', erreur:'erreur',
                 refuse:'non contacté', sans_images:"pas d'images",
-                hors_cache:'à récupérer de nouveau'};
+                hors_cache:'à récupérer de nouveau', a_la_demande:"à l'ouverture"};
   function show(prefix, id, job){
     var bar = document.getElementById(prefix + '-bar-' + id);
     var state = document.getElementById(prefix + '-state-' + id);

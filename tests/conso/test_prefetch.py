@@ -1,0 +1,252 @@
+"""Prefetch that scales with a long history (issue 19), over real sockets with real components.
+
+A patient with 40 exams in the DMP simulator (`support.history`: a real Source node and Orthanc,
+a Conso node, the PSC simulator): the launch names one exam; the Conso prefetches it first, then
+its relevant priors (same modality and region, most recent first), within the budget of
+`[conso] prefetch_exams` / `prefetch_max_bytes`; the other exams are fetched when opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from html import unescape
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from drimbox.conso.prefetch import Budget, Candidate, prefetch_order
+from drimbox.db.models import ConsoExam
+from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.trust import audit
+from support.history import (
+    HistoryNetwork,
+    launch,
+    long_history,
+    signed_in_user,
+    wait_prefetch,
+)
+
+BUDGET_EXAMS = 4
+
+
+@pytest.fixture(scope="module")
+def network(
+    orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HistoryNetwork]:
+    with long_history(
+        orthanc,
+        tmp_path_factory.mktemp("history"),
+        conso_environ={"DRIMBOX_CONSO__PREFETCH_EXAMS": str(BUDGET_EXAMS)},
+    ) as built:
+        yield built
+
+
+def exam_ids(network: HistoryNetwork, launch_url: str) -> dict[int, str]:
+    """exam id → study UID of the launch's history rows."""
+    launch_id = launch_url.rsplit("/", 1)[-1]
+    with network.conso.node.db.session() as session:
+        rows = session.scalars(select(ConsoExam).where(ConsoExam.launch_id == launch_id))
+        return {row.id: row.study_uid for row in rows}
+
+
+def retrieved_studies(network: HistoryNetwork, since_id: int = 0) -> list[dict[str, Any]]:
+    """The Conso's audited WADO-RS retrievals from the Source, in order."""
+    return [
+        e
+        for e in audit.events(network.conso.node.db)
+        if e["action"] == "wado_rs_retrieve" and e["id"] > since_id
+    ]
+
+
+def last_event_id(network: HistoryNetwork) -> int:
+    events = audit.events(network.conso.node.db)
+    return int(events[-1]["id"]) if events else 0
+
+
+def cached_bytes(network: HistoryNetwork, study_uid: str) -> int:
+    cache = network.conso.node.images
+    assert cache is not None
+    with cache.cache.lock:
+        return sum(e.size for e in cache.cache._entries.values() if e.study_uid == study_uid)
+
+
+def test_the_order_puts_the_named_exam_first_then_same_modality_and_region() -> None:
+    def exam(key: int, date: str, modality: str, region: str) -> Candidate:
+        return Candidate(key, f"1.2.{key}", f"A{key}", date, (modality,), (region,))
+
+    candidates = [
+        exam(1, "2025-01-01", "MR", "Head"),
+        exam(2, "2024-01-01", "CT", "Thorax"),
+        exam(3, "2023-01-01", "CT", "Head"),
+        exam(4, "2022-01-01", "CT", "Thorax"),
+        exam(5, "", "US", "Abdomen"),
+        exam(6, "2021-01-01", "CT", "Thorax"),
+    ]
+    by_uid = prefetch_order(candidates, study_uid="1.2.4")
+    assert [c.key for c in by_uid] == [4, 2, 6, 3, 1, 5]
+    by_accession = prefetch_order(candidates, accession="A3")
+    assert [c.key for c in by_accession] == [3, 1, 2, 4, 6, 5]
+    unnamed = prefetch_order(candidates, modality="CT")
+    assert [c.key for c in unnamed] == [2, 3, 4, 6, 1, 5]
+    budget = Budget(exams=2, max_bytes=100)
+    assert budget.allows_exam(1) and not budget.allows_exam(2)
+    assert budget.allows_more(0, 10**9)  # the named exam is never cut
+    assert budget.allows_more(1, 99) and not budget.allows_more(1, 100)
+
+
+def test_forty_exams_named_first_budget_and_on_demand(network: HistoryNetwork) -> None:
+    images = network.conso.node.images
+    assert images is not None
+    start = last_event_id(network)
+    with signed_in_user(network) as browser:
+        launch_url, page = launch(browser, StudyInstanceUID=network.named.study_uid)
+        ids = exam_ids(network, launch_url)
+        assert len(ids) == 40
+        assert "36 examens seront récupérés à l'ouverture" in unescape(page.text)
+        state = wait_prefetch(browser, launch_url)
+
+        # Only the named exam and its three most recent CT thorax priors, the named one first.
+        expected = [network.named, *network.same_kind_as_named()[: BUDGET_EXAMS - 1]]
+        events = retrieved_studies(network, start)
+        order = list(dict.fromkeys(e["study_uid"] for e in events))
+        assert order == [e.study_uid for e in expected]
+        assert len(events) == BUDGET_EXAMS * 2 and all(e["result"] == "ok" for e in events)
+        named_done = max(i for i, e in enumerate(events) if e["study_uid"] == expected[0].study_uid)
+        assert named_done == 1  # both of its series before any prior's
+        jobs = {ids[int(k)]: v for k, v in state["images"].items()}
+        assert sorted(uid for uid, j in jobs.items() if j["etat"] == "termine") == sorted(
+            e.study_uid for e in expected
+        )
+        on_demand = [uid for uid, j in jobs.items() if j["etat"] == "a_la_demande"]
+        assert len(on_demand) == 40 - BUDGET_EXAMS
+
+        # Bytes: what the summary counts is exactly what is in the cache, all of it.
+        summary = state["prechargement"]
+        assert summary["examens"] == BUDGET_EXAMS and summary["prevus"] == BUDGET_EXAMS
+        per_exam = [cached_bytes(network, e.study_uid) for e in expected]
+        assert all(per_exam) and summary["octets"] == sum(per_exam)
+        assert images.cache.usage().bytes == sum(per_exam)
+        assert images.cache.usage().series == BUDGET_EXAMS * 2
+        assert summary["budget_octets"] == 2_000_000_000
+
+        # The page says which exams are ready and which come when opened.
+        text = unescape(browser.get(launch_url).text)
+        assert "Images prêtes : 4 examens." in text
+        assert "36 examens seront récupérés à l'ouverture" in text
+        assert text.count("Hors du préchargement : les images seront récupérées") == 36
+
+        # An exam outside the budget: fetched when opened, with the same progress display.
+        other = network.exams[1]  # the most recent MR head: not a prior of a CT thorax
+        assert jobs[other.study_uid]["etat"] == "a_la_demande"
+        assert cached_bytes(network, other.study_uid) == 0
+        opened = browser.get(f"{launch_url}/ouvrir/{other.study_uid}", follow_redirects=False)
+        assert opened.status_code == 303 and other.study_uid in opened.headers["location"]
+        state = wait_prefetch(browser, launch_url)
+        jobs = {ids[int(k)]: v for k, v in state["images"].items()}
+        assert jobs[other.study_uid]["etat"] == "termine", jobs[other.study_uid]
+        assert jobs[other.study_uid]["faits"] == jobs[other.study_uid]["total"] == 3
+        assert cached_bytes(network, other.study_uid) > 0
+        series = browser.get(
+            f"/dicom-web/studies/{other.study_uid}/series",
+            headers={"Accept": "application/dicom+json"},
+        )
+        assert series.status_code == 200 and len(series.json()) == 2
+
+
+def test_the_byte_budget_stops_the_prefetch_between_series(network: HistoryNetwork) -> None:
+    """A byte budget of 1: the named exam is still fetched whole, nothing else. A budget just
+    above the named exam: the first prior stops after its first series (checked between
+    series), the others wait to be opened."""
+    images = network.conso.node.images
+    web = network.conso.node.web
+    assert images is not None and web is not None and web.conso is not None
+    conso = web.conso
+    original = conso.config
+
+    def launch_with(max_bytes: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+        images.cache.purge()
+        conso.config = original.model_copy(
+            update={"conso": original.conso.model_copy(update={"prefetch_max_bytes": max_bytes})}
+        )
+        start = last_event_id(network)
+        with signed_in_user(network) as browser:
+            launch_url, _ = launch(browser, StudyInstanceUID=network.named.study_uid)
+            state = wait_prefetch(browser, launch_url)
+        ids = exam_ids(network, launch_url)
+        jobs = {ids[int(k)]: v for k, v in state["images"].items()}
+        return retrieved_studies(network, start), state["prechargement"], jobs
+
+    try:
+        events, summary, jobs = launch_with(1)
+        assert [e["study_uid"] for e in events] == [network.named.study_uid] * 2
+        named_bytes = cached_bytes(network, network.named.study_uid)
+        assert summary["examens"] == 1 and summary["octets"] == named_bytes > 1
+        priors = network.same_kind_as_named()[: BUDGET_EXAMS - 1]
+        for prior in priors:
+            assert jobs[prior.study_uid]["etat"] == "a_la_demande"
+            assert "Hors du préchargement (limite de 1 octet" in jobs[prior.study_uid]["message"]
+
+        events, summary, jobs = launch_with(named_bytes + 1)
+        first = priors[0].study_uid
+        assert [e["study_uid"] for e in events] == [network.named.study_uid] * 2 + [first]
+        assert summary["examens"] == 1
+        assert summary["octets"] == named_bytes + cached_bytes(network, first)
+        assert jobs[first]["etat"] == "a_la_demande" and jobs[first]["faits"] == 2
+        assert jobs[first]["message"].startswith("Préchargement partiel (limite de")
+        assert all("Hors du préchargement (limite" in jobs[p.study_uid]["message"]
+                   for p in priors[1:])  # fmt: skip
+    finally:
+        conso.config = original
+
+
+def test_a_launch_prefetch_never_evicts_what_another_user_views(network: HistoryNetwork) -> None:
+    """User 2 prefetches four CT head exams and views the first; the cache is then nearly full
+    when user 1's launch prefetches four CT thorax exams: user 2's unopened prefetched series
+    go, the viewed exam stays, and user 1's prefetch stops when only it is left."""
+    images = network.conso.node.images
+    assert images is not None
+    cache = images.cache
+    cache.purge()
+    limit = cache.max_bytes
+    viewed, *others = [network.exams[i] for i in (0, 4, 8, 12)]  # CT head, most recent first
+    json = {"Accept": "application/dicom+json"}
+    try:
+        with signed_in_user(network, "radiologue-2") as second:
+            launch_url, _ = launch(second, StudyInstanceUID=viewed.study_uid)
+            wait_prefetch(second, launch_url)
+            assert all(cached_bytes(network, e.study_uid) for e in (viewed, *others))
+            second.get(f"{launch_url}/ouvrir/{viewed.study_uid}", follow_redirects=False)
+            listed = second.get(f"/dicom-web/studies/{viewed.study_uid}/series", headers=json)
+            assert listed.status_code == 200 and len(listed.json()) == 2
+            for item in listed.json():
+                uid = item["0020000E"]["Value"][0]
+                metadata = second.get(
+                    f"/dicom-web/studies/{viewed.study_uid}/series/{uid}/metadata", headers=json
+                )
+                assert metadata.status_code == 200
+        exam_size = cache.usage().bytes / 4
+        cache.max_bytes = int(exam_size * 3.5)
+        evictions = cache.usage().evictions
+
+        with signed_in_user(network) as first:
+            launch_url, _ = launch(first, StudyInstanceUID=network.named.study_uid)
+            state = wait_prefetch(first, launch_url)
+        ids = exam_ids(network, launch_url)
+        jobs = {ids[int(k)]: v for k, v in state["images"].items()}
+        assert jobs[network.named.study_uid]["etat"] == "termine"
+        # The viewed exam is whole; the other user's unopened prefetches made the room.
+        assert all(cache.holds(viewed.study_uid, s) for s in viewed.study.series_uids)
+        assert not any(cached_bytes(network, e.study_uid) for e in others)
+        assert cache.usage().evictions - evictions >= len(others)
+        full = [j for j in jobs.values() if "occupé par les images consultées" in j["message"]]
+        assert full, jobs  # stopped rather than evicting the viewed exam
+        assert cache.usage().bytes <= cache.max_bytes + exam_size
+    finally:
+        cache.max_bytes = limit
+
+
+def test_an_unauthenticated_state_poll_is_refused(network: HistoryNetwork) -> None:
+    with httpx.Client(base_url=network.conso.viewer_url) as anonymous:
+        assert anonymous.get("/consultation/x/etat").status_code == 401
