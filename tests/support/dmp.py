@@ -63,6 +63,13 @@ class DmpEnvironment:
         with self._client() as client:
             return client.post(url, content=content, headers={"Content-Type": content_type})
 
+    def content(self, unique_id: str) -> bytes:
+        """The bytes the simulator stored for the entry `unique_id`."""
+        with self._client() as client:
+            response = client.get(f"{self.dmp.url}/sim/registry/documents/{unique_id}/content")
+            response.raise_for_status()
+            return response.content
+
     def stats(self) -> dict[str, Any]:
         with self._client() as client:
             response = client.get(f"{self.dmp.url}/sim/stats")

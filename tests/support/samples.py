@@ -6,6 +6,8 @@ import base64
 import re
 
 from drimbox.samples import ANS_DIR
+from drimbox.sim.ris import with_cda as with_cda
+from drimbox.sim.ris import with_obx5_data as with_obx5_data
 
 ANS = ANS_DIR
 HL7 = ANS / "hl7"
@@ -28,25 +30,6 @@ def cda_of(text: str) -> bytes:
         if fields[0] == "OBX" and fields[2] == "ED":
             return base64.b64decode(fields[5].split("^")[4])
     raise ValueError("no CDA in message")
-
-
-def with_obx5_data(text: str, data: str) -> str:
-    """The same message with OBX-5.5 (the base64 CDA) replaced by `data`."""
-    out = []
-    for segment in segments(text):
-        fields = segment.split("|")
-        if fields[0] == "OBX" and fields[2] == "ED":
-            components = fields[5].split("^")
-            components[4] = data
-            fields[5] = "^".join(components)
-            segment = "|".join(fields)
-        out.append(segment)
-    return "\r".join(out) + "\r"
-
-
-def with_cda(text: str, cda: bytes) -> str:
-    """The same message carrying another CDA in OBX-5."""
-    return with_obx5_data(text, base64.b64encode(cda).decode("ascii"))
 
 
 def report_variant(text: str, index: int) -> str:

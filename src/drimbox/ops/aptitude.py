@@ -688,7 +688,7 @@ def _pacs(checks: _Checks, config: Config, db: Any) -> None:
         record(db, result, slow_ratio=config.checks.slow_ratio)
     figures = {label: value for label, value in result.summary()}
     message = (
-        f"{result.images} images, {french_size(result.bytes)} en "
+        f"{french_number(result.images)} images, {french_size(result.bytes)} en "
         f"{french_number(result.seconds, 2)} s ({french_size(result.throughput_bps)}/s), "
         f"première image en {french_number((result.first_image_s or 0) * 1000)} ms"
     )
