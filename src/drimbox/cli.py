@@ -10,7 +10,7 @@ import asyncio
 import json
 import signal
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from drimbox.config import Config, ConfigError, load_config
 from drimbox.db import Database, Report
 from drimbox.db.engine import SchemaTooNew
+from drimbox.french import PARIS, french_datetime, french_number, french_size
 
 SCHEMA_TOO_NEW_EXIT = 3  # kept in scripts/drimbox.service (RestartPreventExitStatus)
 
@@ -148,6 +149,26 @@ def db_upgrade(config: ConfigOption = None) -> None:
     console.print(f"[green]Schéma à jour[/] : {cfg.store.database_url}")
 
 
+@db_app.command("grant-node")
+def db_grant_node(
+    role: Annotated[str, typer.Argument(help="Rôle PostgreSQL sous lequel tourne le nœud.")],
+    config: ConfigOption = None,
+) -> None:
+    """Donne au rôle du nœud ses droits sur les données, sans pouvoir réécrire la piste d'audit
+    (PostgreSQL ; à lancer avec le rôle propriétaire du schéma, après `db upgrade`)."""
+    from drimbox.db.roles import RoleError, grant_node_role
+
+    cfg = _load(config)
+    db = Database(cfg.store.database_url)
+    try:
+        grant_node_role(db, role)
+    except RoleError as exc:
+        fail(str(exc))
+    finally:
+        db.dispose()
+    console.print(f"[green]Droits accordés[/] au rôle {role}", highlight=False)
+
+
 @db_app.command("backup")
 def db_backup(
     output: Annotated[Path, typer.Option("--output", "-o", help="Fichier de sauvegarde.")],
@@ -162,8 +183,8 @@ def db_backup(
         backup(cfg.store.database_url, output)
     except BackupError as exc:
         fail(f"sauvegarde impossible : {exc}")
-    size = output.stat().st_size / 1e6
-    console.print(f"[green]Sauvegarde écrite[/] : {output} ({size:.1f} Mo)", highlight=False)
+    size = french_size(output.stat().st_size)
+    console.print(f"[green]Sauvegarde écrite[/] : {output} ({size})", highlight=False)
 
 
 @db_app.command("restore")
@@ -363,10 +384,17 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
         fail(f"impossible de démarrer : {exc}")
 
 
+def _iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 with its zone: SQLite hands stored UTC back without one."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
 def _report_row(report: Report) -> dict[str, Any]:
     return {
         "id": report.id,
-        "received_at": report.received_at.isoformat(),
+        "received_at": _iso_utc(report.received_at),
         "kind": report.kind,
         "patient_ins": report.patient_ins,
         "study_uid": report.study_uid,
@@ -378,7 +406,7 @@ def _report_row(report: Report) -> dict[str, Any]:
         "kos_sop_instance_uid": report.kos_sop_uid,
         "kos_instances": report.kos_instance_count,
         "dmp_entry_uuid": report.dmp_entry_uuid,
-        "published_at": report.published_at.isoformat() if report.published_at else None,
+        "published_at": _iso_utc(report.published_at),
     }
 
 
@@ -387,6 +415,10 @@ KIND_LABELS = {
     "update": "mise à jour",
     "withdraw": "dépublication",
     "withdraw_exam": "suppression examen",
+    "exam_update": "examen modifié",
+    "iocm": "rejet PACS",
+    "recheck": "images tardives",
+    "confidentiality": "confidentialité",
 }
 STATE_LABELS = {
     "received": "reçu",
@@ -400,7 +432,43 @@ STATE_LABELS = {
     "replaced": "remplacé",
     "withdrawn": "dépublié",
     "applied": "dépublication faite",
+    "not_for_dmp": "non destiné au DMP",
+    "superseded": "version dépassée",
 }
+
+
+# `reports show` for site staff: French names; the JSON of `reports list --json` keeps the keys.
+SHOW_LABELS = {
+    "id": "N°",
+    "received_at": "Reçu le",
+    "kind": "Type",
+    "patient_ins": "INS",
+    "study_uid": "UID d'étude",
+    "accession": "N° d'accès",
+    "document_id": "Identifiant du document",
+    "version": "Version",
+    "state": "État",
+    "reason": "Motif",
+    "kos_sop_instance_uid": "UID du KOS",
+    "kos_instances": "Images référencées par le KOS",
+    "dmp_entry_uuid": "Identifiant au DMP",
+    "published_at": "Publié le",
+}
+
+
+def _shown(key: str, value: Any) -> str:
+    """A `_report_row` value as site staff read it: Paris time with its offset, labels."""
+    if value is None:
+        return ""
+    if key.endswith("_at"):
+        return french_datetime(value, offset=True)
+    if key == "kind":
+        return KIND_LABELS.get(value, str(value))
+    if key == "state":
+        return STATE_LABELS.get(value, str(value))
+    if key == "kos_instances":
+        return french_number(value)
+    return str(value)
 
 
 @reports_app.command("list")
@@ -448,18 +516,20 @@ def reports_list(
     if truncated:
         title += f" — suite : --offset {shown_to}, ou --limit 0 pour tout voir"
     table = Table(title=title, title_justify="left")
-    for column in ("N°", "Reçu le", "Type", "INS", "N° d'accès", "État", "Détail"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("N°", "Reçu le", "INS"))
+    for column in ("N°", "Reçu le (heure de Paris)", "Type", "INS", "N° d'accès", "État",
+                   "Détail"):  # fmt: skip
+        table.add_column(column, overflow="fold", no_wrap=column in ("N°", "INS"))
     for row in rows:
-        received = datetime.fromisoformat(row["received_at"]).astimezone()
         detail = row["reason"] or (
-            f"{row['kos_instances']} images" if row["kos_instances"] is not None else ""
+            f"{french_number(row['kos_instances'])} images"
+            if row["kos_instances"] is not None
+            else ""
         )
         if row["state"] == "published" and row["dmp_entry_uuid"]:
             detail = f"{detail}, DMP {row['dmp_entry_uuid'].removeprefix('urn:uuid:')[:8]}…"
         table.add_row(
             str(row["id"]),
-            received.strftime("%d/%m/%Y %H:%M"),
+            french_datetime(row["received_at"], offset=True),
             KIND_LABELS.get(row["kind"], row["kind"]),
             row["patient_ins"],
             row["accession"],
@@ -492,9 +562,9 @@ def reports_show(
         row = _report_row(report)
         kos, flags = report.kos, dict(report.flags)
     for key, value in row.items():
-        console.print(f"[bold]{key}[/] : {value if value is not None else ''}", highlight=False)
+        console.print(f"[bold]{SHOW_LABELS[key]}[/] : {_shown(key, value)}", highlight=False)
     flag_text = ", ".join(f"{name}={'O' if on else 'N'}" for name, on in flags.items())
-    console.print(f"[bold]flags[/] : {flag_text}", highlight=False)
+    console.print(f"[bold]Indicateurs[/] : {flag_text}", highlight=False)
     if kos is None:
         console.print("Pas de KOS construit.")
         if kos_out:
@@ -525,7 +595,10 @@ def reports_retry(report_id: int, config: ConfigOption = None) -> None:
 def audit_export(
     config: ConfigOption = None,
     since: Annotated[
-        str | None, typer.Option(help="Depuis cette date (AAAA-MM-JJ ou ISO 8601).")
+        str | None,
+        typer.Option(
+            help="Depuis cette date (AAAA-MM-JJ ou ISO 8601 ; heure de Paris sans fuseau)."
+        ),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Fichier de sortie.")
@@ -534,15 +607,7 @@ def audit_export(
     """Exporte la trace d'audit en JSON lines (une ligne par événement)."""
     from drimbox.trust.audit import export_json_lines
 
-    start = None
-    if since:
-        try:
-            start = datetime.fromisoformat(since)
-        except ValueError:
-            fail(f"date invalide « {since} » : attendu AAAA-MM-JJ ou AAAA-MM-JJTHH:MM:SS")
-            return
-        if start.tzinfo is None:
-            start = start.astimezone()
+    start = _since(since)
     db = _database(_load(config))
     lines = export_json_lines(db, since=start)
     if output is None:
@@ -624,19 +689,88 @@ def selftest(
     console.print(f"{len(results)} contrôles réussis.")
 
 
+def _since(value: str | None) -> datetime | None:
+    """--since: ISO 8601; without a zone, Paris time (the zone of every date the box shows)."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"date invalide pour --since : « {value} » (attendu AAAA-MM-JJ ou AAAA-MM-JJTHH:MM)")
+        raise
+    return moment if moment.tzinfo else moment.replace(tzinfo=PARIS)
+
+
+@xdm_app.command("export")
+def xdm_export(
+    config: ConfigOption = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Archive XDM (zip) à écrire.")
+    ] = Path("drimbox-xdm.zip"),
+    since: Annotated[
+        str | None, typer.Option(help="Seulement les KOS publiés depuis cette date (AAAA-MM-JJ).")
+    ] = None,
+) -> None:
+    """Exporte les KOS publiés par la Source (KOS, signature, comptes rendus) en archive XDM."""
+    from drimbox.conso.xdm import XdmError
+    from drimbox.source.xdm import export_published
+
+    loaded = _load(config)
+    db = _database(loaded)
+    start = _since(since)
+    partial = output.with_name(output.name + ".partiel")
+    try:
+        result = export_published(loaded, db, partial, since=start)
+    except XdmError as exc:
+        partial.unlink(missing_ok=True)
+        fail(exc.message)
+        return
+    partial.replace(output)  # a crash never leaves a truncated archive under the final name
+    console.print(
+        f"[green]Archive écrite[/] : {output} — {result.kos} KOS, {result.signatures} "
+        f"signature(s), {result.reports} compte(s) rendu(s)",
+        highlight=False,
+    )
+
+
 @xdm_app.command("import")
 def xdm_import(
     archive: Path,
     out: Annotated[
         Path | None, typer.Option(help="Dossier où écrire les images et documents validés.")
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Restaure les KOS de l'archive dans la Source de ce nœud, comme publiés "
+            "(mise à jour, dépublication et images ensuite possibles).",
+        ),
+    ] = None,
 ) -> None:
-    """Vérifie une archive XDM (IHE ITI-32 : empreintes, tailles, KOS) et en extrait le contenu."""
+    """Vérifie une archive XDM (IHE ITI-32 : empreintes, tailles, KOS) et en extrait le contenu ;
+    avec --config, la restaure dans la Source."""
     from drimbox.conso.common import FolderStore
     from drimbox.conso.xdm import XdmError, read_xdm
 
     if not archive.is_file():
         fail(f"archive introuvable : {archive}")
+    if config is not None:
+        from drimbox.source.xdm import import_published
+
+        db = _database(_load(config))
+        try:
+            restored = import_published(db, archive, actor="drimbox xdm import")
+        except XdmError as exc:
+            fail(f"{exc.message}{f' ({exc.detail})' if exc.detail else ''}")
+            return
+        console.print(
+            f"[green]Archive restaurée[/] : {len(restored.imported)} KOS publié(s) importé(s) "
+            f"({restored.reports} compte(s) rendu(s)), {len(restored.already)} déjà présent(s).",
+            highlight=False,
+        )
+        return
     try:
         imported = read_xdm(archive, store=FolderStore(out / "images") if out else None)
     except XdmError as exc:
@@ -651,8 +785,8 @@ def xdm_import(
     console.print(f"  patient : {imported.patient_id}", highlight=False)
     console.print(f"  examen : {manifest.study_uid}", highlight=False)
     console.print(
-        f"  {len(imported.reports)} compte(s) rendu(s), {imported.images} image(s) "
-        f"({imported.image_bytes / 1e6:.1f} Mo)",
+        f"  {len(imported.reports)} compte(s) rendu(s), {french_number(imported.images)} "
+        f"image(s) ({french_size(imported.image_bytes)})",
         highlight=False,
     )
     if out is not None:
@@ -782,7 +916,9 @@ def demo(
     from drimbox.sim.orthanc import OrthancError
 
     try:
-        code = run_demo(folder.resolve(), fresh=fresh, exit_after=exit_after, console=console)
+        # Piped or logged, one line per item: a link or a command cut in two is no use.
+        out = console if console.is_terminal else Console(soft_wrap=True)
+        code = run_demo(folder.resolve(), fresh=fresh, exit_after=exit_after, console=out)
     except OrthancError as exc:
         fail(f"PACS de démonstration : {exc}")
         return

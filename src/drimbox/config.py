@@ -169,6 +169,12 @@ class PacsConfig(_Section):
     scp_port: int = Field(
         11112, ge=0, le=65535, description="Port du SCP DICOM de la DRIMbox (C-STORE, IOCM)."
     )
+    scp_senders: list[str] = Field(
+        default_factory=list,
+        description="AE Titles autorisés à envoyer au SCP de la DRIMbox, en plus de celui du "
+        "PACS (called_aet) ; toute autre association est refusée (une note de rejet IOCM "
+        "retire un KOS du DMP).",
+    )
     retrieve: Literal["wado-rs", "c-get", "c-move"] = Field(
         "c-get",
         description="Méthode de récupération des images : c-get, c-move, ou wado-rs (de loin la "
@@ -192,9 +198,22 @@ class PacsConfig(_Section):
     @field_validator("called_aet", "calling_aet")
     @classmethod
     def _aet(cls, value: str) -> str:
-        if not value.strip() or "\\" in value:
-            raise ValueError("AE Title vide ou invalide")
-        return value
+        return _ae_title(value)
+
+    @field_validator("scp_senders")
+    @classmethod
+    def _aets(cls, values: list[str]) -> list[str]:
+        return [_ae_title(value) for value in values]
+
+    def scp_calling_aets(self) -> list[str]:
+        """Who may open an association to the box's SCP: the PACS, and `scp_senders`."""
+        return [self.called_aet, *self.scp_senders]
+
+
+def _ae_title(value: str) -> str:
+    if not value.strip() or "\\" in value or len(value) > 16:
+        raise ValueError("AE Title vide ou invalide")
+    return value
 
 
 class ConsoConfig(_Section):
@@ -267,6 +286,21 @@ class SourceConfig(_Section):
         le=60,
         description="Délai (Retry-After, secondes) indiqué aux DRIMbox refusées faute de place.",
     )
+    images_recheck_s: list[float] = Field(
+        default_factory=lambda: [300.0, 1800.0, 7200.0, 86400.0],
+        description="Images arrivées en retard : délais (secondes après la publication) auxquels "
+        "le PACS est relu ; si les instances de l'examen ont changé, le KOS est remplacé au DMP. "
+        "Liste vide : pas de relecture (dans l'environnement : valeurs séparées par des virgules).",
+    )
+
+    _split = field_validator("images_recheck_s", mode="before")(_comma_separated)
+
+    @field_validator("images_recheck_s")
+    @classmethod
+    def _positive_sorted(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("les délais de relecture doivent être positifs")
+        return sorted(value)
 
 
 class DmpConfig(_Section):

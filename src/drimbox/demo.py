@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import re
 import shutil
 import signal
 import time
@@ -48,24 +49,74 @@ from drimbox.sim.pki import (
     structure_certificates,
 )
 from drimbox.sim.ports import free_port, is_free
-from drimbox.sim.psc import LocalPsc
-from drimbox.sim.ris import RisClient, publish_report_to_dmp
+from drimbox.sim.psc import DEFAULT_USERS, RADIOLOGIST, LocalPsc
+from drimbox.sim.ris import RisClient, publish_report_to_dmp, with_cda
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitelist
 from drimbox.trust.whitelist import Domain
 
-# The sample reports the RIS simulator sends, and the exams generated for them in PACS A.
-DEMO_REPORTS: tuple[tuple[str, tuple[SeriesSpec, ...]], ...] = (
-    (
+
+@dataclass(frozen=True)
+class DemoExam:
+    """One exam of the demo's patient: an official ANS sample message, the edits (regular
+    expression, replacement) that make its CDA this exam's report, and the series generated
+    for it in PACS A from the head phantom."""
+
+    sample: str
+    edits: tuple[tuple[bytes, bytes], ...]
+    series: tuple[SeriesSpec, ...]
+
+
+def _head(modality: str, description: str, weighting: str, count: int) -> SeriesSpec:
+    return SeriesSpec(modality, description, count, body_part="HEAD", weighting=weighting)
+
+
+# A patient followed for a right frontal extra-axial mass: a head CT (the ANS sample CR_C, in
+# January 2021), then a brain MR (made from CR_G1: another date, act, modality and title).
+DEMO_EXAMS: tuple[DemoExam, ...] = (
+    DemoExam(
         "hl7/CR_C-ORU.hl7",
         (
-            SeriesSpec("CT", "Crâne sans injection", 24, body_part="HEAD"),
-            SeriesSpec("CT", "Crâne avec injection IV", 24, body_part="HEAD"),
+            (
+                rb"<title>[^<]*</title>",
+                "<title>Scanner cérébral sans et avec injection</title>".encode(),
+            ),
+            # The act as the history shows it: in French (LOINC's display is English).
+            (
+                rb'displayName="CT Head W contrast IV"',
+                'displayName="Scanner cérébral sans et avec injection"'.encode(),
+            ),
+        ),
+        (
+            _head("CT", "Crâne sans injection", "CT", 24),
+            _head("CT", "Crâne après injection IV", "CT+C", 24),
+            _head("CT", "Crâne, fenêtre osseuse", "CT bone", 24),
         ),
     ),
-    (
+    DemoExam(
         "hl7/CR_G1-ORU.hl7",
-        (SeriesSpec("CT", "Tête et cou", 32, body_part="HEAD"),),
+        (
+            (
+                rb"<title>[^<]*</title>",
+                "<title>IRM cérébrale sans et avec gadolinium</title>".encode(),
+            ),
+            (
+                rb'code="24727-0"\s+displayName="CT Head W contrast IV"',
+                'code="24590-2" displayName="IRM cérébrale sans et avec gadolinium"'.encode(),
+            ),
+            (rb'<translation code="ACQH004".*?/>', b""),  # CCAM [0..1]: not a CT act any more
+            (
+                rb'code="CT" displayName="Tomodensitom\xc3\xa9trie"',
+                'code="MR" displayName="Imagerie par résonance magnétique"'.encode(),
+            ),
+            (rb"20210108(\d{6})", rb"20251118\1"),
+        ),
+        (
+            _head("MR", "Axial T1", "T1", 20),
+            _head("MR", "Axial T2", "T2", 20),
+            _head("MR", "Axial FLAIR", "FLAIR", 20),
+            _head("MR", "Axial T1 après gadolinium", "T1+C", 20),
+        ),
     ),
 )
 SETTLED = {ReportState.PUBLISHED.value, ReportState.PARKED.value, ReportState.REFUSED.value}
@@ -76,12 +127,7 @@ STATE_TEXT = {
 }
 # Installed by scripts/setup.sh; the demo is run from the project folder.
 OHIF_DIR = Path("var/ohif").resolve()
-ADMIN_USER = "899700100011"  # the PSC simulator's "radiologue"
-TEST_USERS = (
-    ("radiologue", "Claire RADIOLOGUE, radiologue (administratrice des deux DRIMbox)"),
-    ("medecin-deux-situations", "médecin exerçant dans deux structures (choix de la situation)"),
-    ("authentification-faible", "connexion sans eIDAS substantiel : refusée"),
-)
+ADMIN_USER = RADIOLOGIST.subject_name_id
 DN_A = "CN=localhost,OU=300000001830001,O=SITE A DEMO,ST=Paris (75),C=FR"
 DN_B = "CN=drimbox-b.demo,OU=300000001830002,O=SITE B DEMO,ST=Paris (75),C=FR"
 IPP_B = "IPP-B-0001"
@@ -265,22 +311,31 @@ secret_key_file = "secret.key"
     return load_config(path, environ={})
 
 
-def sample_report(relative: str) -> tuple[str, ImagingReport]:
-    text = ans_file(relative).read_bytes().decode("utf-8")
+def demo_report(exam: DemoExam) -> tuple[str, bytes, ImagingReport]:
+    """The HL7 message the demo's RIS sends for `exam`, its CDA and the report read from it."""
+    text = ans_file(exam.sample).read_bytes().decode("utf-8")
+    cda = parse_report_message(text).cda_xml
+    if cda is None:
+        raise RuntimeError(f"{exam.sample}: no CDA")
+    for pattern, replacement in exam.edits:
+        cda, count = re.subn(pattern, replacement, cda, flags=re.DOTALL)
+        if not count:
+            raise RuntimeError(f"{exam.sample}: {pattern!r} not found in its CDA")
+    text = with_cda(text, cda)
     message = parse_report_message(text)
     if message.report is None:
-        raise RuntimeError(f"{relative}: no CDA")
-    return text, message.report
+        raise RuntimeError(f"{exam.sample}: no CDA")
+    return text, cda, message.report
 
 
 def generate_demo_studies(folder: Path) -> list[Path]:
     files: list[Path] = []
-    for relative, series in DEMO_REPORTS:
-        _, report = sample_report(relative)
+    for exam in DEMO_EXAMS:
+        _, _, report = demo_report(exam)
         files += generate_study_for_report(
             folder / report.study_instance_uid,
             report,
-            series,
+            exam.series,
             institution_name="Centre de radiologie Ambroise",
         )
     return files
@@ -385,6 +440,12 @@ async def _run_network(
         console.print(f"  [green]✓[/] DRIMbox A (Source) : {site_a} — "
                       f"pairs {node_a.web.peer.url}, MLLP {node_a.mllp.port}")  # fmt: skip
         console.print(f"  [green]✓[/] DRIMbox B (Conso) : {site_b}")
+        console.print(
+            "    (les deux sites sont sur cette machine : A sous le nom localhost, B sous "
+            "127.0.0.1, pour que le navigateur les traite comme deux sites distincts — ses "
+            "cookies ne distinguent pas les ports — chacun avec sa propre session)",
+            highlight=False,
+        )
         results = await asyncio.to_thread(_send_reports, node_a.mllp.port, config_a)
         for name, code, detail in results:
             colour = "green" if code == "AA" else "red"
@@ -394,7 +455,7 @@ async def _run_network(
         for report in reports:
             text = STATE_TEXT.get(report.state, report.state)
             console.print(f"  [green]✓[/] examen {report.accession} : KOS {text}", highlight=False)
-        _, report_c = sample_report(DEMO_REPORTS[0][0])
+        _, _, report_c = demo_report(DEMO_EXAMS[0])
         page = launch_page(folder, site_b, report_c)
         iid = (
             f"{site_a}/IHEInvokeImageDisplay?requestType=STUDY"
@@ -411,8 +472,12 @@ async def _run_network(
         for label, url in links:
             console.print(f"  {label} : {url}", highlight=False, soft_wrap=True)
         console.print("  Utilisateurs de test (page de connexion Pro Santé Connect simulée) :")
-        for user, label in TEST_USERS:
-            console.print(f"    - {user} : {label}", highlight=False)
+        for user in DEFAULT_USERS:
+            admin = (
+                " ; administrateur des deux DRIMbox" if user.subject_name_id == ADMIN_USER else ""
+            )
+            console.print(f"    - {user.given_name} {user.family_name} ({user.subject_name_id}) : "
+                          f"{user.summary()}{admin}", highlight=False)  # fmt: skip
         console.print(
             f"  En ligne de commande : uv run drimbox reports list --config "
             f"{folder / 'site-a' / 'drimbox.toml'}",
@@ -438,20 +503,14 @@ def _send_reports(port: int, config: Config) -> list[tuple[str, str, str]]:
     """The RIS of site A: each report to DRIMbox A (MLLP), and the CDA itself to the DMP."""
     results = []
     with RisClient("127.0.0.1", port) as ris, DmpClient(DmpSettings.from_config(config)) as dmp:
-        for relative, _ in DEMO_REPORTS:
-            text, report = sample_report(relative)
+        for exam in DEMO_EXAMS:
+            text, cda, report = demo_report(exam)
             result = ris.send(text)
-            results.append((Path(relative).name, result.code, result.text))
+            results.append((Path(exam.sample).name, result.code, result.text))
             # A second run finds the report already in the DMP.
             with contextlib.suppress(RuntimeError):
-                publish_report_to_dmp(dmp, report, ans_report_cda(text))
+                publish_report_to_dmp(dmp, report, cda)
     return results
-
-
-def ans_report_cda(text: str) -> bytes:
-    message = parse_report_message(text)
-    assert message.cda_xml is not None
-    return message.cda_xml
 
 
 def _wait_settled(node: Node, timeout_s: float) -> list[Report]:

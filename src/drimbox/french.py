@@ -12,10 +12,13 @@ PARIS: Final = ZoneInfo("Europe/Paris")
 
 
 def french_date(value: date | datetime | None) -> str:
-    """ "05/03/2024" (and " à 14 h 05" for a datetime with a time), "" when unknown."""
+    """ "05/03/2024" (and " à 14 h 05" for a datetime with a time, in Paris time when its zone
+    is known), "" when unknown."""
     if value is None:
         return ""
     if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(PARIS)
         text = value.strftime("%d/%m/%Y")
         if value.hour or value.minute:
             text += f" à {value.hour} h {value.minute:02d}"

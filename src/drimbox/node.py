@@ -12,6 +12,7 @@ import logging
 from drimbox.config import Config
 from drimbox.db import Database, DmpJob, Report
 from drimbox.db.leases import reclaim
+from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService, RemoteStudies
 from drimbox.dicom.scp import StoreScp
 from drimbox.hl7.server import MllpServer
@@ -21,7 +22,8 @@ from drimbox.source.grants import Grants
 from drimbox.source.intake import ReportIntake
 from drimbox.source.iocm import IocmStoreHandler
 from drimbox.source.outbox import DmpPublisher
-from drimbox.source.pipeline import ReportPipeline
+from drimbox.source.pipeline import ReportPipeline, pacs_settings
+from drimbox.source.recheck import LateImagesWorker
 from drimbox.trust.store import WhitelistStore, whitelist_store
 from drimbox.web.assembly import WebServers, build_web
 
@@ -69,11 +71,14 @@ class Node:
                 self.config.pacs.calling_aet,
                 self.config.pacs.scp_host,
                 self.config.pacs.scp_port,
+                senders=self.config.pacs.scp_calling_aets(),
             )
             self.scp.add_handler(IocmStoreHandler(self.db))
             await asyncio.to_thread(self.scp.start)
             self.publisher = DmpPublisher(self.config, self.db, dmp_port(self.config), self.metrics)
             self._tasks.append(asyncio.create_task(self.publisher.run_forever(self._stop)))
+            late = LateImagesWorker(self.config, self.db, PacsClient(pacs_settings(self.config)))
+            self._tasks.append(asyncio.create_task(late.run_forever(self._stop)))
         if self.config.roles.source or self.config.roles.conso:
             # Conso exams (studies of other sites) come from their Source, never from the PACS.
             remote = RemoteStudies(Grants(self.db).is_conso_study)

@@ -93,13 +93,21 @@ def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
         page.wait_for_url("**/consultation/*")
         history = page.url.split("?")[0]
         assert "PAT-TROIS" in page.content()
-        assert page.locator("tbody tr").count() >= 2
+        # Two distinct exams: the recent MR first, then the prior CT, each with its
+        # accession, series and images, and the site that made it.
+        rows = page.locator("tbody tr").all_inner_texts()
+        assert len(rows) == 2, rows
+        mr, ct = rows
+        assert "18/11/2025" in mr and "\tMR\t" in mr and "IRM cérébrale" in mr
+        assert "N° d'examen : ACN108" in mr and "4 séries, 80 images" in mr
+        assert "08/01/2021" in ct and "\tCT\t" in ct and "Scanner cérébral" in ct
+        assert "N° d'examen : ACN103" in ct and "3 séries, 72 images" in ct
+        assert all("Centre de radiologie Ambroise" in row for row in rows)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "demo-tour-history.png"), full_page=True)
-        page.click("a[href*='/ouvrir/']")
+        page.click("a[href*='/ouvrir/']")  # the MR
         page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
         page.wait_for_function(DRAWN_JS, timeout=120_000, polling=250)
-        ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "demo-tour-viewer.png"))
         page.goto(history)
         page.locator("button[formaction*='/export/']").first.click()
@@ -121,7 +129,7 @@ def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
         page.screenshot(path=str(ARTIFACTS / "demo-tour-admin.png"))
         browser.close()
     exported = httpx.get(f"{links['PACS B']}/instances", timeout=10).json()
-    assert len(exported) == 48  # exam C's two series, now in site B's PACS
+    assert len(exported) == 80  # the MR's four series, now in site B's PACS
 
     process.send_signal(signal.SIGINT)
     assert process.wait(60) == 0

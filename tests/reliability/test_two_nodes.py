@@ -93,12 +93,12 @@ def test_a_report_sent_to_both_nodes_at_once_is_stored_once(
 
 
 def test_a_killed_node_s_work_is_published_by_the_other_node(
-    postgres_server: TemporaryPostgres, orthanc: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
+    durable_postgres: TemporaryPostgres, orthanc: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
     orthanc.delete_all()
     exams = [exam_variant(hl7_text("CR_C-ORU.hl7"), index) for index in range(REPORTS)]
     store_exams(orthanc, tmp_path / "studies", exams)
-    url = postgres_server.create_database("two_nodes_kill")
+    url = durable_postgres.create_database("two_nodes_kill")
     environ = source_environ(tmp_path, url, orthanc, dmp) | {
         # The default lease: the figure the site gets after a crash.
         "DRIMBOX_SOURCE__LEASE_S": "30",
@@ -128,7 +128,11 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
 
         def stall_seen() -> dict[str, object] | None:
             work = cluster.status("node-b")["checks"]["work"]
-            return work if not work["ok"] and work["leased_by"].get("node-a") else None
+            # Queued reports may go stale first on a loaded machine: wait for the stalled job.
+            stalled_job = (work["jobs"]["oldest_s"] or 0) > 3
+            return (
+                work if not work["ok"] and work["leased_by"].get("node-a") and stalled_job else None
+            )
 
         wait_until(stall_seen, 60, "node-b's /status shows the stalled work")
         during = cluster.status("node-b")
@@ -192,12 +196,12 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
 
 
 def test_a_restarted_node_takes_its_own_work_back_at_once(
-    postgres_server: TemporaryPostgres, orthanc: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
+    durable_postgres: TemporaryPostgres, orthanc: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
     orthanc.delete_all()
     exam = exam_variant(hl7_text("CR_C-ORU.hl7"), 1)
     store_exams(orthanc, tmp_path / "studies", [exam])
-    url = postgres_server.create_database("one_node_restart")
+    url = durable_postgres.create_database("one_node_restart")
     # A lease far longer than the test: only the reclaim at start can publish in time.
     environ = source_environ(tmp_path, url, orthanc, dmp) | {"DRIMBOX_SOURCE__LEASE_S": "3600"}
     db = Database(url)

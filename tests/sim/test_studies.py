@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.studies import SeriesSpec, generate_study
+from drimbox.sim.studies import HEAD_WEIGHTINGS, SeriesSpec, generate_study
 from support.tools import require_tool
 
 PATIENT = {
@@ -45,6 +45,54 @@ def test_each_modality_passes_dciodvfy(modality: str, tmp_path: Path) -> None:
         if line.startswith("Warning"):
             print("dciodvfy:", line)
     assert [line for line in lines if line.startswith("Error")] == [], "\n".join(lines)
+
+
+@pytest.mark.parametrize("weighting", list(HEAD_WEIGHTINGS))
+def test_head_series_pass_dciodvfy(weighting: str, tmp_path: Path) -> None:
+    dciodvfy = require_tool("dciodvfy", "dicom3tools")
+    modality = "CT" if weighting.startswith("CT") else "MR"
+    spec = SeriesSpec(modality, weighting, 1, body_part="HEAD", weighting=weighting)
+    [path] = make(tmp_path, [spec], rows=64, columns=64)
+    result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, check=False)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert [line for line in lines if line.startswith("Error")] == [], "\n".join(lines)
+
+
+def _head_values(tmp_path: Path, weighting: str) -> np.ndarray:
+    """The middle section of a 9-slice head series (the level of the ventricles and of the
+    lesion), in HU for CT."""
+    modality = "CT" if weighting.startswith("CT") else "MR"
+    spec = SeriesSpec(modality, weighting, 9, body_part="HEAD", weighting=weighting)
+    paths = make(tmp_path / weighting, [spec], rows=128, columns=128)
+    ds = pydicom.dcmread(paths[4])
+    values: np.ndarray = ds.pixel_array.astype(float)
+    return values * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+
+
+def test_head_phantom_shows_anatomy_in_each_contrast(tmp_path: Path) -> None:
+    """Where a radiologist expects them: a skull around the brain, ventricles darker than
+    white matter on CT and T1, brighter on T2, dark on FLAIR; a lesion that enhances."""
+    # (row, column) in a 128 x 128 section: a lateral ventricle, white matter, the skull on
+    # the midline at the back, the lesion (right frontal: left of the image, at the top).
+    ventricle, white, skull, lesion = (61, 58), (70, 93), (122, 70), (35, 38)
+    ct, ct_c, bone = (_head_values(tmp_path, w) for w in ("CT", "CT+C", "CT bone"))
+    assert ct[ventricle] < 15 and 20 < ct[white] < 36 and ct[skull] > 1000
+    assert ct[0, 0] < -900  # air
+    assert ct_c[lesion] - ct[lesion] > 30  # enhancement
+    assert np.array_equal(ct, bone)  # the same data, another window
+    t1, t2, flair, t1_c = (_head_values(tmp_path, w) for w in ("T1", "T2", "FLAIR", "T1+C"))
+    assert t1[ventricle] < t1[white] / 2 and t2[ventricle] > t2[white] * 2
+    assert flair[ventricle] < flair[white] / 2 and flair[lesion] > flair[white] * 1.5
+    assert t1_c[lesion] > t1[lesion] * 2
+
+
+def test_ct_and_mr_of_the_head_share_one_geometry(tmp_path: Path) -> None:
+    ct = make(tmp_path / "ct", [SeriesSpec("CT", "x", 5, weighting="CT")], rows=32, columns=32)
+    mr = make(tmp_path / "mr", [SeriesSpec("MR", "x", 5, weighting="T2")], rows=32, columns=32)
+    for a, b in zip(ct, mr, strict=True):
+        first, second = pydicom.dcmread(a), pydicom.dcmread(b)
+        assert first.ImagePositionPatient == second.ImagePositionPatient
+        assert first.PixelSpacing == second.PixelSpacing
 
 
 def test_geometry_content_and_identity(tmp_path: Path) -> None:
@@ -89,6 +137,8 @@ def test_large_series_is_fast(tmp_path: Path) -> None:
 def test_bad_input_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="modality"):
         make(tmp_path, [SeriesSpec("US", "x", 1)])
+    with pytest.raises(ValueError, match="weighting"):
+        make(tmp_path, [SeriesSpec("CT", "x", 1, weighting="T2")])
     with pytest.raises(ValueError, match="transfer syntax"):
         make(tmp_path, [SeriesSpec("CT", "x", 1)], transfer_syntax="1.2.840.10008.1.2.4.50")
 

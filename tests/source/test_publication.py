@@ -15,39 +15,16 @@ from drimbox.dmp.vihf import VihfSubject
 from drimbox.hl7.message import parse_report_message
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.pki import TestPki, structure_certificates
-from drimbox.sim.ris import RisClient
-from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from support.dmp import STRUCTURE, DmpEnvironment, local_dmp
 from support.node import RunningNode, node_config
+from support.publishing import DONE, send, store_study_for
 from support.samples import CDA_ID_C, cda_of, hl7_text, report_variant, with_cda
-
-SERIES = (SeriesSpec("CT", "Crâne", 4), SeriesSpec("CT", "Crâne injecté", 3))
-DONE = {
-    ReportState.PUBLISHED.value,
-    ReportState.PARKED.value,
-    ReportState.REFUSED.value,
-    ReportState.APPLIED.value,
-    ReportState.REPLACED.value,
-    ReportState.WITHDRAWN.value,
-}
-
-
-def store_study_for(pacs: LocalOrthanc, tmp_path: Path, sample: str) -> None:
-    _store_study(pacs, tmp_path, hl7_text(sample))
-
-
-def send(node: RunningNode, *messages: str) -> list[int]:
-    with RisClient("127.0.0.1", node.hl7_port) as ris:
-        for message in messages:
-            ack = ris.send(message)
-            assert ack.code == "AA", ack.ack
-    return [r.id for r in node.reports()]
 
 
 def test_report_is_published_and_retrievable(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, "CR_C-ORU.hl7")
+    store_study_for(pacs, tmp_path, hl7_text("CR_C-ORU.hl7"))
     config = node_config(tmp_path, pacs, dmp.node_environ())
     with RunningNode(config) as node:
         [report_id] = send(node, hl7_text("CR_C-ORU.hl7"))
@@ -78,7 +55,7 @@ def test_report_is_published_and_retrievable(
 def test_update_replaces_and_depublication_deletes(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, "CR_G1-ORU.hl7")
+    store_study_for(pacs, tmp_path, hl7_text("CR_G1-ORU.hl7"))
     with RunningNode(node_config(tmp_path, pacs, dmp.node_environ())) as node:
         [first] = send(node, hl7_text("CR_G1-ORU.hl7"))
         node.wait_for_report(first, DONE)
@@ -91,8 +68,15 @@ def test_update_replaces_and_depublication_deletes(
         d["unique_id"]: d for d in dmp.documents() if d["mime_type"] == "application/dicom"
     }
     assert kos_entries[old.kos_sop_uid]["status"] == "Deprecated"
-    assert kos_entries[updated.kos_sop_uid]["status"] == "Approved"
     assert kos_entries[updated.kos_sop_uid]["replaces"] == old.dmp_entry_uuid
+    # The one approved KOS is the newest version's: built from the MDM's CDA, byte for byte.
+    newest = parse_report_message(hl7_text("CR_G1_MAJ-MDM.hl7")).report
+    assert newest is not None and newest.version_number is not None
+    assert updated.document_id.split("^")[0] == newest.document_id.root != old.document_id
+    assert updated.version_number == newest.version_number > (old.version_number or 0)
+    approved = [uid for uid, d in kos_entries.items() if d["status"] == "Approved"]
+    assert approved == [updated.kos_sop_uid]
+    assert dmp.content(updated.kos_sop_uid) == updated.kos
     # The signature document follows its KOS: the old one is replaced too, none is orphaned.
     signatures = [d for d in dmp.documents() if d["mime_type"] == "text/xml"]
     assert sorted(d["status"] for d in signatures) == ["Approved", "Deprecated"]
@@ -103,7 +87,7 @@ def test_update_replaces_and_depublication_deletes(
 def test_depublication_deletes_the_kos(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, "CR_C-ORU.hl7")
+    store_study_for(pacs, tmp_path, hl7_text("CR_C-ORU.hl7"))
     with RunningNode(node_config(tmp_path, pacs, dmp.node_environ())) as node:
         [published] = send(node, hl7_text("CR_C-ORU.hl7"))
         node.wait_for_report(published, DONE)
@@ -121,7 +105,7 @@ def test_depublication_deletes_the_kos(
 def test_dmp_outage_is_caught_up_without_duplicates(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, "CR_C-ORU.hl7")
+    store_study_for(pacs, tmp_path, hl7_text("CR_C-ORU.hl7"))
     base = hl7_text("CR_C-ORU.hl7")
     dmp.dmp.stop()
     with RunningNode(node_config(tmp_path, pacs, dmp.node_environ())) as node:
@@ -161,13 +145,6 @@ def _report_of(sample: str, organization: str, study_uid: str, document_root: st
     return with_cda(hl7_text(sample), cda)
 
 
-def _store_study(pacs: LocalOrthanc, tmp_path: Path, message: str) -> None:
-    report = parse_report_message(message).report
-    assert report is not None
-    folder = tmp_path / f"study-{report.study_instance_uid}"
-    pacs.store_files(generate_study_for_report(folder, report, SERIES, rows=32, columns=32))
-
-
 def test_each_structure_publishes_with_its_own_certificate_and_identity(
     pacs: LocalOrthanc, tmp_path: Path
 ) -> None:
@@ -183,7 +160,7 @@ def test_each_structure_publishes_with_its_own_certificate_and_identity(
             "CR_C-ORU.hl7", "999999999", "1.2.250.1.999.5.3", f"{CDA_ID_C}.3"
         )
         for message in (first_message, second_message, third_message):
-            _store_study(pacs, tmp_path, message)
+            store_study_for(pacs, tmp_path, message)
         config = node_config(tmp_path, pacs, dmp.node_environ())
         c = dmp.certs
         structures = [

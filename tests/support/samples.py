@@ -6,6 +6,8 @@ import base64
 import re
 
 from drimbox.samples import ANS_DIR
+from drimbox.sim.ris import with_cda as with_cda
+from drimbox.sim.ris import with_obx5_data as with_obx5_data
 
 ANS = ANS_DIR
 HL7 = ANS / "hl7"
@@ -30,31 +32,73 @@ def cda_of(text: str) -> bytes:
     raise ValueError("no CDA in message")
 
 
-def with_obx5_data(text: str, data: str) -> str:
-    """The same message with OBX-5.5 (the base64 CDA) replaced by `data`."""
-    out = []
-    for segment in segments(text):
-        fields = segment.split("|")
-        if fields[0] == "OBX" and fields[2] == "ED":
-            components = fields[5].split("^")
-            components[4] = data
-            fields[5] = "^".join(components)
-            segment = "|".join(fields)
-        out.append(segment)
-    return "\r".join(out) + "\r"
-
-
-def with_cda(text: str, cda: bytes) -> str:
-    """The same message carrying another CDA in OBX-5."""
-    return with_obx5_data(text, base64.b64encode(cda).decode("ascii"))
-
-
 def report_variant(text: str, index: int) -> str:
     """A distinct report version (new CDA id) of a sample, for load tests."""
     cda = cda_of(text).replace(
         f'<id root="{CDA_ID_C}"/>'.encode(), f'<id root="{CDA_ID_C}.{index}"/>'.encode(), 1
     )
     return with_cda(text, cda)
+
+
+def with_flags(text: str, **flags: bool) -> str:
+    """The same message with the OBX Y/N flag rows `flags` set (e.g. DESTDMP=False)."""
+    out = []
+    for segment in segments(text):
+        fields = segment.split("|")
+        if fields[0] == "OBX" and len(fields) > 5 and fields[3].split("^")[0] in flags:
+            fields[5] = "Y" if flags[fields[3].split("^")[0]] else "N"
+            segment = "|".join(fields)
+        out.append(segment)
+    return "\r".join(out) + "\r"
+
+
+def with_pid32(text: str, code: str) -> str:
+    """The same message with PID-32 (identity reliability) set to `code`."""
+    out = []
+    for segment in segments(text):
+        fields = segment.split("|")
+        if fields[0] == "PID":
+            fields += [""] * (33 - len(fields))
+            fields[32] = code
+            segment = "|".join(fields)
+        out.append(segment)
+    return "\r".join(out) + "\r"
+
+
+def cda_version(
+    text: str,
+    suffix: str,
+    version: int,
+    *,
+    set_id: str | None = None,
+    effective: str | None = None,
+    extra_study: str | None = None,
+) -> str:
+    """Another version of the sample's report: CDA id `<id>.<suffix>`, `versionNumber`, and
+    optionally another setId, effectiveTime (HL7 TS) or a second documented study."""
+    cda = cda_of(text).decode("utf-8")
+    root = re.search(r'<ClinicalDocument[^>]*>.*?<id root="([^"]+)"', cda, re.S)
+    assert root is not None
+    cda = cda.replace(f'<id root="{root.group(1)}"/>', f'<id root="{root.group(1)}.{suffix}"/>', 1)
+    cda = re.sub(r'<versionNumber value="\d+"/>', f'<versionNumber value="{version}"/>', cda)
+    if set_id is not None:
+        cda = re.sub(r'<setId root="[^"]+"/>', f'<setId root="{set_id}"/>', cda)
+    if effective is not None:
+        cda = re.sub(
+            r'(</title>.*?<effectiveTime value=")[^"]+"',
+            rf'\g<1>{effective}"',
+            cda,
+            count=1,
+            flags=re.S,
+        )
+    if extra_study is not None:
+        start = cda.index("<documentationOf>")
+        end = cda.index("</documentationOf>") + len("</documentationOf>")
+        block = cda[start:end]
+        event_id = re.search(r'<serviceEvent[^>]*>.*?<id root="([^"]+)"/>', block, re.S)
+        assert event_id is not None
+        cda = cda[:end] + block.replace(event_id.group(1), extra_study) + cda[end:]
+    return with_cda(text, cda.encode("utf-8"))
 
 
 def exam_variant(text: str, index: int) -> str:

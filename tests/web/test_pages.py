@@ -25,6 +25,8 @@ def test_french_formats() -> None:
     assert french_datetime("2026-01-05T10:00:00", offset=True) == "05/01/2026 11:00 (UTC+01:00)"
     assert french_datetime(None) == "" and french_date(None) == ""
     assert french_date(date(1979, 3, 28)) == "28/03/1979"
+    # An exam's time is Paris time, whatever the zone it came in (UTC from the DMP's metadata).
+    assert french_date(datetime(2025, 11, 18, 9, 25, tzinfo=UTC)) == "18/11/2025 à 10 h 25"
     assert french_number(10604160) == "10\u202f604\u202f160"
     assert french_size(10604160) == "10,6 Mo" and french_size(1) == "1 octet"
     assert french_size(2_500_000_000) == "2,5 Go"

@@ -102,3 +102,5 @@ class ImagingReport:
     document_code: Code | None = None  # ClinicalDocument/code (LOINC 18748-4)
     encounter_code: Code | None = None  # componentOf/encompassingEncounter/code (AMB, IMP…)
     extra: dict[str, str] = field(default_factory=dict)
+    # Every study the report covers (one documentationOf/serviceEvent each), in CDA order.
+    study_instance_uids: tuple[str, ...] = ()

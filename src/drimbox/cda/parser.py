@@ -459,8 +459,12 @@ def _service_codes(
     return act, _dedup(translations), _dedup(modalities), _dedup(regions)
 
 
-def parse_report(xml: bytes | str) -> ImagingReport:
-    """Read an IMG-CR-IMG CDA. Raises `CdaError` when it is unusable (see module docstring)."""
+def parse_report(xml: bytes | str, study_uid: str | None = None) -> ImagingReport:
+    """Read an IMG-CR-IMG CDA. Raises `CdaError` when it is unusable (see module docstring).
+
+    A report may cover several studies (one `documentationOf/serviceEvent` each): the facts of
+    the exam (study UID, act codes, times) are those of `study_uid`'s event, else of the first.
+    """
     doc = _load(xml)
 
     document_id = _identifier(_first(doc, "h:id"))
@@ -484,16 +488,26 @@ def parse_report(xml: bytes | str) -> ImagingReport:
 
     patient, extra = _patient(doc)
 
-    event = _first(doc, "h:documentationOf/h:serviceEvent[h:id/@root]")
+    events = _xp(doc, "h:documentationOf/h:serviceEvent[h:id/@root]")
+    studies = tuple(dict.fromkeys(_attr(_first(e, "h:id"), "root") for e in events))
+    event = events[0] if events else None
+    if study_uid is not None:
+        if study_uid not in studies:
+            raise CdaError(
+                f"CDA: no documentationOf/serviceEvent for study {study_uid!r}",
+                element="documentationOf/serviceEvent/id/@root",
+            )
+        event = next(e for e in events if _attr(_first(e, "h:id"), "root") == study_uid)
     study_uid = _attr(_first(event, "h:id"), "root")
     if not study_uid:
         raise _missing("documentationOf/serviceEvent/id/@root", "StudyInstanceUID")
-    if not is_valid_dicom_uid(study_uid):
-        raise CdaError(
-            f"CDA: documentationOf/serviceEvent/id/@root {study_uid!r} is not a valid DICOM UID "
-            "(StudyInstanceUID)",
-            element="documentationOf/serviceEvent/id/@root",
-        )
+    for other in studies:
+        if not is_valid_dicom_uid(other):
+            raise CdaError(
+                f"CDA: documentationOf/serviceEvent/id/@root {other!r} is not a valid DICOM UID "
+                "(StudyInstanceUID)",
+                element="documentationOf/serviceEvent/id/@root",
+            )
     act_code, translations, modalities, regions = _service_codes(event)
     eff = _first(event, "h:effectiveTime")
     where = "documentationOf/serviceEvent/effectiveTime"
@@ -548,6 +562,7 @@ def parse_report(xml: bytes | str) -> ImagingReport:
         confidentiality=confidentiality,
         patient=patient,
         study_instance_uid=study_uid,
+        study_instance_uids=studies,
         accession_number=accession,
         placer_order=placer,
         act_code=act_code,

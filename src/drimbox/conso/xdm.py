@@ -17,7 +17,7 @@ import hashlib
 import html
 import stat
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -60,6 +60,7 @@ class XdmDocument:
     unique_id: str
     entry: DocumentEntry | None = None
     title: str = ""
+    slots: Mapping[str, Sequence[str]] = field(default_factory=dict)  # extra ebRIM slots
 
     @property
     def mime_type(self) -> str:
@@ -228,6 +229,8 @@ def build_metadata(
             if entry.reference_ids:
                 _slot(extrinsic, codes.REFERENCE_ID_LIST, list(entry.reference_ids))
         _slot(extrinsic, "drimboxKind", [document.kind])  # lets an import sort the documents
+        for slot_name, values in document.slots.items():
+            _slot(extrinsic, slot_name, values)
         _name(extrinsic, document.title or (entry.title if entry else "") or document.kind)
         class_code, type_code, format_code = _codes_of(document)
         _classify(extrinsic, codes.DE_CLASS, doc_id, class_code, counter)
@@ -413,8 +416,21 @@ def _read_entry(
     return bytes(out)
 
 
-def _metadata_documents(xml: bytes) -> tuple[str, list[tuple[str, str, int, str, str]]]:
-    """(patient CX, [(URI, sha1, size, kind, mime type)]) from METADATA.XML."""
+@dataclass(frozen=True)
+class Described:
+    """A document as METADATA.XML announces it."""
+
+    uri: str
+    digest: str
+    size: int
+    kind: str  # kos, report, signature
+    mime_type: str
+    slots: dict[str, list[str]]
+    unique_id: str = ""
+
+
+def _metadata_documents(xml: bytes) -> tuple[str, list[Described]]:
+    """(patient CX, the documents) from METADATA.XML."""
     parser = etree.XMLParser(
         resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
     )
@@ -423,14 +439,17 @@ def _metadata_documents(xml: bytes) -> tuple[str, list[tuple[str, str, int, str,
     except etree.XMLSyntaxError as exc:
         raise XdmError("Archive refusée : METADATA.XML illisible.", detail=str(exc)) from exc
     patient = ""
-    documents: list[tuple[str, str, int, str, str]] = []
+    documents: list[Described] = []
     for extrinsic in root.iter(_rim("ExtrinsicObject")):
         slots: dict[str, list[str]] = {}
         for slot in extrinsic.iterfind(_rim("Slot")):
             slots[slot.get("name", "")] = [(v.text or "").strip() for v in slot.iter(_rim("Value"))]
+        unique_id = ""
         for external in extrinsic.iterfind(_rim("ExternalIdentifier")):
             if external.get("identificationScheme") == codes.DE_PATIENT_ID:
                 patient = patient or external.get("value", "")
+            if external.get("identificationScheme") == codes.DE_UNIQUE_ID:
+                unique_id = external.get("value", "")
         try:
             uri = slots["URI"][0]
             digest = slots["hash"][0].lower()
@@ -445,27 +464,21 @@ def _metadata_documents(xml: bytes) -> tuple[str, list[tuple[str, str, int, str,
         kind = (slots.get("drimboxKind") or [""])[0]
         if not kind:
             kind = "kos" if mime == codes.KOS_MIME_TYPE else "report"
-        documents.append((uri, digest, size, kind, mime))
+        documents.append(Described(uri, digest, size, kind, mime, slots, unique_id))
     return patient, documents
 
 
-def read_xdm(
-    archive: Path | IO[bytes],
-    *,
-    store: InstanceStore | None = None,
-    limits: XdmLimits = XdmLimits(),
-) -> XdmImport:
-    """Validate and read an XDM archive. Documents are checked against METADATA.XML (hash,
-    size); images go to `store` (skipped when None) only if the KOS references them.
-    Raises `XdmError` (French) at the first problem; images already stored for a refused
-    archive are failed (`SeriesWriter.fail`)."""
+def open_archive(
+    archive: Path | IO[bytes], limits: XdmLimits
+) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
+    """The zip and its entries by name, every name checked (no traversal, link or double)."""
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
         raise XdmError(
             "Archive refusée : ce n'est pas un fichier zip lisible.", detail=str(exc)
         ) from exc
-    with zf:
+    try:
         infos = zf.infolist()
         if len(infos) > limits.max_entries:
             raise XdmError("Archive refusée : trop de fichiers.", detail=str(len(infos)))
@@ -479,32 +492,67 @@ def read_xdm(
             if info.filename in by_name:
                 raise XdmError("Archive refusée : fichier en double.", detail=info.filename)
             by_name[info.filename] = info
-        if METADATA not in by_name:
-            raise XdmError(f"Archive refusée : {METADATA} absent (ce n'est pas un export XDM).")
+    except BaseException:
+        zf.close()
+        raise
+    return zf, by_name
+
+
+def read_subset(
+    zf: zipfile.ZipFile,
+    by_name: Mapping[str, zipfile.ZipInfo],
+    subset: str,
+    limits: XdmLimits,
+    budget: list[int],
+) -> tuple[str, list[tuple[Described, bytes]]]:
+    """(patient CX, [(document, bytes)]) of one XDM subset folder, every document checked
+    against METADATA.XML (present, same size, same SHA-1)."""
+    metadata = f"{subset}/METADATA.XML"
+    if metadata not in by_name:
+        raise XdmError(f"Archive refusée : {metadata} absent (ce n'est pas un export XDM).")
+    patient, described = _metadata_documents(
+        _read_entry(zf, by_name[metadata], limits.max_document_bytes, limits, budget)
+    )
+    documents: list[tuple[Described, bytes]] = []
+    for document in described:
+        name = f"{subset}/{_safe_name(document.uri)}"
+        member = by_name.get(name)
+        if member is None:
+            raise XdmError("Archive refusée : un document annoncé est absent.", detail=document.uri)
+        data = _read_entry(zf, member, limits.max_document_bytes, limits, budget)
+        if len(data) != document.size or hashlib.sha1(data).hexdigest() != document.digest:
+            raise XdmError(
+                "Archive refusée : un document a été modifié (empreinte ou taille différente "
+                "de METADATA.XML).",
+                detail=document.uri,
+            )
+        documents.append((document, data))
+    return patient, documents
+
+
+def read_xdm(
+    archive: Path | IO[bytes],
+    *,
+    store: InstanceStore | None = None,
+    limits: XdmLimits = XdmLimits(),
+) -> XdmImport:
+    """Validate and read an XDM archive. Documents are checked against METADATA.XML (hash,
+    size); images go to `store` (skipped when None) only if the KOS references them.
+    Raises `XdmError` (French) at the first problem; images already stored for a refused
+    archive are failed (`SeriesWriter.fail`)."""
+    zf, by_name = open_archive(archive, limits)
+    with zf:
         budget = [limits.max_total_bytes]
-        patient, described = _metadata_documents(
-            _read_entry(zf, by_name[METADATA], limits.max_document_bytes, limits, budget)
-        )
+        patient, documents = read_subset(zf, by_name, SUBSET, limits, budget)
         kos: bytes | None = None
         result_reports: list[bytes] = []
         signatures: list[bytes] = []
-        for uri, digest, size, kind, _mime in described:
-            name = f"{SUBSET}/{_safe_name(uri)}"
-            member = by_name.get(name)
-            if member is None:
-                raise XdmError("Archive refusée : un document annoncé est absent.", detail=uri)
-            data = _read_entry(zf, member, limits.max_document_bytes, limits, budget)
-            if len(data) != size or hashlib.sha1(data).hexdigest() != digest:
-                raise XdmError(
-                    "Archive refusée : un document a été modifié (empreinte ou taille différente "
-                    "de METADATA.XML).",
-                    detail=uri,
-                )
-            if kind == "kos":
+        for document, data in documents:
+            if document.kind == "kos":
                 if kos is not None:
                     raise XdmError("Archive refusée : plusieurs manifestes (KOS).")
                 kos = data
-            elif kind == "signature":
+            elif document.kind == "signature":
                 signatures.append(data)
             else:
                 result_reports.append(data)

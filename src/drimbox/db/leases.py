@@ -29,38 +29,57 @@ log = logging.getLogger(__name__)
 
 
 def claim_due(
-    db: Database, model: Any, states: Iterable[str], lease: timedelta, owner: str
+    db: Database,
+    model: Any,
+    states: Iterable[str],
+    lease: timedelta,
+    owner: str,
+    *,
+    column: str = "next_attempt_at",
+    count_attempts: bool = True,
 ) -> int | None:
-    """Lease the oldest row of `model` whose state is in `states` and that is due to `owner`;
+    """Lease to `owner` the oldest row of `model` whose state is in `states` and that is due
+    (`column` passed; an empty `next_attempt_at` means due now, any other empty column never);
     its id."""
     now = utcnow()
+    due_at = getattr(model, column)
+    is_due = due_at <= now
+    if column == "next_attempt_at":
+        is_due = or_(due_at.is_(None), is_due)
     due = (
         select(model.id)
         .where(model.state.in_(list(states)))
-        .where(or_(model.next_attempt_at.is_(None), model.next_attempt_at <= now))
+        .where(is_due)
         .order_by(model.id)
         .limit(1)
     )
     if not db.is_sqlite:
         due = due.with_for_update(skip_locked=True)
+    values: dict[str, Any] = {column: now + lease, "leased_by": owner}
+    if count_attempts:
+        values["attempts"] = model.attempts + 1
     claim = (
-        update(model)
-        .where(model.id == due.scalar_subquery())
-        .values(next_attempt_at=now + lease, attempts=model.attempts + 1, leased_by=owner)
-        .returning(model.id)
+        update(model).where(model.id == due.scalar_subquery()).values(**values).returning(model.id)
     )
     with db.session() as session:
         claimed: int | None = session.scalar(claim)
         return claimed
 
 
-def renew(db: Database, model: Any, row_id: int, owner: str, lease: timedelta) -> bool:
+def renew(
+    db: Database,
+    model: Any,
+    row_id: int,
+    owner: str,
+    lease: timedelta,
+    column: str = "next_attempt_at",
+) -> bool:
     """Push the lease of a row `owner` holds one lease ahead; False if it is no longer held."""
     with db.session() as session:
         result = session.execute(
             update(model)
             .where(model.id == row_id, model.leased_by == owner)
-            .values(next_attempt_at=utcnow() + lease)
+            .values({column: utcnow() + lease})
         )
         return bool(getattr(result, "rowcount", 0))
 
@@ -80,8 +99,17 @@ def reclaim(db: Database, model: Any, owner: str) -> int:
 class Heartbeat:
     """Renews a row's lease from a thread while the `with` block does its work."""
 
-    def __init__(self, db: Database, model: Any, row_id: int, owner: str, lease: timedelta) -> None:
+    def __init__(
+        self,
+        db: Database,
+        model: Any,
+        row_id: int,
+        owner: str,
+        lease: timedelta,
+        column: str = "next_attempt_at",
+    ) -> None:
         self.db, self.model, self.row_id, self.owner, self.lease = db, model, row_id, owner, lease
+        self.column = column
         self.lost = False
         self._done = threading.Event()
         self._thread = threading.Thread(
@@ -92,7 +120,7 @@ class Heartbeat:
         interval = self.lease.total_seconds() / 3
         while not self._done.wait(interval):
             try:
-                held = renew(self.db, self.model, self.row_id, self.owner, self.lease)
+                held = renew(self.db, self.model, self.row_id, self.owner, self.lease, self.column)
             except SQLAlchemyError:
                 # The database is away: try again at the next beat, the lease may still hold.
                 log.warning("lease of %s %s not renewed", self.model.__tablename__, self.row_id)
@@ -153,13 +181,24 @@ class LeasedWorker:
     poll_s = 1.0
     model: Any
     due_states: tuple[str, ...]
+    # The column that says when a row is due and holds its lease; whether a claim is an attempt.
+    lease_column = "next_attempt_at"
+    count_attempts = True
     db: Database
     owner: str
     lease: timedelta
 
     def claim_next(self) -> int | None:
         """Take the oldest due row and lease it; None when nothing is due."""
-        return claim_due(self.db, self.model, self.due_states, self.lease, self.owner)
+        return claim_due(
+            self.db,
+            self.model,
+            self.due_states,
+            self.lease,
+            self.owner,
+            column=self.lease_column,
+            count_attempts=self.count_attempts,
+        )
 
     def process(self, item_id: int) -> object:
         raise NotImplementedError
@@ -176,7 +215,7 @@ class LeasedWorker:
         item_id = self.claim_next()
         if item_id is None:
             return None
-        with Heartbeat(self.db, self.model, item_id, self.owner, self.lease):
+        with Heartbeat(self.db, self.model, item_id, self.owner, self.lease, self.lease_column):
             return self.process(item_id)
 
     def drain(self) -> int:

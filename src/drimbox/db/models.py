@@ -41,6 +41,8 @@ class ReportState(enum.StrEnum):
     REPLACED = "replaced"  # a newer version of the report replaced this KOS (RPLC)
     WITHDRAWN = "withdrawn"  # the KOS was deleted from the DMP (depublication, IOCM)
     APPLIED = "applied"  # a withdrawal message whose deletion was carried out
+    NOT_FOR_DMP = "not_for_dmp"  # DESTDMP=N: KOS built, never sent; the viewer link still works
+    SUPERSEDED = "superseded"  # an older version received after a newer one: never published
 
 
 class JobState(enum.StrEnum):
@@ -76,6 +78,7 @@ class Report(Base):
         Index("ix_reports_state_next", "state", "next_attempt_at"),
         Index("ix_reports_study", "study_uid"),
         Index("ix_reports_patient", "patient_ins"),
+        Index("ix_reports_recheck", "recheck_at"),
         # One row per report version whichever node received it (two nodes, one re-send).
         Index("uq_reports_version_key", "version_key", unique=True),
     )
@@ -85,7 +88,8 @@ class Report(Base):
     message_id: Mapped[int | None] = mapped_column(ForeignKey("hl7_messages.id"), nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    kind: Mapped[str] = mapped_column(String(16))  # publish, update, withdraw, withdraw_exam, iocm
+    # publish, update, withdraw, withdraw_exam, iocm, exam_update, recheck, confidentiality
+    kind: Mapped[str] = mapped_column(String(16))
     patient_ins: Mapped[str] = mapped_column(String(32), default="")
     patient_ins_oid: Mapped[str] = mapped_column(String(64), default="")
     patient_ipp: Mapped[str] = mapped_column(String(64), default="")
@@ -94,6 +98,8 @@ class Report(Base):
     document_id: Mapped[str] = mapped_column(String(128), default="")
     set_id: Mapped[str] = mapped_column(String(128), default="")
     version_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # ClinicalDocument/effectiveTime: with the version, orders the versions of a report.
+    document_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     replaced_document_id: Mapped[str] = mapped_column(String(128), default="")
     # "kind|document id" for a report version received from the RIS; None for rows the box
     # creates itself (IOCM) and for duplicates stored before the constraint existed.
@@ -110,6 +116,10 @@ class Report(Base):
     kos_instance_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     dmp_entry_uuid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Late images: when the PACS is next compared with the published KOS, and how many of the
+    # configured checks are done.
+    recheck_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rechecks_done: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class DmpJob(Base):

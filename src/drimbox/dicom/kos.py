@@ -192,8 +192,11 @@ def _is_image(ref: InstanceRef) -> bool:
     return not ref.sop_class_uid.startswith(_NON_IMAGE_SOP_CLASS_PREFIXES)
 
 
-def _derived_uid(site: KosSite, role: str, report: ImagingReport, study: StudySnapshot) -> str:
-    """Same report version + same PACS content → same UID; anything else → a new one."""
+def _derived_uid(
+    site: KosSite, role: str, report: ImagingReport, study: StudySnapshot, variant: str = ""
+) -> str:
+    """Same report version + same PACS content → same UID; anything else → a new one.
+    `variant` tells apart a KOS re-issued for the same content (a confidentiality change)."""
     instances = sorted(i.sop_instance_uid for s in study.series for i in s.instances)
     sources = [
         "drimbox-kos",
@@ -202,6 +205,7 @@ def _derived_uid(site: KosSite, role: str, report: ImagingReport, study: StudySn
         report.document_id.extension,
         study.study_instance_uid,
         *instances,
+        *([variant] if variant else []),
     ]
     return str(generate_uid(prefix=site.uid_root + ".", entropy_srcs=sources))
 
@@ -286,6 +290,7 @@ def build_manifest(
     site: KosSite,
     *,
     created: datetime | None = None,
+    variant: str = "",
 ) -> Dataset:
     """Build the KOS manifest referencing every PACS instance of the study.
 
@@ -322,9 +327,9 @@ def build_manifest(
         kos = hd.ko.KeyObjectSelectionDocument(
             evidence=evidence,
             content=content,
-            series_instance_uid=_derived_uid(site, "series", report, study),
+            series_instance_uid=_derived_uid(site, "series", report, study, variant),
             series_number=site.series_number,
-            sop_instance_uid=_derived_uid(site, "instance", report, study),
+            sop_instance_uid=_derived_uid(site, "instance", report, study, variant),
             instance_number=site.instance_number,
             manufacturer=site.manufacturer,
             institution_name=site.institution_name,
@@ -418,3 +423,13 @@ def describe_manifest(ds: Dataset) -> str:
             f" instances  {series.get('RetrieveURL', '(no RetrieveURL)')}"
         )
     return "\n".join(lines)
+
+
+def referenced_instances(ds: Dataset) -> frozenset[str]:
+    """The SOP instance UIDs a manifest references (to tell whether the PACS content changed)."""
+    return frozenset(
+        str(sop.ReferencedSOPInstanceUID)
+        for evidence in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in evidence.get("ReferencedSeriesSequence", [])
+        for sop in series.get("ReferencedSOPSequence", [])
+    )

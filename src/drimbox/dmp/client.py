@@ -210,7 +210,7 @@ def tls_context(settings: DmpSettings) -> ssl.SSLContext:
     return context
 
 
-def _load_signer(settings: DmpSettings) -> XmlSigner:
+def load_signer(settings: DmpSettings) -> XmlSigner:
     if not settings.signing_cert or not settings.signing_key:
         raise DmpError(
             "Certificat de signature du DMP non configuré (signing_cert, signing_key).",
@@ -332,7 +332,7 @@ class DmpClient:
             )
         self.settings = settings
         self.subject = subject
-        self._signer = signer or _load_signer(settings)
+        self._signer = signer or load_signer(settings)
         self._owns_http = http is None
         self._http = http or httpx.Client(
             verify=tls_context(settings),

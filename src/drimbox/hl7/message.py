@@ -40,7 +40,29 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AckCode = Literal["AA", "AE", "AR"]
-ReportKind = Literal["publish", "update", "withdraw", "withdraw_exam"]
+ReportKind = Literal["publish", "update", "withdraw", "withdraw_exam", "exam_update"]
+
+# OMI^O23 ORC-1 order controls that say the exam changed (HL7 table 0119: XO change order,
+# SC status changed): the box re-reads the PACS and replaces the exam's KOS.
+EXAM_UPDATE_CONTROLS = frozenset({"XO", "SC"})
+
+# PID-32 identity reliability (HL7 table 0445 as extended by IHE PAM France — codes listed in the
+# FR Core code system `fr-core-cs-v2-0445` — and the RNIV statuses/attributes): an INS may be
+# shared only for a trustworthy identity, so these codes stop the report at the door (AE).
+UNRELIABLE_IDENTITY: dict[str, str] = {
+    "VIDE": "identité non encore qualifiée",
+    "PROV": "identité provisoire",
+    "RECUP": "identité récupérée non validée",
+    "DOUTE": "identité douteuse",
+    "FICTI": "identité fictive",
+    "DESA": "identité désactivée",
+    "DOUB": "doublon",
+    "DPOT": "doublon potentiel",
+    "DOUA": "doublon avéré",
+    "COLP": "collision potentielle",
+    "COLV": "collision avérée",
+    "ANOM": "identité anonyme",
+}
 
 # HL7 table 0357 (message error condition codes) used in ERR-3.
 HL7_ERROR_CODES: dict[str, str] = {
@@ -396,16 +418,18 @@ def _cda_error(exc: CdaError, sequence: int, pid: _Pid) -> HL7Error:
 
 def _kind(mtype: str, trigger: str, order_control: str, status: str, replaced: str) -> ReportKind:
     if mtype == "OMI":
+        if order_control in EXAM_UPDATE_CONTROLS:
+            return "exam_update"
         if order_control != "CA":
             raise HL7Error(
                 "AR",
                 f"OMI^{trigger} with ORC-1 {order_control!r}: only exam cancellation (CA) "
-                "is handled",
+                f"and exam updates ({', '.join(sorted(EXAM_UPDATE_CONTROLS))}) are handled",
                 "ORC",
                 1,
                 "201",
-                user_message="Message refusé : seule l'annulation d'examen (ORC-1 CA) est prise "
-                "en charge pour OMI",
+                user_message="Message refusé : pour OMI, seules l'annulation (ORC-1 CA) et la "
+                "modification d'examen (ORC-1 XO ou SC) sont prises en charge",
             )
         return "withdraw_exam"
     if order_control == "CA" or status == "D" or (mtype == "MDM" and trigger == "T04"):
@@ -493,6 +517,7 @@ def _parse(raw: str | bytes) -> ReportMessage:
             user_message="Message refusé : segment PID absent",
         )
     pid = _read_pid(pids[0])
+    _check_reliability(pids[0])
 
     orcs = _segments(msg, "ORC")
     order_control = _get(orcs[0], 1).upper() if orcs else ""
@@ -537,8 +562,8 @@ def _parse(raw: str | bytes) -> ReportMessage:
         "raw_msh": raw_msh,
     }
 
-    if kind == "withdraw_exam":
-        return _exam_withdrawal(msg, pid, common)
+    if kind in ("withdraw_exam", "exam_update"):
+        return _exam_message(msg, pid, common)
 
     report: ImagingReport | None = None
     if cda_xml is not None:
@@ -628,12 +653,30 @@ def _check_consistency(report: ImagingReport, pid: _Pid, txa12: str, txa13: str)
         )
 
 
-def _exam_withdrawal(msg: Any, pid: _Pid, common: dict[str, Any]) -> ReportMessage:
+def _check_reliability(pid: Any) -> None:
+    """PID-32 (repeatable: a status and attributes): refuse an identity the INS rules do not
+    allow to share. An absent PID-32 is accepted — CISIS_CDA_HL7_V2 does not require it and the
+    CDA carries the INS."""
+    for r in range(1, _repetitions(pid, 32) + 1):
+        code = _get(pid, 32, r, 1).upper()
+        if code in UNRELIABLE_IDENTITY:
+            raise HL7Error(
+                "AE",
+                f"PID-32: identity reliability {code!r} does not allow sharing the INS",
+                "PID",
+                32,
+                "207",
+                user_message=f"Message refusé : {UNRELIABLE_IDENTITY[code]} (PID-32 {code}) : "
+                "l'INS ne peut être utilisé, rien n'est publié au DMP",
+            )
+
+
+def _exam_message(msg: Any, pid: _Pid, common: dict[str, Any]) -> ReportMessage:
     ipcs = _segments(msg, "IPC")
     if not ipcs:
         raise HL7Error(
             "AE",
-            "OMI^O23 cancellation without IPC segment (accession number, StudyInstanceUID)",
+            "OMI^O23 without IPC segment (accession number, StudyInstanceUID)",
             "IPC",
             None,
             "100",

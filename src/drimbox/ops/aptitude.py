@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 
 from drimbox import __version__
 from drimbox.config import Config
+from drimbox.french import french_number, french_size
 
 Status = Literal["ok", "warning", "failure"]
 STATUS_LABELS: Final[dict[str, str]] = {"ok": "OK", "warning": "Avertissement", "failure": "Échec"}
@@ -266,7 +267,8 @@ def _database(checks: _Checks, config: Config) -> Any:
         message,
         "Lancez « drimbox db upgrade --config … » (nœuds arrêtés).",
     )
-    return db
+    db.dispose()
+    return None  # nothing is recorded in a database at another schema
 
 
 # -- certificates --------------------------------------------------------------------------------
@@ -597,7 +599,7 @@ def _own_entry(checks: _Checks, config: Config, store: Any) -> None:
         certificate = x509.load_pem_x509_certificates(Path(config.trust.tls_cert).read_bytes())[0]
         if entry.dn != DistinguishedName.from_name(certificate.subject):
             problems.append(
-                f"le DN de la liste est « {entry.operator_dn} », le certificate "
+                f"le DN de la liste est « {entry.operator_dn} », le certificat "
                 f"installé est « {certificate.subject.rfc4514_string()} »"
             )
     except (OSError, ValueError) as exc:
@@ -686,9 +688,9 @@ def _pacs(checks: _Checks, config: Config, db: Any) -> None:
         record(db, result, slow_ratio=config.checks.slow_ratio)
     figures = {label: value for label, value in result.summary()}
     message = (
-        f"{result.images} images, {result.bytes / 1e6:.1f} Mo en {result.seconds:.2f} s "
-        f"({result.throughput_bps / 1e6:.1f} Mo/s), première image en "
-        f"{(result.first_image_s or 0) * 1000:.0f} ms"
+        f"{french_number(result.images)} images, {french_size(result.bytes)} en "
+        f"{french_number(result.seconds, 2)} s ({french_size(result.throughput_bps)}/s), "
+        f"première image en {french_number((result.first_image_s or 0) * 1000)} ms"
     )
     if not result.ok:
         checks.add(
@@ -1013,7 +1015,8 @@ def _peers(checks: _Checks, config: Config, store: Any) -> None:
             group,
             title,
             "ok",
-            f"répond en {(result.latency_s or 0) * 1000:.0f} ms sur TLS mutuel ({result.note})",
+            f"répond en {french_number((result.latency_s or 0) * 1000)} ms sur TLS mutuel "
+            f"({result.note})",
             figures={"latency_ms": round((result.latency_s or 0) * 1000)},
         )
 
@@ -1040,9 +1043,9 @@ def _cache(checks: _Checks, config: Config) -> None:
         return
     wanted = min(config.store.cache_max_bytes, usage.total)
     message = (
-        f"{folder} : {usage.free / 1e9:.1f} Go libres sur {usage.total / 1e9:.1f} Go, "
-        f"cache limité à {config.store.cache_max_bytes / 1e9:.1f} Go, écriture "
-        f"{rate / 1e6:.0f} Mo/s"
+        f"{folder} : {french_size(usage.free)} libres sur {french_size(usage.total)}, "
+        f"cache limité à {french_size(config.store.cache_max_bytes)}, écriture "
+        f"{french_size(rate)}/s"
     )
     figures = {"free_bytes": usage.free, "total_bytes": usage.total, "write_bps": round(rate)}
     if usage.free < MIN_FREE_BYTES:

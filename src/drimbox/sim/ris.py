@@ -7,6 +7,7 @@ sends the next message before the previous one is acknowledged on the same conne
 
 from __future__ import annotations
 
+import base64
 import re
 import socket
 import time
@@ -136,6 +137,27 @@ class RisClient:
 
     def send_all(self, messages: Iterable[str], *, fill: bool = True) -> list[AckResult]:
         return [self.send(m, fill=fill) for m in messages]
+
+
+def with_obx5_data(text: str, data: str) -> str:
+    """The same HL7 message with OBX-5.5 (the base64 CDA) replaced by `data`."""
+    out = []
+    for segment in re.split(r"\r\n|\n|\r", text):
+        if not segment:
+            continue
+        fields = segment.split("|")
+        if fields[0] == "OBX" and len(fields) > 5 and fields[2] == "ED":
+            components = fields[5].split("^")
+            components[4] = data
+            fields[5] = "^".join(components)
+            segment = "|".join(fields)
+        out.append(segment)
+    return "\r".join(out) + "\r"
+
+
+def with_cda(text: str, cda: bytes) -> str:
+    """The same HL7 message carrying another CDA in OBX-5 (variants of the ANS samples)."""
+    return with_obx5_data(text, base64.b64encode(cda).decode("ascii"))
 
 
 def publish_report_to_dmp(client: DmpClient, report: ImagingReport, cda: bytes) -> None:

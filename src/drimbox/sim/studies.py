@@ -2,13 +2,16 @@
 
 Owns the writing of CT / MR / CR / DX instances whose Type 1 and Type 2 attributes are present
 (dciodvfy-clean) and whose pixels look like a body phantom (ellipses + noise, HU-like values) so
-that compression codecs and transfer benchmarks see realistic data. It writes files only: it must
+that compression codecs and transfer benchmarks see realistic data, or like a head (a 3D
+Shepp–Logan-style phantom of tissues: scalp, skull, grey and white matter, ventricles, a
+lesion) in the contrasts a radiologist reads (CT brain/bone windows, with or without contrast;
+MR T1, T2, FLAIR, T1 after gadolinium), for the demo. It writes files only: it must
 not talk to a PACS (see `drimbox.sim.orthanc`) and is never used by the production code paths.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,13 +53,124 @@ SUPPORTED_TRANSFER_SYNTAXES: frozenset[str] = frozenset(
 
 @dataclass(frozen=True)
 class SeriesSpec:
-    """One series to generate: `count` instances of `modality` (CT, MR, CR or DX)."""
+    """One series to generate: `count` instances of `modality` (CT, MR, CR or DX).
+
+    `weighting` asks for the head phantom (CT or MR, `body_part` HEAD), in one of
+    `HEAD_WEIGHTINGS`; empty, the body phantom."""
 
     modality: str
     description: str
     count: int
     series_uid: str | None = None
     body_part: str = ""
+    weighting: str = ""
+
+
+@dataclass(frozen=True)
+class _Weighting:
+    """What one head series looks like: the value of each tissue (CT: HU), its window, and
+    for MR the sequence written in the header."""
+
+    values: Mapping[str, float]
+    window: tuple[float, float]  # centre, width
+    sequence: tuple[str, float, float] = ("", 0.0, 0.0)  # scanning sequence, TR, TE (ms)
+    inversion_ms: float = 0.0
+    contrast_agent: str = ""
+
+
+# Tissues: air, scalp, skull, grey matter, white matter, CSF, lesion (an extra-axial mass that
+# enhances, as a meningioma does), vessels (sinuses: they enhance too).
+_CT_PLAIN = {"air": -1000, "scalp": 30, "skull": 1800, "grey": 38, "white": 28, "csf": 6,
+             "lesion": 45, "vessel": 45}  # fmt: skip
+HEAD_WEIGHTINGS: dict[str, _Weighting] = {
+    "CT": _Weighting(_CT_PLAIN, (40, 80)),
+    "CT+C": _Weighting(
+        {**_CT_PLAIN, "lesion": 95, "vessel": 160}, (40, 80), contrast_agent="Iohexol"
+    ),
+    "CT bone": _Weighting(_CT_PLAIN, (600, 2800)),
+    "T1": _Weighting(
+        {
+            "air": 0,
+            "scalp": 1700,
+            "skull": 80,
+            "grey": 700,
+            "white": 950,
+            "csf": 250,
+            "lesion": 680,
+            "vessel": 300,
+        },
+        (700, 1400),
+        ("SE", 500, 12),
+    ),
+    "T2": _Weighting(
+        {
+            "air": 0,
+            "scalp": 900,
+            "skull": 60,
+            "grey": 1100,
+            "white": 750,
+            "csf": 2300,
+            "lesion": 1300,
+            "vessel": 150,
+        },
+        (1100, 2200),
+        ("SE", 4500, 100),
+    ),
+    "FLAIR": _Weighting(
+        {
+            "air": 0,
+            "scalp": 800,
+            "skull": 60,
+            "grey": 1050,
+            "white": 800,
+            "csf": 120,
+            "lesion": 1600,
+            "vessel": 120,
+        },
+        (950, 1700),
+        ("IR", 9000, 110),
+        inversion_ms=2500,
+    ),
+    "T1+C": _Weighting(
+        {
+            "air": 0,
+            "scalp": 1700,
+            "skull": 80,
+            "grey": 700,
+            "white": 950,
+            "csf": 250,
+            "lesion": 1900,
+            "vessel": 1600,
+        },
+        (900, 1800),
+        ("SE", 500, 12),
+        contrast_agent="Gadotérate de méglumine",
+    ),
+}
+# (tissue, semi-axes a b c, centre x y z, rotation about z in degrees), painted in order: the
+# first two and the ventricles follow the 3D Shepp–Logan phantom (x: left-right, y: anterior at
+# the top of the image, z: towards the vertex, in half-fields of view).
+_HEAD: tuple[tuple[str, float, float, float, float, float, float, float], ...] = (
+    ("scalp", 0.74, 0.97, 0.86, 0, 0, 0, 0),
+    ("skull", 0.70, 0.93, 0.82, 0, 0, 0, 0),
+    ("csf", 0.645, 0.865, 0.77, 0, -0.0184, 0, 0),  # the subarachnoid space
+    ("cortex", 0.635, 0.852, 0.76, 0, -0.0184, 0, 0),  # grey matter, with sulci
+    ("white", 0.585, 0.80, 0.70, 0, -0.0184, 0, 0),  # with gyri
+    ("grey", 0.08, 0.13, 0.15, 0.25, 0.0, 0.05, 0),  # deep grey nuclei
+    ("grey", 0.08, 0.13, 0.15, -0.25, 0.0, 0.05, 0),
+    ("csf", 0.09, 0.31, 0.22, 0.1, -0.05, 0.12, -10),  # lateral ventricles
+    ("csf", 0.09, 0.31, 0.22, -0.1, -0.05, 0.12, 10),
+    ("csf", 0.015, 0.06, 0.1, 0, 0.1, 0.03, 0),  # third ventricle
+    ("scalp", 0.2, 0.14, 0.13, 0.3, -0.8, -0.32, 0),  # orbits (fat) and eyes
+    ("scalp", 0.2, 0.14, 0.13, -0.3, -0.8, -0.32, 0),
+    ("csf", 0.11, 0.11, 0.11, 0.3, -0.83, -0.32, 0),
+    ("csf", 0.11, 0.11, 0.11, -0.3, -0.83, -0.32, 0),
+    ("vessel", 0.035, 0.035, 0.6, 0, 0.86, 0.1, 0),  # superior sagittal sinus
+    ("lesion", 0.15, 0.13, 0.16, -0.4, -0.45, 0.2, 0),  # right frontal (left of the image)
+)
+# The midline fissure (CSF) between the hemispheres, |x| under this, in front and behind.
+_FISSURE = 0.012
+_GYRI = 18  # folds around the brain's circumference
 
 
 def _uid(root: str, *parts: str) -> str:
@@ -74,6 +188,47 @@ class _Phantom:
         self.x = (x - columns / 2) / (columns / 2)
         # Integer noise frames, rolled per slice: realistic entropy without a RNG call per image.
         self.noise = rng.normal(0.0, 12.0, size=(4, rows, columns)).astype(np.int16)
+
+    def head_slice(self, z: float, weighting: _Weighting, offset: float) -> npt.NDArray[np.uint16]:
+        """An axial section of the head at height `z` (half-fields of view, towards the
+        vertex): each tissue at its value in `weighting`, edges softened as partial volume
+        does, plus noise."""
+        x, y = self.x, self.y
+        values = weighting.values
+        img = np.full(x.shape, values["air"], dtype=np.float32)
+        brain = np.zeros(x.shape, dtype=bool)
+        for tissue, a, b, c, x0, y0, z0, angle in _HEAD:
+            dz = (z - z0) / c
+            if dz * dz >= 1.0:
+                continue
+            cos, sin = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+            u, v = ((x - x0) * cos + (y - y0) * sin) / a, ((y - y0) * cos - (x - x0) * sin) / b
+            radius = np.sqrt(u * u + v * v + dz * dz)
+            inside = radius <= 1.0
+            if tissue in ("cortex", "white"):
+                # Folds, irregular and shifting from slice to slice: g = 1 on a gyrus' crown,
+                # -1 at the depth of a sulcus; depths measured in this section's own ellipse.
+                theta = np.arctan2(v, u)
+                g = np.cos(_GYRI * theta + 2.5 * np.sin(5.0 * theta + 3.0 * z) + 6.0 * z)
+                in_plane = np.sqrt(u * u + v * v) / np.sqrt(1.0 - dz * dz)
+                if tissue == "white":
+                    inside &= in_plane <= 1.0 - 0.14 * (1.0 - g) / 2.0
+                else:
+                    brain = inside
+            img[inside] = values["grey" if tissue == "cortex" else tissue]
+            if tissue == "cortex":
+                img[inside & (g < -0.8) & (in_plane > 0.86)] = values["csf"]  # sulci
+            if tissue == "white":  # the fissure between the hemispheres
+                img[brain & (np.abs(x) < _FISSURE) & ((y < -0.3) | (y > 0.42))] = values["csf"]
+        # Partial volume: a 3x3 box blur of the sharp tissue map.
+        padded = np.pad(img, 1, mode="edge")
+        rows, columns = img.shape
+        blurred = np.zeros_like(img)
+        for i in range(3):
+            for j in range(3):
+                blurred += padded[i : i + rows, j : j + columns]
+        ct = not weighting.sequence[0]
+        return self._finish(blurred / 9.0 + offset, z, 4095, noise_scale=0.3 if ct else 1.0)
 
     def ct_slice(self, z: float) -> npt.NDArray[np.uint16]:
         """HU + 1024 (RescaleIntercept -1024): air, soft tissue body, lungs, a spine-like bone."""
@@ -111,10 +266,16 @@ class _Phantom:
         return self._finish(img, z, 4095)
 
     def _finish(
-        self, img: npt.NDArray[np.floating[Any]], z: float, max_value: int
+        self,
+        img: npt.NDArray[np.floating[Any]],
+        z: float,
+        max_value: int,
+        noise_scale: float = 1.0,  # CT of the brain: ~4 HU, not the body's 12
     ) -> npt.NDArray[np.uint16]:
         k = int(abs(z) * 1000)
         noise = np.roll(self.noise[k % len(self.noise)], shift=k % 97, axis=1)
+        if noise_scale != 1.0:
+            noise = (noise * noise_scale).astype(np.int16)
         out = img.astype(np.int32) + noise
         clipped: npt.NDArray[np.uint16] = np.clip(out, 0, max_value).astype(np.uint16)
         return clipped
@@ -174,6 +335,14 @@ def generate_study(
             )
         if spec.count < 1:
             raise ValueError(f"series {spec.description!r} needs at least one instance")
+        if spec.weighting and (
+            spec.weighting not in HEAD_WEIGHTINGS
+            or (spec.modality == "CT") != spec.weighting.startswith("CT")
+        ):
+            raise ValueError(
+                f"weighting {spec.weighting!r} does not fit a {spec.modality} series "
+                f"(choose among {', '.join(HEAD_WEIGHTINGS)})"
+            )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     phantom = _Phantom(rows, columns, seed=len(study_uid))
@@ -296,6 +465,8 @@ def _add_modality_attributes(
     count = spec.count
     # z in [-1, 1] along the volume: drives the phantom's shape so slices differ.
     z = 0.0 if count == 1 else 2.0 * index / (count - 1) - 1.0
+    if spec.weighting:
+        return _head_attributes(ds, spec, z, phantom, frame_uid, rows, columns)
     if spec.modality in ("CT", "MR"):
         thickness = 1.25 if spec.modality == "CT" else 4.0
         spacing = 350.0 / columns if spec.modality == "CT" else 230.0 / columns
@@ -375,6 +546,65 @@ def _add_modality_attributes(
     anatomy.CodeMeaning = "Thorax"
     ds.AnatomicRegionSequence = [anatomy]
     return phantom.projection(z)
+
+
+# The head stack, from the skull base to the vertex (half-fields of view, see `_HEAD`).
+_HEAD_Z = (-0.45, 0.72)
+_HEAD_FOV_MM = 220.0
+
+
+def _head_attributes(
+    ds: Dataset,
+    spec: SeriesSpec,
+    z: float,
+    phantom: _Phantom,
+    frame_uid: str,
+    rows: int,
+    columns: int,
+) -> npt.NDArray[np.uint16]:
+    """An axial section of the head phantom, with the geometry and the acquisition attributes
+    of its weighting; CT and MR of one patient share one anatomy (same phantom, same field)."""
+    weighting = HEAD_WEIGHTINGS[spec.weighting]
+    level = _HEAD_Z[1] - (z + 1.0) / 2.0 * (_HEAD_Z[1] - _HEAD_Z[0])  # from the vertex down
+    half_fov = _HEAD_FOV_MM / 2.0
+    thickness = (_HEAD_Z[1] - _HEAD_Z[0]) * half_fov / max(spec.count - 1, 1)
+    spacing = _HEAD_FOV_MM / columns
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = ""
+    ds.PatientPosition = "HFS"
+    ds.BodyPartExamined = spec.body_part or "HEAD"  # unpaired: no Laterality
+    ds.SliceThickness = round(thickness, 3)
+    ds.PixelSpacing = [round(spacing, 6), round(spacing, 6)]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    height = round(level * half_fov, 3)  # patient z (LPS): towards the head is positive
+    ds.ImagePositionPatient = [round(-spacing * columns / 2, 3), round(-spacing * rows / 2, 3),
+                               height]  # fmt: skip
+    ds.SliceLocation = height
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.WindowCenter, ds.WindowWidth = weighting.window
+    if weighting.contrast_agent:
+        ds.ContrastBolusAgent = weighting.contrast_agent
+    if spec.modality == "CT":
+        ds.KVP = 120
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        if spec.weighting == "CT bone":
+            ds.ConvolutionKernel = "BONE"
+        return phantom.head_slice(level, weighting, 1024.0)
+    sequence, repetition, echo = weighting.sequence
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+    ds.ScanningSequence = sequence
+    ds.SequenceVariant = "SK" if sequence == "IR" else "NONE"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "2D"
+    ds.RepetitionTime = repetition
+    ds.EchoTime = echo
+    if weighting.inversion_ms:
+        ds.InversionTime = weighting.inversion_ms
+    ds.EchoTrainLength = 1 if sequence == "SE" and repetition < 1000 else 16
+    ds.MagneticFieldStrength = 1.5
+    return phantom.head_slice(level, weighting, 0.0)
 
 
 def generate_study_for_report(

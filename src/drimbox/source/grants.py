@@ -26,6 +26,9 @@ from drimbox.db.models import ConsoExam, ConsoLaunch, ReportState
 from drimbox.dicom.kos import manifest_from_bytes
 
 PUBLISHED = ReportState.PUBLISHED.value
+# What this site's own viewer shows: published KOS, and those kept off the DMP (DESTDMP=N) whose
+# report still carries the viewer link. Peers only ever get published ones.
+VIEWABLE = (PUBLISHED, ReportState.NOT_FOR_DMP.value)
 
 
 def session_hash(session_id: str) -> str:
@@ -149,7 +152,7 @@ class Grants:
         with self.db.session() as session:
             row = session.execute(
                 select(Report.kos_sop_uid, Report.kos)
-                .where(Report.study_uid == study_uid, Report.state == PUBLISHED)
+                .where(Report.study_uid == study_uid, Report.state.in_(VIEWABLE))
                 .order_by(Report.id.desc())
                 .limit(1)
             ).first()
@@ -201,11 +204,12 @@ class Grants:
         return local is None
 
     def iid_report_published(self, study_uid: str, accession: str, document_id: str) -> bool:
-        """IHE IID: the study was published with that report (document id and accession)."""
+        """IHE IID: the study was published with that report (document id and accession), or
+        kept off the DMP by DESTDMP=N — the report's link still shows its images."""
         with self.db.session() as session:
             rows = session.execute(
                 select(Report.document_id, Report.accession).where(
-                    Report.study_uid == study_uid, Report.state == PUBLISHED
+                    Report.study_uid == study_uid, Report.state.in_(VIEWABLE)
                 )
             ).all()
         return any(

@@ -16,9 +16,18 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
+from drimbox.failpoints import failpoint
 from drimbox.hl7.message import HL7Error, ReportMessage, build_ack, parse_report_message
+from drimbox.source.lifecycle import (
+    MODIF_CONF_CODE,
+    PUBLISHING_KINDS,
+    confidentiality_of,
+    latest_published,
+    reopen,
+)
 from drimbox.source.outbox import DELETE, enqueue
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,8 @@ class ReportIntake:
             )
             ack = build_ack(text, "AE", str(storage_error), error=storage_error)
             return IntakeResult(ack, "AE", None, None)
+        # Committed, not yet answered: a crash here makes the RIS re-send a stored message.
+        failpoint("intake:after-commit")
         ack = build_ack(text, "AA", "Message enregistré")
         log.info(
             "HL7 %s from %s stored: report %s%s",
@@ -150,7 +161,7 @@ class ReportIntake:
                     select(Report.id).where(Report.version_key == version_key)
                 )
             if duplicate_of is not None:
-                row.error = f"doublon du compte rendu n°{duplicate_of} : non remis en file"
+                row.error = _resent(session, message, document_id, duplicate_of)
                 return row.id, None, duplicate_of
             state = (
                 ReportState.WITHDRAWAL_RECEIVED
@@ -160,42 +171,106 @@ class ReportIntake:
             accession = (
                 report.accession_number.extension if report and report.accession_number else ""
             )
-            entry = Report(
-                message_id=row.id,
-                received_at=now,
-                updated_at=now,
-                kind=message.kind,
-                patient_ins=message.patient_ins or (report.patient.ins if report else ""),
-                patient_ins_oid=message.patient_ins_oid
-                or (report.patient.ins_oid if report else ""),
-                patient_ipp=message.patient_ipp or "",
-                study_uid=report.study_instance_uid
+            studies = (
+                (report.study_instance_uids or (report.study_instance_uid,))
                 if report
-                else (message.study_instance_uid or ""),
-                accession=accession or (message.accession_number or ""),
-                document_id=document_id,
-                version_key=version_key,
-                set_id=_ii(report.set_id) if report else "",
-                version_number=report.version_number if report else None,
-                replaced_document_id=(
-                    _ii(report.replaced_document_id)
-                    if report and report.replaced_document_id
-                    else (message.replaced_document_id or "")
-                ),
-                flags=dict(message.flags),
-                cda=message.cda_xml,
-                state=state.value,
-                attempts=0,
-                next_attempt_at=now,
+                else (message.study_instance_uid or "",)
             )
-            session.add(entry)
-            session.flush()
-            if state == ReportState.WITHDRAWAL_RECEIVED:
-                enqueue(session, entry, DELETE)
-            return row.id, entry.id, None
+            entries: list[Report] = []
+            # A report covering several studies gives one row — hence one KOS — per study.
+            for study_uid in studies:
+                entry = Report(
+                    message_id=row.id,
+                    received_at=now,
+                    updated_at=now,
+                    kind=message.kind,
+                    patient_ins=message.patient_ins or (report.patient.ins if report else ""),
+                    patient_ins_oid=message.patient_ins_oid
+                    or (report.patient.ins_oid if report else ""),
+                    patient_ipp=message.patient_ipp or "",
+                    study_uid=study_uid,
+                    accession=accession or (message.accession_number or ""),
+                    document_id=document_id,
+                    version_key=_study_key(version_key, len(entries)),
+                    set_id=identifier_text(report.set_id) if report else "",
+                    version_number=report.version_number if report else None,
+                    document_time=report.effective_time if report else None,
+                    replaced_document_id=(
+                        identifier_text(report.replaced_document_id)
+                        if report and report.replaced_document_id
+                        else (message.replaced_document_id or "")
+                    ),
+                    flags=dict(message.flags),
+                    cda=message.cda_xml,
+                    state=state.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                )
+                session.add(entry)
+                session.flush()
+                entries.append(entry)
+                if state == ReportState.WITHDRAWAL_RECEIVED:
+                    enqueue(session, entry, DELETE)
+                if message.kind == "exam_update":
+                    _exam_update(session, entry)
+            return row.id, entries[0].id, None
 
 
-def _ii(identifier: object) -> str:
+def _study_key(version_key: str | None, index: int) -> str | None:
+    """The unique key of the row of a report version's `index`-th study: the version's own key
+    for the first (so that a re-send on another node collides with it), suffixed for the next."""
+    if version_key is None or index == 0:
+        return version_key
+    return f"{version_key[:150]}#{index}"
+
+
+def _resent(session: Session, message: ReportMessage, document_id: str, first: int) -> str:
+    """A report version received again: not queued twice — unless MODIF_CONF_CODE=Y changes its
+    confidentiality, which re-issues its KOS with the new flags (RPLC of the published one)."""
+    rows = session.scalars(
+        select(Report)
+        .where(Report.document_id == document_id, Report.kind.in_(PUBLISHING_KINDS))
+        .order_by(Report.id.desc())
+    ).all()
+    latest: dict[str, Report] = {}
+    for candidate in rows:
+        latest.setdefault(candidate.study_uid, candidate)
+    changed = [
+        r
+        for r in latest.values()
+        if confidentiality_of(r.flags) != confidentiality_of(message.flags)
+    ]
+    if message.flags.get(MODIF_CONF_CODE) is not True or not changed:
+        return f"doublon du compte rendu n°{first} : non remis en file"
+    for previous in changed:
+        again = reopen(
+            session, previous, "confidentiality", "confidentialité modifiée (MODIF_CONF_CODE=Y)"
+        )
+        again.flags = dict(message.flags)
+    return f"confidentialité du compte rendu n°{first} modifiée : KOS republié"
+
+
+def _exam_update(session: Session, entry: Report) -> None:
+    """OMI^O23 exam update: the exam's published KOS is rebuilt from what the PACS holds now."""
+    entry.state = ReportState.APPLIED.value
+    latest = latest_published(session, entry.study_uid) if entry.study_uid else None
+    if latest is None and entry.accession:
+        latest = session.scalars(
+            select(Report)
+            .where(Report.accession == entry.accession)
+            .where(Report.state == ReportState.PUBLISHED.value)
+            .order_by(Report.id.desc())
+            .limit(1)
+        ).first()
+    if latest is None:
+        entry.reason = "aucun KOS publié pour cet examen : rien à mettre à jour"
+        return
+    again = reopen(session, latest, "exam_update", f"examen modifié (message n°{entry.id})")
+    entry.study_uid = latest.study_uid
+    entry.reason = f"examen relu dans le PACS : compte rendu n°{again.id}"
+
+
+def identifier_text(identifier: object) -> str:
     root = getattr(identifier, "root", "")
     extension = getattr(identifier, "extension", "")
     return f"{root}^{extension}" if extension else str(root)
@@ -203,7 +278,7 @@ def _ii(identifier: object) -> str:
 
 def _document_id(message: ReportMessage) -> str:
     if message.report is not None:
-        return _ii(message.report.document_id)
+        return identifier_text(message.report.document_id)
     return message.document_id or ""
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 
 from pydicom import Dataset
-from sqlalchemy import select
 
-from drimbox.db import Database, Report, ReportState, utcnow
+from drimbox.db import Database
 from drimbox.dicom.scp import ReceivedInstance
+from drimbox.source.lifecycle import latest_published, reopen
 from drimbox.trust import audit
 
 log = logging.getLogger(__name__)
@@ -59,43 +59,14 @@ def handle_rejection_note(db: Database, dataset: Dataset, *, sender: str = "") -
     if code is None:
         return []
     reopened: list[int] = []
-    now = utcnow()
     for study_uid in rejected_studies(dataset):
         with db.session() as session:
-            latest = session.scalars(
-                select(Report)
-                .where(Report.study_uid == study_uid)
-                .where(Report.state == ReportState.PUBLISHED.value)
-                .order_by(Report.id.desc())
-                .limit(1)
-            ).first()
+            latest = latest_published(session, study_uid)
             if latest is None:
                 log.info("IOCM %s for study %s: no published KOS, nothing to do", code, study_uid)
                 continue
-            again = Report(
-                message_id=None,
-                received_at=now,
-                updated_at=now,
-                kind="iocm",
-                patient_ins=latest.patient_ins,
-                patient_ins_oid=latest.patient_ins_oid,
-                patient_ipp=latest.patient_ipp,
-                study_uid=study_uid,
-                accession=latest.accession,
-                document_id=latest.document_id,
-                set_id=latest.set_id,
-                version_number=latest.version_number,
-                replaced_document_id=latest.document_id,
-                flags=dict(latest.flags),
-                cda=latest.cda,
-                state=ReportState.RECEIVED.value,
-                reason=f"images rejetées par le PACS ({code} {REJECTION_CODES[code]})",
-                attempts=0,
-                next_attempt_at=now,
-            )
-            session.add(again)
-            session.flush()
-            reopened.append(again.id)
+            reason = f"images rejetées par le PACS ({code} {REJECTION_CODES[code]})"
+            reopened.append(reopen(session, latest, "iocm", reason).id)
             patient = latest.patient_ins
         audit.record(
             db,

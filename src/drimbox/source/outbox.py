@@ -26,6 +26,12 @@ from drimbox.db import Database, DmpJob, JobState, Report, ReportState, utcnow
 from drimbox.db.leases import LeasedWorker, backoff
 from drimbox.failpoints import failpoint
 from drimbox.metrics import NodeMetrics
+from drimbox.source.lifecycle import (
+    PUBLISHING_KINDS,
+    flags_for_publication,
+    newer_version,
+    next_recheck,
+)
 from drimbox.trust import audit
 
 log = logging.getLogger(__name__)
@@ -213,9 +219,19 @@ class DmpPublisher(LeasedWorker):
             assert row is not None
             if row.kos is None or row.kos_sop_uid is None or row.cda is None:
                 return JobResult(JobState.PARKED, "aucun KOS construit pour ce compte rendu")
-            kos, kos_uid, cda, flags = row.kos, row.kos_sop_uid, row.cda, dict(row.flags)
+            newer = newer_version(session, row)
+            if newer is not None:
+                row.state = ReportState.SUPERSEDED.value
+                row.reason = (
+                    f"version {row.version_number} dépassée par la version "
+                    f"{newer.version_number} (compte rendu n°{newer.id}) : jamais publiée"
+                )
+                return JobResult(JobState.DONE, row.reason)
+            kos, kos_uid, cda, study = row.kos, row.kos_sop_uid, row.cda, row.study_uid
             previous = self._previous_published(session, row)
-        report = parse_report(cda)
+            before = session.get(Report, previous[0]) if previous else None
+            flags = flags_for_publication(row.flags, before.flags if before else None)
+        report = parse_report(cda, study or None)
         already = port.find(report, kos_uid)
         if already is not None and already.status == "Approved":
             superseded = previous if previous is not None and previous[1] != kos_uid else None
@@ -250,7 +266,7 @@ class DmpPublisher(LeasedWorker):
         others = session.scalars(
             select(Report)
             .where(Report.study_uid == row.study_uid, Report.id < row.id)
-            .where(Report.kind.in_(("publish", "update", "iocm")))
+            .where(Report.kind.in_(PUBLISHING_KINDS))
             .order_by(Report.id.desc())
         ).all()
         for other in others:
@@ -272,14 +288,24 @@ class DmpPublisher(LeasedWorker):
             row.dmp_entry_uuid = entry_uuid
             row.published_at = now
             row.updated_at = now
+            row.recheck_at = next_recheck(
+                self.config.source.images_recheck_s, row.rechecks_done, now
+            )
             job = session.get(DmpJob, job_id)
             assert job is not None
             job.entry_uuid = entry_uuid
             if previous is not None:
-                old = session.get(Report, previous[0])
-                if old is not None:
+                # Every report row sharing the replaced KOS (several reports of one exam).
+                for old in session.scalars(
+                    select(Report).where(
+                        Report.kos_sop_uid == previous[1],
+                        Report.state == ReportState.PUBLISHED.value,
+                        Report.id != report_id,
+                    )
+                ):
                     old.state = ReportState.REPLACED.value
                     old.reason = f"remplacé par le compte rendu n°{report_id}"
+                    old.recheck_at = None
                     old.updated_at = now
 
     def _withdraw(self, port: DmpPort, job_id: int, report_id: int) -> JobResult:
@@ -289,20 +315,20 @@ class DmpPublisher(LeasedWorker):
             targets = session.scalars(
                 select(Report)
                 .where(Report.study_uid == withdrawal.study_uid, Report.id < withdrawal.id)
-                .where(Report.kind.in_(("publish", "update", "iocm")))
+                .where(Report.kind.in_(PUBLISHING_KINDS))
             ).all()
             pending = [t.id for t in targets if t.state in PENDING_REPORT_STATES]
             if pending:
                 raise _Wait(f"attend la fin du traitement du compte rendu n°{pending[0]}")
             published = [
-                (t.id, t.kos_sop_uid, t.cda)
+                (t.id, t.kos_sop_uid, t.cda, t.study_uid)
                 for t in targets
                 if t.state == ReportState.PUBLISHED.value and t.kos_sop_uid and t.cda
             ]
         deleted = []
-        for target_id, kos_uid, cda in published:
+        for target_id, kos_uid, cda, study in published:
             assert kos_uid is not None and cda is not None
-            report = parse_report(cda)
+            report = parse_report(cda, study or None)
             entry = port.find(report, kos_uid)
             if entry is not None and entry.status != "Deleted":
                 failpoint("delete:before-send")
@@ -318,9 +344,14 @@ class DmpPublisher(LeasedWorker):
                 target.updated_at = now
             withdrawal = session.get(Report, report_id)
             assert withdrawal is not None
-            withdrawal.state = ReportState.APPLIED.value
-            withdrawal.reason = (
-                None if deleted else "aucun KOS publié pour cet examen : rien à dépublier"
-            )
+            if withdrawal.state == ReportState.NOT_FOR_DMP.value:
+                # DESTDMP=N after a publication: the report keeps its own state.
+                withdrawal.state = ReportState.NOT_FOR_DMP.value
+                withdrawal.reason = "non destiné au DMP (DESTDMP=N) : KOS retiré du DMP"
+            else:
+                withdrawal.state = ReportState.APPLIED.value
+                withdrawal.reason = (
+                    None if deleted else "aucun KOS publié pour cet examen : rien à dépublier"
+                )
             withdrawal.updated_at = now
         return JobResult(JobState.DONE)

@@ -13,13 +13,28 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydicom import Dataset
+from sqlalchemy.orm import Session
 
 from drimbox.cda import CdaError, parse_report
 from drimbox.config import Config
 from drimbox.db import Database, Report, ReportState, aware, utcnow
 from drimbox.db.leases import LeasedWorker, backoff
-from drimbox.dicom.kos import IdentityMismatch, KosError, KosSite, build_manifest, manifest_to_bytes
+from drimbox.dicom.kos import (
+    IdentityMismatch,
+    KosError,
+    KosSite,
+    build_manifest,
+    manifest_from_bytes,
+    manifest_to_bytes,
+    referenced_instances,
+)
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
+from drimbox.source.lifecycle import (
+    confidentiality_of,
+    latest_published,
+    newer_version,
+    not_for_dmp,
+)
 from drimbox.source.outbox import DELETE, PUBLISH, enqueue
 
 log = logging.getLogger(__name__)
@@ -78,16 +93,26 @@ class ReportPipeline(LeasedWorker):
             if report is None:
                 raise LookupError(report_id)
             cda, received_at, attempts = report.cda, report.received_at, report.attempts
-            kind = report.kind
-        kos: Dataset | None
-        try:
-            outcome, kos = self._build(cda, received_at, attempts, kind)
-        except Exception as exc:
-            log.exception("report %s: unexpected failure", report_id)
-            outcome = Outcome(
-                ReportState.RECEIVED, f"Erreur interne : {exc}", self._backoff(attempts)
+            kind, study_uid = report.kind, report.study_uid
+            newer = newer_version(session, report)
+            superseded = (
+                f"version {report.version_number} reçue après la version "
+                f"{newer.version_number} (compte rendu n°{newer.id}) : jamais publiée"
+                if newer is not None
+                else None
             )
-            kos = None
+        kos: Dataset | None = None
+        if superseded is not None:
+            outcome = Outcome(ReportState.SUPERSEDED, superseded)
+        else:
+            try:
+                variant = f"report-{report_id}" if kind == "confidentiality" else ""
+                outcome, kos = self._build(cda, study_uid, received_at, attempts, kind, variant)
+            except Exception as exc:
+                log.exception("report %s: unexpected failure", report_id)
+                outcome = Outcome(
+                    ReportState.RECEIVED, f"Erreur interne : {exc}", self._backoff(attempts)
+                )
         now = utcnow()
         with self.db.session() as session:
             report = session.get(Report, report_id)
@@ -104,16 +129,7 @@ class ReportPipeline(LeasedWorker):
             if outcome.state == ReportState.WITHDRAWAL_RECEIVED:
                 enqueue(session, report, DELETE)
             if kos is not None:
-                # The publication job is written with the KOS: nothing built is left behind.
-                report.state = ReportState.PUBLISHING.value
-                enqueue(session, report, PUBLISH)
-                report.kos = manifest_to_bytes(kos)
-                report.kos_sop_uid = str(kos.SOPInstanceUID)
-                report.kos_instance_count = sum(
-                    len(series.ReferencedSOPSequence)
-                    for evidence in kos.CurrentRequestedProcedureEvidenceSequence
-                    for series in evidence.ReferencedSeriesSequence
-                )
+                self._built(session, report, kos)
             study = report.study_uid
         # A reason quoting the patient's identity stays in the database (drimbox reports show).
         reason = "(see drimbox reports show)" if outcome.private else outcome.reason or ""
@@ -126,13 +142,52 @@ class ReportPipeline(LeasedWorker):
         )
         return outcome
 
+    def _built(self, session: Session, report: Report, kos: Dataset) -> None:
+        """Record the KOS and decide, in the same transaction, what the DMP gets."""
+        report.kos = manifest_to_bytes(kos)
+        report.kos_sop_uid = str(kos.SOPInstanceUID)
+        instances = referenced_instances(kos)
+        report.kos_instance_count = len(instances)
+        published = latest_published(session, report.study_uid)
+        if not_for_dmp(report.flags):
+            report.state = ReportState.NOT_FOR_DMP.value
+            report.reason = "non destiné au DMP (DESTDMP=N)"
+            if published is not None:
+                # A later DESTDMP=N takes the exam's KOS back out of the DMP.
+                enqueue(session, report, DELETE)
+            return
+        if (
+            published is not None
+            and published.kos is not None
+            and report.kind == "publish"
+            and published.set_id != report.set_id
+            and referenced_instances(manifest_from_bytes(published.kos)) == instances
+            and confidentiality_of(published.flags) == confidentiality_of(report.flags)
+        ):
+            # Another report of the same exam: the exam keeps its one KOS.
+            report.state = ReportState.PUBLISHED.value
+            report.reason = f"KOS de l'examen déjà publié (CR n°{published.id}) : conservé"
+            report.kos, report.kos_sop_uid = published.kos, published.kos_sop_uid
+            report.dmp_entry_uuid = published.dmp_entry_uuid
+            report.published_at = utcnow()
+            return
+        # The publication job is written with the KOS: nothing built is left behind.
+        report.state = ReportState.PUBLISHING.value
+        enqueue(session, report, PUBLISH)
+
     def _build(
-        self, cda: bytes | None, received_at: datetime, attempts: int, kind: str
+        self,
+        cda: bytes | None,
+        study_uid: str,
+        received_at: datetime,
+        attempts: int,
+        kind: str,
+        variant: str = "",
     ) -> tuple[Outcome, Dataset | None]:
         if not cda:
             return Outcome(ReportState.REFUSED, "Aucun CDA dans le message"), None
         try:
-            parsed = parse_report(cda)
+            parsed = parse_report(cda, study_uid or None)
         except CdaError as exc:
             return Outcome(ReportState.REFUSED, f"CDA illisible : {exc}", private=True), None
         try:
@@ -141,7 +196,7 @@ class ReportPipeline(LeasedWorker):
             return Outcome(
                 ReportState.RECEIVED, f"PACS injoignable : {exc}", self._backoff(attempts)
             ), None
-        if (study is None or study.instance_count == 0) and kind == "iocm":
+        if (study is None or study.instance_count == 0) and kind in ("iocm", "exam_update"):
             # Every image of the exam was rejected in the PACS: its KOS must leave the DMP.
             return Outcome(
                 ReportState.WITHDRAWAL_RECEIVED, "plus aucune image dans le PACS : dépublication"
@@ -161,7 +216,7 @@ class ReportPipeline(LeasedWorker):
                 self._backoff(attempts),
             ), None
         try:
-            kos = build_manifest(parsed, study, self.site)
+            kos = build_manifest(parsed, study, self.site, variant=variant)
         except IdentityMismatch as exc:
             reasons = "; ".join(exc.reasons)
             reason = f"Identité incohérente PACS/CR : {reasons}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from drimbox.db import Database, DmpJob, JobState, Report, ReportState, utcnow
+from drimbox.source.lifecycle import not_for_dmp
 from drimbox.source.outbox import DUE as JOB_DUE
 from drimbox.source.pipeline import DUE_STATES
 
@@ -32,11 +33,12 @@ def retry_report(db: Database, report_id: int) -> str:
                 job.attempts = 0
                 job.next_attempt_at = now
                 job.updated_at = now
-            report.state = (
-                ReportState.WITHDRAWAL_RECEIVED.value
-                if report.kind in ("withdraw", "withdraw_exam")
-                else ReportState.PUBLISHING.value
-            )
+            if report.kind in ("withdraw", "withdraw_exam"):
+                report.state = ReportState.WITHDRAWAL_RECEIVED.value
+            elif not_for_dmp(report.flags):
+                report.state = ReportState.NOT_FOR_DMP.value  # its withdrawal job is re-queued
+            else:
+                report.state = ReportState.PUBLISHING.value
             report.reason = "relancé par l'opérateur"
             report.updated_at = now
             return "envoi au DMP remis en file"

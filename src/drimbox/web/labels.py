@@ -12,6 +12,9 @@ REPORT_KINDS: Final = {
     "withdraw": "dépublication",
     "withdraw_exam": "dépublication de l'examen",
     "iocm": "rejet d'images (IOCM)",
+    "exam_update": "examen modifié (OMI)",
+    "recheck": "images tardives",
+    "confidentiality": "confidentialité modifiée",
 }
 REPORT_STATES: Final = {
     "received": "reçu",
@@ -24,6 +27,9 @@ REPORT_STATES: Final = {
     "withdrawn": "dépublié",
     "withdrawal_received": "dépublication reçue",
     "applied": "dépublication faite",
+    "kos_built": "KOS construit",
+    "not_for_dmp": "non destiné au DMP",
+    "superseded": "version dépassée",
 }
 AUDIT_ROLES: Final = {
     "user": "professionnel de santé",

@@ -243,6 +243,7 @@ def entry_view(row: EntryRow, content_url: str) -> dict[str, Any]:
         "type_code": row.type_code,
         "format_code": row.format_code,
         "event_codes": json.loads(row.event_codes),
+        "confidentiality_codes": json.loads(row.confidentiality_codes),
         "reference_ids": json.loads(row.reference_ids),
         "hash": row.hash,
         "size": row.size,

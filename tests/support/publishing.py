@@ -1,0 +1,54 @@
+"""Publishing reports through a running node: studies in Orthanc, reports over MLLP."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from drimbox.db import ReportState
+from drimbox.hl7.message import parse_report_message
+from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.ris import RisClient
+from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from support.node import RunningNode
+
+SERIES = (SeriesSpec("CT", "Crâne", 4), SeriesSpec("CT", "Crâne injecté", 3))
+DONE = {
+    ReportState.PUBLISHED.value,
+    ReportState.PARKED.value,
+    ReportState.REFUSED.value,
+    ReportState.APPLIED.value,
+    ReportState.REPLACED.value,
+    ReportState.WITHDRAWN.value,
+    ReportState.NOT_FOR_DMP.value,
+    ReportState.SUPERSEDED.value,
+}
+
+
+def store_study_for(
+    pacs: LocalOrthanc,
+    tmp_path: Path,
+    message: str,
+    series: tuple[SeriesSpec, ...] = SERIES,
+    study_uid: str | None = None,
+    uid_root: str | None = None,
+) -> list[Path]:
+    """Store in Orthanc a study matching the message's report (or its study `study_uid`);
+    another `uid_root` gives new series and instances (images added later)."""
+    report = parse_report_message(message).report
+    assert report is not None
+    if study_uid is not None:
+        report = replace(report, study_instance_uid=study_uid)
+    folder = tmp_path / f"study-{report.study_instance_uid}-{len(list(tmp_path.iterdir()))}"
+    extra = {"uid_root": uid_root} if uid_root else {}
+    files = generate_study_for_report(folder, report, list(series), rows=32, columns=32, **extra)
+    pacs.store_files(files)
+    return files
+
+
+def send(node: RunningNode, *messages: str) -> list[int]:
+    with RisClient("127.0.0.1", node.hl7_port) as ris:
+        for message in messages:
+            ack = ris.send(message)
+            assert ack.code == "AA", ack.ack
+    return [r.id for r in node.reports()]
