@@ -11,14 +11,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from drimbox.db import Database, ReportState
-from drimbox.hl7.message import parse_report_message
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
-from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from drimbox.trust import audit
 from support.dmp import DmpEnvironment
 from support.node import RunningNode, node_config
-from support.samples import hl7_text
+from support.samples import hl7_text, sample_exam
 from support.tools import require_tool
 
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -87,12 +85,7 @@ def delete_from_pacs(pacs: LocalOrthanc, datasets: list[Dataset]) -> None:
 def test_rejection_notes_replace_then_delete_the_kos(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    report = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
-    assert report is not None
-    files = generate_study_for_report(
-        tmp_path / "study", report, [SeriesSpec("CT", "a", 3), SeriesSpec("CT", "b", 2)],
-        rows=32, columns=32,
-    )  # fmt: skip
+    report, files = sample_exam(tmp_path / "study")
     pacs.store_files(files)
     datasets = [dcmread(f, stop_before_pixels=True) for f in files]
     series_b = [d for d in datasets if d.SeriesNumber == datasets[-1].SeriesNumber]
