@@ -549,7 +549,7 @@ def _add_modality_attributes(
 
 
 # The head stack, from the skull base to the vertex (half-fields of view, see `_HEAD`).
-_HEAD_Z = (-0.45, 0.72)
+_HEAD_Z = (-0.45, 0.62)
 _HEAD_FOV_MM = 220.0
 
 
