@@ -3,8 +3,9 @@
 # mmdebstrap (variant minbase: no python3, no pip, no PostgreSQL, no Node.js, no CA bundle), copies
 # a clean clone of this repository's HEAD into it and, inside a chroot, runs the README's setup,
 # `drimbox selftest` and the demo until its exams are published (`--exit-after`).
-# Needs root and the network (Debian, PyPI and npm registries only); takes tens of minutes, so it
-# stays out of the normal test run. Usage: sudo scripts/check-fresh-install.sh [WORKDIR]
+# Needs root and the network (Debian, PyPI and npm registries only); takes minutes (4 to 16
+# measured, mostly downloads: docs/deploy.md §10.1), so it stays out of the normal test run.
+# Usage: sudo scripts/check-fresh-install.sh [WORKDIR]
 # WORKDIR defaults to var/fresh-debian; its rootfs is rebuilt from scratch on every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -85,6 +85,74 @@ def test_reports_list_says_when_it_truncates_and_pages(tmp_path: Path) -> None:
     assert "2 sur 5" in table.output and "--offset 2" in table.output
 
 
+def test_db_upgrade_creates_then_migrates_the_schema_keeping_the_data(database_url: str) -> None:
+    """`drimbox db upgrade` on an empty database and on one left at an older revision (0007,
+    before the report version key): both end at the head, the old rows kept and migrated."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import inspect, select, text
+
+    from drimbox.db.engine import _alembic_config
+
+    runner = CliRunner()
+    env = {"DRIMBOX_STORE__DATABASE_URL": database_url}
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    db = Database(database_url)
+    try:
+        alembic_config = _alembic_config()
+        with db.engine.begin() as connection:
+            alembic_config.attributes["connection"] = connection
+            command.upgrade(alembic_config, "0007")
+            connection.execute(text(
+                "INSERT INTO hl7_messages (received_at, peer, control_id, message_type, "
+                "size_bytes, raw, ack_code) VALUES (:at, 'ris', 'MSG1', 'ORU^R01', 1, :raw, 'AA')"
+            ), {"at": utcnow(), "raw": b"x"})  # fmt: skip
+            message_id = connection.execute(text("SELECT id FROM hl7_messages")).scalar()
+            connection.execute(text(
+                "INSERT INTO reports (message_id, received_at, updated_at, kind, patient_ins, "
+                "patient_ins_oid, patient_ipp, study_uid, accession, document_id, set_id, "
+                "replaced_document_id, flags, state, attempts) VALUES (:m, :at, :at, 'publish', "
+                "'1', '1.2', '', '1.2.3', 'A1', '1.2.3.4', '', '', '{}', 'published', 1)"
+            ), {"m": message_id, "at": utcnow()})  # fmt: skip
+        assert "version_key" not in {c["name"] for c in inspect(db.engine).get_columns("reports")}
+        for _ in range(2):  # the second run finds nothing to do
+            result = runner.invoke(app, ["db", "upgrade"], env=env)
+            assert result.exit_code == 0, result.output
+            assert "Schéma à jour" in result.output
+        with db.engine.connect() as connection:
+            version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        assert version == head
+        with db.session() as session:
+            report = session.scalars(select(Report)).one()
+        assert report.document_id == "1.2.3.4" and report.version_key == "publish|1.2.3.4"
+    finally:
+        db.dispose()
+
+
+def test_pacs_echo_answers_in_french(orthanc: Any, tmp_path: Path) -> None:
+    """C-ECHO to the real Orthanc; then to a port nobody listens on: exit 1, a French reason."""
+    from drimbox.sim.ports import free_port
+
+    runner = CliRunner()
+    env = {
+        "DRIMBOX_PACS__HOST": "127.0.0.1",
+        "DRIMBOX_PACS__PORT": str(orthanc.dicom_port),
+        "DRIMBOX_PACS__CALLED_AET": orthanc.aet,
+        "DRIMBOX_PACS__TIMEOUT_S": "5",
+        "COLUMNS": "200",
+    }
+    ok = runner.invoke(app, ["pacs", "echo"], env=env)
+    assert ok.exit_code == 0, ok.output
+    assert "PACS joignable" in ok.output and orthanc.aet in ok.output
+    down = runner.invoke(app, ["pacs", "echo"], env=env | {"DRIMBOX_PACS__PORT": str(free_port())})
+    assert down.exit_code == 1, down.output
+    assert "injoignable" in down.output and "aucune connexion TCP" in down.output
+    assert "Traceback" not in down.output
+    wrong_aet = runner.invoke(app, ["pacs", "echo"], env=env | {"DRIMBOX_PACS__CALLED_AET": "NOPE"})
+    assert wrong_aet.exit_code == 1, wrong_aet.output
+    assert "PACS NOPE@" in wrong_aet.output and "PACS joignable" not in wrong_aet.output
+
+
 def test_reports_in_paris_time_and_french_figures(tmp_path: Path) -> None:
     """The CLI shows the zone the web shows (Paris), with its offset, and French numbers."""
     url = f"sqlite:///{tmp_path / 'node.db'}"

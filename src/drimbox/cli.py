@@ -149,6 +149,26 @@ def db_upgrade(config: ConfigOption = None) -> None:
     console.print(f"[green]Schéma à jour[/] : {cfg.store.database_url}")
 
 
+@db_app.command("grant-node")
+def db_grant_node(
+    role: Annotated[str, typer.Argument(help="Rôle PostgreSQL sous lequel tourne le nœud.")],
+    config: ConfigOption = None,
+) -> None:
+    """Donne au rôle du nœud ses droits sur les données, sans pouvoir réécrire la piste d'audit
+    (PostgreSQL ; à lancer avec le rôle propriétaire du schéma, après `db upgrade`)."""
+    from drimbox.db.roles import RoleError, grant_node_role
+
+    cfg = _load(config)
+    db = Database(cfg.store.database_url)
+    try:
+        grant_node_role(db, role)
+    except RoleError as exc:
+        fail(str(exc))
+    finally:
+        db.dispose()
+    console.print(f"[green]Droits accordés[/] au rôle {role}", highlight=False)
+
+
 @db_app.command("backup")
 def db_backup(
     output: Annotated[Path, typer.Option("--output", "-o", help="Fichier de sauvegarde.")],

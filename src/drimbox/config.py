@@ -169,6 +169,12 @@ class PacsConfig(_Section):
     scp_port: int = Field(
         11112, ge=0, le=65535, description="Port du SCP DICOM de la DRIMbox (C-STORE, IOCM)."
     )
+    scp_senders: list[str] = Field(
+        default_factory=list,
+        description="AE Titles autorisés à envoyer au SCP de la DRIMbox, en plus de celui du "
+        "PACS (called_aet) ; toute autre association est refusée (une note de rejet IOCM "
+        "retire un KOS du DMP).",
+    )
     retrieve: Literal["wado-rs", "c-get", "c-move"] = Field(
         "c-get",
         description="Méthode de récupération des images : c-get, c-move, ou wado-rs (de loin la "
@@ -192,9 +198,22 @@ class PacsConfig(_Section):
     @field_validator("called_aet", "calling_aet")
     @classmethod
     def _aet(cls, value: str) -> str:
-        if not value.strip() or "\\" in value:
-            raise ValueError("AE Title vide ou invalide")
-        return value
+        return _ae_title(value)
+
+    @field_validator("scp_senders")
+    @classmethod
+    def _aets(cls, values: list[str]) -> list[str]:
+        return [_ae_title(value) for value in values]
+
+    def scp_calling_aets(self) -> list[str]:
+        """Who may open an association to the box's SCP: the PACS, and `scp_senders`."""
+        return [self.called_aet, *self.scp_senders]
+
+
+def _ae_title(value: str) -> str:
+    if not value.strip() or "\\" in value or len(value) > 16:
+        raise ValueError("AE Title vide ou invalide")
+    return value
 
 
 class ConsoConfig(_Section):

@@ -2,8 +2,9 @@
 safety and what the operator sees.
 
 `failpoint("publish:after-send")` does nothing unless the environment variable
-`DRIMBOX_FAILPOINTS` names it (comma-separated); then the process sends itself SIGKILL, exactly
-as a power cut or the OOM killer would. `name=stall` instead blocks the calling thread for good,
+`DRIMBOX_FAILPOINTS` names it (comma-separated); then the process sends itself SIGKILL, as the
+OOM killer or `kill -9` would (not a power cut: the kernel's page cache survives, see
+docs/reliability.md). `name=stall` instead blocks the calling thread for good,
 as a call that never returns would (the node's other threads go on: its leases are renewed).
 Production configurations never set the variable.
 """

@@ -71,6 +71,7 @@ class Node:
                 self.config.pacs.calling_aet,
                 self.config.pacs.scp_host,
                 self.config.pacs.scp_port,
+                senders=self.config.pacs.scp_calling_aets(),
             )
             self.scp.add_handler(IocmStoreHandler(self.db))
             await asyncio.to_thread(self.scp.start)

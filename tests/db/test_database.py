@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 from drimbox.config import load_config
 from drimbox.db import Database, Report
@@ -51,3 +52,20 @@ def test_concurrent_workers_never_claim_the_same_report(database: Database) -> N
     assert len(claimed) == 40
     # Claimed reports are leased: nothing is due any more.
     assert ReportPipeline(config, database).claim_next() is None
+
+
+def test_sqlite_connections_are_durable_wal_with_full_sync(tmp_path: Path) -> None:
+    """The AA promise rests on these: every connection the node opens (pooled or new) runs in
+    WAL mode with synchronous=FULL, so a committed transaction is on disk before the ACK."""
+    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    db.upgrade()
+    try:
+        for _ in range(2):  # a pooled connection and a fresh one
+            with db.engine.connect() as connection:
+                assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+                assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+            db.engine.dispose()
+        with db.session() as session:
+            assert session.execute(text("PRAGMA synchronous")).scalar() == 2
+    finally:
+        db.dispose()

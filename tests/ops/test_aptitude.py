@@ -25,7 +25,6 @@ from drimbox.cli import app
 from drimbox.config import Config, load_config
 from drimbox.demo import DemoPorts, Trust, make_trust, site_config
 from drimbox.french import french_datetime
-from drimbox.hl7.message import parse_report_message
 from drimbox.ops.aptitude import AptitudeReport, run_aptitude
 from drimbox.ops.report import render_html
 from drimbox.ops.speedtest import SpeedResult, record
@@ -36,9 +35,8 @@ from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.pki import Issued, TestPki
 from drimbox.sim.ports import free_port
 from drimbox.sim.psc import LocalPsc
-from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from support.node import RunningNode
-from support.samples import hl7_text
+from support.samples import sample_exam
 from support.tools import chromium
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,12 +62,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     trust = make_trust(folder / "pki")
     c = trust.certs
     assert c.server.cert_path and c.server.key_path and c.ca.cert_path
-    report = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
-    assert report is not None
-    files = generate_study_for_report(
-        folder / "study", report, [SeriesSpec("CT", "a", 3), SeriesSpec("CT", "b", 2)],
-        rows=32, columns=32,
-    )  # fmt: skip
+    files = sample_exam(folder / "study")[1]
     dmp_settings = DmpSimSettings(
         database_path=folder / "dmp.db", trusted_vihf_certs=[c.ca.cert_pem],
         tls_cert=c.server.cert_path, tls_key=c.server.key_path, client_ca=c.ca.cert_path,

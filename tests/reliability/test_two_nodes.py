@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -20,11 +19,17 @@ from sqlalchemy import func, select
 from drimbox.db import AuditEvent, Database, DmpJob, Hl7Message, Report, ReportState
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
-from support.cluster import Cluster, running_cluster, store_exams
+from support.cluster import (
+    Cluster,
+    RisSenders,
+    count,
+    running_cluster,
+    source_environ,
+    store_exams,
+    wait_until,
+)
 from support.dmp import DmpEnvironment
-from support.node import node_config
 from support.postgres import TemporaryPostgres
-from support.process import config_environ
 from support.samples import exam_variant, hl7_text, report_variant
 
 REPORTS = int(os.environ.get("TWO_NODES_REPORTS", "40"))
@@ -32,29 +37,6 @@ FINAL = {ReportState.PUBLISHED.value, ReportState.REPLACED.value}
 STALL = {"DRIMBOX_FAILPOINTS": "publish:before-send=stall"}
 # The patient of the ANS sample: none of it may reach the logs at the default level.
 PATIENT_DATA = ("279035121518989", "PAT-TROIS", "DOMINIQUE", "19790328", "1979-03-28")
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout_s} s")
-        time.sleep(0.2)
-
-
-def count(db: Database, query: object) -> int:
-    with db.session() as session:
-        return int(session.scalar(query) or 0)  # type: ignore[call-overload]
-
-
-def source_environ(
-    tmp_path: Path, url: str, orthanc: LocalOrthanc | None, dmp: DmpEnvironment | None
-) -> dict[str, str]:
-    extra = {"DRIMBOX_STORE__DATABASE_URL": url, **(dmp.node_environ() if dmp else {})}
-    pacs = {} if orthanc else {"pacs": {"port": 9, "timeout_s": 1}}
-    environ = config_environ(node_config(tmp_path, orthanc, extra, **pacs))
-    # One secret key file for all the nodes of the site (docs/deploy.md).
-    return environ | {"DRIMBOX_STORE__SECRET_KEY_FILE": str(tmp_path / "shared-secret.key")}
 
 
 def test_a_report_sent_to_both_nodes_at_once_is_stored_once(
@@ -93,35 +75,24 @@ def test_a_report_sent_to_both_nodes_at_once_is_stored_once(
 
 
 def test_a_killed_node_s_work_is_published_by_the_other_node(
-    postgres_server: TemporaryPostgres, orthanc: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
+    durable_postgres: TemporaryPostgres, orthanc: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
     orthanc.delete_all()
     exams = [exam_variant(hl7_text("CR_C-ORU.hl7"), index) for index in range(REPORTS)]
     store_exams(orthanc, tmp_path / "studies", exams)
-    url = postgres_server.create_database("two_nodes_kill")
+    url = durable_postgres.create_database("two_nodes_kill")
     environ = source_environ(tmp_path, url, orthanc, dmp) | {
         # The default lease: the figure the site gets after a crash.
         "DRIMBOX_SOURCE__LEASE_S": "30",
         "DRIMBOX_SOURCE__STALE_WORK_S": "3",
     }
     db = Database(url)
-    acked: list[str] = []
-    unanswered: list[str] = []
     with running_cluster(
         tmp_path / "site", environ, ["node-a", "node-b"], {"node-a": STALL}
     ) as cluster:
         balancer = cluster.start_balancer()
 
-        def ris(first: int) -> None:
-            # Each RIS connection goes to one node; on a broken connection it re-sends.
-            with RisClient("127.0.0.1", balancer, timeout_s=10, max_attempts=200) as client:
-                for index in range(first, REPORTS, 4):
-                    result = client.send(exams[index])
-                    (acked if result.code == "AA" else unanswered).append(result.control_id)
-
-        senders = [threading.Thread(target=ris, args=(first,)) for first in range(4)]
-        for sender in senders:
-            sender.start()
+        senders = RisSenders(balancer, exams).start()
         # node-a's first DMP call never returns: it holds that job, its heartbeat renewing it.
         stalled = select(func.count()).where(DmpJob.leased_by == "node-a")
         wait_until(lambda: count(db, stalled), 120, "node-a holds a DMP job")
@@ -137,11 +108,10 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
         wait_until(stall_seen, 60, "node-b's /status shows the stalled work")
         during = cluster.status("node-b")
         gauges = cluster.metrics("node-b")
-        wait_until(lambda: len(acked) >= REPORTS // 2, 300, "half the reports ACKed")
+        wait_until(lambda: len(senders.acked) >= REPORTS // 2, 300, "half the reports ACKed")
         cluster.nodes["node-a"].kill()
         killed_at = time.monotonic()
-        for sender in senders:
-            sender.join(600)
+        senders.join(600)
         final = select(func.count()).where(Report.state.in_(FINAL))
         wait_until(lambda: count(db, final) >= REPORTS, 180, "every report published")
         settled_s = time.monotonic() - killed_at
@@ -160,8 +130,8 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
     finally:
         db.dispose()
 
-    assert unanswered == [], "the RIS had every message ACKed (re-sent through the balancer)"
-    assert set(acked) <= messages  # nothing ACKed was lost
+    assert senders.unanswered == [], "the RIS had every message ACKed (re-sent via the balancer)"
+    assert set(senders.acked) <= messages  # nothing ACKed was lost
     assert len(reports) == REPORTS and all(r.state in FINAL for r in reports)
     registered = [d["unique_id"] for d in dmp.documents() if d["mime_type"] == "application/dicom"]
     assert sorted(registered) == sorted(r.kos_sop_uid for r in reports)  # each exactly once
@@ -196,12 +166,12 @@ def test_a_killed_node_s_work_is_published_by_the_other_node(
 
 
 def test_a_restarted_node_takes_its_own_work_back_at_once(
-    postgres_server: TemporaryPostgres, orthanc: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
+    durable_postgres: TemporaryPostgres, orthanc: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
     orthanc.delete_all()
     exam = exam_variant(hl7_text("CR_C-ORU.hl7"), 1)
     store_exams(orthanc, tmp_path / "studies", [exam])
-    url = postgres_server.create_database("one_node_restart")
+    url = durable_postgres.create_database("one_node_restart")
     # A lease far longer than the test: only the reclaim at start can publish in time.
     environ = source_environ(tmp_path, url, orthanc, dmp) | {"DRIMBOX_SOURCE__LEASE_S": "3600"}
     db = Database(url)

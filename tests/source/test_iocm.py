@@ -10,14 +10,13 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from drimbox.db import ReportState
-from drimbox.hl7.message import parse_report_message
+from drimbox.db import Database, ReportState
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
-from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from drimbox.trust import audit
 from support.dmp import DmpEnvironment
 from support.node import RunningNode, node_config
-from support.samples import hl7_text
+from support.samples import hl7_text, sample_exam
 from support.tools import require_tool
 
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -86,12 +85,7 @@ def delete_from_pacs(pacs: LocalOrthanc, datasets: list[Dataset]) -> None:
 def test_rejection_notes_replace_then_delete_the_kos(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    report = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
-    assert report is not None
-    files = generate_study_for_report(
-        tmp_path / "study", report, [SeriesSpec("CT", "a", 3), SeriesSpec("CT", "b", 2)],
-        rows=32, columns=32,
-    )  # fmt: skip
+    report, files = sample_exam(tmp_path / "study")
     pacs.store_files(files)
     datasets = [dcmread(f, stop_before_pixels=True) for f in files]
     series_b = [d for d in datasets if d.SeriesNumber == datasets[-1].SeriesNumber]
@@ -123,3 +117,34 @@ def test_rejection_notes_replace_then_delete_the_kos(
         if d["mime_type"] == "application/dicom"
     }
     assert entries == {first.kos_sop_uid: "Deprecated", second.kos_sop_uid: "Deleted"}
+
+
+def test_the_scp_refuses_a_wrong_called_or_calling_ae_title(
+    dmp: DmpEnvironment, tmp_path: Path
+) -> None:
+    """Only the PACS (its AE title) may open an association, and only to the box's AE title: a
+    rejection note from anyone else would withdraw a published KOS."""
+    echoscu = require_tool("echoscu", "dcmtk")
+    storescu = require_tool("storescu", "dcmtk")
+    config = node_config(tmp_path, None, dmp.node_environ(), pacs={"called_aet": "THEPACS"})
+    note = rejection_note(tmp_path / "note.dcm", "1.2.3.4", [])
+    with RunningNode(config) as node:
+        assert node.node.scp is not None
+        port = str(node.node.scp.bound_port)
+
+        def run(tool: str, calling: str, called: str, *files: str) -> str:
+            done = subprocess.run(
+                [tool, "-aet", calling, "-aec", called, "127.0.0.1", port, *files],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            return f"{done.returncode}\n{done.stdout}{done.stderr}"
+
+        assert run(echoscu, "THEPACS", "DRIMBOX").startswith("0\n")
+        wrong_called = run(echoscu, "THEPACS", "NOTTHEBOX")
+        assert "Called AE title not recognised" in wrong_called, wrong_called
+        wrong_calling = run(echoscu, "INTRUDER", "DRIMBOX")
+        assert "Calling AE title not recognised" in wrong_calling, wrong_calling
+        intruder_note = run(storescu, "INTRUDER", "DRIMBOX", str(note))
+        assert not intruder_note.startswith("0\n"), intruder_note
+    events = audit.events(Database(config.store.database_url))
+    assert [e for e in events if e["action"] == "iocm_rejection"] == []

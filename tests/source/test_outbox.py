@@ -117,7 +117,7 @@ def test_sigkill_while_publishing_leaves_exactly_one_kos(
     node.start(DRIMBOX_FAILPOINTS=kill_point)
     with RisClient("127.0.0.1", node.hl7_port) as ris:
         assert ris.send(hl7_text("CR_C-ORU.hl7")).code == "AA"
-    assert node.wait_dead(60) == -9, node.log()  # died at the failpoint, as by a power cut
+    assert node.wait_dead(60) == -9, node.log()  # died at the failpoint (SIGKILL)
     before = [d for d in dmp.documents() if d["mime_type"] == "application/dicom"]
     assert len(before) == (1 if kill_point == "publish:after-send" else 0)
 

@@ -68,8 +68,15 @@ def test_update_replaces_and_depublication_deletes(
         d["unique_id"]: d for d in dmp.documents() if d["mime_type"] == "application/dicom"
     }
     assert kos_entries[old.kos_sop_uid]["status"] == "Deprecated"
-    assert kos_entries[updated.kos_sop_uid]["status"] == "Approved"
     assert kos_entries[updated.kos_sop_uid]["replaces"] == old.dmp_entry_uuid
+    # The one approved KOS is the newest version's: built from the MDM's CDA, byte for byte.
+    newest = parse_report_message(hl7_text("CR_G1_MAJ-MDM.hl7")).report
+    assert newest is not None and newest.version_number is not None
+    assert updated.document_id.split("^")[0] == newest.document_id.root != old.document_id
+    assert updated.version_number == newest.version_number > (old.version_number or 0)
+    approved = [uid for uid, d in kos_entries.items() if d["status"] == "Approved"]
+    assert approved == [updated.kos_sop_uid]
+    assert dmp.content(updated.kos_sop_uid) == updated.kos
     # The signature document follows its KOS: the old one is replaced too, none is orphaned.
     signatures = [d for d in dmp.documents() if d["mime_type"] == "text/xml"]
     assert sorted(d["status"] for d in signatures) == ["Approved", "Deprecated"]

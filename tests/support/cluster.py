@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,15 @@ from typing import Any
 import httpx
 
 from drimbox.cda import parse_report
+from drimbox.db import Database
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ports import free_port
+from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from support.dmp import DmpEnvironment
 from support.metrics import Samples, scrape
-from support.process import NodeProcess, wait_for_port
+from support.node import node_config
+from support.process import NodeProcess, config_environ, wait_for_port
 from support.samples import cda_of
 
 HAPROXY_CONFIG = """\
@@ -44,6 +50,63 @@ HAPROXY_SERVER = (
     "    server {name} 127.0.0.1:{port} check inter 500ms fall 1 rise 2 "
     "on-marked-down shutdown-sessions\n"
 )
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout_s} s")
+        time.sleep(0.2)
+
+
+def count(db: Database, query: object) -> int:
+    with db.session() as session:
+        return int(session.scalar(query) or 0)  # type: ignore[call-overload]
+
+
+def source_environ(
+    folder: Path, url: str, orthanc: LocalOrthanc | None, dmp: DmpEnvironment | None
+) -> dict[str, str]:
+    """The settings every node of the site shares: the database at `url`, the PACS (none: an
+    unreachable port), the DMP."""
+    extra = {"DRIMBOX_STORE__DATABASE_URL": url, **(dmp.node_environ() if dmp else {})}
+    pacs = {} if orthanc else {"pacs": {"port": 9, "timeout_s": 1}}
+    environ = config_environ(node_config(folder, orthanc, extra, **pacs))
+    # One secret key file for all the nodes of the site (docs/deploy.md).
+    return environ | {"DRIMBOX_STORE__SECRET_KEY_FILE": str(folder / "shared-secret.key")}
+
+
+class RisSenders:
+    """`connections` RIS connections sending `messages` to `port` (the balancer) in background
+    threads: each connection goes to one node and, when it breaks, re-sends on a new one."""
+
+    def __init__(
+        self, port: int, messages: list[str], connections: int = 4, max_attempts: int = 200
+    ) -> None:
+        self.acked: list[str] = []
+        self.unanswered: list[str] = []
+        self.threads = [
+            threading.Thread(
+                target=self._send, args=(port, messages[first::connections], max_attempts)
+            )
+            for first in range(connections)
+        ]
+
+    def _send(self, port: int, messages: list[str], max_attempts: int) -> None:
+        with RisClient("127.0.0.1", port, timeout_s=10, max_attempts=max_attempts) as client:
+            for message in messages:
+                result = client.send(message)
+                (self.acked if result.code == "AA" else self.unanswered).append(result.control_id)
+
+    def start(self) -> RisSenders:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def join(self, timeout_s: float) -> None:
+        for thread in self.threads:
+            thread.join(timeout_s)
 
 
 def store_exams(orthanc: LocalOrthanc, folder: Path, messages: list[str]) -> None:

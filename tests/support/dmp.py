@@ -58,6 +58,13 @@ class DmpEnvironment:
             result: list[dict[str, Any]] = response.json()
             return result
 
+    def content(self, unique_id: str) -> bytes:
+        """The bytes the simulator stored for the entry `unique_id`."""
+        with self._client() as client:
+            response = client.get(f"{self.dmp.url}/sim/registry/documents/{unique_id}/content")
+            response.raise_for_status()
+            return response.content
+
     def stats(self) -> dict[str, Any]:
         with self._client() as client:
             response = client.get(f"{self.dmp.url}/sim/stats")

@@ -37,6 +37,16 @@ def scrape(url: str) -> Samples:
     return samples
 
 
+def families(url: str) -> set[str]:
+    """The metric families a scrape declares, samples or not (a counter without `_total`); the
+    creation time of a counter or histogram (`…_created`, read as a family of its own) is left
+    out."""
+    response = httpx.get(url, timeout=30)
+    assert response.status_code == 200, response.text
+    declared = {family.name for family in text_string_to_metric_families(response.text)}
+    return {n for n in declared if not (n.endswith("_created") and n[:-8] in declared)}
+
+
 def wait_for_metrics(url: str, ready: Callable[[Samples], bool], timeout_s: float = 30) -> Samples:
     """Scrape until `ready` (the counters of a request move right after its last byte)."""
     deadline = time.monotonic() + timeout_s

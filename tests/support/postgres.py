@@ -28,7 +28,10 @@ def find_bin_dir() -> Path | None:
 
 
 class TemporaryPostgres:
-    def __init__(self) -> None:
+    """`durable=False` (most tests) runs with fsync off for speed; crash tests take a durable
+    server (fsync on, as production), so that what they prove holds with PostgreSQL's flushes."""
+
+    def __init__(self, *, durable: bool = False) -> None:
         bin_dir = find_bin_dir()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL is not installed (Debian package postgresql)")
@@ -37,6 +40,11 @@ class TemporaryPostgres:
         self.dir = Path(tempfile.mkdtemp(prefix="drimbox-pg-"))
         self.data = self.dir / "data"
         self._as_postgres = os.geteuid() == 0
+        self.durable = durable
+        self._options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+            f" -c fsync={'on' if durable else 'off'}"
+        )
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         command = list(args)
@@ -55,7 +63,7 @@ class TemporaryPostgres:
             "trust",
             "-U",
             "postgres",
-            "--no-sync",
+            *([] if self.durable else ["--no-sync"]),
             "-E",
             "UTF8",
         )
@@ -67,7 +75,7 @@ class TemporaryPostgres:
             str(self.dir / "log"),
             "-w",
             "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self._options,
             "start",
         )
         deadline = time.monotonic() + 30
@@ -88,8 +96,7 @@ class TemporaryPostgres:
     def resume(self) -> None:
         self._run(
             str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w",
-            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
-            "start",
+            "-o", self._options, "start",
         )  # fmt: skip
 
     def create_database(self, name: str) -> str:
@@ -104,6 +111,13 @@ class TemporaryPostgres:
             name,
         )
         return self.url(name)
+
+    def show(self, setting: str) -> str:
+        """The server's value of `setting` (SHOW), as the crash tests check fsync."""
+        return self._run(
+            str(self.bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+            "-Atc", f"SHOW {setting}", "postgres",
+        ).stdout.strip()  # fmt: skip
 
     def url(self, name: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"

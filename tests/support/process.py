@@ -83,7 +83,7 @@ class NodeProcess:
         return self
 
     def kill(self) -> None:
-        """SIGKILL: no cleanup, as a power cut."""
+        """SIGKILL: no cleanup by the process (the kernel still flushes what it was given)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)

@@ -1,8 +1,10 @@
 """`/metrics` after real activity: a report published through MLLP, PACS and DMP, then a series
-served to a whitelisted peer; its access rule; unreachable dependencies reported as down."""
+served to a whitelisted peer; its access rule; unreachable dependencies reported as down; every
+metric documented in docs/monitoring.md, and nothing documented that is not served."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,11 +16,12 @@ from cryptography import x509
 from drimbox.db import JobState, ReportState
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ports import free_port
-from support.metrics import scrape, wait_for_metrics
+from support.metrics import families, scrape, wait_for_metrics
 from support.node import RunningNode, node_config
 from support.site import Site, official_headers, peer_client, series_url, source_site
 
 NODE = "noeud-a1"
+DOCS = Path(__file__).resolve().parents[2] / "docs/monitoring.md"
 METRICS_ON = {"DRIMBOX_METRICS__ENABLED": "true", "DRIMBOX_NODE__NAME": NODE}
 
 
@@ -32,6 +35,18 @@ def days_left(path: str) -> float:
     with open(path, "rb") as handle:
         certificate = x509.load_pem_x509_certificate(handle.read())
     return (certificate.not_valid_after_utc - datetime.now(UTC)).total_seconds() / 86400
+
+
+def documented_metrics() -> set[str]:
+    """The families listed in the first column of docs/monitoring.md's table of metrics."""
+    rows = [line.split("|")[1] for line in DOCS.read_text().splitlines() if line.startswith("| `")]
+    names = {name for row in rows for name in re.findall(r"`(drimbox_\w+)`", row)}
+    return {name.removesuffix("_total") for name in names}
+
+
+def test_every_metric_is_documented(site: Site) -> None:
+    # The site has every source of figures: database, cache, whitelist, certificates, DMP, PACS.
+    assert families(site.node.metrics_url) == documented_metrics()
 
 
 def test_metrics_follow_a_publication_and_a_retrieval(site: Site) -> None:

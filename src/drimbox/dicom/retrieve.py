@@ -651,8 +651,9 @@ class ImageService:
         method = self.config.pacs.retrieve
         if method == "c-move" and self.scp is None:
             # A node passes its own SCP (shared with IOCM); this one is for a lone service.
+            pacs = self.config.pacs
             self.scp = StoreScp(
-                self.config.pacs.calling_aet, self.config.pacs.scp_host, self.config.pacs.scp_port
+                pacs.calling_aet, pacs.scp_host, pacs.scp_port, senders=pacs.scp_calling_aets()
             )
             self._owns_scp = True
         return build_retriever(self.config, method, self.pacs, self.scp)

@@ -2,11 +2,13 @@
 the PACS's IOCM rejection notes.
 
 Owns the listening AE (every storage SOP class, every transfer syntax, so that senders never
-transcode; TCP_NODELAY on its sockets; the called AE title checked) and the dispatch of each
-received instance to pluggable handlers: the first handler that claims an instance gets it.
-Handlers get the bytes exactly as received (`ReceivedInstance.data`, Part-10) and must be quick
-and thread-safe (they run on pynetdicom's association threads). It must not interpret the
-instances itself: retrieval routing lives in `drimbox.dicom.retrieve`, IOCM in its own module.
+transcode; TCP_NODELAY on its sockets; the called AE title checked, and the calling one when
+`senders` names who may send: a rejection note from anyone could withdraw a published KOS) and
+the dispatch of each received instance to pluggable handlers: the first handler that claims an
+instance gets it. Handlers get the bytes exactly as received (`ReceivedInstance.data`, Part-10)
+and must be quick and thread-safe (they run on pynetdicom's association threads). It must not
+interpret the instances itself: retrieval routing lives in `drimbox.dicom.retrieve`, IOCM in
+its own module.
 """
 
 from __future__ import annotations
@@ -61,13 +63,23 @@ class StoreHandler(Protocol):
 
 
 class StoreScp:
-    """A C-STORE (and C-ECHO) SCP on `host:port` with AE title `aet`."""
+    """A C-STORE (and C-ECHO) SCP on `host:port` with AE title `aet`; associations from a
+    calling AE title not in `senders` are rejected (no `senders`: any caller, for tools)."""
 
-    def __init__(self, aet: str, host: str, port: int, *, max_pdu: int = 262144) -> None:
+    def __init__(
+        self,
+        aet: str,
+        host: str,
+        port: int,
+        *,
+        max_pdu: int = 262144,
+        senders: list[str] | None = None,
+    ) -> None:
         self.aet = aet
         self.host = host
         self.port = port
         self.max_pdu = max_pdu
+        self.senders = list(senders or [])
         self._handlers: list[StoreHandler] = []
         self._lock = threading.Lock()
         self._server: Any = None
@@ -96,6 +108,7 @@ class StoreScp:
         ae = AE(ae_title=self.aet)
         ae.maximum_pdu_size = self.max_pdu
         ae.require_called_aet = True
+        ae.require_calling_aet = self.senders
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:

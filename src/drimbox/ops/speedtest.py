@@ -225,7 +225,7 @@ def pacs_speedtest(
 
 def _scp(config: Config) -> StoreScp:
     p = config.pacs
-    scp = StoreScp(p.calling_aet, p.scp_host, p.scp_port)
+    scp = StoreScp(p.calling_aet, p.scp_host, p.scp_port, senders=p.scp_calling_aets())
     try:
         scp.start()
     except (ScpError, OSError) as exc:

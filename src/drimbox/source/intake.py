@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from drimbox.db import Database, Hl7Message, Report, ReportState, utcnow
+from drimbox.failpoints import failpoint
 from drimbox.hl7.message import HL7Error, ReportMessage, build_ack, parse_report_message
 from drimbox.source.lifecycle import (
     MODIF_CONF_CODE,
@@ -87,6 +88,8 @@ class ReportIntake:
             )
             ack = build_ack(text, "AE", str(storage_error), error=storage_error)
             return IntakeResult(ack, "AE", None, None)
+        # Committed, not yet answered: a crash here makes the RIS re-send a stored message.
+        failpoint("intake:after-commit")
         ack = build_ack(text, "AA", "Message enregistré")
         log.info(
             "HL7 %s from %s stored: report %s%s",
