@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from support.tools import missing, require_chromium
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -33,18 +35,12 @@ DRAWN_JS = """() => {
 }"""
 
 
-def _skip_or_fail(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def demo(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
     if not (REPO / "var" / "ohif" / "index.html").exists():
-        _skip_or_fail("OHIF not installed in var/ohif (scripts/install-ohif.sh)")
+        missing("OHIF not installed in var/ohif (scripts/install-ohif.sh)")
     folder = tmp_path_factory.mktemp("demo") / "network"
     process = subprocess.Popen(
         [sys.executable, "-m", "drimbox", "demo", "--folder", str(folder), "--fresh"],
@@ -85,8 +81,7 @@ def to_the_ventricles(page: Any) -> None:
 
 def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
     process, links, folder = demo
-    if not Path(CHROMIUM).exists():
-        _skip_or_fail("Chromium not installed (Debian package chromium)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     launch = links["Lancement contextuel (RIS du site B)"]
