@@ -477,7 +477,9 @@ def test_compare_export_purge_and_console_in_french(network: Network, browser: A
         row = page.locator("tr", has=page.locator(f"input[value='{network.study_1}']"))
         text = row.inner_text()
         assert "N° d'examen : ACN103" in text
-        assert f"1 série, {network.instances_1} images" in text or "séries" in text
+        assert f"1 série, {network.instances_1} images" in text  # one CT series of 3
+        site = DmpSettings.from_config(network.source.node.config).structure_name
+        assert row.locator("td").nth(5).inner_text() == site  # the site that holds the images
 
         # After an export the status line wraps: no horizontal scroll at 1400 px.
         page.goto(launch_url)
