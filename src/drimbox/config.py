@@ -268,6 +268,24 @@ class SourceConfig(_Section):
         description="Âge au-delà duquel un travail en attente (CR reçu, envoi au DMP) fait passer "
         "/status en alerte (secondes).",
     )
+    peer_max_requests: int = Field(
+        4,
+        ge=1,
+        description="Demandes WADO-RS traitées en même temps pour une même DRIMbox (son "
+        "certificat) : au-delà, réponse 503 avec Retry-After, la DRIMbox redemande ensuite.",
+    )
+    max_requests: int = Field(
+        16,
+        ge=1,
+        description="Demandes WADO-RS traitées en même temps pour toutes les DRIMbox : au-delà, "
+        "réponse 503 avec Retry-After.",
+    )
+    busy_retry_after_s: int = Field(
+        2,
+        ge=1,
+        le=60,
+        description="Délai (Retry-After, secondes) indiqué aux DRIMbox refusées faute de place.",
+    )
     images_recheck_s: list[float] = Field(
         default_factory=lambda: [300.0, 1800.0, 7200.0, 86400.0],
         description="Images arrivées en retard : délais (secondes après la publication) auxquels "
