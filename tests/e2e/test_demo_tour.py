@@ -108,6 +108,8 @@ def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
         assert "N° d'examen : ACN108" in mr and "4 séries, 80 images" in mr
         assert "08/01/2021" in ct and "\tCT\t" in ct and "Scanner cérébral" in ct
         assert "N° d'examen : ACN103" in ct and "3 séries, 72 images" in ct
+        # The region column: regions only (the CCAM act is not one).
+        assert all("\tstructure de la tête et/ou du cou\t" in row for row in rows)
         assert all("Centre de radiologie Ambroise" in row for row in rows)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "demo-tour-history.png"), full_page=True)
