@@ -59,7 +59,7 @@ class Outcome:
     scenario: Scenario
     total_s: float = 0.0  # first message sent → every report published
     settle_s: float | None = None  # kill → every report published
-    held_at_kill: int = 0  # reports and DMP jobs the killed node had leased
+    held_at_kill: int = 0  # reports whose work (the report or its DMP job) it had leased
     held_done_s: float | None = None  # kill → the last of those published
     published_by: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
