@@ -268,6 +268,24 @@ class SourceConfig(_Section):
         description="Âge au-delà duquel un travail en attente (CR reçu, envoi au DMP) fait passer "
         "/status en alerte (secondes).",
     )
+    peer_max_requests: int = Field(
+        4,
+        ge=1,
+        description="Demandes WADO-RS traitées en même temps pour une même DRIMbox (son "
+        "certificat) : au-delà, réponse 503 avec Retry-After, la DRIMbox redemande ensuite.",
+    )
+    max_requests: int = Field(
+        16,
+        ge=1,
+        description="Demandes WADO-RS traitées en même temps pour toutes les DRIMbox : au-delà, "
+        "réponse 503 avec Retry-After.",
+    )
+    busy_retry_after_s: int = Field(
+        2,
+        ge=1,
+        le=60,
+        description="Délai (Retry-After, secondes) indiqué aux DRIMbox refusées faute de place.",
+    )
     images_recheck_s: list[float] = Field(
         default_factory=lambda: [300.0, 1800.0, 7200.0, 86400.0],
         description="Images arrivées en retard : délais (secondes après la publication) auxquels "
@@ -416,8 +434,21 @@ class PscConfig(_Section):
     end_session_endpoint: str = Field("", description="Déconnexion.")
     scope: str = Field("openid scope_all", description="Portée demandée.")
     acr_values: str = Field("eidas1", description="Niveau d'authentification exigé.")
-    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = Field(
-        "client_secret_basic", description="Authentification du client au point d'accès jetons."
+    token_endpoint_auth_method: Literal[
+        "client_secret_basic", "client_secret_post", "tls_client_auth"
+    ] = Field(
+        "client_secret_basic",
+        description="Authentification du client aux points d'accès jetons et introspection ; "
+        "tls_client_auth : TLS mutuel avec le certificat ORG de la structure (RFC 8705, sans "
+        "secret), comme l'exige DRIM-M en production.",
+    )
+    tls_cert: str = Field(
+        "",
+        description="Certificat client (PEM) du TLS mutuel avec PSC (tls_client_auth) ; vide : "
+        "le certificat ORG d'authentification [dmp] tls_cert.",
+    )
+    tls_key: str = Field(
+        "", description="Clé privée (PEM) de ce certificat ; vide : [dmp] tls_key."
     )
     use_pkce: bool = Field(True, description="PKCE (S256) pour le flux code.")
     leeway_s: int = Field(30, ge=0, description="Tolérance d'horloge pour exp/iat (secondes).")

@@ -264,7 +264,12 @@ def test_logout(psc: LocalPsc, meta: dict[str, Any]) -> None:
 
 def test_sim_users_listing(psc: LocalPsc) -> None:
     users = {u["id"]: u for u in httpx.get(f"{psc.url}/sim/users").json()}
-    assert set(users) == {"radiologue", "medecin-deux-situations", "authentification-faible"}
+    assert set(users) == {
+        "radiologue",
+        "medecin-deux-situations",
+        "authentification-faible",
+        "sans-situation",
+    }
     assert users["authentification-faible"]["acr"] != "eidas1"
 
 

@@ -85,6 +85,9 @@ def make_config(tmp_path: Path, pacs: LocalOrthanc, scp_port: int, **store: Any)
         "DRIMBOX_PACS__SCP_PORT": str(scp_port),
         "DRIMBOX_PACS__DICOMWEB_URL": pacs.dicomweb_url,
         "DRIMBOX_PACS__TIMEOUT_S": "10",
+        # Many concurrent requests from one address test the single flight, not the share.
+        "DRIMBOX_SOURCE__PEER_MAX_REQUESTS": "64",
+        "DRIMBOX_SOURCE__MAX_REQUESTS": "64",
     }
     for key, value in store.items():
         environ[f"DRIMBOX_STORE__{key.upper()}"] = str(value)

@@ -83,8 +83,9 @@ def test_the_access_token_is_refreshed_before_it_expires(tmp_path: Path) -> None
     """PSC access tokens live minutes, a prefetch or a viewing session longer: the session's
     token is refreshed with its refresh token (once, whatever the concurrency), the user keeps
     working; a refresh PSC refuses ends it."""
-    # 31 s of life with refreshes 30 s ahead: every token is due for refresh after 1 s.
-    with LocalPsc(PscSimSettings(access_token_lifetime_s=31)) as psc:
+    # 40 s of life: fresh for 10 s with the default margin (30 s) however slow the sign-in,
+    # then refreshes 39 s ahead: every token is due for refresh after 1 s.
+    with LocalPsc(PscSimSettings(access_token_lifetime_s=40)) as psc:
         config = psc_node_config(tmp_path, psc)
         with RunningNode(config) as running, httpx.Client(follow_redirects=True) as browser:
             assert sign_in(browser, running.viewer_url, "radiologue").status_code == 200
@@ -95,6 +96,7 @@ def test_the_access_token_is_refreshed_before_it_expires(tmp_path: Path) -> None
             first = sessions.tokens(cookie)
             assert first is not None
             assert keeper.access_token(cookie) == first.access_token  # still fresh
+            keeper.margin_s = 39
             time.sleep(1.2)
             second = keeper.access_token(cookie)
             assert second and second != first.access_token and keeper.refreshes == 1

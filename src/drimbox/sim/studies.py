@@ -80,68 +80,32 @@ class _Weighting:
 
 # Tissues: air, scalp, skull, grey matter, white matter, CSF, lesion (an extra-axial mass that
 # enhances, as a meningioma does), vessels (sinuses: they enhance too).
-_CT_PLAIN = {"air": -1000, "scalp": 30, "skull": 1800, "grey": 38, "white": 28, "csf": 6,
-             "lesion": 45, "vessel": 45}  # fmt: skip
+_TISSUES = ("air", "scalp", "skull", "grey", "white", "csf", "lesion", "vessel")
+
+
+def _values(*values: float) -> dict[str, float]:
+    """Each tissue's value, in the order of `_TISSUES`."""
+    return dict(zip(_TISSUES, values, strict=True))
+
+
+_CT = _values(-1000, 30, 1800, 38, 28, 6, 45, 45)  # HU
+_T1 = _values(0, 1700, 80, 700, 950, 250, 680, 300)
 HEAD_WEIGHTINGS: dict[str, _Weighting] = {
-    "CT": _Weighting(_CT_PLAIN, (40, 80)),
-    "CT+C": _Weighting(
-        {**_CT_PLAIN, "lesion": 95, "vessel": 160}, (40, 80), contrast_agent="Iohexol"
-    ),
-    "CT bone": _Weighting(_CT_PLAIN, (600, 2800)),
-    "T1": _Weighting(
-        {
-            "air": 0,
-            "scalp": 1700,
-            "skull": 80,
-            "grey": 700,
-            "white": 950,
-            "csf": 250,
-            "lesion": 680,
-            "vessel": 300,
-        },
-        (700, 1400),
-        ("SE", 500, 12),
-    ),
+    "CT": _Weighting(_CT, (40, 80)),
+    "CT+C": _Weighting({**_CT, "lesion": 95, "vessel": 160}, (40, 80), contrast_agent="Iohexol"),
+    "CT bone": _Weighting(_CT, (600, 2800)),
+    "T1": _Weighting(_T1, (700, 1400), ("SE", 500, 12)),
     "T2": _Weighting(
-        {
-            "air": 0,
-            "scalp": 900,
-            "skull": 60,
-            "grey": 1100,
-            "white": 750,
-            "csf": 2300,
-            "lesion": 1300,
-            "vessel": 150,
-        },
-        (1100, 2200),
-        ("SE", 4500, 100),
+        _values(0, 900, 60, 1100, 750, 2300, 1300, 150), (1100, 2200), ("SE", 4500, 100)
     ),
     "FLAIR": _Weighting(
-        {
-            "air": 0,
-            "scalp": 800,
-            "skull": 60,
-            "grey": 1050,
-            "white": 800,
-            "csf": 120,
-            "lesion": 1600,
-            "vessel": 120,
-        },
+        _values(0, 800, 60, 1050, 800, 120, 1600, 120),
         (950, 1700),
         ("IR", 9000, 110),
         inversion_ms=2500,
     ),
     "T1+C": _Weighting(
-        {
-            "air": 0,
-            "scalp": 1700,
-            "skull": 80,
-            "grey": 700,
-            "white": 950,
-            "csf": 250,
-            "lesion": 1900,
-            "vessel": 1600,
-        },
+        {**_T1, "lesion": 1900, "vessel": 1600},
         (900, 1800),
         ("SE", 500, 12),
         contrast_agent="Gadotérate de méglumine",
@@ -549,7 +513,7 @@ def _add_modality_attributes(
 
 
 # The head stack, from the skull base to the vertex (half-fields of view, see `_HEAD`).
-_HEAD_Z = (-0.45, 0.72)
+_HEAD_Z = (-0.45, 0.62)
 _HEAD_FOV_MM = 220.0
 
 
