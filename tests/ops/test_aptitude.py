@@ -28,7 +28,7 @@ from drimbox.cli import app
 from drimbox.config import Config, load_config
 from drimbox.demo import DemoPorts, Trust, make_trust, site_config
 from drimbox.french import french_datetime
-from drimbox.ops.aptitude import AptitudeReport, run_aptitude
+from drimbox.ops.aptitude import AptitudeReport, _Checks, _clock, run_aptitude
 from drimbox.ops.report import render_html
 from drimbox.ops.speedtest import SpeedResult, record
 from drimbox.samples import ANS_DIR
@@ -373,6 +373,26 @@ def test_psc_client_authentication_by_mutual_tls(network: Network) -> None:
         verify = ssl.create_default_context(cafile=c.ca.cert_path)
         bare = httpx.post(psc.paths.oidc("token"), data=form, verify=verify)
         assert bare.status_code == 401 and bare.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize(
+    ("skew", "status", "words"),
+    [
+        (0.4, "ok", "écart inférieur à 5 s"),
+        (-7.0, "warning", "écart de 7 s de retard du DMP"),
+        (75.0, "failure", "écart de 75 s d'avance du DMP"),
+        (float("nan"), "warning", "le DMP n'envoie pas d'en-tête Date"),
+        (None, "failure", "non mesuré : pas de connexion au DMP"),
+    ],
+)
+def test_clock_skew_is_graded(skew: float | None, status: str, words: str) -> None:
+    """The grading of the skew measured against the DMP's `Date` (the demo's clocks agree, so
+    the other grades are shown here on the function that grades them)."""
+    checks = _Checks()
+    _clock(checks, skew)
+    (check,) = checks.items
+    assert (check.key, check.status) == ("clock", status) and words in check.message
+    assert bool(check.action) == (status != "ok")
 
 
 def test_command_line_exit_status_and_refusals(network: Network, tmp_path: Path) -> None:
