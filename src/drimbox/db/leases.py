@@ -75,25 +75,20 @@ def renew(
     column: str = "next_attempt_at",
 ) -> bool:
     """Push the lease of a row `owner` holds one lease ahead; False if it is no longer held."""
-    with db.session() as session:
-        result = session.execute(
-            update(model)
-            .where(model.id == row_id, model.leased_by == owner)
-            .values({column: utcnow() + lease})
-        )
-        return bool(getattr(result, "rowcount", 0))
+    held = update(model).where(model.id == row_id, model.leased_by == owner)
+    return bool(_rows_changed(db, held.values({column: utcnow() + lease})))
 
 
 def reclaim(db: Database, model: Any, owner: str) -> int:
     """Make every row `owner` holds due again (a restarted node's predecessor died holding them);
     how many."""
+    held = update(model).where(model.leased_by == owner)
+    return _rows_changed(db, held.values(next_attempt_at=utcnow(), leased_by=None))
+
+
+def _rows_changed(db: Database, statement: Any) -> int:
     with db.session() as session:
-        result = session.execute(
-            update(model)
-            .where(model.leased_by == owner)
-            .values(next_attempt_at=utcnow(), leased_by=None)
-        )
-        return int(getattr(result, "rowcount", 0))
+        return int(getattr(session.execute(statement), "rowcount", 0))
 
 
 class Heartbeat:
