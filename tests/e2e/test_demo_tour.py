@@ -35,6 +35,14 @@ DRAWN_JS = """() => {
 }"""
 
 
+DATES_ON_ONE_LINE_JS = """() => [...document.querySelectorAll('td.when')].every(td => {
+    const range = document.createRange();
+    range.setStart(td.firstChild, 0);
+    range.setEnd(td.firstChild, 10);
+    return range.getClientRects().length === 1;
+})"""
+
+
 @pytest.fixture(scope="module")
 def demo(
     tmp_path_factory: pytest.TempPathFactory,
@@ -108,6 +116,10 @@ def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
         assert "N° d'examen : ACN108" in mr and "4 séries, 80 images" in mr
         assert "08/01/2021" in ct and "\tCT\t" in ct and "Scanner cérébral" in ct
         assert "N° d'examen : ACN103" in ct and "3 séries, 72 images" in ct
+        # A date is never cut inside (18/11/2 | 025): its 10 characters on one line.
+        assert page.evaluate(DATES_ON_ONE_LINE_JS)
+        # The region column: regions only (the CCAM act is not one).
+        assert all("\tstructure de la tête et/ou du cou\t" in row for row in rows)
         assert all("Centre de radiologie Ambroise" in row for row in rows)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "demo-tour-history.png"), full_page=True)

@@ -51,6 +51,7 @@ from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitel
 from drimbox.trust import audit
 from support.dmp import local_dmp
 from support.factories import CR_C_ACCESSION, make_report
+from support.history import launch_form as launch_fields
 from support.node import RunningNode, node_config
 from support.samples import cda_of, hl7_text, with_cda
 from support.tools import chromium, missing
@@ -62,9 +63,7 @@ ARTIFACTS = REPO / "test-artifacts"
 DN_A = "CN=localhost,OU=300000001830001,O=SITE A,ST=Paris (75),C=FR"
 DN_B = "CN=db-b.test.fr,OU=300000001830002,O=SITE B,ST=Paris (75),C=FR"
 IPP_B = "IPP-B-4242"
-IPP_ISSUER_B = "1.2.250.1.999.2.1"
 INS = "279035121518989"
-INS_OID = "1.2.250.1.213.1.4.10"
 STUDY_2 = "1.2.250.1.213.4.5.2.1.104"
 STUDY_UNLISTED = "1.2.826.0.1.3680043.8.498.77.9.77"
 STUDY_MARKUP = "1.2.826.0.1.3680043.8.498.77.9.78"
@@ -243,23 +242,6 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
 def browser() -> Iterator[Any]:
     with chromium() as launched:
         yield launched
-
-
-def launch_fields(**changes: str) -> dict[str, str]:
-    fields = {
-        "Patient.identifier.value": INS,
-        "Patient.identifier.system": f"urn:oid:{INS_OID}",
-        "Patient.name.family": "PAT-TROIS",
-        "Patient.name.given": "DOMINIQUE",
-        "Patient.gender": "F",
-        "Patient.birthDate": "1979-03-28",
-        "Address.district": "75056",
-        "PatientID": IPP_B,
-        "PatientIDIssuer": IPP_ISSUER_B,
-        "InformationEtOppositionConsultation": "true",
-    }
-    fields.update(changes)
-    return {k: v for k, v in fields.items() if v}
 
 
 def post_launch(page: Any, base: str, fields: dict[str, str]) -> None:
