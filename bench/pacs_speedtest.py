@@ -33,6 +33,7 @@ from drimbox.config import load_config
 from drimbox.ops.speedtest import pacs_speedtest
 from drimbox.sim.orthanc import LocalOrthanc, RemoteModality
 from drimbox.sim.ports import free_port
+from support.source import pacs_environ
 
 BOX_AET = "DRIMBOXBENCH"
 STORESCP_AET = "STORESCPBENCH"
@@ -94,12 +95,7 @@ def main() -> None:
         config = load_config(
             environ={
                 "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp}/bench.db",
-                "DRIMBOX_PACS__HOST": "127.0.0.1",
-                "DRIMBOX_PACS__PORT": str(pacs.dicom_port),
-                "DRIMBOX_PACS__CALLED_AET": pacs.aet,
-                "DRIMBOX_PACS__CALLING_AET": BOX_AET,
-                "DRIMBOX_PACS__SCP_PORT": str(scp_port),
-                "DRIMBOX_PACS__DICOMWEB_URL": pacs.dicomweb_url,
+                **pacs_environ(pacs, BOX_AET, scp_port),
             }
         )
         study = report.study_instance_uid

@@ -546,6 +546,18 @@ def reports_show(
     kos_out: Annotated[
         Path | None, typer.Option(help="Écrit le KOS (fichier DICOM Part 10).")
     ] = None,
+    iti41_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Écrit l'enveloppe SOAP ITI-41 exacte envoyée (ou qui serait envoyée) au DMP "
+            "pour cette version, pour les validateurs de l'ANS ; les documents (références XOP) "
+            "sont écrits à côté."
+        ),
+    ] = None,
+    iti57_out: Annotated[
+        Path | None,
+        typer.Option(help="Écrit l'enveloppe SOAP ITI-57 de suppression de ce KOS au DMP."),
+    ] = None,
 ) -> None:
     """Détail d'un compte rendu et de son KOS."""
     from pydicom import dcmread
@@ -553,7 +565,10 @@ def reports_show(
 
     from drimbox.dicom.kos import describe_manifest
 
-    db = _database(_load(config))
+    loaded = _load(config)
+    db = _database(loaded)
+    if iti41_out or iti57_out:
+        _write_envelopes(loaded, db, report_id, iti41_out, iti57_out)
     with db.session() as session:
         report = session.get(Report, report_id)
         if report is None:
@@ -575,6 +590,29 @@ def reports_show(
     if kos_out:
         kos_out.write_bytes(kos)
         console.print(f"KOS écrit dans {kos_out}")
+
+
+def _write_envelopes(
+    config: Config, db: Database, report_id: int, iti41: Path | None, iti57: Path | None
+) -> None:
+    from drimbox.source.envelopes import EnvelopeError, report_envelopes
+
+    try:
+        envelopes = report_envelopes(config, db, report_id)
+    except EnvelopeError as exc:
+        fail(f"requêtes au DMP impossibles à écrire : {exc}")
+        return
+    if iti41:
+        iti41.write_bytes(envelopes.iti41)
+        console.print(f"Enveloppe ITI-41 écrite dans {iti41}", highlight=False)
+        for part in envelopes.parts:
+            # Named after its Content-ID, as the envelope's xop:Include/@href says.
+            path = iti41.with_name(part.content_id.replace("@", "_").replace("/", "_"))
+            path.write_bytes(part.data)
+            console.print(f"  document {part.href} ({part.content_type}) : {path}", highlight=False)
+    if iti57:
+        iti57.write_bytes(envelopes.iti57)
+        console.print(f"Enveloppe ITI-57 écrite dans {iti57}", highlight=False)
 
 
 @reports_app.command("retry")

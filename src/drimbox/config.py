@@ -434,8 +434,21 @@ class PscConfig(_Section):
     end_session_endpoint: str = Field("", description="Déconnexion.")
     scope: str = Field("openid scope_all", description="Portée demandée.")
     acr_values: str = Field("eidas1", description="Niveau d'authentification exigé.")
-    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = Field(
-        "client_secret_basic", description="Authentification du client au point d'accès jetons."
+    token_endpoint_auth_method: Literal[
+        "client_secret_basic", "client_secret_post", "tls_client_auth"
+    ] = Field(
+        "client_secret_basic",
+        description="Authentification du client aux points d'accès jetons et introspection ; "
+        "tls_client_auth : TLS mutuel avec le certificat ORG de la structure (RFC 8705, sans "
+        "secret), comme l'exige DRIM-M en production.",
+    )
+    tls_cert: str = Field(
+        "",
+        description="Certificat client (PEM) du TLS mutuel avec PSC (tls_client_auth) ; vide : "
+        "le certificat ORG d'authentification [dmp] tls_cert.",
+    )
+    tls_key: str = Field(
+        "", description="Clé privée (PEM) de ce certificat ; vide : [dmp] tls_key."
     )
     use_pkce: bool = Field(True, description="PKCE (S256) pour le flux code.")
     leeway_s: int = Field(30, ge=0, description="Tolérance d'horloge pour exp/iat (secondes).")

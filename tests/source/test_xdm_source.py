@@ -23,23 +23,11 @@ from drimbox.source.xdm import import_published
 from support.dmp import DmpEnvironment
 from support.node import RunningNode, node_config
 from support.process import config_environ
-from support.publishing import DONE, send, store_study_for
+from support.publishing import DONE, cli, send, store_study_for
 from support.samples import cda_of, cda_version, hl7_text
 
 CR_C = hl7_text("CR_C-ORU.hl7")
 STUDY_C = "1.2.250.1.213.4.5.2.1.103"
-
-
-def cli(config_env: dict[str, str], *args: str) -> str:
-    """Run the `drimbox` command with a node's configuration (environment + an empty file)."""
-    empty = Path(config_env["DRIMBOX_STORE__CACHE_DIR"]).parent / "empty.toml"
-    empty.write_text("")
-    args = tuple(str(empty) if a == "-" else a for a in args)
-    if "--config" not in args and "-o" in args:
-        args = (*args, "--config", str(empty))
-    result = CliRunner().invoke(app, list(args), env=config_env)
-    assert result.exit_code == 0, result.output
-    return " ".join(result.output.split())  # rich wraps long lines at the terminal's width
 
 
 def kos_entries(dmp: DmpEnvironment) -> dict[str, dict[str, object]]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from drimbox.cli import app
 from drimbox.db import ReportState
 from drimbox.hl7.message import parse_report_message
 from drimbox.sim.orthanc import LocalOrthanc
@@ -52,3 +55,15 @@ def send(node: RunningNode, *messages: str) -> list[int]:
             ack = ris.send(message)
             assert ack.code == "AA", ack.ack
     return [r.id for r in node.reports()]
+
+
+def cli(config_env: dict[str, str], *args: str) -> str:
+    """Run the `drimbox` command with a node's configuration (environment + an empty file)."""
+    empty = Path(config_env["DRIMBOX_STORE__CACHE_DIR"]).parent / "empty.toml"
+    empty.write_text("")
+    args = tuple(str(empty) if a == "-" else a for a in args)
+    if "--config" not in args and "-o" in args:
+        args = (*args, "--config", str(empty))
+    result = CliRunner().invoke(app, list(args), env=config_env)
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())  # rich wraps long lines at the terminal's width

@@ -98,7 +98,8 @@ _UNREACHABLE = (
 _SESSION_ENDED = "Votre session Pro Santé Connect a expiré ou a été fermée : reconnectez-vous."
 _CLIENT_REFUSED = (
     "Pro Santé Connect refuse l'identification de cette DRIMbox : vérifier client_id et "
-    "client_secret dans la section [psc] de la configuration."
+    "client_secret (ou, en tls_client_auth, le certificat) dans la section [psc] de la "
+    "configuration."
 )
 
 
@@ -124,9 +125,12 @@ class PscSettings:
     end_session_endpoint: str = ""
     scope: str = DEFAULT_SCOPE
     acr_values: str = DEFAULT_ACR
-    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
-        "client_secret_basic"
-    )
+    token_endpoint_auth_method: Literal[
+        "client_secret_basic", "client_secret_post", "tls_client_auth"
+    ] = "client_secret_basic"
+    # tls_client_auth (RFC 8705): the box's certificate and key (PEM) for mutual TLS with PSC.
+    tls_cert: str = ""
+    tls_key: str = ""
     use_pkce: bool = True
     # Clock skew tolerated on exp/iat (seconds).
     leeway_s: int = 30
@@ -141,7 +145,10 @@ class PscSettings:
         problems: list[str] = []
         if not self.client_id:
             problems.append("client_id manquant")
-        if not self.client_secret:
+        if self.token_endpoint_auth_method == "tls_client_auth":
+            if not self.tls_cert or not self.tls_key:
+                problems.append("tls_client_auth demande tls_cert et tls_key (ou [dmp] tls_*)")
+        elif not self.client_secret:
             problems.append("client_secret manquant")
         if not self.redirect_uri.startswith(("https://", "http://")):
             problems.append("redirect_uri doit être une URL http(s) absolue")
@@ -180,6 +187,8 @@ class PscSettings:
             scope=psc.scope,
             acr_values=psc.acr_values,
             token_endpoint_auth_method=psc.token_endpoint_auth_method,
+            tls_cert=psc.tls_cert or config.dmp.tls_cert,
+            tls_key=psc.tls_key or config.dmp.tls_key,
             use_pkce=psc.use_pkce,
             leeway_s=psc.leeway_s,
             timeout_s=psc.timeout_s,
@@ -321,19 +330,34 @@ class PscClient:
         self.settings = settings
         self._clock = clock
         self._own_http = http is None
+        mutual = settings.token_endpoint_auth_method == "tls_client_auth"
         if http is None:
             verify: ssl.SSLContext | bool = True
-            if settings.ca_file:
-                verify = ssl.create_default_context(cafile=settings.ca_file)
+            if settings.ca_file or mutual:
+                verify = ssl.create_default_context(cafile=settings.ca_file or None)
+            if mutual:
+                assert isinstance(verify, ssl.SSLContext)
+                try:
+                    verify.load_cert_chain(settings.tls_cert, settings.tls_key)
+                except (OSError, ssl.SSLError) as exc:
+                    raise PscError(
+                        PscErrorReason.CONFIGURATION,
+                        f"certificat du TLS mutuel avec PSC illisible ({settings.tls_cert}) : "
+                        f"{exc}",
+                    ) from exc
             http = httpx.Client(timeout=settings.timeout_s, verify=verify)
         self._http = http
-        # RFC 6749 §2.3.1: HTTP Basic carries the form-urlencoded id and secret.
-        basic = settings.token_endpoint_auth_method == "client_secret_basic"
-        self._client_auth = ClientAuth(
-            quote_plus(settings.client_id) if basic else settings.client_id,
-            quote_plus(settings.client_secret) if basic else settings.client_secret,
-            settings.token_endpoint_auth_method,
-        )
+        if mutual:
+            # RFC 8705 §2: the certificate authenticates; the form names the client only.
+            self._client_auth = ClientAuth(settings.client_id, None, "none")
+        else:
+            # RFC 6749 §2.3.1: HTTP Basic carries the form-urlencoded id and secret.
+            basic = settings.token_endpoint_auth_method == "client_secret_basic"
+            self._client_auth = ClientAuth(
+                quote_plus(settings.client_id) if basic else settings.client_id,
+                quote_plus(settings.client_secret) if basic else settings.client_secret,
+                settings.token_endpoint_auth_method,
+            )
         self._endpoints: PscEndpoints | None = None
         self._endpoints_lock = threading.Lock()
         self._jwks = _JwksCache(

@@ -24,11 +24,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from drimbox.sim.psc.provider import OAuthFailure, PscProvider
 from drimbox.sim.psc.settings import SimClient, SimUser
+from drimbox.trust.dn import DistinguishedName
+from drimbox.trust.tls import peer_certificate_from_scope
 
 WELL_KNOWN = ".well-known/wallet-openid-configuration"
 OIDC = "protocol/openid-connect"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 MAX_PENDING_LOGINS = 1000
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "tls_client_auth"]
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,8 @@ def discovery_document(paths: PscPaths) -> dict[str, Any]:
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "userinfo_signing_alg_values_supported": ["RS256"],
-        "introspection_endpoint_auth_methods_supported": [
-            "client_secret_basic",
-            "client_secret_post",
-        ],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "scopes_supported": ["openid", "scope_all"],
         "acr_values_supported": ["eidas1"],
         "claims_supported": [
@@ -127,6 +127,17 @@ def _oauth_error(failure: OAuthFailure) -> JSONResponse:
         status_code=failure.status,
         headers=headers,
     )
+
+
+def _client(provider: PscProvider, request: Request, form: dict[str, str]) -> SimClient:
+    """The authenticated client: by its certificate (tls_client_auth: a client_id and no
+    secret, on a connection with a client certificate), else by its secret."""
+    certificate = peer_certificate_from_scope(request.scope)
+    secret_given = "client_secret" in form or request.headers.get("authorization")
+    if certificate is not None and form.get("client_id") and not secret_given:
+        subject = DistinguishedName.from_name(certificate.subject)
+        return provider.authenticate_tls_client(form["client_id"], subject)
+    return provider.authenticate_client(*_client_credentials(request, form))
 
 
 def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str]:
@@ -283,7 +294,7 @@ def create_psc_app(provider: PscProvider, paths: PscPaths) -> FastAPI:
     async def token(request: Request) -> Response:
         form = await _form(request)
         try:
-            client = provider.authenticate_client(*_client_credentials(request, form))
+            client = _client(provider, request, form)
             grant_type = form.get("grant_type", "")
             if grant_type == "authorization_code":
                 answer = provider.redeem_code(
@@ -304,7 +315,7 @@ def create_psc_app(provider: PscProvider, paths: PscPaths) -> FastAPI:
     async def introspect(request: Request) -> Response:
         form = await _form(request)
         try:
-            provider.authenticate_client(*_client_credentials(request, form))
+            _client(provider, request, form)
         except OAuthFailure as failure:
             return _oauth_error(failure)
         return JSONResponse(provider.introspect(form.get("token", "")), headers=NO_STORE)

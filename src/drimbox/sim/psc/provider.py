@@ -25,6 +25,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 
 from drimbox.sim.psc.settings import PscSimSettings, SimClient, SimUser
+from drimbox.trust.dn import DistinguishedName
 
 ALGORITHM = "RS256"
 
@@ -166,9 +167,22 @@ class PscProvider:
 
     def authenticate_client(self, client_id: str, client_secret: str) -> SimClient:
         client = self.settings.client(client_id)
-        if client is None or not hmac.compare_digest(
-            client.client_secret.encode(), client_secret.encode()
+        if (
+            client is None
+            or not client.client_secret  # a tls_client_auth client has no secret to match
+            or not hmac.compare_digest(client.client_secret.encode(), client_secret.encode())
         ):
+            raise OAuthFailure(
+                "invalid_client", "Invalid client or Invalid client credentials", 401
+            )
+        return client
+
+    def authenticate_tls_client(self, client_id: str, subject: DistinguishedName) -> SimClient:
+        """RFC 8705 §2.1.2: the certificate of the connection (chain checked by the listener)
+        must have the subject DN registered for the client."""
+        client = self.settings.client(client_id)
+        registered = client.tls_client_auth_subject_dn if client is not None else ""
+        if client is None or not registered or DistinguishedName.parse(registered) != subject:
             raise OAuthFailure(
                 "invalid_client", "Invalid client or Invalid client credentials", 401
             )

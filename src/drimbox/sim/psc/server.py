@@ -10,6 +10,7 @@ Never deploy it.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from drimbox.sim.psc.app import PscPaths, create_psc_app
 from drimbox.sim.psc.provider import PscProvider
 from drimbox.sim.psc.settings import DEFAULT_CLIENT, PscSimSettings, SimClient, load_users
 from drimbox.sim.serving import ThreadedService
+from drimbox.trust.tls import MtlsH11Protocol
 
 
 class PscSimulatorError(RuntimeError):
@@ -29,9 +31,13 @@ class PscSimulatorError(RuntimeError):
 
 
 def _uvicorn_config(app: Any, settings: PscSimSettings, host: str, port: int) -> uvicorn.Config:
-    tls: dict[str, str] = {}
+    tls: dict[str, Any] = {}
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+        if settings.client_ca is not None:
+            # Optional, as PSC: browsers reach the same host without a certificate.
+            tls |= {"ssl_ca_certs": str(settings.client_ca), "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+                    "http": MtlsH11Protocol}  # fmt: skip
     return uvicorn.Config(
         app,
         host=host,
@@ -39,7 +45,7 @@ def _uvicorn_config(app: Any, settings: PscSimSettings, host: str, port: int) ->
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
-        **tls,  # type: ignore[arg-type]
+        **tls,
     )
 
 

@@ -236,6 +236,9 @@ class SimClient:
     client_secret: str
     redirect_uris: tuple[str, ...] = ("http://127.0.0.1:*", "http://localhost:*")
     post_logout_redirect_uris: tuple[str, ...] = ("http://127.0.0.1:*", "http://localhost:*")
+    # RFC 8705 `tls_client_auth`: the client authenticates by mutual TLS with a certificate of
+    # this subject DN (RFC 4514), never by a secret (needs the listener's `client_ca`).
+    tls_client_auth_subject_dn: str = ""
 
     def accepts_redirect(self, uri: str) -> bool:
         return _matches(uri, self.redirect_uris)
@@ -281,6 +284,8 @@ class PscSimSettings:
     # TLS for the simulator's own listener.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Authorities of the clients' certificates: the listener asks for one (tls_client_auth).
+    client_ca: Path | None = None
     extra_users: Sequence[SimUser] = field(default_factory=tuple)
 
     def all_users(self) -> list[SimUser]:
