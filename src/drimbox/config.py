@@ -457,11 +457,25 @@ class PscConfig(_Section):
     introspection_cache_s: float = Field(
         30.0, ge=0, description="Durée de cache d'une introspection réussie (secondes)."
     )
+    peer_clients: list[str] = Field(
+        default_factory=list,
+        description="Clients PSC (client_id) des DRIMbox de l'espace de confiance dont les "
+        "jetons d'accès sont acceptés des pairs (dans l'environnement : séparés par des "
+        "virgules) ; vide : seul le client_id de cette DRIMbox. Un jeton délivré à toute autre "
+        "application PSC est refusé.",
+    )
     session_max_h: float = Field(12.0, gt=0, description="Durée maximale d'une session (heures).")
+
+    _split = field_validator("peer_clients", mode="before")(_comma_separated)
 
     @property
     def configured(self) -> bool:
         return bool(self.client_id and (self.discovery_url or self.token_endpoint))
+
+    @property
+    def accepted_peer_clients(self) -> list[str]:
+        """The PSC clients whose access tokens peers may present (fail closed: never "any")."""
+        return self.peer_clients or [self.client_id]
 
 
 class AdminConfig(_Section):

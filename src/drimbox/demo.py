@@ -288,6 +288,8 @@ retry_max_s = 30
 client_id = "{psc.client.client_id}"
 client_secret = "{psc.client.client_secret}"
 discovery_url = "{psc.discovery_url}"
+# Both demo sites sign in with the simulator's one client: the trust space's only DRIMbox client.
+peer_clients = ["{psc.client.client_id}"]
 
 [admin]
 users = ["{ADMIN_USER}"]

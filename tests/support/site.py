@@ -132,6 +132,7 @@ def source_site(
                 "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
                 "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
                 "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+                "DRIMBOX_PSC__PEER_CLIENTS": psc.client.client_id,
             }
             | (environ_extra or {})
         )
