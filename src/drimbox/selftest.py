@@ -7,9 +7,11 @@ says. A corrupted or altered sample fails its check, naming the file.
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lxml import etree
@@ -135,7 +137,6 @@ def check_xdm_source(folder: Path) -> str:
     checks: hashes, sizes, patient ids, KOS of the report's study."""
     import io
     import zipfile
-    from datetime import UTC, datetime
 
     from drimbox.conso.xdm import XdmLimits
     from drimbox.db import Report
@@ -160,6 +161,18 @@ def check_xdm_source(folder: Path) -> str:
     return "KOS et CR écrits (KAaaaamm/IHE_XDM/SS000001) et relus par les contrôles d'import"
 
 
+def _signing_time(data: bytes) -> datetime | None:
+    """An official sample is a fixed file: it is checked as of its own signing time, so that the
+    selftest proves the verifier, not the calendar (its signer expires in 2029)."""
+    found = re.search(rb"<xades:SigningTime>\s*([0-9T:Z+.-]+)\s*<", data)
+    if found is None:
+        return None
+    try:
+        return datetime.fromisoformat(found.group(1).decode("ascii"))
+    except ValueError:
+        return None
+
+
 def check_whitelist(folder: Path, relative: str, signed: bool) -> str:
     data = (folder / relative).read_bytes()
     from cryptography import x509
@@ -172,7 +185,7 @@ def check_whitelist(folder: Path, relative: str, signed: bool) -> str:
 
             anchors.append(x509.load_der_x509_certificate(base64.b64decode(element.text or "")))
     try:
-        whitelist = verify_whitelist(data, anchors)
+        whitelist = verify_whitelist(data, anchors, now=_signing_time(data))
     except WhitelistError as exc:
         _expect(not signed, f"liste refusée : {exc.message}")
         return f"liste non signée refusée comme attendu ({exc.message})"
