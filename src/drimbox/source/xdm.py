@@ -50,7 +50,8 @@ from drimbox.dicom.kos import manifest_from_bytes, referenced_instances
 from drimbox.dmp import codes
 from drimbox.dmp.client import DmpError, DmpSettings, load_signer
 from drimbox.dmp.metadata import derived_uid, reference_id
-from drimbox.dmp.xades import SignedDocument, build_signature_document
+from drimbox.dmp.structures import StructureError, choose_structure, site_structures
+from drimbox.dmp.xades import SignedDocument, XmlSigner, build_signature_document
 from drimbox.source.intake import identifier_text
 from drimbox.trust import audit
 
@@ -118,12 +119,24 @@ def export_published(
     groups: dict[str, list[Report]] = {}
     for row in rows:
         groups.setdefault(row.kos_sop_uid or "", []).append(row)
-    try:
-        signer = load_signer(DmpSettings.from_config(config))
-    except DmpError as exc:
-        raise XdmError(
-            f"Export impossible : {exc} (le document de signature accompagne chaque KOS)."
-        ) from exc
+    structures = site_structures(config)
+    signers: dict[str, XmlSigner] = {}
+
+    def signer_of(report: Report) -> XmlSigner:
+        """The ORG SIGN certificate of the structure that published the KOS (its report's)."""
+        assert report.cda is not None
+        try:
+            structure = choose_structure(
+                structures, parse_report(report.cda, report.study_uid or None)
+            )
+            if structure.id not in signers:
+                signers[structure.id] = load_signer(DmpSettings.from_config(config, structure))
+        except (DmpError, StructureError) as exc:
+            raise XdmError(
+                f"Export impossible : {exc} (le document de signature accompagne chaque KOS)."
+            ) from exc
+        return signers[structure.id]
+
     result = ExportResult()
     now = datetime.now(UTC)
     counters: dict[str, int] = {}
@@ -138,7 +151,7 @@ def export_published(
             n = counters[month]
             folder = f"{month}/IHE_XDM/SS{n:06d}"
             signature = build_signature_document(
-                [SignedDocument(kos_uid, first.kos)], signer, signing_time=published
+                [SignedDocument(kos_uid, first.kos)], signer_of(first), signing_time=published
             )
             patient = write_subset(zf, folder, n, reports, signature, config.site.uid_root, now)
             result.kos += 1
