@@ -12,7 +12,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -67,7 +67,7 @@ ConfigOption = Annotated[
 ]
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]Erreur :[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
@@ -838,11 +838,25 @@ def whitelist_verify(
         list[Path] | None,
         typer.Option(help="Certificat d'autorité (PEM) de confiance (répétable)."),
     ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="Vérifie à cette date (UTC, ex. 2026-11-26T12:00:00Z) au lieu de maintenant : "
+            "une liste archivée, ou avec un signataire expiré depuis."
+        ),
+    ] = None,
 ) -> None:
     """Vérifie la signature d'une liste blanche et en affiche le résumé (code 0 si valide)."""
     from drimbox.trust.whitelist import verify_command
 
-    code, text = verify_command(file, list(anchor or []))
+    moment = None
+    if at is not None:
+        try:
+            moment = datetime.fromisoformat(at)
+        except ValueError:
+            fail(f"date invalide pour --at : {at!r} (attendu : 2026-11-26T12:00:00Z)")
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    code, text = verify_command(file, list(anchor or []), now=moment)
     (console if code == 0 else err).print(text, highlight=False)
     raise typer.Exit(code)
 

@@ -52,7 +52,7 @@ from drimbox.trust import audit
 from support.dmp import local_dmp
 from support.factories import CR_C_ACCESSION, make_report
 from support.history import launch_form as launch_fields
-from support.node import RunningNode, node_config
+from support.node import RunningNode, network_environ, node_config
 from support.samples import cda_of, hl7_text, with_cda
 from support.tools import chromium, missing
 from support.trust import domain
@@ -189,15 +189,7 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
         LocalPsc() as psc,
         LocalOrthanc(aet="ORTHANCB") as orthanc_b,
     ):
-        common = dmp.node_environ() | {
-            "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp / "whitelist.xml"),
-            "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
-            "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
-            "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
-        }
+        common = network_environ(dmp, psc, tmp / "whitelist.xml", ca.cert_path)
         port_a = free_port()
         (tmp / "a").mkdir()
         (tmp / "b").mkdir()

@@ -17,9 +17,8 @@ from drimbox.dmp import codes, mtom, soap
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.source.envelopes import report_envelopes
 from support.dmp import DmpEnvironment
-from support.node import RunningNode, node_config
 from support.process import config_environ
-from support.publishing import DONE, cli, send, store_study_for
+from support.publishing import cli, node_that_sent
 from support.samples import hl7_text, with_flags
 
 CR_C = hl7_text("CR_C-ORU.hl7")
@@ -39,11 +38,8 @@ def _success(response: httpx.Response) -> bool:
 def test_the_requests_written_are_those_the_dmp_accepts(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, CR_C)
-    config = node_config(tmp_path, pacs, dmp.node_environ())
-    with RunningNode(config) as node:
-        [kept] = send(node, with_flags(CR_C, DESTDMP=False))
-        row = node.wait_for_report(kept, DONE)
+    with node_that_sent(pacs, dmp, tmp_path, with_flags(CR_C, DESTDMP=False)) as (node, row):
+        config, kept = node.config, row.id
     assert row.state == ReportState.NOT_FOR_DMP.value and not dmp.stats().get("ITI-41:Success")
     db = Database(config.store.database_url)
     try:
@@ -66,11 +62,8 @@ def test_the_requests_written_are_those_the_dmp_accepts(
 def test_cli_writes_the_envelopes_of_a_published_report(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, CR_C)
-    config = node_config(tmp_path, pacs, dmp.node_environ())
-    with RunningNode(config) as node:
-        [first] = send(node, CR_C)
-        published = node.wait_for_report(first, DONE)
+    with node_that_sent(pacs, dmp, tmp_path, CR_C) as (node, published):
+        config, first = node.config, published.id
     assert published.state == ReportState.PUBLISHED.value, published.reason
     out = tmp_path / "requetes"
     out.mkdir()

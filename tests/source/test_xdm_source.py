@@ -23,7 +23,7 @@ from drimbox.source.xdm import import_published
 from support.dmp import DmpEnvironment
 from support.node import RunningNode, node_config
 from support.process import config_environ
-from support.publishing import DONE, cli, send, store_study_for
+from support.publishing import DONE, cli, node_that_sent, send
 from support.samples import cda_of, cda_version, hl7_text
 
 CR_C = hl7_text("CR_C-ORU.hl7")
@@ -38,13 +38,8 @@ def published_archive(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> tuple[Path, Report]:
     """Node A publishes report C and exports its published KOS with the CLI."""
-    store_study_for(pacs, tmp_path, CR_C)
-    folder = tmp_path / "a"
-    folder.mkdir()
-    config = node_config(folder, pacs, dmp.node_environ())
-    with RunningNode(config) as node:
-        [first] = send(node, CR_C)
-        published = node.wait_for_report(first, DONE)
+    with node_that_sent(pacs, dmp, tmp_path, CR_C) as (node, published):
+        config = node.config
     assert published.state == ReportState.PUBLISHED.value, published.reason
     archive = tmp_path / "export.zip"
     output = cli(config_environ(config), "xdm", "export", "-o", str(archive))

@@ -37,7 +37,7 @@ from drimbox.sim.studies import SeriesSpec
 from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitelist
 from support.dmp import DmpEnvironment, local_dmp
 from support.factories import CR_C_INS, CR_C_INS_OID
-from support.node import RunningNode, node_config
+from support.node import RunningNode, network_environ, node_config
 from support.source import PublishedStudy, publish_study
 from support.trust import domain
 
@@ -144,15 +144,7 @@ def long_history(
     assert ca.cert_path is not None
     psc_settings = PscSimSettings(users=(*DEFAULT_USERS, SECOND_RADIOLOGIST))
     with local_dmp(tmp / "dmp", pki) as dmp, LocalPsc(psc_settings) as psc:
-        common = dmp.node_environ() | {
-            "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp / "whitelist.xml"),
-            "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
-            "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
-            "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
-        }
+        common = network_environ(dmp, psc, tmp / "whitelist.xml", ca.cert_path)
         for name in ("a", "b", "c"):
             (tmp / name).mkdir(exist_ok=True)
         source_config = node_config(tmp / "a", orthanc, common | {

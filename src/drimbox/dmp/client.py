@@ -179,6 +179,15 @@ class DmpSettings:
 
 
 @dataclass(frozen=True)
+class Replacement:
+    """The published KOS a new one replaces (RPLC), and its signature document, replaced with
+    it so that no orphaned signature stays Approved."""
+
+    entry_uuid: str
+    signature_entry_uuid: str | None = None
+
+
+@dataclass(frozen=True)
 class PublishResult:
     entry_uuid: str
     unique_id: str
@@ -509,8 +518,7 @@ class DmpClient:
         kos_bytes: bytes,
         flags: Mapping[str, bool | str],
         *,
-        replaces_entry_uuid: str | None = None,
-        replaces_signature_entry_uuid: str | None = None,
+        replaces: Replacement | None = None,
         now: datetime | None = None,
     ) -> metadata.PnrRequest:
         """The ITI-41 request body of a KOS publication: the KOS, its DSG signature document
@@ -533,8 +541,8 @@ class DmpClient:
                 flags=flags,
                 submission_time=now,
                 signing_time=now,
-                replaces_entry_uuid=replaces_entry_uuid,
-                replaces_signature_entry_uuid=replaces_signature_entry_uuid,
+                replaces_entry_uuid=replaces.entry_uuid if replaces else None,
+                replaces_signature_entry_uuid=replaces.signature_entry_uuid if replaces else None,
             )
         except MetadataError as exc:
             raise DmpError(
@@ -564,8 +572,7 @@ class DmpClient:
         kos_bytes: bytes,
         flags: Mapping[str, bool | str],
         *,
-        replaces_entry_uuid: str | None = None,
-        replaces_signature_entry_uuid: str | None = None,
+        replaces: Replacement | None = None,
         now: datetime | None = None,
     ) -> PublishResult:
         """ITI-41 of `kos_request` (so that no orphaned signature stays Approved).
@@ -573,14 +580,7 @@ class DmpClient:
         A retry after a lost answer is recognised (same derived ids): when the DMP reports the
         KOS uniqueId as already registered with the same hash, the existing entry is returned.
         """
-        request = self.kos_request(
-            report,
-            kos_bytes,
-            flags,
-            replaces_entry_uuid=replaces_entry_uuid,
-            replaces_signature_entry_uuid=replaces_signature_entry_uuid,
-            now=now,
-        )
+        request = self.kos_request(report, kos_bytes, flags, replaces=replaces, now=now)
         ids, kos_uid = request.ids, request.ids.kos_unique_id
         subject = self.subject or _report_subject(report)
         patient = (report.patient.ins, report.patient.ins_oid)

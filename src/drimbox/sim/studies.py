@@ -152,14 +152,33 @@ class _Phantom:
         self.x = (x - columns / 2) / (columns / 2)
         # Integer noise frames, rolled per slice: realistic entropy without a RNG call per image.
         self.noise = rng.normal(0.0, 12.0, size=(4, rows, columns)).astype(np.int16)
+        self._sections: dict[float, npt.NDArray[np.uint8]] = {}
 
     def head_slice(self, z: float, weighting: _Weighting, offset: float) -> npt.NDArray[np.uint16]:
         """An axial section of the head at height `z` (half-fields of view, towards the
         vertex): each tissue at its value in `weighting`, edges softened as partial volume
         does, plus noise."""
+        lut = np.array([weighting.values[t] for t in _TISSUES], dtype=np.float32)
+        img = lut[self._head_tissues(z)]
+        # Partial volume: a 3x3 box blur of the sharp tissue map.
+        padded = np.pad(img, 1, mode="edge")
+        rows, columns = img.shape
+        blurred = np.zeros_like(img)
+        for i in range(3):
+            for j in range(3):
+                blurred += padded[i : i + rows, j : j + columns]
+        ct = not weighting.sequence[0]
+        return self._finish(blurred / 9.0 + offset, z, 4095, noise_scale=0.3 if ct else 1.0)
+
+    def _head_tissues(self, z: float) -> npt.NDArray[np.uint8]:
+        """The section's tissue map (indices in `_TISSUES`), kept: the series of a study
+        (plain, injected, bone window; T1, T2…) cut the same sections."""
+        cached = self._sections.get(z)
+        if cached is not None:
+            return cached
         x, y = self.x, self.y
-        values = weighting.values
-        img = np.full(x.shape, values["air"], dtype=np.float32)
+        index = {tissue: i for i, tissue in enumerate(_TISSUES)}
+        tissues = np.zeros(x.shape, dtype=np.uint8)  # air
         brain = np.zeros(x.shape, dtype=bool)
         for tissue, a, b, c, x0, y0, z0, angle in _HEAD:
             dz = (z - z0) / c
@@ -179,20 +198,14 @@ class _Phantom:
                     inside &= in_plane <= 1.0 - 0.14 * (1.0 - g) / 2.0
                 else:
                     brain = inside
-            img[inside] = values["grey" if tissue == "cortex" else tissue]
+            tissues[inside] = index["grey" if tissue == "cortex" else tissue]
             if tissue == "cortex":
-                img[inside & (g < -0.8) & (in_plane > 0.86)] = values["csf"]  # sulci
+                tissues[inside & (g < -0.8) & (in_plane > 0.86)] = index["csf"]  # sulci
             if tissue == "white":  # the fissure between the hemispheres
-                img[brain & (np.abs(x) < _FISSURE) & ((y < -0.3) | (y > 0.42))] = values["csf"]
-        # Partial volume: a 3x3 box blur of the sharp tissue map.
-        padded = np.pad(img, 1, mode="edge")
-        rows, columns = img.shape
-        blurred = np.zeros_like(img)
-        for i in range(3):
-            for j in range(3):
-                blurred += padded[i : i + rows, j : j + columns]
-        ct = not weighting.sequence[0]
-        return self._finish(blurred / 9.0 + offset, z, 4095, noise_scale=0.3 if ct else 1.0)
+                fissure = brain & (np.abs(x) < _FISSURE) & ((y < -0.3) | (y > 0.42))
+                tissues[fissure] = index["csf"]
+        self._sections[z] = tissues
+        return tissues
 
     def ct_slice(self, z: float) -> npt.NDArray[np.uint16]:
         """HU + 1024 (RescaleIntercept -1024): air, soft tissue body, lungs, a spine-like bone."""

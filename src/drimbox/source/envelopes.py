@@ -19,7 +19,7 @@ from drimbox.cda import CdaError, parse_report
 from drimbox.config import Config
 from drimbox.db import Database, Report, ReportState, aware
 from drimbox.dmp import codes
-from drimbox.dmp.client import DmpError
+from drimbox.dmp.client import DmpError, Replacement
 from drimbox.dmp.metadata import PublicationIds, parse_document_entries
 from drimbox.dmp.mtom import Attachment
 from drimbox.dmp.vihf import VihfError, VihfSubject
@@ -72,20 +72,14 @@ def report_envelopes(config: Config, db: Database, report_id: int) -> Envelopes:
     port = ClientDmpPort(config)
     try:
         client = port.client(report)
-        replaces = signature = None
+        replaces = None
         if replaced is not None and replaced[1]:
-            replaces = replaced[1]
             own = PublicationIds.derive(replaced[0] or "", client.settings.uid_root)
             # Our own publication: its signature entry's id derives from its KOS's.
-            signature = own.signature_entry_uuid if own.kos_entry_uuid == replaces else None
-        request = client.kos_request(
-            report,
-            kos,
-            flags,
-            replaces_entry_uuid=replaces,
-            replaces_signature_entry_uuid=signature,
-            now=sent_at or datetime.now().astimezone(),
-        )
+            own_kos = own.kos_entry_uuid == replaced[1]
+            replaces = Replacement(replaced[1], own.signature_entry_uuid if own_kos else None)
+        now = sent_at or datetime.now().astimezone()
+        request = client.kos_request(report, kos, flags, replaces=replaces, now=now)
         entries = parse_document_entries(
             request.body.find(f".//{{{codes.RIM_NS}}}RegistryObjectList")
         )

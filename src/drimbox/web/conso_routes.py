@@ -683,6 +683,9 @@ class ConsoService:
         self, launch_id: str, planned: list[tuple[ExamRow, Job]], summary: PrefetchSummary
     ) -> None:
         for position, (exam, job) in enumerate(planned):
+            with self._lock:
+                if self.summaries.get(launch_id) is not summary:
+                    return  # the history was read again: a newer plan runs
             reason = self._prefetch_stop(launch_id, summary, position, summary.bytes)
             if reason is not None:
                 with self._lock:
