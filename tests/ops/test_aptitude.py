@@ -149,20 +149,24 @@ def test_every_check_passes_on_the_demo_network(network: Network, tmp_path: Path
     assert french_datetime(datetime.fromisoformat(data["at"]), offset=True) in html
     assert "Pour le site" in html and "Pour l'installateur" in html
 
-    # Printed: one A4 page (Chromium, print media), and its pictures for the record.
+    printed_on_one_page(out, "aptitude-report")
+
+
+def printed_on_one_page(report: Path, name: str) -> None:
+    """The HTML report printed by Chromium (print media): one A4 page with its signature block;
+    the PDF and a picture kept under var/artifacts/ for the record."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 794, "height": 1123})
-        page.goto(out.as_uri())
+        page.goto(report.as_uri())
         page.emulate_media(media="print")
         pdf = page.pdf(format="A4", print_background=True, prefer_css_page_size=True)
-        assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) == 1
-        (ARTIFACTS / "aptitude-report.pdf").write_bytes(pdf)
-        # Everything inside the page: the signature block is not cut off.
+        (ARTIFACTS / f"{name}.pdf").write_bytes(pdf)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
         signatures = page.locator(".signatures").bounding_box()
-        assert signatures is not None and signatures["height"] > 80
-        page.screenshot(path=str(ARTIFACTS / "aptitude-report.png"), full_page=True)
         page.close()
+    assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) == 1
+    assert signatures is not None and signatures["height"] > 80
 
 
 def box_certificate(
@@ -402,10 +406,14 @@ def test_command_line_exit_status_and_refusals(network: Network, tmp_path: Path)
     # Next to the site's file: its relative paths (database, trust state) stay the same.
     path = network.path.parent / "pacs-arrete.toml"
     path.write_text(broken, encoding="utf-8")
-    outcome = runner.invoke(app, ["aptitude", "-c", str(path), "-o", str(tmp_path / "pv.html")])
+    out = tmp_path / "pv.html"
+    outcome = runner.invoke(app, ["aptitude", "-c", str(path), "-o", str(out)])
     assert outcome.exit_code == 1
     assert "NON APTE" in outcome.stdout and "injoignable" in outcome.stdout
     assert "Traceback" not in outcome.output
+    # The record of a failed check, with every action to take, still prints on one page.
+    assert "Installation non apte : 3 échec(s)" in out.read_text(encoding="utf-8")
+    printed_on_one_page(out, "aptitude-report-non-apte")
     # An invalid configuration is a failure of its own, still reported.
     bad = tmp_path / "bad.toml"
     bad.write_text("[pacs]\nport = 0\n", encoding="utf-8")
