@@ -23,6 +23,7 @@ from fastapi import APIRouter
 from drimbox.auth.psc import PscClient, PscIntrospectionVerifier
 from drimbox.auth.tokens import InvalidToken, TokenIdentity, TokenVerifier
 from drimbox.config import Config
+from drimbox.conso.launch import MAX_FORM_BYTES
 from drimbox.db import Database
 from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService
@@ -33,7 +34,7 @@ from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
 from drimbox.web.admin_routes import admin_router
 from drimbox.web.app import PEER_PREFIX, VIEWER_PREFIX, create_peer_app, create_viewer_app
 from drimbox.web.auth_routes import CALLBACK_PATH, SessionTokens, auth_router, psc_settings
-from drimbox.web.conso_routes import ConsoService, conso_router
+from drimbox.web.conso_routes import LAUNCH_PATH, ConsoService, conso_router
 from drimbox.web.metrics_app import ServedMetricsMiddleware, create_metrics_app
 from drimbox.web.sessions import DbSessionStore, load_secret_key
 from drimbox.web.status import StatusSources, status_router
@@ -123,12 +124,15 @@ def build_web(
     ssl = None
     if trust.tls_cert:
         ssl = server_ssl_context(trust.tls_cert, trust.tls_key, trust.tls_ca)
+    limits = config.http
     peer = HttpServer(
         peer_app,
         config.http.host,
         config.http.port,
         ssl=ssl,
         http_protocol=MtlsH11Protocol if ssl is not None else None,
+        header_timeout_s=limits.header_timeout_s,
+        max_body_bytes=limits.max_body_bytes,
     )
     sessions = DbSessionStore(
         db,
@@ -161,9 +165,23 @@ def build_web(
     viewer_app.add_middleware(
         ServedMetricsMiddleware, metrics=metrics, prefix=VIEWER_PREFIX, channel="viewer"
     )
-    viewer = HttpServer(viewer_app, config.viewer.host, config.viewer.port)
+    viewer = HttpServer(
+        viewer_app,
+        config.viewer.host,
+        config.viewer.port,
+        header_timeout_s=limits.header_timeout_s,
+        max_body_bytes=limits.max_body_bytes,
+        # A launch form is a few hundred bytes: refused past its own limit while it is read.
+        path_body_limits={LAUNCH_PATH: MAX_FORM_BYTES},
+    )
     metrics_server = None
     if config.metrics.enabled:
         metrics_app = create_metrics_app(config, metrics, status)
-        metrics_server = HttpServer(metrics_app, config.metrics.host, config.metrics.port)
+        metrics_server = HttpServer(
+            metrics_app,
+            config.metrics.host,
+            config.metrics.port,
+            header_timeout_s=limits.header_timeout_s,
+            max_body_bytes=limits.max_body_bytes,
+        )
     return WebServers(peer, viewer, sessions, conso, session_tokens, metrics_server)
