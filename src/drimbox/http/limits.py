@@ -65,15 +65,18 @@ class BodyLimit:
 
 async def _too_large(send: Send, limit: int) -> None:
     body = f"Requête trop volumineuse : {limit} octets au plus.\n".encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode("ascii")),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    await send_whole(send, 413, "text/plain; charset=utf-8", body, close=True)
+
+
+async def send_whole(
+    send: Send, status: int, content_type: str, body: bytes, *, close: bool = False
+) -> None:
+    """Send a whole small response from ASGI middleware (before any route ran)."""
+    headers = [
+        (b"content-type", content_type.encode("ascii")),
+        (b"content-length", str(len(body)).encode("ascii")),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -16,6 +16,7 @@ import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import APIRouter
@@ -94,6 +95,12 @@ class WebServers:
             self.conso.close()
 
 
+def _server(config: Config, app: Any, host: str, port: int, **options: Any) -> HttpServer:
+    """A listener of the node, with the limits every origin applies ([http])."""
+    return HttpServer(app, host, port, header_timeout_s=config.http.header_timeout_s,
+                      max_body_bytes=config.http.max_body_bytes, **options)  # fmt: skip
+
+
 def build_web(
     config: Config,
     db: Database,
@@ -124,15 +131,13 @@ def build_web(
     ssl = None
     if trust.tls_cert:
         ssl = server_ssl_context(trust.tls_cert, trust.tls_key, trust.tls_ca)
-    limits = config.http
-    peer = HttpServer(
+    peer = _server(
+        config,
         peer_app,
         config.http.host,
         config.http.port,
         ssl=ssl,
         http_protocol=MtlsH11Protocol if ssl is not None else None,
-        header_timeout_s=limits.header_timeout_s,
-        max_body_bytes=limits.max_body_bytes,
     )
     sessions = DbSessionStore(
         db,
@@ -165,23 +170,11 @@ def build_web(
     viewer_app.add_middleware(
         ServedMetricsMiddleware, metrics=metrics, prefix=VIEWER_PREFIX, channel="viewer"
     )
-    viewer = HttpServer(
-        viewer_app,
-        config.viewer.host,
-        config.viewer.port,
-        header_timeout_s=limits.header_timeout_s,
-        max_body_bytes=limits.max_body_bytes,
-        # A launch form is a few hundred bytes: refused past its own limit while it is read.
-        path_body_limits={LAUNCH_PATH: MAX_FORM_BYTES},
-    )
+    # A launch form is a few hundred bytes: refused past its own limit while it is read.
+    viewer = _server(config, viewer_app, config.viewer.host, config.viewer.port,
+                     path_body_limits={LAUNCH_PATH: MAX_FORM_BYTES})  # fmt: skip
     metrics_server = None
     if config.metrics.enabled:
         metrics_app = create_metrics_app(config, metrics, status)
-        metrics_server = HttpServer(
-            metrics_app,
-            config.metrics.host,
-            config.metrics.port,
-            header_timeout_s=limits.header_timeout_s,
-            max_body_bytes=limits.max_body_bytes,
-        )
+        metrics_server = _server(config, metrics_app, config.metrics.host, config.metrics.port)
     return WebServers(peer, viewer, sessions, conso, session_tokens, metrics_server)
