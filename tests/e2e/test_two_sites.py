@@ -194,7 +194,7 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
 
     with (
         local_dmp(tmp / "dmp", pki) as dmp,
-        LocalPsc() as psc,
+        LocalPsc.with_mtls(tmp / "psc", pki) as psc,
         LocalOrthanc(aet="ORTHANCB") as orthanc_b,
     ):
         common = dmp.node_environ() | {
@@ -202,9 +202,7 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
             "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
             "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
             "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+            **psc.node_environ(),
         }
         port_a = free_port()
         (tmp / "a").mkdir()

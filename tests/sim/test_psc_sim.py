@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -298,3 +299,76 @@ structure_id = "R99"
     path.write_text("[[users]]\nid = 1\n", encoding="utf-8")
     with pytest.raises(ValueError, match="mal décrit"):
         load_users(path)
+
+
+# --- mutual TLS (RFC 8705 tls_client_auth) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mtls_psc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPsc]:
+    from drimbox.sim.pki import TestPki
+
+    settings = PscSimSettings(
+        clients=(SimClient("drimbox-sim", "drimbox-sim-secret", (CALLBACK,)),)
+    )
+    folder = tmp_path_factory.mktemp("psc-mtls")
+    with LocalPsc.with_mtls(folder, TestPki(), settings) as simulator:
+        yield simulator
+
+
+def test_mtls_registration_and_discovery(mtls_psc: LocalPsc) -> None:
+    box = mtls_psc.box_certificate
+    assert box is not None and mtls_psc.client.tls_subject == box.subject
+    assert box.subject.startswith("CN=drimbox-sim,OU=49970036790900")
+    document = httpx.get(mtls_psc.discovery_url).json()
+    assert document["token_endpoint_auth_methods_supported"][0] == "tls_client_auth"
+    assert "tls_client_auth" in document["introspection_endpoint_auth_methods_supported"]
+    aliases = document["mtls_endpoint_aliases"]
+    assert mtls_psc.mtls_url.startswith("https://")
+    assert aliases["token_endpoint"] == document["token_endpoint"].replace(
+        mtls_psc.url, mtls_psc.mtls_url
+    )
+    assert aliases["introspection_endpoint"].startswith(mtls_psc.mtls_url)
+    # The browser's endpoint stays where it was.
+    assert document["authorization_endpoint"] == f"{mtls_psc.url}/auth"
+
+
+def test_mtls_token_and_introspection_need_the_registered_certificate(
+    mtls_psc: LocalPsc,
+) -> None:
+    aliases = httpx.get(mtls_psc.discovery_url).json()["mtls_endpoint_aliases"]
+    box = mtls_psc.box_certificate
+    assert box is not None and mtls_psc.ca_file is not None
+    ca = str(mtls_psc.ca_file)
+    code = code_for(mtls_psc)
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK}
+
+    def refused(response: httpx.Response) -> None:
+        assert response.status_code == 401, response.text
+        assert response.json()["error"] == "invalid_client"
+
+    bare = ssl.create_default_context(cafile=ca)
+    with httpx.Client(verify=bare) as no_cert:
+        # No certificate, with or without the secret: PSC's invalid_client.
+        refused(no_cert.post(aliases["token_endpoint"], data={**form, "client_id": "drimbox-sim"}))
+        refused(no_cert.post(aliases["token_endpoint"], data=form, auth=AUTH))
+        refused(no_cert.post(aliases["introspection_endpoint"], data={"token": "x"}, auth=AUTH))
+    # The plain listener has no certificate to show.
+    meta = httpx.get(mtls_psc.discovery_url).json()
+    refused(token(meta, **form))
+    with_cert = ssl.create_default_context(cafile=ca)
+    assert box.cert_path is not None and box.key_path is not None
+    with_cert.load_cert_chain(box.cert_path, box.key_path)
+    with httpx.Client(verify=with_cert) as client:
+        answer = client.post(aliases["token_endpoint"], data={**form, "client_id": "drimbox-sim"})
+        assert answer.status_code == 200, answer.text
+        access = answer.json()["access_token"]
+        info = client.post(
+            aliases["introspection_endpoint"], data={"token": access, "client_id": "drimbox-sim"}
+        ).json()
+        assert info["active"] is True and info["client_id"] == "drimbox-sim"
+        # Userinfo is a bearer call: it works on the mutual-TLS listener too.
+        userinfo = client.get(
+            aliases["userinfo_endpoint"], headers={"Authorization": f"Bearer {access}"}
+        )
+        assert userinfo.json()["SubjectNameID"] == "899700100011"

@@ -131,15 +131,14 @@ def long_history(
     ca = pki.ca.write(tmp / "pki", "ca")
     assert ca.cert_path is not None
     psc_settings = PscSimSettings(users=(*DEFAULT_USERS, SECOND_RADIOLOGIST))
-    with local_dmp(tmp / "dmp", pki) as dmp, LocalPsc(psc_settings) as psc:
+    psc_sim = LocalPsc.with_mtls(tmp / "psc", pki, psc_settings)
+    with local_dmp(tmp / "dmp", pki) as dmp, psc_sim as psc:
         common = dmp.node_environ() | {
             "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp / "whitelist.xml"),
             "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
             "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
             "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+            **psc.node_environ(),
         }
         for name in ("a", "b"):
             (tmp / name).mkdir(exist_ok=True)

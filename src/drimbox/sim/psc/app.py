@@ -5,7 +5,11 @@ document at PSC's non-standard `…/.well-known/wallet-openid-configuration`, th
 endpoint `/auth` (on its own host at PSC) with a small French page to pick a test user (or
 `login_hint=<user id>` to skip it), and under `/auth/realms/esante-wallet/protocol/openid-connect/`
 `token`, `token/introspect`, `userinfo`, `certs` (JWKS) and `logout`. `GET /sim/users` lists the
-test users. All state lives in `PscProvider`; this module only speaks HTTP. Never deploy it.
+test users. With a mutual-TLS listener (see `server`), the same app also answers there and the
+discovery document names it in `mtls_endpoint_aliases` (RFC 8705 §5): a client registered by its
+certificate subject (`tls_client_auth`) is refused (`invalid_client`, 401) on a connection
+without that certificate, even with a secret. All state lives in `PscProvider`; this module
+only speaks HTTP. Never deploy it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from drimbox.sim.psc.provider import OAuthFailure, PscProvider
 from drimbox.sim.psc.settings import SimClient, SimUser
+from drimbox.trust.tls import peer_certificate_from_scope
 
 WELL_KNOWN = ".well-known/wallet-openid-configuration"
 OIDC = "protocol/openid-connect"
@@ -33,10 +38,12 @@ MAX_PENDING_LOGINS = 1000
 
 @dataclass(frozen=True)
 class PscPaths:
-    """Where each endpoint lives, from the simulator's public base URL."""
+    """Where each endpoint lives, from the simulator's public base URL (and the base URL of its
+    mutual-TLS listener, when it has one)."""
 
     base_url: str
     realm: str
+    mtls_base_url: str = ""
 
     @property
     def issuer(self) -> str:
@@ -53,9 +60,24 @@ class PscPaths:
     def oidc(self, name: str) -> str:
         return f"{self.issuer}/{OIDC}/{name}"
 
+    def mtls(self, name: str) -> str:
+        return f"{self.mtls_base_url}/auth/realms/{self.realm}/{OIDC}/{name}"
+
+
+# What a client authenticating by certificate calls on the mutual-TLS listener (RFC 8705 §5).
+MTLS_ALIASED = {
+    "token_endpoint": "token",
+    "introspection_endpoint": "token/introspect",
+    "userinfo_endpoint": "userinfo",
+    "end_session_endpoint": "logout",
+}
+
 
 def discovery_document(paths: PscPaths) -> dict[str, Any]:
-    return {
+    auth_methods = ["client_secret_basic", "client_secret_post"]
+    if paths.mtls_base_url:
+        auth_methods.insert(0, "tls_client_auth")
+    document: dict[str, Any] = {
         "issuer": paths.issuer,
         "authorization_endpoint": paths.authorization,
         "token_endpoint": paths.oidc("token"),
@@ -69,11 +91,8 @@ def discovery_document(paths: PscPaths) -> dict[str, Any]:
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "userinfo_signing_alg_values_supported": ["RS256"],
-        "introspection_endpoint_auth_methods_supported": [
-            "client_secret_basic",
-            "client_secret_post",
-        ],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_methods_supported": auth_methods,
         "scopes_supported": ["openid", "scope_all"],
         "acr_values_supported": ["eidas1"],
         "claims_supported": [
@@ -91,6 +110,11 @@ def discovery_document(paths: PscPaths) -> dict[str, Any]:
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
     }
+    if paths.mtls_base_url:
+        document["mtls_endpoint_aliases"] = {
+            key: paths.mtls(name) for key, name in MTLS_ALIASED.items()
+        }
+    return document
 
 
 def _with_params(uri: str, params: dict[str, str]) -> str:
@@ -129,8 +153,10 @@ def _oauth_error(failure: OAuthFailure) -> JSONResponse:
     )
 
 
-def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str]:
-    """client_secret_basic (RFC 6749 §2.3.1: form-urlencoded, then Basic) or client_secret_post."""
+def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str | None]:
+    """(client_id, secret or None): client_secret_basic (RFC 6749 §2.3.1: form-urlencoded,
+    then Basic), client_secret_post, or the bare `client_id` of `tls_client_auth` (RFC 8705
+    §2), whose proof is the connection's certificate."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "basic" and value:
@@ -142,9 +168,17 @@ def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, st
         if not sep:
             raise OAuthFailure("invalid_client", "Malformed Basic credentials", 401)
         return unquote_plus(client_id), unquote_plus(secret)
-    if form.get("client_id") and "client_secret" in form:
-        return form["client_id"], form["client_secret"]
+    if form.get("client_id"):
+        return form["client_id"], form.get("client_secret")
     raise OAuthFailure("invalid_client", "Client authentication required", 401)
+
+
+def _authenticated(provider: PscProvider, request: Request, form: dict[str, str]) -> SimClient:
+    """The calling client, by its secret or by the TLS client certificate of the connection."""
+    client_id, secret = _client_credentials(request, form)
+    return provider.authenticate_client(
+        client_id, secret, peer_certificate_from_scope(request.scope)
+    )
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -283,7 +317,7 @@ def create_psc_app(provider: PscProvider, paths: PscPaths) -> FastAPI:
     async def token(request: Request) -> Response:
         form = await _form(request)
         try:
-            client = provider.authenticate_client(*_client_credentials(request, form))
+            client = _authenticated(provider, request, form)
             grant_type = form.get("grant_type", "")
             if grant_type == "authorization_code":
                 answer = provider.redeem_code(
@@ -304,7 +338,7 @@ def create_psc_app(provider: PscProvider, paths: PscPaths) -> FastAPI:
     async def introspect(request: Request) -> Response:
         form = await _form(request)
         try:
-            provider.authenticate_client(*_client_credentials(request, form))
+            _authenticated(provider, request, form)
         except OAuthFailure as failure:
             return _oauth_error(failure)
         return JSONResponse(provider.introspect(form.get("token", "")), headers=NO_STORE)
@@ -338,7 +372,7 @@ def create_psc_app(provider: PscProvider, paths: PscPaths) -> FastAPI:
         if form.get("refresh_token"):
             # Back-channel logout of a confidential client (Keycloak's POST with credentials).
             try:
-                caller = provider.authenticate_client(*_client_credentials(request, form))
+                caller = _authenticated(provider, request, form)
             except OAuthFailure as failure:
                 return _oauth_error(failure)
             session = provider.session_of_refresh_token(form["refresh_token"])

@@ -20,11 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 
 from drimbox.sim.psc.settings import PscSimSettings, SimClient, SimUser
+from drimbox.trust.dn import DistinguishedName
 
 ALGORITHM = "RS256"
 
@@ -164,14 +166,32 @@ class PscProvider:
 
     # --- clients and users --------------------------------------------------------------------
 
-    def authenticate_client(self, client_id: str, client_secret: str) -> SimClient:
+    def authenticate_client(
+        self, client_id: str, client_secret: str | None, certificate: x509.Certificate | None
+    ) -> SimClient:
+        """The client a token-endpoint request authenticates as, or `invalid_client` (401).
+
+        A client registered with a certificate subject (RFC 8705 `tls_client_auth`) must come
+        with that certificate on the TLS connection; a secret does not stand in for it, as at PSC.
+        Any other client must give its secret."""
         client = self.settings.client(client_id)
-        if client is None or not hmac.compare_digest(
+        refused = OAuthFailure(
+            "invalid_client", "Invalid client or Invalid client credentials", 401
+        )
+        if client is None:
+            raise refused
+        if client.tls_subject:
+            if certificate is None:
+                raise OAuthFailure("invalid_client", "Client certificate missing", 401)
+            if not DistinguishedName.of(certificate).matches(client.tls_subject):
+                raise OAuthFailure(
+                    "invalid_client", "Certificate subject does not match the client", 401
+                )
+            return client
+        if client_secret is None or not hmac.compare_digest(
             client.client_secret.encode(), client_secret.encode()
         ):
-            raise OAuthFailure(
-                "invalid_client", "Invalid client or Invalid client credentials", 401
-            )
+            raise refused
         return client
 
     def user(self, user_id: str) -> SimUser:
