@@ -96,6 +96,28 @@ def test_the_order_puts_the_named_exam_first_then_same_modality_and_region() -> 
     assert budget.allows_more(1, 99) and not budget.allows_more(1, 100)
 
 
+def test_every_conso_dmp_query_is_in_the_reinforced_indirect_mode(
+    network: HistoryNetwork,
+) -> None:
+    """The Conso queries the DMP as the professional signed in with PSC: every ITI-18 and ITI-43
+    VIHF says INDIRECTE_RENFORCEE (with APP_BROWSER_AUTH, or the simulator refuses it), none
+    DIRECTE (which it refuses without a card)."""
+    before = network.dmp.stats()
+    with signed_in_user(network) as browser:
+        launch_url, _ = launch(browser, StudyInstanceUID=network.named.study_uid)
+        wait_prefetch(browser, launch_url)
+    after = network.dmp.stats()
+
+    def new(name: str) -> int:
+        return after.get(name, 0) - before.get(name, 0)
+
+    for operation in ("ITI-18", "ITI-43"):
+        assert new(operation) > 0, operation
+        assert new(f"{operation} mode INDIRECTE_RENFORCEE") == new(operation), operation
+    assert not [name for name in after if name.endswith("mode DIRECTE")]
+    assert not [name for name in after if name.startswith("Fault:")], after
+
+
 def test_forty_exams_named_first_budget_and_on_demand(network: HistoryNetwork) -> None:
     images = network.conso.node.images
     assert images is not None
