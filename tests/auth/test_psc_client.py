@@ -441,25 +441,20 @@ def test_mtls_certificate_with_a_wrong_subject_from_the_right_ca(tmp_path: Path)
 
 
 def test_mtls_settings_need_the_certificate_and_its_key() -> None:
-    with pytest.raises(PscError) as caught:
-        PscSettings(
+    def mtls(**files: str) -> PscSettings:
+        return PscSettings(
             client_id="c",
             client_secret="",
             redirect_uri="http://127.0.0.1:1/cb",
             discovery_url="http://127.0.0.1:1/d",
             token_endpoint_auth_method="tls_client_auth",
-            tls_cert="/nulle/part.crt",
+            **files,
         )
+
+    with pytest.raises(PscError) as caught:
+        mtls(tls_cert="/nulle/part.crt")
     assert "tls_cert et tls_key" in caught.value.message
-    unreadable = PscSettings(
-        client_id="c",
-        client_secret="",
-        redirect_uri="http://127.0.0.1:1/cb",
-        discovery_url="http://127.0.0.1:1/d",
-        token_endpoint_auth_method="tls_client_auth",
-        tls_cert="/nulle/part.crt",
-        tls_key="/nulle/part.key",
-    )
+    unreadable = mtls(tls_cert="/nulle/part.crt", tls_key="/nulle/part.key")
     assert reason_of(lambda: PscClient(unreadable)) == REASON.CONFIGURATION
 
 
