@@ -59,7 +59,7 @@ class Outcome:
     scenario: Scenario
     total_s: float = 0.0  # first message sent → every report published
     settle_s: float | None = None  # kill → every report published
-    held_at_kill: int = 0  # reports and DMP jobs the killed node had leased
+    held_at_kill: int = 0  # reports whose work (the report or its DMP job) it had leased
     held_done_s: float | None = None  # kill → the last of those published
     published_by: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -235,7 +235,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for outcome in outcomes:
         held = (
-            f"{outcome.held_at_kill} reports, done {outcome.held_done_s:.1f} s after"
+            f"{outcome.held_at_kill} items, published {outcome.held_done_s:.1f} s after"
             if outcome.held_done_s is not None
             else "—"
         )
@@ -255,7 +255,7 @@ def describe(outcome: Outcome) -> str:
     if outcome.settle_s is not None:
         text += f"; settled {outcome.settle_s:.1f} s after the kill"
     if outcome.held_done_s is not None:
-        text += f"; the {outcome.held_at_kill} held: {outcome.held_done_s:.1f} s"
+        text += f"; its {outcome.held_at_kill} held items: {outcome.held_done_s:.1f} s"
     return text + ("" if not outcome.problems else f"; PROBLEMS: {outcome.problems}")
 
 

@@ -36,7 +36,15 @@ def main() -> None:
     with (
         LocalOrthanc() as orthanc,
         source_site(
-            orthanc, Path(tempfile.mkdtemp(prefix="drimbox-load-")), series, size=128
+            orthanc,
+            Path(tempfile.mkdtemp(prefix="drimbox-load-")),
+            series,
+            size=128,
+            # Every client shares one certificate: the fair share is raised to load the node.
+            environ_extra={
+                "DRIMBOX_SOURCE__PEER_MAX_REQUESTS": str(args.clients),
+                "DRIMBOX_SOURCE__MAX_REQUESTS": str(args.clients),
+            },
         ) as site,
     ):
         token = site.psc.mint_access_token("radiologue", lifetime_s=3600)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,17 +9,14 @@ import pytest
 
 from drimbox.sim.orthanc import LocalOrthanc, orthanc_available
 from support.dmp import DmpEnvironment, local_dmp
+from support.tools import missing
 
 
 @pytest.fixture(scope="session")
 def orthanc() -> Iterator[LocalOrthanc]:
-    """A loopback Orthanc (AET ORTHANC). Missing Orthanc: skip locally, fail in CI."""
+    """A loopback Orthanc (AET ORTHANC); a missing Orthanc fails the test."""
     if not orthanc_available():
-        if os.environ.get("CI"):
-            pytest.fail(
-                "Orthanc must be installed in CI (Debian packages orthanc, orthanc-dicomweb)"
-            )
-        pytest.skip("Orthanc not installed (Debian packages orthanc, orthanc-dicomweb)")
+        missing("Orthanc not installed (Debian packages orthanc, orthanc-dicomweb)")
     with LocalOrthanc(aet="ORTHANC") as pacs:
         yield pacs
 

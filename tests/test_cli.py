@@ -17,11 +17,17 @@ from drimbox.samples import ans_file
 def test_whitelist_verify_exit_codes(tmp_path: Path) -> None:
     runner = CliRunner()
     signed = ans_file("whitelist/LISTEBLANCHE_DRIM-M_SIGNEE_TEST.xml")
-    ok = runner.invoke(app, ["whitelist", "verify", str(signed)])
+    # A fixed clock: the official signer is valid 2026-09 → 2029-09, the test is not.
+    at = ["--at", "2026-11-26T12:00:00Z"]
+    ok = runner.invoke(app, ["whitelist", "verify", str(signed), *at])
     assert ok.exit_code == 0, ok.output
     assert "VALIDE" in ok.output and "17" in ok.output
+    expired = runner.invoke(app, ["whitelist", "verify", str(signed), "--at", "2029-09-15T00:00"])
+    assert expired.exit_code == 1 and "REFUSÉE" in expired.output
+    bad_date = runner.invoke(app, ["whitelist", "verify", str(signed), "--at", "demain"])
+    assert bad_date.exit_code == 1 and "date invalide pour --at" in bad_date.output
     unsigned = ans_file("whitelist/LISTEBLANCHE_DRIM-M_NONSIGNEE_TEST.xml")
-    refused = runner.invoke(app, ["whitelist", "verify", str(unsigned)])
+    refused = runner.invoke(app, ["whitelist", "verify", str(unsigned), *at])
     assert refused.exit_code == 1 and "pas signée" in refused.output
     missing = runner.invoke(app, ["whitelist", "verify", str(tmp_path / "none.xml")])
     assert missing.exit_code == 2

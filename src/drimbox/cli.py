@@ -12,7 +12,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -67,7 +67,7 @@ ConfigOption = Annotated[
 ]
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]Erreur :[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
@@ -566,6 +566,18 @@ def reports_show(
     kos_out: Annotated[
         Path | None, typer.Option(help="Écrit le KOS (fichier DICOM Part 10).")
     ] = None,
+    iti41_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Écrit l'enveloppe SOAP ITI-41 exacte envoyée (ou qui serait envoyée) au DMP "
+            "pour cette version, pour les validateurs de l'ANS ; les documents (références XOP) "
+            "sont écrits à côté."
+        ),
+    ] = None,
+    iti57_out: Annotated[
+        Path | None,
+        typer.Option(help="Écrit l'enveloppe SOAP ITI-57 de suppression de ce KOS au DMP."),
+    ] = None,
 ) -> None:
     """Détail d'un compte rendu et de son KOS."""
     from pydicom import dcmread
@@ -573,7 +585,10 @@ def reports_show(
 
     from drimbox.dicom.kos import describe_manifest
 
-    db = _database(_load(config))
+    loaded = _load(config)
+    db = _database(loaded)
+    if iti41_out or iti57_out:
+        _write_envelopes(loaded, db, report_id, iti41_out, iti57_out)
     with db.session() as session:
         report = session.get(Report, report_id)
         if report is None:
@@ -595,6 +610,29 @@ def reports_show(
     if kos_out:
         kos_out.write_bytes(kos)
         console.print(f"KOS écrit dans {kos_out}")
+
+
+def _write_envelopes(
+    config: Config, db: Database, report_id: int, iti41: Path | None, iti57: Path | None
+) -> None:
+    from drimbox.source.envelopes import EnvelopeError, report_envelopes
+
+    try:
+        envelopes = report_envelopes(config, db, report_id)
+    except EnvelopeError as exc:
+        fail(f"requêtes au DMP impossibles à écrire : {exc}")
+        return
+    if iti41:
+        iti41.write_bytes(envelopes.iti41)
+        console.print(f"Enveloppe ITI-41 écrite dans {iti41}", highlight=False)
+        for part in envelopes.parts:
+            # Named after its Content-ID, as the envelope's xop:Include/@href says.
+            path = iti41.with_name(part.content_id.replace("@", "_").replace("/", "_"))
+            path.write_bytes(part.data)
+            console.print(f"  document {part.href} ({part.content_type}) : {path}", highlight=False)
+    if iti57:
+        iti57.write_bytes(envelopes.iti57)
+        console.print(f"Enveloppe ITI-57 écrite dans {iti57}", highlight=False)
 
 
 @reports_app.command("retry")
@@ -820,11 +858,25 @@ def whitelist_verify(
         list[Path] | None,
         typer.Option(help="Certificat d'autorité (PEM) de confiance (répétable)."),
     ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="Vérifie à cette date (UTC, ex. 2026-11-26T12:00:00Z) au lieu de maintenant : "
+            "une liste archivée, ou avec un signataire expiré depuis."
+        ),
+    ] = None,
 ) -> None:
     """Vérifie la signature d'une liste blanche et en affiche le résumé (code 0 si valide)."""
     from drimbox.trust.whitelist import verify_command
 
-    code, text = verify_command(file, list(anchor or []))
+    moment = None
+    if at is not None:
+        try:
+            moment = datetime.fromisoformat(at)
+        except ValueError:
+            fail(f"date invalide pour --at : {at!r} (attendu : 2026-11-26T12:00:00Z)")
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    code, text = verify_command(file, list(anchor or []), now=moment)
     (console if code == 0 else err).print(text, highlight=False)
     raise typer.Exit(code)
 

@@ -268,6 +268,24 @@ class SourceConfig(_Section):
         description="Âge au-delà duquel un travail en attente (CR reçu, envoi au DMP) fait passer "
         "/status en alerte (secondes).",
     )
+    peer_max_requests: int = Field(
+        4,
+        ge=1,
+        description="Demandes WADO-RS traitées en même temps pour une même DRIMbox (son "
+        "certificat) : au-delà, réponse 503 avec Retry-After, la DRIMbox redemande ensuite.",
+    )
+    max_requests: int = Field(
+        16,
+        ge=1,
+        description="Demandes WADO-RS traitées en même temps pour toutes les DRIMbox : au-delà, "
+        "réponse 503 avec Retry-After.",
+    )
+    busy_retry_after_s: int = Field(
+        2,
+        ge=1,
+        le=60,
+        description="Délai (Retry-After, secondes) indiqué aux DRIMbox refusées faute de place.",
+    )
     images_recheck_s: list[float] = Field(
         default_factory=lambda: [300.0, 1800.0, 7200.0, 86400.0],
         description="Images arrivées en retard : délais (secondes après la publication) auxquels "
@@ -433,7 +451,8 @@ class PscConfig(_Section):
     ] = Field(
         "auto",
         description="Authentification du client aux points d'accès jetons et introspection ; "
-        "auto : tls_client_auth avec tls_cert, sinon client_secret_basic.",
+        "auto : tls_client_auth avec tls_cert, sinon client_secret_basic ; tls_client_auth "
+        "sans tls_cert : le certificat ORG d'authentification [dmp] tls_cert / tls_key.",
     )
     use_pkce: bool = Field(True, description="PKCE (S256) pour le flux code.")
     leeway_s: int = Field(30, ge=0, description="Tolérance d'horloge pour exp/iat (secondes).")
@@ -442,11 +461,25 @@ class PscConfig(_Section):
     introspection_cache_s: float = Field(
         30.0, ge=0, description="Durée de cache d'une introspection réussie (secondes)."
     )
+    peer_clients: list[str] = Field(
+        default_factory=list,
+        description="Clients PSC (client_id) des DRIMbox de l'espace de confiance dont les "
+        "jetons d'accès sont acceptés des pairs (dans l'environnement : séparés par des "
+        "virgules) ; vide : seul le client_id de cette DRIMbox. Un jeton délivré à toute autre "
+        "application PSC est refusé.",
+    )
     session_max_h: float = Field(12.0, gt=0, description="Durée maximale d'une session (heures).")
+
+    _split = field_validator("peer_clients", mode="before")(_comma_separated)
 
     @property
     def configured(self) -> bool:
         return bool(self.client_id and (self.discovery_url or self.token_endpoint))
+
+    @property
+    def accepted_peer_clients(self) -> list[str]:
+        """The PSC clients whose access tokens peers may present (fail closed: never "any")."""
+        return self.peer_clients or [self.client_id]
 
 
 class AdminConfig(_Section):

@@ -293,6 +293,8 @@ tls_cert = "{psc_cert.cert_path}"
 tls_key = "{psc_cert.key_path}"
 ca_file = "{psc.ca_file}"
 discovery_url = "{psc.discovery_url}"
+# Both demo sites sign in with the simulator's one client: the trust space's only DRIMbox client.
+peer_clients = ["{psc.client.client_id}"]
 
 [admin]
 users = ["{ADMIN_USER}"]

@@ -155,6 +155,19 @@ def test_forty_exams_named_first_budget_and_on_demand(network: HistoryNetwork) -
         )
         assert series.status_code == 200 and len(series.json()) == 2
 
+        # Comparing two exams outside the budget fetches both, with the same progress display.
+        pair = [network.exams[3].study_uid, network.exams[5].study_uid]
+        assert all(jobs[uid]["etat"] == "a_la_demande" for uid in pair)
+        compared = browser.get(
+            f"{launch_url}/comparer", params=[("etude", uid) for uid in pair],
+            follow_redirects=False,
+        )  # fmt: skip
+        assert compared.status_code == 303 and all(u in compared.headers["location"] for u in pair)
+        state = wait_prefetch(browser, launch_url)
+        jobs = {ids[int(k)]: v for k, v in state["images"].items()}
+        assert all(jobs[uid]["etat"] == "termine" for uid in pair)
+        assert all(cached_bytes(network, uid) > 0 for uid in pair)
+
 
 def test_the_byte_budget_stops_the_prefetch_between_series(network: HistoryNetwork) -> None:
     """A byte budget of 1: the named exam is still fetched whole, nothing else. A budget just

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -262,6 +263,25 @@ def test_503_retry_after(
         client.retrieve_series(series, study.manifest, TOKEN, FolderStore(tmp_path / "b"))
     assert caught.value.code == "SOURCE_INDISPONIBLE" and caught.value.retry_after == 120
     assert caught.value.retryable and "120 s" in caught.value.message
+
+
+def test_a_busy_source_is_asked_again_with_backoff_within_a_bound(
+    trust: Trust, box_and_study: tuple[SourceBox, Study], tmp_path: Path
+) -> None:
+    box, study = box_and_study
+    series = study.manifest.series[0]
+    box.statuses.extend([(503, {"Retry-After": "0"})] * 3)
+    started = time.monotonic()
+    with retriever(trust) as client:
+        result = client.retrieve_series(series, study.manifest, TOKEN, FolderStore(tmp_path / "a"))
+    assert result.instances == 3 and len(box.requests) == 4 and client.busy_retries == 3
+    assert time.monotonic() - started >= 0.2 * (1 + 2 + 3)  # waits grow at each refusal
+    box.requests.clear()
+    box.statuses.extend([(503, {"Retry-After": "0"})] * 10)
+    with retriever(trust, busy_wait_s=0.5) as client, pytest.raises(RetrievalError) as caught:
+        client.retrieve_series(series, study.manifest, TOKEN, FolderStore(tmp_path / "b"))
+    assert caught.value.code == "SOURCE_INDISPONIBLE" and 2 <= len(box.requests) <= 4
+    box.statuses.clear()
 
 
 def test_an_instance_not_in_the_kos_is_dropped(

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from support.tools import missing, require_chromium
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -33,10 +35,12 @@ DRAWN_JS = """() => {
 }"""
 
 
-def _skip_or_fail(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+DATES_ON_ONE_LINE_JS = """() => [...document.querySelectorAll('td.when')].every(td => {
+    const range = document.createRange();
+    range.setStart(td.firstChild, 0);
+    range.setEnd(td.firstChild, 10);
+    return range.getClientRects().length === 1;
+})"""
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,7 @@ def demo(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
     if not (REPO / "var" / "ohif" / "index.html").exists():
-        _skip_or_fail("OHIF not installed in var/ohif (scripts/install-ohif.sh)")
+        missing("OHIF not installed in var/ohif (scripts/install-ohif.sh)")
     folder = tmp_path_factory.mktemp("demo") / "network"
     process = subprocess.Popen(
         [sys.executable, "-m", "drimbox", "demo", "--folder", str(folder), "--fresh"],
@@ -72,10 +76,20 @@ def demo(
         process.wait(60)
 
 
+def to_the_ventricles(page: Any) -> None:
+    """Scroll the stack from the vertex down to mid-height, as a reader would (for the
+    screenshot: the ventricles and the lesion)."""
+    box = page.locator("canvas.cornerstone-canvas").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(9):
+        page.mouse.wheel(0, 120)
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(500)
+
+
 def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
     process, links, folder = demo
-    if not Path(CHROMIUM).exists():
-        _skip_or_fail("Chromium not installed (Debian package chromium)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     launch = links["Lancement contextuel (RIS du site B)"]
@@ -98,17 +112,28 @@ def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
         rows = page.locator("tbody tr").all_inner_texts()
         assert len(rows) == 2, rows
         mr, ct = rows
-        assert "18/11/2025" in mr and "\tMR\t" in mr and "IRM cérébrale" in mr
+        assert "18/11/2025 à 10 h 25" in mr and "\tMR\t" in mr and "IRM cérébrale" in mr
         assert "N° d'examen : ACN108" in mr and "4 séries, 80 images" in mr
         assert "08/01/2021" in ct and "\tCT\t" in ct and "Scanner cérébral" in ct
         assert "N° d'examen : ACN103" in ct and "3 séries, 72 images" in ct
+        # A date is never cut inside (18/11/2 | 025): its 10 characters on one line.
+        assert page.evaluate(DATES_ON_ONE_LINE_JS)
+        # The region column: regions only (the CCAM act is not one).
+        assert all("\tstructure de la tête et/ou du cou\t" in row for row in rows)
         assert all("Centre de radiologie Ambroise" in row for row in rows)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "demo-tour-history.png"), full_page=True)
         page.click("a[href*='/ouvrir/']")  # the MR
         page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
         page.wait_for_function(DRAWN_JS, timeout=120_000, polling=250)
+        to_the_ventricles(page)
         page.screenshot(path=str(ARTIFACTS / "demo-tour-viewer.png"))
+        page.goto(history)
+        page.locator("a[href*='/ouvrir/']").nth(1).click()  # the prior CT
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        page.wait_for_function(DRAWN_JS, timeout=120_000, polling=250)
+        to_the_ventricles(page)
+        page.screenshot(path=str(ARTIFACTS / "demo-tour-viewer-ct.png"))
         page.goto(history)
         page.locator("button[formaction*='/export/']").first.click()
         deadline = time.monotonic() + 120
@@ -123,9 +148,15 @@ def test_tour(demo: tuple[subprocess.Popen[str], dict[str, str], Path]) -> None:
         page.click("button[value=radiologue]")
         page.wait_for_url("**/admin/comptes-rendus")
         assert page.content().count("publié au DMP") >= 2
+        reports = page.locator("main table").inner_text()
+        assert "publication" in reports and "publish" not in reports  # French, not the codes
         page.goto(f"{admin_a}/audit?utilisateur=899700100011")
         audit_page = page.content()
         assert "images servies" in audit_page and "connexion" in audit_page
+        traces = page.locator("main table").inner_text()
+        assert "professionnel de santé" in traces
+        for code in ("image_retrieve", "\tuser\t", "\tpeer\t", "login"):
+            assert code not in traces, code
         page.screenshot(path=str(ARTIFACTS / "demo-tour-admin.png"))
         browser.close()
     exported = httpx.get(f"{links['PACS B']}/instances", timeout=10).json()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import re
 import socket
 import threading
@@ -52,9 +51,10 @@ from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitel
 from drimbox.trust import audit
 from support.dmp import local_dmp
 from support.factories import CR_C_ACCESSION, make_report
-from support.node import RunningNode, node_config
+from support.history import launch_form as launch_fields
+from support.node import RunningNode, network_environ, node_config
 from support.samples import cda_of, hl7_text, with_cda
-from support.tools import chromium
+from support.tools import chromium, missing
 from support.trust import domain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,9 +63,7 @@ ARTIFACTS = REPO / "test-artifacts"
 DN_A = "CN=localhost,OU=300000001830001,O=SITE A,ST=Paris (75),C=FR"
 DN_B = "CN=db-b.test.fr,OU=300000001830002,O=SITE B,ST=Paris (75),C=FR"
 IPP_B = "IPP-B-4242"
-IPP_ISSUER_B = "1.2.250.1.999.2.1"
 INS = "279035121518989"
-INS_OID = "1.2.250.1.213.1.4.10"
 STUDY_2 = "1.2.250.1.213.4.5.2.1.104"
 STUDY_UNLISTED = "1.2.826.0.1.3680043.8.498.77.9.77"
 STUDY_MARKUP = "1.2.826.0.1.3680043.8.498.77.9.78"
@@ -87,12 +85,6 @@ DRAWN_JS = """(count) => {
     }
     return drawn >= count ? drawn : false;
 }"""
-
-
-def _skip_or_fail(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 class CountingListener:
@@ -155,7 +147,7 @@ def _variant(text: str) -> tuple[str, bytes]:
 @pytest.fixture(scope="module")
 def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     if not (OHIF_DIR / "index.html").exists():
-        _skip_or_fail("OHIF not installed in var/ohif (scripts/install-ohif.sh)")
+        missing("OHIF not installed in var/ohif (scripts/install-ohif.sh)")
     tmp = tmp_path_factory.mktemp("two-sites")
     orthanc.delete_all()
     pki = TestPki()
@@ -197,13 +189,7 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
         LocalPsc.with_mtls(tmp / "psc", pki) as psc,
         LocalOrthanc(aet="ORTHANCB") as orthanc_b,
     ):
-        common = dmp.node_environ() | {
-            "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp / "whitelist.xml"),
-            "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
-            "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
-            "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
-            **psc.node_environ(),
-        }
+        common = network_environ(dmp, psc, tmp / "whitelist.xml", ca.cert_path)
         port_a = free_port()
         (tmp / "a").mkdir()
         (tmp / "b").mkdir()
@@ -248,23 +234,6 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
 def browser() -> Iterator[Any]:
     with chromium() as launched:
         yield launched
-
-
-def launch_fields(**changes: str) -> dict[str, str]:
-    fields = {
-        "Patient.identifier.value": INS,
-        "Patient.identifier.system": f"urn:oid:{INS_OID}",
-        "Patient.name.family": "PAT-TROIS",
-        "Patient.name.given": "DOMINIQUE",
-        "Patient.gender": "F",
-        "Patient.birthDate": "1979-03-28",
-        "Address.district": "75056",
-        "PatientID": IPP_B,
-        "PatientIDIssuer": IPP_ISSUER_B,
-        "InformationEtOppositionConsultation": "true",
-    }
-    fields.update(changes)
-    return {k: v for k, v in fields.items() if v}
 
 
 def post_launch(page: Any, base: str, fields: dict[str, str]) -> None:
@@ -482,7 +451,9 @@ def test_compare_export_purge_and_console_in_french(network: Network, browser: A
         row = page.locator("tr", has=page.locator(f"input[value='{network.study_1}']"))
         text = row.inner_text()
         assert "N° d'examen : ACN103" in text
-        assert f"1 série, {network.instances_1} images" in text or "séries" in text
+        assert f"1 série, {network.instances_1} images" in text  # one CT series of 3
+        site = DmpSettings.from_config(network.source.node.config).structure_name
+        assert row.locator("td").nth(5).inner_text() == site  # the site that holds the images
 
         # After an export the status line wraps: no horizontal scroll at 1400 px.
         page.goto(launch_url)

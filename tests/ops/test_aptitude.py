@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -21,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
 from drimbox import __version__
+from drimbox.auth.psc import PscClient, PscSettings
 from drimbox.cli import app
 from drimbox.config import Config, load_config
 from drimbox.demo import DemoPorts, Trust, make_trust, site_config
 from drimbox.french import french_datetime
-from drimbox.hl7.message import parse_report_message
-from drimbox.ops.aptitude import AptitudeReport, run_aptitude
+from drimbox.ops.aptitude import AptitudeReport, _Checks, _clock, run_aptitude
 from drimbox.ops.report import render_html
 from drimbox.ops.speedtest import SpeedResult, record
 from drimbox.samples import ANS_DIR
@@ -35,10 +37,9 @@ from drimbox.sim.dmp.settings import DmpSimSettings
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.pki import Issued, TestPki
 from drimbox.sim.ports import free_port
-from drimbox.sim.psc import LocalPsc
-from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from drimbox.sim.psc import LocalPsc, PscSimSettings, SimClient
 from support.node import RunningNode
-from support.samples import hl7_text
+from support.samples import sample_exam
 from support.tools import chromium
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,12 +65,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     trust = make_trust(folder / "pki")
     c = trust.certs
     assert c.server.cert_path and c.server.key_path and c.ca.cert_path
-    report = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
-    assert report is not None
-    files = generate_study_for_report(
-        folder / "study", report, [SeriesSpec("CT", "a", 3), SeriesSpec("CT", "b", 2)],
-        rows=32, columns=32,
-    )  # fmt: skip
+    files = sample_exam(folder / "study")[1]
     dmp_settings = DmpSimSettings(
         database_path=folder / "dmp.db", trusted_vihf_certs=[c.ca.cert_pem],
         tls_cert=c.server.cert_path, tls_key=c.server.key_path, client_ca=c.ca.cert_path,
@@ -153,20 +149,24 @@ def test_every_check_passes_on_the_demo_network(network: Network, tmp_path: Path
     assert french_datetime(datetime.fromisoformat(data["at"]), offset=True) in html
     assert "Pour le site" in html and "Pour l'installateur" in html
 
-    # Printed: one A4 page (Chromium, print media), and its pictures for the record.
+    printed_on_one_page(out, "aptitude-report")
+
+
+def printed_on_one_page(report: Path, name: str) -> None:
+    """The HTML report printed by Chromium (print media): one A4 page with its signature block;
+    the PDF and a picture kept under var/artifacts/ for the record."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 794, "height": 1123})
-        page.goto(out.as_uri())
+        page.goto(report.as_uri())
         page.emulate_media(media="print")
         pdf = page.pdf(format="A4", print_background=True, prefer_css_page_size=True)
-        assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) == 1
-        (ARTIFACTS / "aptitude-report.pdf").write_bytes(pdf)
-        # Everything inside the page: the signature block is not cut off.
+        (ARTIFACTS / f"{name}.pdf").write_bytes(pdf)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
         signatures = page.locator(".signatures").bounding_box()
-        assert signatures is not None and signatures["height"] > 80
-        page.screenshot(path=str(ARTIFACTS / "aptitude-report.png"), full_page=True)
         page.close()
+    assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) == 1
+    assert signatures is not None and signatures["height"] > 80
 
 
 def box_certificate(
@@ -343,6 +343,66 @@ def test_warnings_leave_the_installation_fit_with_reservations(network: Network)
     assert text.exit_code == 0 and "Installation apte avec réserves." in text.stdout
 
 
+def test_psc_client_authentication_by_mutual_tls(network: Network) -> None:
+    """RFC 8705 `tls_client_auth`, as DRIM-M asks in production: the structure's ORG
+    authentication certificate ([dmp] tls_cert by default), no secret."""
+    c, config = network.trust.certs, network.config
+    assert c.server.cert_path and c.server.key_path and c.ca.cert_path
+    org = x509.load_pem_x509_certificate(Path(config.dmp.tls_cert).read_bytes())
+    registered = SimClient("drimbox-org", "",
+                           tls_client_auth_subject_dn=org.subject.rfc4514_string())  # fmt: skip
+    settings = PscSimSettings(tls_cert=c.server.cert_path, tls_key=c.server.key_path,
+                              client_ca=c.ca.cert_path, clients=(registered,))  # fmt: skip
+    with LocalPsc(settings) as psc:
+        mutual = changed(config, psc={
+            "discovery_url": psc.discovery_url, "client_id": "drimbox-org", "client_secret": "",
+            "token_endpoint_auth_method": "tls_client_auth", "ca_file": str(c.ca.cert_path),
+            "tls_cert": "", "tls_key": "",  # the [dmp] ORG authentication certificate
+        })  # fmt: skip
+        checks = {check.key: check for check in run_aptitude(mutual).checks}
+        assert checks["psc.discovery"].status == checks["psc.client"].status == "ok"
+        assert "(tls_client_auth)" in checks["psc.client"].message
+        # Introspection of a peer's token goes through the same mutual TLS.
+        with PscClient(PscSettings.from_config(mutual, "https://localhost/cb")) as client:
+            info = client.introspect(psc.mint_access_token("radiologue", client_id="drimbox-org"))
+        assert info is not None and info.client_id == "drimbox-org"
+        # Another certificate of the same authority is not the one registered: refused.
+        box_b = network.trust.box_b
+        other = changed(mutual, psc={"tls_cert": str(box_b.cert_path),
+                                     "tls_key": str(box_b.key_path)})  # fmt: skip
+        refused = {check.key: check for check in run_aptitude(other).checks}["psc.client"]
+        assert refused.status == "failure" and "PSC refuse le client" in refused.message
+        # Nor does a secret stand in for the certificate.
+        secret = changed(mutual, psc={"token_endpoint_auth_method": "client_secret_basic",
+                                      "client_secret": "devine"})  # fmt: skip
+        assert statuses(run_aptitude(secret))["psc.client"] == "failure"
+        # The client named without a certificate on the connection: refused.
+        form = {"grant_type": "refresh_token", "refresh_token": "x", "client_id": "drimbox-org"}
+        verify = ssl.create_default_context(cafile=c.ca.cert_path)
+        bare = httpx.post(psc.paths.oidc("token"), data=form, verify=verify)
+        assert bare.status_code == 401 and bare.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize(
+    ("skew", "status", "words"),
+    [
+        (0.4, "ok", "écart inférieur à 5 s"),
+        (-7.0, "warning", "écart de 7 s de retard du DMP"),
+        (75.0, "failure", "écart de 75 s d'avance du DMP"),
+        (float("nan"), "warning", "le DMP n'envoie pas d'en-tête Date"),
+        (None, "failure", "non mesuré : pas de connexion au DMP"),
+    ],
+)
+def test_clock_skew_is_graded(skew: float | None, status: str, words: str) -> None:
+    """The grading of the skew measured against the DMP's `Date` (the demo's clocks agree, so
+    the other grades are shown here on the function that grades them)."""
+    checks = _Checks()
+    _clock(checks, skew)
+    (check,) = checks.items
+    assert (check.key, check.status) == ("clock", status) and words in check.message
+    assert bool(check.action) == (status != "ok")
+
+
 def test_command_line_exit_status_and_refusals(network: Network, tmp_path: Path) -> None:
     broken = network.path.read_text(encoding="utf-8").replace(
         f"port = {network.config.pacs.port}", f"port = {free_port()}"
@@ -350,10 +410,14 @@ def test_command_line_exit_status_and_refusals(network: Network, tmp_path: Path)
     # Next to the site's file: its relative paths (database, trust state) stay the same.
     path = network.path.parent / "pacs-arrete.toml"
     path.write_text(broken, encoding="utf-8")
-    outcome = runner.invoke(app, ["aptitude", "-c", str(path), "-o", str(tmp_path / "pv.html")])
+    out = tmp_path / "pv.html"
+    outcome = runner.invoke(app, ["aptitude", "-c", str(path), "-o", str(out)])
     assert outcome.exit_code == 1
     assert "NON APTE" in outcome.stdout and "injoignable" in outcome.stdout
     assert "Traceback" not in outcome.output
+    # The record of a failed check, with every action to take, still prints on one page.
+    assert "Installation non apte : 3 échec(s)" in out.read_text(encoding="utf-8")
+    printed_on_one_page(out, "aptitude-report-non-apte")
     # An invalid configuration is a failure of its own, still reported.
     bad = tmp_path / "bad.toml"
     bad.write_text("[pacs]\nport = 0\n", encoding="utf-8")

@@ -188,7 +188,18 @@ def conso_config(site: Site, tmp_path: Path, token: str = "") -> Config:
     return node_config(tmp_path / "conso", None, environ)
 
 
-def test_peer_speedtest_over_mutual_tls(site: Site, tmp_path: Path) -> None:
+def stored_in_orthanc(orthanc: LocalOrthanc, series_uids: list[str]) -> tuple[int, int]:
+    """Images and bytes of these series as the PACS holds them (its files' sizes)."""
+    images = size = 0
+    for uid in series_uids:
+        (found,) = orthanc.client.post("/tools/lookup", content=uid).json()
+        for instance in orthanc.client.get(f"/series/{found['ID']}/instances").json():
+            images += 1
+            size += int(instance["FileSize"])
+    return images, size
+
+
+def test_peer_speedtest_over_mutual_tls(site: Site, orthanc: LocalOrthanc, tmp_path: Path) -> None:
     token = site.psc.mint_access_token("radiologue")
     config = conso_config(site, tmp_path, token)
     host = "localhost:" + site.node.peer_url.rsplit(":", 1)[1]
@@ -196,9 +207,11 @@ def test_peer_speedtest_over_mutual_tls(site: Site, tmp_path: Path) -> None:
         config, host, study_uid=site.study_uid, kos_uid=site.kos_uid, token=token
     )
     assert result.ok and result.kind == "peer" and result.target == host
-    assert result.images == 6  # the KOS's 4 + 2 images
-    pixels = 6 * 32 * 32 * 2  # 32×32, 16 bits: every image's pixel data at least
-    assert pixels < result.bytes < pixels + 6 * 4096
+    # The study as the Source's PACS holds it: the KOS's 4 + 2 images, their files' size
+    # (the Source serves each as retrieved; its file meta is rebuilt, a few bytes each).
+    images, stored = stored_in_orthanc(orthanc, site.series_uids)
+    assert result.images == images == 6
+    assert abs(result.bytes - stored) <= 6 * 256, (result.bytes, stored)
     assert result.latency_s is not None and result.first_image_s is not None
     assert 0 < result.latency_s <= result.first_image_s <= result.seconds
     assert sum(result.transfer_syntaxes.values()) == 6

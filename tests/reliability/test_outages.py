@@ -3,13 +3,11 @@ says so on `/status`, never ACKs what it could not store, and catches up by itse
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from drimbox.db import ReportState
 from drimbox.hl7.message import parse_report_message
@@ -21,6 +19,7 @@ from support.node import RunningNode, node_config
 from support.postgres import TemporaryPostgres
 from support.samples import hl7_text, report_variant
 from support.site import official_headers, peer_client, series_url, source_site
+from support.tools import missing
 
 
 def test_postgresql_restart_under_a_running_node(
@@ -83,10 +82,7 @@ def test_a_full_cache_disk_gives_503_and_is_reported(orthanc: LocalOrthanc, tmp_
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(cache)],
                              capture_output=True, text=True, check=False)  # fmt: skip
     if mounted.returncode != 0:
-        message = f"cannot mount a small tmpfs here: {mounted.stderr.strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"cannot mount a small tmpfs (the suite runs as root): {mounted.stderr.strip()}")
     try:
         series = (SeriesSpec("CT", "a", 4),)
         with source_site(orthanc, tmp_path, series, size=128) as site:

@@ -318,7 +318,7 @@ def mtls_psc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPsc]:
 
 def test_mtls_registration_and_discovery(mtls_psc: LocalPsc) -> None:
     box = mtls_psc.box_certificate
-    assert box is not None and mtls_psc.client.tls_subject == box.subject
+    assert box is not None and mtls_psc.client.tls_client_auth_subject_dn == box.subject
     assert box.subject.startswith("CN=drimbox-sim,OU=49970036790900")
     document = httpx.get(mtls_psc.discovery_url).json()
     assert document["token_endpoint_auth_methods_supported"][0] == "tls_client_auth"

@@ -5,20 +5,22 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import select, update
 
-from drimbox.db import Database, ReportState
-from drimbox.hl7.message import parse_report_message
+from drimbox.db import Database, Report, ReportState
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
-from drimbox.sim.studies import SeriesSpec, generate_study_for_report
+from drimbox.source.iocm import handle_rejection_note
 from drimbox.trust import audit
 from support.dmp import DmpEnvironment
+from support.factories import add_reports
 from support.node import RunningNode, node_config
-from support.samples import hl7_text
+from support.samples import hl7_text, sample_exam
 from support.tools import require_tool
 
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -26,8 +28,13 @@ DONE = {ReportState.PUBLISHED.value, ReportState.APPLIED.value, ReportState.PARK
         ReportState.REFUSED.value}  # fmt: skip
 
 
-def rejection_note(path: Path, study_uid: str, rejected: list[Dataset]) -> Path:
-    """A KOS titled (113001, DCM, "Rejected for Quality Reasons") naming `rejected`."""
+def rejection_note(
+    path: Path,
+    study_uid: str,
+    rejected: list[Dataset],
+    code: tuple[str, str, str] = ("113001", "DCM", "Rejected for Quality Reasons"),
+) -> Path:
+    """A KOS titled `code` (value, scheme, meaning) naming `rejected`."""
     note = Dataset()
     note.SOPClassUID = KOS
     note.SOPInstanceUID = generate_uid()
@@ -36,8 +43,7 @@ def rejection_note(path: Path, study_uid: str, rejected: list[Dataset]) -> Path:
     note.Modality = "KO"
     note.PatientID = "279035121518989"
     title = Dataset()
-    title.CodeValue, title.CodingSchemeDesignator = "113001", "DCM"
-    title.CodeMeaning = "Rejected for Quality Reasons"
+    title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning = code
     note.ConceptNameCodeSequence = Sequence([title])
     by_series: dict[str, list[Dataset]] = {}
     for instance in rejected:
@@ -87,12 +93,7 @@ def delete_from_pacs(pacs: LocalOrthanc, datasets: list[Dataset]) -> None:
 def test_rejection_notes_replace_then_delete_the_kos(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    report = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
-    assert report is not None
-    files = generate_study_for_report(
-        tmp_path / "study", report, [SeriesSpec("CT", "a", 3), SeriesSpec("CT", "b", 2)],
-        rows=32, columns=32,
-    )  # fmt: skip
+    report, files = sample_exam(tmp_path / "study")
     pacs.store_files(files)
     datasets = [dcmread(f, stop_before_pixels=True) for f in files]
     series_b = [d for d in datasets if d.SeriesNumber == datasets[-1].SeriesNumber]
@@ -155,3 +156,60 @@ def test_the_scp_refuses_a_wrong_called_or_calling_ae_title(
         assert not intruder_note.startswith("0\n"), intruder_note
     events = audit.events(Database(config.store.database_url))
     assert [e for e in events if e["action"] == "iocm_rejection"] == []
+
+
+def published_report(tmp_path: Path, study_uid: str) -> Database:
+    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    db.upgrade()
+    add_reports(db, 1)
+    with db.session() as session:
+        published = {"state": ReportState.PUBLISHED.value, "kos_sop_uid": "1.2.3.99"}
+        session.execute(update(Report).values(study_uid=study_uid, **published))
+    return db
+
+
+@pytest.mark.parametrize(
+    ("code", "meaning"),
+    [
+        ("113001", "Rejected for Quality Reasons"),
+        ("113037", "Rejected for Patient Safety Reasons"),
+        ("113038", "Incorrect Modality Worklist Entry"),
+        ("113039", "Data Retention Policy Expired"),
+    ],
+)
+def test_every_rejection_code_reopens_the_published_report(
+    tmp_path: Path, code: str, meaning: str
+) -> None:
+    """The four DICOM rejection titles (IHE IOCM), not only 113001, re-open the report."""
+    db = published_report(tmp_path, "1.2.3.4")
+    title = (code, "DCM", meaning)
+    note = dcmread(rejection_note(tmp_path / "note.dcm", "1.2.3.4", [], code=title))
+    [reopened] = handle_rejection_note(db, note, sender="THEPACS")
+    with db.session() as session:
+        row = session.get(Report, reopened)
+        assert row is not None
+        assert (row.kind, row.state) == ("iocm", ReportState.RECEIVED.value)
+        assert row.reason == f"images rejetées par le PACS ({code} {meaning})"
+    [event] = [e for e in audit.events(db) if e["action"] == "iocm_rejection"]
+    assert event["actor"] == "THEPACS" and event["detail"]["code"] == code
+    db.dispose()
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        ("113001", "99LOCAL", "Rejected for Quality Reasons"),  # not the DICOM scheme
+        ("113036", "DCM", "Group of Frames for Display"),  # another KOS title of CID 7010
+        ("113000", "DCM", "Of Interest"),  # a KOS that rejects nothing
+    ],
+)
+def test_a_kos_with_another_title_changes_nothing(
+    tmp_path: Path, title: tuple[str, str, str]
+) -> None:
+    db = published_report(tmp_path, "1.2.3.4")
+    note = dcmread(rejection_note(tmp_path / "note.dcm", "1.2.3.4", [], code=title))
+    assert handle_rejection_note(db, note, sender="THEPACS") == []
+    with db.session() as session:
+        states = list(session.scalars(select(Report.state)))
+    assert states == [ReportState.PUBLISHED.value]
+    db.dispose()

@@ -17,7 +17,8 @@ from drimbox.sim.studies import SeriesSpec
 from drimbox.source.grants import Grants
 from support.dmp import DmpEnvironment
 from support.node import RunningNode, node_config
-from support.publishing import DONE, send, store_study_for
+from support.process import config_environ
+from support.publishing import DONE, cli, node_that_sent, send, store_study_for
 from support.samples import cda_version, hl7_text, with_flags, with_pid32
 
 CR_C = hl7_text("CR_C-ORU.hl7")
@@ -49,6 +50,9 @@ def test_destdmp_n_stays_off_the_dmp_then_y_publishes_then_n_withdraws(
         assert Grants(node.node.db).for_study(STUDY_C) is not None
         assert kos_entries(dmp) == {}
         assert not dmp.stats().get("ITI-41")
+        listed = cli(config_environ(node.config) | {"COLUMNS": "250"}, "reports", "list",
+                     "--config", "-")  # fmt: skip
+        assert listed.count("non destiné au DMP") == 2  # its own state (and its reason), in French
 
         send(node, with_flags(cda_version(CR_C, "2", 2), DESTDMP=True))
         published = node.wait_for_report(last_report(node), DONE)
@@ -150,11 +154,9 @@ def test_modif_conf_code_updates_the_published_confidentiality(
 def test_late_images_replace_the_kos(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, CR_C)
-    config = node_config(tmp_path, pacs, dmp.node_environ(), source={"images_recheck_s": "1,2"})
-    with RunningNode(config) as node:
-        [first] = send(node, CR_C)
-        published = node.wait_for_report(first, DONE)
+    rechecks = {"images_recheck_s": "1,2"}
+    with node_that_sent(pacs, dmp, tmp_path, CR_C, source=rechecks) as (node, published):
+        first = published.id
         assert published.kos_instance_count == 7
         # A reconstruction reaches the PACS after the report was published.
         store_study_for(pacs, tmp_path, CR_C, (SeriesSpec("CT", "MPR", 2),), uid_root=LATE_ROOT)
@@ -172,11 +174,10 @@ def test_late_images_replace_the_kos(
 def test_unchanged_pacs_keeps_the_kos_over_the_window(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> None:
-    store_study_for(pacs, tmp_path, CR_C)
-    config = node_config(tmp_path, pacs, dmp.node_environ(), source={"images_recheck_s": "1,2"})
-    with RunningNode(config) as node:
-        [first] = send(node, CR_C)
-        node.wait_for_report(first, DONE)
+    with node_that_sent(pacs, dmp, tmp_path, CR_C, source={"images_recheck_s": "1,2"}) as (
+        node,
+        _,
+    ):
         deadline = time.monotonic() + 30
         while node.reports()[0].recheck_at is not None and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -137,6 +137,26 @@ def test_a_report_waits_for_its_images_then_is_built(pacs: LocalOrthanc, tmp_pat
     assert built.state == ReportState.PUBLISHING.value, built.reason
 
 
+def test_a_report_whose_images_never_arrive_is_refused_after_the_wait(
+    pacs: LocalOrthanc, tmp_path: Path
+) -> None:
+    """The exam never reaches the PACS: the report waits `images_wait_h` (here 1.8 s), asking
+    again and again, then is refused with a French reason — never published, never dropped."""
+    config = node_config(tmp_path, pacs, source={"images_wait_h": 0.0005})
+    with RunningNode(config) as running:
+        with RisClient("127.0.0.1", running.hl7_port) as ris:
+            assert ris.send(hl7_text("CR_C-ORU.hl7")).code == "AA"
+        [report] = running.reports()
+        refused = running.wait_for_report(report.id, {ReportState.REFUSED.value})
+    study = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
+    assert study is not None
+    assert refused.reason == (
+        f"Examen {study.study_instance_uid} absent du PACS après 0.0005 h d'attente"
+    )
+    assert refused.attempts >= 2  # it asked the PACS again before giving up
+    assert refused.kos is None
+
+
 def test_an_unreachable_pacs_is_retried_not_refused(tmp_path: Path) -> None:
     config = node_config(tmp_path, None, pacs={"host": "127.0.0.1", "port": 9, "timeout_s": 1})
     with RunningNode(config) as running:

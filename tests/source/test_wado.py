@@ -32,6 +32,7 @@ from support.source import (
     PublishedStudy,
     Tokens,
     orthanc_moving_to,
+    pacs_environ,
     publish_study,
     serving,
     set_state,
@@ -78,13 +79,11 @@ def make_config(tmp_path: Path, pacs: LocalOrthanc, scp_port: int, **store: Any)
     environ = {
         "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp_path / 'source.db'}",
         "DRIMBOX_STORE__CACHE_DIR": str(tmp_path / "cache"),
-        "DRIMBOX_PACS__HOST": "127.0.0.1",
-        "DRIMBOX_PACS__PORT": str(pacs.dicom_port),
-        "DRIMBOX_PACS__CALLED_AET": pacs.aet,
-        "DRIMBOX_PACS__CALLING_AET": BOX_AET,
-        "DRIMBOX_PACS__SCP_PORT": str(scp_port),
-        "DRIMBOX_PACS__DICOMWEB_URL": pacs.dicomweb_url,
+        **pacs_environ(pacs, BOX_AET, scp_port),
         "DRIMBOX_PACS__TIMEOUT_S": "10",
+        # Many concurrent requests from one address test the single flight, not the share.
+        "DRIMBOX_SOURCE__PEER_MAX_REQUESTS": "64",
+        "DRIMBOX_SOURCE__MAX_REQUESTS": "64",
     }
     for key, value in store.items():
         environ[f"DRIMBOX_STORE__{key.upper()}"] = str(value)

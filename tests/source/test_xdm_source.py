@@ -23,23 +23,11 @@ from drimbox.source.xdm import import_published
 from support.dmp import DmpEnvironment
 from support.node import RunningNode, node_config
 from support.process import config_environ
-from support.publishing import DONE, send, store_study_for
+from support.publishing import DONE, cli, node_that_sent, send
 from support.samples import cda_of, cda_version, hl7_text
 
 CR_C = hl7_text("CR_C-ORU.hl7")
 STUDY_C = "1.2.250.1.213.4.5.2.1.103"
-
-
-def cli(config_env: dict[str, str], *args: str) -> str:
-    """Run the `drimbox` command with a node's configuration (environment + an empty file)."""
-    empty = Path(config_env["DRIMBOX_STORE__CACHE_DIR"]).parent / "empty.toml"
-    empty.write_text("")
-    args = tuple(str(empty) if a == "-" else a for a in args)
-    if "--config" not in args and "-o" in args:
-        args = (*args, "--config", str(empty))
-    result = CliRunner().invoke(app, list(args), env=config_env)
-    assert result.exit_code == 0, result.output
-    return " ".join(result.output.split())  # rich wraps long lines at the terminal's width
 
 
 def kos_entries(dmp: DmpEnvironment) -> dict[str, dict[str, object]]:
@@ -50,17 +38,15 @@ def published_archive(
     pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
 ) -> tuple[Path, Report]:
     """Node A publishes report C and exports its published KOS with the CLI."""
-    store_study_for(pacs, tmp_path, CR_C)
-    folder = tmp_path / "a"
-    folder.mkdir()
-    config = node_config(folder, pacs, dmp.node_environ())
-    with RunningNode(config) as node:
-        [first] = send(node, CR_C)
-        published = node.wait_for_report(first, DONE)
+    with node_that_sent(pacs, dmp, tmp_path, CR_C) as (node, published):
+        config = node.config
     assert published.state == ReportState.PUBLISHED.value, published.reason
     archive = tmp_path / "export.zip"
     output = cli(config_environ(config), "xdm", "export", "-o", str(archive))
     assert "1 KOS" in output
+    later = tmp_path / "later.zip"
+    none = cli(config_environ(config), "xdm", "export", "-o", str(later), "--since", "2999-01-01")
+    assert "0 KOS" in none and zipfile.ZipFile(later).namelist() == ["README.TXT", "INDEX.HTM"]
     return archive, published
 
 

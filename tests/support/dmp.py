@@ -58,6 +58,11 @@ class DmpEnvironment:
             result: list[dict[str, Any]] = response.json()
             return result
 
+    def post(self, url: str, content: bytes, content_type: str) -> httpx.Response:
+        """A raw request to the DMP with the site's client certificate."""
+        with self._client() as client:
+            return client.post(url, content=content, headers={"Content-Type": content_type})
+
     def content(self, unique_id: str) -> bytes:
         """The bytes the simulator stored for the entry `unique_id`."""
         with self._client() as client:

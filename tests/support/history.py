@@ -14,6 +14,7 @@ whose relevant priors are the other CT thorax exams.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,18 +31,19 @@ from drimbox.cda.model import Code
 from drimbox.db import Report
 from drimbox.dmp.client import DmpClient
 from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.pki import TestPki
+from drimbox.sim.pki import Issued, TestPki
 from drimbox.sim.psc import DEFAULT_USERS, RADIOLOGIST, LocalPsc, PscSimSettings
 from drimbox.sim.studies import SeriesSpec
 from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitelist
 from support.dmp import DmpEnvironment, local_dmp
 from support.factories import CR_C_INS, CR_C_INS_OID
-from support.node import RunningNode, node_config
+from support.node import RunningNode, network_environ, node_config
 from support.source import PublishedStudy, publish_study
 from support.trust import domain
 
 DN_SOURCE = "CN=localhost,OU=300000001830001,O=SITE A,ST=Paris (75),C=FR"
 DN_CONSO = "CN=db-b.test.fr,OU=300000001830002,O=SITE B,ST=Paris (75),C=FR"
+DN_CONSO_2 = "CN=db-c.test.fr,OU=300000001830003,O=SITE C,ST=Paris (75),C=FR"
 SECOND_RADIOLOGIST = replace(
     RADIOLOGIST, id="radiologue-2", subject_name_id="899700100022", given_name="Marc"
 )
@@ -74,10 +76,13 @@ class HistoryExam:
 class HistoryNetwork:
     source: RunningNode
     conso: RunningNode
+    second_conso: RunningNode | None
     psc: LocalPsc
     dmp: DmpEnvironment
     exams: list[HistoryExam]
     tmp: Path
+    ca_file: Path
+    conso_certs: list[Issued]  # the Consos' certificates (db-b, db-c), for raw peer requests
 
     @property
     def named(self) -> HistoryExam:
@@ -93,24 +98,29 @@ class HistoryNetwork:
         ]
 
 
-def _pki(folder: Path) -> tuple[TestPki, Any, Any, bytes]:
+def _pki(folder: Path) -> tuple[TestPki, Issued, list[Issued], bytes]:
     pki = TestPki()
     source = pki.issue("localhost", usage="server", dns_names=("localhost", "127.0.0.1"),
                        organizational_unit="300000001830001", organization="SITE A",
                        state="Paris (75)").write(folder, "source")  # fmt: skip
-    conso = pki.issue("db-b.test.fr", usage="server", dns_names=("db-b.test.fr", "127.0.0.1"),
-                      organizational_unit="300000001830002", organization="SITE B",
-                      state="Paris (75)").write(folder, "conso")  # fmt: skip
+    consos = [
+        pki.issue(f"db-{site.lower()}.test.fr", usage="server",
+                  dns_names=(f"db-{site.lower()}.test.fr", "127.0.0.1"),
+                  organizational_unit=f"30000000183000{n}", organization=f"SITE {site}",
+                  state="Paris (75)").write(folder, f"conso-{site}")
+        for n, site in ((2, "B"), (3, "C"))
+    ]  # fmt: skip
     whitelist = sign_whitelist(
         build_whitelist(
             [domain(1, db="localhost", operator_dn=DN_SOURCE),
-             domain(2, db="db-b.test.fr", operator_dn=DN_CONSO)],
+             domain(2, db="db-b.test.fr", operator_dn=DN_CONSO),
+             domain(3, db="db-c.test.fr", operator_dn=DN_CONSO_2)],
             datetime.now(UTC) - timedelta(minutes=1),
         ),
         issue_ans_signer(pki),
         [pki.ca.certificate],
     )  # fmt: skip
-    return pki, source, conso, whitelist
+    return pki, source, consos, whitelist
 
 
 @contextmanager
@@ -123,43 +133,49 @@ def long_history(
     size: int = 16,
     conso_environ: dict[str, str] | None = None,
     source_environ: dict[str, str] | None = None,
+    second_conso: bool = False,
 ) -> Iterator[HistoryNetwork]:
-    """The network above with `count` exams of `series` (`size`² pixels) in the history."""
+    """The network above with `count` exams of `series` (`size`² pixels) in the history; with
+    `second_conso`, a second Conso node (another site, `db-c.test.fr`) reads the same Source."""
     orthanc.delete_all()
-    pki, source_cert, conso_cert, whitelist = _pki(tmp / "pki")
+    pki, source_cert, conso_certs, whitelist = _pki(tmp / "pki")
     (tmp / "whitelist.xml").write_bytes(whitelist)
     ca = pki.ca.write(tmp / "pki", "ca")
     assert ca.cert_path is not None
     psc_settings = PscSimSettings(users=(*DEFAULT_USERS, SECOND_RADIOLOGIST))
     psc_sim = LocalPsc.with_mtls(tmp / "psc", pki, psc_settings)
     with local_dmp(tmp / "dmp", pki) as dmp, psc_sim as psc:
-        common = dmp.node_environ() | {
-            "DRIMBOX_TRUST__WHITELIST_SOURCE": str(tmp / "whitelist.xml"),
-            "DRIMBOX_TRUST__ANCHORS": str(ca.cert_path),
-            "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
-            "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
-            **psc.node_environ(),
-        }
-        for name in ("a", "b"):
+        common = network_environ(dmp, psc, tmp / "whitelist.xml", ca.cert_path)
+        for name in ("a", "b", "c"):
             (tmp / name).mkdir(exist_ok=True)
         source_config = node_config(tmp / "a", orthanc, common | {
             "DRIMBOX_TRUST__STATE_DIR": str(tmp / "a" / "trust"),
             "DRIMBOX_TRUST__TLS_CERT": str(source_cert.cert_path),
             "DRIMBOX_TRUST__TLS_KEY": str(source_cert.key_path),
         } | (source_environ or {}))  # fmt: skip
-        conso_config = node_config(tmp / "b", None, common | {
-            "DRIMBOX_ROLES__SOURCE": "false",
-            "DRIMBOX_ROLES__CONSO": "true",
-            "DRIMBOX_TRUST__STATE_DIR": str(tmp / "b" / "trust"),
-            "DRIMBOX_TRUST__TLS_CERT": str(conso_cert.cert_path),
-            "DRIMBOX_TRUST__TLS_KEY": str(conso_cert.key_path),
-        } | (conso_environ or {}))  # fmt: skip
-        with RunningNode(source_config) as source, RunningNode(conso_config) as conso:
+        consos = [
+            node_config(tmp / name, None, common | {
+                "DRIMBOX_ROLES__SOURCE": "false",
+                "DRIMBOX_ROLES__CONSO": "true",
+                "DRIMBOX_TRUST__STATE_DIR": str(tmp / name / "trust"),
+                "DRIMBOX_TRUST__TLS_CERT": str(cert.cert_path),
+                "DRIMBOX_TRUST__TLS_KEY": str(cert.key_path),
+            } | (conso_environ or {}))
+            for name, cert in zip(("b", "c"), conso_certs, strict=True)
+        ]  # fmt: skip
+        with (
+            RunningNode(source_config) as source,
+            RunningNode(consos[0]) as conso,
+            contextlib.ExitStack() as more,
+        ):
+            second = more.enter_context(RunningNode(consos[1])) if second_conso else None
             port = urlsplit(source.peer_url).port
             exams = _publish_history(
                 source, orthanc, dmp, tmp / "studies", count, series, size, port
             )
-            yield HistoryNetwork(source, conso, psc, dmp, exams, tmp)
+            yield HistoryNetwork(
+                source, conso, second, psc, dmp, exams, tmp, ca.cert_path, conso_certs
+            )
     orthanc.delete_all()
 
 
@@ -215,11 +231,12 @@ def launch_form(**changes: str) -> dict[str, str]:
 
 
 @contextmanager
-def signed_in_user(network: HistoryNetwork, user: str = "radiologue") -> Iterator[httpx.Client]:
-    """A browser signed in to the Conso through the PSC simulator as `user`."""
-    with httpx.Client(
-        base_url=network.conso.viewer_url, follow_redirects=True, timeout=120
-    ) as browser:
+def signed_in_user(
+    network: HistoryNetwork, user: str = "radiologue", conso: RunningNode | None = None
+) -> Iterator[httpx.Client]:
+    """A browser signed in to the Conso (or `conso`) through the PSC simulator as `user`."""
+    node = conso or network.conso
+    with httpx.Client(base_url=node.viewer_url, follow_redirects=True, timeout=120) as browser:
         browser.get("/connexion", params={"login_hint": user, "next": "/"})
         yield browser
 

@@ -16,6 +16,8 @@ from drimbox.db import Report
 from drimbox.node import Node
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ports import free_port
+from drimbox.sim.psc import LocalPsc
+from support.dmp import DmpEnvironment
 
 
 def node_config(
@@ -58,6 +60,20 @@ def node_config(
         for key, value in values.items():
             environ[f"DRIMBOX_{section.upper()}__{key.upper()}"] = str(value)
     return load_config(environ=environ)
+
+
+def network_environ(
+    dmp: DmpEnvironment, psc: LocalPsc, whitelist: Path, ca_file: Path
+) -> dict[str, str]:
+    """The settings every node of a test network shares: the DMP simulator, the PSC simulator,
+    the whitelist signed at test time and the test PKI's authority (anchors and peers' CA)."""
+    return dmp.node_environ() | {
+        "DRIMBOX_TRUST__WHITELIST_SOURCE": str(whitelist),
+        "DRIMBOX_TRUST__ANCHORS": str(ca_file),
+        "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
+        "DRIMBOX_TRUST__TLS_CA": str(ca_file),
+        **psc.node_environ(),
+    }
 
 
 class RunningNode:

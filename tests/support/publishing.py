@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from drimbox.db import ReportState
+from typer.testing import CliRunner
+
+from drimbox.cli import app
+from drimbox.db import Report, ReportState
 from drimbox.hl7.message import parse_report_message
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
-from support.node import RunningNode
+from support.dmp import DmpEnvironment
+from support.node import RunningNode, node_config
 
 SERIES = (SeriesSpec("CT", "Crâne", 4), SeriesSpec("CT", "Crâne injecté", 3))
 DONE = {
@@ -52,3 +58,33 @@ def send(node: RunningNode, *messages: str) -> list[int]:
             ack = ris.send(message)
             assert ack.code == "AA", ack.ack
     return [r.id for r in node.reports()]
+
+
+def cli(config_env: dict[str, str], *args: str) -> str:
+    """Run the `drimbox` command with a node's configuration (environment + an empty file)."""
+    empty = Path(config_env["DRIMBOX_STORE__CACHE_DIR"]).parent / "empty.toml"
+    empty.write_text("")
+    args = tuple(str(empty) if a == "-" else a for a in args)
+    if "--config" not in args and "-o" in args:
+        args = (*args, "--config", str(empty))
+    result = CliRunner().invoke(app, list(args), env=config_env)
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())  # rich wraps long lines at the terminal's width
+
+
+@contextmanager
+def node_that_sent(
+    pacs: LocalOrthanc,
+    dmp: DmpEnvironment,
+    tmp_path: Path,
+    message: str,
+    **sections: dict[str, str],
+) -> Iterator[tuple[RunningNode, Report]]:
+    """A node (in `tmp_path`) that received `message`, whose study is in the PACS, and is done
+    with it; the node runs while the block does."""
+    store_study_for(pacs, tmp_path, message)
+    folder = tmp_path / "node"
+    folder.mkdir()
+    with RunningNode(node_config(folder, pacs, dmp.node_environ(), **sections)) as node:
+        [first] = send(node, message)
+        yield node, node.wait_for_report(first, DONE)

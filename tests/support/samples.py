@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
+from drimbox.cda.model import ImagingReport
+from drimbox.hl7.message import parse_report_message
 from drimbox.samples import ANS_DIR
 from drimbox.sim.ris import with_cda as with_cda
 from drimbox.sim.ris import with_obx5_data as with_obx5_data
+from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 
 ANS = ANS_DIR
 HL7 = ANS / "hl7"
@@ -111,3 +115,14 @@ def exam_variant(text: str, index: int) -> str:
         .replace(b'extension="ACN103"', f'extension="ACN103-{index}"'.encode())
     )  # fmt: skip
     return with_cda(text, cda)
+
+
+def sample_exam(folder: Path) -> tuple[ImagingReport, list[Path]]:
+    """The exam of the official report CR_C, as its PACS would hold it: two CT series of 3 and
+    2 small images (32×32) carrying the report's patient, study and accession."""
+    report = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
+    assert report is not None
+    files = generate_study_for_report(
+        folder, report, [SeriesSpec("CT", "a", 3), SeriesSpec("CT", "b", 2)], rows=32, columns=32
+    )
+    return report, files

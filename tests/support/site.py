@@ -130,6 +130,7 @@ def source_site(
                 "DRIMBOX_TRUST__TLS_KEY": str(box.key_path),
                 "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
                 **psc.node_environ(),
+                "DRIMBOX_PSC__PEER_CLIENTS": psc.client.client_id,
             }
             | (environ_extra or {})
         )

@@ -31,6 +31,7 @@ from drimbox.http.server import HttpServer
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from support.factories import CR_C_ACCESSION, make_report
+from support.tools import missing
 
 ISSUER = "https://psc.test/auth/realms/esante-wallet"
 AUDIENCE = "drimbox-source"
@@ -235,15 +236,27 @@ def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
         loop.close()
 
 
+def pacs_environ(pacs: LocalOrthanc, box_aet: str, scp_port: int) -> dict[str, str]:
+    """The `[pacs]` settings (as environment) of a box retrieving from `pacs` by every method:
+    its AE title `box_aet`, its C-MOVE SCP on `scp_port`, the PACS's DICOMweb."""
+    return {
+        "DRIMBOX_PACS__HOST": "127.0.0.1",
+        "DRIMBOX_PACS__PORT": str(pacs.dicom_port),
+        "DRIMBOX_PACS__CALLED_AET": pacs.aet,
+        "DRIMBOX_PACS__CALLING_AET": box_aet,
+        "DRIMBOX_PACS__SCP_PORT": str(scp_port),
+        "DRIMBOX_PACS__DICOMWEB_URL": pacs.dicomweb_url,
+    }
+
+
 @contextmanager
 def orthanc_moving_to(aet: str, box_aet: str, scp_port: int) -> Iterator[LocalOrthanc]:
     """An Orthanc that knows the box's SCP (`box_aet` on `scp_port`) as a C-MOVE destination."""
-    import pytest
 
     from drimbox.sim.orthanc import RemoteModality, orthanc_available
 
     if not orthanc_available():
-        pytest.skip("Orthanc not installed")
+        missing("Orthanc not installed (Debian packages orthanc, orthanc-dicomweb)")
     modalities = {"drimbox": RemoteModality(box_aet, "127.0.0.1", scp_port)}
     with LocalOrthanc(aet=aet, modalities=modalities) as orthanc:
         yield orthanc

@@ -4,7 +4,6 @@ same-origin DICOMweb endpoints, and a real headless Chromium drawing the first i
 from __future__ import annotations
 
 import gzip
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,17 +21,12 @@ from drimbox.sim.studies import SeriesSpec
 from drimbox.web.app import create_viewer_app
 from drimbox.web.viewer import SESSION_COOKIE, MemorySessionStore, ViewerAuth
 from support.source import PublishedStudy, publish_study, serving, set_state
+from support.tools import missing, require_chromium
 
 REPO = Path(__file__).resolve().parents[2]
 OHIF_DIR = REPO / "var" / "ohif"
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _fail_or_skip(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +40,7 @@ def ohif_dir() -> Path:
             timeout=600,
         )
         if result.returncode != 0:
-            _fail_or_skip(f"OHIF could not be installed: {result.stderr[-2000:]}")
+            missing(f"OHIF could not be installed: {result.stderr[-2000:]}")
     return OHIF_DIR
 
 
@@ -205,9 +199,9 @@ def test_iid_parameters_in_any_case_and_the_accession_checked(
 def test_iid_link_opens_ohif_and_the_first_image_is_drawn(
     tmp_path: Path, orthanc: LocalOrthanc, db: Database, ohif_dir: Path
 ) -> None:
-    if not Path(CHROMIUM).exists():
-        _fail_or_skip("Chromium not installed (Debian package chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    import playwright.sync_api as playwright_api
+
+    require_chromium()
     study = publish_study(
         db,
         orthanc,

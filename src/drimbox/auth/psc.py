@@ -151,7 +151,7 @@ class PscSettings:
             problems.append("client_id manquant")
         if self.token_endpoint_auth_method == "tls_client_auth":
             if not self.tls_cert or not self.tls_key:
-                problems.append("tls_client_auth exige tls_cert et tls_key")
+                problems.append("tls_client_auth demande tls_cert et tls_key (ou [dmp] tls_*)")
         elif not self.client_secret:
             problems.append(
                 "client_secret manquant (ou donner tls_cert et tls_key : authentification par "
@@ -182,12 +182,11 @@ class PscSettings:
         method = psc.token_endpoint_auth_method
         if method == "auto":
             method = "tls_client_auth" if psc.tls_cert else "client_secret_basic"
+        mutual = method == "tls_client_auth"
         return cls(
             client_id=psc.client_id,
             client_secret=psc.client_secret,
             redirect_uri=redirect_uri,
-            tls_cert=psc.tls_cert,
-            tls_key=psc.tls_key,
             discovery_url=psc.discovery_url,
             issuer=psc.issuer,
             authorization_endpoint=psc.authorization_endpoint,
@@ -199,6 +198,10 @@ class PscSettings:
             scope=psc.scope,
             acr_values=psc.acr_values,
             token_endpoint_auth_method=method,
+            # An explicit tls_client_auth without [psc] tls_cert: the structure's ORG
+            # authentication certificate of [dmp], when PSC registered the client with it.
+            tls_cert=psc.tls_cert or (config.dmp.tls_cert if mutual else ""),
+            tls_key=psc.tls_key or (config.dmp.tls_key if mutual else ""),
             use_pkce=psc.use_pkce,
             leeway_s=psc.leeway_s,
             timeout_s=psc.timeout_s,
@@ -944,10 +947,13 @@ class PscIntrospectionVerifier:
     """A `TokenVerifier` for peers' bearer tokens: asks PSC (introspection) whether the token
     is active, remembers the answer for `cache_ttl_s` (never past the token's `exp`).
 
+    - Only access tokens: PSC (Keycloak) also answers "active" for its refresh and ID tokens,
+      with their type in `typ`/`token_type`; anything but "Bearer" is refused, and so is an
+      answer naming no type.
     - `allowed_clients`: when given, the token must have been issued to one of these PSC
       clients (the DRIM-M boxes), not to any application of the PSC realm.
-    - `min_acr`: a token whose `acr` is present and below this level is refused (PSC's
-      introspection may omit `acr`; its absence is accepted).
+    - `min_acr`: the token's `acr` must be at least this level (a token without `acr` is
+      refused: PSC's access tokens always carry it).
 
     The cache is the trade-off: a token revoked at PSC stays accepted up to `cache_ttl_s`.
     `verify` blocks on the network on a cache miss: from async code, call it in a thread.
@@ -1006,9 +1012,16 @@ class PscIntrospectionVerifier:
     def _judge(self, info: TokenInfo | None) -> tuple[TokenIdentity | None, str]:
         if info is None:
             return None, "jeton d'accès inactif (expiré, révoqué ou inconnu de Pro Santé Connect)"
+        kinds = {str(k).lower() for k in (info.token_type, info.claims.get("typ")) if k}
+        if kinds != {"bearer"}:
+            named = ", ".join(sorted(kinds)) or "non précisé"
+            return None, f"ce jeton n'est pas un jeton d'accès (type : {named})"
         if self._allowed is not None and info.client_id not in self._allowed:
-            return None, "jeton d'accès délivré à une application non autorisée (client_id)"
-        if self._min_acr and info.acr and not acr_satisfies(info.acr, self._min_acr):
+            return None, (
+                f"jeton d'accès délivré à une application non autorisée "
+                f"(client_id « {info.client_id[:64]} »)"
+            )
+        if self._min_acr and not acr_satisfies(info.acr, self._min_acr):
             return (
                 None,
                 f"jeton d'accès d'un niveau d'authentification insuffisant ({self._min_acr} exigé)",
@@ -1018,6 +1031,7 @@ class PscIntrospectionVerifier:
             issuer=info.issuer or self._client.endpoints.issuer,
             expires_at=info.expires_at,
             claims=dict(info.claims),
+            client_id=info.client_id,
         )
         return identity, ""
 

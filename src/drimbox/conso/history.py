@@ -15,6 +15,7 @@ state between calls, nor contact Source boxes (`retrieval` does).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -253,18 +254,24 @@ def _name_of_institution(xon: str) -> str:
     return xon.split("^", 1)[0].replace("\\T\\", "&").strip()
 
 
-def _codes_in(entry: DocumentEntry | None, systems: frozenset[str]) -> tuple[str, ...]:
+def _regions(entry: DocumentEntry | None) -> tuple[str, ...]:
+    """The anatomic regions among the eventCodeList, without the CCAM act that shares a
+    coding scheme with them (the history shows the act as the exam's description)."""
     if entry is None:
         return ()
     return tuple(
         dict.fromkeys(
-            c.display_name or c.code for c in entry.event_codes if c.code_system in systems
+            c.display_name or c.code
+            for c in entry.event_codes
+            if c.code_system in _REGION_SYSTEMS
+            and not (c.code_system == codes.CCAM_SYSTEM and _CCAM_ACT.fullmatch(c.code))
         )
     )
 
 
 _MODALITY_SYSTEMS: Final = frozenset({codes.MODALITY_VALUE_SET, "1.2.840.10008.2.16.4"})
 _REGION_SYSTEMS: Final = frozenset({*codes.REGION_SYSTEMS_KEPT, "2.16.840.1.113883.6.96"})
+_CCAM_ACT: Final = re.compile(r"[A-Z]{4}\d{3}")  # an act (ACQH004), not a region
 
 
 def _entry_modalities(entry: DocumentEntry | None) -> tuple[str, ...]:
@@ -475,7 +482,7 @@ class ExamHistory:
             accession=entry.reference(codes.REF_ACCESSION) or "",
             date=entry.service_start,
             modalities=_entry_modalities(entry),
-            regions=_codes_in(entry, _REGION_SYSTEMS),
+            regions=_regions(entry),
             description=report.title if report is not None else "",
             site=_name_of_institution(institutions[0]) if institutions else "",
             kos_entry=kos,

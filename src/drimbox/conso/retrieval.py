@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import logging
+import random
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -71,6 +74,7 @@ ACCEPT_DRIM_M: Final = (
 )
 MAX_INSTANCE_BYTES: Final = 2 * 1024**3  # one multi-frame instance may be large; not a series
 MAX_ERROR_BODY: Final = 4096
+MIN_BUSY_WAIT_S: Final = 0.2  # a busy Source's "Retry-After: 0" still waits this much
 
 
 class RetrievalError(ConsoError):
@@ -241,7 +245,10 @@ class SourceRetriever:
     - `resolve`: host → address overrides (like curl's `--resolve`), for sites whose DNS cannot
       resolve peers, and for tests on loopback; the certificate is still checked against the
       whitelisted host name (SNI and Host header keep it);
-    - `max_wait_s`: a 503 whose Retry-After is at most this is retried once, after waiting.
+    - `max_wait_s`: a busy Source (503 with a Retry-After of at most this) is asked again
+      after waiting at least what it said, longer at each new refusal (plus a little jitter, so
+      that Consos refused together do not come back together), until `busy_wait_s` of waiting
+      for one series; a longer Retry-After is an error at once. `busy_retries` counts them.
     """
 
     def __init__(
@@ -253,12 +260,16 @@ class SourceRetriever:
         resolve: Mapping[str, str] | None = None,
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
         max_wait_s: float = 5.0,
+        busy_wait_s: float = 120.0,
         user_agent: str = "DRIMbox",
     ) -> None:
         self._check = peer_check
         self._resolve = {k.lower(): v for k, v in (resolve or {}).items()}
         self._max_instance = max_instance_bytes
         self._max_wait = max_wait_s
+        self._busy_wait = busy_wait_s
+        self._busy_lock = threading.Lock()
+        self.busy_retries = 0
         self._ssl = ssl_context
         self._timeout_s = timeout_s
         self._user_agent = user_agent
@@ -441,16 +452,26 @@ class SourceRetriever:
         progress: ProgressCallback | None,
     ) -> None:
         """One GET of the series (blocking: its own event loop in the calling thread); a busy
-        Source (503 with a short Retry-After) is asked once more."""
+        Source (503 with a short Retry-After) is asked again, backing off, then the series is
+        read from its start (a refusal comes before any instance)."""
         headers = self._headers(token, manifest.sop_instance_uid)
         expected = {uid for _cls, uid in series.instances}
         reading = _Reading(expected, writer, result, totals, progress)
-        for may_retry in (True, False):
+        waited = 0.0
+        for attempt in itertools.count():
+            may_retry = waited < self._busy_wait
             wait = asyncio.run(self._fetch_once(url, headers, reading.take, may_retry))
             if wait is None:
                 return
-            log.info("Source %s busy, retrying in %.1f s", urlsplit(url).hostname, wait)
-            time.sleep(wait)
+            # At least what the Source asked, more at each refusal, never 0 (the total waited
+            # bounds the retries).
+            delay = min(max(wait, MIN_BUSY_WAIT_S) * (1 + attempt), self._max_wait)
+            delay *= random.uniform(1.0, 1.25)  # jitter
+            with self._busy_lock:
+                self.busy_retries += 1
+            log.info("Source %s busy, asking again in %.1f s", urlsplit(url).hostname, delay)
+            time.sleep(delay)
+            waited += delay
 
     async def _fetch_once(
         self,

@@ -66,34 +66,16 @@ def claim_due(
         return claimed
 
 
-def renew(
-    db: Database,
-    model: Any,
-    row_id: int,
-    owner: str,
-    lease: timedelta,
-    column: str = "next_attempt_at",
-) -> bool:
-    """Push the lease of a row `owner` holds one lease ahead; False if it is no longer held."""
-    with db.session() as session:
-        result = session.execute(
-            update(model)
-            .where(model.id == row_id, model.leased_by == owner)
-            .values({column: utcnow() + lease})
-        )
-        return bool(getattr(result, "rowcount", 0))
-
-
 def reclaim(db: Database, model: Any, owner: str) -> int:
     """Make every row `owner` holds due again (a restarted node's predecessor died holding them);
     how many."""
+    held = update(model).where(model.leased_by == owner)
+    return _rows_changed(db, held.values(next_attempt_at=utcnow(), leased_by=None))
+
+
+def _rows_changed(db: Database, statement: Any) -> int:
     with db.session() as session:
-        result = session.execute(
-            update(model)
-            .where(model.leased_by == owner)
-            .values(next_attempt_at=utcnow(), leased_by=None)
-        )
-        return int(getattr(result, "rowcount", 0))
+        return int(getattr(session.execute(statement), "rowcount", 0))
 
 
 class Heartbeat:
@@ -120,7 +102,7 @@ class Heartbeat:
         interval = self.lease.total_seconds() / 3
         while not self._done.wait(interval):
             try:
-                held = renew(self.db, self.model, self.row_id, self.owner, self.lease, self.column)
+                held = self.renew()
             except SQLAlchemyError:
                 # The database is away: try again at the next beat, the lease may still hold.
                 log.warning("lease of %s %s not renewed", self.model.__tablename__, self.row_id)
@@ -133,6 +115,13 @@ class Heartbeat:
                     self.row_id,
                 )
                 return
+
+    def renew(self) -> bool:
+        """Push the lease one lease ahead; False if the row is no longer held by this node."""
+        held = update(self.model).where(
+            self.model.id == self.row_id, self.model.leased_by == self.owner
+        )
+        return bool(_rows_changed(self.db, held.values({self.column: utcnow() + self.lease})))
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

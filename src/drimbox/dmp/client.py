@@ -179,6 +179,15 @@ class DmpSettings:
 
 
 @dataclass(frozen=True)
+class Replacement:
+    """The published KOS a new one replaces (RPLC), and its signature document, replaced with
+    it so that no orphaned signature stays Approved."""
+
+    entry_uuid: str
+    signature_entry_uuid: str | None = None
+
+
+@dataclass(frozen=True)
 class PublishResult:
     entry_uuid: str
     unique_id: str
@@ -366,16 +375,15 @@ class DmpClient:
             )
         return chosen
 
-    def _call(
+    def _envelope(
         self,
         transaction: soap.Transaction,
         body: etree._Element,
         *,
         patient: tuple[str, str],
         subject: VihfSubject,
-        attachments: Sequence[mtom.Attachment] = (),
-        use_mtom: bool = False,
-    ) -> _Reply:
+    ) -> tuple[str, str, bytes]:
+        """(URL, message id, SOAP envelope with WS-Addressing and the signed VIHF)."""
         url = transaction.url(self.settings.base_url)
         try:
             assertion = build_vihf(
@@ -400,6 +408,21 @@ class DmpClient:
             body=body,
             security=[assertion],
             message_id=message_id,
+        )
+        return url, message_id, envelope
+
+    def _call(
+        self,
+        transaction: soap.Transaction,
+        body: etree._Element,
+        *,
+        patient: tuple[str, str],
+        subject: VihfSubject,
+        attachments: Sequence[mtom.Attachment] = (),
+        use_mtom: bool = False,
+    ) -> _Reply:
+        url, message_id, envelope = self._envelope(
+            transaction, body, patient=patient, subject=subject
         )
         if attachments or use_mtom:
             packed = mtom.pack(envelope, attachments, action=transaction.action)
@@ -489,34 +512,27 @@ class DmpClient:
 
     # --- publication (Source) -------------------------------------------------------------------
 
-    def publish_kos(
+    def kos_request(
         self,
         report: ImagingReport,
         kos_bytes: bytes,
         flags: Mapping[str, bool | str],
         *,
-        replaces_entry_uuid: str | None = None,
-        replaces_signature_entry_uuid: str | None = None,
+        replaces: Replacement | None = None,
         now: datetime | None = None,
-    ) -> PublishResult:
-        """ITI-41: the KOS, its DSG signature document and (for a new version) RPLC of the old
-        KOS and of its signature document (so that no orphaned signature stays Approved).
-
-        A retry after a lost answer is recognised (same derived ids): when the DMP reports the
-        KOS uniqueId as already registered with the same hash, the existing entry is returned.
-        """
+    ) -> metadata.PnrRequest:
+        """The ITI-41 request body of a KOS publication: the KOS, its DSG signature document
+        and (for a new version) RPLC of the old KOS and of its signature document."""
         kos_uid = _kos_uid(kos_bytes)
         ids = PublicationIds.derive(kos_uid, self.settings.uid_root)
-        subject = self.subject or _report_subject(report)
         now = now or datetime.now(UTC)
-        patient = (report.patient.ins, report.patient.ins_oid)
         try:
             signature = build_signature_document(
                 [SignedDocument(kos_uid, kos_bytes)],
                 self._signer,
                 signing_time=now,
             )
-            request = metadata.build_kos_submission(
+            return metadata.build_kos_submission(
                 report,
                 kos_bytes=kos_bytes,
                 ids=ids,
@@ -525,8 +541,8 @@ class DmpClient:
                 flags=flags,
                 submission_time=now,
                 signing_time=now,
-                replaces_entry_uuid=replaces_entry_uuid,
-                replaces_signature_entry_uuid=replaces_signature_entry_uuid,
+                replaces_entry_uuid=replaces.entry_uuid if replaces else None,
+                replaces_signature_entry_uuid=replaces.signature_entry_uuid if replaces else None,
             )
         except MetadataError as exc:
             raise DmpError(
@@ -539,11 +555,41 @@ class DmpClient:
                 code="SIGNATURE",
                 detail=str(exc),
             ) from exc
-        attachments = [
-            mtom.Attachment(d.content_id, d.data, d.mime_type) for d in request.documents
-        ]
+
+    def iti41_envelope(
+        self, report: ImagingReport, request: metadata.PnrRequest
+    ) -> tuple[bytes, list[mtom.Attachment]]:
+        """The SOAP envelope `publish_kos` sends for `request` (documents as XOP references)
+        and its MIME parts, without sending them: what a site hands to the ANS validators."""
+        subject = self.subject or _report_subject(report)
+        patient = (report.patient.ins, report.patient.ins_oid)
+        _, _, envelope = self._envelope(soap.ITI41, request.body, patient=patient, subject=subject)
+        return envelope, _attachments(request)
+
+    def publish_kos(
+        self,
+        report: ImagingReport,
+        kos_bytes: bytes,
+        flags: Mapping[str, bool | str],
+        *,
+        replaces: Replacement | None = None,
+        now: datetime | None = None,
+    ) -> PublishResult:
+        """ITI-41 of `kos_request` (so that no orphaned signature stays Approved).
+
+        A retry after a lost answer is recognised (same derived ids): when the DMP reports the
+        KOS uniqueId as already registered with the same hash, the existing entry is returned.
+        """
+        request = self.kos_request(report, kos_bytes, flags, replaces=replaces, now=now)
+        ids, kos_uid = request.ids, request.ids.kos_unique_id
+        subject = self.subject or _report_subject(report)
+        patient = (report.patient.ins, report.patient.ins_oid)
         reply = self._call(
-            soap.ITI41, request.body, patient=patient, subject=subject, attachments=attachments
+            soap.ITI41,
+            request.body,
+            patient=patient,
+            subject=subject,
+            attachments=_attachments(request),
         )
         try:
             response = soap.expect_registry_response(reply.element)
@@ -594,6 +640,28 @@ class DmpClient:
         )
         return next((e for e in found if e.status == codes.STATUS_APPROVED), None)
 
+    def _deletion(self, entry: DocumentEntry, also: Sequence[DocumentEntry]) -> etree._Element:
+        try:
+            return metadata.build_availability_update(
+                entry, site=self.settings.site, submission_time=datetime.now(UTC), also=also
+            )
+        except MetadataError as exc:
+            raise DmpError(
+                f"Suppression impossible : {exc}.", retryable=False, code="METADATA"
+            ) from exc
+
+    def iti57_envelope(
+        self,
+        entry: DocumentEntry,
+        *,
+        subject: VihfSubject | None = None,
+        also: Sequence[DocumentEntry] = (),
+    ) -> bytes:
+        """The SOAP envelope `delete` sends, without sending it."""
+        chosen = self._require_subject(subject)
+        body = self._deletion(entry, also)
+        return self._envelope(soap.ITI57, body, patient=entry.patient_ins, subject=chosen)[2]
+
     def delete(
         self,
         entry: DocumentEntry,
@@ -604,14 +672,7 @@ class DmpClient:
         """ITI-57: set the entry's availability status to Deleted (DMP depublication), with
         `also` (the KOS's signature document) in the same submission."""
         chosen = self._require_subject(subject)
-        try:
-            body = metadata.build_availability_update(
-                entry, site=self.settings.site, submission_time=datetime.now(UTC), also=also
-            )
-        except MetadataError as exc:
-            raise DmpError(
-                f"Suppression impossible : {exc}.", retryable=False, code="METADATA"
-            ) from exc
+        body = self._deletion(entry, also)
         reply = self._call(soap.ITI57, body, patient=entry.patient_ins, subject=chosen)
         response = soap.parse_registry_response(reply.element)
         if response.failure:
@@ -791,6 +852,10 @@ class DmpClient:
             subject=self._require_subject(subject),
         )
         return soap.parse_set_authorization(reply.element)
+
+
+def _attachments(request: metadata.PnrRequest) -> list[mtom.Attachment]:
+    return [mtom.Attachment(d.content_id, d.data, d.mime_type) for d in request.documents]
 
 
 def _kos_uid(kos_bytes: bytes) -> str:

@@ -446,7 +446,7 @@ def _issuer_of(certificate: x509.Certificate, pool: list[x509.Certificate]) -> A
             continue
         try:
             certificate.verify_directly_issued_by(candidate)
-        except (ValueError, TypeError, Exception):  # noqa: BLE001 - not this one
+        except Exception:  # noqa: BLE001 - not this one (wrong key type or signature)
             continue
         return candidate
     return None

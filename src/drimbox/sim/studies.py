@@ -80,68 +80,32 @@ class _Weighting:
 
 # Tissues: air, scalp, skull, grey matter, white matter, CSF, lesion (an extra-axial mass that
 # enhances, as a meningioma does), vessels (sinuses: they enhance too).
-_CT_PLAIN = {"air": -1000, "scalp": 30, "skull": 1800, "grey": 38, "white": 28, "csf": 6,
-             "lesion": 45, "vessel": 45}  # fmt: skip
+_TISSUES = ("air", "scalp", "skull", "grey", "white", "csf", "lesion", "vessel")
+
+
+def _values(*values: float) -> dict[str, float]:
+    """Each tissue's value, in the order of `_TISSUES`."""
+    return dict(zip(_TISSUES, values, strict=True))
+
+
+_CT = _values(-1000, 30, 1800, 38, 28, 6, 45, 45)  # HU
+_T1 = _values(0, 1700, 80, 700, 950, 250, 680, 300)
 HEAD_WEIGHTINGS: dict[str, _Weighting] = {
-    "CT": _Weighting(_CT_PLAIN, (40, 80)),
-    "CT+C": _Weighting(
-        {**_CT_PLAIN, "lesion": 95, "vessel": 160}, (40, 80), contrast_agent="Iohexol"
-    ),
-    "CT bone": _Weighting(_CT_PLAIN, (600, 2800)),
-    "T1": _Weighting(
-        {
-            "air": 0,
-            "scalp": 1700,
-            "skull": 80,
-            "grey": 700,
-            "white": 950,
-            "csf": 250,
-            "lesion": 680,
-            "vessel": 300,
-        },
-        (700, 1400),
-        ("SE", 500, 12),
-    ),
+    "CT": _Weighting(_CT, (40, 80)),
+    "CT+C": _Weighting({**_CT, "lesion": 95, "vessel": 160}, (40, 80), contrast_agent="Iohexol"),
+    "CT bone": _Weighting(_CT, (600, 2800)),
+    "T1": _Weighting(_T1, (700, 1400), ("SE", 500, 12)),
     "T2": _Weighting(
-        {
-            "air": 0,
-            "scalp": 900,
-            "skull": 60,
-            "grey": 1100,
-            "white": 750,
-            "csf": 2300,
-            "lesion": 1300,
-            "vessel": 150,
-        },
-        (1100, 2200),
-        ("SE", 4500, 100),
+        _values(0, 900, 60, 1100, 750, 2300, 1300, 150), (1100, 2200), ("SE", 4500, 100)
     ),
     "FLAIR": _Weighting(
-        {
-            "air": 0,
-            "scalp": 800,
-            "skull": 60,
-            "grey": 1050,
-            "white": 800,
-            "csf": 120,
-            "lesion": 1600,
-            "vessel": 120,
-        },
+        _values(0, 800, 60, 1050, 800, 120, 1600, 120),
         (950, 1700),
         ("IR", 9000, 110),
         inversion_ms=2500,
     ),
     "T1+C": _Weighting(
-        {
-            "air": 0,
-            "scalp": 1700,
-            "skull": 80,
-            "grey": 700,
-            "white": 950,
-            "csf": 250,
-            "lesion": 1900,
-            "vessel": 1600,
-        },
+        {**_T1, "lesion": 1900, "vessel": 1600},
         (900, 1800),
         ("SE", 500, 12),
         contrast_agent="Gadotérate de méglumine",
@@ -188,14 +152,33 @@ class _Phantom:
         self.x = (x - columns / 2) / (columns / 2)
         # Integer noise frames, rolled per slice: realistic entropy without a RNG call per image.
         self.noise = rng.normal(0.0, 12.0, size=(4, rows, columns)).astype(np.int16)
+        self._sections: dict[float, npt.NDArray[np.uint8]] = {}
 
     def head_slice(self, z: float, weighting: _Weighting, offset: float) -> npt.NDArray[np.uint16]:
         """An axial section of the head at height `z` (half-fields of view, towards the
         vertex): each tissue at its value in `weighting`, edges softened as partial volume
         does, plus noise."""
+        lut = np.array([weighting.values[t] for t in _TISSUES], dtype=np.float32)
+        img = lut[self._head_tissues(z)]
+        # Partial volume: a 3x3 box blur of the sharp tissue map.
+        padded = np.pad(img, 1, mode="edge")
+        rows, columns = img.shape
+        blurred = np.zeros_like(img)
+        for i in range(3):
+            for j in range(3):
+                blurred += padded[i : i + rows, j : j + columns]
+        ct = not weighting.sequence[0]
+        return self._finish(blurred / 9.0 + offset, z, 4095, noise_scale=0.3 if ct else 1.0)
+
+    def _head_tissues(self, z: float) -> npt.NDArray[np.uint8]:
+        """The section's tissue map (indices in `_TISSUES`), kept: the series of a study
+        (plain, injected, bone window; T1, T2…) cut the same sections."""
+        cached = self._sections.get(z)
+        if cached is not None:
+            return cached
         x, y = self.x, self.y
-        values = weighting.values
-        img = np.full(x.shape, values["air"], dtype=np.float32)
+        index = {tissue: i for i, tissue in enumerate(_TISSUES)}
+        tissues = np.zeros(x.shape, dtype=np.uint8)  # air
         brain = np.zeros(x.shape, dtype=bool)
         for tissue, a, b, c, x0, y0, z0, angle in _HEAD:
             dz = (z - z0) / c
@@ -215,20 +198,14 @@ class _Phantom:
                     inside &= in_plane <= 1.0 - 0.14 * (1.0 - g) / 2.0
                 else:
                     brain = inside
-            img[inside] = values["grey" if tissue == "cortex" else tissue]
+            tissues[inside] = index["grey" if tissue == "cortex" else tissue]
             if tissue == "cortex":
-                img[inside & (g < -0.8) & (in_plane > 0.86)] = values["csf"]  # sulci
+                tissues[inside & (g < -0.8) & (in_plane > 0.86)] = index["csf"]  # sulci
             if tissue == "white":  # the fissure between the hemispheres
-                img[brain & (np.abs(x) < _FISSURE) & ((y < -0.3) | (y > 0.42))] = values["csf"]
-        # Partial volume: a 3x3 box blur of the sharp tissue map.
-        padded = np.pad(img, 1, mode="edge")
-        rows, columns = img.shape
-        blurred = np.zeros_like(img)
-        for i in range(3):
-            for j in range(3):
-                blurred += padded[i : i + rows, j : j + columns]
-        ct = not weighting.sequence[0]
-        return self._finish(blurred / 9.0 + offset, z, 4095, noise_scale=0.3 if ct else 1.0)
+                fissure = brain & (np.abs(x) < _FISSURE) & ((y < -0.3) | (y > 0.42))
+                tissues[fissure] = index["csf"]
+        self._sections[z] = tissues
+        return tissues
 
     def ct_slice(self, z: float) -> npt.NDArray[np.uint16]:
         """HU + 1024 (RescaleIntercept -1024): air, soft tissue body, lungs, a spine-like bone."""
@@ -549,7 +526,7 @@ def _add_modality_attributes(
 
 
 # The head stack, from the skull base to the vertex (half-fields of view, see `_HEAD`).
-_HEAD_Z = (-0.45, 0.72)
+_HEAD_Z = (-0.45, 0.62)
 _HEAD_FOV_MM = 220.0
 
 

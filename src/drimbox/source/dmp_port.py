@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from drimbox.cda.model import ImagingReport
 from drimbox.config import Config
-from drimbox.dmp.client import DmpClient, DmpError, DmpSettings
+from drimbox.dmp.client import DmpClient, DmpError, DmpSettings, Replacement
 from drimbox.dmp.metadata import DocumentEntry
 from drimbox.dmp.structures import StructureError, choose_structure, site_structures
 from drimbox.dmp.vihf import VihfError, VihfSubject
@@ -92,8 +92,7 @@ class ClientDmpPort:
                 report,
                 kos,
                 flags,
-                replaces_entry_uuid=replaces,
-                replaces_signature_entry_uuid=old_signature,
+                replaces=Replacement(replaces, old_signature) if replaces else None,
             )
         )
         return result.entry_uuid

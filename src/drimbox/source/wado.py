@@ -30,7 +30,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from drimbox.auth.tokens import InvalidToken, TokenVerifier, bearer_token
+from drimbox.auth.tokens import InvalidToken, TokenIdentity, TokenVerifier, bearer_token
 from drimbox.db import Database, Report
 from drimbox.dicom.cache import CachedInstance, CacheEntry, CacheError
 from drimbox.dicom.pacs import PacsError
@@ -94,6 +94,7 @@ class Scope:
 
     subject: str
     kos: KosContent
+    psc_client: str = ""  # peers: the PSC client the bearer token was issued to
 
 
 class Authorizer(Protocol):
@@ -135,9 +136,9 @@ class PeerAuthorizer:
         except PeerRefused as exc:
             raise WadoError(403, exc.message) from None
 
-    def _subject(self, request: Request) -> str:
+    def _identity(self, request: Request) -> TokenIdentity:
         try:
-            return self.verifier.verify(bearer_token(request.headers.get("authorization"))).subject
+            return self.verifier.verify(bearer_token(request.headers.get("authorization")))
         except InvalidToken as exc:
             raise WadoError(
                 401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}
@@ -154,27 +155,27 @@ class PeerAuthorizer:
     async def scope(self, request: Request, study_uid: str) -> Scope:
         self._check_peer(request)
         # Token checks may call PSC (introspection): never on the event loop.
-        subject = await asyncio.to_thread(self._subject, request)
+        identity = await asyncio.to_thread(self._identity, request)
         kos_uid = self._kos_uid(request)
         try:
             content = await asyncio.to_thread(self.grants.for_peer, study_uid, kos_uid)
         except GrantError as exc:
             raise WadoError(exc.status, str(exc)) from None
-        return Scope(subject, content)
+        return Scope(identity.subject, content, identity.client_id)
 
     async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
         self._check_peer(request)
-        subject = await asyncio.to_thread(self._subject, request)
+        identity = await asyncio.to_thread(self._identity, request)
         kos_uid = self._kos_uid(request)
         try:
             content = await asyncio.to_thread(self.grants.kos_of_peer, kos_uid)
         except GrantError as exc:
             raise WadoError(exc.status, str(exc)) from None
-        return subject, [content]
+        return identity.subject, [content]
 
     def subject_hint(self, request: Request) -> str:
         try:
-            return self._subject(request)
+            return self._identity(request).subject
         except WadoError:
             return ""
 
@@ -199,6 +200,7 @@ def audit_retrieval(db: Database, record: RetrievalRecord) -> None:
         remote=record.client,
         series_uid=record.series_uid,
         sop_instance_uid=record.sop_instance_uid,
+        psc_client=record.psc_client,
         http_status=record.result,
         channel=record.channel,
         detail=record.detail,
@@ -398,6 +400,7 @@ class WadoRoutes:
         boundary = new_boundary()
         record = RetrievalRecord(
             subject=scope.subject,
+            psc_client=scope.psc_client,
             study_uid=study_uid,
             series_uid="" if resource == "study" else series_uids[0],
             sop_instance_uid=sop_uid or "",
@@ -522,6 +525,7 @@ class WadoRoutes:
             request,
             RetrievalRecord(
                 subject=scope.subject,
+                psc_client=scope.psc_client,
                 study_uid=study_uid,
                 series_uid=series_uid or "",
                 sop_instance_uid=sop_uid or "",

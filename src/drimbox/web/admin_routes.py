@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final
 from urllib.parse import urlencode, urlsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 
@@ -65,6 +65,11 @@ def admin_nav(config: Config) -> list[tuple[str, str]]:
     nav += [("/admin/liste-blanche", "Liste blanche"), ("/admin/audit", "Traces"),
             ("/admin/cache", "Cache")]  # fmt: skip
     return nav
+
+
+# A report number as the databases store it (PostgreSQL integer): anything else is a 400, not a
+# database error.
+ReportId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def purge_message(series: int, nbytes: int) -> str:
@@ -257,7 +262,7 @@ def admin_router(
                     notice=message)  # fmt: skip
 
     @router.post("/admin/comptes-rendus/{report_id}/relancer")
-    def retry(request: Request, report_id: int) -> Response:
+    def retry(request: Request, report_id: ReportId) -> Response:
         try:
             view = admin(request)
             same_origin(request)

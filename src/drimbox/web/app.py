@@ -1,7 +1,7 @@
 """The two HTTP applications of a node, as FastAPI apps the `HttpServer` runs.
 
 - `create_peer_app`: the `db…` origin that DRIM-M peers call: WADO-RS under `/dicom-web-rs`
-  (later `/status`, `/health`).
+  (later `/status`, `/health`), each peer's share bounded (`source.fairness`).
 - `create_viewer_app`: the `vi…` origin: OHIF at the root, `/dicom-web` for it, IHE IID links.
 
 Both take the node's `ImageService` when given (one cache and one single flight for the node),
@@ -26,6 +26,7 @@ from drimbox.db import Database
 from drimbox.dicom.retrieve import ImageService
 from drimbox.http.pathguard import PathGuard
 from drimbox.source.access import access_log_path
+from drimbox.source.fairness import PeerLimiter, PeerShares
 from drimbox.source.grants import Grants
 from drimbox.source.wado import Authorizer, PeerAuthorizer, WadoRoutes, install
 from drimbox.trust.tls import PeerCheck
@@ -66,7 +67,15 @@ def create_peer_app(
     """The peer-facing application (WADO-RS, DRIM-M flavour)."""
     images = images or ImageService(config)
     authorizer = PeerAuthorizer(verifier, Grants(db), peer_check)
-    return _image_app("DRIMbox — service d'images (WADO-RS)", config, db, images, authorizer)
+    app = _image_app("DRIMbox — service d'images (WADO-RS)", config, db, images, authorizer)
+    source = config.source
+    app.state.peer_shares = PeerShares(
+        per_peer=source.peer_max_requests,
+        total=source.max_requests,
+        retry_after_s=source.busy_retry_after_s,
+    )
+    app.add_middleware(PeerLimiter, prefix=PEER_PREFIX, shares=app.state.peer_shares)
+    return app
 
 
 def create_viewer_app(

@@ -684,6 +684,9 @@ class ConsoService:
         self, launch_id: str, planned: list[tuple[ExamRow, Job]], summary: PrefetchSummary
     ) -> None:
         for position, (exam, job) in enumerate(planned):
+            with self._lock:
+                if self.summaries.get(launch_id) is not summary:
+                    return  # the history was read again: a newer plan runs
             reason = self._prefetch_stop(launch_id, summary, position, summary.bytes)
             if reason is not None:
                 with self._lock:
@@ -990,12 +993,16 @@ def _prefetch_note(jobs: dict[int, Job], budget: Budget) -> str:
         parts.append(f"en cours de préchargement : {_exams(coming)}")
     text = " ; ".join(parts) + "."
     if later:
+        why = (
+            f"préchargement limité à {_exams(budget.exams)} et {french_size(budget.max_bytes)} "
+            "par consultation : l'examen demandé puis les antériorités de même modalité et "
+            "région, les plus récentes d'abord"
+            if budget.exams
+            else "préchargement désactivé sur cette DRIMbox"
+        )
         text += (
             f" {_exams(later, capital=True)} {'seront' if later > 1 else 'sera'} "
-            f"récupéré{'s' if later > 1 else ''} à l'ouverture (préchargement limité à "
-            f"{_exams(budget.exams)} et {french_size(budget.max_bytes)} par consultation : "
-            "l'examen demandé puis les antériorités de même modalité et région, les plus "
-            "récentes d'abord)."
+            f"récupéré{'s' if later > 1 else ''} à l'ouverture ({why})."
         )
     return text
 

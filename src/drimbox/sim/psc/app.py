@@ -34,6 +34,7 @@ WELL_KNOWN = ".well-known/wallet-openid-configuration"
 OIDC = "protocol/openid-connect"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 MAX_PENDING_LOGINS = 1000
+AUTH_METHODS = ["tls_client_auth", "client_secret_basic", "client_secret_post"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,6 @@ MTLS_ALIASED = {
 
 
 def discovery_document(paths: PscPaths) -> dict[str, Any]:
-    auth_methods = ["client_secret_basic", "client_secret_post"]
-    if paths.mtls_base_url:
-        auth_methods.insert(0, "tls_client_auth")
     document: dict[str, Any] = {
         "issuer": paths.issuer,
         "authorization_endpoint": paths.authorization,
@@ -91,8 +89,8 @@ def discovery_document(paths: PscPaths) -> dict[str, Any]:
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "userinfo_signing_alg_values_supported": ["RS256"],
-        "introspection_endpoint_auth_methods_supported": auth_methods,
-        "token_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "scopes_supported": ["openid", "scope_all"],
         "acr_values_supported": ["eidas1"],
         "claims_supported": [

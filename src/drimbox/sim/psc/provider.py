@@ -180,16 +180,18 @@ class PscProvider:
         )
         if client is None:
             raise refused
-        if client.tls_subject:
+        if client.tls_client_auth_subject_dn:
             if certificate is None:
                 raise OAuthFailure("invalid_client", "Client certificate missing", 401)
-            if not DistinguishedName.of(certificate).matches(client.tls_subject):
+            if not DistinguishedName.of(certificate).matches(client.tls_client_auth_subject_dn):
                 raise OAuthFailure(
                     "invalid_client", "Certificate subject does not match the client", 401
                 )
             return client
-        if client_secret is None or not hmac.compare_digest(
-            client.client_secret.encode(), client_secret.encode()
+        if (
+            client_secret is None
+            or not client.client_secret  # a client registered without a secret has none to match
+            or not hmac.compare_digest(client.client_secret.encode(), client_secret.encode())
         ):
             raise refused
         return client
@@ -370,8 +372,12 @@ class PscProvider:
         return self._token_response(grant.session, grant.scope, grant.nonce)
 
     def _active_access_claims(self, token: str) -> dict[str, Any] | None:
+        return self._active_claims(token, "Bearer")
+
+    def _active_claims(self, token: str, typ: str) -> dict[str, Any] | None:
+        """Claims of a live, unrevoked token of kind `typ` ("Bearer" or "ID") it signed."""
         claims = self._decode_own(token)
-        if claims is None or claims.get("typ") != "Bearer":
+        if claims is None or claims.get("typ") != typ:
             return None
         if int(claims.get("exp", 0)) < self._clock():
             return None
@@ -394,12 +400,18 @@ class PscProvider:
                 "username": claims.get("preferred_username"),
                 "token_type": "Bearer",
             }
+        # Like Keycloak, PSC also answers "active" for its other tokens, with their type: the
+        # caller must check it (a refresh or ID token is not a credential for an API).
+        id_claims = self._active_claims(token, "ID")
+        if id_claims is not None:
+            return {**id_claims, "active": True, "client_id": id_claims.get("azp")}
         with self._lock:
             grant = self._refresh.get(token)
         if grant is not None and grant.session.active and grant.expires_at >= self._clock():
             user = grant.session.user
             return {
                 "active": True,
+                "typ": "Refresh",
                 "token_type": "Refresh",
                 "sub": user.subject,
                 "client_id": grant.session.client_id,

@@ -42,20 +42,25 @@ class PscSimulatorError(RuntimeError):
 
 
 def _uvicorn_config(
-    app: Any, settings: PscSimSettings, host: str, port: int, *, mtls: bool = False
+    app: Any, settings: PscSimSettings, host: str, port: int, *, mtls_listener: bool = False
 ) -> uvicorn.Config:
-    tls: dict[str, object] = {}
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
-    if mtls:
-        # Asked, not required: PSC answers a request without certificate with its OAuth error.
-        tls = {
-            "ssl_certfile": str(settings.mtls_cert),
-            "ssl_keyfile": str(settings.mtls_key),
-            "ssl_ca_certs": str(settings.client_ca),
-            "ssl_cert_reqs": ssl.CERT_OPTIONAL,
-            "http": MtlsH11Protocol,
-        }
+    cert, key = (
+        (settings.mtls_cert, settings.mtls_key)
+        if mtls_listener
+        else (settings.tls_cert, settings.tls_key)
+    )
+    tls: dict[str, Any] = {}
+    if cert is not None and key is not None:
+        tls = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+        # The client certificate is asked on the mutual-TLS listener, or on the only one when
+        # there is no second: asked, not required, as PSC (browsers reach the same host without
+        # one, and a request without it gets the OAuth error, not a failed handshake).
+        if settings.client_ca is not None and (mtls_listener or settings.mtls_cert is None):
+            tls |= {
+                "ssl_ca_certs": str(settings.client_ca),
+                "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+                "http": MtlsH11Protocol,
+            }
     return uvicorn.Config(
         app,
         host=host,
@@ -63,7 +68,7 @@ def _uvicorn_config(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
-        **tls,  # type: ignore[arg-type]
+        **tls,
     )
 
 
@@ -79,7 +84,7 @@ class _MtlsListener(ThreadedService):
 
     def server_config(self) -> uvicorn.Config:
         app = create_psc_app(self._psc.provider, self._psc.paths)
-        return _uvicorn_config(app, self._psc.settings, self.host, self.port, mtls=True)
+        return _uvicorn_config(app, self._psc.settings, self.host, self.port, mtls_listener=True)
 
 
 class LocalPsc(ThreadedService):
@@ -100,14 +105,16 @@ class LocalPsc(ThreadedService):
         self.settings = settings or PscSimSettings()
         if (self.settings.tls_cert is None) != (self.settings.tls_key is None):
             raise PscSimulatorError("tls_cert and tls_key go together")
-        if self.settings.client_ca is not None and (
-            self.settings.mtls_cert is None or self.settings.mtls_key is None
+        if (self.settings.mtls_cert is None) != (self.settings.mtls_key is None):
+            raise PscSimulatorError("mtls_cert and mtls_key go together")
+        if self.settings.client_ca is not None and not (
+            self.settings.mtls_cert or self.settings.tls_cert
         ):
-            raise PscSimulatorError("client_ca needs mtls_cert and mtls_key")
+            raise PscSimulatorError("client_ca needs tls_cert or mtls_cert (a TLS listener)")
         super().__init__(host, port or free_port(), start_timeout)
         self._mtls: _MtlsListener | None = None
         mtls_url = ""
-        if self.settings.client_ca is not None:
+        if self.settings.client_ca is not None and self.settings.mtls_cert is not None:
             self._mtls = _MtlsListener(self, mtls_port or free_port())
             mtls_url = f"https://{host}:{self._mtls.port}"
         self.paths = PscPaths(
@@ -145,7 +152,7 @@ class LocalPsc(ThreadedService):
         server = server.write(folder, "psc-server")
         ca_file = folder / "psc-ca.crt"
         ca_file.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in pki.chain))
-        registered = replace(first, tls_subject=box.subject)
+        registered = replace(first, tls_client_auth_subject_dn=box.subject)
         settings = replace(
             settings,
             clients=(registered, *settings.clients[1:]),
@@ -323,7 +330,11 @@ def run_psc_simulator(
     """Serve a simulated PSC until interrupted (`drimbox sim psc`); with `client_ca`, the
     mutual-TLS listener on `mtls_port` uses the same certificate as the first one."""
     client = SimClient(
-        client_id, client_secret, redirect_uris, redirect_uris, tls_subject=client_subject
+        client_id,
+        client_secret,
+        redirect_uris,
+        redirect_uris,
+        tls_client_auth_subject_dn=client_subject,
     )
     settings = PscSimSettings(
         clients=(client,),
