@@ -2,7 +2,10 @@
 the PSC access tokens that peers forward.
 
 Owns `PscSettings` (client identity, discovery URL or explicit endpoints — PSC's discovery path
-`…/.well-known/wallet-openid-configuration` is not the standard one), `PscClient` (authorization
+`…/.well-known/wallet-openid-configuration` is not the standard one; client authentication by
+mutual TLS, RFC 8705 `tls_client_auth`, at the discovery document's `mtls_endpoint_aliases` when
+it has them, or by secret for sandboxes), `certificate_problems` (`drimbox config check`: the
+client certificate's CN is `client_id`), `PscClient` (authorization
 code flow with `scope=openid scope_all`, `acr_values=eidas1`, state, nonce and PKCE; ID token
 verification: signature against the JWKS — cached, refreshed when an unknown `kid` shows up —,
 `iss`, `aud`/`azp`, `exp`/`iat`, `nonce`, `acr` ≥ eidas1; userinfo; refresh; logout;
