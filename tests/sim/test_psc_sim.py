@@ -8,6 +8,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -372,3 +375,51 @@ def test_mtls_token_and_introspection_need_the_registered_certificate(
             aliases["userinfo_endpoint"], headers={"Authorization": f"Bearer {access}"}
         )
         assert userinfo.json()["SubjectNameID"] == "899700100011"
+
+
+def test_the_sim_psc_command_serves_a_client_registered_by_certificate(tmp_path: Path) -> None:
+    """`drimbox sim psc --client-ca … --client-subject …`: the mutual-TLS listener is announced
+    and only the registered certificate authenticates the client there."""
+    from drimbox.sim.pki import TestPki
+    from drimbox.sim.ports import free_port
+
+    pki = TestPki()
+    server = pki.issue("psc.test", usage="server", dns_names=("127.0.0.1",)).write(tmp_path, "s")
+    box = pki.issue("drimbox-cli", usage="auth", organizational_unit="1").write(tmp_path, "box")
+    ca = pki.ca.write(tmp_path, "ca")
+    assert server.cert_path and server.key_path and ca.cert_path and box.cert_path
+    assert box.key_path
+    port, mtls_port = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "drimbox", "sim", "psc", "--port", str(port),
+        "--client-id", "drimbox-cli", "--client-subject", box.subject,
+        "--tls-cert", str(server.cert_path), "--tls-key", str(server.key_path),
+        "--client-ca", str(ca.cert_path), "--mtls-port", str(mtls_port),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    trusted = ssl.create_default_context(cafile=str(ca.cert_path))
+    realm = f"https://127.0.0.1:{port}/auth/realms/esante-wallet"
+    discovery = f"{realm}/.well-known/wallet-openid-configuration"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                document = httpx.get(discovery, verify=trusted, timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, "the simulator exited"
+                assert time.monotonic() < deadline, "the simulator did not start"
+                time.sleep(0.1)
+        token_url = document["mtls_endpoint_aliases"]["token_endpoint"]
+        assert token_url.startswith(f"https://127.0.0.1:{mtls_port}/")
+        form = {"grant_type": "refresh_token", "refresh_token": "x", "client_id": "drimbox-cli"}
+        bare = httpx.post(token_url, data=form, verify=trusted)
+        assert bare.status_code == 401 and bare.json()["error"] == "invalid_client"
+        with_cert = ssl.create_default_context(cafile=str(ca.cert_path))
+        with_cert.load_cert_chain(box.cert_path, box.key_path)
+        # Authenticated: the made-up refresh token is what PSC then refuses.
+        known = httpx.post(token_url, data=form, verify=with_cert)
+        assert known.status_code == 400 and known.json()["error"] == "invalid_grant"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
