@@ -73,7 +73,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     with (
         LocalOrthanc(aet="ORTHANCA", dicom_port=ports.pacs_a, http_port=ports.pacs_a_http) as pacs,
         LocalDmp(dmp_settings, port=ports.dmp),
-        LocalPsc(port=ports.psc) as psc,
+        LocalPsc.with_mtls(folder / "psc", trust.pki, port=ports.psc) as psc,
     ):
         pacs.store_files(files)
         config = site_config(
@@ -255,7 +255,10 @@ def test_each_broken_dependency_is_named(
     elif case == "DMP down":
         config = changed(config, dmp={"base_url": f"https://127.0.0.1:{free_port()}"})
     elif case == "wrong PSC client":
-        config = changed(config, psc={"client_secret": "pas-le-bon-secret"})
+        # Another box's certificate: PSC registered this client by its own certificate subject.
+        box_b = network.trust.box_b
+        config = changed(config, psc={"tls_cert": str(box_b.cert_path),
+                                      "tls_key": str(box_b.key_path)})  # fmt: skip
     elif case == "empty database":
         config = changed(config, store={"database_url": f"sqlite:///{tmp_path / 'vide.db'}"})
     elif case == "box off the whitelist":
@@ -354,6 +357,7 @@ def test_psc_client_authentication_by_mutual_tls(network: Network) -> None:
         mutual = changed(config, psc={
             "discovery_url": psc.discovery_url, "client_id": "drimbox-org", "client_secret": "",
             "token_endpoint_auth_method": "tls_client_auth", "ca_file": str(c.ca.cert_path),
+            "tls_cert": "", "tls_key": "",  # the [dmp] ORG authentication certificate
         })  # fmt: skip
         checks = {check.key: check for check in run_aptitude(mutual).checks}
         assert checks["psc.discovery"].status == checks["psc.client"].status == "ok"

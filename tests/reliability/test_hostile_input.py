@@ -24,7 +24,7 @@ from drimbox.sim.ris import RisClient, parse_ack
 from drimbox.trust.whitelist import WhitelistError, verify_whitelist
 from drimbox.web.app import create_peer_app
 from drimbox.web.assembly import NoTokenVerifier
-from support.node import RunningNode, node_config, psc_environ, signed_in
+from support.node import RunningNode, node_config, signed_in
 from support.samples import hl7_text, with_cda
 from support.site import official_headers, peer_client, series_url, source_site
 
@@ -203,7 +203,7 @@ def test_slow_request_headers_are_cut_and_the_origin_keeps_serving(tmp_path: Pat
 def test_huge_numeric_ids_answer_404(tmp_path: Path) -> None:
     with LocalPsc() as psc:
         admin = {"DRIMBOX_ADMIN__USERS": "899700100011"}
-        config = node_config(tmp_path, None, psc_environ(psc) | admin)
+        config = node_config(tmp_path, None, psc.node_environ() | admin)
         with RunningNode(config) as running:
             browser = signed_in(running, "radiologue")
             try:

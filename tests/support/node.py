@@ -62,30 +62,18 @@ def node_config(
     return load_config(environ=environ)
 
 
-def psc_environ(psc: LocalPsc) -> dict[str, str]:
-    """A node's settings to sign users in at (and check tokens with) the PSC simulator."""
-    return {
-        "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-        "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-        "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
-    }
-
-
 def network_environ(
     dmp: DmpEnvironment, psc: LocalPsc, whitelist: Path, ca_file: Path
 ) -> dict[str, str]:
     """The settings every node of a test network shares: the DMP simulator, the PSC simulator,
     the whitelist signed at test time and the test PKI's authority (anchors and peers' CA)."""
-    return (
-        dmp.node_environ()
-        | {
-            "DRIMBOX_TRUST__WHITELIST_SOURCE": str(whitelist),
-            "DRIMBOX_TRUST__ANCHORS": str(ca_file),
-            "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
-            "DRIMBOX_TRUST__TLS_CA": str(ca_file),
-        }
-        | psc_environ(psc)
-    )
+    return dmp.node_environ() | {
+        "DRIMBOX_TRUST__WHITELIST_SOURCE": str(whitelist),
+        "DRIMBOX_TRUST__ANCHORS": str(ca_file),
+        "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
+        "DRIMBOX_TRUST__TLS_CA": str(ca_file),
+        **psc.node_environ(),
+    }
 
 
 class RunningNode:

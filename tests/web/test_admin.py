@@ -15,7 +15,7 @@ from drimbox.sim.psc import LocalPsc
 from drimbox.trust import audit
 from drimbox.web.admin_routes import CHECK_LABELS
 from drimbox.web.status import CHECKS
-from support.node import RunningNode, node_config, psc_environ, signed_in
+from support.node import RunningNode, node_config, signed_in
 
 ADMIN = "899700100011"  # the simulator's `radiologue`
 
@@ -23,7 +23,8 @@ ADMIN = "899700100011"  # the simulator's `radiologue`
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[RunningNode]:
     with LocalPsc() as psc:
-        config = node_config(tmp_path, None, psc_environ(psc) | {
+        config = node_config(tmp_path, None, {
+            **psc.node_environ(),
             "DRIMBOX_ADMIN__USERS": ADMIN,
             "DRIMBOX_PACS__PORT": "9",
             "DRIMBOX_PACS__TIMEOUT_S": "1",

@@ -21,7 +21,7 @@ from drimbox.web.auth_routes import PUBLIC_PATHS as AUTH_PUBLIC
 from drimbox.web.conso_routes import PUBLIC_PATHS as CONSO_PUBLIC
 from drimbox.web.status import PUBLIC_PATHS as STATUS_PUBLIC
 from drimbox.web.viewer import PUBLIC_PATHS as VIEWER_PUBLIC
-from support.node import node_config, psc_environ
+from support.node import node_config
 
 # Public by design: sign-in, health, the viewer's static shell (no patient data), and the
 # Conso's contextual launch (the RIS posts it before sign-in; it only stores the form).
@@ -54,7 +54,10 @@ def routes(app: FastAPI) -> Iterator[tuple[str, str]]:
 @pytest.fixture
 def apps(tmp_path: Path) -> Iterator[tuple[FastAPI, FastAPI]]:
     with LocalPsc() as psc:
-        config = node_config(tmp_path, None, psc_environ(psc) | {"DRIMBOX_ROLES__CONSO": "true"})
+        config = node_config(tmp_path, None, {
+            **psc.node_environ(),
+            "DRIMBOX_ROLES__CONSO": "true",
+        })  # fmt: skip
         db = Database(config.store.database_url)
         db.upgrade()
         whitelist = WhitelistStore(tmp_path / "none.xml", [], tmp_path / "trust")

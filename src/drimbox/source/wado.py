@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from io import BytesIO
@@ -33,6 +32,7 @@ from sqlalchemy import select
 from drimbox.auth.tokens import InvalidToken, TokenIdentity, TokenVerifier, bearer_token
 from drimbox.db import Database, Report
 from drimbox.dicom.cache import CachedInstance, CacheEntry, CacheError
+from drimbox.dicom.model import is_uid
 from drimbox.dicom.pacs import PacsError
 from drimbox.dicom.retrieve import ImageService
 from drimbox.dicom.transcode import (
@@ -73,7 +73,6 @@ KOS_HEADER = "KOS-SOPInstanceUID"
 DICOM_JSON = "application/dicom+json"
 RETRY_AFTER_S = 30
 THUMBNAIL_SIZE = 128
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _METADATA_BULK_THRESHOLD = 64 * 1024
 MAX_FRAMES = 1024  # distinct frames per request: more than any viewer asks at once
 CHUNK_BYTES = 1024 * 1024  # a response write: big enough to amortise, small enough to stream
@@ -149,7 +148,7 @@ class PeerAuthorizer:
         kos_uid = request.headers.get(KOS_HEADER, "").strip()
         if not kos_uid:
             raise WadoError(400, f"en-tête {KOS_HEADER} absent : l'UID du KOS publié est requis")
-        if not valid_uid(kos_uid):
+        if not is_uid(kos_uid):
             raise WadoError(400, f"en-tête {KOS_HEADER} invalide : UID DICOM attendu")
         return kos_uid
 
@@ -223,13 +222,9 @@ def _frame_numbers(frame_list: str) -> list[int]:
     return numbers
 
 
-def valid_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
-
-
 def _check_uids(*uids: str) -> None:
     for uid in uids:
-        if not valid_uid(uid):
+        if not is_uid(uid):
             raise WadoError(400, f"UID DICOM invalide : « {uid[:80]} »")
 
 
@@ -918,5 +913,4 @@ __all__ = [
     "WadoRoutes",
     "build_router",
     "install",
-    "valid_uid",
 ]
