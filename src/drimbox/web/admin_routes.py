@@ -1,7 +1,7 @@
 """The administration console (French), on the user origin, for the box's administrators only
 (`[admin] users`: PSC SubjectNameIDs): reports and their publication with a retry button, the
-whitelist in force, the audit trail with filters, the status of each dependency, the image cache
-with a purge button.
+whitelist in force, the audit trail with filters, the monthly usage statistics (ANS indicators),
+the status of each dependency, the image cache with a purge button.
 
 Owns these pages and their access rule; the data comes from the domain modules (reports, outbox,
 trust store, audit, status checks) — nothing here changes them except through their own
