@@ -134,6 +134,56 @@ def test_config_check_verifies_each_structures_certificates(tmp_path: Path) -> N
     assert good.structure_id != other.structure_id
 
 
+def test_config_check_verifies_the_psc_client_certificate(tmp_path: Path) -> None:
+    """PSC registers the box by its ORG AUTH CLI certificate: CN = client_id, key matching."""
+    pki = TestPki()
+    right = pki.issue("drimbox-site-a", usage="auth", organizational_unit="49970036790900")
+    right = right.write(tmp_path, "psc")
+    signing = pki.issue("drimbox-site-a", usage="sign").write(tmp_path, "sign")
+    other_key = pki.issue("x", usage="auth").write(tmp_path, "other")
+
+    def psc_file(name: str, client_id: str, cert: Path | None, key: Path | None) -> Path:
+        file = tmp_path / f"{name}.toml"
+        file.write_text(
+            f'[roles]\nsource = false\nconso = true\n[psc]\nclient_id = "{client_id}"\n'
+            f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+        )
+        return file
+
+    runner = CliRunner()
+    ok = runner.invoke(
+        app,
+        ["config", "check", str(psc_file("ok", "drimbox-site-a", right.cert_path, right.key_path))],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "certificat du client « drimbox-site-a » conforme" in ok.output
+    cases = {
+        "other client": (
+            "drimbox-site-b",
+            right.cert_path,
+            right.key_path,
+            "au nom de « drimbox-site-a », pas du client_id « drimbox-site-b »",
+        ),
+        "wrong key": (
+            "drimbox-site-a",
+            right.cert_path,
+            other_key.key_path,
+            "ne correspond pas au certificat tls_cert",
+        ),
+        "signing certificate": (
+            "drimbox-site-a",
+            signing.cert_path,
+            signing.key_path,
+            "n'est pas un certificat d'authentification",
+        ),
+        "missing file": ("drimbox-site-a", tmp_path / "absent.crt", right.key_path, "illisible"),
+    }
+    for name, (client_id, cert, key, expected) in cases.items():
+        bad = runner.invoke(app, ["config", "check", str(psc_file("bad", client_id, cert, key))])
+        assert bad.exit_code == 2, (name, bad.output)
+        assert expected in " ".join(bad.output.split()), (name, bad.output)
+
+
 def test_a_structure_id_used_twice_is_refused() -> None:
     structure = {
         "id": "101235555", "name": "A", "tls_cert": "a", "tls_key": "a", "signing_cert": "a",

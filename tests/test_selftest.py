@@ -18,7 +18,7 @@ from drimbox.samples import ANS_DIR
 def test_passes_on_the_bundled_samples() -> None:
     result = CliRunner().invoke(app, ["selftest"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "12 contrôles réussis" in result.output
+    assert "13 contrôles réussis" in result.output
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,30 @@ def config_check(file: Path) -> None:
         f"(récupération {config.pacs.retrieve})"
     )
     _check_structures(config)
+    _check_psc_certificate(config)
+
+
+def _refuse_if_any(title: str, problems: list[str]) -> None:
+    """`drimbox config check` fails (exit 2) listing `problems`, if there are any."""
+    if problems:
+        err.print(f"[bold red]{title}[/] :", highlight=False)
+        for problem in problems:
+            err.print(f"  - {escape(problem)}", highlight=False)
+        raise typer.Exit(2)
+
+
+def _check_psc_certificate(config: Config) -> None:
+    """The PSC client certificate names the client (CN = client_id) and matches its key."""
+    from drimbox.auth.psc import certificate_problems
+
+    if not config.psc.tls_cert:
+        return
+    _refuse_if_any("Certificat Pro Santé Connect incorrect", certificate_problems(config.psc))
+    console.print(
+        f"  Pro Santé Connect : certificat du client « {config.psc.client_id} » conforme "
+        "(TLS mutuel)",
+        highlight=False,
+    )
 
 
 def _check_structures(config: Config) -> None:
@@ -126,11 +150,7 @@ def _check_structures(config: Config) -> None:
                 "ORG SIGN conformes",
                 highlight=False,
             )
-    if problems:
-        err.print("[bold red]Certificats des structures incorrects[/] :", highlight=False)
-        for problem in problems:
-            err.print(f"  - {escape(problem)}", highlight=False)
-        raise typer.Exit(2)
+    _refuse_if_any("Certificats des structures incorrects", problems)
 
 
 @config_app.command("reference")
@@ -894,6 +914,13 @@ def sim_psc(
     ] = None,
     client_id: str = "drimbox-sim",
     client_secret: str = "drimbox-sim-secret",
+    client_subject: Annotated[
+        str,
+        typer.Option(
+            help="Sujet du certificat du client (RFC 4514) : le client s'authentifie alors par "
+            "TLS mutuel (tls_client_auth)."
+        ),
+    ] = "",
     redirect_uri: Annotated[
         list[str] | None,
         typer.Option(help="URL de retour admise (répétable ; * final = joker)."),
@@ -901,14 +928,25 @@ def sim_psc(
     users: Annotated[Path | None, typer.Option(help="Utilisateurs de test (TOML).")] = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="Autorité des certificats clients : ouvre le port TLS mutuel (--mtls-port)."
+        ),
+    ] = None,
+    mtls_port: int = 8092,
 ) -> None:
     """Simulateur de Pro Santé Connect (tests et démonstration ; jamais en production)."""
     from drimbox.sim.psc.server import run_psc_simulator
 
-    for path in (users, tls_cert, tls_key):
+    for path in (users, tls_cert, tls_key, client_ca):
         if path is not None and not path.is_file():
             fail(f"fichier introuvable : {path}")
+    if client_ca is not None and tls_cert is None:
+        fail("--client-ca exige --tls-cert et --tls-key")
     console.print(f"Simulateur PSC sur {'https' if tls_cert else 'http'}://{host}:{port}")
+    if client_ca is not None:
+        console.print(f"  TLS mutuel (jetons, introspection) sur https://{host}:{mtls_port}")
     extra = {"redirect_uris": tuple(redirect_uri)} if redirect_uri else {}
     run_psc_simulator(
         host,
@@ -919,6 +957,9 @@ def sim_psc(
         users_file=users,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        client_subject=client_subject,
+        client_ca=client_ca,
+        mtls_port=mtls_port if client_ca is not None else None,
         **extra,  # type: ignore[arg-type]
     )
 

@@ -411,9 +411,21 @@ class StructureConfig(_Section):
 class PscConfig(_Section):
     """Pro Santé Connect (OpenID Connect): how users sign in, and how peers' tokens are checked."""
 
-    client_id: str = Field("", description="Identifiant client de la DRIMbox chez PSC.")
+    client_id: str = Field(
+        "",
+        description="Identifiant client de la DRIMbox chez PSC (le CN du certificat tls_cert).",
+    )
+    tls_cert: str = Field(
+        "",
+        description="Certificat IGC-Santé ORG AUTH CLI (PEM) de la DRIMbox auprès de PSC : "
+        "CN = client_id, OU = SIRET de l'opérateur. Authentification du client par TLS mutuel "
+        "(RFC 8705, tls_client_auth), le mode de production.",
+    )
+    tls_key: str = Field("", description="Clé privée (PEM) du certificat tls_cert.")
     client_secret: str = Field(
-        "", description="Secret client PSC (préférer DRIMBOX_PSC__CLIENT_SECRET à ce fichier)."
+        "",
+        description="Secret client PSC, pour les bacs à sable qui l'utilisent encore (inutile "
+        "avec tls_cert ; préférer DRIMBOX_PSC__CLIENT_SECRET à ce fichier).",
     )
     redirect_uri: str = Field(
         "", description="URL de retour après connexion, ex. https://db.exemple.fr/auth/callback."
@@ -435,20 +447,12 @@ class PscConfig(_Section):
     scope: str = Field("openid scope_all", description="Portée demandée.")
     acr_values: str = Field("eidas1", description="Niveau d'authentification exigé.")
     token_endpoint_auth_method: Literal[
-        "client_secret_basic", "client_secret_post", "tls_client_auth"
+        "auto", "tls_client_auth", "client_secret_basic", "client_secret_post"
     ] = Field(
-        "client_secret_basic",
+        "auto",
         description="Authentification du client aux points d'accès jetons et introspection ; "
-        "tls_client_auth : TLS mutuel avec le certificat ORG de la structure (RFC 8705, sans "
-        "secret), comme l'exige DRIM-M en production.",
-    )
-    tls_cert: str = Field(
-        "",
-        description="Certificat client (PEM) du TLS mutuel avec PSC (tls_client_auth) ; vide : "
-        "le certificat ORG d'authentification [dmp] tls_cert.",
-    )
-    tls_key: str = Field(
-        "", description="Clé privée (PEM) de ce certificat ; vide : [dmp] tls_key."
+        "auto : tls_client_auth avec tls_cert, sinon client_secret_basic ; tls_client_auth "
+        "sans tls_cert : le certificat ORG d'authentification [dmp] tls_cert / tls_key.",
     )
     use_pkce: bool = Field(True, description="PKCE (S256) pour le flux code.")
     leeway_s: int = Field(30, ge=0, description="Tolérance d'horloge pour exp/iat (secondes).")
@@ -457,11 +461,25 @@ class PscConfig(_Section):
     introspection_cache_s: float = Field(
         30.0, ge=0, description="Durée de cache d'une introspection réussie (secondes)."
     )
+    peer_clients: list[str] = Field(
+        default_factory=list,
+        description="Clients PSC (client_id) des DRIMbox de l'espace de confiance dont les "
+        "jetons d'accès sont acceptés des pairs (dans l'environnement : séparés par des "
+        "virgules) ; vide : seul le client_id de cette DRIMbox. Un jeton délivré à toute autre "
+        "application PSC est refusé.",
+    )
     session_max_h: float = Field(12.0, gt=0, description="Durée maximale d'une session (heures).")
+
+    _split = field_validator("peer_clients", mode="before")(_comma_separated)
 
     @property
     def configured(self) -> bool:
         return bool(self.client_id and (self.discovery_url or self.token_endpoint))
+
+    @property
+    def accepted_peer_clients(self) -> list[str]:
+        """The PSC clients whose access tokens peers may present (fail closed: never "any")."""
+        return self.peer_clients or [self.client_id]
 
 
 class AdminConfig(_Section):

@@ -232,6 +232,8 @@ def site_config(
         if role == "conso"
         else StructureCertificates(SOURCE_STRUCTURE, c.auth, c.signing)
     )
+    psc_cert = psc.box_certificate
+    assert psc_cert is not None, "the demo's PSC registers the boxes by certificate"
     text = f"""# Written by `drimbox demo`: {name}.
 [roles]
 source = {"true" if role == "source" else "false"}
@@ -285,9 +287,14 @@ retry_initial_s = 2
 retry_max_s = 30
 
 [psc]
+# Mutual TLS (tls_client_auth): the demo operator's ORG AUTH CLI certificate, CN = client_id.
 client_id = "{psc.client.client_id}"
-client_secret = "{psc.client.client_secret}"
+tls_cert = "{psc_cert.cert_path}"
+tls_key = "{psc_cert.key_path}"
+ca_file = "{psc.ca_file}"
 discovery_url = "{psc.discovery_url}"
+# Both demo sites sign in with the simulator's one client: the trust space's only DRIMbox client.
+peer_clients = ["{psc.client.client_id}"]
 
 [admin]
 users = ["{ADMIN_USER}"]
@@ -408,9 +415,10 @@ def run_demo(folder: Path, *, fresh: bool, exit_after: bool, console: Console) -
                 database_path=folder / "dmp.db", trusted_vihf_certs=[c.ca.cert_pem],
                 tls_cert=c.server.cert_path, tls_key=c.server.key_path,
                 client_ca=c.ca.cert_path), port=ports.dmp))  # fmt: skip
-            psc = stack.enter_context(LocalPsc(port=ports.psc))
+            psc = stack.enter_context(LocalPsc.with_mtls(folder / "pki", trust.pki, port=ports.psc))
         console.print(f"  [green]✓[/] DMP (simulateur, TLS mutuel) {dmp.url}")
-        console.print(f"  [green]✓[/] Pro Santé Connect (simulateur) {psc.url}")
+        console.print(f"  [green]✓[/] Pro Santé Connect (simulateur) {psc.url}, "
+                      f"TLS mutuel {psc.mtls_url}")  # fmt: skip
         config_a = site_config(
             folder / "site-a", role="source", hl7_port=ports.hl7, peer_port=ports.a_peer,
             viewer_port=ports.a_viewer, pacs_port=ports.pacs_a, scp_port=ports.scp_a,

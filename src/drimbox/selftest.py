@@ -11,7 +11,7 @@ import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,35 @@ def check_xds(folder: Path) -> str:
     return f"{len(entries)} documents (KOS + signature), métadonnées lues"
 
 
+def check_xdm_source(folder: Path) -> str:
+    """The Source's XDM archive of exam C (its KOS and report) is read back by the import's
+    checks: hashes, sizes, patient ids, KOS of the report's study."""
+    import io
+    import zipfile
+
+    from drimbox.conso.xdm import XdmLimits
+    from drimbox.db import Report
+    from drimbox.source.xdm import read_published, write_subset
+
+    cda = (folder / "cda/CR_C.xml").read_bytes()
+    kos, now = sample_kos(folder), datetime.now(UTC)
+    report = parse_report(cda)
+    row = Report(
+        kind="publish", cda=cda, kos=kos, kos_sop_uid=str(manifest_from_bytes(kos).SOPInstanceUID),
+        study_uid=report.study_instance_uid, document_id=report.document_id.root,
+        flags={"MASQUE_PS": False}, dmp_entry_uuid="urn:uuid:0b5e1f0c-1e5a-4c1f-9e4e-000000000001",
+        published_at=now,
+    )  # fmt: skip
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        write_subset(zf, "KA202601/IHE_XDM/SS000001", 1, [row], None, "1.2.250.1.999.9", now)
+    [restored] = read_published(io.BytesIO(buffer.getvalue()), XdmLimits())
+    _expect(restored.kos_bytes == kos, "KOS relu différent")
+    _expect(restored.entry_uuid == row.dmp_entry_uuid, "identifiant d'entrée DMP perdu")
+    _expect(len(restored.reports) == 1, "compte rendu absent")
+    return "KOS et CR écrits (KAaaaamm/IHE_XDM/SS000001) et relus par les contrôles d'import"
+
+
 def _signing_time(data: bytes) -> datetime | None:
     """An official sample is a fixed file: it is checked as of its own signing time, so that the
     selftest proves the verifier, not the calendar (its signer expires in 2029)."""
@@ -276,6 +305,7 @@ def checks(folder: Path) -> list[tuple[str, str, Callable[[], str]]]:
                                  False)),
         ("Requête WADO-RS", "validators/wado-rs-series-request.txt",
          lambda: check_wado_request(folder)),
+        ("Archive XDM de la Source", "cda/CR_C.xml", lambda: check_xdm_source(folder)),
     ]  # fmt: skip
     return found
 

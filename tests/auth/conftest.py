@@ -1,5 +1,6 @@
 """Fixtures for the PSC client tests: a simulated PSC and the test relying party, both on real
-loopback sockets (see `psc_support`)."""
+loopback sockets (see `psc_support`). The relying party authenticates to PSC by mutual TLS
+(`tls_client_auth`, the production mode), with a certificate of a test PKI made here."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import pytest
 from psc_support import RelyingParty, client_settings, relying_party_app, serve
 
 from drimbox.auth.psc import PscClient
+from drimbox.sim.pki import TestPki
 from drimbox.sim.ports import free_port
 from drimbox.sim.psc import LocalPsc
 
 
 @pytest.fixture(scope="module")
-def psc() -> Iterator[LocalPsc]:
-    with LocalPsc() as simulator:
+def psc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPsc]:
+    with LocalPsc.with_mtls(tmp_path_factory.mktemp("psc"), TestPki()) as simulator:
         yield simulator
 
 

@@ -96,6 +96,8 @@ def relying_party_app(rp: RelyingParty) -> FastAPI:
 
 
 def client_settings(psc: LocalPsc, redirect_uri: str, **changes: Any) -> PscSettings:
+    """The settings of a box registered at `psc`: by certificate (`tls_client_auth`) when the
+    simulator was made `with_mtls`, by secret otherwise."""
     values: dict[str, Any] = {
         "client_id": psc.client.client_id,
         "client_secret": psc.client.client_secret,
@@ -103,5 +105,14 @@ def client_settings(psc: LocalPsc, redirect_uri: str, **changes: Any) -> PscSett
         "discovery_url": psc.discovery_url,
         "jwks_refresh_interval_s": 0.0,
     }
+    box = psc.box_certificate
+    if box is not None and box.cert_path is not None and box.key_path is not None:
+        values |= {
+            "client_secret": "",
+            "tls_cert": str(box.cert_path),
+            "tls_key": str(box.key_path),
+            "ca_file": str(psc.ca_file),
+            "token_endpoint_auth_method": "tls_client_auth",
+        }
     values.update(changes)
     return PscSettings(**values)

@@ -351,10 +351,111 @@ def test_introspection_of_valid_expired_and_revoked_tokens(
     assert client.introspect("n'importe quoi") is None
 
 
-def test_introspection_with_a_wrong_secret(psc: LocalPsc) -> None:
-    settings = client_settings(psc, "http://127.0.0.1:1/cb", client_secret="mauvais")
+def test_introspection_with_a_wrong_secret() -> None:
+    with LocalPsc() as sandbox:  # a sandbox still registering the box by its secret
+        settings = client_settings(sandbox, "http://127.0.0.1:1/cb", client_secret="mauvais")
+        with PscClient(settings) as client:
+            assert reason_of(lambda: client.introspect("x")) == REASON.CLIENT_REFUSED
+        with PscClient(client_settings(sandbox, "http://127.0.0.1:1/cb")) as client:
+            token = sandbox.issue_tokens("radiologue")["access_token"]
+            assert client.introspect(token) is not None
+
+
+# --- mutual TLS (RFC 8705 tls_client_auth) ----------------------------------------------------
+
+
+def test_mtls_client_calls_the_mtls_aliases(client: PscClient, psc: LocalPsc) -> None:
+    assert client.settings.token_endpoint_auth_method == "tls_client_auth"
+    assert not client.settings.client_secret
+    endpoints = client.endpoints
+    for url in (endpoints.token, endpoints.introspection, endpoints.userinfo):
+        assert url.startswith(f"{psc.mtls_url}/auth/realms/esante-wallet/"), url
+    # The browser keeps the plain authorization and logout endpoints.
+    assert endpoints.authorization == f"{psc.url}/auth"
+    assert endpoints.end_session.startswith(psc.url)
+    assert endpoints.end_session_backchannel.startswith(psc.mtls_url)
+
+
+def test_mtls_registered_client_without_its_certificate_is_refused(
+    psc: LocalPsc, rp: RelyingParty
+) -> None:
+    """A box registered by certificate cannot fall back on a secret, nor call the plain
+    endpoints: PSC's `invalid_client`, whichever the endpoint."""
+    token = psc.issue_tokens("radiologue")["access_token"]
+    secret_only = client_settings(
+        psc,
+        rp.callback,
+        tls_cert="",
+        tls_key="",
+        client_secret=psc.client.client_secret,
+        token_endpoint_auth_method="client_secret_basic",
+    )
+    with PscClient(secret_only) as client:
+        assert not client.endpoints.token.startswith(psc.mtls_url)
+        assert reason_of(lambda: client.introspect(token)) == REASON.CLIENT_REFUSED
+        code = psc.authorize("radiologue", redirect_uri=rp.callback, nonce="n")
+        exchange = lambda: client.exchange(code, state="s", expected_state="s", nonce="n")  # noqa: E731
+        assert reason_of(exchange) == REASON.CLIENT_REFUSED
+    # The certificate on the plain endpoint (no TLS there): refused as well.
+    plain = psc.discovery_url.rsplit("/.well-known", 1)[0] + "/protocol/openid-connect"
+    on_plain = client_settings(
+        psc,
+        rp.callback,
+        token_endpoint=f"{plain}/token",
+        introspection_endpoint=f"{plain}/token/introspect",
+    )
+    with PscClient(on_plain) as client:
+        assert reason_of(lambda: client.introspect(token)) == REASON.CLIENT_REFUSED
+
+
+def test_mtls_certificate_from_an_untrusted_ca_fails_the_handshake(
+    psc: LocalPsc, rp: RelyingParty, tmp_path: Path
+) -> None:
+    from drimbox.sim.pki import TestPki
+
+    token = psc.issue_tokens("radiologue")["access_token"]
+    stranger = TestPki().issue(psc.client.client_id, usage="auth", organizational_unit="1")
+    stranger = stranger.write(tmp_path, "autre")
+    settings = client_settings(
+        psc, rp.callback, tls_cert=str(stranger.cert_path), tls_key=str(stranger.key_path)
+    )
     with PscClient(settings) as client:
-        assert reason_of(lambda: client.introspect("x")) == REASON.CLIENT_REFUSED
+        assert reason_of(lambda: client.introspect(token)) == REASON.UNREACHABLE
+
+
+def test_mtls_certificate_with_a_wrong_subject_from_the_right_ca(tmp_path: Path) -> None:
+    from drimbox.sim.pki import TestPki
+
+    pki = TestPki()
+    with LocalPsc.with_mtls(tmp_path, pki) as psc:
+        token = psc.issue_tokens("radiologue")["access_token"]
+        wrong = pki.issue("autre-client", usage="auth", organizational_unit="11111111111111")
+        wrong = wrong.write(tmp_path, "autre")
+        settings = client_settings(
+            psc, "http://127.0.0.1:1/cb", tls_cert=str(wrong.cert_path), tls_key=str(wrong.key_path)
+        )
+        with PscClient(settings) as client:
+            assert reason_of(lambda: client.introspect(token)) == REASON.CLIENT_REFUSED
+        with PscClient(client_settings(psc, "http://127.0.0.1:1/cb")) as client:
+            assert client.introspect(token) is not None
+
+
+def test_mtls_settings_need_the_certificate_and_its_key() -> None:
+    def mtls(**files: str) -> PscSettings:
+        return PscSettings(
+            client_id="c",
+            client_secret="",
+            redirect_uri="http://127.0.0.1:1/cb",
+            discovery_url="http://127.0.0.1:1/d",
+            token_endpoint_auth_method="tls_client_auth",
+            **files,
+        )
+
+    with pytest.raises(PscError) as caught:
+        mtls(tls_cert="/nulle/part.crt")
+    assert "tls_cert et tls_key" in caught.value.message
+    unreadable = mtls(tls_cert="/nulle/part.crt", tls_key="/nulle/part.key")
+    assert reason_of(lambda: PscClient(unreadable)) == REASON.CONFIGURATION
 
 
 def test_introspection_verifier(client: PscClient, psc: LocalPsc) -> None:
@@ -404,16 +505,21 @@ def test_introspection_verifier_cache_survives_a_psc_outage() -> None:
 
 def test_explicit_endpoints_without_discovery(psc: LocalPsc) -> None:
     issuer = psc.issuer
+    mtls = f"{psc.mtls_url}/auth/realms/esante-wallet/protocol/openid-connect"
+    assert psc.box_certificate is not None
     settings = PscSettings(
         client_id=psc.client.client_id,
-        client_secret=psc.client.client_secret,
+        client_secret="",
         redirect_uri="http://127.0.0.1:1/cb",
         issuer=issuer,
         authorization_endpoint=f"{psc.url}/auth",
-        token_endpoint=f"{issuer}/protocol/openid-connect/token",
+        token_endpoint=f"{mtls}/token",
         jwks_uri=f"{issuer}/protocol/openid-connect/certs",
-        introspection_endpoint=f"{issuer}/protocol/openid-connect/token/introspect",
-        token_endpoint_auth_method="client_secret_post",
+        introspection_endpoint=f"{mtls}/token/introspect",
+        token_endpoint_auth_method="tls_client_auth",
+        tls_cert=str(psc.box_certificate.cert_path),
+        tls_key=str(psc.box_certificate.key_path),
+        ca_file=str(psc.ca_file),
     )
     with PscClient(settings) as client:
         code = psc.authorize("radiologue", redirect_uri="http://127.0.0.1:1/cb", nonce="n")

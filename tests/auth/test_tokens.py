@@ -66,6 +66,8 @@ def test_valid_rs256_and_es256(verifier: JwtVerifier, rsa: RSAKey, ec: ECKey) ->
         ({"iss": "https://evil.example"}, "iss"),
         ({"aud": "someone-else"}, "aud"),
         ({"sub": None}, "sub"),
+        ({"typ": "Refresh"}, "pas un jeton d'accès"),
+        ({"typ": "ID"}, "pas un jeton d'accès"),
     ],
 )
 def test_refused_claims(

@@ -22,7 +22,7 @@ from drimbox.conso.common import ConsoError
 from drimbox.conso.history import HistoryQuery, load_history
 from drimbox.dmp import codes
 from drimbox.dmp.client import DmpClient, DmpSettings
-from drimbox.dmp.vihf import VihfSubject
+from drimbox.dmp.vihf import AUTH_REINFORCED_INDIRECT, VihfSubject
 from drimbox.samples import ANS_DIR
 from drimbox.sim.dmp import DEFAULT_PATIENTS, KnownPatient
 from drimbox.sim.ris import publish_report_to_dmp
@@ -33,7 +33,7 @@ CONSULTANT = VihfSubject(
     name_id="899700218896",
     display_name="Jeanne MEDECIN",
     profession=Code("10", codes.PROFESSION_SYSTEM, "Médecin"),
-    authentication_mode="AUTRE",
+    authentication_mode=AUTH_REINFORCED_INDIRECT,
 )
 
 

@@ -14,6 +14,7 @@ from drimbox.conso.launch import (
     F_GENDER,
     F_INS,
     F_INS_SYSTEM,
+    F_IPP_ISSUER,
     F_MODALITY,
     F_STUDY_DATE,
     F_STUDY_UID,
@@ -123,3 +124,60 @@ def test_oversized_form_and_control_characters_are_refused() -> None:
     assert "" in errors_of(b"a=" + b"x" * 20000)
     errors = errors_of({**VALID, "Patient.name.family": "PAT\x00TROIS"})
     assert "contrôle" in errors["Patient.name.family"]
+
+
+def test_the_ans_tools_field_names_in_any_case() -> None:
+    """The ANS contextual-launch test tool sends the consent as InformationEtConsentement; RIS
+    and DPI vary the case of every name."""
+    form = {
+        name.upper() if i % 2 else name.lower(): value
+        for i, (name, value) in enumerate(VALID.items())
+        if name != F_CONSENT
+    }
+    form["informationetconsentement"] = "false"
+    form["ACCESSIONNUMBER"] = "ACN103"
+    form["studyinstanceuid"] = "1.2.250.1.213.4.5.2.1.103"
+    launch = parse_launch(urlencode(form).encode("ascii"), today=date(2026, 1, 1))
+    assert launch.consent is False
+    assert launch.ins == "279035121518989" and launch.given_names == ("DOMINIQUE",)
+    assert launch.accession_number == "ACN103"
+    assert launch.study_instance_uid == "1.2.250.1.213.4.5.2.1.103"
+    # Both consent names with one value is no ambiguity; with two values it is.
+    both = parse_launch({**VALID, "InformationEtConsentement": "true"})
+    assert both.consent is True
+    errors = errors_of({**VALID, "InformationEtConsentement": "false"})
+    assert set(errors) == {F_CONSENT} and "répété" in errors[F_CONSENT]
+    # The consent under neither name: named by its canonical name.
+    missing = errors_of({k: v for k, v in VALID.items() if k != F_CONSENT})
+    assert set(missing) == {F_CONSENT}
+
+
+@pytest.mark.parametrize(
+    ("issuer", "expected"),
+    [
+        ("1.2.250.1.213.4.5.2.4", "1.2.250.1.213.4.5.2.4"),
+        ("urn:oid:1.2.250.1.213.4.5.2.4", "1.2.250.1.213.4.5.2.4"),
+        ("HOPITAL&1.2.250.1.213.4.5.2.4&ISO", "1.2.250.1.213.4.5.2.4"),
+        ("&1.2.250.1.213.4.5.2.4&ISO", "1.2.250.1.213.4.5.2.4"),
+        ("HOPITAL&1.2.250.1.213.4.5.2.4&iso", "1.2.250.1.213.4.5.2.4"),
+        ("HOPITAL&1.2.250.1.213.4.5.2.4", "1.2.250.1.213.4.5.2.4"),
+        ("HOPITAL&&", "HOPITAL"),
+        ("HOPITAL", "HOPITAL"),
+    ],
+)
+def test_patient_id_issuer_as_a_full_cx4(issuer: str, expected: str) -> None:
+    assert parse_launch({**VALID, F_IPP_ISSUER: issuer}).local_patient_id_issuer == expected
+
+
+@pytest.mark.parametrize(
+    ("issuer", "words"),
+    [
+        ("HOPITAL&1.2.250&DNS", "ISO attendu"),
+        ("HOPITAL&pas-un-oid&ISO", "n'est pas un OID"),
+        ("&&ISO", "ni espace de noms ni OID"),
+        ("A&1.2.3&ISO&X", "CX.4 attendu"),
+    ],
+)
+def test_a_malformed_cx4_issuer_is_named(issuer: str, words: str) -> None:
+    errors = errors_of({**VALID, F_IPP_ISSUER: issuer})
+    assert set(errors) == {F_IPP_ISSUER} and words in errors[F_IPP_ISSUER]

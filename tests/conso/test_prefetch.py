@@ -17,12 +17,13 @@ import pytest
 from sqlalchemy import select
 
 from drimbox.conso.prefetch import Budget, Candidate, prefetch_order
-from drimbox.db.models import ConsoExam
+from drimbox.db.models import ConsoExam, ConsoLaunch
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.trust import audit
 from support.history import (
     HistoryNetwork,
     launch,
+    launch_form,
     long_history,
     signed_in_user,
     wait_prefetch,
@@ -263,3 +264,52 @@ def test_a_launch_prefetch_never_evicts_what_another_user_views(network: History
 def test_an_unauthenticated_state_poll_is_refused(network: HistoryNetwork) -> None:
     with httpx.Client(base_url=network.conso.viewer_url) as anonymous:
         assert anonymous.get("/consultation/x/etat").status_code == 401
+
+
+# Issue 14: run last, their prefetches fill the cache the tests above start without.
+
+
+def test_every_conso_dmp_query_is_in_the_reinforced_indirect_mode(
+    network: HistoryNetwork,
+) -> None:
+    """The Conso queries the DMP as the professional signed in with PSC: every ITI-18 and ITI-43
+    VIHF says INDIRECTE_RENFORCEE (with APP_BROWSER_AUTH, or the simulator refuses it), none
+    DIRECTE (which it refuses without a card)."""
+    before = network.dmp.stats()
+    with signed_in_user(network) as browser:
+        launch_url, _ = launch(browser, StudyInstanceUID=network.named.study_uid)
+        wait_prefetch(browser, launch_url)
+    after = network.dmp.stats()
+
+    def new(name: str) -> int:
+        return after.get(name, 0) - before.get(name, 0)
+
+    for operation in ("ITI-18", "ITI-43"):
+        assert new(operation) > 0, operation
+        assert new(f"{operation} mode INDIRECTE_RENFORCEE") == new(operation), operation
+    assert not [name for name in after if name.endswith("mode DIRECTE")]
+    assert not [name for name in after if name.startswith("Fault:")], after
+
+
+def test_a_launch_as_the_ans_test_tool_sends_it(network: HistoryNetwork) -> None:
+    """Field names in other cases, the consent as InformationEtConsentement, PatientIDIssuer as
+    a full CX.4: the Conso opens on the patient's 40 exams."""
+    form = {
+        name.lower() if i % 2 else name.upper(): value
+        for i, (name, value) in enumerate(launch_form().items())
+        if name not in ("InformationEtOppositionConsultation", "PatientIDIssuer")
+    }
+    form["InformationEtConsentement"] = "true"
+    form["PATIENTIDISSUER"] = "HOPITAL B&1.2.250.1.999.2.1&ISO"
+    form["studyinstanceuid"] = network.named.study_uid
+    with signed_in_user(network) as browser:
+        page = browser.post("/lancement", data=form)
+        assert page.status_code == 200 and "/consultation/" in str(page.url), page.text[:2000]
+        launch_url = str(page.url).split("?")[0]
+        assert len(exam_ids(network, launch_url)) == 40
+        wait_prefetch(browser, launch_url)
+    launch_id = launch_url.rsplit("/", 1)[-1]
+    with network.conso.node.db.session() as session:
+        row = session.get(ConsoLaunch, launch_id)
+        assert row is not None
+        assert row.context["local_patient_id_issuer"] == "1.2.250.1.999.2.1"

@@ -21,7 +21,7 @@ from drimbox.dicom.kos import manifest_from_bytes
 from drimbox.dmp import codes, mtom, soap
 from drimbox.dmp.client import DmpClient, DmpError, DmpSettings
 from drimbox.dmp.metadata import PublicationIds
-from drimbox.dmp.vihf import VihfSubject, verify_vihf
+from drimbox.dmp.vihf import AUTH_REINFORCED_INDIRECT, VihfSubject, verify_vihf
 from drimbox.sim.pki import Issued, TestPki
 from drimbox.sim.ports import free_port
 from support.factories import CR_C_INS, CR_C_INS_OID
@@ -165,7 +165,7 @@ def _consultant() -> VihfSubject:
         name_id="ANS-PSC-0001",
         display_name="Jeanne MEDECIN",
         profession=Code("10", codes.PROFESSION_SYSTEM, "Médecin"),
-        authentication_mode="AUTRE",
+        authentication_mode=AUTH_REINFORCED_INDIRECT,
     )
 
 
@@ -397,4 +397,5 @@ def test_as_subject_binds_the_consulting_user(material: Material) -> None:
     (request,) = dmp.requests
     assert request.path.endswith("/patients")
     claims = verify_vihf(request.body, [_ca(material)])
-    assert claims.name_id == "ANS-PSC-0001" and claims.authentication_mode == "AUTRE"
+    assert claims.name_id == "ANS-PSC-0001" and claims.authentication_mode == "INDIRECTE_RENFORCEE"
+    assert claims.authn_context_decl == "APP_BROWSER_AUTH"

@@ -16,7 +16,9 @@ from drimbox.dmp.vihf import (
     ATTR_RESOURCE_ID,
     ATTR_SECTOR,
     ATTR_SUBJECT_ID,
+    AUTH_REINFORCED_INDIRECT,
     MANDATORY_ATTRIBUTES,
+    PSC_AUTHN_CONTEXT_DECL,
     VihfContext,
     VihfError,
     VihfSubject,
@@ -144,8 +146,14 @@ def test_publication_subject_from_the_report(report: ImagingReport) -> None:
 
 
 def test_consultation_subject_mode_is_carried(signer: XmlSigner, pki: TestPki) -> None:
-    user = dataclasses.replace(SUBJECT, name_id="ANS-PSC-USER", authentication_mode="AUTRE")
+    """A PSC user consults in the reinforced indirect mode, with the AuthnContextDecl the ANS
+    demonstrator sends; other modes carry no AuthnContextDecl."""
+    user = dataclasses.replace(
+        SUBJECT, name_id="ANS-PSC-USER", authentication_mode=AUTH_REINFORCED_INDIRECT
+    )
     claims = verify_vihf(_vihf(signer, user), [pki.ca.certificate])
     assert claims.name_id == "ANS-PSC-USER"
-    assert claims.get(ATTR_AUTH_MODE) == "AUTRE"
+    assert claims.get(ATTR_AUTH_MODE) == "INDIRECTE_RENFORCEE"
+    assert claims.authn_context_decl == PSC_AUTHN_CONTEXT_DECL == "APP_BROWSER_AUTH"
+    assert verify_vihf(_vihf(signer), [pki.ca.certificate]).authn_context_decl == ""
     assert claims.get(ATTR_RESOURCE_ID).endswith("^NH")

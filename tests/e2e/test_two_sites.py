@@ -186,7 +186,7 @@ def network(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> 
 
     with (
         local_dmp(tmp / "dmp", pki) as dmp,
-        LocalPsc() as psc,
+        LocalPsc.with_mtls(tmp / "psc", pki) as psc,
         LocalOrthanc(aet="ORTHANCB") as orthanc_b,
     ):
         common = network_environ(dmp, psc, tmp / "whitelist.xml", ca.cert_path)

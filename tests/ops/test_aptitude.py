@@ -73,7 +73,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     with (
         LocalOrthanc(aet="ORTHANCA", dicom_port=ports.pacs_a, http_port=ports.pacs_a_http) as pacs,
         LocalDmp(dmp_settings, port=ports.dmp),
-        LocalPsc(port=ports.psc) as psc,
+        LocalPsc.with_mtls(folder / "psc", trust.pki, port=ports.psc) as psc,
     ):
         pacs.store_files(files)
         config = site_config(
@@ -149,20 +149,24 @@ def test_every_check_passes_on_the_demo_network(network: Network, tmp_path: Path
     assert french_datetime(datetime.fromisoformat(data["at"]), offset=True) in html
     assert "Pour le site" in html and "Pour l'installateur" in html
 
-    # Printed: one A4 page (Chromium, print media), and its pictures for the record.
+    printed_on_one_page(out, "aptitude-report")
+
+
+def printed_on_one_page(report: Path, name: str) -> None:
+    """The HTML report printed by Chromium (print media): one A4 page with its signature block;
+    the PDF and a picture kept under var/artifacts/ for the record."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 794, "height": 1123})
-        page.goto(out.as_uri())
+        page.goto(report.as_uri())
         page.emulate_media(media="print")
         pdf = page.pdf(format="A4", print_background=True, prefer_css_page_size=True)
-        assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) == 1
-        (ARTIFACTS / "aptitude-report.pdf").write_bytes(pdf)
-        # Everything inside the page: the signature block is not cut off.
+        (ARTIFACTS / f"{name}.pdf").write_bytes(pdf)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
         signatures = page.locator(".signatures").bounding_box()
-        assert signatures is not None and signatures["height"] > 80
-        page.screenshot(path=str(ARTIFACTS / "aptitude-report.png"), full_page=True)
         page.close()
+    assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) == 1
+    assert signatures is not None and signatures["height"] > 80
 
 
 def box_certificate(
@@ -251,7 +255,10 @@ def test_each_broken_dependency_is_named(
     elif case == "DMP down":
         config = changed(config, dmp={"base_url": f"https://127.0.0.1:{free_port()}"})
     elif case == "wrong PSC client":
-        config = changed(config, psc={"client_secret": "pas-le-bon-secret"})
+        # Another box's certificate: PSC registered this client by its own certificate subject.
+        box_b = network.trust.box_b
+        config = changed(config, psc={"tls_cert": str(box_b.cert_path),
+                                      "tls_key": str(box_b.key_path)})  # fmt: skip
     elif case == "empty database":
         config = changed(config, store={"database_url": f"sqlite:///{tmp_path / 'vide.db'}"})
     elif case == "box off the whitelist":
@@ -350,6 +357,7 @@ def test_psc_client_authentication_by_mutual_tls(network: Network) -> None:
         mutual = changed(config, psc={
             "discovery_url": psc.discovery_url, "client_id": "drimbox-org", "client_secret": "",
             "token_endpoint_auth_method": "tls_client_auth", "ca_file": str(c.ca.cert_path),
+            "tls_cert": "", "tls_key": "",  # the [dmp] ORG authentication certificate
         })  # fmt: skip
         checks = {check.key: check for check in run_aptitude(mutual).checks}
         assert checks["psc.discovery"].status == checks["psc.client"].status == "ok"
@@ -402,10 +410,14 @@ def test_command_line_exit_status_and_refusals(network: Network, tmp_path: Path)
     # Next to the site's file: its relative paths (database, trust state) stay the same.
     path = network.path.parent / "pacs-arrete.toml"
     path.write_text(broken, encoding="utf-8")
-    outcome = runner.invoke(app, ["aptitude", "-c", str(path), "-o", str(tmp_path / "pv.html")])
+    out = tmp_path / "pv.html"
+    outcome = runner.invoke(app, ["aptitude", "-c", str(path), "-o", str(out)])
     assert outcome.exit_code == 1
     assert "NON APTE" in outcome.stdout and "injoignable" in outcome.stdout
     assert "Traceback" not in outcome.output
+    # The record of a failed check, with every action to take, still prints on one page.
+    assert "Installation non apte : 3 échec(s)" in out.read_text(encoding="utf-8")
+    printed_on_one_page(out, "aptitude-report-non-apte")
     # An invalid configuration is a failure of its own, still reported.
     bad = tmp_path / "bad.toml"
     bad.write_text("[pacs]\nport = 0\n", encoding="utf-8")

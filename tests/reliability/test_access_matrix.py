@@ -1,9 +1,10 @@
 """Access control matrix on a running Source: every cell is refused, and audited.
 
 Peers (WADO-RS over mutual TLS): no token, expired token, forged token (another signing key),
-peer not on the whitelist, no client certificate, KOS UID of another study, series not in the
-KOS. Users (viewer origin): a study opened through an IID link by one user is not visible to
-another user's session."""
+a PSC refresh token or ID token as the bearer, an access token issued to a PSC client that is not
+a DRIMbox of the trust space, peer not on the whitelist, no client certificate, KOS UID of another
+study, series not in the KOS; the accepted token's PSC client is in the audit. Users (viewer
+origin): a study opened through an IID link by one user is not visible to another user's session."""
 
 from __future__ import annotations
 
@@ -30,10 +31,25 @@ def test_peer_matrix(site: Site) -> None:
     good = site.psc.mint_access_token("radiologue")
     forged = site.psc.mint_access_token("radiologue", key=site.psc.foreign_key())
     expired = site.psc.mint_access_token("radiologue", lifetime_s=-60)
+    login = site.psc.issue_tokens("radiologue")
+    other_app = site.psc.mint_access_token("radiologue", client_id="appli-tierce")
     cells = {
         "no token": (site.trusted_peer, {"KOS-SOPInstanceUID": site.kos_uid}, 0, 401),
         "expired token": (site.trusted_peer, official_headers(site, expired), 0, 401),
         "forged token": (site.trusted_peer, official_headers(site, forged), 0, 401),
+        "refresh token": (
+            site.trusted_peer,
+            official_headers(site, login["refresh_token"]),
+            0,
+            401,
+        ),
+        "ID token": (site.trusted_peer, official_headers(site, login["id_token"]), 0, 401),
+        "token of another PSC client": (
+            site.trusted_peer,
+            official_headers(site, other_app),
+            0,
+            401,
+        ),
         "peer not on the whitelist": (site.unknown_peer, official_headers(site, good), 0, 403),
         "KOS of another study": (
             site.trusted_peer,
@@ -64,6 +80,23 @@ def test_peer_matrix(site: Site) -> None:
             break
         time.sleep(0.1)
     assert len(refused) >= len(cells) + 1, "every refused cell is in the audit trail"
+    assert any("appli-tierce" in str(e["detail"]) for e in refused), "the refused client"
+    with peer_client(site, site.trusted_peer) as client:
+        served = client.get(series_url(site), headers=official_headers(site, good))
+        assert served.status_code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ok = [
+            e
+            for e in audit.events(site.node.node.db)
+            if e["result"] == "ok" and e["role"] == "peer"
+        ]
+        if ok:
+            break
+        time.sleep(0.1)
+    assert ok and all(e["detail"].get("psc_client") == site.psc.client.client_id for e in ok), (
+        "every peer access names the token's PSC client"
+    )
 
 
 def sign_in(site: Site, user: str) -> httpx.Client:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from drimbox.cda import CdaError, parse_report
@@ -153,6 +153,8 @@ KOS = sample_kos()
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(EDITS)
+# Found by this test: a series UID whose first byte became 0x80 was passed on as a UID.
+@example(edits=[(KOS.find(b"1.2.250.1.213.4.5.2.1.103.1"), 0x80)])
 def test_mutated_kos_only_raises_kos_refusals(edits: list[tuple[int, int]]) -> None:
     data = _mutate(KOS, edits)
     with refusals_only(ConsoError):

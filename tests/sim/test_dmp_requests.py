@@ -191,6 +191,9 @@ class VihfSpec:
     patient_id: str = PATIENT_ID
     name_id: str = AUTHOR_RPPS
     mode: str = "INDIRECTE"
+    # The AuthnStatement's AuthnContextDecl; None: what the mode calls for (APP_BROWSER_AUTH in
+    # INDIRECTE_RENFORCEE, nothing otherwise).
+    authn_decl: str | None = None
     issued: dt.datetime | None = None
     drop: tuple[str, ...] = ()
     overrides: dict[str, str] = field(default_factory=dict)
@@ -215,6 +218,15 @@ def make_vihf(signer: Issued, spec: VihfSpec | None = None) -> etree._Element:
     authn = assertion.find("saml2:AuthnStatement", NS)
     assert authn is not None
     authn.set("AuthnInstant", issued)
+    decl = spec.authn_decl
+    if decl is None and spec.mode == "INDIRECTE_RENFORCEE":
+        decl = "APP_BROWSER_AUTH"
+    context = authn.find("saml2:AuthnContext", NS)
+    assert context is not None
+    for old_decl in context.findall("saml2:AuthnContextDecl", NS):
+        context.remove(old_decl)
+    if decl:
+        etree.SubElement(context, f"{{{NS['saml2']}}}AuthnContextDecl").text = decl
     issuer = assertion.find("saml2:Issuer", NS)
     assert issuer is not None
     issuer.text = spec.issuer if spec.issuer is not None else issuer_dn(signer)
@@ -353,6 +365,10 @@ class Answer:
     @property
     def fault_subcode(self) -> str:
         return self.body.findtext("soap:Code/soap:Subcode/soap:Value", namespaces=NS) or ""
+
+    @property
+    def fault_reason(self) -> str:
+        return self.body.findtext("soap:Reason/soap:Text", namespaces=NS) or ""
 
     def registry_response(self) -> etree._Element:
         body = self.body

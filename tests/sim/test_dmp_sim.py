@@ -145,7 +145,9 @@ def by_unique_id(client: httpx.Client, unique_id: str) -> dict[str, object]:
 
 
 def consult_vihf(keys: Keys, **kwargs: object) -> etree._Element:
-    return make_vihf(keys.signer, VihfSpec(name_id=USER_ID, mode="AIR", **kwargs))  # type: ignore[arg-type]
+    """A PSC-authenticated professional's VIHF (reinforced indirect mode unless `mode`)."""
+    fields: dict[str, object] = {"name_id": USER_ID, "mode": "INDIRECTE_RENFORCEE", **kwargs}
+    return make_vihf(keys.signer, VihfSpec(**fields))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -933,3 +935,63 @@ def test_another_structure_without_authorisation_sees_nothing(
             ITI43, "repository", retrieve_request(publication.kos_uid), _other_vihf(keys)
         )
         assert post(other, "repository", retrieve).error_codes == ["XDSDocumentUniqueIdError"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentification_Mode against the request (issue 14 §2)
+
+
+def _consult_fault(client: httpx.Client, vihf: etree._Element) -> tuple[str, str, str]:
+    answer = post(client, "registry", envelope(ITI18, "registry", find_documents(), vihf))
+    assert answer.status_code == 500
+    return answer.fault_code, answer.fault_subcode, answer.fault_reason
+
+
+def test_a_consultation_in_directe_without_a_card_is_refused(
+    client: httpx.Client, keys: Keys
+) -> None:
+    """DIRECTE is a CPS card read by the workstation: over a structure's ORG AUTH connection,
+    the DMP refuses it (a PSC-authenticated professional consults INDIRECTE_RENFORCEE)."""
+    for service, action, body in (
+        ("registry", ITI18, find_documents()),
+        ("patients", TD02, td02_request()),
+    ):
+        vihf = consult_vihf(keys, mode="DIRECTE")
+        answer = post(client, service, envelope(action, service, body, vihf))
+        assert answer.status_code == 500, service
+        assert (answer.fault_code, answer.fault_subcode) == (
+            "DMPModeAuthentificationInvalide",
+            "wsse:FailedAuthentication",
+        ), service
+        assert "INDIRECTE_RENFORCEE" in answer.fault_reason
+    # The same consultation in the reinforced indirect mode is answered.
+    check = envelope(TD02, "patients", td02_request(), consult_vihf(keys))
+    assert _authorisation(post(client, "patients", check))[0] == "OK"
+
+
+def test_directe_with_the_professionals_card_certificate_passes_the_mode_check(
+    dmp: LocalDmp, keys: Keys, tmp_path: Path
+) -> None:
+    # A personal authentication certificate (CN = the professional's national id) from the CA.
+    card = keys.pki.issue(USER_ID, usage="auth", organizational_unit=STRUCTURE).write(
+        tmp_path, "cps"
+    )
+    with tls_client(dmp.url, keys.ca_path, card) as with_card:
+        check = envelope(TD02, "patients", td02_request(), consult_vihf(keys, mode="DIRECTE"))
+        assert _authorisation(post(with_card, "patients", check))[0] == "OK"
+
+
+@pytest.mark.parametrize(
+    ("mode", "decl", "words"),
+    [
+        ("INDIRECTE_RENFORCEE", "", "APP_BROWSER_AUTH"),
+        ("INDIRECTE_RENFORCEE", "AUTRE_CHOSE", "APP_BROWSER_AUTH"),
+        ("AIR", None, "inconnu"),
+    ],
+)
+def test_a_reinforced_indirect_vihf_needs_its_authn_context_decl(
+    client: httpx.Client, keys: Keys, mode: str, decl: str | None, words: str
+) -> None:
+    code, subcode, reason = _consult_fault(client, consult_vihf(keys, mode=mode, authn_decl=decl))
+    assert (code, subcode) == ("DMPVihfAttributInvalide", "wsse:InvalidSecurityToken")
+    assert words in reason

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -298,3 +302,124 @@ structure_id = "R99"
     path.write_text("[[users]]\nid = 1\n", encoding="utf-8")
     with pytest.raises(ValueError, match="mal décrit"):
         load_users(path)
+
+
+# --- mutual TLS (RFC 8705 tls_client_auth) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mtls_psc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPsc]:
+    from drimbox.sim.pki import TestPki
+
+    settings = PscSimSettings(
+        clients=(SimClient("drimbox-sim", "drimbox-sim-secret", (CALLBACK,)),)
+    )
+    folder = tmp_path_factory.mktemp("psc-mtls")
+    with LocalPsc.with_mtls(folder, TestPki(), settings) as simulator:
+        yield simulator
+
+
+def test_mtls_registration_and_discovery(mtls_psc: LocalPsc) -> None:
+    box = mtls_psc.box_certificate
+    assert box is not None and mtls_psc.client.tls_client_auth_subject_dn == box.subject
+    assert box.subject.startswith("CN=drimbox-sim,OU=49970036790900")
+    document = httpx.get(mtls_psc.discovery_url).json()
+    assert document["token_endpoint_auth_methods_supported"][0] == "tls_client_auth"
+    assert "tls_client_auth" in document["introspection_endpoint_auth_methods_supported"]
+    aliases = document["mtls_endpoint_aliases"]
+    assert mtls_psc.mtls_url.startswith("https://")
+    assert aliases["token_endpoint"] == document["token_endpoint"].replace(
+        mtls_psc.url, mtls_psc.mtls_url
+    )
+    assert aliases["introspection_endpoint"].startswith(mtls_psc.mtls_url)
+    # The browser's endpoint stays where it was.
+    assert document["authorization_endpoint"] == f"{mtls_psc.url}/auth"
+
+
+def test_mtls_token_and_introspection_need_the_registered_certificate(
+    mtls_psc: LocalPsc,
+) -> None:
+    aliases = httpx.get(mtls_psc.discovery_url).json()["mtls_endpoint_aliases"]
+    box = mtls_psc.box_certificate
+    assert box is not None and mtls_psc.ca_file is not None
+    ca = str(mtls_psc.ca_file)
+    code = code_for(mtls_psc)
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK}
+
+    def refused(response: httpx.Response) -> None:
+        assert response.status_code == 401, response.text
+        assert response.json()["error"] == "invalid_client"
+
+    bare = ssl.create_default_context(cafile=ca)
+    with httpx.Client(verify=bare) as no_cert:
+        # No certificate, with or without the secret: PSC's invalid_client.
+        refused(no_cert.post(aliases["token_endpoint"], data={**form, "client_id": "drimbox-sim"}))
+        refused(no_cert.post(aliases["token_endpoint"], data=form, auth=AUTH))
+        refused(no_cert.post(aliases["introspection_endpoint"], data={"token": "x"}, auth=AUTH))
+    # The plain listener has no certificate to show.
+    meta = httpx.get(mtls_psc.discovery_url).json()
+    refused(token(meta, **form))
+    with_cert = ssl.create_default_context(cafile=ca)
+    assert box.cert_path is not None and box.key_path is not None
+    with_cert.load_cert_chain(box.cert_path, box.key_path)
+    with httpx.Client(verify=with_cert) as client:
+        answer = client.post(aliases["token_endpoint"], data={**form, "client_id": "drimbox-sim"})
+        assert answer.status_code == 200, answer.text
+        access = answer.json()["access_token"]
+        info = client.post(
+            aliases["introspection_endpoint"], data={"token": access, "client_id": "drimbox-sim"}
+        ).json()
+        assert info["active"] is True and info["client_id"] == "drimbox-sim"
+        # Userinfo is a bearer call: it works on the mutual-TLS listener too.
+        userinfo = client.get(
+            aliases["userinfo_endpoint"], headers={"Authorization": f"Bearer {access}"}
+        )
+        assert userinfo.json()["SubjectNameID"] == "899700100011"
+
+
+def test_the_sim_psc_command_serves_a_client_registered_by_certificate(tmp_path: Path) -> None:
+    """`drimbox sim psc --client-ca … --client-subject …`: the mutual-TLS listener is announced
+    and only the registered certificate authenticates the client there."""
+    from drimbox.sim.pki import TestPki
+    from drimbox.sim.ports import free_port
+
+    pki = TestPki()
+    server = pki.issue("psc.test", usage="server", dns_names=("127.0.0.1",)).write(tmp_path, "s")
+    box = pki.issue("drimbox-cli", usage="auth", organizational_unit="1").write(tmp_path, "box")
+    ca = pki.ca.write(tmp_path, "ca")
+    assert server.cert_path and server.key_path and ca.cert_path and box.cert_path
+    assert box.key_path
+    port, mtls_port = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "drimbox", "sim", "psc", "--port", str(port),
+        "--client-id", "drimbox-cli", "--client-subject", box.subject,
+        "--tls-cert", str(server.cert_path), "--tls-key", str(server.key_path),
+        "--client-ca", str(ca.cert_path), "--mtls-port", str(mtls_port),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    trusted = ssl.create_default_context(cafile=str(ca.cert_path))
+    realm = f"https://127.0.0.1:{port}/auth/realms/esante-wallet"
+    discovery = f"{realm}/.well-known/wallet-openid-configuration"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                document = httpx.get(discovery, verify=trusted, timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, "the simulator exited"
+                assert time.monotonic() < deadline, "the simulator did not start"
+                time.sleep(0.1)
+        token_url = document["mtls_endpoint_aliases"]["token_endpoint"]
+        assert token_url.startswith(f"https://127.0.0.1:{mtls_port}/")
+        form = {"grant_type": "refresh_token", "refresh_token": "x", "client_id": "drimbox-cli"}
+        bare = httpx.post(token_url, data=form, verify=trusted)
+        assert bare.status_code == 401 and bare.json()["error"] == "invalid_client"
+        with_cert = ssl.create_default_context(cafile=str(ca.cert_path))
+        with_cert.load_cert_chain(box.cert_path, box.key_path)
+        # Authenticated: the made-up refresh token is what PSC then refuses.
+        known = httpx.post(token_url, data=form, verify=with_cert)
+        assert known.status_code == 400 and known.json()["error"] == "invalid_grant"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -17,7 +17,8 @@ from drimbox.sim.studies import SeriesSpec
 from drimbox.source.grants import Grants
 from support.dmp import DmpEnvironment
 from support.node import RunningNode, node_config
-from support.publishing import DONE, node_that_sent, send, store_study_for
+from support.process import config_environ
+from support.publishing import DONE, cli, node_that_sent, send, store_study_for
 from support.samples import cda_version, hl7_text, with_flags, with_pid32
 
 CR_C = hl7_text("CR_C-ORU.hl7")
@@ -49,6 +50,9 @@ def test_destdmp_n_stays_off_the_dmp_then_y_publishes_then_n_withdraws(
         assert Grants(node.node.db).for_study(STUDY_C) is not None
         assert kos_entries(dmp) == {}
         assert not dmp.stats().get("ITI-41")
+        listed = cli(config_environ(node.config) | {"COLUMNS": "250"}, "reports", "list",
+                     "--config", "-")  # fmt: skip
+        assert listed.count("non destiné au DMP") == 2  # its own state (and its reason), in French
 
         send(node, with_flags(cda_version(CR_C, "2", 2), DESTDMP=True))
         published = node.wait_for_report(last_report(node), DONE)

@@ -44,6 +44,9 @@ def published_archive(
     archive = tmp_path / "export.zip"
     output = cli(config_environ(config), "xdm", "export", "-o", str(archive))
     assert "1 KOS" in output
+    later = tmp_path / "later.zip"
+    none = cli(config_environ(config), "xdm", "export", "-o", str(later), "--since", "2999-01-01")
+    assert "0 KOS" in none and zipfile.ZipFile(later).namelist() == ["README.TXT", "INDEX.HTM"]
     return archive, published
 
 

@@ -143,7 +143,8 @@ def long_history(
     ca = pki.ca.write(tmp / "pki", "ca")
     assert ca.cert_path is not None
     psc_settings = PscSimSettings(users=(*DEFAULT_USERS, SECOND_RADIOLOGIST))
-    with local_dmp(tmp / "dmp", pki) as dmp, LocalPsc(psc_settings) as psc:
+    psc_sim = LocalPsc.with_mtls(tmp / "psc", pki, psc_settings)
+    with local_dmp(tmp / "dmp", pki) as dmp, psc_sim as psc:
         common = network_environ(dmp, psc, tmp / "whitelist.xml", ca.cert_path)
         for name in ("a", "b", "c"):
             (tmp / name).mkdir(exist_ok=True)

@@ -72,9 +72,7 @@ def network_environ(
         "DRIMBOX_TRUST__ANCHORS": str(ca_file),
         "DRIMBOX_TRUST__EXPECTED_SIGNER_CN": "Liste Blanche DRIM-M",
         "DRIMBOX_TRUST__TLS_CA": str(ca_file),
-        "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-        "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-        "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+        **psc.node_environ(),
     }
 
 

@@ -118,7 +118,7 @@ def source_site(
         tmp_path / "study", report, list(series), rows=size, columns=size
     )
     orthanc.store_files(files)
-    with local_dmp(tmp_path / "dmp", pki) as dmp, LocalPsc() as psc:
+    with local_dmp(tmp_path / "dmp", pki) as dmp, LocalPsc.with_mtls(tmp_path / "psc", pki) as psc:
         environ = (
             dmp.node_environ()
             | {
@@ -129,9 +129,8 @@ def source_site(
                 "DRIMBOX_TRUST__TLS_CERT": str(box.cert_path),
                 "DRIMBOX_TRUST__TLS_KEY": str(box.key_path),
                 "DRIMBOX_TRUST__TLS_CA": str(ca.cert_path),
-                "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-                "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-                "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+                **psc.node_environ(),
+                "DRIMBOX_PSC__PEER_CLIENTS": psc.client.client_id,
             }
             | (environ_extra or {})
         )

@@ -24,9 +24,7 @@ ADMIN = "899700100011"  # the simulator's `radiologue`
 def node(tmp_path: Path) -> Iterator[RunningNode]:
     with LocalPsc() as psc:
         config = node_config(tmp_path, None, {
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+            **psc.node_environ(),
             "DRIMBOX_ADMIN__USERS": ADMIN,
             "DRIMBOX_PACS__PORT": "9",
             "DRIMBOX_PACS__TIMEOUT_S": "1",

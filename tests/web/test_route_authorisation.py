@@ -55,9 +55,7 @@ def routes(app: FastAPI) -> Iterator[tuple[str, str]]:
 def apps(tmp_path: Path) -> Iterator[tuple[FastAPI, FastAPI]]:
     with LocalPsc() as psc:
         config = node_config(tmp_path, None, {
-            "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-            "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-            "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+            **psc.node_environ(),
             "DRIMBOX_ROLES__CONSO": "true",
         })  # fmt: skip
         db = Database(config.store.database_url)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from drimbox.config import Config
+from drimbox.sim.pki import TestPki
 from drimbox.sim.psc import LocalPsc, PscSimSettings
 from drimbox.trust import audit
 from support.node import RunningNode, node_config
@@ -20,16 +21,14 @@ from support.node import RunningNode, node_config
 def psc_node_config(tmp_path: Path, psc: LocalPsc) -> Config:
     """A node signing its users in with `psc`, its PACS unreachable (not needed here)."""
     return node_config(tmp_path, None, {
-        "DRIMBOX_PSC__CLIENT_ID": psc.client.client_id,
-        "DRIMBOX_PSC__CLIENT_SECRET": psc.client.client_secret,
-        "DRIMBOX_PSC__DISCOVERY_URL": psc.discovery_url,
+        **psc.node_environ(),
         "DRIMBOX_PACS__PORT": "9",
     })  # fmt: skip
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[RunningNode, LocalPsc]]:
-    with LocalPsc() as psc:
+    with LocalPsc.with_mtls(tmp_path / "psc", TestPki()) as psc:
         config = psc_node_config(tmp_path, psc)
         with RunningNode(config) as running:
             # The redirect URI follows the viewer's real port, known once it listens.

@@ -159,6 +159,43 @@ def test_viewer_origin_gate_iid_and_static(
         )
 
 
+def test_iid_parameters_in_any_case_and_the_accession_checked(
+    tmp_path: Path, orthanc: LocalOrthanc, db: Database, ohif_dir: Path
+) -> None:
+    """The CI-SIS template writes `Accessionnumber`: names match whatever their case, and the
+    accession so read is checked against the published report."""
+    study = publish_study(db, orthanc, tmp_path, [SeriesSpec("CT", "A", 1)])
+    sessions = MemorySessionStore()
+    app = create_viewer_app(viewer_config(tmp_path, orthanc, ohif_dir), db, ViewerAuth(sessions))
+
+    def link(accession: str, **extra: str) -> str:
+        query = {
+            "REQUESTTYPE": "STUDY",
+            "StudyUid": study.study_uid,
+            "Accessionnumber": accession,
+            "idcda": study.document_id,
+            **extra,
+        }
+        return "/IHEInvokeImageDisplay?" + "&".join(f"{k}={quote(v)}" for k, v in query.items())
+
+    with serving(app) as base:
+        session = sessions.create("899700218896", "Dr Test")
+        user = httpx.Client(base_url=base, cookies={SESSION_COOKIE: session.id})
+        # Another accession under the CI-SIS spelling: refused, not opened unchecked.
+        wrong = user.get(link("AUTRE-ACN"))
+        assert wrong.status_code == 404 and "numéro d&#39;examen" in wrong.text
+        # The same parameter twice, two values: which one to check? Refused.
+        twice = user.get(link(study.accession, accessionNumber="AUTRE-ACN"))
+        assert twice.status_code == 400 and "répété" in twice.text
+        listed = user.get("/dicom-web/studies", headers={"Accept": "application/dicom+json"})
+        assert listed.json() == []  # nothing granted by the refused links
+        opened = user.get(link(study.accession))
+        assert opened.status_code == 303
+        assert opened.headers["location"] == f"/viewer?StudyInstanceUIDs={study.study_uid}"
+        # The accession is optional in an IID link.
+        assert user.get(link("")).status_code == 303
+
+
 def test_iid_link_opens_ohif_and_the_first_image_is_drawn(
     tmp_path: Path, orthanc: LocalOrthanc, db: Database, ohif_dir: Path
 ) -> None:

@@ -2,7 +2,10 @@
 the PSC access tokens that peers forward.
 
 Owns `PscSettings` (client identity, discovery URL or explicit endpoints — PSC's discovery path
-`…/.well-known/wallet-openid-configuration` is not the standard one), `PscClient` (authorization
+`…/.well-known/wallet-openid-configuration` is not the standard one; client authentication by
+mutual TLS, RFC 8705 `tls_client_auth`, at the discovery document's `mtls_endpoint_aliases` when
+it has them, or by secret for sandboxes), `certificate_problems` (`drimbox config check`: the
+client certificate's CN is `client_id`), `PscClient` (authorization
 code flow with `scope=openid scope_all`, `acr_values=eidas1`, state, nonce and PKCE; ID token
 verification: signature against the JWKS — cached, refreshed when an unknown `kid` shows up —,
 `iss`, `aud`/`azp`, `exp`/`iat`, `nonce`, `acr` ≥ eidas1; userinfo; refresh; logout;
@@ -25,7 +28,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -36,13 +39,15 @@ from authlib.common.security import generate_token  # type: ignore[import-untype
 from authlib.oauth2.auth import ClientAuth  # type: ignore[import-untyped]
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri  # type: ignore[import-untyped]
 from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[import-untyped]
+from cryptography.x509.oid import NameOID
 from joserfc import jws, jwt
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import KeySet
 
 from drimbox.auth.tokens import MAX_TOKEN_LENGTH, InvalidToken, TokenIdentity
 from drimbox.auth.users import PscUser, UserInfoError
-from drimbox.config import Config
+from drimbox.config import Config, PscConfig
+from drimbox.dmp.structures import key_matches, load_certificate, usage_problem
 
 DEFAULT_SCOPE = "openid scope_all"
 DEFAULT_ACR = "eidas1"
@@ -97,10 +102,14 @@ _UNREACHABLE = (
 )
 _SESSION_ENDED = "Votre session Pro Santé Connect a expiré ou a été fermée : reconnectez-vous."
 _CLIENT_REFUSED = (
-    "Pro Santé Connect refuse l'identification de cette DRIMbox : vérifier client_id et "
-    "client_secret (ou, en tls_client_auth, le certificat) dans la section [psc] de la "
-    "configuration."
+    "Pro Santé Connect refuse l'identification de cette DRIMbox : vérifier client_id et le "
+    "certificat tls_cert (ou client_secret) dans la section [psc] de la configuration."
 )
+AuthMethod = Literal["tls_client_auth", "client_secret_basic", "client_secret_post"]
+# Endpoints a client authenticating by certificate calls at their mutual-TLS alias when the
+# discovery document gives one (RFC 8705 §5). The browser is still sent to the plain
+# end_session_endpoint; the alias of that one serves the back-channel logout.
+_MTLS_ALIASED = ("token_endpoint", "introspection_endpoint", "userinfo_endpoint")
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,9 @@ class PscSettings:
     client_id: str
     client_secret: str
     redirect_uri: str
+    # ORG AUTH CLI certificate and key (PEM) for `tls_client_auth` (RFC 8705).
+    tls_cert: str = ""
+    tls_key: str = ""
     discovery_url: str = ""
     issuer: str = ""
     authorization_endpoint: str = ""
@@ -125,12 +137,7 @@ class PscSettings:
     end_session_endpoint: str = ""
     scope: str = DEFAULT_SCOPE
     acr_values: str = DEFAULT_ACR
-    token_endpoint_auth_method: Literal[
-        "client_secret_basic", "client_secret_post", "tls_client_auth"
-    ] = "client_secret_basic"
-    # tls_client_auth (RFC 8705): the box's certificate and key (PEM) for mutual TLS with PSC.
-    tls_cert: str = ""
-    tls_key: str = ""
+    token_endpoint_auth_method: AuthMethod = "client_secret_basic"
     use_pkce: bool = True
     # Clock skew tolerated on exp/iat (seconds).
     leeway_s: int = 30
@@ -149,7 +156,10 @@ class PscSettings:
             if not self.tls_cert or not self.tls_key:
                 problems.append("tls_client_auth demande tls_cert et tls_key (ou [dmp] tls_*)")
         elif not self.client_secret:
-            problems.append("client_secret manquant")
+            problems.append(
+                "client_secret manquant (ou donner tls_cert et tls_key : authentification par "
+                "TLS mutuel)"
+            )
         if not self.redirect_uri.startswith(("https://", "http://")):
             problems.append("redirect_uri doit être une URL http(s) absolue")
         explicit = (self.issuer, self.authorization_endpoint, self.token_endpoint, self.jwks_uri)
@@ -172,6 +182,10 @@ class PscSettings:
     def from_config(cls, config: Config, redirect_uri: str) -> PscSettings:
         """The `[psc]` section, with the callback URL of the origin that signs users in."""
         psc = config.psc
+        method = psc.token_endpoint_auth_method
+        if method == "auto":
+            method = "tls_client_auth" if psc.tls_cert else "client_secret_basic"
+        mutual = method == "tls_client_auth"
         return cls(
             client_id=psc.client_id,
             client_secret=psc.client_secret,
@@ -186,9 +200,11 @@ class PscSettings:
             end_session_endpoint=psc.end_session_endpoint,
             scope=psc.scope,
             acr_values=psc.acr_values,
-            token_endpoint_auth_method=psc.token_endpoint_auth_method,
-            tls_cert=psc.tls_cert or config.dmp.tls_cert,
-            tls_key=psc.tls_key or config.dmp.tls_key,
+            token_endpoint_auth_method=method,
+            # An explicit tls_client_auth without [psc] tls_cert: the structure's ORG
+            # authentication certificate of [dmp], when PSC registered the client with it.
+            tls_cert=psc.tls_cert or (config.dmp.tls_cert if mutual else ""),
+            tls_key=psc.tls_key or (config.dmp.tls_key if mutual else ""),
             use_pkce=psc.use_pkce,
             leeway_s=psc.leeway_s,
             timeout_s=psc.timeout_s,
@@ -207,6 +223,8 @@ class PscEndpoints:
     userinfo: str = ""
     introspection: str = ""
     end_session: str = ""
+    # Where the box itself ends a session (its mutual-TLS alias); "": `end_session`.
+    end_session_backchannel: str = ""
 
 
 @dataclass(frozen=True)
@@ -330,25 +348,12 @@ class PscClient:
         self.settings = settings
         self._clock = clock
         self._own_http = http is None
-        mutual = settings.token_endpoint_auth_method == "tls_client_auth"
+        self._mtls = settings.token_endpoint_auth_method == "tls_client_auth"
         if http is None:
-            verify: ssl.SSLContext | bool = True
-            if settings.ca_file or mutual:
-                verify = ssl.create_default_context(cafile=settings.ca_file or None)
-            if mutual:
-                assert isinstance(verify, ssl.SSLContext)
-                try:
-                    verify.load_cert_chain(settings.tls_cert, settings.tls_key)
-                except (OSError, ssl.SSLError) as exc:
-                    raise PscError(
-                        PscErrorReason.CONFIGURATION,
-                        f"certificat du TLS mutuel avec PSC illisible ({settings.tls_cert}) : "
-                        f"{exc}",
-                    ) from exc
-            http = httpx.Client(timeout=settings.timeout_s, verify=verify)
+            http = httpx.Client(timeout=settings.timeout_s, verify=_ssl_context(settings))
         self._http = http
-        if mutual:
-            # RFC 8705 §2: the certificate authenticates; the form names the client only.
+        if self._mtls:
+            # RFC 8705 §2: the client_id in the form, the certificate of the connection as proof.
             self._client_auth = ClientAuth(settings.client_id, None, "none")
         else:
             # RFC 6749 §2.3.1: HTTP Basic carries the form-urlencoded id and secret.
@@ -429,6 +434,12 @@ class PscClient:
                     f"{found.get('issuer')!r}, la configuration [psc] attend {s.issuer!r}",
                 )
 
+        aliases = found.get("mtls_endpoint_aliases")
+        aliases = aliases if self._mtls and isinstance(aliases, Mapping) else {}
+        for name in _MTLS_ALIASED:
+            if isinstance(aliases.get(name), str) and aliases[name]:
+                found[name] = aliases[name]
+
         def pick(explicit: str, name: str) -> str:
             value = explicit or found.get(name) or ""
             return value if isinstance(value, str) else ""
@@ -442,6 +453,9 @@ class PscClient:
             introspection=pick(s.introspection_endpoint, "introspection_endpoint"),
             end_session=pick(s.end_session_endpoint, "end_session_endpoint"),
         )
+        backchannel = aliases.get("end_session_endpoint")
+        if not s.end_session_endpoint and isinstance(backchannel, str) and backchannel:
+            endpoints = replace(endpoints, end_session_backchannel=backchannel)
         missing = [
             name
             for name in ("issuer", "authorization", "token", "jwks")
@@ -576,6 +590,7 @@ class PscClient:
         self, params: Mapping[str, str], *, refused: PscErrorReason
     ) -> dict[str, Any]:
         response = self._post_form(self.endpoints.token, params)
+        _raise_if_client_refused(response)
         if response.status_code == 400:
             error = _json_object(response, "jeton").get("error", "")
             if error == "invalid_grant":
@@ -586,8 +601,6 @@ class PscClient:
                     "Pro Santé Connect a refusé le code de connexion (expiré ou déjà utilisé) : "
                     "recommencez la connexion.",
                 )
-            if error in ("invalid_client", "unauthorized_client"):
-                raise PscError(PscErrorReason.CLIENT_REFUSED, _CLIENT_REFUSED)
             raise PscError(
                 PscErrorReason.BAD_RESPONSE,
                 f"Pro Santé Connect a refusé la demande de jeton ({error or 'erreur inconnue'}).",
@@ -794,7 +807,10 @@ class PscClient:
     def end_session(self, refresh_token: str) -> None:
         """End the PSC session server-side (Keycloak's back-channel logout with the refresh
         token): its refresh token stops working. A session already ended is not an error."""
-        url = self._require(self.endpoints.end_session, "end_session")
+        endpoints = self.endpoints
+        url = self._require(
+            endpoints.end_session_backchannel or endpoints.end_session, "end_session"
+        )
         response = self._post_form(url, {"refresh_token": refresh_token})
         if response.status_code not in (200, 204, 400):
             raise PscError(
@@ -811,6 +827,7 @@ class PscClient:
         answer."""
         url = self._require(self.endpoints.introspection, "introspection")
         response = self._post_form(url, {"token": token, "token_type_hint": "access_token"})
+        _raise_if_client_refused(response)
         if response.status_code != 200:
             raise PscError(
                 PscErrorReason.BAD_RESPONSE,
@@ -838,6 +855,67 @@ class PscClient:
             token_type=str(answer.get("token_type", "")),
             claims=answer,
         )
+
+
+def certificate_problems(psc: PscConfig) -> list[str]:
+    """French sentences, one per problem of the `[psc]` client certificate (`drimbox config
+    check`): readable, an ORG AUTH CLI certificate (TLS client authentication) whose CN is
+    `client_id` — PSC registers the box by that subject —, matching `tls_key`."""
+    if not psc.tls_cert:
+        return []
+    problems: list[str] = []
+    try:
+        certificate = load_certificate(psc.tls_cert)
+    except (OSError, ValueError) as exc:
+        return [f"[psc] tls_cert illisible ({psc.tls_cert}) : {exc}"]
+    names = [str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if psc.client_id not in names:
+        problems.append(
+            f"[psc] tls_cert ({psc.tls_cert}) est au nom de « {', '.join(names) or 'sans CN'} », "
+            f"pas du client_id « {psc.client_id} » (CN du sujet)"
+        )
+    usage = usage_problem(certificate, "auth")
+    if usage is not None:
+        problems.append(f"[psc] tls_cert ({psc.tls_cert}) {usage}")
+    if not psc.tls_key:
+        problems.append("[psc] tls_key non renseigné")
+        return problems
+    try:
+        if not key_matches(certificate, psc.tls_key):
+            problems.append(
+                f"[psc] la clé tls_key ({psc.tls_key}) ne correspond pas au certificat tls_cert"
+            )
+    except (OSError, ValueError, TypeError) as exc:
+        problems.append(f"[psc] tls_key illisible ({psc.tls_key}) : {exc}")
+    return problems
+
+
+def _raise_if_client_refused(response: httpx.Response) -> None:
+    """PSC did not authenticate this box (RFC 6749 §5.2: `invalid_client`, 401 or 400)."""
+    if response.status_code not in (400, 401):
+        return
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if response.status_code == 401 or error in ("invalid_client", "unauthorized_client"):
+        raise PscError(PscErrorReason.CLIENT_REFUSED, _CLIENT_REFUSED)
+
+
+def _ssl_context(settings: PscSettings) -> ssl.SSLContext:
+    """TLS towards PSC: its CA (the system's by default) and, for `tls_client_auth`, the box's
+    ORG AUTH CLI certificate."""
+    context = ssl.create_default_context(cafile=settings.ca_file or None)
+    if settings.token_endpoint_auth_method == "tls_client_auth":
+        try:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise PscError(
+                PscErrorReason.CONFIGURATION,
+                f"configuration [psc] : certificat tls_cert ou clé tls_key illisible "
+                f"({settings.tls_cert}, {settings.tls_key}) : {exc}",
+            ) from None
+    return context
 
 
 def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
@@ -872,10 +950,13 @@ class PscIntrospectionVerifier:
     """A `TokenVerifier` for peers' bearer tokens: asks PSC (introspection) whether the token
     is active, remembers the answer for `cache_ttl_s` (never past the token's `exp`).
 
+    - Only access tokens: PSC (Keycloak) also answers "active" for its refresh and ID tokens,
+      with their type in `typ`/`token_type`; anything but "Bearer" is refused, and so is an
+      answer naming no type.
     - `allowed_clients`: when given, the token must have been issued to one of these PSC
       clients (the DRIM-M boxes), not to any application of the PSC realm.
-    - `min_acr`: a token whose `acr` is present and below this level is refused (PSC's
-      introspection may omit `acr`; its absence is accepted).
+    - `min_acr`: the token's `acr` must be at least this level (a token without `acr` is
+      refused: PSC's access tokens always carry it).
 
     The cache is the trade-off: a token revoked at PSC stays accepted up to `cache_ttl_s`.
     `verify` blocks on the network on a cache miss: from async code, call it in a thread.
@@ -934,9 +1015,16 @@ class PscIntrospectionVerifier:
     def _judge(self, info: TokenInfo | None) -> tuple[TokenIdentity | None, str]:
         if info is None:
             return None, "jeton d'accès inactif (expiré, révoqué ou inconnu de Pro Santé Connect)"
+        kinds = {str(k).lower() for k in (info.token_type, info.claims.get("typ")) if k}
+        if kinds != {"bearer"}:
+            named = ", ".join(sorted(kinds)) or "non précisé"
+            return None, f"ce jeton n'est pas un jeton d'accès (type : {named})"
         if self._allowed is not None and info.client_id not in self._allowed:
-            return None, "jeton d'accès délivré à une application non autorisée (client_id)"
-        if self._min_acr and info.acr and not acr_satisfies(info.acr, self._min_acr):
+            return None, (
+                f"jeton d'accès délivré à une application non autorisée "
+                f"(client_id « {info.client_id[:64]} »)"
+            )
+        if self._min_acr and not acr_satisfies(info.acr, self._min_acr):
             return (
                 None,
                 f"jeton d'accès d'un niveau d'authentification insuffisant ({self._min_acr} exigé)",
@@ -946,6 +1034,7 @@ class PscIntrospectionVerifier:
             issuer=info.issuer or self._client.endpoints.issuer,
             expires_at=info.expires_at,
             claims=dict(info.claims),
+            client_id=info.client_id,
         )
         return identity, ""
 

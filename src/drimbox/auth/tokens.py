@@ -38,6 +38,7 @@ class TokenIdentity:
     issuer: str
     expires_at: int
     claims: Mapping[str, Any] = field(default_factory=dict)
+    client_id: str = ""  # the OIDC client the token was issued to (audited for peers)
 
 
 class TokenVerifier(Protocol):
@@ -107,11 +108,17 @@ class JwtVerifier:
             registry.validate(claims)
         except JoseError as exc:
             raise InvalidToken(_claim_message(exc)) from None
+        # Keycloak (PSC) signs ID and refresh tokens with the same keys: only "Bearer" is an
+        # access token.
+        typ = claims.get("typ")
+        if typ is not None and str(typ).lower() != "bearer":
+            raise InvalidToken(f"ce jeton n'est pas un jeton d'accès (type : {str(typ)[:32]})")
         return TokenIdentity(
             subject=str(claims["sub"]),
             issuer=str(claims["iss"]),
             expires_at=int(claims["exp"]),
             claims=dict(claims),
+            client_id=str(claims.get("azp") or claims.get("client_id") or ""),
         )
 
 

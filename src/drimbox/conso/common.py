@@ -8,7 +8,6 @@ It must not import the web layer, the configuration or any network client: it is
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +16,8 @@ from typing import Any, Protocol
 
 from drimbox.db import Database
 from drimbox.dicom.cache import CachedInstance, CacheEntry, SeriesCache, describe_instance
+from drimbox.dicom.model import is_uid
 from drimbox.trust import audit
-
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 class ConsoError(Exception):
@@ -85,10 +83,6 @@ def db_auditor(db: Database, actor: str, role: audit.Role = "user") -> Auditor:
         )
 
     return record
-
-
-def is_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
 
 
 # --- instance sources (what export and XDM read) -------------------------------------------

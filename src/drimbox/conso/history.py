@@ -29,6 +29,7 @@ from drimbox.cda.parser import CdaError, parse_report
 from drimbox.conso.common import Auditor, ConsoError, no_audit
 from drimbox.conso.launch import LaunchContext
 from drimbox.dicom.kos import manifest_from_bytes
+from drimbox.dicom.model import is_uid
 from drimbox.dmp import codes
 from drimbox.dmp.client import DmpClient, DmpError
 from drimbox.dmp.metadata import DocumentEntry
@@ -181,6 +182,16 @@ def _manifest(ds: Dataset, data: bytes) -> Manifest:
             "KOS_ILLISIBLE",
             "Le manifeste (KOS) de l'examen ne référence aucune série.",
             detail=f"KOS {ds.get('SOPInstanceUID', '?')}",
+        )
+    # These UIDs go into the Source's URLs and the cache's paths: a damaged one is refused
+    # here rather than sent on, and nothing decoded from bad bytes is passed off as a UID.
+    uids = [study_uid] + [u for s in series for u in (s.study_uid, s.series_uid)]
+    uids += [uid for s in series for _sop_class, uid in s.instances]
+    if bad := next((uid for uid in uids if not is_uid(uid)), None):
+        raise ConsoError(
+            "KOS_ILLISIBLE",
+            "Le manifeste (KOS) de l'examen contient un UID DICOM invalide.",
+            detail=f"KOS {ds.get('SOPInstanceUID', '?')} : « {bad[:80]!r} »",
         )
     return Manifest(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),

@@ -1,6 +1,9 @@
 """The contextual launch: the form a RIS/DPI posts to open the Conso on a patient (ARCHITECTURE §3).
 
-Owns the field names, their validation and `LaunchContext`, the typed result. Every problem is
+Owns the field names, their validation and `LaunchContext`, the typed result. Field names are
+matched regardless of case, and the consent is accepted under the name the ANS contextual-launch
+test tool sends (`InformationEtConsentement`) as well; `PatientIDIssuer` may be a bare OID or a
+full HL7 CX.4 (`namespace&OID&ISO`), as the ANS FAQ recommends. Every problem is
 reported at once, as `FieldError`s naming the form field in French, so that the site's
 integrator fixes the RIS call in one go. Pure functions: the web layer stores the context with an
 expiry and answers 303; this module must not touch the DMP, the session or the network.
@@ -18,7 +21,7 @@ from urllib.parse import parse_qs, unquote
 from drimbox.cda.model import INS_OIDS
 from drimbox.cda.parser import is_valid_dicom_uid, is_valid_ins
 
-# Form field names (exactly as the RIS/DPI sends them).
+# Form field names (as the RIS/DPI sends them; matched regardless of case).
 F_INS: Final = "Patient.identifier.value"
 F_INS_SYSTEM: Final = "Patient.identifier.system"
 F_FAMILY: Final = "Patient.name.family"
@@ -58,6 +61,13 @@ OPTIONAL_FIELDS: Final = (
 )
 # Only given names may repeat (several first names); any other repeated field is ambiguous.
 _REPEATABLE: Final = frozenset({F_GIVEN})
+# Other names a field is sent under: the ANS contextual-launch test tool's consent field.
+ALIASES: Final = {"InformationEtConsentement": F_CONSENT}
+# Lower-cased name as sent → the field's canonical name.
+_CANONICAL: Final = {
+    **{name.lower(): name for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)},
+    **{alias.lower(): name for alias, name in ALIASES.items()},
+}
 
 MAX_FORM_BYTES: Final = 16 * 1024  # a launch form is a few hundred bytes
 MAX_VALUE_LENGTH: Final = 256
@@ -141,6 +151,37 @@ def _normalise(form: FormInput) -> tuple[dict[str, list[str]], list[FieldError]]
     return fields, []
 
 
+def _canonical(fields: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """The known fields under their canonical names (any case, aliases merged); unknown fields
+    are dropped: RIS add their own."""
+    known: dict[str, list[str]] = {}
+    for name, values in fields.items():
+        canonical = _CANONICAL.get(name.lower())
+        if canonical is not None:
+            known.setdefault(canonical, []).extend(values)
+    return known
+
+
+def _cx4_issuer(value: str) -> tuple[str, str | None]:
+    """The assigning authority of `PatientIDIssuer`: a bare OID or name, or a full HL7 CX.4
+    `namespace&OID&ISO` (the OID then, else the namespace); a French problem or None."""
+    if "&" not in value:
+        return value, None
+    parts = value.split("&")
+    if len(parts) > 3:
+        return value, "CX.4 attendu : espace de noms&OID&ISO."
+    namespace, universal, kind = (*parts, "", "")[:3]
+    if universal:
+        if kind and kind.upper() != "ISO":
+            return value, f"type d'identifiant « {kind} » : ISO attendu (espace de noms&OID&ISO)."
+        if not is_oid(universal):
+            return value, f"« {universal} » n'est pas un OID (espace de noms&OID&ISO)."
+        return universal, None
+    if not namespace:
+        return value, "ni espace de noms ni OID (espace de noms&OID&ISO)."
+    return namespace, None
+
+
 def _date(value: str) -> date | None:
     for pattern in ("%Y-%m-%d", "%Y%m%d"):
         try:
@@ -153,13 +194,15 @@ def _date(value: str) -> date | None:
 def parse_launch(form: FormInput, *, today: date | None = None) -> LaunchContext:
     """Validate a launch form: the raw `application/x-www-form-urlencoded` body (decoded here)
     or the fields a framework already decoded. Raises `InvalidLaunch` listing every problem."""
-    fields, errors = _normalise(form)
+    raw, errors = _normalise(form)
+    fields = _canonical(raw)
     today = today or date.today()
     values: dict[str, str] = {}
     for name, raw_values in fields.items():
-        if name not in REQUIRED_FIELDS and name not in OPTIONAL_FIELDS:
-            continue  # unknown fields are tolerated: RIS add their own
         cleaned = [v.strip() for v in raw_values if v.strip()]
+        if name not in _REPEATABLE:
+            # The same value under two spellings (consent under both names) is no ambiguity.
+            cleaned = list(dict.fromkeys(cleaned))
         if len(cleaned) > 1 and name not in _REPEATABLE:
             errors.append(FieldError(name, f"Le champ {name} est répété : une seule valeur."))
             continue
@@ -223,6 +266,10 @@ def parse_launch(form: FormInput, *, today: date | None = None) -> LaunchContext
         issuer = issuer[len("urn:oid:") :]
     if issuer and "\\" in issuer:
         bad(F_IPP_ISSUER, "caractère « \\ » interdit.")
+    elif issuer:
+        issuer, problem = _cx4_issuer(issuer)
+        if problem:
+            bad(F_IPP_ISSUER, problem)
     ipp = values.get(F_IPP, "")
     if ipp and ("\\" in ipp or len(ipp) > 64):
         bad(F_IPP, "64 caractères au plus, sans « \\ ».")

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def is_uid(value: str) -> bool:
+    """A DICOM UID (PS3.5 §9.1): dot-separated numbers without leading zeros, at most 64 chars.
+    Anything else from the network (a URL, a KOS, a query) is refused, never passed on."""
+    return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
 
 
 @dataclass(frozen=True)

@@ -142,11 +142,11 @@ def choose_structure(structures: Sequence[Structure], report: ImagingReport) -> 
 # -- drimbox config check ---------------------------------------------------------------------
 
 
-def _load_certificate(path: str) -> x509.Certificate:
+def load_certificate(path: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(Path(path).read_bytes())
 
 
-def _key_matches(certificate: x509.Certificate, key_path: str) -> bool:
+def key_matches(certificate: x509.Certificate, key_path: str) -> bool:
     key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     public = certificate.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -157,7 +157,7 @@ def _key_matches(certificate: x509.Certificate, key_path: str) -> bool:
     return public == mine
 
 
-def _usage_problem(certificate: x509.Certificate, role: str) -> str | None:
+def usage_problem(certificate: x509.Certificate, role: str) -> str | None:
     try:
         usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
@@ -191,7 +191,7 @@ def certificate_problems(structure: Structure) -> list[str]:
             problems.append(f"{label} : {cert_key} non renseigné")
             continue
         try:
-            certificate = _load_certificate(cert_path)
+            certificate = load_certificate(cert_path)
         except (OSError, ValueError) as exc:
             problems.append(f"{label} : {cert_key} illisible ({cert_path}) : {exc}")
             continue
@@ -204,14 +204,14 @@ def certificate_problems(structure: Structure) -> list[str]:
                 f"{label} : {cert_key} ({cert_path}) est celui de la structure "
                 f"« {', '.join(units) or 'sans OU'} », pas de {structure.id} (OU du sujet)"
             )
-        usage = _usage_problem(certificate, role)
+        usage = usage_problem(certificate, role)
         if usage is not None:
             problems.append(f"{label} : {cert_key} ({cert_path}) {usage}")
         if not key_path:
             problems.append(f"{label} : {key_key} non renseigné")
             continue
         try:
-            matches = _key_matches(certificate, key_path)
+            matches = key_matches(certificate, key_path)
         except (OSError, ValueError, TypeError) as exc:
             problems.append(f"{label} : {key_key} illisible ({key_path}) : {exc}")
             continue

@@ -55,7 +55,15 @@ MANDATORY_ATTRIBUTES: tuple[str, ...] = (
     ATTR_ROLE,
 )
 
+# Authentification_Mode: a structure acting itself (publication by the author's structure);
+# a professional authenticated by Pro Santé Connect (CPS or e-CPS, the box authenticating to
+# the DMP with its structure's certificate: the DMP's reinforced indirect mode); a CPS card read
+# by the workstation, whose certificate authenticates to the DMP (never the case of a DRIMbox).
 AUTH_INDIRECT = "INDIRECTE"
+AUTH_REINFORCED_INDIRECT = "INDIRECTE_RENFORCEE"
+AUTH_DIRECT = "DIRECTE"
+# The AuthnContextDecl of a reinforced indirect VIHF, as the ANS DRIMbox demonstrator sends it.
+PSC_AUTHN_CONTEXT_DECL = "APP_BROWSER_AUTH"
 TLS_CLIENT_CONTEXT = "urn:oasis:names:tc:SAML:2.0:ac:classes:TLSClient"
 X509_SUBJECT_FORMAT = "urn:oasis:names:tc:SAML:1.1:nameid-format:X509SubjectName"
 
@@ -232,9 +240,10 @@ def build_vihf(
     subject_el = etree.SubElement(assertion, _saml("Subject"))
     etree.SubElement(subject_el, _saml("NameID")).text = subject.name_id
     authn = etree.SubElement(assertion, _saml("AuthnStatement"), AuthnInstant=instant)
-    etree.SubElement(
-        etree.SubElement(authn, _saml("AuthnContext")), _saml("AuthnContextClassRef")
-    ).text = TLS_CLIENT_CONTEXT
+    authn_context = etree.SubElement(authn, _saml("AuthnContext"))
+    etree.SubElement(authn_context, _saml("AuthnContextClassRef")).text = TLS_CLIENT_CONTEXT
+    if subject.authentication_mode == AUTH_REINFORCED_INDIRECT:
+        etree.SubElement(authn_context, _saml("AuthnContextDecl")).text = PSC_AUTHN_CONTEXT_DECL
 
     statement = etree.SubElement(assertion, _saml("AttributeStatement"))
     _attribute(statement, ATTR_VIHF_VERSION, context.vihf_version)
@@ -276,6 +285,7 @@ class VihfClaims:
     attributes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     roles: tuple[Code, ...] = ()
     purpose_of_use: Code | None = None
+    authn_context_decl: str = ""
 
     def get(self, name: str) -> str:
         values = self.attributes.get(name, ())
@@ -345,4 +355,10 @@ def verify_vihf(
         attributes=attributes,
         roles=tuple(roles),
         purpose_of_use=purpose,
+        authn_context_decl=(
+            assertion.findtext(
+                f"{_saml('AuthnStatement')}/{_saml('AuthnContext')}/{_saml('AuthnContextDecl')}"
+            )
+            or ""
+        ).strip(),
     )

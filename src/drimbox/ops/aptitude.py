@@ -919,7 +919,7 @@ def _psc(checks: _Checks, config: Config) -> None:
     from drimbox.auth.psc import PscClient, PscError, PscErrorReason, PscSettings
 
     group = "Pro Santé Connect"
-    fix = "Vérifiez [psc] (adresse de découverte, identifiant et secret du client)."
+    fix = "Vérifiez [psc] (adresse de découverte, identifiant et certificat ou secret du client)."
     redirect = config.psc.redirect_uri or f"{config.viewer.public_url}/auth/callback"
     client: PscClient | None = None
     try:
@@ -952,7 +952,7 @@ def _psc(checks: _Checks, config: Config) -> None:
                     "Authentification du client",
                     "ok",
                     f"client « {config.psc.client_id} » authentifié par PSC "
-                    f"({config.psc.token_endpoint_auth_method})",
+                    f"({client.settings.token_endpoint_auth_method})",
                 )
             elif exc.reason is PscErrorReason.CLIENT_REFUSED:
                 checks.add(
@@ -961,7 +961,7 @@ def _psc(checks: _Checks, config: Config) -> None:
                     "Authentification du client",
                     "failure",
                     f"PSC refuse le client « {config.psc.client_id} » : {exc.message}",
-                    "Vérifiez [psc] client_id / client_secret auprès de l'ANS "
+                    "Vérifiez [psc] client_id et tls_cert (ou client_secret) auprès de l'ANS "
                     "(enregistrement du service).",
                 )
             else:

@@ -33,6 +33,7 @@ class RetrievalRecord:
     resource: str = "series"  # study, series, instance, metadata, frames, rendered…
     channel: str = "peer"  # peer (WADO-RS /dicom-web-rs) or viewer (/dicom-web)
     client: str = ""  # remote address (and later the peer's certificate DN)
+    psc_client: str = ""  # peers: the PSC client their bearer token was issued to
     kos_sop_uid: str = ""
     bytes: int = 0
     instances: int = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from io import BytesIO
@@ -30,9 +29,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from drimbox.auth.tokens import InvalidToken, TokenVerifier, bearer_token
+from drimbox.auth.tokens import InvalidToken, TokenIdentity, TokenVerifier, bearer_token
 from drimbox.db import Database, Report
 from drimbox.dicom.cache import CachedInstance, CacheEntry, CacheError
+from drimbox.dicom.model import is_uid
 from drimbox.dicom.pacs import PacsError
 from drimbox.dicom.retrieve import ImageService
 from drimbox.dicom.transcode import (
@@ -73,7 +73,6 @@ KOS_HEADER = "KOS-SOPInstanceUID"
 DICOM_JSON = "application/dicom+json"
 RETRY_AFTER_S = 30
 THUMBNAIL_SIZE = 128
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _METADATA_BULK_THRESHOLD = 64 * 1024
 CHUNK_BYTES = 1024 * 1024  # a response write: big enough to amortise, small enough to stream
 
@@ -94,6 +93,7 @@ class Scope:
 
     subject: str
     kos: KosContent
+    psc_client: str = ""  # peers: the PSC client the bearer token was issued to
 
 
 class Authorizer(Protocol):
@@ -135,9 +135,9 @@ class PeerAuthorizer:
         except PeerRefused as exc:
             raise WadoError(403, exc.message) from None
 
-    def _subject(self, request: Request) -> str:
+    def _identity(self, request: Request) -> TokenIdentity:
         try:
-            return self.verifier.verify(bearer_token(request.headers.get("authorization"))).subject
+            return self.verifier.verify(bearer_token(request.headers.get("authorization")))
         except InvalidToken as exc:
             raise WadoError(
                 401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}
@@ -147,34 +147,34 @@ class PeerAuthorizer:
         kos_uid = request.headers.get(KOS_HEADER, "").strip()
         if not kos_uid:
             raise WadoError(400, f"en-tête {KOS_HEADER} absent : l'UID du KOS publié est requis")
-        if not valid_uid(kos_uid):
+        if not is_uid(kos_uid):
             raise WadoError(400, f"en-tête {KOS_HEADER} invalide : UID DICOM attendu")
         return kos_uid
 
     async def scope(self, request: Request, study_uid: str) -> Scope:
         self._check_peer(request)
         # Token checks may call PSC (introspection): never on the event loop.
-        subject = await asyncio.to_thread(self._subject, request)
+        identity = await asyncio.to_thread(self._identity, request)
         kos_uid = self._kos_uid(request)
         try:
             content = await asyncio.to_thread(self.grants.for_peer, study_uid, kos_uid)
         except GrantError as exc:
             raise WadoError(exc.status, str(exc)) from None
-        return Scope(subject, content)
+        return Scope(identity.subject, content, identity.client_id)
 
     async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
         self._check_peer(request)
-        subject = await asyncio.to_thread(self._subject, request)
+        identity = await asyncio.to_thread(self._identity, request)
         kos_uid = self._kos_uid(request)
         try:
             content = await asyncio.to_thread(self.grants.kos_of_peer, kos_uid)
         except GrantError as exc:
             raise WadoError(exc.status, str(exc)) from None
-        return subject, [content]
+        return identity.subject, [content]
 
     def subject_hint(self, request: Request) -> str:
         try:
-            return self._subject(request)
+            return self._identity(request).subject
         except WadoError:
             return ""
 
@@ -199,19 +199,16 @@ def audit_retrieval(db: Database, record: RetrievalRecord) -> None:
         remote=record.client,
         series_uid=record.series_uid,
         sop_instance_uid=record.sop_instance_uid,
+        psc_client=record.psc_client,
         http_status=record.result,
         channel=record.channel,
         detail=record.detail,
     )
 
 
-def valid_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
-
-
 def _check_uids(*uids: str) -> None:
     for uid in uids:
-        if not valid_uid(uid):
+        if not is_uid(uid):
             raise WadoError(400, f"UID DICOM invalide : « {uid[:80]} »")
 
 
@@ -398,6 +395,7 @@ class WadoRoutes:
         boundary = new_boundary()
         record = RetrievalRecord(
             subject=scope.subject,
+            psc_client=scope.psc_client,
             study_uid=study_uid,
             series_uid="" if resource == "study" else series_uids[0],
             sop_instance_uid=sop_uid or "",
@@ -522,6 +520,7 @@ class WadoRoutes:
             request,
             RetrievalRecord(
                 subject=scope.subject,
+                psc_client=scope.psc_client,
                 study_uid=study_uid,
                 series_uid=series_uid or "",
                 sop_instance_uid=sop_uid or "",
@@ -902,5 +901,4 @@ __all__ = [
     "WadoRoutes",
     "build_router",
     "install",
-    "valid_uid",
 ]

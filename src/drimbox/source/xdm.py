@@ -50,7 +50,8 @@ from drimbox.dicom.kos import manifest_from_bytes, referenced_instances
 from drimbox.dmp import codes
 from drimbox.dmp.client import DmpError, DmpSettings, load_signer
 from drimbox.dmp.metadata import derived_uid, reference_id
-from drimbox.dmp.xades import SignedDocument, build_signature_document
+from drimbox.dmp.structures import StructureError, choose_structure, site_structures
+from drimbox.dmp.xades import SignedDocument, XmlSigner, build_signature_document
 from drimbox.source.intake import identifier_text
 from drimbox.trust import audit
 
@@ -118,12 +119,24 @@ def export_published(
     groups: dict[str, list[Report]] = {}
     for row in rows:
         groups.setdefault(row.kos_sop_uid or "", []).append(row)
-    try:
-        signer = load_signer(DmpSettings.from_config(config))
-    except DmpError as exc:
-        raise XdmError(
-            f"Export impossible : {exc} (le document de signature accompagne chaque KOS)."
-        ) from exc
+    structures = site_structures(config)
+    signers: dict[str, XmlSigner] = {}
+
+    def signer_of(report: Report) -> XmlSigner:
+        """The ORG SIGN certificate of the structure that published the KOS (its report's)."""
+        assert report.cda is not None
+        try:
+            structure = choose_structure(
+                structures, parse_report(report.cda, report.study_uid or None)
+            )
+            if structure.id not in signers:
+                signers[structure.id] = load_signer(DmpSettings.from_config(config, structure))
+        except (DmpError, StructureError) as exc:
+            raise XdmError(
+                f"Export impossible : {exc} (le document de signature accompagne chaque KOS)."
+            ) from exc
+        return signers[structure.id]
+
     result = ExportResult()
     now = datetime.now(UTC)
     counters: dict[str, int] = {}
@@ -137,71 +150,10 @@ def export_published(
             counters[month] = counters.get(month, 0) + 1
             n = counters[month]
             folder = f"{month}/IHE_XDM/SS{n:06d}"
-            parsed = parse_report(first.cda, first.study_uid or None)
             signature = build_signature_document(
-                [SignedDocument(kos_uid, first.kos)], signer, signing_time=published
+                [SignedDocument(kos_uid, first.kos)], signer_of(first), signing_time=published
             )
-            documents: list[tuple[XdmDocument, str]] = [
-                (
-                    XdmDocument(
-                        "kos",
-                        first.kos,
-                        kos_uid,
-                        title="Manifeste d'imagerie (KOS)",
-                        slots={
-                            codes.REFERENCE_ID_LIST: _reference_ids(parsed),
-                            S_ENTRY: [first.dmp_entry_uuid or ""],
-                            S_PUBLISHED: [published.isoformat()],
-                            S_STUDY: [first.study_uid],
-                        },
-                    ),
-                    f"KOS_{n:06d}.DCM",
-                ),
-                (
-                    XdmDocument(
-                        "signature",
-                        signature,
-                        derived_uid(config.site.uid_root, "9", f"xdm-signature|{kos_uid}"),
-                        title="Document de signature du KOS",
-                    ),
-                    f"SIGN_{n:06d}.XML",
-                ),
-            ]
-            for k, row in enumerate(reports, start=1):
-                assert row.cda is not None
-                documents.append(
-                    (
-                        XdmDocument(
-                            "report",
-                            row.cda,
-                            row.document_id,
-                            title=f"Compte rendu {row.document_id}",
-                            slots={
-                                S_FLAGS: _flags_slot(dict(row.flags)),
-                                S_STUDY: [row.study_uid],
-                                S_DOCUMENT: [row.document_id],
-                            },
-                        ),
-                        f"CR_{n:06d}_{k:02d}.XML",
-                    )
-                )
-            patient = XdmPatient(
-                parsed.patient.ins, parsed.patient.ins_oid, parsed.patient.name.to_dicom()
-            )
-            for document, uri in documents:
-                zf.writestr(f"{folder}/{uri}", document.data)
-            zf.writestr(
-                f"{folder}/METADATA.XML",
-                build_metadata(
-                    patient,
-                    documents,
-                    submission_unique_id=derived_uid(
-                        config.site.uid_root, "8", f"xdm|{kos_uid}|{now.isoformat()}"
-                    ),
-                    source_id=config.site.uid_root,
-                    now=now,
-                ),
-            )
+            patient = write_subset(zf, folder, n, reports, signature, config.site.uid_root, now)
             result.kos += 1
             result.signatures += 1
             result.reports += len(reports)
@@ -210,6 +162,61 @@ def export_published(
         zf.writestr("README.TXT", _readme(config.site.name, now, result))
         zf.writestr("INDEX.HTM", _index(config.site.name, index))
     return result
+
+
+def write_subset(
+    zf: zipfile.ZipFile,
+    folder: str,
+    n: int,
+    reports: Sequence[Report],
+    signature: bytes | None,
+    uid_root: str,
+    now: datetime,
+) -> XdmPatient:
+    """One KOS's XDM subset: the KOS as published, its signature document, the report(s) it was
+    published with, and METADATA.XML describing them (with the slots an import restores from)."""
+    first = reports[0]
+    assert first.kos is not None and first.cda is not None
+    kos_uid = first.kos_sop_uid or ""
+    published = _utc(first.published_at or now)
+    parsed = parse_report(first.cda, first.study_uid or None)
+    kos_slots = {
+        codes.REFERENCE_ID_LIST: _reference_ids(parsed),
+        S_ENTRY: [first.dmp_entry_uuid or ""],
+        S_PUBLISHED: [published.isoformat()],
+        S_STUDY: [first.study_uid],
+    }
+    documents: list[tuple[XdmDocument, str]] = [
+        (
+            XdmDocument(
+                "kos", first.kos, kos_uid, title="Manifeste d'imagerie (KOS)", slots=kos_slots
+            ),
+            f"KOS_{n:06d}.DCM",
+        )
+    ]
+    if signature is not None:
+        sign_uid = derived_uid(uid_root, "9", f"xdm-signature|{kos_uid}")
+        sign = XdmDocument("signature", signature, sign_uid, title="Document de signature du KOS")
+        documents.append((sign, f"SIGN_{n:06d}.XML"))
+    for k, row in enumerate(reports, start=1):
+        assert row.cda is not None
+        slots = {
+            S_FLAGS: _flags_slot(dict(row.flags)),
+            S_STUDY: [row.study_uid],
+            S_DOCUMENT: [row.document_id],
+        }
+        title = f"Compte rendu {row.document_id}"
+        report = XdmDocument("report", row.cda, row.document_id, title=title, slots=slots)
+        documents.append((report, f"CR_{n:06d}_{k:02d}.XML"))
+    patient = XdmPatient(parsed.patient.ins, parsed.patient.ins_oid, parsed.patient.name.to_dicom())
+    for document, uri in documents:
+        zf.writestr(f"{folder}/{uri}", document.data)
+    submission = derived_uid(uid_root, "8", f"xdm|{kos_uid}|{now.isoformat()}")
+    metadata = build_metadata(
+        patient, documents, submission_unique_id=submission, source_id=uid_root, now=now
+    )
+    zf.writestr(f"{folder}/METADATA.XML", metadata)
+    return patient
 
 
 def _readme(site: str, now: datetime, result: ExportResult) -> bytes:
@@ -248,7 +255,9 @@ def _utc(moment: datetime) -> datetime:
 
 
 @dataclass
-class _Restored:
+class Restored:
+    """One KOS of an archive, checked, with its report(s), as an import restores it."""
+
     kos: Dataset
     kos_bytes: bytes
     reports: list[tuple[Described, bytes, ImagingReport]]
@@ -262,7 +271,7 @@ def _ins_of(cx_value: str) -> str:
 
 def _check_subset(
     subset: str, patient_cx: str, documents: list[tuple[Described, bytes]]
-) -> _Restored:
+) -> Restored:
     kos_docs = [(d, b) for d, b in documents if d.kind == "kos"]
     if len(kos_docs) != 1:
         raise XdmError(f"Archive refusée : {subset} doit contenir exactement un KOS.")
@@ -312,14 +321,11 @@ def _check_subset(
         published_at = datetime.fromisoformat(published) if published else None
     except ValueError:
         published_at = None
-    return _Restored(kos, kos_bytes, reports, entry, published_at)
+    return Restored(kos, kos_bytes, reports, entry, published_at)
 
 
-def import_published(
-    db: Database, archive: Path | IO[bytes], *, limits: XdmLimits | None = None, actor: str = ""
-) -> ImportResult:
-    """Restore an XDM archive of published KOS into the Source (all or nothing)."""
-    limits = limits or XdmLimits()
+def read_published(archive: Path | IO[bytes], limits: XdmLimits) -> list[Restored]:
+    """Every subset of an archive of published KOS, checked (raises `XdmError`, French)."""
     zf, by_name = open_archive(archive, limits)
     with zf:
         subsets = sorted(m.group(1) for n in by_name if (m := _SUBSET_METADATA.match(n)))
@@ -328,10 +334,17 @@ def import_published(
                 "Archive refusée : aucun METADATA.XML sous IHE_XDM/ (ce n'est pas un export XDM)."
             )
         budget = [limits.max_total_bytes]
-        restored = [
+        return [
             _check_subset(subset, *read_subset(zf, by_name, subset, limits, budget))
             for subset in subsets
         ]
+
+
+def import_published(
+    db: Database, archive: Path | IO[bytes], *, limits: XdmLimits | None = None, actor: str = ""
+) -> ImportResult:
+    """Restore an XDM archive of published KOS into the Source (all or nothing)."""
+    restored = read_published(archive, limits or XdmLimits())
     result = ImportResult()
     now = utcnow()
     with db.session() as session:

@@ -57,7 +57,11 @@ def psc_client(config: Config) -> PscClient | None:
 def peer_verifier(client: PscClient | None, config: Config) -> TokenVerifier:
     if client is None:
         return NoTokenVerifier()
-    return PscIntrospectionVerifier(client, cache_ttl_s=config.psc.introspection_cache_s)
+    return PscIntrospectionVerifier(
+        client,
+        cache_ttl_s=config.psc.introspection_cache_s,
+        allowed_clients=config.psc.accepted_peer_clients,
+    )
 
 
 def dmp_status_client(config: Config) -> httpx.Client | None:

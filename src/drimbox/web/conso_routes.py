@@ -72,7 +72,7 @@ from drimbox.dicom.cache import CachedInstance
 from drimbox.dicom.pacs import InstanceSink, PacsClient
 from drimbox.dicom.retrieve import ImageService, RemoteSourceError, dicomweb_tls, pacs_settings
 from drimbox.dmp.client import DmpClient, DmpSettings
-from drimbox.dmp.vihf import VihfSubject
+from drimbox.dmp.vihf import AUTH_REINFORCED_INDIRECT, VihfSubject
 from drimbox.source.grants import session_hash
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import PeerCheck, PeerRefused, client_ssl_context
@@ -88,8 +88,9 @@ SITUATION_PATH: Final = "/auth/situation"
 PUBLIC_PATHS: Final = frozenset({LAUNCH_PATH})
 OPEN_WITHIN: Final = timedelta(minutes=15)  # a launch not opened by then is gone
 KEEP_FOR: Final = timedelta(hours=12)  # an opened launch lives as long as a session at most
-# VIHF Authentification_Mode of a professional signed in with Pro Santé Connect (CPS/e-CPS).
-AUTHENTICATION_MODE: Final = "DIRECTE"
+# VIHF Authentification_Mode of a professional signed in with Pro Santé Connect (CPS/e-CPS): the
+# DMP's reinforced indirect mode (NATIONAL-RULES.md), not DIRECTE (a card read by the workstation).
+AUTHENTICATION_MODE: Final = AUTH_REINFORCED_INDIRECT
 COMPARE_PROTOCOL: Final = "@ohif/hpCompare"  # OHIF's two-study side-by-side hanging protocol
 CDA_NS: Final = "urn:hl7-org:v3"
 

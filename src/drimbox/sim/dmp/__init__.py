@@ -13,7 +13,9 @@ MTOM): `/registry` ITI-18 (FindDocuments, FindDocumentsByReferenceId, GetDocumen
 GetAssociations) and ITI-57 (UpdateAvailabilityStatus to Deleted/Deprecated/Approved);
 `/repository` ITI-41 (MTOM or inline base64; RPLC deprecates the replaced entry) and ITI-43;
 `/patients` TD0.2; `/habilitations` TD0.3. JSON view: `/sim/health`, `/sim/stats` (request
-counters), `/sim/registry/documents?patient_id=<INS>`, `/sim/registry/documents/{uid}/content`.
+counters, and per operation the VIHF Authentification_Mode it came in: "ITI-18 mode
+INDIRECTE_RENFORCEE"), `/sim/registry/documents?patient_id=<INS>`,
+`/sim/registry/documents/{uid}/content`.
 
 ERROR CODES
 SOAP 1.2 Faults (HTTP 500 like the DMP's SOAP stack; `soap:Sender`, a standard subcode, and the
@@ -30,7 +32,11 @@ simulator's code in `Detail/sim:erreur/@code`, namespace `urn:drimbox:sim:dmp`):
   (wsse:InvalidSecurityToken); `DMPVihfAlgorithmeNonSupporte` (wsse:UnsupportedAlgorithm);
   `DMPVihfSignatureInvalide` (wsse:FailedCheck: tampered, wrong key, reference not the
   assertion); `DMPVihfCertificatNonReconnu`, `DMPVihfCertificatExpire`
-  (wsse:FailedAuthentication); `DMPVihfExpire` (wsse:MessageExpired).
+  (wsse:FailedAuthentication); `DMPVihfExpire` (wsse:MessageExpired);
+- Authentification_Mode against the request: an unknown mode, or INDIRECTE_RENFORCEE without
+  the AuthnContextDecl `APP_BROWSER_AUTH`: `DMPVihfAttributInvalide`; DIRECTE over a TLS
+  connection that is not the professional's card (a personal certificate whose CN is the
+  NameID): `DMPModeAuthentificationInvalide` (wsse:FailedAuthentication);
 RegistryResponse Failure (`rs:RegistryError` errorCode, codeContext in French, location = the
 object's id as sent):
 - `XDSRegistryMetadataError`: a mandatory slot / classification / external identifier / Name

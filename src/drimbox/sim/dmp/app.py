@@ -156,6 +156,8 @@ class DmpSimulator:
             now = dt.datetime.now(dt.UTC)
             vihf = check_vihf(request, self.settings, now)
             check_client_certificate(client_certificate, vihf)
+            # Which Authentification_Mode each operation was asked in (tests read it).
+            self.registry.count(f"{name} mode {vihf.mode}")
             payload = operation.handler(request, vihf, now)
         except SoapFault as fault:
             log.info("DMP simulator: fault %s on %s: %s", fault.code, path, fault.reason)

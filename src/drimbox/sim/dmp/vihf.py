@@ -80,6 +80,14 @@ MANDATORY_ATTRIBUTES = (
     SUBJECT_ROLE,
 )
 
+# Authentification_Mode values the DMP knows: a structure acting itself; a professional
+# authenticated by Pro Santé Connect through the structure's software (reinforced indirect, with
+# the AuthnContextDecl the ANS demonstrator sends); a CPS card read by the workstation.
+MODE_INDIRECT = "INDIRECTE"
+MODE_REINFORCED = "INDIRECTE_RENFORCEE"
+MODE_DIRECT = "DIRECTE"
+REINFORCED_AUTHN_DECL = "APP_BROWSER_AUTH"
+
 PATIENT_ID = re.compile(r"^(?P<ins>[0-9A-Za-z]+)\^\^\^&(?P<oid>[0-9.]+)&ISO\^NH$")
 
 
@@ -92,6 +100,7 @@ class Vihf:
     roles: list[tuple[str, str]]
     certificate: x509.Certificate
     purpose_of_use: str = ""
+    authn_context_decl: str = ""
 
     def first(self, name: str) -> str:
         values = self.attributes.get(name) or [""]
@@ -112,7 +121,7 @@ class Vihf:
 
     @property
     def is_publication(self) -> bool:
-        return self.mode.upper() == "INDIRECTE"
+        return self.mode == MODE_INDIRECT
 
     @property
     def structure(self) -> str:
@@ -249,6 +258,7 @@ def check_client_certificate(client: x509.Certificate | None, vihf: Vihf) -> Non
             "wsse:FailedAuthentication",
         )
     subject = client.subject.rfc4514_string()
+    check_authentication_mode(client, vihf)
     if not is_authentication_certificate(client):
         raise _fault(
             "DMPCertificatClientInvalide",
@@ -275,6 +285,39 @@ def check_client_certificate(client: x509.Certificate | None, vihf: Vihf) -> Non
             f"que celle du certificat d'authentification TLS (OU « {', '.join(tls_structures)} »).",
             "wsse:InvalidSecurityToken",
         )
+
+
+def check_authentication_mode(client: x509.Certificate, vihf: Vihf) -> None:
+    """The VIHF's Authentification_Mode must fit how the request is authenticated: DIRECTE
+    only with the professional's own card certificate (a personal certificate whose CN is the
+    VIHF's NameID) on the TLS connection, not a structure's; INDIRECTE_RENFORCEE with its
+    AuthnContextDecl."""
+    mode = vihf.mode
+    if mode not in (MODE_INDIRECT, MODE_REINFORCED, MODE_DIRECT):
+        raise _fault(
+            "DMPVihfAttributInvalide",
+            f"Authentification_Mode « {mode} » inconnu (INDIRECTE, INDIRECTE_RENFORCEE ou "
+            "DIRECTE attendu).",
+            "wsse:InvalidSecurityToken",
+        )
+    if mode == MODE_REINFORCED and vihf.authn_context_decl != REINFORCED_AUTHN_DECL:
+        raise _fault(
+            "DMPVihfAttributInvalide",
+            "Mode INDIRECTE_RENFORCEE : AuthnContextDecl « APP_BROWSER_AUTH » attendu dans "
+            f"l'AuthnStatement (reçu : « {vihf.authn_context_decl} »).",
+            "wsse:InvalidSecurityToken",
+        )
+    if mode == MODE_DIRECT:
+        names = [str(a.value) for a in client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if vihf.name_id not in names:
+            raise _fault(
+                "DMPModeAuthentificationInvalide",
+                "Mode DIRECTE sans carte CPS : le certificat TLS "
+                f"({client.subject.rfc4514_string()}) n'est pas celui de la carte du "
+                f"professionnel « {vihf.name_id} ». Un professionnel authentifié par Pro Santé "
+                "Connect consulte en mode INDIRECTE_RENFORCEE.",
+                "wsse:FailedAuthentication",
+            )
 
 
 def keyinfo_certificate(signature: etree._Element, *, what: str) -> x509.Certificate | None:
@@ -480,7 +523,10 @@ def _read_attributes(
             "Attribut(s) obligatoire(s) absent(s) ou vide(s) du VIHF : " + ", ".join(missing) + ".",
             "wsse:InvalidSecurityToken",
         )
-    vihf = Vihf(name_id, attributes, roles, certificate, purpose)
+    decl = assertion.findtext(
+        f"{{{SAML}}}AuthnStatement/{{{SAML}}}AuthnContext/{{{SAML}}}AuthnContextDecl"
+    )
+    vihf = Vihf(name_id, attributes, roles, certificate, purpose, (decl or "").strip())
     version = vihf.first("VIHF_Version")
     if version not in settings.vihf_versions:
         raise _fault(

@@ -5,7 +5,11 @@ document at PSC's non-standard `…/.well-known/wallet-openid-configuration`, th
 endpoint `/auth` (on its own host at PSC) with a small French page to pick a test user (or
 `login_hint=<user id>` to skip it), and under `/auth/realms/esante-wallet/protocol/openid-connect/`
 `token`, `token/introspect`, `userinfo`, `certs` (JWKS) and `logout`. `GET /sim/users` lists the
-test users. All state lives in `PscProvider`; this module only speaks HTTP. Never deploy it.
+test users. With a mutual-TLS listener (see `server`), the same app also answers there and the
+discovery document names it in `mtls_endpoint_aliases` (RFC 8705 §5): a client registered by its
+certificate subject (`tls_client_auth`) is refused (`invalid_client`, 401) on a connection
+without that certificate, even with a secret. All state lives in `PscProvider`; this module
+only speaks HTTP. Never deploy it.
 """
 
 from __future__ import annotations
@@ -24,22 +28,23 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from drimbox.sim.psc.provider import OAuthFailure, PscProvider
 from drimbox.sim.psc.settings import SimClient, SimUser
-from drimbox.trust.dn import DistinguishedName
 from drimbox.trust.tls import peer_certificate_from_scope
 
 WELL_KNOWN = ".well-known/wallet-openid-configuration"
 OIDC = "protocol/openid-connect"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 MAX_PENDING_LOGINS = 1000
-AUTH_METHODS = ["client_secret_basic", "client_secret_post", "tls_client_auth"]
+AUTH_METHODS = ["tls_client_auth", "client_secret_basic", "client_secret_post"]
 
 
 @dataclass(frozen=True)
 class PscPaths:
-    """Where each endpoint lives, from the simulator's public base URL."""
+    """Where each endpoint lives, from the simulator's public base URL (and the base URL of its
+    mutual-TLS listener, when it has one)."""
 
     base_url: str
     realm: str
+    mtls_base_url: str = ""
 
     @property
     def issuer(self) -> str:
@@ -56,9 +61,21 @@ class PscPaths:
     def oidc(self, name: str) -> str:
         return f"{self.issuer}/{OIDC}/{name}"
 
+    def mtls(self, name: str) -> str:
+        return f"{self.mtls_base_url}/auth/realms/{self.realm}/{OIDC}/{name}"
+
+
+# What a client authenticating by certificate calls on the mutual-TLS listener (RFC 8705 §5).
+MTLS_ALIASED = {
+    "token_endpoint": "token",
+    "introspection_endpoint": "token/introspect",
+    "userinfo_endpoint": "userinfo",
+    "end_session_endpoint": "logout",
+}
+
 
 def discovery_document(paths: PscPaths) -> dict[str, Any]:
-    return {
+    document: dict[str, Any] = {
         "issuer": paths.issuer,
         "authorization_endpoint": paths.authorization,
         "token_endpoint": paths.oidc("token"),
@@ -91,6 +108,11 @@ def discovery_document(paths: PscPaths) -> dict[str, Any]:
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
     }
+    if paths.mtls_base_url:
+        document["mtls_endpoint_aliases"] = {
+            key: paths.mtls(name) for key, name in MTLS_ALIASED.items()
+        }
+    return document
 
 
 def _with_params(uri: str, params: dict[str, str]) -> str:
@@ -129,19 +151,10 @@ def _oauth_error(failure: OAuthFailure) -> JSONResponse:
     )
 
 
-def _client(provider: PscProvider, request: Request, form: dict[str, str]) -> SimClient:
-    """The authenticated client: by its certificate (tls_client_auth: a client_id and no
-    secret, on a connection with a client certificate), else by its secret."""
-    certificate = peer_certificate_from_scope(request.scope)
-    secret_given = "client_secret" in form or request.headers.get("authorization")
-    if certificate is not None and form.get("client_id") and not secret_given:
-        subject = DistinguishedName.from_name(certificate.subject)
-        return provider.authenticate_tls_client(form["client_id"], subject)
-    return provider.authenticate_client(*_client_credentials(request, form))
-
-
-def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str]:
-    """client_secret_basic (RFC 6749 §2.3.1: form-urlencoded, then Basic) or client_secret_post."""
+def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str | None]:
+    """(client_id, secret or None): client_secret_basic (RFC 6749 §2.3.1: form-urlencoded,
+    then Basic), client_secret_post, or the bare `client_id` of `tls_client_auth` (RFC 8705
+    §2), whose proof is the connection's certificate."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "basic" and value:
@@ -153,9 +166,17 @@ def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, st
         if not sep:
             raise OAuthFailure("invalid_client", "Malformed Basic credentials", 401)
         return unquote_plus(client_id), unquote_plus(secret)
-    if form.get("client_id") and "client_secret" in form:
-        return form["client_id"], form["client_secret"]
+    if form.get("client_id"):
+        return form["client_id"], form.get("client_secret")
     raise OAuthFailure("invalid_client", "Client authentication required", 401)
+
+
+def _authenticated(provider: PscProvider, request: Request, form: dict[str, str]) -> SimClient:
+    """The calling client, by its secret or by the TLS client certificate of the connection."""
+    client_id, secret = _client_credentials(request, form)
+    return provider.authenticate_client(
+        client_id, secret, peer_certificate_from_scope(request.scope)
+    )
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -294,7 +315,7 @@ def create_psc_app(provider: PscProvider, paths: PscPaths) -> FastAPI:
     async def token(request: Request) -> Response:
         form = await _form(request)
         try:
-            client = _client(provider, request, form)
+            client = _authenticated(provider, request, form)
             grant_type = form.get("grant_type", "")
             if grant_type == "authorization_code":
                 answer = provider.redeem_code(
@@ -315,7 +336,7 @@ def create_psc_app(provider: PscProvider, paths: PscPaths) -> FastAPI:
     async def introspect(request: Request) -> Response:
         form = await _form(request)
         try:
-            _client(provider, request, form)
+            _authenticated(provider, request, form)
         except OAuthFailure as failure:
             return _oauth_error(failure)
         return JSONResponse(provider.introspect(form.get("token", "")), headers=NO_STORE)
@@ -349,7 +370,7 @@ def create_psc_app(provider: PscProvider, paths: PscPaths) -> FastAPI:
         if form.get("refresh_token"):
             # Back-channel logout of a confidential client (Keycloak's POST with credentials).
             try:
-                caller = provider.authenticate_client(*_client_credentials(request, form))
+                caller = _authenticated(provider, request, form)
             except OAuthFailure as failure:
                 return _oauth_error(failure)
             session = provider.session_of_refresh_token(form["refresh_token"])

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
@@ -165,27 +166,34 @@ class PscProvider:
 
     # --- clients and users --------------------------------------------------------------------
 
-    def authenticate_client(self, client_id: str, client_secret: str) -> SimClient:
+    def authenticate_client(
+        self, client_id: str, client_secret: str | None, certificate: x509.Certificate | None
+    ) -> SimClient:
+        """The client a token-endpoint request authenticates as, or `invalid_client` (401).
+
+        A client registered with a certificate subject (RFC 8705 `tls_client_auth`) must come
+        with that certificate on the TLS connection; a secret does not stand in for it, as at PSC.
+        Any other client must give its secret."""
         client = self.settings.client(client_id)
+        refused = OAuthFailure(
+            "invalid_client", "Invalid client or Invalid client credentials", 401
+        )
+        if client is None:
+            raise refused
+        if client.tls_client_auth_subject_dn:
+            if certificate is None:
+                raise OAuthFailure("invalid_client", "Client certificate missing", 401)
+            if not DistinguishedName.of(certificate).matches(client.tls_client_auth_subject_dn):
+                raise OAuthFailure(
+                    "invalid_client", "Certificate subject does not match the client", 401
+                )
+            return client
         if (
-            client is None
-            or not client.client_secret  # a tls_client_auth client has no secret to match
+            client_secret is None
+            or not client.client_secret  # a client registered without a secret has none to match
             or not hmac.compare_digest(client.client_secret.encode(), client_secret.encode())
         ):
-            raise OAuthFailure(
-                "invalid_client", "Invalid client or Invalid client credentials", 401
-            )
-        return client
-
-    def authenticate_tls_client(self, client_id: str, subject: DistinguishedName) -> SimClient:
-        """RFC 8705 §2.1.2: the certificate of the connection (chain checked by the listener)
-        must have the subject DN registered for the client."""
-        client = self.settings.client(client_id)
-        registered = client.tls_client_auth_subject_dn if client is not None else ""
-        if client is None or not registered or DistinguishedName.parse(registered) != subject:
-            raise OAuthFailure(
-                "invalid_client", "Invalid client or Invalid client credentials", 401
-            )
+            raise refused
         return client
 
     def user(self, user_id: str) -> SimUser:
@@ -364,8 +372,12 @@ class PscProvider:
         return self._token_response(grant.session, grant.scope, grant.nonce)
 
     def _active_access_claims(self, token: str) -> dict[str, Any] | None:
+        return self._active_claims(token, "Bearer")
+
+    def _active_claims(self, token: str, typ: str) -> dict[str, Any] | None:
+        """Claims of a live, unrevoked token of kind `typ` ("Bearer" or "ID") it signed."""
         claims = self._decode_own(token)
-        if claims is None or claims.get("typ") != "Bearer":
+        if claims is None or claims.get("typ") != typ:
             return None
         if int(claims.get("exp", 0)) < self._clock():
             return None
@@ -388,12 +400,18 @@ class PscProvider:
                 "username": claims.get("preferred_username"),
                 "token_type": "Bearer",
             }
+        # Like Keycloak, PSC also answers "active" for its other tokens, with their type: the
+        # caller must check it (a refresh or ID token is not a credential for an API).
+        id_claims = self._active_claims(token, "ID")
+        if id_claims is not None:
+            return {**id_claims, "active": True, "client_id": id_claims.get("azp")}
         with self._lock:
             grant = self._refresh.get(token)
         if grant is not None and grant.session.active and grant.expires_at >= self._clock():
             user = grant.session.user
             return {
                 "active": True,
+                "typ": "Refresh",
                 "token_type": "Refresh",
                 "sub": user.subject,
                 "client_id": grant.session.client_id,

@@ -230,14 +230,16 @@ class SimClient:
 
     `redirect_uris` and `post_logout_redirect_uris` match exactly, or by prefix when they end
     with "*" (as Keycloak's wildcards: "http://127.0.0.1:*" accepts any local port).
+    `tls_client_auth_subject_dn` (RFC 4514) registers the client for mutual-TLS authentication
+    (RFC 8705 `tls_client_auth`, how PSC registers a DRIMbox by its ORG AUTH CLI certificate):
+    then only a connection with a certificate of that subject authenticates it, never a secret
+    (needs the simulator's `client_ca`).
     """
 
     client_id: str
-    client_secret: str
+    client_secret: str = ""
     redirect_uris: tuple[str, ...] = ("http://127.0.0.1:*", "http://localhost:*")
     post_logout_redirect_uris: tuple[str, ...] = ("http://127.0.0.1:*", "http://localhost:*")
-    # RFC 8705 `tls_client_auth`: the client authenticates by mutual TLS with a certificate of
-    # this subject DN (RFC 4514), never by a secret (needs the listener's `client_ca`).
     tls_client_auth_subject_dn: str = ""
 
     def accepts_redirect(self, uri: str) -> bool:
@@ -284,8 +286,13 @@ class PscSimSettings:
     # TLS for the simulator's own listener.
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    # Authorities of the clients' certificates: the listener asks for one (tls_client_auth).
+    # CA (PEM) of the clients' certificates: the simulator asks for one (tls_client_auth). With
+    # mtls_cert/mtls_key, on a second listener that serves the token, introspection, userinfo
+    # and logout endpoints (the discovery document's `mtls_endpoint_aliases`), the first one
+    # (the browser's) keeping tls_cert or plain HTTP; without, on the first listener (tls_cert).
     client_ca: Path | None = None
+    mtls_cert: Path | None = None
+    mtls_key: Path | None = None
     extra_users: Sequence[SimUser] = field(default_factory=tuple)
 
     def all_users(self) -> list[SimUser]:
