@@ -73,6 +73,7 @@ from drimbox.dicom.pacs import InstanceSink, PacsClient
 from drimbox.dicom.retrieve import ImageService, RemoteSourceError, dicomweb_tls, pacs_settings
 from drimbox.dmp.client import DmpClient, DmpSettings
 from drimbox.dmp.vihf import AUTH_REINFORCED_INDIRECT, VihfSubject
+from drimbox.ops.stats import record_launch
 from drimbox.source.grants import session_hash
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import PeerCheck, PeerRefused, client_ssl_context
@@ -1081,6 +1082,9 @@ def conso_router(service: ConsoService) -> APIRouter:
         try:
             context = parse_launch(body)
         except InvalidLaunch as invalid:
+            # The fields only, never their values: the statistics leave the site.
+            faulty = ", ".join(dict.fromkeys(e.field or e.message for e in invalid.errors))
+            record_launch(service.db, ok=False, reason=f"formulaire invalide : {faulty}")
             return message(
                 request,
                 "Lancement refusé",
@@ -1095,6 +1099,7 @@ def conso_router(service: ConsoService) -> APIRouter:
                 ],
             )
         launch_id = service.store_launch(context)
+        record_launch(service.db, ok=True)
         return RedirectResponse(f"{CONSULTATION_PATH}/{launch_id}", status_code=303)
 
     @router.get(CONSULTATION_PATH + "/{launch_id}")
