@@ -12,7 +12,11 @@ Routes (French pages; every one but the launch itself needs a session):
   (TD0.2/TD0.3, ITI-18, ITI-43, `conso.history`) once, stored per launch, and the images of the
   named exam and its relevant priors are prefetched in the background, within the launch's
   budget (`conso.prefetch`), from their Source (`conso.retrieval`: whitelisted `db` hosts only,
-  mutual TLS, the user's PSC token and the KOS UID) into the node's cache.
+  mutual TLS, the user's PSC token and the KOS UID) into the node's cache. The exam the launch
+  names is shown first; the launch's modality, region and date are the initial filters of the
+  history, which `?filtre=1&modalite=&region=&du=&au=` changes on the stored rows
+  (`conso.filters`), never with a new DMP query. Every launch, accepted or refused (when posted
+  or when opened), is in the audit trail with its reason.
 - `GET /consultation/<id>/etat` — JSON progress of prefetch and exports (polled by the page).
 - `GET /consultation/<id>/compte-rendu/<exam>` — the report: its embedded PDF or its text.
 - `GET /consultation/<id>/ouvrir/<study>`, `GET /consultation/<id>/comparer?etude=a&etude=b` —
