@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from lxml import etree
 
@@ -96,7 +97,7 @@ def sample_kos(folder: Path = ANS_DIR) -> bytes:
         if report.patient.birth_date else "",
         patient_sex=report.patient.sex,
         accession_number=report.accession_number.extension if report.accession_number else "",
-        study_date="", study_time="", study_description="", study_id="",
+        study_date="", study_time="", study_description="Examen C", study_id="",
         referring_physician_name="",
         series=(SeriesSnapshot(f"{uid}.1", "CT", 1, "", (
             InstanceRef("1.2.840.10008.5.1.4.1.1.2", f"{uid}.1.1", 1),)),),
@@ -106,17 +107,99 @@ def sample_kos(folder: Path = ANS_DIR) -> bytes:
     return manifest_to_bytes(build_manifest(report, study, site))
 
 
+# Paths (keywords joined by ">") of the official dump that the box's KOS leaves out on purpose.
+KOS_DUMP_ONLY = (
+    # Optional (type 3) attributes the box has no source for.
+    "OtherPatientNames",
+    "PatientComments",
+    "TimezoneOffsetFromUTC",
+    # Outside the standard's reference macros (SOP Instance / Series Reference): the dump adds
+    # instance and series numbers there, and even a second KOS inside a SOP reference.
+    "ContentSequence>ReferencedSOPSequence>InstanceNumber",
+    "CurrentRequestedProcedureEvidenceSequence>ReferencedSeriesSequence>SeriesNumber",
+    "CurrentRequestedProcedureEvidenceSequence>ReferencedSeriesSequence>ReferencedSOPSequence>",
+)
+# Values that are DRIM-M's (codes, code systems, identifier types), not the site's: equal in the
+# box's KOS and in the dump.
+KOS_SAME_VALUES = (
+    "SOPClassUID",
+    "Modality",
+    "ValueType",
+    "ContinuityOfContent",
+    "ConceptNameCodeSequence>CodeValue",
+    "ConceptNameCodeSequence>CodingSchemeDesignator",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence>UniversalEntityID",
+    "IssuerOfPatientIDQualifiersSequence>UniversalEntityIDType",
+    "OtherPatientIDsSequence>TypeOfPatientID",
+    "ReferencedRequestSequence>IssuerOfAccessionNumberSequence>UniversalEntityIDType",
+    "ContentSequence>RelationshipType",
+    "ContentSequence>ConceptNameCodeSequence>CodeValue",
+    "ContentSequence>ConceptNameCodeSequence>CodingSchemeDesignator",
+)
+
+
+def _dump_structure(node: etree._Element, prefix: str = "") -> dict[str, set[str]]:
+    """Every path of a dcm2xml dump with the values found there."""
+    found: dict[str, set[str]] = {}
+    for child in node:
+        if child.tag not in ("element", "sequence"):
+            continue
+        path = f"{prefix}{child.get('name')}"
+        found.setdefault(path, set())
+        if child.tag == "element":
+            found[path].add((child.text or "").strip())
+        for item in child.iterfind("item"):
+            for sub, values in _dump_structure(item, f"{path}>").items():
+                found.setdefault(sub, set()).update(values)
+    return found
+
+
+def _kos_structure(dataset: Any, prefix: str = "") -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for element in dataset:
+        path = f"{prefix}{element.keyword or element.tag}"
+        found.setdefault(path, set())
+        if element.VR == "SQ":
+            for item in element.value:
+                for sub, values in _kos_structure(item, f"{path}>").items():
+                    found.setdefault(sub, set()).update(values)
+        else:
+            found[path].add(str(element.value).strip())
+    return found
+
+
+def kos_differences(built: Any, dump: etree._Element) -> list[str]:
+    """How the box's KOS departs from the official dump's structure (modules, sequences and
+    their attributes) and DRIM-M values (codes, code systems); empty when it does not."""
+    ours, theirs = _kos_structure(built), _dump_structure(dump)
+    missing = sorted(
+        path for path in theirs
+        if path not in ours and not any(path.startswith(skip) for skip in KOS_DUMP_ONLY)
+    )  # fmt: skip
+    problems = [f"absent du KOS construit : {path}" for path in missing]
+    for path in KOS_SAME_VALUES:
+        if path in theirs and ours.get(path, set()) - theirs[path]:
+            problems.append(
+                f"{path} : {sorted(ours.get(path, set()))} au lieu de {sorted(theirs[path])}"
+            )
+    return problems
+
+
 def check_kos(folder: Path) -> str:
-    """A KOS built by the box for exam C round-trips and carries what DRIM-M requires."""
+    """A KOS built by the box for exam C round-trips, carries what DRIM-M requires and has the
+    structure and codes of the official dump (informatif/Manifest_KOS_dump.xml)."""
     kos = manifest_from_bytes(sample_kos(folder))
     _expect(kos.SOPClassUID == KOS_CLASS, "classe SOP")
     _expect(kos.ConceptNameCodeSequence[0].CodeValue == "113030", "titre 113030 Manifest")
     series = kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     _expect(str(series.RetrieveURL).startswith("https://db.exemple.fr/dicom-web-rs/"), "URL")
-    dump = etree.parse(str(folder / "informatif/Manifest_KOS_dump.xml"))
-    classes = [str(value) for value in dump.xpath("//element[@name='SOPClassUID']/text()")]  # type: ignore[union-attr]
-    _expect(KOS_CLASS in classes, "le KOS de référence (dcm2xml) n'est pas un KOS")
-    return "KOS construit et relu (113030, RetrieveURL), KOS de référence lu"
+    dump = etree.parse(str(folder / "informatif/Manifest_KOS_dump.xml")).find("data-set")
+    _expect(dump is not None, "dump dcm2xml illisible (pas de data-set)")
+    assert dump is not None
+    differences = kos_differences(kos, dump)
+    _expect(not differences, "KOS différent du KOS de référence : " + " ; ".join(differences))
+    return "KOS construit et relu (113030, RetrieveURL), structure et codes du KOS de référence"
 
 
 def check_xds(folder: Path) -> str:

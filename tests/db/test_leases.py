@@ -20,6 +20,7 @@ from drimbox.db.leases import LeasedWorker, reclaim
 from drimbox.source.pipeline import DUE_STATES, ReportPipeline
 from drimbox.source.retry import retry_report
 from drimbox.web.status import StatusSources, check_work, work_queues
+from support.cluster import wait_until
 
 LEASE = timedelta(seconds=0.6)
 
@@ -59,18 +60,25 @@ def test_a_slow_item_keeps_its_lease_which_lapses_once_the_node_stops(database: 
     node_b = SlowWorker(database, "node-b", 0)
     worker = threading.Thread(target=node_a.run_once)
     worker.start()
+
+    def holder() -> str | None:
+        with database.session() as session:
+            report = session.get(Report, report_id)
+            return report.leased_by if report is not None else None
+
+    # node-b starts asking once node-a holds the report (else it may simply come first).
+    wait_until(lambda: holder() == "node-a", 30, "node-a holds the report")
     stolen = []
     while worker.is_alive():  # four leases long: only the heartbeat keeps node-b away
         stolen.append(node_b.claim_next())
         time.sleep(0.05)
     worker.join()
     assert set(stolen) == {None}
-    with database.session() as session:
-        report = session.get(Report, report_id)
-        assert report is not None and report.leased_by == "node-a"
+    assert holder() == "node-a"
     # node-a stopped renewing (as a dead node): its lease lapses and node-b takes the report.
-    time.sleep(LEASE.total_seconds() + 0.1)
-    assert node_b.claim_next() == report_id
+    claimed: list[int | None] = []
+    wait_until(lambda: claimed.append(node_b.claim_next()) or claimed[-1], 30, "lease lapsed")
+    assert claimed[-1] == report_id
 
 
 def test_a_restarted_node_takes_its_own_work_back(database: Database) -> None:

@@ -160,13 +160,15 @@ class Cluster:
 
     def upgrade(self) -> None:
         """The schema upgrade, run once before the nodes start (docs/deploy.md)."""
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "drimbox", "db", "upgrade", "--config", str(self.config_file)],
             env={**os.environ, **self.environ},
-            check=True,
             capture_output=True,
+            text=True,
             timeout=120,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"db upgrade failed ({done.returncode}): {done.stderr[-3000:]}")
 
     def start(self) -> Cluster:
         self.upgrade()

@@ -347,6 +347,18 @@ def build_manifest(
             f"cannot build the manifest of study {study.study_instance_uid}: {exc}"
         ) from exc
 
+    # TID 2010 gives the references no concept name and the DRIM-M reference KOS has none;
+    # highdicom names them (SCT 260753009 "Source"): removed, as in the reference.
+    for item in kos.ContentSequence:
+        if (
+            item.ValueType in ("IMAGE", "COMPOSITE", "WAVEFORM")
+            and "ConceptNameCodeSequence" in item
+        ):
+            del item.ConceptNameCodeSequence
+
+    if study.study_description:  # the PACS's, as the reference KOS carries it
+        kos.StudyDescription = study.study_description
+
     # Patient identification (ARCHITECTURE §2.3): INS with its issuer, the IPP as another id.
     patient = report.patient
     kos.IssuerOfPatientID = ins_issuer

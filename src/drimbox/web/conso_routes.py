@@ -79,6 +79,7 @@ from drimbox.dicom.retrieve import ImageService, RemoteSourceError, dicomweb_tls
 from drimbox.dmp.client import DmpClient, DmpSettings
 from drimbox.dmp.vihf import AUTH_REINFORCED_INDIRECT, VihfSubject
 from drimbox.logs import ref
+from drimbox.ops.stats import record_launch
 from drimbox.source.grants import session_hash
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
@@ -1149,6 +1150,9 @@ def conso_router(service: ConsoService) -> APIRouter:
             audit.record(service.db, actor=LAUNCH_ACTOR, role="user", action="launch",
                          result="refused", patient_ins=invalid.ins, remote=_remote(request),
                          reason=[e.message for e in invalid.errors])  # fmt: skip
+            # The fields only, never their values: the statistics leave the site.
+            faulty = ", ".join(dict.fromkeys(e.field or e.message for e in invalid.errors))
+            record_launch(service.db, ok=False, reason=f"formulaire invalide : {faulty}")
             return message(
                 request,
                 "Lancement refusé",
@@ -1170,6 +1174,7 @@ def conso_router(service: ConsoService) -> APIRouter:
                      accession=context.accession_number or "", modality=context.modality or "",
                      study_date=context.study_date.isoformat() if context.study_date else "",
                      region=context.anatomic_region or "")  # fmt: skip
+        record_launch(service.db, ok=True)
         return RedirectResponse(f"{CONSULTATION_PATH}/{launch_id}", status_code=303)
 
     @router.get(CONSULTATION_PATH + "/{launch_id}")
