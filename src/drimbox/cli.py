@@ -10,7 +10,7 @@ import asyncio
 import json
 import signal
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -48,6 +48,10 @@ xdm_app = typer.Typer(help="Archives XDM (IHE ITI-32).", no_args_is_help=True)
 app.add_typer(xdm_app, name="xdm")
 audit_app = typer.Typer(help="Traces d'accès aux données de santé.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+stats_app = typer.Typer(
+    help="Statistiques d'usage (indicateurs ANS / Ségur).", no_args_is_help=True
+)
+app.add_typer(stats_app, name="stats")
 app.add_typer(sim_app, name="sim")
 app.add_typer(pacs_app, name="pacs")
 peer_app = typer.Typer(help="Autres DRIMbox de la liste blanche.", no_args_is_help=True)
@@ -721,6 +725,64 @@ def aptitude(
             console.print(f"Rapport à imprimer et signer : {output}", highlight=False)
     if report.status == "failure":
         raise typer.Exit(1)
+
+
+def _day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        fail(f"date invalide pour {option} : « {value} » (attendu AAAA-MM-JJ)")
+
+
+@stats_app.command("export")
+def stats_export(
+    first: Annotated[
+        str, typer.Option("--from", help="Premier jour inclus (AAAA-MM-JJ, heure de Paris).")
+    ],
+    last: Annotated[
+        str, typer.Option("--to", help="Dernier jour inclus (AAAA-MM-JJ, heure de Paris).")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Fichier CSV à écrire.")],
+    config: ConfigOption = None,
+    monthly_only: Annotated[
+        bool,
+        typer.Option(
+            "--mensuel",
+            help="Synthèse par mois (lancements, KOS publiés et retirés, récupérations "
+            "d'images servies et effectuées, exports) au lieu d'une ligne par lancement.",
+        ),
+    ] = False,
+) -> None:
+    """Exporte les statistiques ANS en CSV (séparateur « ; », UTF-8) : une ligne ModelStat par
+    lancement contextuel (Nombre_Appel = 1, Statut_Appel = succes ou erreur), ou la synthèse
+    mensuelle avec --mensuel."""
+    from drimbox.ops.stats import (
+        MODELSTAT_COLUMNS,
+        MONTH_COLUMNS,
+        day_range,
+        launch_rows,
+        monthly,
+        write_csv,
+    )
+
+    start_day, end_day = _day(first, "--from"), _day(last, "--to")
+    if end_day < start_day:
+        fail(f"période vide : --to ({last}) précède --from ({first})")
+    start, end = day_range(start_day, end_day)
+    db = _database(_load(config))
+    try:
+        with output.open("w", encoding="utf-8-sig", newline="") as handle:
+            if monthly_only:
+                rows = [m.values() for m in monthly(db, start, end)]
+                count = write_csv(handle, MONTH_COLUMNS, rows)
+                what = "mois"
+            else:
+                count = write_csv(handle, MODELSTAT_COLUMNS, launch_rows(db, start, end))
+                what = "lancements"
+    except OSError as exc:
+        fail(f"impossible d'écrire {output} : {exc.strerror or exc}")
+    console.print(f"{count} {what} du {start_day:%d/%m/%Y} au {end_day:%d/%m/%Y} écrits dans "
+                  f"{output}")  # fmt: skip
 
 
 @app.command()

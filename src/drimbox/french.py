@@ -26,6 +26,16 @@ def french_date(value: date | datetime | None) -> str:
     return value.strftime("%d/%m/%Y")
 
 
+MONTHS: Final = ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août",
+                  "septembre", "octobre", "novembre", "décembre")  # fmt: skip
+
+
+def french_month(value: str) -> str:
+    """ "2024-03" → "mars 2024"."""
+    year, month = value.split("-")
+    return f"{MONTHS[int(month) - 1]} {year}"
+
+
 def paris_time(value: datetime | str) -> datetime:
     """A stored timestamp (UTC; SQLite gives it without a zone; ISO strings accepted) in Paris
     time."""

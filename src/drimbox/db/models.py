@@ -276,3 +276,18 @@ class SpeedTest(Base):
     transfer_syntaxes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str] = mapped_column(Text, default="")
     flag: Mapped[str] = mapped_column(Text, default="")  # far below the previous result: why
+
+
+class LaunchStat(Base):
+    """One contextual launch, accepted or refused: a row of the ANS statistics model
+    ("ModelStat", `Nombre_Appel` = 1). Holds no patient data: the figures are aggregated and
+    sent out of the site, the audit trail keeps who and which patient."""
+
+    __tablename__ = "launch_stats"
+    __table_args__ = (Index("ix_launch_stats_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    node: Mapped[str] = mapped_column(String(64), default="")
+    ok: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text, default="")  # why the launch was refused

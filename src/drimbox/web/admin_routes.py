@@ -1,7 +1,7 @@
 """The administration console (French), on the user origin, for the box's administrators only
 (`[admin] users`: PSC SubjectNameIDs): reports and their publication with a retry button, the
-whitelist in force, the audit trail with filters, the status of each dependency, the image cache
-with a purge button.
+whitelist in force, the audit trail with filters, the monthly usage statistics (ANS indicators),
+the status of each dependency, the image cache with a purge button.
 
 Owns these pages and their access rule; the data comes from the domain modules (reports, outbox,
 trust store, audit, status checks) — nothing here changes them except through their own
@@ -23,7 +23,7 @@ from sqlalchemy import select
 from drimbox.config import Config
 from drimbox.db import Database, DmpJob, Report, SpeedTest
 from drimbox.dicom.cache import SeriesCache
-from drimbox.french import PARIS
+from drimbox.french import PARIS, french_month
 from drimbox.ops.speedtest import (
     SpeedResult,
     SpeedTestError,
@@ -33,6 +33,7 @@ from drimbox.ops.speedtest import (
     peer_target,
     record,
 )
+from drimbox.ops.stats import day_range, monthly, months_back
 from drimbox.source.retry import RetryError, retry_report
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
@@ -63,7 +64,7 @@ def admin_nav(config: Config) -> list[tuple[str, str]]:
     if config.roles.source:
         nav.append(SOURCE_NAV)
     nav += [("/admin/liste-blanche", "Liste blanche"), ("/admin/audit", "Traces"),
-            ("/admin/cache", "Cache")]  # fmt: skip
+            ("/admin/statistiques", "Statistiques"), ("/admin/cache", "Cache")]  # fmt: skip
     return nav
 
 
@@ -123,6 +124,12 @@ def run_peer_speedtest(
 class _Denied(Exception):
     def __init__(self, response: Response) -> None:
         self.response = response
+
+
+def _reason(detail: Any) -> str:
+    """The French reason an event carries (`reason`: a sentence or a list of them), or ""."""
+    reason = detail.get("reason", "") if isinstance(detail, dict) else ""
+    return " ; ".join(map(str, reason)) if isinstance(reason, list) else str(reason)
 
 
 def admin_router(
@@ -328,11 +335,24 @@ def admin_router(
             [french_datetime(ev["at"]), ev["actor"], label(AUDIT_ROLES, ev["role"]),
              action_label(ev["action"]), label(AUDIT_RESULTS, ev["result"]), ev["patient_ins"],
              ev["study_uid"], french_size(ev["bytes"]) if ev["bytes"] is not None else "",
-             ev["node"]]
+             _reason(ev["detail"]), ev["node"]]
             for ev in reversed(events)
         ]  # fmt: skip
         return page(request, view, "admin/audit.html", "Traces d'accès", events=rows,
                     patient=patient, actor=utilisateur, since=depuis)  # fmt: skip
+
+    @router.get("/admin/statistiques")
+    def stats_page(request: Request) -> Response:
+        """The last twelve months' usage figures (`drimbox stats export --mensuel`)."""
+        try:
+            view = admin(request)
+        except _Denied as denied:
+            return denied.response
+        today = datetime.now(PARIS).date()
+        start, end = day_range(months_back(today, 12), today)
+        rows = [[french_month(m.month), *map(french_number, m.counts())]
+                for m in reversed(monthly(db, start, end))]  # fmt: skip
+        return page(request, view, "admin/stats.html", "Statistiques d'usage", months=rows)
 
     @router.get("/admin/cache")
     def cache_page(request: Request, message: str | None = None) -> Response:
