@@ -125,6 +125,12 @@ class _Denied(Exception):
         self.response = response
 
 
+def _reason(detail: Any) -> str:
+    """The French reason an event carries (`reason`: a sentence or a list of them), or ""."""
+    reason = detail.get("reason", "") if isinstance(detail, dict) else ""
+    return " ; ".join(map(str, reason)) if isinstance(reason, list) else str(reason)
+
+
 def admin_router(
     config: Config,
     db: Database,
@@ -334,7 +340,7 @@ def admin_router(
             [french_datetime(ev["at"]), ev["actor"], label(AUDIT_ROLES, ev["role"]),
              action_label(ev["action"]), label(AUDIT_RESULTS, ev["result"]), ev["patient_ins"],
              ev["study_uid"], french_size(ev["bytes"]) if ev["bytes"] is not None else "",
-             ev["node"]]
+             _reason(ev["detail"]), ev["node"]]
             for ev in reversed(events)
         ]  # fmt: skip
         return page(request, view, "admin/audit.html", "Traces d'accès", events=rows,
