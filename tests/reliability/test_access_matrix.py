@@ -84,6 +84,10 @@ def test_peer_matrix(site: Site) -> None:
     with peer_client(site, site.trusted_peer) as client:
         served = client.get(series_url(site), headers=official_headers(site, good))
         assert served.status_code == 200
+        # The peer origin serves data, never pages; it is HTTPS: HSTS.
+        assert served.headers["content-security-policy"].startswith("default-src 'none'")
+        assert served.headers["strict-transport-security"].startswith("max-age=")
+        assert served.headers["x-content-type-options"] == "nosniff"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         ok = [

@@ -89,6 +89,12 @@ def test_viewer_origin_gate_iid_and_static(
             )
         # The root is the DRIMbox's own French page (not OHIF's English 404), with its icon.
         home = anonymous.get("/")
+        # Security headers on every answer of the origin (pages, data, errors).
+        for answer in (home, anonymous.get("/dicom-web/studies")):
+            assert answer.headers["x-frame-options"] == "DENY"
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert answer.headers["referrer-policy"] == "no-referrer"
+            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
         assert home.status_code == 200 and "lancez la consultation" in home.text
         assert 'lang="fr"' in home.text and "Not Found" not in home.text
         icon = anonymous.get("/favicon.ico")
@@ -231,13 +237,22 @@ def test_iid_link_opens_ohif_and_the_first_image_is_drawn(
             context = browser.new_context(viewport={"width": 1280, "height": 800})
             context.add_cookies([{"name": SESSION_COOKIE, "value": session.id, "url": base}])
             page = context.new_page()
+            # The Content-Security-Policy must not block anything OHIF needs.
+            blocked: list[str] = []
+            page.on(
+                "console",
+                lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+            )
             outside: list[str] = []
             page.on(
                 "request",
                 lambda r: outside.append(r.url) if not r.url.startswith(base) else None,
             )
-            page.goto(iid_link(base, study))
+            opened = page.goto(iid_link(base, study))
             assert "/viewer?StudyInstanceUIDs=" in page.url
+            assert opened is not None
+            policy = opened.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in policy and "'unsafe-eval'" not in policy
             drawn = page.wait_for_function(
                 """() => {
                     const canvas = document.querySelector('canvas.cornerstone-canvas');
@@ -258,6 +273,7 @@ def test_iid_link_opens_ohif_and_the_first_image_is_drawn(
             page.screenshot(path=str(ARTIFACTS / "viewer-iid-first-image.png"))
             assert ratio > 0.05
             assert [u for u in outside if not u.startswith(("data:", "blob:"))] == []
+            assert blocked == []
         finally:
             browser.close()
     _ = gzip  # gzip is checked through httpx's decoding above

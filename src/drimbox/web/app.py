@@ -24,6 +24,7 @@ from drimbox.auth.tokens import TokenVerifier
 from drimbox.config import Config
 from drimbox.db import Database
 from drimbox.dicom.retrieve import ImageService
+from drimbox.http.headers import PEER_POLICY, SecurityHeaders, inline_script_hashes, viewer_policy
 from drimbox.http.pathguard import PathGuard
 from drimbox.source.access import access_log_path
 from drimbox.source.fairness import PeerLimiter, PeerShares
@@ -75,6 +76,7 @@ def create_peer_app(
         retry_after_s=source.busy_retry_after_s,
     )
     app.add_middleware(PeerLimiter, prefix=PEER_PREFIX, shares=app.state.peer_shares)
+    app.add_middleware(SecurityHeaders, policy=PEER_POLICY)
     return app
 
 
@@ -103,6 +105,13 @@ def create_viewer_app(
         auth=auth,
         grants=grants,
         admins=frozenset(config.admin.users),
+    )
+    hashes = inline_script_hashes(Path(config.viewer.ohif_dir) / "index.html")
+    app.add_middleware(
+        SecurityHeaders,
+        policy=viewer_policy(hashes),
+        script_policy=viewer_policy(hashes, worker=True),
+        hsts=config.viewer.public_url.startswith("https://"),
     )
     return app
 
