@@ -93,7 +93,7 @@ def test_viewer_origin_gate_iid_and_static(
         for answer in (home, anonymous.get("/dicom-web/studies")):
             assert answer.headers["x-frame-options"] == "DENY"
             assert answer.headers["x-content-type-options"] == "nosniff"
-            assert answer.headers["referrer-policy"] == "no-referrer"
+            assert answer.headers["referrer-policy"] == "same-origin"
             assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
         assert home.status_code == 200 and "lancez la consultation" in home.text
         assert 'lang="fr"' in home.text and "Not Found" not in home.text

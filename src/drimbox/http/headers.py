@@ -72,8 +72,9 @@ class SecurityHeaders:
         headers = [
             (b"x-frame-options", b"DENY"),
             (b"x-content-type-options", b"nosniff"),
-            # URLs carry study UIDs and launch ids: never sent to another site.
-            (b"referrer-policy", b"no-referrer"),
+            # URLs carry study UIDs and launch ids: never sent to another site. Not
+            # "no-referrer": browsers then send `Origin: null`, and the POST origin checks fail.
+            (b"referrer-policy", b"same-origin"),
         ]
         self.headers = headers
         self.hsts = hsts
