@@ -71,7 +71,7 @@ from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
 from drimbox.conso.prefetch import Budget, Candidate, prefetch_order
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
 from drimbox.conso.xdm import XdmDocument, XdmPatient, write_xdm
-from drimbox.db import Database, aware, utcnow
+from drimbox.db import Database, aware, row_id, utcnow
 from drimbox.db.models import ConsoExam, ConsoLaunch, UserSession
 from drimbox.dicom.cache import CachedInstance
 from drimbox.dicom.pacs import InstanceSink, PacsClient
@@ -1238,14 +1238,15 @@ def conso_router(service: ConsoService) -> APIRouter:
         if isinstance(found, Response):
             return found
         view, current = found
-        cda = service.report(current, int(exam_id)) if exam_id.isdigit() else None
+        number = row_id(exam_id)
+        cda = service.report(current, number) if number is not None else None
         if cda is None:
             return _error_page(
                 request, "Compte rendu introuvable",
                 "Ce compte rendu n'existe pas pour ce patient.", 404,
                 launch=current, user=view.display_name,
             )  # fmt: skip
-        exam = next((e for e in current.exams if e.id == int(exam_id)), None)
+        exam = next((e for e in current.exams if e.id == number), None)
         db_auditor(service.db, view.subject_name_id)(
             action="report_view",
             result="ok",
