@@ -120,6 +120,18 @@ class HttpConfig(_Section):
 
     host: str = Field("127.0.0.1", description="Adresse d'écoute HTTP.")
     port: int = Field(8080, ge=0, le=65535, description="Port HTTP (0 : un port libre).")
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=16 * 1024,
+        description="Taille maximale du corps d'une requête, sur les deux origines (refusée en "
+        "413 pendant sa lecture) ; le lancement contextuel a sa propre limite de 16 Kio.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Délai pour recevoir les en-têtes d'une requête, sur les deux origines "
+        "(secondes) : une connexion lente ou muette est fermée.",
+    )
 
 
 class ViewerConfig(_Section):
@@ -152,8 +164,32 @@ class Hl7Config(_Section):
         description="Taille maximale d'un message HL7 (les CR avec PDF font ~325 ko).",
     )
     idle_timeout_s: float = Field(
-        300.0, gt=0, description="Fermeture d'une connexion MLLP inactive (secondes)."
+        60.0,
+        gt=0,
+        description="Fermeture d'une connexion MLLP inactive ou d'un message inachevé "
+        "(secondes) ; le RIS se reconnecte.",
     )
+    max_connections: int = Field(
+        16,
+        ge=1,
+        description="Connexions MLLP simultanées au plus ; au-delà, la plus longtemps inactive "
+        "est fermée (ou la nouvelle, si toutes travaillent).",
+    )
+    max_pending_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Mémoire totale des messages MLLP en cours de réception (octets, au moins "
+        "max_message_bytes) ; au-delà, la connexion qui la dépasse reçoit un refus (AR) et est "
+        "fermée, le RIS renverra.",
+    )
+
+    @model_validator(mode="after")
+    def _pending_holds_a_message(self) -> Hl7Config:
+        if self.max_pending_bytes < self.max_message_bytes:
+            raise ValueError(
+                "max_pending_bytes doit être au moins max_message_bytes (un message entier)"
+            )
+        return self
 
 
 class PacsConfig(_Section):

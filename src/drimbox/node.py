@@ -63,6 +63,8 @@ class Node:
                 self.config.hl7.port,
                 max_message_bytes=self.config.hl7.max_message_bytes,
                 idle_timeout_s=self.config.hl7.idle_timeout_s,
+                max_connections=self.config.hl7.max_connections,
+                max_pending_bytes=self.config.hl7.max_pending_bytes,
             )
             await self.mllp.start()
             self.pipeline = ReportPipeline(self.config, self.db)

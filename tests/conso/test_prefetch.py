@@ -8,7 +8,9 @@ its relevant priors (same modality and region, most recent first), within the bu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from html import unescape
 from typing import Any
 
@@ -20,6 +22,7 @@ from drimbox.conso.prefetch import Budget, Candidate, prefetch_order
 from drimbox.db.models import ConsoExam, ConsoLaunch
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.trust import audit
+from support.factories import CR_C_INS
 from support.history import (
     HistoryNetwork,
     launch,
@@ -313,3 +316,117 @@ def test_a_launch_as_the_ans_test_tool_sends_it(network: HistoryNetwork) -> None
         row = session.get(ConsoLaunch, launch_id)
         assert row is not None
         assert row.context["local_patient_id_issuer"] == "1.2.250.1.999.2.1"
+
+
+def shown_exams(page: httpx.Response) -> set[str]:
+    """The study UIDs of the history table's rows (each has its comparison checkbox)."""
+    return set(re.findall(r'name="etude" value="([^"]+)"', page.text))
+
+
+def named_block(page: httpx.Response) -> str:
+    text = unescape(page.text)
+    start = text.index('id="examen-demande"')
+    return text[start : text.index("</section>", start)]
+
+
+def test_the_launch_names_the_exam_and_filters_the_history(network: HistoryNetwork) -> None:
+    """`StudyInstanceUID` / `AccessionNumber` put the named exam first with its viewer link;
+    `Modality`, `AnatomicRegion`, `StudyDate` filter the history; the page's GET form filters
+    the stored history again without any new DMP query, and says what is wrong with a date."""
+    named = network.named
+    kinds = {e.study_uid: (e.modality, e.region) for e in network.exams}
+    with signed_in_user(network) as browser:
+        launch_url, page = launch(
+            browser, StudyInstanceUID=named.study_uid, Modality="ct", AnatomicRegion="THORAX"
+        )
+        block = named_block(page)
+        assert f"/ouvrir/{named.study_uid}" in block and "Examen demandé" in block
+        ct_thorax = {uid for uid, kind in kinds.items() if kind == ("CT", "Thorax")}
+        assert len(ct_thorax) == 10 and shown_exams(page) == ct_thorax
+        assert "10 examens sur 40 correspondent aux filtres." in unescape(page.text)
+        wait_prefetch(browser, launch_url)
+
+        before = network.dmp.stats()
+        mr = browser.get(launch_url, params={"filtre": "1", "modalite": "MR"})
+        assert mr.status_code == 200
+        assert shown_exams(mr) == {uid for uid, kind in kinds.items() if kind[0] == "MR"}
+        assert f"/ouvrir/{named.study_uid}" in named_block(mr)  # the named exam stays on top
+        head = browser.get(launch_url, params={"filtre": "1", "region": "head"})
+        assert shown_exams(head) == {uid for uid, kind in kinds.items() if kind[1] == "Head"}
+        recent = [e for e in network.exams if e.index < 5]
+        period = browser.get(launch_url, params={
+            "filtre": "1", "du": recent[-1].when.date().isoformat(),
+            "au": recent[0].when.date().isoformat(),
+        })  # fmt: skip
+        assert shown_exams(period) == {e.study_uid for e in recent}
+        everything = browser.get(launch_url, params={"filtre": "1"})
+        assert len(shown_exams(everything)) == 40
+        assert "40 examens." in everything.text
+        bad = browser.get(launch_url, params={"filtre": "1", "du": "2025-13-01", "au": "x"})
+        assert bad.status_code == 400 and len(shown_exams(bad)) == 40
+        text = unescape(bad.text)
+        assert "Date de début invalide (reçu « 2025-13-01 ») : format AAAA-MM-JJ attendu." in text
+        assert "Date de fin invalide (reçu « x »)" in text
+        backwards = browser.get(
+            launch_url, params={"filtre": "1", "du": "2025-06-01", "au": "2024-01-01"}
+        )
+        assert backwards.status_code == 400
+        assert "La date de début est après la date de fin" in unescape(backwards.text)
+        nothing = browser.get(launch_url, params={"filtre": "1", "modalite": "US"})
+        assert not shown_exams(nothing)
+        assert "Aucun examen ne correspond aux filtres" in unescape(nothing.text)
+        assert network.dmp.stats() == before  # filtered from the stored history
+
+        # The accession names the exam too; the launch's StudyDate is that exam's day.
+        launch_url, page = launch(
+            browser, AccessionNumber=named.study.accession,
+            StudyDate=named.when.date().strftime("%Y%m%d"),
+        )  # fmt: skip
+        assert f"/ouvrir/{named.study_uid}" in named_block(page)
+        assert shown_exams(page) == {named.study_uid}
+        wait_prefetch(browser, launch_url)
+
+
+def test_every_launch_is_audited_with_its_reason(network: HistoryNetwork) -> None:
+    """Accepted and refused launches, and a launch refused when opened, are in the audit
+    trail with the patient (when the form named a valid INS) and why."""
+    start = last_event_id(network)
+    with httpx.Client(base_url=network.conso.viewer_url, timeout=60) as ris:
+        refused = ris.post(
+            "/lancement", data=launch_form(**{"Patient.identifier.system": "urn:oid:1.2.3"})
+        )
+        assert refused.status_code == 400
+        accepted = ris.post(
+            "/lancement", data=launch_form(StudyInstanceUID=network.named.study_uid)
+        )
+        assert accepted.status_code == 303
+        form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+        garbage = ris.post("/lancement", content=b"\xff" * 40, headers=form_type)
+        assert garbage.status_code == 400
+    launch_id = accepted.headers["location"].rsplit("/", 1)[-1]
+    with network.conso.node.db.session() as session:
+        row = session.get(ConsoLaunch, launch_id)
+        assert row is not None
+        row.open_by = datetime.now(UTC) - timedelta(minutes=1)
+    with signed_in_user(network) as browser:
+        assert browser.get(f"/consultation/{launch_id}").status_code == 410
+        assert browser.get("/consultation/inconnu").status_code == 404
+
+    events = [e for e in audit.events(network.conso.node.db) if e["id"] > start]
+    launches = [e for e in events if e["action"] == "launch"]
+    assert [e["result"] for e in launches] == ["refused", "ok", "refused"]
+    bad_oid, ok, unreadable = launches
+    assert bad_oid["patient_ins"] == CR_C_INS
+    assert any("OID d'INS attendu" in reason for reason in bad_oid["detail"]["reason"])
+    assert ok["patient_ins"] == CR_C_INS and ok["study_uid"] == network.named.study_uid
+    assert ok["detail"]["reason"] == "lancement accepté" and ok["detail"]["consent"] is True
+    assert launch_id not in str(ok)  # the launch's capability is not written out
+    assert unreadable["patient_ins"] == "" and unreadable["detail"]["reason"]
+    assert all(e["remote"] == "127.0.0.1" for e in launches)
+    opened = [e for e in events if e["action"] == "launch_open"]
+    assert [(e["result"], e["detail"]["status"]) for e in opened] == [
+        ("refused", 410),
+        ("refused", 404),
+    ]
+    assert opened[0]["patient_ins"] == CR_C_INS and "expiré" in opened[0]["detail"]["reason"]
+    assert opened[0]["actor"] == "899700100011"

@@ -505,6 +505,60 @@ def test_compare_export_purge_and_console_in_french(network: Network, browser: A
         context.close()
 
 
+def test_a_launch_with_filters_names_the_exam_and_filters_the_history(
+    network: Network, browser: Any
+) -> None:
+    """The launch names exam 2 and filters on a modality and a day no exam has: the named exam
+    on top with its viewer link, no row; the page's form then filters the stored history
+    (modality, dates); a refused launch is in the console's audit trail with its reason."""
+    base = network.conso.viewer_url
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        post_launch(page, base, launch_fields(StudyInstanceUID=network.study_2, Modality="mr",
+                                              StudyDate="20000101"))  # fmt: skip
+        sign_in_at_psc(page, "radiologue")
+        named = page.locator("#examen-demande")
+        assert "Examen demandé" in named.inner_text()
+        assert page.locator("#f-modalite").input_value() == "MR"
+        assert page.locator("#f-du").input_value() == "2000-01-01"
+        assert page.locator("#f-au").input_value() == "2000-01-01"
+        assert page.locator("tbody tr").count() == 0
+        assert "Aucun examen ne correspond aux filtres" in page.locator("main").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "conso-launch-filters.png"), full_page=True)
+        no_horizontal_overflow(page)
+
+        page.click("text=Tout afficher")
+        assert page.locator("tbody tr").count() == 3
+        cells = page.locator("tbody tr td:nth-child(3)").all_inner_texts()
+        row_2 = page.locator("tr", has=page.locator(f"input[value='{network.study_2}']"))
+        modality = row_2.locator("td").nth(2).inner_text().split(", ")[0]
+        page.select_option("#f-modalite", modality)
+        page.click("form.filters button[type=submit]")
+        kept = page.locator("tbody tr td:nth-child(3)").all_inner_texts()
+        assert len(kept) == sum(modality in c.split(", ") for c in cells) >= 1
+        assert all(modality in c.split(", ") for c in kept)
+        assert page.locator(f"input[value='{network.study_2}']").count() == 1
+        page.fill("#f-du", "2099-01-01")
+        page.click("form.filters button[type=submit]")
+        assert page.locator("tbody tr").count() == 0
+        assert "du=2099-01-01" in page.url and "modalite=" in page.url
+
+        # The named exam opens in the viewer from its block.
+        named.locator("a.primary").click()
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        assert network.study_2 in page.url
+
+        # A refused launch: audited with its reason, shown in the console.
+        post_launch(page, base, launch_fields(**{"Patient.identifier.system": "urn:oid:1.2.3"}))
+        assert page.locator("h1").inner_text() == "Lancement refusé"
+        page.goto(f"{base}/admin/audit")
+        traces = page.locator("main table").inner_text()
+        assert "lancement contextuel (RIS/DPI)" in traces and "OID d'INS attendu" in traces
+    finally:
+        context.close()
+
+
 def test_markup_in_every_field_is_shown_as_text(network: Network, browser: Any) -> None:
     """Patient name, report title, site name and error reasons carrying markup: shown as
     text, never run nor drawn. (Last of the module: it adds an exam to the patient.)"""

@@ -80,8 +80,9 @@ def _fuzz(target: str, folder: Path, inject: str = "") -> subprocess.CompletedPr
     )
     return subprocess.run(
         [sys.executable, "-c", program, target, f"-runs={RUNS}", "-max_len=40000",
-         "-timeout=10", "-rss_limit_mb=2048", str(_seed_corpus(target, folder))],
-        capture_output=True, text=True, timeout=600, check=False,
+         "-timeout=10", "-rss_limit_mb=2048", f"-artifact_prefix={folder}/",
+         str(_seed_corpus(target, folder))],
+        capture_output=True, text=True, timeout=600, check=False, cwd=folder,
     )  # fmt: skip
 
 
@@ -127,6 +128,8 @@ def test_the_fuzz_target_reports_an_injected_bug(target: str, tmp_path: Path) ->
     assert result.returncode != 0, output[-2000:]
     assert "Uncaught Python exception" in output, output[-2000:]
     assert INJECTED in output, output[-2000:]
+    # The crashing input is kept for the developer, in the test's folder (not the checkout).
+    assert list(tmp_path.glob("crash-*")), output[-2000:]
 
 
 def _mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:

@@ -89,10 +89,12 @@ class FieldError:
 
 
 class InvalidLaunch(ValueError):
-    """The form cannot open the Conso; `errors` lists every faulty field."""
+    """The form cannot open the Conso; `errors` lists every faulty field, `ins` the patient's
+    INS when the form carried a valid one (for the audit trail of the refusal)."""
 
-    def __init__(self, errors: Sequence[FieldError]) -> None:
+    def __init__(self, errors: Sequence[FieldError], *, ins: str = "") -> None:
         self.errors = tuple(errors)
+        self.ins = ins
         super().__init__("; ".join(e.message for e in self.errors))
 
 
@@ -290,7 +292,7 @@ def parse_launch(form: FormInput, *, today: date | None = None) -> LaunchContext
             bad(F_STUDY_DATE, "date attendue au format AAAA-MM-JJ.")
 
     if errors:
-        raise InvalidLaunch(errors)
+        raise InvalidLaunch(errors, ins=ins if ins and is_valid_ins(ins) else "")
     assert birth_date is not None and consent is not None  # checked above
     return LaunchContext(
         ins=ins,

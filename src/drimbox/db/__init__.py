@@ -4,7 +4,7 @@ Runs on SQLite (the single-node default) and on PostgreSQL (several nodes). Owns
 how a unit of work is committed; the domain packages say what to store, not how.
 """
 
-from drimbox.db.engine import Database, aware, utcnow
+from drimbox.db.engine import MAX_ROW_ID, Database, aware, row_id, utcnow
 from drimbox.db.models import (
     AuditEvent,
     Base,
@@ -19,6 +19,7 @@ from drimbox.db.models import (
 )
 
 __all__ = [
+    "MAX_ROW_ID",
     "AuditEvent",
     "Base",
     "Database",
@@ -31,5 +32,6 @@ __all__ = [
     "SpeedTest",
     "UserSession",
     "aware",
+    "row_id",
     "utcnow",
 ]

@@ -26,6 +26,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+MAX_ROW_ID = 2**31 - 1  # PostgreSQL's INTEGER; SQLite overflows past 2**63 - 1
+
+
+def row_id(text: str) -> int | None:
+    """The row id a URL segment names, None when it cannot be one (not digits, 0, or past the
+    databases' integer range: such ids answer 404 without reaching the database)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ROW_ID else None
+
+
 def aware(moment: datetime) -> datetime:
     """SQLite gives back naive datetimes for what was stored as UTC."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

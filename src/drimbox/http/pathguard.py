@@ -13,6 +13,8 @@ from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from drimbox.http.limits import send_whole
+
 _ENCODED_SEPARATOR = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
 
 
@@ -39,16 +41,6 @@ class PathGuard:
                 body = json.dumps(
                     {"status": 400, "erreur": "chemin invalide : UID DICOM attendu"}
                 ).encode("utf-8")
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 400,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode("ascii")),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_whole(send, 400, "application/json", body)
                 return
         await self.app(scope, receive, send)

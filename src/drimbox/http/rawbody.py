@@ -93,10 +93,44 @@ def _raw_writer(offer: dict[str, Any], chunked: bool) -> RawWrite:
 
 
 class RawBodyH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus the `drimbox.raw_body` extension in each HTTP scope."""
+    """uvicorn's h11 protocol, plus the `drimbox.raw_body` extension in each HTTP scope, and a
+    deadline for request headers: uvicorn waits forever for a request that never ends its
+    headers (or never starts), so slow clients could hold every connection."""
+
+    header_timeout_s: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def _awaiting_headers(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers() and not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._awaiting_headers():
+            self._arm_header_timer()
+        else:
+            self._disarm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._arm_header_timer()
         app = self.app
         protocol = self
 

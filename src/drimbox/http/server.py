@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import socket
 import ssl as ssl_module
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import uvicorn
 
+from drimbox.http.limits import BodyLimit
 from drimbox.http.rawbody import RawBodyH11Protocol
 
 
@@ -37,10 +38,21 @@ class HttpServer:
         ssl: ssl_module.SSLContext | None = None,
         *,
         log_level: str = "warning",
-        http_protocol: type[asyncio.Protocol] | None = None,
+        http_protocol: type[RawBodyH11Protocol] | None = None,
+        header_timeout_s: float = RawBodyH11Protocol.header_timeout_s,
+        max_body_bytes: int | None = None,
+        path_body_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
-        self.http_protocol = http_protocol
+        # Bodies over the limit are refused while read (`BodyLimit`); None: no limit (tests).
+        self.max_body_bytes = max_body_bytes
+        self.path_body_limits = path_body_limits
+        # A subclass per server: the header deadline is read by each connection's protocol.
+        self.http_protocol = type(
+            "ServerProtocol",
+            (http_protocol or RawBodyH11Protocol,),
+            {"header_timeout_s": header_timeout_s},
+        )
         self.host = host
         self._requested_port = port
         self.ssl = ssl
@@ -69,8 +81,11 @@ class HttpServer:
         sock.setblocking(False)
         self._socket = sock
         self.port = int(sock.getsockname()[1])
+        app = self.app
+        if self.max_body_bytes is not None:
+            app = BodyLimit(app, max_bytes=self.max_body_bytes, path_limits=self.path_body_limits)
         config = uvicorn.Config(
-            self.app,
+            app,
             log_level=self.log_level,
             # uvicorn's messages go through the node's handler (`[log] format`), not its own.
             log_config=None,
@@ -79,7 +94,7 @@ class HttpServer:
             timeout_graceful_shutdown=10,
             proxy_headers=False,
             server_header=False,
-            http=self.http_protocol or RawBodyH11Protocol,
+            http=self.http_protocol,
         )
         config.load()
         if self.ssl is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -74,6 +74,7 @@ DICOM_JSON = "application/dicom+json"
 RETRY_AFTER_S = 30
 THUMBNAIL_SIZE = 128
 _METADATA_BULK_THRESHOLD = 64 * 1024
+MAX_FRAMES = 1024  # distinct frames per request: more than any viewer asks at once
 CHUNK_BYTES = 1024 * 1024  # a response write: big enough to amortise, small enough to stream
 
 
@@ -204,6 +205,21 @@ def audit_retrieval(db: Database, record: RetrievalRecord) -> None:
         channel=record.channel,
         detail=record.detail,
     )
+
+
+def _frame_numbers(frame_list: str) -> list[int]:
+    """The distinct frame numbers of a `…/frames/{list}` path, in the order asked: a number
+    asked twice is answered once, and a list longer than `MAX_FRAMES` is refused (a 10 KB URL
+    must not build thousands of parts)."""
+    texts = frame_list.split(",")  # the URL itself is bounded by the server (h11, 16 KB)
+    if not all(t.strip().isdigit() and len(t.strip()) <= 9 for t in texts):
+        raise WadoError(400, "liste de trames invalide (ex. 1 ou 1,2,3)")
+    numbers = list(dict.fromkeys(int(t) for t in texts))
+    if any(n < 1 for n in numbers):
+        raise WadoError(400, "les numéros de trame commencent à 1")
+    if len(numbers) > MAX_FRAMES:
+        raise WadoError(400, f"liste de trames trop longue ({MAX_FRAMES} trames au plus)")
+    return numbers
 
 
 def _check_uids(*uids: str) -> None:
@@ -549,12 +565,7 @@ class WadoRoutes:
         self, request: Request, study_uid: str, series_uid: str, sop_uid: str, frame_list: str
     ) -> Response:
         scope = await self.authorizer.scope(request, study_uid)
-        try:
-            numbers = [int(n) for n in frame_list.split(",")]
-        except ValueError:
-            raise WadoError(400, "liste de trames invalide (ex. 1 ou 1,2,3)") from None
-        if not numbers or any(n < 1 for n in numbers):
-            raise WadoError(400, "les numéros de trame commencent à 1")
+        numbers = _frame_numbers(frame_list)
         ranges = _ranges(request)
         data = await self._instance_bytes(scope, series_uid, sop_uid)
         stored = _transfer_syntax(data)
@@ -573,19 +584,20 @@ class WadoRoutes:
         except TranscodeError as exc:
             raise WadoError(406, str(exc)) from None
         boundary = new_boundary()
-        chunks: list[bytes] = []
-        for index, frame in enumerate(frames):
-            content_type = f"{frame.media_type}; transfer-syntax={frame.transfer_syntax}"
-            chunks.append(
-                (b"\r\n" if index else b"")
-                + part_header(boundary, content_type, len(frame.data))
-                + frame.data
-            )
-        chunks.append(closing(boundary))
+
+        async def parts() -> AsyncIterator[bytes]:
+            # One part at a time: the answer is never assembled in memory.
+            for index, frame in enumerate(frames):
+                content_type = f"{frame.media_type}; transfer-syntax={frame.transfer_syntax}"
+                yield (b"\r\n" if index else b"") + part_header(
+                    boundary, content_type, len(frame.data)
+                )
+                yield frame.data
+            yield closing(boundary)
+
         media = frames[0].media_type
-        return Response(
-            b"".join(chunks),
-            media_type=f'multipart/related; type="{media}"; boundary={boundary}',
+        return StreamingResponse(
+            parts(), media_type=f'multipart/related; type="{media}"; boundary={boundary}'
         )
 
     async def rendered(

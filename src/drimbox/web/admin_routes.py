@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 
 from drimbox.config import Config
-from drimbox.db import Database, DmpJob, Report, SpeedTest
+from drimbox.db import Database, DmpJob, Report, SpeedTest, row_id
 from drimbox.dicom.cache import SeriesCache
 from drimbox.french import PARIS, french_month
 from drimbox.ops.speedtest import (
@@ -70,7 +70,6 @@ def admin_nav(config: Config) -> list[tuple[str, str]]:
 
 # A report number as the databases store it (PostgreSQL integer): anything else is a 400, not a
 # database error.
-ReportId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def purge_message(series: int, nbytes: int) -> str:
@@ -124,6 +123,12 @@ def run_peer_speedtest(
 class _Denied(Exception):
     def __init__(self, response: Response) -> None:
         self.response = response
+
+
+def _reason(detail: Any) -> str:
+    """The French reason an event carries (`reason`: a sentence or a list of them), or ""."""
+    reason = detail.get("reason", "") if isinstance(detail, dict) else ""
+    return " ; ".join(map(str, reason)) if isinstance(reason, list) else str(reason)
 
 
 def admin_router(
@@ -263,18 +268,24 @@ def admin_router(
                     notice=message)  # fmt: skip
 
     @router.post("/admin/comptes-rendus/{report_id}/relancer")
-    def retry(request: Request, report_id: ReportId) -> Response:
+    def retry(request: Request, report_id: str) -> Response:
         try:
             view = admin(request)
             same_origin(request)
         except _Denied as denied:
             return denied.response
+        number = row_id(report_id)
+        if number is None:
+            return message(request, "Compte rendu introuvable",
+                           f"Aucun compte rendu n°{report_id[:24]}.", status=404,
+                           user=view.display_name)  # fmt: skip
+        report_id = str(number)
         try:
-            text = f"Compte rendu n°{report_id} : {retry_report(db, report_id)}"
+            text = f"Compte rendu n°{report_id} : {retry_report(db, number)}"
         except RetryError as exc:
             text = f"Compte rendu n°{report_id} : {exc}"
         audit.record(db, actor=view.subject_name_id, role="operator", action="report_retry",
-                     result="ok", report_id=report_id)  # fmt: skip
+                     result="ok", report_id=number)  # fmt: skip
         target = f"/admin/comptes-rendus?{urlencode({'message': text})}"
         return RedirectResponse(target, status_code=303)
 
@@ -329,7 +340,7 @@ def admin_router(
             [french_datetime(ev["at"]), ev["actor"], label(AUDIT_ROLES, ev["role"]),
              action_label(ev["action"]), label(AUDIT_RESULTS, ev["result"]), ev["patient_ins"],
              ev["study_uid"], french_size(ev["bytes"]) if ev["bytes"] is not None else "",
-             ev["node"]]
+             _reason(ev["detail"]), ev["node"]]
             for ev in reversed(events)
         ]  # fmt: skip
         return page(request, view, "admin/audit.html", "Traces d'accès", events=rows,

@@ -16,6 +16,7 @@ import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import APIRouter
@@ -23,6 +24,7 @@ from fastapi import APIRouter
 from drimbox.auth.psc import PscClient, PscIntrospectionVerifier
 from drimbox.auth.tokens import InvalidToken, TokenIdentity, TokenVerifier
 from drimbox.config import Config
+from drimbox.conso.launch import MAX_FORM_BYTES
 from drimbox.db import Database
 from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService
@@ -33,7 +35,7 @@ from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
 from drimbox.web.admin_routes import admin_router
 from drimbox.web.app import PEER_PREFIX, VIEWER_PREFIX, create_peer_app, create_viewer_app
 from drimbox.web.auth_routes import CALLBACK_PATH, SessionTokens, auth_router, psc_settings
-from drimbox.web.conso_routes import ConsoService, conso_router
+from drimbox.web.conso_routes import LAUNCH_PATH, ConsoService, conso_router
 from drimbox.web.metrics_app import ServedMetricsMiddleware, create_metrics_app
 from drimbox.web.sessions import DbSessionStore, load_secret_key
 from drimbox.web.status import StatusSources, status_router
@@ -93,6 +95,12 @@ class WebServers:
             self.conso.close()
 
 
+def _server(config: Config, app: Any, host: str, port: int, **options: Any) -> HttpServer:
+    """A listener of the node, with the limits every origin applies ([http])."""
+    return HttpServer(app, host, port, header_timeout_s=config.http.header_timeout_s,
+                      max_body_bytes=config.http.max_body_bytes, **options)  # fmt: skip
+
+
 def build_web(
     config: Config,
     db: Database,
@@ -123,7 +131,8 @@ def build_web(
     ssl = None
     if trust.tls_cert:
         ssl = server_ssl_context(trust.tls_cert, trust.tls_key, trust.tls_ca)
-    peer = HttpServer(
+    peer = _server(
+        config,
         peer_app,
         config.http.host,
         config.http.port,
@@ -161,9 +170,11 @@ def build_web(
     viewer_app.add_middleware(
         ServedMetricsMiddleware, metrics=metrics, prefix=VIEWER_PREFIX, channel="viewer"
     )
-    viewer = HttpServer(viewer_app, config.viewer.host, config.viewer.port)
+    # A launch form is a few hundred bytes: refused past its own limit while it is read.
+    viewer = _server(config, viewer_app, config.viewer.host, config.viewer.port,
+                     path_body_limits={LAUNCH_PATH: MAX_FORM_BYTES})  # fmt: skip
     metrics_server = None
     if config.metrics.enabled:
         metrics_app = create_metrics_app(config, metrics, status)
-        metrics_server = HttpServer(metrics_app, config.metrics.host, config.metrics.port)
+        metrics_server = _server(config, metrics_app, config.metrics.host, config.metrics.port)
     return WebServers(peer, viewer, sessions, conso, session_tokens, metrics_server)

@@ -12,7 +12,11 @@ Routes (French pages; every one but the launch itself needs a session):
   (TD0.2/TD0.3, ITI-18, ITI-43, `conso.history`) once, stored per launch, and the images of the
   named exam and its relevant priors are prefetched in the background, within the launch's
   budget (`conso.prefetch`), from their Source (`conso.retrieval`: whitelisted `db` hosts only,
-  mutual TLS, the user's PSC token and the KOS UID) into the node's cache.
+  mutual TLS, the user's PSC token and the KOS UID) into the node's cache. The exam the launch
+  names is shown first; the launch's modality, region and date are the initial filters of the
+  history, which `?filtre=1&modalite=&region=&du=&au=` changes on the stored rows
+  (`conso.filters`), never with a new DMP query. Every launch, accepted or refused (when posted
+  or when opened), is in the audit trail with its reason.
 - `GET /consultation/<id>/etat` — JSON progress of prefetch and exports (polled by the page).
 - `GET /consultation/<id>/compte-rendu/<exam>` — the report: its embedded PDF or its text.
 - `GET /consultation/<id>/ouvrir/<study>`, `GET /consultation/<id>/comparer?etude=a&etude=b` —
@@ -61,20 +65,23 @@ from drimbox.conso.export import (
     Target,
     export_exam,
 )
+from drimbox.conso.filters import filter_from_query
 from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_manifest
 from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
 from drimbox.conso.prefetch import Budget, Candidate, prefetch_order
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
 from drimbox.conso.xdm import XdmDocument, XdmPatient, write_xdm
-from drimbox.db import Database, aware, utcnow
+from drimbox.db import Database, aware, row_id, utcnow
 from drimbox.db.models import ConsoExam, ConsoLaunch, UserSession
 from drimbox.dicom.cache import CachedInstance
 from drimbox.dicom.pacs import InstanceSink, PacsClient
 from drimbox.dicom.retrieve import ImageService, RemoteSourceError, dicomweb_tls, pacs_settings
 from drimbox.dmp.client import DmpClient, DmpSettings
 from drimbox.dmp.vihf import AUTH_REINFORCED_INDIRECT, VihfSubject
+from drimbox.logs import ref
 from drimbox.ops.stats import record_launch
 from drimbox.source.grants import session_hash
+from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import PeerCheck, PeerRefused, client_ssl_context
 from drimbox.web.pages import french_date, french_number, french_size, message, render
@@ -87,6 +94,8 @@ LAUNCH_PATH: Final = "/lancement"
 CONSULTATION_PATH: Final = "/consultation"
 SITUATION_PATH: Final = "/auth/situation"
 PUBLIC_PATHS: Final = frozenset({LAUNCH_PATH})
+# The audit trail's actor of a launch: the RIS posts it from the browser before any sign-in.
+LAUNCH_ACTOR: Final = "anonyme (lancement contextuel)"
 OPEN_WITHIN: Final = timedelta(minutes=15)  # a launch not opened by then is gone
 KEEP_FOR: Final = timedelta(hours=12)  # an opened launch lives as long as a session at most
 # VIHF Authentification_Mode of a professional signed in with Pro Santé Connect (CPS/e-CPS): the
@@ -170,12 +179,13 @@ class Launch:
 
 
 class LaunchRefused(Exception):
-    """The launch cannot be shown to this session: `status` (404, 403, 410) and a French
-    message."""
+    """The launch cannot be shown to this session: `status` (404, 403, 410), a French message
+    and the launch's patient when it is known (for the audit trail)."""
 
-    def __init__(self, status: int, title: str, message: str) -> None:
+    def __init__(self, status: int, title: str, message: str, *, patient_ins: str = "") -> None:
         self.status = status
         self.title = title
+        self.patient_ins = patient_ins
         super().__init__(message)
 
 
@@ -461,6 +471,7 @@ class ConsoService:
                         "Ce lancement a expiré (il doit être ouvert dans les "
                         f"{int(self.open_within.total_seconds() // 60)} minutes) : relancez la "
                         "consultation depuis votre logiciel.",
+                        patient_ins=row.patient_ins,
                     )
                 row.session_hash = mine
                 row.opened_at = now
@@ -471,12 +482,14 @@ class ConsoService:
                     "Lancement déjà ouvert",
                     "Ce lancement a été ouvert dans une autre session : relancez la consultation "
                     "depuis votre logiciel.",
+                    patient_ins=row.patient_ins,
                 )
             elif aware(row.expires_at) < now:
                 raise LaunchRefused(
                     410,
                     "Consultation expirée",
                     "Cette consultation a expiré : relancez-la depuis votre logiciel.",
+                    patient_ins=row.patient_ins,
                 )
             else:
                 row.session_hash = mine  # the same user signed in again (after a logout)
@@ -938,21 +951,48 @@ def _counts(series: int, images: int) -> str:
     )
 
 
+def _exam_day(exam: ExamRow) -> date | None:
+    when = exam.summary.get("date")
+    return datetime.fromisoformat(when).date() if when else None
+
+
+def _named_exam(launch: Launch) -> ExamRow | None:
+    """The exam the launch names (`StudyInstanceUID`, else `AccessionNumber`), if in the
+    history."""
+    context = launch.context
+    if context.study_instance_uid:
+        found = next((e for e in launch.exams if e.study_uid == context.study_instance_uid), None)
+        if found is not None:
+            return found
+    if context.accession_number:
+        return next((e for e in launch.exams if e.accession == context.accession_number), None)
+    return None
+
+
 def _history_page(
     request: Request, service: ConsoService, launch: Launch, view: SessionView, notice: str = ""
 ) -> Response:
     base = f"{CONSULTATION_PATH}/{quote(launch.id)}"
     prefetch, exports = service.current_jobs(launch)
-    exams = []
-    for exam in launch.exams:
+    # Filtered here, on the stored history: no new DMP query.
+    wanted, problems = filter_from_query(request.query_params, launch.context)
+    shown = [
+        exam
+        for exam in launch.exams
+        if wanted.matches(
+            _exam_day(exam), exam.summary.get("modalities", []), exam.summary.get("regions", [])
+        )
+    ]
+
+    def row(exam: ExamRow) -> dict[str, Any]:
         s = exam.summary
         manifest = exam.manifest
         series = len(manifest.series) if manifest is not None else 0
         uid = quote(exam.study_uid)
-        exams.append({
+        return {
             "id": exam.id,
             "study_uid": exam.study_uid,
-            "when": french_date(datetime.fromisoformat(s["date"]) if s.get("date") else None),
+            "when": french_date(_exam_day(exam)),
             "modalities": ", ".join(s.get("modalities", [])),
             "regions": ", ".join(s.get("regions", [])),
             "title": s.get("description") or "Examen",
@@ -967,15 +1007,31 @@ def _history_page(
             "open_url": f"{base}/ouvrir/{uid}",
             "export_url": f"{base}/export/{uid}",
             "xdm_url": f"{base}/xdm/{uid}",
-        })  # fmt: skip
+        }  # fmt: skip
+
+    def choices(key: str, current: str | None) -> list[str]:
+        values = {v for e in launch.exams for v in e.summary.get(key, [])}
+        return sorted(values | ({current} if current else set()), key=str.casefold)
+
+    named = _named_exam(launch)
+    context = launch.context
     return render(
         request,
         "history.html",
+        status=400 if problems else 200,
         title="Historique des examens",
         user=view.display_name,
         poll_url=f"{base}/etat",
-        patient=patient_banner(launch.context),
-        exams=exams,
+        patient=patient_banner(context),
+        exams=[row(exam) for exam in shown],
+        total=len(launch.exams),
+        named=row(named) if named is not None else None,
+        named_missing=named is None
+        and bool(context.study_instance_uid or context.accession_number),
+        filter=wanted,
+        filter_errors=problems,
+        modalities=choices("modalities", wanted.modality),
+        regions=choices("regions", wanted.region),
         base=base,
         notice=notice,
         prefetch_note=_prefetch_note(prefetch, service.budget()),
@@ -1040,6 +1096,10 @@ def _error_page(
     )
 
 
+def _remote(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
 def _no_such_exam(request: Request, launch: Launch, user: str) -> Response:
     return _error_page(
         request,
@@ -1072,6 +1132,10 @@ def conso_router(service: ConsoService) -> APIRouter:
         try:
             return view, service.open_launch(launch_id, view.cookie)
         except LaunchRefused as refused:
+            audit.record(service.db, actor=view.subject_name_id, role="user",
+                         action="launch_open", result="refused", patient_ins=refused.patient_ins,
+                         remote=_remote(request), status=refused.status, reason=str(refused),
+                         launch=ref(launch_id))  # fmt: skip
             return _error_page(
                 request, refused.title, str(refused), refused.status, user=view.display_name
             )
@@ -1082,6 +1146,10 @@ def conso_router(service: ConsoService) -> APIRouter:
         try:
             context = parse_launch(body)
         except InvalidLaunch as invalid:
+            # Posted from the user's browser before any sign-in: nobody to name yet.
+            audit.record(service.db, actor=LAUNCH_ACTOR, role="user", action="launch",
+                         result="refused", patient_ins=invalid.ins, remote=_remote(request),
+                         reason=[e.message for e in invalid.errors])  # fmt: skip
             # The fields only, never their values: the statistics leave the site.
             faulty = ", ".join(dict.fromkeys(e.field or e.message for e in invalid.errors))
             record_launch(service.db, ok=False, reason=f"formulaire invalide : {faulty}")
@@ -1099,6 +1167,13 @@ def conso_router(service: ConsoService) -> APIRouter:
                 ],
             )
         launch_id = service.store_launch(context)
+        audit.record(service.db, actor=LAUNCH_ACTOR, role="user", action="launch", result="ok",
+                     patient_ins=context.ins, study_uid=context.study_instance_uid or "",
+                     remote=_remote(request), launch=ref(launch_id),
+                     reason="lancement accepté", consent=context.consent,
+                     accession=context.accession_number or "", modality=context.modality or "",
+                     study_date=context.study_date.isoformat() if context.study_date else "",
+                     region=context.anatomic_region or "")  # fmt: skip
         record_launch(service.db, ok=True)
         return RedirectResponse(f"{CONSULTATION_PATH}/{launch_id}", status_code=303)
 
@@ -1163,14 +1238,15 @@ def conso_router(service: ConsoService) -> APIRouter:
         if isinstance(found, Response):
             return found
         view, current = found
-        cda = service.report(current, int(exam_id)) if exam_id.isdigit() else None
+        number = row_id(exam_id)
+        cda = service.report(current, number) if number is not None else None
         if cda is None:
             return _error_page(
                 request, "Compte rendu introuvable",
                 "Ce compte rendu n'existe pas pour ce patient.", 404,
                 launch=current, user=view.display_name,
             )  # fmt: skip
-        exam = next((e for e in current.exams if e.id == int(exam_id)), None)
+        exam = next((e for e in current.exams if e.id == number), None)
         db_auditor(service.db, view.subject_name_id)(
             action="report_view",
             result="ok",

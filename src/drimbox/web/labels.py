@@ -40,6 +40,8 @@ AUDIT_ROLES: Final = {
 AUDIT_RESULTS: Final = {"ok": "réussi", "refused": "refusé", "error": "erreur"}
 AUDIT_ACTIONS: Final = {
     "login": "connexion",
+    "launch": "lancement contextuel (RIS/DPI)",
+    "launch_open": "ouverture d'un lancement contextuel",
     "report_view": "lecture d'un compte rendu",
     "report_retry": "relance d'un compte rendu",
     "cache_purge": "vidage du cache",
