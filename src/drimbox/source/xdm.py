@@ -45,7 +45,7 @@ from drimbox.conso.xdm import (
     open_archive,
     read_subset,
 )
-from drimbox.db import Database, Report, ReportState, utcnow
+from drimbox.db import Database, Report, ReportState, aware, utcnow
 from drimbox.dicom.kos import manifest_from_bytes, referenced_instances
 from drimbox.dmp import codes
 from drimbox.dmp.client import DmpError, DmpSettings, load_signer
@@ -112,8 +112,8 @@ def export_published(
             .where(Report.kos.is_not(None), Report.cda.is_not(None))
             .order_by(Report.published_at, Report.id)
         )
-        if since is not None:
-            query = query.where(Report.published_at >= since)
+        if since is not None:  # in UTC, as stored: SQLite keeps a datetime's digits, not its zone
+            query = query.where(Report.published_at >= aware(since).astimezone(UTC))
         rows = list(session.scalars(query))
         session.expunge_all()
     groups: dict[str, list[Report]] = {}
