@@ -159,22 +159,18 @@ def test_bad_dates_are_refused_in_french(tmp_path: Path) -> None:
     assert backwards.exit_code == 1 and "période vide" in backwards.output
 
 
-def test_months_and_days_are_paris_ones(tmp_path: Path) -> None:
+def test_months_and_days_are_paris_ones(database: Database) -> None:
     """00:30 in Paris on 1 March is 23:30 UTC on 28 February: a March launch, inside a period
-    starting on 1 March, outside one ending on 28 February (SQLite keeps no zone)."""
-    db = Database(f"sqlite:///{tmp_path / 'stats.db'}", "n1")
-    db.upgrade()
-    try:
-        with db.session() as session:
-            at = datetime(2026, 3, 1, 0, 30, tzinfo=PARIS).astimezone(UTC)  # stored as UTC
-            session.add(LaunchStat(at=at, node="n1", ok=False, reason="r"))
-        march = monthly(db, *day_range(date(2026, 3, 1), date(2026, 3, 31)))
-        assert [(m.month, m.launches_refused) for m in march] == [("2026-03", 1)]
-        assert monthly(db, *day_range(date(2026, 2, 1), date(2026, 2, 28))) == []
-        rows = launch_rows(db, *day_range(date(2026, 3, 1), date(2026, 3, 1)))
-        assert rows == [["01/03/2026", "00:30:00", "n1", "1", "erreur", "r"]]
-    finally:
-        db.dispose()
+    starting on 1 March, outside one ending on 28 February (SQLite keeps no zone, PostgreSQL
+    does: both give the same answer)."""
+    with database.session() as session:
+        at = datetime(2026, 3, 1, 0, 30, tzinfo=PARIS).astimezone(UTC)  # stored as UTC
+        session.add(LaunchStat(at=at, node="n1", ok=False, reason="r"))
+    march = monthly(database, *day_range(date(2026, 3, 1), date(2026, 3, 31)))
+    assert [(m.month, m.launches_refused) for m in march] == [("2026-03", 1)]
+    assert monthly(database, *day_range(date(2026, 2, 1), date(2026, 2, 28))) == []
+    rows = launch_rows(database, *day_range(date(2026, 3, 1), date(2026, 3, 1)))
+    assert rows == [["01/03/2026", "00:30:00", "n1", "1", "erreur", "r"]]
 
 
 def test_months_back_spans_whole_months() -> None:
