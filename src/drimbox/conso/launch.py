@@ -38,6 +38,10 @@ F_MODALITY: Final = "Modality"
 F_STUDY_DATE: Final = "StudyDate"
 F_REGION: Final = "AnatomicRegion"
 F_SITUATION: Final = "Situation"
+# The INS used name and used given name (FHIR `name` of use "usual"); the ones above are the
+# birth traits.
+F_USED_NAME: Final = "Patient.name.usual.family"
+F_USED_GIVEN: Final = "Patient.name.usual.given"
 
 REQUIRED_FIELDS: Final = (
     F_INS,
@@ -58,11 +62,17 @@ OPTIONAL_FIELDS: Final = (
     F_STUDY_DATE,
     F_REGION,
     F_SITUATION,
+    F_USED_NAME,
+    F_USED_GIVEN,
 )
 # Only given names may repeat (several first names); any other repeated field is ambiguous.
 _REPEATABLE: Final = frozenset({F_GIVEN})
 # Other names a field is sent under: the ANS contextual-launch test tool's consent field.
-ALIASES: Final = {"InformationEtConsentement": F_CONSENT}
+ALIASES: Final = {
+    "InformationEtConsentement": F_CONSENT,
+    "NomUtilise": F_USED_NAME,
+    "PrenomUtilise": F_USED_GIVEN,
+}
 # Lower-cased name as sent → the field's canonical name.
 _CANONICAL: Final = {
     **{name.lower(): name for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)},
@@ -118,6 +128,8 @@ class LaunchContext:
     study_date: date | None = None
     anatomic_region: str | None = None
     situation: str | None = None
+    used_name: str | None = None  # INS "nom utilisé", when it differs from the birth name
+    used_given_name: str | None = None  # INS "prénom utilisé"
 
     @property
     def display_name(self) -> str:
@@ -312,6 +324,8 @@ def parse_launch(form: FormInput, *, today: date | None = None) -> LaunchContext
         study_date=study_date,
         anatomic_region=values.get(F_REGION) or None,
         situation=values.get(F_SITUATION) or None,
+        used_name=values.get(F_USED_NAME) or None,
+        used_given_name=values.get(F_USED_GIVEN) or None,
     )
 
 

@@ -291,3 +291,16 @@ class LaunchStat(Base):
     node: Mapped[str] = mapped_column(String(64), default="")
     ok: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str] = mapped_column(Text, default="")  # why the launch was refused
+
+
+class UserPreference(Base):
+    """A professional's display choices on the Conso, kept across sessions and nodes, keyed by
+    the PSC SubjectNameID. `all_traits`: show every INS identity trait (matricule, its nature,
+    every birth given name, used name and given name), not only the five shown by default
+    (INS/va1.36)."""
+
+    __tablename__ = "user_preferences"
+
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    all_traits: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Final
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -55,6 +55,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drimbox.auth.users import UserInfoError
+from drimbox.cda.model import INS_OIDS
 from drimbox.config import Config
 from drimbox.conso.common import Auditor, ConsoError, db_auditor
 from drimbox.conso.export import (
@@ -72,7 +73,7 @@ from drimbox.conso.prefetch import Budget, Candidate, prefetch_order
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
 from drimbox.conso.xdm import XdmDocument, XdmPatient, write_xdm
 from drimbox.db import Database, aware, row_id, utcnow
-from drimbox.db.models import ConsoExam, ConsoLaunch, UserSession
+from drimbox.db.models import ConsoExam, ConsoLaunch, UserPreference, UserSession
 from drimbox.dicom.cache import CachedInstance
 from drimbox.dicom.pacs import InstanceSink, PacsClient
 from drimbox.dicom.retrieve import ImageService, RemoteSourceError, dicomweb_tls, pacs_settings
@@ -173,6 +174,7 @@ class Launch:
     session_hash: str | None
     history_loaded: bool
     exams: tuple[ExamRow, ...] = ()
+    all_traits: bool = False  # the signed-in professional's choice (`UserPreference`)
 
     def exam(self, study_uid: str) -> ExamRow | None:
         return next((e for e in self.exams if e.study_uid == study_uid and e.kos), None)
@@ -498,6 +500,8 @@ class ConsoService:
                 .where(ConsoExam.launch_id == launch_id)
                 .order_by(ConsoExam.position)
             ).all()
+            own = session.get(UserSession, mine)
+            choice = session.get(UserPreference, own.subject_name_id) if own else None
             return Launch(
                 id=row.id,
                 context=context_from_json(row.context),
@@ -507,6 +511,14 @@ class ConsoService:
                     ExamRow(e.id, e.study_uid, e.accession, e.kos, e.report is not None, e.summary)
                     for e in exams
                 ),
+                all_traits=choice is not None and choice.all_traits,
+            )
+
+    def set_all_traits(self, view: SessionView, value: bool) -> None:
+        """Keep the professional's choice of identity traits, for every launch to come."""
+        with self.db.session() as session:
+            session.merge(
+                UserPreference(subject=view.subject_name_id, all_traits=value, updated_at=utcnow())
             )
 
     def report(self, launch: Launch, exam_id: int) -> bytes | None:
@@ -919,15 +931,55 @@ JOB_LABELS: Final = {
 }
 
 
-def patient_banner(context: LaunchContext) -> dict[str, Any]:
+# The INS identity traits (requirement INS/va1.36, spec §4.6.2), in the order and wording of
+# every Conso page: the five shown by default, then those the user may ask for.
+TRAITS_DEFAULT: Final = (
+    "Nom de naissance",
+    "Premier prénom de naissance",
+    "Date de naissance",
+    "Sexe",
+    "Lieu de naissance (code INSEE)",
+)
+TRAITS_MORE: Final = (
+    "Matricule INS",
+    "Nature du matricule",
+    "Prénoms de naissance",
+    "Prénom utilisé",
+    "Nom utilisé",
+)
+
+
+def identity_traits(context: LaunchContext, *, all_traits: bool = False) -> list[tuple[str, str]]:
+    """The patient's INS identity traits as (label, value); a trait not transmitted is shown
+    as such rather than left out, so that the block keeps its shape."""
+    missing = "non transmis"
+    traits = [
+        context.family_name.upper(),
+        context.given_names[0] if context.given_names else missing,
+        french_date(context.birth_date),
+        _SEX.get(context.gender, context.gender),
+        context.district,
+    ]
+    if all_traits:
+        nature = INS_OIDS.get(context.ins_oid, "")
+        traits += [
+            format_ins(context.ins),
+            f"{nature} ({context.ins_oid})" if nature else context.ins_oid,
+            " ".join(context.given_names) or missing,
+            context.used_given_name or missing,
+            (context.used_name or "").upper() or missing,
+        ]
+    return list(zip(TRAITS_DEFAULT + TRAITS_MORE, traits, strict=False))
+
+
+def patient_banner(launch: Launch) -> dict[str, Any]:
+    context, all_traits = launch.context, launch.all_traits
+    first = context.given_names[0] if context.given_names else ""
     return {
-        "name": context.display_name,
-        "details": [
-            ("INS", format_ins(context.ins)),
-            ("Né(e) le", french_date(context.birth_date)),
-            ("Sexe", _SEX.get(context.gender, context.gender)),
-            ("IPP", context.local_patient_id),
-        ],
+        "name": f"{context.family_name.upper()} {first}".strip(),
+        "traits": identity_traits(context, all_traits=all_traits),
+        "all_traits": all_traits,
+        "ipp": context.local_patient_id,
     }
 
 
@@ -1022,7 +1074,8 @@ def _history_page(
         title="Historique des examens",
         user=view.display_name,
         poll_url=f"{base}/etat",
-        patient=patient_banner(context),
+        patient=patient_banner(launch),
+        traits_url=f"{base}/traits",
         exams=[row(exam) for exam in shown],
         total=len(launch.exams),
         named=row(named) if named is not None else None,
@@ -1092,7 +1145,7 @@ def _error_page(
         alert=True,
         links=retry,
         user=user,
-        patient=patient_banner(launch.context) if launch is not None else None,
+        patient=patient_banner(launch) if launch is not None else None,
     )
 
 
@@ -1212,6 +1265,24 @@ def conso_router(service: ConsoService) -> APIRouter:
             service.start_prefetch(current, view)  # another node loaded it, or a restart
         return _history_page(request, service, current, view)
 
+    @router.post(CONSULTATION_PATH + "/{launch_id}/traits")
+    async def traits(request: Request, launch_id: str) -> Response:
+        """The professional's choice of identity traits (all, or the five by default), kept
+        for them across launches, sessions and nodes."""
+        found = opened(request, launch_id)
+        if isinstance(found, Response):
+            return found
+        view, current = found
+        choice = parse_qs((await request.body()).decode("ascii", "replace")).get("tous", [""])
+        if choice[-1] not in ("0", "1"):
+            return _error_page(request, "Choix invalide",
+                               "Choix des traits d'identité invalide : « tous » vaut 0 ou 1.",
+                               400, launch=current, user=view.display_name)  # fmt: skip
+        service.set_all_traits(view, choice[-1] == "1")
+        return RedirectResponse(
+            f"{CONSULTATION_PATH}/{quote(current.id)}#identite", status_code=303
+        )
+
     @router.get(CONSULTATION_PATH + "/{launch_id}/etat")
     def progress(request: Request, launch_id: str) -> Response:
         view = signed_in(request)
@@ -1269,7 +1340,7 @@ def conso_router(service: ConsoService) -> APIRouter:
             "report.html",
             title="Compte rendu",
             user=view.display_name,
-            patient=patient_banner(current.context),
+            patient=patient_banner(current),
             text=text,
             back=f"{CONSULTATION_PATH}/{quote(current.id)}",
         )
