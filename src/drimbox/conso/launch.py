@@ -3,7 +3,8 @@
 Owns the field names, their validation and `LaunchContext`, the typed result. Field names are
 matched regardless of case, and the consent is accepted under the name the ANS contextual-launch
 test tool sends (`InformationEtConsentement`) as well; `PatientIDIssuer` may be a bare OID or a
-full HL7 CX.4 (`namespace&OID&ISO`), as the ANS FAQ recommends. Every problem is
+full HL7 CX.4 (`namespace&OID&ISO`), as the ANS FAQ recommends. The INS used name and used
+given name (optional) come as `Patient.name.usual.family` / `.given`. Every problem is
 reported at once, as `FieldError`s naming the form field in French, so that the site's
 integrator fixes the RIS call in one go. Pure functions: the web layer stores the context with an
 expiry and answers 303; this module must not touch the DMP, the session or the network.
