@@ -21,7 +21,9 @@ from pydicom import Dataset
 from drimbox.cda import CdaError, parse_report
 from drimbox.cda.model import ImagingReport
 from drimbox.conso.xdm import Described, XdmError, XdmLimits, open_archive, read_subset
+from drimbox.db import Database
 from drimbox.dicom.kos import manifest_from_bytes, referenced_instances
+from drimbox.trust import audit
 
 KOS_SOP_CLASS: Final = "1.2.840.10008.5.1.4.1.1.88.59"
 # Slots of ours on the DocumentEntries (ebRIM allows any slot name; XDM readers ignore them).
@@ -114,3 +116,16 @@ def read_published(archive: Path | IO[bytes], limits: XdmLimits) -> list[Restore
             _check_subset(subset, *read_subset(zf, by_name, subset, limits, budget))
             for subset in subsets
         ]
+
+
+def audit_import(db: Database, action: str, actor: str, imported: int, already: int) -> None:
+    """The audit event of an archive's import (by the site staff, from the command line)."""
+    audit.record(
+        db,
+        actor=actor or audit.SYSTEM,
+        role="operator",
+        action=action,
+        result="ok",
+        imported=imported,
+        already=already,
+    )

@@ -14,13 +14,12 @@ from typing import IO, Final
 from sqlalchemy import select
 
 from drimbox.cda.parser import CdaError, parse_report
-from drimbox.conso.archive import read_published
+from drimbox.conso.archive import audit_import, read_published
 from drimbox.conso.common import ConsoError
 from drimbox.conso.history import Exam, read_manifest
 from drimbox.conso.xdm import XdmError, XdmLimits
 from drimbox.db import Database, utcnow
 from drimbox.db.models import ConsoImportedKos
-from drimbox.trust import audit
 
 IMPORTED_WARNING: Final = "Examen pré-intégré sur cette DRIMbox (archive XDM), hors DMP."
 
@@ -76,15 +75,7 @@ def import_into_conso(
                 )
             )
             result.imported.append(kos_uid)
-    audit.record(
-        db,
-        actor=actor or audit.SYSTEM,
-        role="operator",
-        action="xdm_import_conso",
-        result="ok",
-        imported=len(result.imported),
-        already=len(result.already),
-    )
+    audit_import(db, "xdm_import_conso", actor, len(result.imported), len(result.already))
     return result
 
 

@@ -39,6 +39,7 @@ from drimbox.conso.archive import (
     S_FLAGS,
     S_PUBLISHED,
     S_STUDY,
+    audit_import,
     read_published,
 )
 from drimbox.conso.xdm import XdmDocument, XdmError, XdmLimits, XdmPatient, build_metadata
@@ -50,7 +51,6 @@ from drimbox.dmp.metadata import derived_uid, reference_id
 from drimbox.dmp.structures import StructureError, choose_structure, site_structures
 from drimbox.dmp.xades import SignedDocument, XmlSigner, build_signature_document
 from drimbox.source.intake import identifier_text
-from drimbox.trust import audit
 
 
 @dataclass
@@ -299,15 +299,7 @@ def import_published(
                 )
                 result.reports += 1
             result.imported.append(kos_uid)
-    audit.record(
-        db,
-        actor=actor or audit.SYSTEM,
-        role="operator",
-        action="xdm_import",
-        result="ok",
-        imported=len(result.imported),
-        already=len(result.already),
-    )
+    audit_import(db, "xdm_import", actor, len(result.imported), len(result.already))
     return result
 
 
