@@ -22,8 +22,9 @@ Routes (French pages; every one but the launch itself needs a session):
 - `GET /consultation/<id>/ouvrir/<study>`, `GET /consultation/<id>/comparer?etude=a&etude=b` —
   grant the studies to the session, fetch those outside the prefetch (progress on the history
   page) and open OHIF (`/viewer?StudyInstanceUIDs=…`).
-- `POST /consultation/<id>/export/<study>` — C-STORE to `[pacs]` under the launch's IPP
-  (`conso.export`), progress and a French report on the page.
+- `POST /consultation/<id>/export/<study>` — export under the launch's IPP (`conso.export`) to
+  the destination chosen in the row (`destination_<study>`, or `destination`): the PACS by
+  default, or an `[[export_destinations]]` entry; progress and a French report on the page.
 
 Owns `ConsoService` (launch storage, history loading, prefetch and export jobs, and the
 registration of each exam's Source with the image service so that `/dicom-web` serves Conso
@@ -49,13 +50,14 @@ from typing import Any, Final
 from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from lxml import etree
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drimbox.auth.users import UserInfoError
-from drimbox.config import Config
+from drimbox.config import PACS_DESTINATION, Config, ExportDestinationConfig
 from drimbox.conso.common import Auditor, ConsoError, db_auditor
 from drimbox.conso.export import (
     CStoreTarget,
@@ -76,7 +78,13 @@ from drimbox.db import Database, aware, row_id, utcnow
 from drimbox.db.models import ConsoExam, ConsoLaunch, UserSession
 from drimbox.dicom.cache import CachedInstance
 from drimbox.dicom.pacs import InstanceSink, PacsClient
-from drimbox.dicom.retrieve import ImageService, RemoteSourceError, dicomweb_tls, pacs_settings
+from drimbox.dicom.retrieve import (
+    ImageService,
+    RemoteSourceError,
+    dicomweb_tls,
+    pacs_settings,
+    trusted_authorities,
+)
 from drimbox.dmp.client import DmpClient, DmpSettings
 from drimbox.dmp.vihf import AUTH_REINFORCED_INDIRECT, VihfSubject
 from drimbox.logs import ref
@@ -828,7 +836,9 @@ class ConsoService:
 
     # -- export -------------------------------------------------------------------------------
 
-    def start_export(self, launch: Launch, exam: ExamRow, view: SessionView) -> None:
+    def start_export(
+        self, launch: Launch, exam: ExamRow, view: SessionView, destination: str = PACS_DESTINATION
+    ) -> None:
         job = Job("en_cours", message="Export en cours…")
         with self._lock:
             running = self.exports.setdefault(launch.id, {}).get(exam.id)
@@ -836,14 +846,16 @@ class ConsoService:
                 return
             self.exports[launch.id][exam.id] = job
         self.register(launch, view)
-        self._executor.submit(self._export, launch, exam, job, view.subject_name_id)
+        self._executor.submit(self._export, launch, exam, job, view.subject_name_id, destination)
 
-    def _export(self, launch: Launch, exam: ExamRow, job: Job, actor: str) -> None:
+    def _export(
+        self, launch: Launch, exam: ExamRow, job: Job, actor: str, destination: str
+    ) -> None:
         manifest = exam.manifest
         assert manifest is not None
         identity = LocalIdentity.from_launch(launch.context)
         try:
-            target = export_target(self.config)
+            target = export_target(self.config, destination)
         except ValueError as exc:  # e.g. an unreadable [pacs] dicomweb_ca_file
             job.state, job.message = "erreur", f"Export impossible (configuration) : {exc}"
             return
@@ -874,7 +886,7 @@ class ConsoService:
         stored, failed = len(report.stored), report.failed
         job.done = stored + len(failed)
         job.message = (
-            f"{stored} image(s) enregistrée(s) dans le {report.destination} sous l'IPP "
+            f"{stored} image(s) enregistrée(s) vers {report.destination} sous l'IPP "
             f"{identity.patient_id}" + (f" ; {len(failed)} en échec." if failed else ".")
         )
         job.detail = [f"{uid} : {why}" for uid, why in list(failed.items())[:20]]
@@ -1040,6 +1052,7 @@ def _history_page(
         regions=choices("regions", wanted.region),
         base=base,
         notice=notice or launch.notice,
+        destinations=export_destinations(service.config),
         prefetch_note=_prefetch_note(prefetch, service.budget()),
     )
 
@@ -1323,7 +1336,17 @@ def conso_router(service: ConsoService) -> APIRouter:
         return open_viewer(request, launch_id, studies, True)
 
     @router.post(CONSULTATION_PATH + "/{launch_id}/export/{study_uid}")
-    def export(request: Request, launch_id: str, study_uid: str) -> Response:
+    async def export(request: Request, launch_id: str, study_uid: str) -> Response:
+        # The history page names each row's choice `destination_<study>`; API clients send
+        # `destination`. Absent: the PACS.
+        form = await request.form()
+        chosen = form.get(f"destination_{study_uid}") or form.get("destination")
+        destination = chosen if isinstance(chosen, str) and chosen else PACS_DESTINATION
+        return await run_in_threadpool(start_export, request, launch_id, study_uid, destination)
+
+    def start_export(
+        request: Request, launch_id: str, study_uid: str, destination: str
+    ) -> Response:
         if signed_in(request) is None:
             return JSONResponse({"erreur": "session absente"}, status_code=401)
         found = opened(request, launch_id)
@@ -1342,7 +1365,19 @@ def conso_router(service: ConsoService) -> APIRouter:
                 launch=current,
                 user=view.display_name,
             )
-        service.start_export(current, exam, view)
+        known = export_destinations(service.config)
+        if destination not in known:
+            return _error_page(
+                request,
+                "Export impossible",
+                f"Destination d'export inconnue : « {destination} ». Destinations configurées : "
+                + ", ".join(f"« {name} »" for name in known)
+                + ".",
+                400,
+                launch=current,
+                user=view.display_name,
+            )
+        service.start_export(current, exam, view, destination)
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse({"export": "en_cours"}, status_code=202)
         return RedirectResponse(
@@ -1405,8 +1440,35 @@ def conso_router(service: ConsoService) -> APIRouter:
     return router
 
 
-def export_target(config: Config) -> Target:
-    """Where exports go: the local PACS by C-STORE, or its DICOMweb STOW-RS (`[conso] export`)."""
-    if config.conso.export == "stow-rs":
-        return StowRsTarget(config.pacs.dicomweb_url, verify=dicomweb_tls(config))
-    return CStoreTarget(PacsClient(pacs_settings(config)))
+def export_destinations(config: Config) -> list[str]:
+    """The names offered in « Exporter vers », the PACS first (the default)."""
+    return [PACS_DESTINATION, *(d.name for d in config.export_destinations)]
+
+
+def export_target(config: Config, destination: str = PACS_DESTINATION) -> Target:
+    """Where an export goes: the local PACS by C-STORE or by its DICOMweb STOW-RS (`[conso]
+    export`), or the `[[export_destinations]]` entry of that name. Raises `ValueError` (French)
+    for an unknown name or an unreadable CA file."""
+    if destination == PACS_DESTINATION:
+        if config.conso.export == "stow-rs":
+            return StowRsTarget(config.pacs.dicomweb_url, verify=dicomweb_tls(config))
+        return CStoreTarget(PacsClient(pacs_settings(config)))
+    found = [d for d in config.export_destinations if d.name == destination]
+    if not found:
+        raise ValueError(f"destination d'export inconnue « {destination} »")
+    return _destination_target(config, found[0])
+
+
+def _destination_target(config: Config, destination: ExportDestinationConfig) -> Target:
+    if destination.kind == "stow-rs":
+        key = f"« {destination.name} » ca_file"
+        verify = trusted_authorities(destination.ca_file, key)
+        return StowRsTarget(destination.url, verify=verify, name=destination.name)
+    settings = replace(
+        pacs_settings(config),
+        host=destination.host,
+        port=destination.port,
+        called_aet=destination.called_aet,
+        calling_aet=destination.calling_aet or config.pacs.calling_aet,
+    )
+    return CStoreTarget(PacsClient(settings), name=destination.name)
