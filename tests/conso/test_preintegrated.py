@@ -135,6 +135,12 @@ def test_archives_the_conso_cannot_use_are_refused(network: HistoryNetwork) -> N
         output = " ".join(result.output.split())
         assert result.exit_code == 1 and "Archive refusée" in output, output
         assert reason in output and "Traceback" not in output, output
+    # The target follows the node's roles: a role it lacks, or an unknown one, is refused.
+    for option, reason in (("source", "n'a pas le rôle source"), ("pacs", "inconnu")):
+        args = ["xdm", "import", str(bad), "--config", str(empty), "--vers", option]
+        result = CliRunner().invoke(app, args, env=env)
+        output = " ".join(result.output.split())
+        assert result.exit_code == 1 and reason in output, output
     assert stored_kos(network) == before  # nothing stored from a refused archive
 
 
