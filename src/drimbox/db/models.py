@@ -228,6 +228,8 @@ class ConsoLaunch(Base):
     history_loaded_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    # Shown above the history (French): why it may be incomplete (DMP unreachable).
+    history_notice: Mapped[str] = mapped_column(Text, default="")
 
 
 class ConsoExam(Base):
@@ -251,6 +253,24 @@ class ConsoExam(Base):
     report: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoImportedKos(Base):
+    """A KOS pre-integrated into the Conso by `drimbox xdm import` (homologation scenarios):
+    listed in the history of its patient (by INS) beside what the DMP returns, and without
+    the DMP when it cannot be reached. `report` is the CDA it was published with."""
+
+    __tablename__ = "conso_imported_kos"
+    __table_args__ = (Index("ix_conso_imported_kos_ins", "patient_ins"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kos_sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_ins: Mapped[str] = mapped_column(String(32))
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    kos: Mapped[bytes] = mapped_column(LargeBinary)
+    report: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    origin: Mapped[str] = mapped_column(Text, default="")  # the archive's file name
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class SpeedTest(Base):

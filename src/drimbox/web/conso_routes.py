@@ -70,6 +70,7 @@ from drimbox.conso.export import (
 )
 from drimbox.conso.filters import filter_from_query
 from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_manifest
+from drimbox.conso.imported import imported_exams
 from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
 from drimbox.conso.prefetch import Budget, Candidate, prefetch_order
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
@@ -182,6 +183,7 @@ class Launch:
     session_hash: str | None
     history_loaded: bool
     exams: tuple[ExamRow, ...] = ()
+    notice: str = ""  # why the history may be incomplete (the DMP was unreachable)
     all_traits: bool = False  # the signed-in professional's choice (`UserPreference`)
 
     def exam(self, study_uid: str) -> ExamRow | None:
@@ -515,6 +517,7 @@ class ConsoService:
                 context=context_from_json(row.context),
                 session_hash=row.session_hash,
                 history_loaded=row.history_loaded_at is not None,
+                notice=row.history_notice or "",
                 exams=tuple(
                     ExamRow(e.id, e.study_uid, e.accession, e.kos, e.report is not None, e.summary)
                     for e in exams
@@ -571,7 +574,9 @@ class ConsoService:
         """Read the history from the DMP as the user, store it, start the prefetch."""
         audit = db_auditor(self.db, view.subject_name_id)
         history = ExamHistory(self.dmp(), self.subject(view), audit=audit).load(
-            HistoryQuery.from_launch(launch.context), with_reports=True
+            HistoryQuery.from_launch(launch.context),
+            with_reports=True,
+            imported=imported_exams(self.db, launch.context.ins),
         )
         now = utcnow()
         retrieved: list[tuple[str, str, str]] = []  # (action, study, KOS UID): audited after
@@ -580,11 +585,11 @@ class ConsoService:
                 session.delete(old)
             for position, exam in enumerate(history.exams):
                 manifest = exam.manifest
-                if manifest is not None:
+                if manifest is not None and exam.kos_entry is not None:  # not pre-integrated
                     retrieved.append(
                         ("dmp_retrieve_kos", exam.study_uid, manifest.sop_instance_uid)
                     )
-                if exam.report_bytes is not None:
+                if exam.report_bytes is not None and exam.report_entry is not None:
                     retrieved.append(("dmp_retrieve_cda", exam.study_uid, ""))
                 session.add(
                     ConsoExam(
@@ -611,6 +616,7 @@ class ConsoService:
             row = session.get(ConsoLaunch, launch.id)
             assert row is not None
             row.history_loaded_at = now
+            row.history_notice = history.notice
         # Written once the exams are committed: SQLite allows one writer at a time.
         for action, study_uid, kos_uid in retrieved:
             audit(
@@ -1098,7 +1104,7 @@ def _history_page(
         modalities=choices("modalities", wanted.modality),
         regions=choices("regions", wanted.region),
         base=base,
-        notice=notice,
+        notice=notice or launch.notice,
         destinations=export_destinations(service.config),
         prefetch_note=_prefetch_note(prefetch, service.budget()),
     )
