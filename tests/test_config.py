@@ -6,10 +6,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from drimbox.cli import app
-from drimbox.config import Config, ConfigError, StructureConfig, load_config
+from drimbox.config import LIST_SECTIONS, Config, ConfigError, load_config
 from drimbox.sim.pki import TestPki, structure_certificates
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "drimbox.toml"
@@ -30,10 +31,10 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
         assert section in written, f"[{section}] missing from the example"
         section_type = model.annotation
         tables = written[section]
-        if section == "structures":  # [[structures]]: a list of tables
-            section_type = StructureConfig
+        if section in LIST_SECTIONS:  # [[section]]: a list of tables, each key in one of them
+            section_type = LIST_SECTIONS[section]
             assert isinstance(tables, list) and len(tables) >= 2
-            tables = tables[0]
+            tables = {key: True for table in tables for key in table}
         assert section_type is not None
         for key in section_type.model_fields:  # type: ignore[union-attr]
             assert key in tables, f"{section}.{key} missing from the example"
@@ -200,3 +201,29 @@ def test_configuration_reference_is_up_to_date() -> None:
     assert reference.read_text() == reference_markdown() + "\n", (
         "docs/configuration.md is stale: uv run drimbox config reference > docs/configuration.md"
     )
+
+
+def test_export_destinations_are_checked() -> None:
+    """Each destination is complete for its kind, named once, never « PACS » (the site's PACS,
+    always offered first); a site with only [pacs] offers the PACS alone."""
+    from drimbox.web.conso_routes import export_destinations, export_target
+
+    assert export_destinations(load_config(environ={})) == ["PACS"]
+    workstation = {"name": "Poste 2", "host": "poste", "called_aet": "POSTE2"}
+    stow = {"name": "Recherche", "kind": "stow-rs", "url": "https://r/dicom-web"}
+    config = Config.model_validate({"export_destinations": [workstation, stow]})
+    assert export_destinations(config) == ["PACS", "Poste 2", "Recherche"]
+    assert export_target(config, "Poste 2").label == "Poste 2 (POSTE2@poste:104)"
+    assert export_target(config, "Recherche").label == "Recherche (STOW-RS https://r/dicom-web)"
+    assert export_target(config).label.startswith("PACS (PACS@127.0.0.1:104)")
+    with pytest.raises(ValueError, match="inconnue"):
+        export_target(config, "Ailleurs")
+    bad = [
+        ([workstation, workstation], "« poste 2 » est déclarée deux fois"),
+        ([{**workstation, "name": "pacs"}], "désigne déjà le PACS du site"),
+        ([{"name": "Poste 3", "host": "poste"}], "demande host et called_aet"),
+        ([{"name": "R", "kind": "stow-rs"}], "demande une url"),
+    ]
+    for destinations, problem in bad:
+        with pytest.raises(ValidationError, match=problem):
+            Config.model_validate({"export_destinations": destinations})

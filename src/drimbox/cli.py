@@ -864,32 +864,44 @@ def xdm_import(
         typer.Option(
             "--config",
             "-c",
-            help="Restaure les KOS de l'archive dans la Source de ce nœud, comme publiés "
-            "(mise à jour, dépublication et images ensuite possibles).",
+            help="Intègre les KOS de l'archive à ce nœud : dans sa Source (comme publiés : mise "
+            "à jour, dépublication et images ensuite possibles) ou, sur un nœud Conso, dans "
+            "l'historique de leurs patients (pré-intégration, sans consulter le DMP).",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--vers",
+            help="« source » ou « conso » : où intégrer l'archive. Par défaut selon les rôles "
+            "du nœud ; un nœud qui a les deux rôles restaure dans sa Source.",
         ),
     ] = None,
 ) -> None:
     """Vérifie une archive XDM (IHE ITI-32 : empreintes, tailles, KOS) et en extrait le contenu ;
-    avec --config, la restaure dans la Source."""
+    avec --config, l'intègre au nœud (Source ou Conso, selon ses rôles)."""
     from drimbox.conso.common import FolderStore
     from drimbox.conso.xdm import XdmError, read_xdm
 
     if not archive.is_file():
         fail(f"archive introuvable : {archive}")
+    if target not in (None, "source", "conso"):
+        fail(f"--vers : « {target} » inconnu (attendu « source » ou « conso »)")
     if config is not None:
-        from drimbox.source.xdm import import_published
-
-        db = _database(_load(config))
+        loaded = _load(config)
+        roles = loaded.roles
+        if target is None:
+            target = "conso" if roles.conso and not roles.source else "source"
+        if not getattr(roles, target):
+            fail(f"ce nœud n'a pas le rôle {target} ([roles] {target} = false)")
+        db = _database(loaded)
         try:
-            restored = import_published(db, archive, actor="drimbox xdm import")
+            if target == "conso":
+                _xdm_import_conso(db, archive)
+            else:
+                _xdm_import_source(db, archive)
         except XdmError as exc:
             fail(f"{exc.message}{f' ({exc.detail})' if exc.detail else ''}")
-            return
-        console.print(
-            f"[green]Archive restaurée[/] : {len(restored.imported)} KOS publié(s) importé(s) "
-            f"({restored.reports} compte(s) rendu(s)), {len(restored.already)} déjà présent(s).",
-            highlight=False,
-        )
         return
     try:
         imported = read_xdm(archive, store=FolderStore(out / "images") if out else None)
@@ -911,6 +923,28 @@ def xdm_import(
     )
     if out is not None:
         console.print(f"  contenu écrit dans {out}", highlight=False)
+
+
+def _xdm_import_source(db: Database, archive: Path) -> None:
+    from drimbox.source.xdm import import_published
+
+    restored = import_published(db, archive, actor="drimbox xdm import")
+    console.print(
+        f"[green]Archive restaurée[/] : {len(restored.imported)} KOS publié(s) importé(s) "
+        f"({restored.reports} compte(s) rendu(s)), {len(restored.already)} déjà présent(s).",
+        highlight=False,
+    )
+
+
+def _xdm_import_conso(db: Database, archive: Path) -> None:
+    from drimbox.conso.imported import import_into_conso
+
+    result = import_into_conso(db, archive, origin=archive.name, actor="drimbox xdm import")
+    console.print(
+        f"[green]Archive pré-intégrée à la Conso[/] : {len(result.imported)} examen(s) ajouté(s) "
+        f"à l'historique de leur patient, {len(result.already)} déjà présent(s).",
+        highlight=False,
+    )
 
 
 @whitelist_app.command("verify")

@@ -13,7 +13,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -273,6 +273,50 @@ class ConsoConfig(_Section):
         description="Volume d'images préchargé au plus par lancement (octets), vérifié entre "
         "deux séries ; l'examen demandé est toujours récupéré en entier.",
     )
+
+
+PACS_DESTINATION: Final = "PACS"
+"""The name under which the site's PACS (`[pacs]`, `[conso] export`) is offered for export."""
+
+
+class ExportDestinationConfig(_Section):
+    """Another DICOM destination offered to Conso users for the export, besides the site's PACS
+    (always offered first, and chosen by default): a workstation (C-STORE) or a DICOMweb STOW-RS
+    endpoint. Repeat `[[export_destinations]]` for each; without any, exports go to the PACS."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        description="Nom proposé à l'utilisateur dans la liste « Exporter vers » (ex. « Poste de "
+        "lecture salle 2 ») ; unique, différent de « PACS ».",
+    )
+    kind: Literal["c-store", "stow-rs"] = Field(
+        "c-store", description="Protocole : c-store (DICOM) ou stow-rs (DICOMweb)."
+    )
+    host: str = Field("", description="Hôte DICOM de la destination (c-store).")
+    port: int = Field(104, ge=1, le=65535, description="Port DICOM de la destination (c-store).")
+    called_aet: str = Field("", max_length=16, description="AE Title de la destination (c-store).")
+    calling_aet: str = Field(
+        "", max_length=16, description="AE Title de la DRIMbox ; vide : [pacs] calling_aet."
+    )
+    url: str = Field(
+        "", description="Racine DICOMweb de la destination (stow-rs), ex. http://poste/dicom-web."
+    )
+    ca_file: str = Field(
+        "",
+        description="Autorités (PEM) du serveur DICOMweb quand il est en https ; vide : celles "
+        "du système.",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> ExportDestinationConfig:
+        if self.name.strip().casefold() == PACS_DESTINATION.casefold():
+            raise ValueError(f"« {PACS_DESTINATION} » désigne déjà le PACS du site ([pacs])")
+        if self.kind == "c-store" and not (self.host and self.called_aet):
+            raise ValueError(f"« {self.name} » (c-store) demande host et called_aet")
+        if self.kind == "stow-rs" and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"« {self.name} » (stow-rs) demande une url http(s)://")
+        return self
 
 
 class SourceConfig(_Section):
@@ -723,6 +767,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     checks: ChecksConfig = ChecksConfig()
     structures: list[StructureConfig] = []
+    export_destinations: list[ExportDestinationConfig] = []
 
     @model_validator(mode="after")
     def _structures_are_distinct(self) -> Config:
@@ -737,6 +782,16 @@ class Config(_Section):
                 if name == structure.id and name in seen:
                     raise ValueError(f"structures : la structure « {name} » est déclarée deux fois")
                 seen[name] = structure.id
+        return self
+
+    @model_validator(mode="after")
+    def _destinations_are_distinct(self) -> Config:
+        names = [d.name.strip().casefold() for d in self.export_destinations]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"export_destinations : la destination « {twice[0]} » est déclarée deux fois"
+            )
         return self
 
     @model_validator(mode="after")
@@ -784,8 +839,13 @@ class Config(_Section):
                     update={k: str((base / getattr(structure, k)).resolve()) for k in paths}
                 )
             )
+        destinations = [
+            d.model_copy(update={"ca_file": str((base / d.ca_file).resolve())}) if d.ca_file else d
+            for d in self.export_destinations
+        ]
         return self.model_copy(
             update={
+                "export_destinations": destinations,
                 "store": store,
                 "dmp": dmp,
                 "viewer": viewer,
@@ -866,6 +926,13 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     return config.resolve_paths(path.parent if path else Path.cwd())
 
 
+LIST_SECTIONS: Final[dict[str, type[BaseModel]]] = {
+    "structures": StructureConfig,
+    "export_destinations": ExportDestinationConfig,
+}
+"""Top-level keys that are lists of tables (`[[name]]`), with the model of one table."""
+
+
 def reference_markdown() -> str:
     """The configuration reference, generated from the model (docs/configuration.md)."""
     lines = [
@@ -879,8 +946,8 @@ def reference_markdown() -> str:
     for section, field in Config.model_fields.items():
         model = field.annotation
         heading = f"[{section}]"
-        if section == "structures":  # a list of tables
-            model, heading = StructureConfig, "[[structures]]"
+        if section in LIST_SECTIONS:  # a list of tables
+            model, heading = LIST_SECTIONS[section], f"[[{section}]]"
         assert isinstance(model, type) and issubclass(model, BaseModel)
         lines += [f"## {heading}", "", (model.__doc__ or "").strip(), ""]
         lines += ["| key | default | description |", "| --- | --- | --- |"]

@@ -221,9 +221,10 @@ def check_xdm_source(folder: Path) -> str:
     import io
     import zipfile
 
+    from drimbox.conso.archive import read_published
     from drimbox.conso.xdm import XdmLimits
     from drimbox.db import Report
-    from drimbox.source.xdm import read_published, write_subset
+    from drimbox.source.xdm import write_subset
 
     cda = (folder / "cda/CR_C.xml").read_bytes()
     kos, now = sample_kos(folder), datetime.now(UTC)

@@ -56,8 +56,12 @@ class SlowWorker(LeasedWorker):
 
 def test_a_slow_item_keeps_its_lease_which_lapses_once_the_node_stops(database: Database) -> None:
     report_id = add_report(database)
-    node_a = SlowWorker(database, "node-a", 4 * LEASE.total_seconds())
+    # A 2 s lease renewed every 2/3 s: a beat may come 1.3 s late on a loaded machine and the
+    # lease still holds (with 0.6 s, one late beat let node-b in).
+    lease = timedelta(seconds=2)
+    node_a = SlowWorker(database, "node-a", 3 * lease.total_seconds())
     node_b = SlowWorker(database, "node-b", 0)
+    node_a.lease = node_b.lease = lease
     worker = threading.Thread(target=node_a.run_once)
     worker.start()
 
@@ -69,7 +73,7 @@ def test_a_slow_item_keeps_its_lease_which_lapses_once_the_node_stops(database: 
     # node-b starts asking once node-a holds the report (else it may simply come first).
     wait_until(lambda: holder() == "node-a", 30, "node-a holds the report")
     stolen = []
-    while worker.is_alive():  # four leases long: only the heartbeat keeps node-b away
+    while worker.is_alive():  # three leases long: only the heartbeat keeps node-b away
         stolen.append(node_b.claim_next())
         time.sleep(0.05)
     worker.join()

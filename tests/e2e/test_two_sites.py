@@ -49,6 +49,7 @@ from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
 from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitelist
 from drimbox.trust import audit
+from drimbox.web.conso_routes import TRAITS_DEFAULT, TRAITS_MORE
 from support.dmp import local_dmp
 from support.factories import CR_C_ACCESSION, make_report
 from support.history import launch_form as launch_fields
@@ -273,8 +274,9 @@ def test_launch_history_viewer_export_and_compare(network: Network, browser: Any
         page.wait_for_url("**/consultation/*")
         launch_url = page.url.split("?")[0]
         content = page.content()
-        assert "PAT-TROIS DOMINIQUE" in content and "2 79 03 51 215 189 89" in content
-        assert "28/03/1979" in content and "Féminin" in content
+        assert "PAT-TROIS DOMINIQUE" in content and "28/03/1979" in content
+        # The INS matricule only on the user's choice (INS/va1.36).
+        assert "Féminin" in content and "2 79 03 51 215 189 89" not in content
         assert "Voir le compte rendu" in content
         rows = page.locator("tbody tr")
         assert rows.count() == 3
@@ -429,6 +431,39 @@ def test_sign_in_again_returns_to_the_launch_history(network: Network, browser: 
         icon = page.request.get(f"{base}/favicon.ico")
         assert icon.status == 200 and icon.body()[:4] == b"\x00\x00\x01\x00"
     finally:
+        context.close()
+
+
+def test_the_identity_block_shows_the_ins_traits(network: Network, browser: Any) -> None:
+    """The five default INS traits, then all ten on the user's choice, kept for them, in the
+    same order on the history and on an error page (INS/va1.36)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    labels = ".banner dt"
+    page, launch_url = open_history(context, network)
+    try:
+        everything = [*TRAITS_DEFAULT, *TRAITS_MORE, "IPP"]
+        if page.locator(labels).all_inner_texts() == everything:  # an earlier run's choice
+            page.click("text=Afficher les traits d'identité par défaut")
+        assert page.locator(labels).all_inner_texts() == [*TRAITS_DEFAULT, "IPP"]
+        assert page.locator(".banner dd").all_inner_texts()[:5] == [
+            "PAT-TROIS", "DOMINIQUE", "28/03/1979", "Féminin", "75056"
+        ]  # fmt: skip
+        page.click("text=Afficher tous les traits d'identité")
+        page.wait_for_selector(".banner dt:text('Matricule INS')")
+        assert page.locator(labels).all_inner_texts() == everything
+        shown = page.locator(".banner dd").all_inner_texts()
+        assert shown[5] == "2 79 03 51 215 189 89" and "INS-NI" in shown[6]
+        no_horizontal_overflow(page)
+        # Kept for this user: the same block on another page of the Conso.
+        page.goto(f"{launch_url}/ouvrir/1.2.3.4.5")
+        assert page.locator("h1").inner_text() == "Examen introuvable"
+        assert page.locator(labels).all_inner_texts() == everything
+        assert page.locator(".banner dd").all_inner_texts() == shown
+    finally:
+        # Back to the default, for the other tests of this user.
+        page.goto(launch_url)
+        if page.locator("text=Afficher les traits d'identité par défaut").count():
+            page.click("text=Afficher les traits d'identité par défaut")
         context.close()
 
 

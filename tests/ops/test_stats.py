@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from html import unescape
 from pathlib import Path
 
@@ -16,9 +16,17 @@ import pytest
 from typer.testing import CliRunner
 
 from drimbox.cli import app
+from drimbox.db import Database
 from drimbox.db.models import LaunchStat
 from drimbox.french import PARIS, french_month
-from drimbox.ops.stats import MODELSTAT_COLUMNS, MONTH_COLUMNS, months_back
+from drimbox.ops.stats import (
+    MODELSTAT_COLUMNS,
+    MONTH_COLUMNS,
+    day_range,
+    launch_rows,
+    monthly,
+    months_back,
+)
 from drimbox.sim.psc import LocalPsc
 from drimbox.trust import audit
 from support.history import launch_form
@@ -101,7 +109,7 @@ def export(node: RunningNode, tmp_path: Path, *extra: str) -> list[list[str]]:
 def test_every_launch_is_a_modelstat_row(node: RunningNode, tmp_path: Path) -> None:
     launch_twice_and_refuse_once(node)
     with node.node.db.session() as session:  # a launch of last year: outside the period
-        session.add(LaunchStat(at=datetime(2025, 1, 1, tzinfo=PARIS), node="conso-1", ok=True))
+        session.add(LaunchStat(at=datetime(2025, 1, 1, tzinfo=UTC), node="conso-1", ok=True))
     rows = export(node, tmp_path)
     assert tuple(rows[0]) == MODELSTAT_COLUMNS
     launches = [dict(zip(MODELSTAT_COLUMNS, row, strict=True)) for row in rows[1:]]
@@ -149,6 +157,20 @@ def test_bad_dates_are_refused_in_french(tmp_path: Path) -> None:
     backwards = runner.invoke(app, ["stats", "export", "--from", "2026-12-31", "--to",
                                     "2026-12-01", "-o", out])  # fmt: skip
     assert backwards.exit_code == 1 and "période vide" in backwards.output
+
+
+def test_months_and_days_are_paris_ones(database: Database) -> None:
+    """00:30 in Paris on 1 March is 23:30 UTC on 28 February: a March launch, inside a period
+    starting on 1 March, outside one ending on 28 February (SQLite keeps no zone, PostgreSQL
+    does: both give the same answer)."""
+    with database.session() as session:
+        at = datetime(2026, 3, 1, 0, 30, tzinfo=PARIS).astimezone(UTC)  # stored as UTC
+        session.add(LaunchStat(at=at, node="n1", ok=False, reason="r"))
+    march = monthly(database, *day_range(date(2026, 3, 1), date(2026, 3, 31)))
+    assert [(m.month, m.launches_refused) for m in march] == [("2026-03", 1)]
+    assert monthly(database, *day_range(date(2026, 2, 1), date(2026, 2, 28))) == []
+    rows = launch_rows(database, *day_range(date(2026, 3, 1), date(2026, 3, 1)))
+    assert rows == [["01/03/2026", "00:30:00", "n1", "1", "erreur", "r"]]
 
 
 def test_months_back_spans_whole_months() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -28,6 +28,7 @@ import httpx
 
 from conso.test_history import settings_of
 from drimbox.cda.model import Code
+from drimbox.config import ExportDestinationConfig
 from drimbox.db import Report
 from drimbox.dmp.client import DmpClient
 from drimbox.sim.orthanc import LocalOrthanc
@@ -134,9 +135,11 @@ def long_history(
     conso_environ: dict[str, str] | None = None,
     source_environ: dict[str, str] | None = None,
     second_conso: bool = False,
+    export_destinations: Sequence[ExportDestinationConfig] = (),
 ) -> Iterator[HistoryNetwork]:
     """The network above with `count` exams of `series` (`size`² pixels) in the history; with
-    `second_conso`, a second Conso node (another site, `db-c.test.fr`) reads the same Source."""
+    `second_conso`, a second Conso node (another site, `db-c.test.fr`) reads the same Source;
+    the Consos offer `export_destinations` besides their PACS."""
     orthanc.delete_all()
     pki, source_cert, conso_certs, whitelist = _pki(tmp / "pki")
     (tmp / "whitelist.xml").write_bytes(whitelist)
@@ -160,7 +163,8 @@ def long_history(
                 "DRIMBOX_TRUST__STATE_DIR": str(tmp / name / "trust"),
                 "DRIMBOX_TRUST__TLS_CERT": str(cert.cert_path),
                 "DRIMBOX_TRUST__TLS_KEY": str(cert.key_path),
-            } | (conso_environ or {}))
+            } | (conso_environ or {})).model_copy(
+                update={"export_destinations": list(export_destinations)})
             for name, cert in zip(("b", "c"), conso_certs, strict=True)
         ]  # fmt: skip
         with (

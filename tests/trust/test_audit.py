@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from drimbox.cli import app
 from drimbox.db import Database, utcnow
+from drimbox.french import PARIS
 from drimbox.trust import audit
 from support.factories import add_reports
 from support.postgres import TemporaryPostgres
@@ -32,6 +33,9 @@ def test_records_are_exported_and_filtered(database: Database) -> None:
         "899700367909"
     ]
     assert audit.events(database, since=utcnow() + timedelta(minutes=1)) == []
+    # A Paris time (the console's and the CLI's), one UTC+1/+2 hours ahead in its digits.
+    half_an_hour_ago = (utcnow() - timedelta(minutes=30)).astimezone(PARIS)
+    assert len(audit.events(database, since=half_an_hour_ago)) == 2
     lines = [json.loads(line) for line in audit.export_json_lines(database)]
     assert lines[1]["result"] == "refused" and lines[1]["role"] == "peer"
 

@@ -1,4 +1,5 @@
-"""Export of a retrieved exam to the site's own PACS, under the site's patient identity.
+"""Export of a retrieved exam to the site's own PACS (or another configured DICOM destination:
+a workstation, a STOW-RS endpoint), under the site's patient identity.
 
 Owns the relabelling of each instance for the local PACS — PatientID := the local IPP of the
 contextual launch, IssuerOfPatientID := the local issuer (with its qualifiers when it is an OID),
@@ -126,14 +127,15 @@ ExportProgress = Callable[[int, int], None]
 
 
 class CStoreTarget:
-    """The local PACS over DIMSE (`[pacs]` of the configuration)."""
+    """A DICOM destination over DIMSE: the local PACS (`[pacs]`) or a workstation."""
 
-    def __init__(self, client: PacsClient) -> None:
+    def __init__(self, client: PacsClient, *, name: str = "PACS") -> None:
         self.client = client
+        self.name = name
 
     @property
     def label(self) -> str:
-        return f"PACS {self.client.settings.label}"
+        return f"{self.name} ({self.client.settings.label})"
 
     def send(
         self,
@@ -156,7 +158,7 @@ class CStoreTarget:
             store_instances(self.client, contexts, datasets(), on_outcome)
         except PacsError as exc:
             raise ConsoError(
-                "PACS_INJOIGNABLE", f"Export impossible vers le PACS local : {exc}"
+                "PACS_INJOIGNABLE", f"Export impossible vers « {self.name} » : {exc}"
             ) from exc
 
 
@@ -169,15 +171,17 @@ class StowRsTarget:
         *,
         http: httpx.Client | None = None,
         verify: ssl.SSLContext | None = None,
+        name: str = "PACS",
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.name = name
         self._http = http or httpx.Client(
             verify=verify if verify is not None else True, timeout=httpx.Timeout(120.0)
         )
 
     @property
     def label(self) -> str:
-        return f"STOW-RS {self.base_url}"
+        return f"{self.name} (STOW-RS {self.base_url})"
 
     def send(
         self,

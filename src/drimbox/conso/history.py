@@ -237,6 +237,32 @@ class History:
     ins_oid: str
     exams: tuple[Exam, ...]
     authorisation_added: bool  # TD0.3 was needed (and done) for this consultation
+    notice: str = ""  # why the history may be incomplete (French), shown above it
+
+
+DMP_UNREACHABLE_NOTICE: Final = (
+    "Le DMP n'a pas pu être joint : seuls les examens pré-intégrés sur cette DRIMbox sont "
+    "affichés. Réessayez plus tard pour l'historique complet."
+)
+
+
+def _newest_first(exams: Sequence[Exam]) -> tuple[Exam, ...]:
+    return tuple(
+        sorted(exams, key=lambda e: e.date or datetime.min.replace(tzinfo=UTC), reverse=True)
+    )
+
+
+def _wanted(exam: Exam, query: HistoryQuery) -> bool:
+    """Whether a pre-integrated exam passes the query's filters (the DMP applies them to its
+    own entries)."""
+    day = exam.date.date() if exam.date else None
+    return (
+        (not query.study_uid or exam.study_uid == query.study_uid)
+        and (not query.accession or exam.accession == query.accession)
+        and (not query.modality or query.modality in exam.modalities)
+        and (not query.date_from or (day is not None and day >= query.date_from))
+        and (not query.date_to or (day is not None and day <= query.date_to))
+    )
 
 
 def _dmp_error(exc: DmpError) -> ConsoError:
@@ -411,9 +437,18 @@ class ExamHistory:
         except DmpError as exc:
             raise _dmp_error(exc) from exc
 
-    def load(self, query: HistoryQuery, *, with_reports: bool = False) -> History:
+    def load(
+        self,
+        query: HistoryQuery,
+        *,
+        with_reports: bool = False,
+        imported: Sequence[Exam] = (),
+    ) -> History:
         """The exams of the patient, most recent first. With `with_reports`, each report's CDA
-        is retrieved and parsed too (its text/PDF body for the history page)."""
+        is retrieved and parsed too (its text/PDF body for the history page). `imported`: the
+        patient's pre-integrated exams (`conso.imported`), listed unless the DMP gave the same
+        KOS, and alone (with a notice) when the DMP cannot be reached."""
+        imported = [exam for exam in imported if _wanted(exam, query)]
         if not query.consent:
             raise ConsoError(
                 "OPPOSITION",
@@ -436,7 +471,12 @@ class ExamHistory:
                 patient_ins=query.ins,
                 code=error.code,
             )
-            raise
+            if error.code != "DMP_INJOIGNABLE" or not imported:
+                raise
+            alone = _newest_first(imported)
+            return History(query.ins, query.ins_oid, alone, False, DMP_UNREACHABLE_NOTICE)
+        known = {e.manifest.sop_instance_uid for e in exams if e.manifest is not None}
+        exams += [e for e in imported if e.manifest and e.manifest.sop_instance_uid not in known]
         self._audit(
             action="dmp_history",
             result="ok",
@@ -444,8 +484,7 @@ class ExamHistory:
             exams=len(exams),
             authorisation_added=added,
         )
-        exams.sort(key=lambda e: e.date or datetime.min.replace(tzinfo=UTC), reverse=True)
-        return History(query.ins, query.ins_oid, tuple(exams), added)
+        return History(query.ins, query.ins_oid, _newest_first(exams), added)
 
     def _pair(
         self, kos_entries: list[DocumentEntry], reports: list[DocumentEntry], query: HistoryQuery

@@ -3,7 +3,8 @@
 Owns the field names, their validation and `LaunchContext`, the typed result. Field names are
 matched regardless of case, and the consent is accepted under the name the ANS contextual-launch
 test tool sends (`InformationEtConsentement`) as well; `PatientIDIssuer` may be a bare OID or a
-full HL7 CX.4 (`namespace&OID&ISO`), as the ANS FAQ recommends. Every problem is
+full HL7 CX.4 (`namespace&OID&ISO`), as the ANS FAQ recommends. The INS used name and used
+given name (optional) come as `Patient.name.usual.family` / `.given`. Every problem is
 reported at once, as `FieldError`s naming the form field in French, so that the site's
 integrator fixes the RIS call in one go. Pure functions: the web layer stores the context with an
 expiry and answers 303; this module must not touch the DMP, the session or the network.
@@ -38,6 +39,10 @@ F_MODALITY: Final = "Modality"
 F_STUDY_DATE: Final = "StudyDate"
 F_REGION: Final = "AnatomicRegion"
 F_SITUATION: Final = "Situation"
+# The INS used name and used given name (FHIR `name` of use "usual"); the ones above are the
+# birth traits.
+F_USED_NAME: Final = "Patient.name.usual.family"
+F_USED_GIVEN: Final = "Patient.name.usual.given"
 
 REQUIRED_FIELDS: Final = (
     F_INS,
@@ -58,11 +63,17 @@ OPTIONAL_FIELDS: Final = (
     F_STUDY_DATE,
     F_REGION,
     F_SITUATION,
+    F_USED_NAME,
+    F_USED_GIVEN,
 )
 # Only given names may repeat (several first names); any other repeated field is ambiguous.
 _REPEATABLE: Final = frozenset({F_GIVEN})
 # Other names a field is sent under: the ANS contextual-launch test tool's consent field.
-ALIASES: Final = {"InformationEtConsentement": F_CONSENT}
+ALIASES: Final = {
+    "InformationEtConsentement": F_CONSENT,
+    "NomUtilise": F_USED_NAME,
+    "PrenomUtilise": F_USED_GIVEN,
+}
 # Lower-cased name as sent → the field's canonical name.
 _CANONICAL: Final = {
     **{name.lower(): name for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)},
@@ -118,6 +129,8 @@ class LaunchContext:
     study_date: date | None = None
     anatomic_region: str | None = None
     situation: str | None = None
+    used_name: str | None = None  # INS "nom utilisé", when it differs from the birth name
+    used_given_name: str | None = None  # INS "prénom utilisé"
 
     @property
     def display_name(self) -> str:
@@ -312,6 +325,8 @@ def parse_launch(form: FormInput, *, today: date | None = None) -> LaunchContext
         study_date=study_date,
         anatomic_region=values.get(F_REGION) or None,
         situation=values.get(F_SITUATION) or None,
+        used_name=values.get(F_USED_NAME) or None,
+        used_given_name=values.get(F_USED_GIVEN) or None,
     )
 
 

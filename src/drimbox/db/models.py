@@ -228,6 +228,8 @@ class ConsoLaunch(Base):
     history_loaded_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    # Shown above the history (French): why it may be incomplete (DMP unreachable).
+    history_notice: Mapped[str] = mapped_column(Text, default="")
 
 
 class ConsoExam(Base):
@@ -251,6 +253,24 @@ class ConsoExam(Base):
     report: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoImportedKos(Base):
+    """A KOS pre-integrated into the Conso by `drimbox xdm import` (homologation scenarios):
+    listed in the history of its patient (by INS) beside what the DMP returns, and without
+    the DMP when it cannot be reached. `report` is the CDA it was published with."""
+
+    __tablename__ = "conso_imported_kos"
+    __table_args__ = (Index("ix_conso_imported_kos_ins", "patient_ins"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kos_sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_ins: Mapped[str] = mapped_column(String(32))
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    kos: Mapped[bytes] = mapped_column(LargeBinary)
+    report: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    origin: Mapped[str] = mapped_column(Text, default="")  # the archive's file name
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class SpeedTest(Base):
@@ -291,3 +311,16 @@ class LaunchStat(Base):
     node: Mapped[str] = mapped_column(String(64), default="")
     ok: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str] = mapped_column(Text, default="")  # why the launch was refused
+
+
+class UserPreference(Base):
+    """A professional's display choices on the Conso, kept across sessions and nodes, keyed by
+    the PSC SubjectNameID. `all_traits`: show every INS identity trait (matricule, its nature,
+    every birth given name, used name and given name), not only the five shown by default
+    (INS/va1.36)."""
+
+    __tablename__ = "user_preferences"
+
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    all_traits: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

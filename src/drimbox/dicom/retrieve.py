@@ -557,13 +557,18 @@ class SourceAwarePacs(PacsClient):
 def dicomweb_tls(config: Config) -> ssl.SSLContext:
     """How the PACS's DICOMweb is trusted over https: `[pacs] dicomweb_ca_file`, else the
     system's authorities."""
-    ca_file = config.pacs.dicomweb_ca_file
+    return trusted_authorities(config.pacs.dicomweb_ca_file, "[pacs] dicomweb_ca_file")
+
+
+def trusted_authorities(ca_file: str, key: str) -> ssl.SSLContext:
+    """A client TLS context trusting `ca_file` (PEM), else the system's authorities; raises
+    `ValueError` (French, naming the configuration `key`) for a missing or unreadable file."""
     if ca_file and not Path(ca_file).is_file():
-        raise ValueError(f"[pacs] dicomweb_ca_file : fichier introuvable ({ca_file})")
+        raise ValueError(f"{key} : fichier introuvable ({ca_file})")
     try:
         return ssl.create_default_context(cafile=ca_file or None)
     except ssl.SSLError as exc:
-        raise ValueError(f"[pacs] dicomweb_ca_file : autorités illisibles ({exc})") from exc
+        raise ValueError(f"{key} : autorités illisibles ({exc})") from exc
 
 
 def pacs_settings(config: Config) -> PacsSettings:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Final, TextIO
 
 from sqlalchemy import or_, select
@@ -47,9 +47,11 @@ def record_launch(db: Database, *, ok: bool, reason: str = "") -> None:
 
 
 def day_range(first: date, last: date) -> tuple[datetime, datetime]:
-    """[first 00:00, the day after last 00:00) in Paris time: both days included."""
+    """[first 00:00, the day after last 00:00) in Paris time: both days included. In UTC, as
+    stored: SQLite keeps a datetime's digits and drops its zone."""
     start = datetime.combine(first, time(), tzinfo=PARIS)
-    return start, datetime.combine(last + timedelta(days=1), time(), tzinfo=PARIS)
+    end = datetime.combine(last + timedelta(days=1), time(), tzinfo=PARIS)
+    return start.astimezone(UTC), end.astimezone(UTC)
 
 
 def months_back(today: date, months: int) -> date:

@@ -21,45 +21,36 @@ from __future__ import annotations
 
 import html
 import io
-import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Final
+from typing import IO
 
-from pydicom import Dataset
 from sqlalchemy import select
 
-from drimbox.cda import CdaError, parse_report
+from drimbox.cda import parse_report
 from drimbox.cda.model import ImagingReport
 from drimbox.config import Config
-from drimbox.conso.xdm import (
-    Described,
-    XdmDocument,
-    XdmError,
-    XdmLimits,
-    XdmPatient,
-    build_metadata,
-    open_archive,
-    read_subset,
+from drimbox.conso.archive import (
+    S_DOCUMENT,
+    S_ENTRY,
+    S_FLAGS,
+    S_PUBLISHED,
+    S_STUDY,
+    audit_import,
+    read_published,
 )
-from drimbox.db import Database, Report, ReportState, utcnow
-from drimbox.dicom.kos import manifest_from_bytes, referenced_instances
+from drimbox.conso.xdm import XdmDocument, XdmError, XdmLimits, XdmPatient, build_metadata
+from drimbox.db import Database, Report, ReportState, aware, utcnow
+from drimbox.dicom.kos import referenced_instances
 from drimbox.dmp import codes
 from drimbox.dmp.client import DmpError, DmpSettings, load_signer
 from drimbox.dmp.metadata import derived_uid, reference_id
 from drimbox.dmp.structures import StructureError, choose_structure, site_structures
 from drimbox.dmp.xades import SignedDocument, XmlSigner, build_signature_document
 from drimbox.source.intake import identifier_text
-from drimbox.trust import audit
-
-KOS_SOP_CLASS: Final = "1.2.840.10008.5.1.4.1.1.88.59"
-# Slots of ours on the DocumentEntries (ebRIM allows any slot name; XDM readers ignore them).
-S_ENTRY, S_PUBLISHED, S_FLAGS = "drimboxEntryUUID", "drimboxPublishedAt", "drimboxFlags"
-S_STUDY, S_DOCUMENT = "drimboxStudyInstanceUID", "drimboxDocumentId"
-_SUBSET_METADATA = re.compile(r"^((?:KA\d{6}/)?IHE_XDM/[^/]+)/METADATA\.XML$")
 
 
 @dataclass
@@ -112,8 +103,8 @@ def export_published(
             .where(Report.kos.is_not(None), Report.cda.is_not(None))
             .order_by(Report.published_at, Report.id)
         )
-        if since is not None:
-            query = query.where(Report.published_at >= since)
+        if since is not None:  # in UTC, as stored: SQLite keeps a datetime's digits, not its zone
+            query = query.where(Report.published_at >= aware(since).astimezone(UTC))
         rows = list(session.scalars(query))
         session.expunge_all()
     groups: dict[str, list[Report]] = {}
@@ -254,92 +245,6 @@ def _utc(moment: datetime) -> datetime:
 # --- import -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Restored:
-    """One KOS of an archive, checked, with its report(s), as an import restores it."""
-
-    kos: Dataset
-    kos_bytes: bytes
-    reports: list[tuple[Described, bytes, ImagingReport]]
-    entry_uuid: str | None
-    published_at: datetime | None
-
-
-def _ins_of(cx_value: str) -> str:
-    return cx_value.split("^", 1)[0]
-
-
-def _check_subset(
-    subset: str, patient_cx: str, documents: list[tuple[Described, bytes]]
-) -> Restored:
-    kos_docs = [(d, b) for d, b in documents if d.kind == "kos"]
-    if len(kos_docs) != 1:
-        raise XdmError(f"Archive refusée : {subset} doit contenir exactement un KOS.")
-    described, kos_bytes = kos_docs[0]
-    try:
-        kos = manifest_from_bytes(kos_bytes)
-    except Exception as exc:  # pydicom raises many kinds on bad input
-        raise XdmError(f"Archive refusée : KOS illisible dans {subset}.", detail=str(exc)) from exc
-    if str(kos.get("SOPClassUID", "")) != KOS_SOP_CLASS or not referenced_instances(kos):
-        raise XdmError(f"Archive refusée : {subset} : le document KOS n'est pas un manifeste KOS.")
-    kos_uid = str(kos.SOPInstanceUID)
-    if described.unique_id and described.unique_id != kos_uid:
-        raise XdmError(
-            f"Archive refusée : {subset} : l'identifiant du KOS ({kos_uid}) diffère de celui de "
-            f"METADATA.XML ({described.unique_id})."
-        )
-    reports: list[tuple[Described, bytes, ImagingReport]] = []
-    study = str(kos.StudyInstanceUID)
-    for document, data in documents:
-        if document.kind != "report":
-            continue
-        try:
-            parsed = parse_report(data, study)
-        except CdaError as exc:
-            raise XdmError(
-                f"Archive refusée : {subset} : compte rendu illisible ou sans l'examen {study} du "
-                "KOS.",
-                detail=str(exc),
-            ) from exc
-        reports.append((document, data, parsed))
-    if not reports:
-        raise XdmError(
-            f"Archive refusée : {subset} : aucun compte rendu (CDA) avec le KOS — il faut le "
-            "compte rendu pour mettre à jour ou dépublier le KOS ensuite."
-        )
-    ids = {
-        "METADATA.XML": _ins_of(patient_cx),
-        "KOS": str(kos.get("PatientID", "")),
-        **{f"CR {d.uri}": parsed.patient.ins for d, _, parsed in reports},
-    }
-    if len(set(ids.values())) != 1:
-        detail = ", ".join(f"{where} {value or '(vide)'}" for where, value in ids.items())
-        raise XdmError(f"Archive refusée : {subset} : identifiants patient discordants ({detail}).")
-    entry = (described.slots.get(S_ENTRY) or [""])[0] or None
-    published = (described.slots.get(S_PUBLISHED) or [""])[0]
-    try:
-        published_at = datetime.fromisoformat(published) if published else None
-    except ValueError:
-        published_at = None
-    return Restored(kos, kos_bytes, reports, entry, published_at)
-
-
-def read_published(archive: Path | IO[bytes], limits: XdmLimits) -> list[Restored]:
-    """Every subset of an archive of published KOS, checked (raises `XdmError`, French)."""
-    zf, by_name = open_archive(archive, limits)
-    with zf:
-        subsets = sorted(m.group(1) for n in by_name if (m := _SUBSET_METADATA.match(n)))
-        if not subsets:
-            raise XdmError(
-                "Archive refusée : aucun METADATA.XML sous IHE_XDM/ (ce n'est pas un export XDM)."
-            )
-        budget = [limits.max_total_bytes]
-        return [
-            _check_subset(subset, *read_subset(zf, by_name, subset, limits, budget))
-            for subset in subsets
-        ]
-
-
 def import_published(
     db: Database, archive: Path | IO[bytes], *, limits: XdmLimits | None = None, actor: str = ""
 ) -> ImportResult:
@@ -394,15 +299,7 @@ def import_published(
                 )
                 result.reports += 1
             result.imported.append(kos_uid)
-    audit.record(
-        db,
-        actor=actor or audit.SYSTEM,
-        role="operator",
-        action="xdm_import",
-        result="ok",
-        imported=len(result.imported),
-        already=len(result.already),
-    )
+    audit_import(db, "xdm_import", actor, len(result.imported), len(result.already))
     return result
 
 

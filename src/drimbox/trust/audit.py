@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import select
 
-from drimbox.db import AuditEvent, Database, utcnow
+from drimbox.db import AuditEvent, Database, aware, utcnow
 from drimbox.logs import ref
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ def events(
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     query = select(AuditEvent).order_by(AuditEvent.id)
-    if since is not None:
-        query = query.where(AuditEvent.at >= since)
+    if since is not None:  # in UTC, as stored: SQLite keeps a datetime's digits, not its zone
+        query = query.where(AuditEvent.at >= aware(since).astimezone(UTC))
     if patient_ins:
         query = query.where(AuditEvent.patient_ins == patient_ins)
     if actor:

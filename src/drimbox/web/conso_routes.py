@@ -22,8 +22,9 @@ Routes (French pages; every one but the launch itself needs a session):
 - `GET /consultation/<id>/ouvrir/<study>`, `GET /consultation/<id>/comparer?etude=a&etude=b` —
   grant the studies to the session, fetch those outside the prefetch (progress on the history
   page) and open OHIF (`/viewer?StudyInstanceUIDs=…`).
-- `POST /consultation/<id>/export/<study>` — C-STORE to `[pacs]` under the launch's IPP
-  (`conso.export`), progress and a French report on the page.
+- `POST /consultation/<id>/export/<study>` — export under the launch's IPP (`conso.export`) to
+  the destination chosen in the row (`destination_<study>`, or `destination`): the PACS by
+  default, or an `[[export_destinations]]` entry; progress and a French report on the page.
 
 Owns `ConsoService` (launch storage, history loading, prefetch and export jobs, and the
 registration of each exam's Source with the image service so that `/dicom-web` serves Conso
@@ -46,16 +47,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Final
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from lxml import etree
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drimbox.auth.users import UserInfoError
-from drimbox.config import Config
+from drimbox.cda.model import INS_OIDS
+from drimbox.config import PACS_DESTINATION, Config, ExportDestinationConfig
 from drimbox.conso.common import Auditor, ConsoError, db_auditor
 from drimbox.conso.export import (
     CStoreTarget,
@@ -67,15 +70,22 @@ from drimbox.conso.export import (
 )
 from drimbox.conso.filters import filter_from_query
 from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_manifest
+from drimbox.conso.imported import imported_exams
 from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
 from drimbox.conso.prefetch import Budget, Candidate, prefetch_order
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
 from drimbox.conso.xdm import XdmDocument, XdmPatient, write_xdm
 from drimbox.db import Database, aware, row_id, utcnow
-from drimbox.db.models import ConsoExam, ConsoLaunch, UserSession
+from drimbox.db.models import ConsoExam, ConsoLaunch, UserPreference, UserSession
 from drimbox.dicom.cache import CachedInstance
 from drimbox.dicom.pacs import InstanceSink, PacsClient
-from drimbox.dicom.retrieve import ImageService, RemoteSourceError, dicomweb_tls, pacs_settings
+from drimbox.dicom.retrieve import (
+    ImageService,
+    RemoteSourceError,
+    dicomweb_tls,
+    pacs_settings,
+    trusted_authorities,
+)
 from drimbox.dmp.client import DmpClient, DmpSettings
 from drimbox.dmp.vihf import AUTH_REINFORCED_INDIRECT, VihfSubject
 from drimbox.logs import ref
@@ -173,6 +183,8 @@ class Launch:
     session_hash: str | None
     history_loaded: bool
     exams: tuple[ExamRow, ...] = ()
+    notice: str = ""  # why the history may be incomplete (the DMP was unreachable)
+    all_traits: bool = False  # the signed-in professional's choice (`UserPreference`)
 
     def exam(self, study_uid: str) -> ExamRow | None:
         return next((e for e in self.exams if e.study_uid == study_uid and e.kos), None)
@@ -498,15 +510,26 @@ class ConsoService:
                 .where(ConsoExam.launch_id == launch_id)
                 .order_by(ConsoExam.position)
             ).all()
+            own = session.get(UserSession, mine)
+            choice = session.get(UserPreference, own.subject_name_id) if own else None
             return Launch(
                 id=row.id,
                 context=context_from_json(row.context),
                 session_hash=row.session_hash,
                 history_loaded=row.history_loaded_at is not None,
+                notice=row.history_notice or "",
                 exams=tuple(
                     ExamRow(e.id, e.study_uid, e.accession, e.kos, e.report is not None, e.summary)
                     for e in exams
                 ),
+                all_traits=choice is not None and choice.all_traits,
+            )
+
+    def set_all_traits(self, view: SessionView, value: bool) -> None:
+        """Keep the professional's choice of identity traits, for every launch to come."""
+        with self.db.session() as session:
+            session.merge(
+                UserPreference(subject=view.subject_name_id, all_traits=value, updated_at=utcnow())
             )
 
     def report(self, launch: Launch, exam_id: int) -> bytes | None:
@@ -551,7 +574,9 @@ class ConsoService:
         """Read the history from the DMP as the user, store it, start the prefetch."""
         audit = db_auditor(self.db, view.subject_name_id)
         history = ExamHistory(self.dmp(), self.subject(view), audit=audit).load(
-            HistoryQuery.from_launch(launch.context), with_reports=True
+            HistoryQuery.from_launch(launch.context),
+            with_reports=True,
+            imported=imported_exams(self.db, launch.context.ins),
         )
         now = utcnow()
         retrieved: list[tuple[str, str, str]] = []  # (action, study, KOS UID): audited after
@@ -560,11 +585,11 @@ class ConsoService:
                 session.delete(old)
             for position, exam in enumerate(history.exams):
                 manifest = exam.manifest
-                if manifest is not None:
+                if manifest is not None and exam.kos_entry is not None:  # not pre-integrated
                     retrieved.append(
                         ("dmp_retrieve_kos", exam.study_uid, manifest.sop_instance_uid)
                     )
-                if exam.report_bytes is not None:
+                if exam.report_bytes is not None and exam.report_entry is not None:
                     retrieved.append(("dmp_retrieve_cda", exam.study_uid, ""))
                 session.add(
                     ConsoExam(
@@ -591,6 +616,7 @@ class ConsoService:
             row = session.get(ConsoLaunch, launch.id)
             assert row is not None
             row.history_loaded_at = now
+            row.history_notice = history.notice
         # Written once the exams are committed: SQLite allows one writer at a time.
         for action, study_uid, kos_uid in retrieved:
             audit(
@@ -822,7 +848,9 @@ class ConsoService:
 
     # -- export -------------------------------------------------------------------------------
 
-    def start_export(self, launch: Launch, exam: ExamRow, view: SessionView) -> None:
+    def start_export(
+        self, launch: Launch, exam: ExamRow, view: SessionView, destination: str = PACS_DESTINATION
+    ) -> None:
         job = Job("en_cours", message="Export en cours…")
         with self._lock:
             running = self.exports.setdefault(launch.id, {}).get(exam.id)
@@ -830,14 +858,16 @@ class ConsoService:
                 return
             self.exports[launch.id][exam.id] = job
         self.register(launch, view)
-        self._executor.submit(self._export, launch, exam, job, view.subject_name_id)
+        self._executor.submit(self._export, launch, exam, job, view.subject_name_id, destination)
 
-    def _export(self, launch: Launch, exam: ExamRow, job: Job, actor: str) -> None:
+    def _export(
+        self, launch: Launch, exam: ExamRow, job: Job, actor: str, destination: str
+    ) -> None:
         manifest = exam.manifest
         assert manifest is not None
         identity = LocalIdentity.from_launch(launch.context)
         try:
-            target = export_target(self.config)
+            target = export_target(self.config, destination)
         except ValueError as exc:  # e.g. an unreadable [pacs] dicomweb_ca_file
             job.state, job.message = "erreur", f"Export impossible (configuration) : {exc}"
             return
@@ -868,7 +898,7 @@ class ConsoService:
         stored, failed = len(report.stored), report.failed
         job.done = stored + len(failed)
         job.message = (
-            f"{stored} image(s) enregistrée(s) dans le {report.destination} sous l'IPP "
+            f"{stored} image(s) enregistrée(s) vers {report.destination} sous l'IPP "
             f"{identity.patient_id}" + (f" ; {len(failed)} en échec." if failed else ".")
         )
         job.detail = [f"{uid} : {why}" for uid, why in list(failed.items())[:20]]
@@ -919,15 +949,55 @@ JOB_LABELS: Final = {
 }
 
 
-def patient_banner(context: LaunchContext) -> dict[str, Any]:
+# The INS identity traits (requirement INS/va1.36, spec §4.6.2), in the order and wording of
+# every Conso page: the five shown by default, then those the user may ask for.
+TRAITS_DEFAULT: Final = (
+    "Nom de naissance",
+    "Premier prénom de naissance",
+    "Date de naissance",
+    "Sexe",
+    "Lieu de naissance (code INSEE)",
+)
+TRAITS_MORE: Final = (
+    "Matricule INS",
+    "Nature du matricule",
+    "Prénoms de naissance",
+    "Prénom utilisé",
+    "Nom utilisé",
+)
+
+
+def identity_traits(context: LaunchContext, *, all_traits: bool = False) -> list[tuple[str, str]]:
+    """The patient's INS identity traits as (label, value); a trait not transmitted is shown
+    as such rather than left out, so that the block keeps its shape."""
+    missing = "non transmis"
+    traits = [
+        context.family_name.upper(),
+        context.given_names[0] if context.given_names else missing,
+        french_date(context.birth_date),
+        _SEX.get(context.gender, context.gender),
+        context.district,
+    ]
+    if all_traits:
+        nature = INS_OIDS.get(context.ins_oid, "")
+        traits += [
+            format_ins(context.ins),
+            f"{nature} ({context.ins_oid})" if nature else context.ins_oid,
+            " ".join(context.given_names) or missing,
+            context.used_given_name or missing,
+            (context.used_name or "").upper() or missing,
+        ]
+    return list(zip(TRAITS_DEFAULT + TRAITS_MORE, traits, strict=False))
+
+
+def patient_banner(launch: Launch) -> dict[str, Any]:
+    context, all_traits = launch.context, launch.all_traits
+    first = context.given_names[0] if context.given_names else ""
     return {
-        "name": context.display_name,
-        "details": [
-            ("INS", format_ins(context.ins)),
-            ("Né(e) le", french_date(context.birth_date)),
-            ("Sexe", _SEX.get(context.gender, context.gender)),
-            ("IPP", context.local_patient_id),
-        ],
+        "name": f"{context.family_name.upper()} {first}".strip(),
+        "traits": identity_traits(context, all_traits=all_traits),
+        "all_traits": all_traits,
+        "ipp": context.local_patient_id,
     }
 
 
@@ -1022,7 +1092,8 @@ def _history_page(
         title="Historique des examens",
         user=view.display_name,
         poll_url=f"{base}/etat",
-        patient=patient_banner(context),
+        patient=patient_banner(launch),
+        traits_url=f"{base}/traits",
         exams=[row(exam) for exam in shown],
         total=len(launch.exams),
         named=row(named) if named is not None else None,
@@ -1033,7 +1104,8 @@ def _history_page(
         modalities=choices("modalities", wanted.modality),
         regions=choices("regions", wanted.region),
         base=base,
-        notice=notice,
+        notice=notice or launch.notice,
+        destinations=export_destinations(service.config),
         prefetch_note=_prefetch_note(prefetch, service.budget()),
     )
 
@@ -1092,7 +1164,7 @@ def _error_page(
         alert=True,
         links=retry,
         user=user,
-        patient=patient_banner(launch.context) if launch is not None else None,
+        patient=patient_banner(launch) if launch is not None else None,
     )
 
 
@@ -1212,6 +1284,24 @@ def conso_router(service: ConsoService) -> APIRouter:
             service.start_prefetch(current, view)  # another node loaded it, or a restart
         return _history_page(request, service, current, view)
 
+    @router.post(CONSULTATION_PATH + "/{launch_id}/traits")
+    async def traits(request: Request, launch_id: str) -> Response:
+        """The professional's choice of identity traits (all, or the five by default), kept
+        for them across launches, sessions and nodes."""
+        found = opened(request, launch_id)
+        if isinstance(found, Response):
+            return found
+        view, current = found
+        choice = parse_qs((await request.body()).decode("ascii", "replace")).get("tous", [""])
+        if choice[-1] not in ("0", "1"):
+            return _error_page(request, "Choix invalide",
+                               "Choix des traits d'identité invalide : « tous » vaut 0 ou 1.",
+                               400, launch=current, user=view.display_name)  # fmt: skip
+        service.set_all_traits(view, choice[-1] == "1")
+        return RedirectResponse(
+            f"{CONSULTATION_PATH}/{quote(current.id)}#identite", status_code=303
+        )
+
     @router.get(CONSULTATION_PATH + "/{launch_id}/etat")
     def progress(request: Request, launch_id: str) -> Response:
         view = signed_in(request)
@@ -1269,7 +1359,7 @@ def conso_router(service: ConsoService) -> APIRouter:
             "report.html",
             title="Compte rendu",
             user=view.display_name,
-            patient=patient_banner(current.context),
+            patient=patient_banner(current),
             text=text,
             back=f"{CONSULTATION_PATH}/{quote(current.id)}",
         )
@@ -1317,7 +1407,17 @@ def conso_router(service: ConsoService) -> APIRouter:
         return open_viewer(request, launch_id, studies, True)
 
     @router.post(CONSULTATION_PATH + "/{launch_id}/export/{study_uid}")
-    def export(request: Request, launch_id: str, study_uid: str) -> Response:
+    async def export(request: Request, launch_id: str, study_uid: str) -> Response:
+        # The history page names each row's choice `destination_<study>`; API clients send
+        # `destination`. Absent: the PACS.
+        form = await request.form()
+        chosen = form.get(f"destination_{study_uid}") or form.get("destination")
+        destination = chosen if isinstance(chosen, str) and chosen else PACS_DESTINATION
+        return await run_in_threadpool(start_export, request, launch_id, study_uid, destination)
+
+    def start_export(
+        request: Request, launch_id: str, study_uid: str, destination: str
+    ) -> Response:
         if signed_in(request) is None:
             return JSONResponse({"erreur": "session absente"}, status_code=401)
         found = opened(request, launch_id)
@@ -1336,7 +1436,19 @@ def conso_router(service: ConsoService) -> APIRouter:
                 launch=current,
                 user=view.display_name,
             )
-        service.start_export(current, exam, view)
+        known = export_destinations(service.config)
+        if destination not in known:
+            return _error_page(
+                request,
+                "Export impossible",
+                f"Destination d'export inconnue : « {destination} ». Destinations configurées : "
+                + ", ".join(f"« {name} »" for name in known)
+                + ".",
+                400,
+                launch=current,
+                user=view.display_name,
+            )
+        service.start_export(current, exam, view, destination)
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse({"export": "en_cours"}, status_code=202)
         return RedirectResponse(
@@ -1399,8 +1511,35 @@ def conso_router(service: ConsoService) -> APIRouter:
     return router
 
 
-def export_target(config: Config) -> Target:
-    """Where exports go: the local PACS by C-STORE, or its DICOMweb STOW-RS (`[conso] export`)."""
-    if config.conso.export == "stow-rs":
-        return StowRsTarget(config.pacs.dicomweb_url, verify=dicomweb_tls(config))
-    return CStoreTarget(PacsClient(pacs_settings(config)))
+def export_destinations(config: Config) -> list[str]:
+    """The names offered in « Exporter vers », the PACS first (the default)."""
+    return [PACS_DESTINATION, *(d.name for d in config.export_destinations)]
+
+
+def export_target(config: Config, destination: str = PACS_DESTINATION) -> Target:
+    """Where an export goes: the local PACS by C-STORE or by its DICOMweb STOW-RS (`[conso]
+    export`), or the `[[export_destinations]]` entry of that name. Raises `ValueError` (French)
+    for an unknown name or an unreadable CA file."""
+    if destination == PACS_DESTINATION:
+        if config.conso.export == "stow-rs":
+            return StowRsTarget(config.pacs.dicomweb_url, verify=dicomweb_tls(config))
+        return CStoreTarget(PacsClient(pacs_settings(config)))
+    found = [d for d in config.export_destinations if d.name == destination]
+    if not found:
+        raise ValueError(f"destination d'export inconnue « {destination} »")
+    return _destination_target(config, found[0])
+
+
+def _destination_target(config: Config, destination: ExportDestinationConfig) -> Target:
+    if destination.kind == "stow-rs":
+        key = f"« {destination.name} » ca_file"
+        verify = trusted_authorities(destination.ca_file, key)
+        return StowRsTarget(destination.url, verify=verify, name=destination.name)
+    settings = replace(
+        pacs_settings(config),
+        host=destination.host,
+        port=destination.port,
+        called_aet=destination.called_aet,
+        calling_aet=destination.calling_aet or config.pacs.calling_aet,
+    )
+    return CStoreTarget(PacsClient(settings), name=destination.name)
