@@ -55,6 +55,9 @@ def test_console_for_an_administrator(node: RunningNode) -> None:
         assert "Identité incohérente" in reports.text and "Relancer" in reports.text
         retried = browser.post(f"{base}/admin/comptes-rendus/1/relancer")
         assert "nouvelle interrogation du PACS" in retried.text
+        # A report that does not exist: 404, and an error in the audit trail (not "ok").
+        missing = browser.post(f"{base}/admin/comptes-rendus/999/relancer")
+        assert missing.status_code == 404 and "Compte rendu introuvable" in missing.text
         assert "Aucune liste blanche configurée" in browser.get(f"{base}/admin/liste-blanche").text
         traces = browser.get(f"{base}/admin/audit", params={"utilisateur": ADMIN})
         # French labels for people; the codes stay in the JSON export (below).
@@ -67,8 +70,8 @@ def test_console_for_an_administrator(node: RunningNode) -> None:
         assert "Cache vidé" in purged.text and "PurgeResult" not in purged.text
     finally:
         browser.close()
-    actions = [e["action"] for e in audit.events(node.node.db, actor=ADMIN)]
-    assert "report_retry" in actions
+    retries = [e for e in audit.events(node.node.db, actor=ADMIN) if e["action"] == "report_retry"]
+    assert {(e["detail"]["report_id"], e["result"]) for e in retries} == {(1, "ok"), (999, "error")}
 
 
 def test_every_status_check_has_a_french_label() -> None:

@@ -15,13 +15,17 @@ class RetryError(Exception):
     """The report cannot be retried (message for the operator, in French)."""
 
 
+class ReportNotFound(RetryError):
+    """No report has this id."""
+
+
 def retry_report(db: Database, report_id: int) -> str:
     """Re-queue what failed for this report; returns what was done, in French."""
     now = utcnow()
     with db.session() as session:
         report = session.get(Report, report_id)
         if report is None:
-            raise RetryError(f"aucun compte rendu n°{report_id}")
+            raise ReportNotFound(f"aucun compte rendu n°{report_id}")
         parked = session.scalars(
             select(DmpJob).where(
                 DmpJob.report_id == report_id, DmpJob.state == JobState.PARKED.value

@@ -34,7 +34,7 @@ from drimbox.ops.speedtest import (
     record,
 )
 from drimbox.ops.stats import day_range, monthly, months_back
-from drimbox.source.retry import RetryError, retry_report
+from drimbox.source.retry import ReportNotFound, RetryError, retry_report
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
 from drimbox.web.labels import (
@@ -279,13 +279,19 @@ def admin_router(
             return message(request, "Compte rendu introuvable",
                            f"Aucun compte rendu n°{report_id[:24]}.", status=404,
                            user=view.display_name)  # fmt: skip
-        report_id = str(number)
+        result: audit.Result = "ok"
         try:
-            text = f"Compte rendu n°{report_id} : {retry_report(db, number)}"
+            text = f"Compte rendu n°{number} : {retry_report(db, number)}"
+        except ReportNotFound as exc:
+            audit.record(db, actor=view.subject_name_id, role="operator", action="report_retry",
+                         result="error", report_id=number, reason=str(exc))  # fmt: skip
+            return message(request, "Compte rendu introuvable", f"Aucun compte rendu n°{number}.",
+                           status=404, user=view.display_name)  # fmt: skip
         except RetryError as exc:
-            text = f"Compte rendu n°{report_id} : {exc}"
+            text = f"Compte rendu n°{number} : {exc}"
+            result = "refused"
         audit.record(db, actor=view.subject_name_id, role="operator", action="report_retry",
-                     result="ok", report_id=number)  # fmt: skip
+                     result=result, report_id=number, reason=text)  # fmt: skip
         target = f"/admin/comptes-rendus?{urlencode({'message': text})}"
         return RedirectResponse(target, status_code=303)
 
