@@ -81,6 +81,8 @@ def test_peer_matrix(site: Site) -> None:
         time.sleep(0.1)
     assert len(refused) >= len(cells) + 1, "every refused cell is in the audit trail"
     assert any("appli-tierce" in str(e["detail"]) for e in refused), "the refused client"
+    # The calling box is named by its certificate, not only its IP.
+    assert any("CN=db9.test.fr" in e["detail"].get("peer_dn", "") for e in refused)
     with peer_client(site, site.trusted_peer) as client:
         served = client.get(series_url(site), headers=official_headers(site, good))
         assert served.status_code == 200
@@ -101,6 +103,7 @@ def test_peer_matrix(site: Site) -> None:
     assert ok and all(e["detail"].get("psc_client") == site.psc.client.client_id for e in ok), (
         "every peer access names the token's PSC client"
     )
+    assert all("CN=db2.test.fr" in e["detail"]["peer_dn"] for e in ok), "and the calling box"
 
 
 def sign_in(site: Site, user: str) -> httpx.Client:

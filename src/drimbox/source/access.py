@@ -34,6 +34,7 @@ class RetrievalRecord:
     channel: str = "peer"  # peer (WADO-RS /dicom-web-rs) or viewer (/dicom-web)
     client: str = ""  # remote address (and later the peer's certificate DN)
     psc_client: str = ""  # peers: the PSC client their bearer token was issued to
+    peer_dn: str = ""  # peers: the subject of their client certificate (mutual TLS)
     kos_sop_uid: str = ""
     bytes: int = 0
     instances: int = 0

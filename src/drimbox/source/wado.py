@@ -201,10 +201,21 @@ def audit_retrieval(db: Database, record: RetrievalRecord) -> None:
         series_uid=record.series_uid,
         sop_instance_uid=record.sop_instance_uid,
         psc_client=record.psc_client,
+        peer_dn=record.peer_dn,
         http_status=record.result,
         channel=record.channel,
         detail=record.detail,
     )
+
+
+def _peer_dn(request: Request) -> str:
+    """The subject of the client certificate the request came with ("" without mutual TLS):
+    the calling box, as the audit names it (an IP says little behind NAT)."""
+    try:
+        certificate = peer_certificate_from_scope(request.scope)
+    except ValueError:
+        return ""
+    return certificate.subject.rfc4514_string() if certificate is not None else ""
 
 
 def _frame_numbers(frame_list: str) -> list[int]:
@@ -295,7 +306,9 @@ class WadoRoutes:
 
     def record(self, request: Request, record: RetrievalRecord) -> None:
         client = request.client.host if request.client else ""
-        record = replace(record, channel=self.authorizer.channel, client=client)
+        record = replace(
+            record, channel=self.authorizer.channel, client=client, peer_dn=_peer_dn(request)
+        )
         record_retrieval(self.access_log, record)
         log.info(
             "%s %s of study %s for %s: HTTP %s, %d instance(s)",
