@@ -1021,9 +1021,14 @@ def _counts(series: int, images: int) -> str:
     )
 
 
-def _exam_day(exam: ExamRow) -> date | None:
+def _exam_time(exam: ExamRow) -> datetime | None:
     when = exam.summary.get("date")
-    return datetime.fromisoformat(when).date() if when else None
+    return datetime.fromisoformat(when) if when else None
+
+
+def _exam_day(exam: ExamRow) -> date | None:
+    when = _exam_time(exam)
+    return when.date() if when else None
 
 
 def _named_exam(launch: Launch) -> ExamRow | None:
@@ -1062,7 +1067,7 @@ def _history_page(
         return {
             "id": exam.id,
             "study_uid": exam.study_uid,
-            "when": french_date(_exam_day(exam)),
+            "when": french_date(_exam_time(exam)),  # with its time: two exams a day
             "modalities": ", ".join(s.get("modalities", [])),
             "regions": ", ".join(s.get("regions", [])),
             "title": s.get("description") or "Examen",
