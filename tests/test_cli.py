@@ -33,7 +33,8 @@ def test_whitelist_verify_exit_codes(tmp_path: Path) -> None:
     assert missing.exit_code == 2
 
 
-def test_reports_retry(tmp_path: Path) -> None:
+def database_with_reports(tmp_path: Path, *reports: dict[str, Any]) -> tuple[str, Database]:
+    """A node database holding one HL7 message and a report per `reports` (its columns)."""
     url = f"sqlite:///{tmp_path / 'node.db'}"
     db = Database(url)
     db.upgrade()
@@ -42,10 +43,17 @@ def test_reports_retry(tmp_path: Path) -> None:
         message = Hl7Message(received_at=now, size_bytes=1, raw=b"x", ack_code="AA")
         session.add(message)
         session.flush()
-        for state in (ReportState.REFUSED, ReportState.PUBLISHED):
+        for columns in reports:
             session.add(Report(message_id=message.id, received_at=now, updated_at=now,
-                               kind="publish", flags={}, state=state.value, attempts=3,
-                               reason="Identité incohérente"))  # fmt: skip
+                               kind="publish", **columns))  # fmt: skip
+    return url, db
+
+
+def test_reports_retry(tmp_path: Path) -> None:
+    url, db = database_with_reports(tmp_path, *(
+        {"flags": {}, "state": state.value, "attempts": 3, "reason": "Identité incohérente"}
+        for state in (ReportState.REFUSED, ReportState.PUBLISHED)
+    ))  # fmt: skip
     runner = CliRunner()
     env = {"DRIMBOX_STORE__DATABASE_URL": url}
     retried = runner.invoke(app, ["reports", "retry", "1"], env=env)
@@ -60,17 +68,7 @@ def test_reports_retry(tmp_path: Path) -> None:
 
 
 def test_reports_list_says_when_it_truncates_and_pages(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'node.db'}"
-    db = Database(url)
-    db.upgrade()
-    now = utcnow()
-    with db.session() as session:
-        message = Hl7Message(received_at=now, size_bytes=1, raw=b"x", ack_code="AA")
-        session.add(message)
-        session.flush()
-        for _ in range(5):
-            row = Report(message_id=message.id, received_at=now, updated_at=now, kind="publish")
-            session.add(row)
+    url, db = database_with_reports(tmp_path, *({} for _ in range(5)))
     db.dispose()
     runner = CliRunner()
     env = {"DRIMBOX_STORE__DATABASE_URL": url}
