@@ -95,6 +95,7 @@ def filter_from_query(
     if date_from and date_to and date_from > date_to:
         errors.append("La date de début est après la date de fin : période ignorée.")
         date_from = date_to = None
-    modality = (params.get(P_MODALITY) or "").strip().upper()[:16] or None
-    region = (params.get(P_REGION) or "").strip()[:128] or None
+    # Cut, then strip: a cut can end on a space, and the filter must read back as it was shown.
+    modality = (params.get(P_MODALITY) or "").strip().upper()[:16].strip() or None
+    region = (params.get(P_REGION) or "").strip()[:128].strip() or None
     return HistoryFilter(modality, region, date_from, date_to), errors
