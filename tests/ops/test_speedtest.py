@@ -257,12 +257,11 @@ def test_peer_speedtest_from_the_console_with_the_operator_token(
 ) -> None:
     """Site B's administrator measures site A from the status page, with their own PSC sign-in."""
     admin = "899700100011"  # the PSC simulator's `radiologue`
-    environ = peer_view(site, tmp_path / "conso", site.trusted_peer) | {
-        "DRIMBOX_PSC__CLIENT_ID": site.psc.client.client_id,
-        "DRIMBOX_PSC__CLIENT_SECRET": site.psc.client.client_secret,
-        "DRIMBOX_PSC__DISCOVERY_URL": site.psc.discovery_url,
-        "DRIMBOX_ADMIN__USERS": admin,
-    }
+    environ = (
+        peer_view(site, tmp_path / "conso", site.trusted_peer)
+        | site.psc.node_environ()
+        | {"DRIMBOX_ADMIN__USERS": admin}
+    )
     host = "localhost:" + site.node.peer_url.rsplit(":", 1)[1]
     with (
         RunningNode(node_config(tmp_path / "conso", None, environ)) as conso,
