@@ -25,12 +25,18 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pynetdicom import AE, build_role, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
 from drimbox.dicom.model import InstanceRef, SeriesSnapshot, StudySnapshot
 
 log = logging.getLogger(__name__)
+
+# pynetdicom pretty-prints every C-FIND answer and request for its log whether or not the log is
+# shown: 0.2 s of CPU for the 1300 answers of one CT study. The box logs its own summaries.
+pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 
 # SOP classes proposed (pynetdicom's sop_class module builds its names dynamically: untyped).
 Verification = UID("1.2.840.10008.1.1")
