@@ -438,7 +438,10 @@ class ConsoService:
                         "elle ne peut pas récupérer d'images auprès des autres sites.",
                     )
                 context = client_ssl_context(
-                    trust.tls_cert, trust.tls_key, trust.tls_ca or trust.anchors
+                    trust.tls_cert,
+                    trust.tls_key,
+                    trust.tls_ca or trust.anchors,
+                    trust.key_passphrase_env,
                 )
                 self._retriever = SourceRetriever(self.peer_check, context)
             return self._retriever
