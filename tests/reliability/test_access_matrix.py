@@ -2,7 +2,8 @@
 
 Peers (WADO-RS over mutual TLS): no token, expired token, forged token (another signing key),
 a PSC refresh token or ID token as the bearer, an access token issued to a PSC client that is not
-a DRIMbox of the trust space, peer not on the whitelist, no client certificate, KOS UID of another
+a DRIMbox of the trust space, peer not on the whitelist, a certificate holding a listed peer's
+attributes with its RDNs reversed or in another case, no client certificate, KOS UID of another
 study, series not in the KOS; the accepted token's PSC client is in the audit. Users (viewer
 origin): a study opened through an IID link by one user is not visible to another user's session;
 the report's viewer link opens for médecins (of any structure: the requesting physician reads the
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
 
 from drimbox.db import ReportState
 from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.pki import Issued, subject_name
 from drimbox.sim.ris import RisClient
 from drimbox.trust import audit
 from support.samples import cda_version, hl7_text, with_flags
@@ -41,7 +44,23 @@ def site(orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[Site]:
         yield running
 
 
-def test_peer_matrix(site: Site) -> None:
+def look_alikes(site: Site, folder: Path) -> dict[str, Issued]:
+    """Certificates holding the trusted peer's attributes, written otherwise than the list does:
+    RDNs in the reverse order, and a value in another case."""
+    listed = site.trusted_peer.certificate.subject
+    upper = subject_name("DB2.TEST.FR", organizational_unit="300000001830002",
+                         organization="SITE B", state="Paris (75)")  # fmt: skip
+    return {
+        "reversed-DN certificate": site.pki.issue(
+            "db2.test.fr", usage="auth", subject=x509.Name(list(reversed(list(listed))))
+        ).write(folder, "reversed"),
+        "changed-case certificate": site.pki.issue("", usage="auth", subject=upper).write(
+            folder, "upper"
+        ),
+    }
+
+
+def test_peer_matrix(site: Site, tmp_path: Path) -> None:
     good = site.psc.mint_access_token("radiologue")
     forged = site.psc.mint_access_token("radiologue", key=site.psc.foreign_key())
     expired = site.psc.mint_access_token("radiologue", lifetime_s=-60)
@@ -65,6 +84,10 @@ def test_peer_matrix(site: Site) -> None:
             401,
         ),
         "peer not on the whitelist": (site.unknown_peer, official_headers(site, good), 0, 403),
+        **{
+            name: (certificate, official_headers(site, good), 0, 403)
+            for name, certificate in look_alikes(site, tmp_path / "look-alikes").items()
+        },
         "KOS of another study": (
             site.trusted_peer,
             official_headers(site, good) | {"KOS-SOPInstanceUID": "1.2.250.1.999.1.2.3"},

@@ -127,9 +127,11 @@ class TestPki:
         dns_names: tuple[str, ...] = (),
         days: int = 365,
         not_before: dt.datetime | None = None,
+        subject: x509.Name | None = None,
     ) -> Issued:
-        """A leaf certificate; `not_before`/`days` make expired or not-yet-valid ones for tests."""
-        name = subject_name(
+        """A leaf certificate; `not_before`/`days` make expired or not-yet-valid ones for tests,
+        `subject` a name written otherwise (e.g. RDNs reversed) than `subject_name` does."""
+        name = subject or subject_name(
             common_name,
             organizational_unit=organizational_unit,
             organization=organization,

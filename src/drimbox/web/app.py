@@ -112,6 +112,7 @@ def create_viewer_app(
         policy=viewer_policy(hashes),
         script_policy=viewer_policy(hashes, worker=True),
         hsts=config.viewer.public_url.startswith("https://"),
+        frame_options="SAMEORIGIN",
     )
     return app
 
