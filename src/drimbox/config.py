@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -37,6 +38,20 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _origin(value: str) -> str:
+    """A web origin as browsers send it in `Origin`: lower-case scheme and host, no path."""
+    text = value.strip().rstrip("/")
+    if text == "null":
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+        raise ValueError(
+            f"origine invalide : « {value} » (attendu schéma://hôte[:port], ex. "
+            "https://ris.exemple.fr)"
+        )
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 def _comma_separated(value: object) -> object:
@@ -177,6 +192,26 @@ class ViewerConfig(_Section):
     ohif_dir: str = Field(
         "var/ohif", description="Dossier de l'application OHIF (installée par scripts/setup.sh)."
     )
+    iid_professions: list[str] = Field(
+        default_factory=lambda: ["10"],
+        min_length=1,
+        description="Professions (codes TRE_G15 transmis par Pro Santé Connect) autorisées à "
+        "ouvrir les images par le lien du compte rendu (IHEInvokeImageDisplay), dans leur "
+        "situation d'exercice (dans l'environnement : séparées par des virgules). Défaut : 10 "
+        "(médecin), les professionnels à qui la matrice d'habilitation du DMP ouvre les comptes "
+        "rendus d'imagerie ; un site peut ajouter 40 (chirurgien-dentiste) ou 50 (sage-femme). "
+        "Pharmaciens (21) et infirmiers (60) sont refusés par défaut.",
+    )
+
+    _split = field_validator("iid_professions", mode="before")(_comma_separated)
+
+    @field_validator("iid_professions")
+    @classmethod
+    def _profession_codes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value.isdigit() or len(value) > 3:
+                raise ValueError(f"code profession TRE_G15 invalide : « {value} » (ex. 10)")
+        return values
 
 
 class Hl7Config(_Section):

@@ -98,7 +98,7 @@ def create_viewer_app(
     for router in routers:
         app.include_router(router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="drimbox-static")
-    install_iid_route(app, auth=auth, grants=grants)
+    install_iid_route(app, auth=auth, grants=grants, professions=config.viewer.iid_professions)
     install_viewer_routes(
         app,
         ohif_dir=Path(config.viewer.ohif_dir),
