@@ -72,9 +72,12 @@ def test_the_patient_is_named_from_the_study(database: Database) -> None:
     counted = AccessTally(database, clock=Clock())
     counted.add(key(study_uid="1.2.250.1.7"), nbytes=5)
     counted.add(key(study_uid="9.9.9"), nbytes=5)
+    # QIDO /studies listing two studies of one patient: that patient.
+    counted.add(key(study_uid="", action="image_search_studies"), nbytes=5,
+                studies=("1.2.250.1.7", "1.2.250.1.7"))  # fmt: skip
     counted.close()
     patients = {e["study_uid"]: e["patient_ins"] for e in audit.events(database)}
-    assert patients == {"1.2.250.1.7": "279035121518989", "9.9.9": ""}
+    assert patients == {"1.2.250.1.7": "279035121518989", "9.9.9": "", "": "279035121518989"}
 
 
 def test_a_tally_past_the_column_s_size_starts_another_event(database: Database) -> None:

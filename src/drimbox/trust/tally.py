@@ -153,11 +153,17 @@ class AccessTally:
                 return 0
             try:
                 patients: dict[str, str] = {}
+
+                def patient(study_uid: str) -> str:
+                    if study_uid not in patients:
+                        patients[study_uid] = patient_of_study(self.db, study_uid)
+                    return patients[study_uid]
+
                 rows = []
                 for key, tally in taken:
-                    if key.study_uid not in patients:
-                        patients[key.study_uid] = patient_of_study(self.db, key.study_uid)
-                    rows.append(self._event(key, tally, patients[key.study_uid]))
+                    # A search over several studies: their patient, when it is one patient.
+                    named = {patient(uid) for uid in tally.studies or {key.study_uid}}
+                    rows.append(self._event(key, tally, named.pop() if len(named) == 1 else ""))
                 with self.db.session() as session:
                     session.add_all(rows)
             except Exception:
