@@ -549,8 +549,9 @@ def test_a_launch_with_filters_names_the_exam_and_filters_the_history(
     network: Network, browser: Any
 ) -> None:
     """The launch names exam 2 and filters on a modality and a day no exam has: the named exam
-    on top with its viewer link, no row; the page's form then filters the stored history
-    (modality, dates); a refused launch is in the console's audit trail with its reason."""
+    opens at once, drawn in the viewer framed on top, no row below; the page's form then filters
+    the stored history (modality, dates); a refused launch is in the console's audit trail with
+    its reason."""
     base = network.conso.viewer_url
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
@@ -560,6 +561,12 @@ def test_a_launch_with_filters_names_the_exam_and_filters_the_history(
         sign_in_at_psc(page, "radiologue")
         named = page.locator("#examen-demande")
         assert "Examen demandé" in named.inner_text()
+        # Opened directly: OHIF draws exam 2 in the frame, the history beside it.
+        frame = page.frame(name="visionneuse")
+        assert frame is not None
+        frame.wait_for_function(DRAWN_JS, arg=1, timeout=90_000, polling=250)
+        assert "/viewer?StudyInstanceUIDs=" in frame.url and network.study_2 in frame.url
+        assert page.url.rstrip("/").rsplit("/", 1)[0].endswith("/consultation")
         assert page.locator("#f-modalite").input_value() == "MR"
         assert page.locator("#f-du").input_value() == "2000-01-01"
         assert page.locator("#f-au").input_value() == "2000-01-01"

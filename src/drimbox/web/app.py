@@ -113,7 +113,7 @@ def create_viewer_app(
     for router in routers:
         app.include_router(router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="drimbox-static")
-    install_iid_route(app, auth=auth, grants=grants)
+    install_iid_route(app, auth=auth, grants=grants, professions=config.viewer.iid_professions)
     install_viewer_routes(
         app,
         ohif_dir=Path(config.viewer.ohif_dir),
@@ -127,6 +127,7 @@ def create_viewer_app(
         policy=viewer_policy(hashes),
         script_policy=viewer_policy(hashes, worker=True),
         hsts=config.viewer.public_url.startswith("https://"),
+        frame_options="SAMEORIGIN",
     )
     app.add_middleware(
         AccessLog, origin="viewer", cookie=auth.cookie_name, user_of=_user_of(auth.sessions)

@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
@@ -85,6 +85,9 @@ class ViewerSession:
     display_name: str
     expires_at: float
     studies: set[str] = field(default_factory=set)
+    # The PSC userinfo claims (profession, situations d'exercice) and the situation chosen.
+    userinfo: dict[str, Any] = field(default_factory=dict)
+    situation_key: str | None = None
 
 
 class SessionStore(Protocol):
@@ -101,13 +104,19 @@ class MemorySessionStore:
         self._lock = threading.Lock()
 
     def create(
-        self, subject: str, display_name: str = "", ttl_s: float = 8 * 3600
+        self,
+        subject: str,
+        display_name: str = "",
+        ttl_s: float = 8 * 3600,
+        *,
+        userinfo: dict[str, Any] | None = None,
     ) -> ViewerSession:
         session = ViewerSession(
             id=secrets.token_urlsafe(32),
             subject=subject,
             display_name=display_name,
             expires_at=time.time() + ttl_s,
+            userinfo=dict(userinfo or {}),
         )
         with self._lock:
             self._sessions[session.id] = session
