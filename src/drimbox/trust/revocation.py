@@ -76,6 +76,20 @@ class Revoked:
         return f"révoqué le {self.revoked_at:%d/%m/%Y} (liste de révocation {self.source})"
 
 
+async def refresh_periodically(
+    refresh: Callable[[], object], stop: asyncio.Event, interval_s: float, what: str
+) -> None:
+    """Run `refresh` in a thread now, then every `interval_s` seconds until `stop` is set."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(refresh)
+        except Exception:
+            # A bug must not end the loop: what is held stays in force, the next round retries.
+            log.exception("%s refresh failed unexpectedly", what)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
 def distribution_points(certificate: x509.Certificate) -> list[str]:
     """The HTTP(S) CRL distribution points of a certificate (LDAP ones are not followed)."""
     try:
@@ -222,14 +236,7 @@ class RevocationStore:
         if not refresh_first:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.refresh)
-            except Exception:
-                # A bug must not end the loop: the CRLs held stay, the next round retries.
-                log.exception("CRL refresh failed unexpectedly")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        await refresh_periodically(self.refresh, stop, interval_s, "CRL")
 
     # -- internals -------------------------------------------------------------------------
 

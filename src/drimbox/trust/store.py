@@ -32,7 +32,7 @@ from cryptography import x509
 
 from drimbox.config import Config
 from drimbox.trust.errors import Reason, WhitelistError
-from drimbox.trust.revocation import RevocationStore
+from drimbox.trust.revocation import RevocationStore, refresh_periodically
 from drimbox.trust.whitelist import MAX_BYTES, Whitelist, load_certificates, verify_whitelist
 from drimbox.trust.xades_verify import ExpectedSigner
 
@@ -155,14 +155,7 @@ class WhitelistStore:
 
     async def run_forever(self, stop: asyncio.Event, interval_s: float) -> None:
         """Refresh now, then every `interval_s` seconds until `stop` is set."""
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.refresh)
-            except Exception:
-                # A bug must not end the loop: the list in force stays, the next round retries.
-                log.exception("whitelist refresh failed unexpectedly")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        await refresh_periodically(self.refresh, stop, interval_s, "whitelist")
 
     # -- internals -------------------------------------------------------------------------
 
