@@ -113,6 +113,7 @@ def config_check(file: Path) -> None:
     )
     _check_structures(config)
     _check_psc_certificate(config)
+    _check_keys(config)
 
 
 def _refuse_if_any(title: str, problems: list[str]) -> None:
@@ -122,6 +123,14 @@ def _refuse_if_any(title: str, problems: list[str]) -> None:
         for problem in problems:
             err.print(f"  - {escape(problem)}", highlight=False)
         raise typer.Exit(2)
+
+
+def _check_keys(config: Config) -> None:
+    """Every configured key is readable by the service only, decrypts, matches its
+    certificate."""
+    from drimbox.trust.keys import key_problems
+
+    _refuse_if_any("Clés privées inutilisables", key_problems(config))
 
 
 def _check_psc_certificate(config: Config) -> None:

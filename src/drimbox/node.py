@@ -24,6 +24,7 @@ from drimbox.source.iocm import IocmStoreHandler
 from drimbox.source.outbox import DmpPublisher
 from drimbox.source.pipeline import ReportPipeline, pacs_settings
 from drimbox.source.recheck import LateImagesWorker
+from drimbox.trust.keys import KeyFileError, key_problems
 from drimbox.trust.store import WhitelistStore, whitelist_store
 from drimbox.web.assembly import WebServers, build_web
 
@@ -46,6 +47,9 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        problems = key_problems(self.config)
+        if problems:  # refuse to start rather than fail at the first DMP or peer call
+            raise KeyFileError("clés privées inutilisables : " + " ; ".join(problems))
         await asyncio.to_thread(self.db.upgrade)
         if self.config.roles.source:
             await asyncio.to_thread(self._reclaim)

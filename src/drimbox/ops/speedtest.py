@@ -325,7 +325,9 @@ def peer_speedtest(
             "aucune liste blanche valide : les échanges entre DRIMbox sont suspendus"
         )
     try:
-        context = client_ssl_context(trust.tls_cert, trust.tls_key, trust.tls_ca or trust.anchors)
+        context = client_ssl_context(
+            trust.tls_cert, trust.tls_key, trust.tls_ca or trust.anchors, trust.key_passphrase_env
+        )
     except (OSError, ValueError) as exc:
         raise SpeedTestError(f"certificat de la DRIMbox illisible ({exc})") from exc
     base = peer_base_url(host)

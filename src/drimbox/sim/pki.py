@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 Usage = Literal["auth", "sign", "server", "ca"]
@@ -52,9 +54,33 @@ class Issued:
         folder.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
         cert_path.write_bytes(self.cert_pem)
-        key_path.write_bytes(self.key_pem)
-        key_path.chmod(0o600)
+        _write_private(key_path, self.key_pem)
         return Issued(self.certificate, self.key, cert_path, key_path)
+
+    def write_pkcs12(
+        self, folder: Path, name: str, passphrase: bytes, chain: tuple[x509.Certificate, ...] = ()
+    ) -> Path:
+        """The key and certificate as one PKCS#12 file encrypted with `passphrase` (0600)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.p12"
+        data = pkcs12.serialize_key_and_certificates(
+            name.encode(),
+            self.key,
+            self.certificate,
+            list(chain) or None,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+        _write_private(path, data)
+        return path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Created 0600 (never readable by others, not even between write and chmod), as the box
+    requires of its keys (drimbox.trust.keys)."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
 
 
 def subject_name(

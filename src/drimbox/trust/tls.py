@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 
 from drimbox.http.rawbody import RawBodyH11Protocol
 from drimbox.trust.dn import DistinguishedName
+from drimbox.trust.keys import load_cert_chain
 from drimbox.trust.revocation import RevocationStore
 from drimbox.trust.whitelist import Domain, Whitelist
 
@@ -47,13 +48,16 @@ def _files(value: PathLike | Sequence[PathLike]) -> list[str]:
 
 
 def server_ssl_context(
-    cert: PathLike, key: PathLike, client_ca: PathLike | Sequence[PathLike]
+    cert: PathLike,
+    key: PathLike,
+    client_ca: PathLike | Sequence[PathLike],
+    passphrase_env: str = "",
 ) -> ssl.SSLContext:
     """Server side of mutual TLS: our certificate (`cert` may hold the chain) and the CA files
     whose certificates peers must present. No client certificate, no connection."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(cert), str(key))
+    load_cert_chain(context, cert, key, passphrase_env)
     for ca in _files(client_ca):
         context.load_verify_locations(cafile=ca)
     context.verify_mode = ssl.CERT_REQUIRED
@@ -63,12 +67,15 @@ def server_ssl_context(
 
 
 def client_ssl_context(
-    cert: PathLike, key: PathLike, server_ca: PathLike | Sequence[PathLike]
+    cert: PathLike,
+    key: PathLike,
+    server_ca: PathLike | Sequence[PathLike],
+    passphrase_env: str = "",
 ) -> ssl.SSLContext:
     """Client side of mutual TLS: our certificate for the peer, its CA, host name checked."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(cert), str(key))
+    load_cert_chain(context, cert, key, passphrase_env)
     for ca in _files(server_ca):
         context.load_verify_locations(cafile=ca)
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN

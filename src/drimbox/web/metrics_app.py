@@ -25,12 +25,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from drimbox import __version__
 from drimbox.config import Config
 from drimbox.db import DmpJob, JobState, Report, ReportState, aware
-from drimbox.http.rawbody import RAW_BODY
+from drimbox.http.accesslog import measured
 from drimbox.metrics import NodeMetrics
 from drimbox.web.status import StatusSources, check_dmp, check_pacs, work_queues
 
@@ -265,20 +265,8 @@ class ServedMetricsMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix + "/"):
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status, sent = 500, 0
 
-        async def measured(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
+        def done(status: int, sent: int, seconds: float) -> None:
+            self.metrics.served(self.channel, status, sent, seconds)
 
-        try:
-            await self.app(scope, receive, measured)
-        finally:
-            offer = (scope.get("extensions") or {}).get(RAW_BODY) or {}
-            sent += offer.get("written", 0)
-            self.metrics.served(self.channel, status, sent, time.perf_counter() - started)
+        await measured(self.app, scope, receive, send, done)

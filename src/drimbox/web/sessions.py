@@ -185,6 +185,8 @@ class DbSessionStore:
             display_name=view.display_name,
             expires_at=view.expires_at.timestamp(),
             studies=set(view.studies),
+            userinfo=view.userinfo,
+            situation_key=view.situation_key,
         )
 
     def grant(self, session_id: str, study_uid: str) -> None:
