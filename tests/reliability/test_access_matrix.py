@@ -141,6 +141,9 @@ def test_peer_matrix(site: Site, tmp_path: Path) -> None:
     # Named by what was asked (a series retrieve), with the French reason the caller got.
     assert {e["action"] for e in refused} == {"image_retrieve_series"}
     assert all(e["detail"]["reason"] and e["detail"]["http_status"] >= 400 for e in refused)
+    # A valid token refused for what it asks (another study's KOS): its client is named too.
+    (other_kos,) = [e for e in refused if "KOS inconnu" in e["detail"]["reason"]]
+    assert other_kos["detail"]["psc_client"] == site.psc.client.client_id
     # The calling box is named by its certificate, not only its IP.
     assert any("CN=db9.test.fr" in e["detail"].get("peer_dn", "") for e in refused)
     with peer_client(site, site.trusted_peer) as client:

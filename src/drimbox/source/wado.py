@@ -120,8 +120,9 @@ class Authorizer(Protocol):
         """The caller and every KOS they may list (QIDO /studies)."""
         ...
 
-    def subject_hint(self, request: Request) -> str:
-        """Best-effort subject for the access log of a refused request ("" if unknown)."""
+    def caller_hint(self, request: Request) -> tuple[str, str]:
+        """Best-effort (subject, PSC client) of a refused request ("" if unknown), for the
+        audit trail; blocking (a token check may ask PSC)."""
         ...
 
 
@@ -183,11 +184,12 @@ class PeerAuthorizer:
             raise WadoError(exc.status, str(exc)) from None
         return Visible(identity.subject, [content], identity.client_id)
 
-    def subject_hint(self, request: Request) -> str:
+    def caller_hint(self, request: Request) -> tuple[str, str]:
         try:
-            return self._identity(request).subject
+            identity = self._identity(request)
         except WadoError:
-            return ""
+            return "", ""
+        return identity.subject, identity.client_id
 
 
 def _tallied(record: RetrievalRecord) -> bool:
@@ -867,10 +869,14 @@ def build_router(routes: WadoRoutes) -> APIRouter:
             return response
         except WadoError as exc:
             if exc.status in (401, 403, 404):
+                subject, psc_client = await asyncio.to_thread(
+                    routes.authorizer.caller_hint, request
+                )
                 routes.record(
                     request,
                     RetrievalRecord(
-                        subject=routes.authorizer.subject_hint(request),
+                        subject=subject,
+                        psc_client=psc_client,
                         study_uid=uids.get("study") or "",
                         series_uid=uids.get("series") or "",
                         sop_instance_uid=uids.get("sop") or "",

@@ -192,9 +192,9 @@ class ViewerAuthorizer:
                 contents.append(content)
         return Visible(session.subject, contents)
 
-    def subject_hint(self, request: Request) -> str:
+    def caller_hint(self, request: Request) -> tuple[str, str]:
         session = self.auth.session(request)
-        return session.subject if session else ""
+        return (session.subject if session else ""), ""
 
 
 class StaticApp:
