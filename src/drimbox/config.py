@@ -689,8 +689,22 @@ class TrustConfig(_Section):
     tls_ca: str = Field(
         "", description="Autorités (PEM) qui émettent les certificats des pairs (IGC-Santé)."
     )
+    crl_urls: list[str] = Field(
+        default_factory=list,
+        description="Listes de révocation (CRL) IGC-Santé à suivre en plus de celles indiquées "
+        "dans les certificats : URL (http://…) ou fichiers (dans l'environnement : séparées par "
+        "des virgules). Un pair ou un signataire de liste blanche révoqué est refusé.",
+    )
+    crl_from_certificates: bool = Field(
+        True,
+        description="Suivre aussi les points de distribution de CRL écrits dans les certificats "
+        "(autorités, certificats de la DRIMbox, signataire de la liste, pairs rencontrés).",
+    )
+    crl_refresh_interval_s: float = Field(
+        3600.0, gt=0, description="Intervalle de rafraîchissement des CRL (secondes)."
+    )
 
-    _split = field_validator("anchors", mode="before")(_comma_separated)
+    _split = field_validator("anchors", "crl_urls", mode="before")(_comma_separated)
     _passphrase = field_validator("key_passphrase_env")(_passphrase_env)
 
     @model_validator(mode="after")

@@ -56,10 +56,7 @@ class Node:
             await asyncio.to_thread(self._reclaim)
         self.whitelist = whitelist_store(self.config)
         if self.whitelist is not None:
-            interval = self.config.trust.refresh_interval_s
-            self._tasks.append(
-                asyncio.create_task(self.whitelist.run_forever(self._stop, interval))
-            )
+            self._tasks.append(asyncio.create_task(self._keep_trust(self.whitelist)))
         if self.config.roles.source:
             intake = ReportIntake(self.db)
             self.mllp = MllpServer(
@@ -106,6 +103,22 @@ class Node:
             return 0, 0
         result = self.images.cache.purge(expired_only=True)
         return result.series, result.bytes
+
+    async def _keep_trust(self, store: WhitelistStore) -> None:
+        """Refresh the CRLs and the whitelist until the node stops."""
+        trust = self.config.trust
+        loops = []
+        if store.revocation is not None:
+            # CRLs first: the first list a fresh install fetches is checked against its signer's
+            # CRL, not only against the ones cached by an earlier run.
+            await asyncio.to_thread(store.revocation.refresh)
+            loops.append(
+                store.revocation.run_forever(
+                    self._stop, trust.crl_refresh_interval_s, refresh_first=False
+                )
+            )
+        loops.append(store.run_forever(self._stop, trust.refresh_interval_s))
+        await asyncio.gather(*loops)
 
     def _reclaim(self) -> None:
         """Work this node held when it last died is due again now, not after its lease."""

@@ -112,7 +112,9 @@ def build_web(
 ) -> WebServers:
     client = psc_client(config)
     trust = config.trust
-    peer_check = PeerCheck(whitelist.current) if whitelist is not None else None
+    peer_check = (
+        PeerCheck(whitelist.current, whitelist.revocation) if whitelist is not None else None
+    )
     peer_app = create_peer_app(
         config, db, peer_verifier(client, config), images=images, peer_check=peer_check
     )
