@@ -18,24 +18,29 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import re
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from conso.helpers import make_study
 from conso.test_history import publish_cda, settings_of
 from drimbox.cda.model import Code, Identifier
 from drimbox.cda.parser import parse_report
+from drimbox.cli import app as cli_app
 from drimbox.conso.common import FolderStore
 from drimbox.conso.xdm import read_xdm
 from drimbox.db import ReportState
@@ -544,8 +549,9 @@ def test_a_launch_with_filters_names_the_exam_and_filters_the_history(
     network: Network, browser: Any
 ) -> None:
     """The launch names exam 2 and filters on a modality and a day no exam has: the named exam
-    on top with its viewer link, no row; the page's form then filters the stored history
-    (modality, dates); a refused launch is in the console's audit trail with its reason."""
+    opens at once, drawn in the viewer framed on top, no row below; the page's form then filters
+    the stored history (modality, dates); a refused launch is in the console's audit trail with
+    its reason."""
     base = network.conso.viewer_url
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
@@ -555,6 +561,12 @@ def test_a_launch_with_filters_names_the_exam_and_filters_the_history(
         sign_in_at_psc(page, "radiologue")
         named = page.locator("#examen-demande")
         assert "Examen demandé" in named.inner_text()
+        # Opened directly: OHIF draws exam 2 in the frame, the history beside it.
+        frame = page.frame(name="visionneuse")
+        assert frame is not None
+        frame.wait_for_function(DRAWN_JS, arg=1, timeout=90_000, polling=250)
+        assert "/viewer?StudyInstanceUIDs=" in frame.url and network.study_2 in frame.url
+        assert page.url.rstrip("/").rsplit("/", 1)[0].endswith("/consultation")
         assert page.locator("#f-modalite").input_value() == "MR"
         assert page.locator("#f-du").input_value() == "2000-01-01"
         assert page.locator("#f-au").input_value() == "2000-01-01"
@@ -635,3 +647,61 @@ def shown_as_text(page: Any) -> None:
     assert page.evaluate("window.pwned") is None
     assert page.locator("img[src=x]").count() == 0
     assert page.locator("main b").count() == 0
+
+
+def test_every_image_request_of_an_ohif_session_is_in_the_audit_export(
+    network: Network, browser: Any
+) -> None:
+    """The browser's DICOMweb requests (counted from Playwright's events) are all accounted
+    for in `drimbox audit export`: the summed events' request counts add up to them."""
+    conso = network.conso
+    conso.flush_audit()  # what earlier tests counted is written: the session's events come after
+    before = max((e["id"] for e in audit.events(conso.node.db)), default=0)
+    made: list[str] = []
+    finished: list[str] = []
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+
+        def image_request(request: Any) -> str | None:
+            path = urlsplit(request.url).path
+            return path if path.startswith("/dicom-web/") or path == "/dicom-web" else None
+
+        context.on("request", lambda r: image_request(r) and made.append(image_request(r)))
+        context.on(
+            "requestfinished", lambda r: image_request(r) and finished.append(image_request(r))
+        )
+        page, launch_url = open_history(context, network)
+        wait_jobs(page, launch_url, "images")
+        page.click(f"a[href$='/ouvrir/{network.study_1}']")
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        wait_drawn(page, 1, "audit-session-first-image.png")
+        page.wait_for_load_state("networkidle")
+        # Then both exams side by side.
+        page.goto(launch_url)
+        page.check(f"input[value='{network.study_1}']")
+        page.check(f"input[value='{network.study_2}']")
+        page.click("text=Comparer les deux examens sélectionnés")
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        wait_drawn(page, 2, "audit-session-compare.png")
+        page.wait_for_load_state("networkidle")
+    finally:
+        context.close()
+    assert made and any("/frames/" in path for path in made), made
+
+    conso.flush_audit()
+    env = {"DRIMBOX_STORE__DATABASE_URL": conso.config.store.database_url}
+    result = CliRunner().invoke(cli_app, ["audit", "export"], env=env)
+    assert result.exit_code == 0, result.output
+    exported = [json.loads(line) for line in result.stdout.splitlines()]
+    session = [
+        e for e in exported
+        if e["id"] > before and e["detail"].get("channel") == "viewer"
+    ]  # fmt: skip
+    counted = sum(e["detail"].get("requests", 1) for e in session)
+    assert len(finished) <= counted <= len(made), (len(made), len(finished), counted)
+    frames = sum(e["detail"]["requests"] for e in session if e["action"] == "image_retrieve_frames")
+    assert frames == sum("/frames/" in path for path in finished)
+    assert all(e["actor"] == RADIOLOGIST_ID and e["patient_ins"] == INS for e in session)
+    assert {e["study_uid"] for e in session} >= {network.study_1, network.study_2}
+    print(f"OHIF session: {len(made)} DICOMweb requests → {len(session)} audit events",
+          dict(Counter(e["action"] for e in session)))  # fmt: skip

@@ -80,10 +80,13 @@ def test_lookups_on_the_official_list() -> None:
     assert whitelist.by_db("db175.test.mesimagesmedicales.fr:443") is db175
     assert whitelist.by_vi("vi175.test.mesimagesmedicales.fr") is db175
     assert whitelist.by_identifier("175") is db175
-    # The certificate writes its subject in another order, escaped, with other spacing.
-    subject = ("C=FR, ST=C\\C3\\B4te-d'Or (21), O=ministere de test3198,"
-               "OU=300000001831981,CN=db175.test.mesimagesmedicales.fr")  # fmt: skip
+    # The same name escaped and spaced otherwise; reversed or in another case it is another name.
+    subject = ("CN=db175.test.mesimagesmedicales.fr, OU=300000001831981, O=MINISTERE DE TEST3198,"
+               "ST=C\\C3\\B4te-d'Or (21),C=FR")  # fmt: skip
     assert whitelist.by_dn(subject) is db175
+    assert whitelist.by_dn(db175.operator_dn.lower()) is None
+    reversed_subject = ",".join(reversed(db175.operator_dn.split(",")))
+    assert whitelist.by_dn(reversed_subject) is None
     assert whitelist.by_dn("CN=db175.test.mesimagesmedicales.fr,OU=300000001831981,C=FR") is None
     assert whitelist.by_db("db999.test.mesimagesmedicales.fr") is None
     assert whitelist.by_dn("not a DN") is None

@@ -17,6 +17,7 @@ from drimbox.config import Config, load_config
 from drimbox.db import Database
 from drimbox.db.models import ReportState
 from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.psc import RADIOLOGIST
 from drimbox.sim.studies import SeriesSpec
 from drimbox.web.app import create_viewer_app
 from drimbox.web.viewer import SESSION_COOKIE, MemorySessionStore, ViewerAuth
@@ -91,10 +92,11 @@ def test_viewer_origin_gate_iid_and_static(
         home = anonymous.get("/")
         # Security headers on every answer of the origin (pages, data, errors).
         for answer in (home, anonymous.get("/dicom-web/studies")):
-            assert answer.headers["x-frame-options"] == "DENY"
+            # Framed by its own pages only (the Conso's history frames the named exam).
+            assert answer.headers["x-frame-options"] == "SAMEORIGIN"
             assert answer.headers["x-content-type-options"] == "nosniff"
             assert answer.headers["referrer-policy"] == "same-origin"
-            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+            assert "frame-ancestors 'self'" in answer.headers["content-security-policy"]
         assert home.status_code == 200 and "lancez la consultation" in home.text
         assert 'lang="fr"' in home.text and "Not Found" not in home.text
         icon = anonymous.get("/favicon.ico")
@@ -121,7 +123,7 @@ def test_viewer_origin_gate_iid_and_static(
         assert anonymous.get("/missing.js").status_code == 404
         assert anonymous.get("/../pyproject.toml").status_code in (404, 400)
 
-        session = sessions.create("899700218896", "Dr Test")
+        session = sessions.create("899700218896", "Dr Test", userinfo=RADIOLOGIST.userinfo())
         user = httpx.Client(base_url=base, cookies={SESSION_COOKIE: session.id})
         index = user.get("/viewer/dicomweb")
         assert index.status_code == 200 and "<html" in index.text.lower()
@@ -185,7 +187,7 @@ def test_iid_parameters_in_any_case_and_the_accession_checked(
         return "/IHEInvokeImageDisplay?" + "&".join(f"{k}={quote(v)}" for k, v in query.items())
 
     with serving(app) as base:
-        session = sessions.create("899700218896", "Dr Test")
+        session = sessions.create("899700218896", "Dr Test", userinfo=RADIOLOGIST.userinfo())
         user = httpx.Client(base_url=base, cookies={SESSION_COOKIE: session.id})
         # Another accession under the CI-SIS spelling: refused, not opened unchecked.
         wrong = user.get(link("AUTRE-ACN"))
@@ -218,7 +220,7 @@ def test_iid_link_opens_ohif_and_the_first_image_is_drawn(
         columns=512,
     )
     sessions = MemorySessionStore()
-    session = sessions.create("899700218896", "Dr Test")
+    session = sessions.create("899700218896", "Dr Test", userinfo=RADIOLOGIST.userinfo())
     app = create_viewer_app(viewer_config(tmp_path, orthanc, ohif_dir), db, ViewerAuth(sessions))
     ARTIFACTS.mkdir(exist_ok=True)
     with serving(app) as base, playwright_api.sync_playwright() as playwright:
@@ -252,7 +254,7 @@ def test_iid_link_opens_ohif_and_the_first_image_is_drawn(
             assert "/viewer?StudyInstanceUIDs=" in page.url
             assert opened is not None
             policy = opened.headers["content-security-policy"]
-            assert "frame-ancestors 'none'" in policy and "'unsafe-eval'" not in policy
+            assert "frame-ancestors 'self'" in policy and "'unsafe-eval'" not in policy
             drawn = page.wait_for_function(
                 """() => {
                     const canvas = document.querySelector('canvas.cornerstone-canvas');

@@ -53,7 +53,8 @@ def viewer_policy(script_hashes: Iterable[str], *, worker: bool = False) -> str:
             "connect-src 'self'",
             "object-src 'none'",
             "base-uri 'self'",
-            "frame-ancestors 'none'",
+            # Framed by its own pages only (the history frames the launch's named exam).
+            "frame-ancestors 'self'",
         ]
     )
 
@@ -63,14 +64,20 @@ class SecurityHeaders:
     Strict-Transport-Security (the origin is HTTPS, directly or behind the site's proxy)."""
 
     def __init__(
-        self, app: ASGIApp, *, policy: str, script_policy: str | None = None, hsts: bool = False
+        self,
+        app: ASGIApp,
+        *,
+        policy: str,
+        script_policy: str | None = None,
+        hsts: bool = False,
+        frame_options: str = "DENY",
     ) -> None:
         self.app = app
         self.policy = policy.encode("ascii")
         # A worker runs under the policy of its own script's response, not the page's.
         self.script_policy = (script_policy or policy).encode("ascii")
         headers = [
-            (b"x-frame-options", b"DENY"),
+            (b"x-frame-options", frame_options.encode("ascii")),
             (b"x-content-type-options", b"nosniff"),
             # URLs carry study UIDs and launch ids: never sent to another site. Not
             # "no-referrer": browsers then send `Origin: null`, and the POST origin checks fail.

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
@@ -29,10 +29,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import select
 
 from drimbox.auth.tokens import InvalidToken, TokenIdentity, TokenVerifier, bearer_token
-from drimbox.db import Database, Report
+from drimbox.db import Database, utcnow
 from drimbox.dicom.cache import CachedInstance, CacheEntry, CacheError
 from drimbox.dicom.model import is_uid
 from drimbox.dicom.pacs import PacsError
@@ -56,6 +55,7 @@ from drimbox.http.accept import (
     parse_accept,
     syntax_acceptance,
 )
+from drimbox.http.accesslog import note_user
 from drimbox.http.multipart import (
     BODY_END,
     closing,
@@ -68,6 +68,7 @@ from drimbox.http.rawbody import BodyChunk, Framable, RawStreamingResponse
 from drimbox.source.access import RetrievalRecord, record_retrieval
 from drimbox.source.grants import GrantError, Grants, KosContent
 from drimbox.trust import audit
+from drimbox.trust.tally import AccessKey, AccessTally, minute_of, patient_of_study
 from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate_from_scope
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,15 @@ class Scope:
     psc_client: str = ""  # peers: the PSC client the bearer token was issued to
 
 
+@dataclass(frozen=True)
+class Visible:
+    """Who asks, and every KOS they may list."""
+
+    subject: str
+    contents: list[KosContent]
+    psc_client: str = ""
+
+
 class Authorizer(Protocol):
     """One access policy (peers or viewer sessions)."""
 
@@ -112,12 +122,13 @@ class Authorizer(Protocol):
         """The caller's scope for one study; raises `WadoError` (401/403/404)."""
         ...
 
-    async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
-        """The subject and every KOS the caller may list (QIDO /studies)."""
+    async def visible(self, request: Request) -> Visible:
+        """The caller and every KOS they may list (QIDO /studies)."""
         ...
 
-    def subject_hint(self, request: Request) -> str:
-        """Best-effort subject for the access log of a refused request ("" if unknown)."""
+    def caller_hint(self, request: Request) -> tuple[str, str]:
+        """Best-effort (subject, PSC client) of a refused request ("" if unknown), for the
+        audit trail; blocking (a token check may ask PSC)."""
         ...
 
 
@@ -169,7 +180,7 @@ class PeerAuthorizer:
             raise WadoError(exc.status, str(exc)) from None
         return Scope(identity.subject, content, identity.client_id)
 
-    async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
+    async def visible(self, request: Request) -> Visible:
         self._check_peer(request)
         identity = await asyncio.to_thread(self._identity, request)
         kos_uid = self._kos_uid(request)
@@ -177,30 +188,31 @@ class PeerAuthorizer:
             content = await asyncio.to_thread(self.grants.kos_of_peer, kos_uid)
         except GrantError as exc:
             raise WadoError(exc.status, str(exc)) from None
-        return identity.subject, [content]
+        return Visible(identity.subject, [content], identity.client_id)
 
-    def subject_hint(self, request: Request) -> str:
+    def caller_hint(self, request: Request) -> tuple[str, str]:
         try:
-            return self._identity(request).subject
+            identity = self._identity(request)
         except WadoError:
-            return ""
+            return "", ""
+        return identity.subject, identity.client_id
 
 
-def audit_retrieval(db: Database, record: RetrievalRecord) -> None:
-    with db.session() as session:
-        patient = session.scalar(
-            select(Report.patient_ins).where(Report.study_uid == record.study_uid).limit(1)
-        )
-    result: audit.Result = (
-        "ok" if record.result < 400 else ("error" if record.result >= 500 else "refused")
-    )
+def _tallied(record: RetrievalRecord) -> bool:
+    """Served accesses are summed per minute (`drimbox.trust.tally`); a client that left
+    mid-answer (499) still got bytes. Refusals and errors are recorded one by one."""
+    return record.result < 400 or record.result == 499
+
+
+def audit_refusal(db: Database, record: RetrievalRecord) -> None:
+    """One audit event for a refused or failed access, with its reason."""
     audit.record(
         db,
         actor=record.subject or "inconnu",
         role="peer" if record.channel == "peer" else "user",
-        action=f"image_retrieve_{record.resource}",
-        result=result,
-        patient_ins=patient or "",
+        action=record.action,
+        result="error" if record.result >= 500 else "refused",
+        patient_ins=patient_of_study(db, record.study_uid),
         study_uid=record.study_uid,
         nbytes=record.bytes,
         remote=record.client,
@@ -210,15 +222,15 @@ def audit_retrieval(db: Database, record: RetrievalRecord) -> None:
         peer_dn=record.peer_dn,
         http_status=record.result,
         channel=record.channel,
-        detail=record.detail,
+        reason=record.detail,
     )
 
 
-def _peer_dn(request: Request) -> str:
-    """The subject of the client certificate the request came with ("" without mutual TLS):
-    the calling box, as the audit names it (an IP says little behind NAT)."""
+def peer_dn(scope: Mapping[str, Any]) -> str:
+    """The subject of the client certificate a request came with ("" without mutual TLS):
+    the calling box, as the audit and the access log name it (an IP says little behind NAT)."""
     try:
-        certificate = peer_certificate_from_scope(request.scope)
+        certificate = peer_certificate_from_scope(scope)
     except ValueError:
         return ""
     return certificate.subject.rfc4514_string() if certificate is not None else ""
@@ -326,34 +338,73 @@ class WadoRoutes:
         self.authorizer = authorizer
         self.access_log = access_log
         self.audit_db = audit_db
+        self.tally = AccessTally(audit_db) if audit_db is not None else None
 
     # -- plumbing ----------------------------------------------------------------------------
 
     def record(self, request: Request, record: RetrievalRecord) -> None:
         client = request.client.host if request.client else ""
         record = replace(
-            record, channel=self.authorizer.channel, client=client, peer_dn=_peer_dn(request)
+            record, channel=self.authorizer.channel, client=client, peer_dn=peer_dn(request.scope)
         )
         record_retrieval(self.access_log, record)
-        log.info(
-            "%s %s of study %s for %s: HTTP %s, %d instance(s)",
-            record.channel,
-            record.resource,
-            record.study_uid,
-            record.subject or client,
-            record.result,
-            record.instances,
-            extra={
-                "study_uid": record.study_uid,
-                "peer": client,
-                "subject": record.subject,
-                "bytes": record.bytes,
-            },
+        note_user(request.scope, record.subject)
+        if self.audit_db is None or self.tally is None:
+            return
+        if _tallied(record):
+            self.tally.add(
+                AccessKey(
+                    role="peer" if record.channel == "peer" else "user",
+                    actor=record.subject or "inconnu",
+                    action=record.action,
+                    study_uid=record.study_uid,
+                    minute=minute_of(utcnow()),
+                    remote=client,
+                    channel=record.channel,
+                    psc_client=record.psc_client,
+                    peer_dn=record.peer_dn,
+                ),
+                nbytes=record.bytes,
+                instances=record.instances,
+                series_uid=record.series_uid,
+                studies=record.studies,
+                interrupted=record.result == 499,
+            )
+            return
+        # Written off the event loop; the local access log above is the fallback trace if the
+        # database is unavailable.
+        asyncio.get_running_loop().run_in_executor(None, audit_refusal, self.audit_db, record)
+
+    def served(
+        self,
+        request: Request,
+        scope: Scope | Visible,
+        resource: str,
+        response: Response,
+        *,
+        study_uid: str,
+        series_uid: str = "",
+        sop_uid: str = "",
+        instances: int = 0,
+        studies: tuple[str, ...] = (),
+    ) -> Response:
+        """Record an answer built whole (renderings, QIDO) and return it."""
+        self.record(
+            request,
+            RetrievalRecord(
+                subject=scope.subject,
+                psc_client=scope.psc_client,
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_instance_uid=sop_uid,
+                resource=resource,
+                kos_sop_uid=scope.kos.kos_sop_uid if isinstance(scope, Scope) else "",
+                bytes=len(response.body),
+                instances=instances,
+                studies=studies,
+            ),
         )
-        if self.audit_db is not None:
-            # The audit table is written off the event loop; the local access log above is the
-            # fallback trace if the database is unavailable.
-            asyncio.get_running_loop().run_in_executor(None, audit_retrieval, self.audit_db, record)
+        return response
 
     async def _open_instances(
         self, scope: Scope, series_uid: str, only: set[str] | None = None
@@ -593,20 +644,16 @@ class WadoRoutes:
                 self.images.cache.release(entry)
         if not items:
             raise WadoError(404, "aucune image de cette sélection n'est dans le PACS")
-        self.record(
+        return self.served(
             request,
-            RetrievalRecord(
-                subject=scope.subject,
-                psc_client=scope.psc_client,
-                study_uid=study_uid,
-                series_uid=series_uid or "",
-                sop_instance_uid=sop_uid or "",
-                resource="metadata",
-                kos_sop_uid=scope.kos.kos_sop_uid,
-                instances=len(items),
-            ),
+            scope,
+            "metadata",
+            _json_response(items),
+            study_uid=study_uid,
+            series_uid=series_uid or "",
+            sop_uid=sop_uid or "",
+            instances=len(items),
         )
-        return _json_response(items)
 
     # -- frames and renderings ---------------------------------------------------------------
 
@@ -645,16 +692,38 @@ class WadoRoutes:
         except TranscodeError as exc:
             raise WadoError(406, str(exc)) from None
         boundary = new_boundary()
+        record = RetrievalRecord(
+            subject=scope.subject,
+            psc_client=scope.psc_client,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            resource="frames",
+            kos_sop_uid=scope.kos.kos_sop_uid,
+            instances=1,
+        )
 
         async def parts() -> AsyncIterator[bytes]:
             # One part at a time: the answer is never assembled in memory.
-            for index, frame in enumerate(frames):
-                content_type = f"{frame.media_type}; transfer-syntax={frame.transfer_syntax}"
-                yield (b"\r\n" if index else b"") + part_header(
-                    boundary, content_type, len(frame.data)
-                )
-                yield frame.data
-            yield closing(boundary)
+            sent, result = 0, 200
+            try:
+                for index, frame in enumerate(frames):
+                    content_type = f"{frame.media_type}; transfer-syntax={frame.transfer_syntax}"
+                    head = (b"\r\n" if index else b"") + part_header(
+                        boundary, content_type, len(frame.data)
+                    )
+                    sent += len(head)
+                    yield head
+                    sent += len(frame.data)
+                    yield frame.data
+                end = closing(boundary)
+                sent += len(end)
+                yield end
+            except (asyncio.CancelledError, GeneratorExit):
+                result = 499
+                raise
+            finally:
+                self.record(request, replace(record, bytes=sent, result=result))
 
         media = frames[0].media_type
         return StreamingResponse(
@@ -696,7 +765,16 @@ class WadoRoutes:
             )
         except TranscodeError as exc:
             raise WadoError(406, str(exc)) from None
-        return Response(image, media_type=media)
+        return self.served(
+            request,
+            scope,
+            "thumbnail" if thumbnail else "rendered",
+            Response(image, media_type=media),
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            instances=1,
+        )
 
     # -- QIDO-RS -----------------------------------------------------------------------------
 
@@ -710,12 +788,12 @@ class WadoRoutes:
 
     async def search_studies(self, request: Request) -> Response:
         _require_json(request)
-        _subject, visible = await self.authorizer.visible(request)
+        caller = await self.authorizer.visible(request)
         params = request.query_params
         wanted_study = params.get("StudyInstanceUID") or params.get("0020000D")
         wanted_patient = params.get("PatientID") or params.get("00100020")
         results: list[dict[str, Any]] = []
-        for kos in visible:
+        for kos in caller.contents:
             if wanted_study and kos.study_uid not in wanted_study.split(","):
                 continue
             found = await self._find(self.images.pacs.find_studies, StudyInstanceUID=kos.study_uid)
@@ -726,7 +804,18 @@ class WadoRoutes:
                 ds.NumberOfStudyRelatedInstances = kos.instance_count
                 results.append(_qido_json(ds))
         offset, limit = _paging(params)
-        return _json_response(results[offset : offset + limit])
+        page = results[offset : offset + limit]
+        listed = tuple(
+            dict.fromkeys(str(r.get("0020000D", {}).get("Value", [""])[0]) for r in page)
+        )
+        return self.served(
+            request,
+            caller,
+            "search_studies",
+            _json_response(page),
+            study_uid=listed[0] if len(listed) == 1 else "",
+            studies=listed if len(listed) > 1 else (),
+        )
 
     async def search_series(self, request: Request, study_uid: str) -> Response:
         scope = await self.authorizer.scope(request, study_uid)
@@ -740,7 +829,10 @@ class WadoRoutes:
             ds.NumberOfSeriesRelatedInstances = len(scope.kos.series[uid])
             results.append(_qido_json(ds))
         offset, limit = _paging(request.query_params)
-        return _json_response(results[offset : offset + limit])
+        page = results[offset : offset + limit]
+        return self.served(
+            request, scope, "search_series", _json_response(page), study_uid=study_uid
+        )
 
     async def search_instances(
         self, request: Request, study_uid: str, series_uid: str | None
@@ -757,7 +849,16 @@ class WadoRoutes:
                 if str(ds.get("SOPInstanceUID", "")) in granted:
                     results.append(_qido_json(ds))
         offset, limit = _paging(request.query_params)
-        return _json_response(results[offset : offset + limit])
+        page = results[offset : offset + limit]
+        return self.served(
+            request,
+            scope,
+            "search_instances",
+            _json_response(page),
+            study_uid=study_uid,
+            series_uid=series_uid or "",
+            instances=len(page),
+        )
 
 
 def _paging(params: Any) -> tuple[int, int]:
@@ -807,21 +908,27 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     """The DICOMweb routes of one mount point (paths relative to its prefix)."""
     router = APIRouter()
 
-    async def guarded(request: Request, handler: Callable[[], Any], **uids: str | None) -> Response:
+    async def guarded(
+        request: Request, resource: str, handler: Callable[[], Any], **uids: str | None
+    ) -> Response:
         try:
             _check_uids(*(u for u in uids.values() if u is not None))
             response: Response = await handler()
             return response
         except WadoError as exc:
             if exc.status in (401, 403, 404):
+                subject, psc_client = await asyncio.to_thread(
+                    routes.authorizer.caller_hint, request
+                )
                 routes.record(
                     request,
                     RetrievalRecord(
-                        subject=routes.authorizer.subject_hint(request),
+                        subject=subject,
+                        psc_client=psc_client,
                         study_uid=uids.get("study") or "",
                         series_uid=uids.get("series") or "",
                         sop_instance_uid=uids.get("sop") or "",
-                        resource=request.url.path.rsplit("/", 1)[-1][:32],
+                        resource=resource,
                         kos_sop_uid=request.headers.get(KOS_HEADER, "")[:64],
                         result=exc.status,
                         detail=exc.message,
@@ -831,40 +938,49 @@ def build_router(routes: WadoRoutes) -> APIRouter:
 
     @router.get("/studies")
     async def studies(request: Request) -> Response:
-        return await guarded(request, lambda: routes.search_studies(request))
+        return await guarded(request, "search_studies", lambda: routes.search_studies(request))
 
     @router.get("/studies/{study}")
     async def study(request: Request, study: str) -> Response:
-        return await guarded(request, lambda: routes.retrieve(request, study, None), study=study)
+        return await guarded(
+            request, "study", lambda: routes.retrieve(request, study, None), study=study
+        )
 
     @router.get("/studies/{study}/metadata")
     async def study_metadata(request: Request, study: str) -> Response:
         return await guarded(
-            request, lambda: routes.metadata(request, study, None, None), study=study
+            request, "metadata", lambda: routes.metadata(request, study, None, None), study=study
         )
 
     @router.get("/studies/{study}/thumbnail")
     async def study_thumbnail(request: Request, study: str) -> Response:
         return await guarded(
             request,
+            "thumbnail",
             lambda: routes.rendered(request, study, None, None, thumbnail=True),
             study=study,
         )
 
     @router.get("/studies/{study}/series")
     async def series_search(request: Request, study: str) -> Response:
-        return await guarded(request, lambda: routes.search_series(request, study), study=study)
+        return await guarded(
+            request, "search_series", lambda: routes.search_series(request, study), study=study
+        )
 
     @router.get("/studies/{study}/instances")
     async def study_instances(request: Request, study: str) -> Response:
         return await guarded(
-            request, lambda: routes.search_instances(request, study, None), study=study
+            request,
+            "search_instances",
+            lambda: routes.search_instances(request, study, None),
+            study=study,
         )
 
     @router.get("/studies/{study}/series/{series}")
     async def series(request: Request, study: str, series: str) -> Response:
         return await guarded(
             request,
+            "series",
             lambda: routes.retrieve(request, study, [series]),
             study=study,
             series=series,
@@ -874,6 +990,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def series_metadata(request: Request, study: str, series: str) -> Response:
         return await guarded(
             request,
+            "metadata",
             lambda: routes.metadata(request, study, series, None),
             study=study,
             series=series,
@@ -883,6 +1000,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def series_thumbnail(request: Request, study: str, series: str) -> Response:
         return await guarded(
             request,
+            "thumbnail",
             lambda: routes.rendered(request, study, series, None, thumbnail=True),
             study=study,
             series=series,
@@ -892,6 +1010,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def series_instances(request: Request, study: str, series: str) -> Response:
         return await guarded(
             request,
+            "search_instances",
             lambda: routes.search_instances(request, study, series),
             study=study,
             series=series,
@@ -901,6 +1020,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def instance(request: Request, study: str, series: str, sop: str) -> Response:
         return await guarded(
             request,
+            "instance",
             lambda: routes.retrieve(request, study, [series], sop),
             study=study,
             series=series,
@@ -911,6 +1031,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
         return await guarded(
             request,
+            "metadata",
             lambda: routes.metadata(request, study, series, sop),
             study=study,
             series=series,
@@ -921,6 +1042,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def instance_rendered(request: Request, study: str, series: str, sop: str) -> Response:
         return await guarded(
             request,
+            "rendered",
             lambda: routes.rendered(request, study, series, sop),
             study=study,
             series=series,
@@ -931,6 +1053,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def instance_thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
         return await guarded(
             request,
+            "thumbnail",
             lambda: routes.rendered(request, study, series, sop, thumbnail=True),
             study=study,
             series=series,
@@ -941,6 +1064,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def frames(request: Request, study: str, series: str, sop: str, frames: str) -> Response:
         return await guarded(
             request,
+            "frames",
             lambda: routes.frames(request, study, series, sop, frames),
             study=study,
             series=series,
@@ -956,7 +1080,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
                 raise WadoError(400, "numéro de trame invalide")
             return await routes.rendered(request, study, series, sop, frame=int(frame))
 
-        return await guarded(request, handler, study=study, series=series, sop=sop)
+        return await guarded(request, "rendered", handler, study=study, series=series, sop=sop)
 
     return router
 
@@ -970,6 +1094,7 @@ __all__ = [
     "Authorizer",
     "PeerAuthorizer",
     "Scope",
+    "Visible",
     "WadoError",
     "WadoRoutes",
     "build_router",

@@ -1,12 +1,15 @@
 """Distinguished names: parse and compare the DN of a whitelist entry with a certificate subject.
 
 Owns `DistinguishedName`, built either from a string (the whitelist writes
-`CN=…,OU=…,O=…,ST=…,C=FR`; RFC 4514 strings from `cryptography` look alike but may be escaped and
-ordered differently) or from an `x509.Name`. Two names are equal when they hold the same multiset
-of (attribute type, value) pairs, values compared as X.520 `caseIgnoreMatch` does: Unicode NFC,
-case-folded, leading/trailing spaces removed and inner runs of spaces collapsed. Order is ignored
-on purpose: lists and certificate tools disagree on it, and no DRIM-M name repeats a type in a way
-where order carries meaning. It must not decide trust by itself (that is `tls.PeerCheck`'s job).
+`CN=…,OU=…,O=…,ST=…,C=FR`, the RFC 4514 order: most specific RDN first) or from an `x509.Name`
+(read in that same RFC 4514 order, i.e. the reverse of its DER sequence). Two names are equal when
+they hold the same RDNs in the same order with exactly the same values: the whitelist names one
+certificate subject, so a subject with its RDNs reversed or a value in another case is another
+name and is refused (a lenient match would let a look-alike certificate pass). Only the
+writing of the string is normalised: attribute type spellings (`ST`, `S`, `2.5.4.8`), RFC 4514
+escapes (`\\C3\\B4`), spaces around separators, and Unicode NFC (a composed and a decomposed
+accent are the same character, not another case). It must not decide trust by itself (that is
+`tls.PeerCheck`'s job).
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ _TYPES: dict[str, str] = {
 _NAMES = {"2.5.4.3": "CN", "2.5.4.11": "OU", "2.5.4.10": "O", "2.5.4.8": "ST", "2.5.4.6": "C"}
 _OID = re.compile(r"^(?:OID\.)?([0-2](?:\.\d+)+)$", re.IGNORECASE)
 _HEX = re.compile(r"[0-9A-Fa-f]{2}")
-_SPACES = re.compile(r"\s+")
 
 
 class DnSyntaxError(ValueError):
@@ -52,8 +54,19 @@ class DnSyntaxError(ValueError):
 
 
 def normalise_value(value: str) -> str:
-    """X.520 caseIgnoreMatch, approximately: NFC, case-folded, spaces trimmed and collapsed."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFC", value).strip()).casefold()
+    """A value as compared: Unicode NFC only (case and inner spaces are part of the name)."""
+    return unicodedata.normalize("NFC", value)
+
+
+def _strip_unescaped(raw: str) -> str:
+    """Spaces around an RFC 4514 value are layout, unless escaped (`TEST\\ ` keeps its space)."""
+    raw = raw.lstrip()
+    stripped = raw.rstrip()
+    if len(stripped) < len(raw) and stripped.endswith("\\"):
+        backslashes = len(stripped) - len(stripped.rstrip("\\"))
+        if backslashes % 2:
+            return stripped + " "
+    return stripped
 
 
 def _attribute_type(name: str) -> str:
@@ -112,40 +125,57 @@ def _split(text: str, separators: str) -> list[str]:
     return parts
 
 
+Rdn = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True)
 class DistinguishedName:
-    """A DN as a multiset of (OID, normalised value); `text` keeps the original for messages."""
+    """A DN as its RDNs in RFC 4514 order, each a set of (OID, value); `text` keeps the original
+    for messages."""
 
-    attributes: tuple[tuple[str, str], ...]
+    rdns: tuple[Rdn, ...]
     text: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if not self.attributes:
+        if not self.rdns:
             raise DnSyntaxError("empty distinguished name")
-        # Sorted so that dataclass equality and hashing ignore order, as the module promises.
-        object.__setattr__(self, "attributes", tuple(sorted(self.attributes)))
+        # The AVAs of a multi-valued RDN form a set (X.501): sorted so their order does not count.
+        object.__setattr__(self, "rdns", tuple(tuple(sorted(rdn)) for rdn in self.rdns))
+
+    @property
+    def attributes(self) -> tuple[tuple[str, str], ...]:
+        """Every (OID, value) pair, in order."""
+        return tuple(pair for rdn in self.rdns for pair in rdn)
 
     @classmethod
     def parse(cls, text: str) -> DistinguishedName:
         """Parse `CN=…,OU=…,C=FR` (RFC 4514 escaping; `;` is accepted as a separator too)."""
-        pairs: list[tuple[str, str]] = []
+        rdns: list[Rdn] = []
         for rdn in _split(text.strip(), ",;"):
             if not rdn.strip():
                 raise DnSyntaxError(f"empty RDN in {text!r}")
+            pairs: list[tuple[str, str]] = []
             for ava in _split(rdn, "+"):
                 name, sep, value = ava.partition("=")
                 if not sep:
                     raise DnSyntaxError(f"no '=' in {ava!r}")
-                pairs.append((_attribute_type(name), normalise_value(_unescape(value.strip()))))
-        return cls(tuple(pairs), text.strip())
+                pairs.append(
+                    (_attribute_type(name), normalise_value(_unescape(_strip_unescaped(value))))
+                )
+            rdns.append(tuple(pairs))
+        return cls(tuple(rdns), text.strip())
 
     @classmethod
     def from_name(cls, name: x509.Name) -> DistinguishedName:
-        pairs = [
-            (attribute.oid.dotted_string, normalise_value(_as_text(attribute.value)))
-            for attribute in name
+        # RFC 4514 writes the last RDN of the DER sequence first, as `rfc4514_string` does.
+        rdns = [
+            tuple(
+                (attribute.oid.dotted_string, normalise_value(_as_text(attribute.value)))
+                for attribute in rdn
+            )
+            for rdn in reversed(name.rdns)
         ]
-        return cls(tuple(pairs), name.rfc4514_string())
+        return cls(tuple(rdns), name.rfc4514_string())
 
     @classmethod
     def of(cls, value: str | x509.Name | x509.Certificate | DistinguishedName) -> DistinguishedName:
@@ -159,17 +189,19 @@ class DistinguishedName:
         return cls.parse(value)
 
     def values(self, short_name: str) -> list[str]:
-        """Normalised values of one attribute type (`"CN"`, `"OU"` …)."""
+        """Values of one attribute type (`"CN"`, `"OU"` …), in order."""
         oid = _attribute_type(short_name)
         return [value for key, value in self.attributes if key == oid]
 
     def __str__(self) -> str:
         if self.text:
             return self.text
-        return ",".join(f"{_NAMES.get(oid, oid)}={value}" for oid, value in self.attributes)
+        return ",".join(
+            "+".join(f"{_NAMES.get(oid, oid)}={value}" for oid, value in rdn) for rdn in self.rdns
+        )
 
     def matches(self, other: str | x509.Name | x509.Certificate | DistinguishedName) -> bool:
-        return self.attributes == DistinguishedName.of(other).attributes
+        return self.rdns == DistinguishedName.of(other).rdns
 
 
 def _as_text(value: str | bytes) -> str:

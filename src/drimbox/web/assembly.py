@@ -30,6 +30,7 @@ from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService
 from drimbox.http.server import HttpServer
 from drimbox.source.pipeline import pacs_settings
+from drimbox.trust.keys import load_cert_chain
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
 from drimbox.web.admin_routes import admin_router
@@ -73,7 +74,7 @@ def dmp_status_client(config: Config) -> httpx.Client | None:
         return None
     context = ssl.create_default_context(cafile=dmp.tls_ca or None)
     if dmp.tls_cert:
-        context.load_cert_chain(dmp.tls_cert, dmp.tls_key or None)
+        load_cert_chain(context, dmp.tls_cert, dmp.tls_key or dmp.tls_cert, dmp.key_passphrase_env)
     return httpx.Client(verify=context, timeout=5.0)
 
 
@@ -111,7 +112,9 @@ def build_web(
 ) -> WebServers:
     client = psc_client(config)
     trust = config.trust
-    peer_check = PeerCheck(whitelist.current) if whitelist is not None else None
+    peer_check = (
+        PeerCheck(whitelist.current, whitelist.revocation) if whitelist is not None else None
+    )
     peer_app = create_peer_app(
         config, db, peer_verifier(client, config), images=images, peer_check=peer_check
     )
@@ -130,7 +133,9 @@ def build_web(
     )
     ssl = None
     if trust.tls_cert:
-        ssl = server_ssl_context(trust.tls_cert, trust.tls_key, trust.tls_ca)
+        ssl = server_ssl_context(
+            trust.tls_cert, trust.tls_key, trust.tls_ca, trust.key_passphrase_env
+        )
     peer = _server(
         config,
         peer_app,

@@ -393,7 +393,9 @@ class ConsoService:
         self.images = images
         self.open_within = open_within
         self.keep_for = keep_for
-        self.peer_check = PeerCheck(whitelist.current) if whitelist is not None else None
+        self.peer_check = (
+            PeerCheck(whitelist.current, whitelist.revocation) if whitelist is not None else None
+        )
         self._dmp: DmpClient | None = None
         self._retriever: SourceRetriever | None = None
         self._lock = threading.Lock()
@@ -438,7 +440,10 @@ class ConsoService:
                         "elle ne peut pas récupérer d'images auprès des autres sites.",
                     )
                 context = client_ssl_context(
-                    trust.tls_cert, trust.tls_key, trust.tls_ca or trust.anchors
+                    trust.tls_cert,
+                    trust.tls_key,
+                    trust.tls_ca or trust.anchors,
+                    trust.key_passphrase_env,
                 )
                 self._retriever = SourceRetriever(self.peer_check, context)
             return self._retriever
@@ -1031,6 +1036,14 @@ def _exam_day(exam: ExamRow) -> date | None:
     return when.date() if when else None
 
 
+def viewer_url(studies: Sequence[str], *, compare: bool = False) -> str:
+    """OHIF on these studies (side by side with OHIF's comparison protocol)."""
+    target = "/viewer?StudyInstanceUIDs=" + ",".join(quote(uid) for uid in studies)
+    if compare:
+        target += f"&hangingProtocolId={quote(COMPARE_PROTOCOL)}"
+    return target
+
+
 def _named_exam(launch: Launch) -> ExamRow | None:
     """The exam the launch names (`StudyInstanceUID`, else `AccessionNumber`), if in the
     history."""
@@ -1090,6 +1103,14 @@ def _history_page(
 
     named = _named_exam(launch)
     context = launch.context
+    named_row = row(named) if named is not None else None
+    if named_row is not None and named_row["images"]:
+        # The named exam opens at once, in the viewer framed above the history: its study is
+        # granted to this session now, its series come from the prefetch (named first) or,
+        # missing from the cache, from its Source when OHIF asks for them.
+        service.register(launch, view)
+        service.sessions.grant(view.cookie, named_row["study_uid"])
+        named_row["frame_url"] = viewer_url([named_row["study_uid"]])
     return render(
         request,
         "history.html",
@@ -1101,7 +1122,7 @@ def _history_page(
         traits_url=f"{base}/traits",
         exams=[row(exam) for exam in shown],
         total=len(launch.exams),
-        named=row(named) if named is not None else None,
+        named=named_row,
         named_missing=named is None
         and bool(context.study_instance_uid or context.accession_number),
         filter=wanted,
@@ -1285,8 +1306,14 @@ def conso_router(service: ConsoService) -> APIRouter:
                     launch=current,
                     user=view.display_name,
                 )
-        elif current.id not in service.prefetch:
-            service.start_prefetch(current, view)  # another node loaded it, or a restart
+        else:
+            # The stored history shown again (no DMP call): still a look at the patient's exams.
+            audit.record(service.db, actor=view.subject_name_id, role="user",
+                         action="history_view", result="ok", patient_ins=current.context.ins,
+                         remote=_remote(request), launch=ref(launch_id),
+                         exams=len(current.exams))  # fmt: skip
+            if current.id not in service.prefetch:
+                service.start_prefetch(current, view)  # another node loaded it, or a restart
         return _history_page(request, service, current, view)
 
     @router.post(CONSULTATION_PATH + "/{launch_id}/traits")
@@ -1383,10 +1410,7 @@ def conso_router(service: ConsoService) -> APIRouter:
         for uid in studies:
             sessions.grant(view.cookie, uid)
         service.fetch_on_demand(current, studies)
-        target = "/viewer?StudyInstanceUIDs=" + ",".join(quote(uid) for uid in studies)
-        if compare:
-            target += f"&hangingProtocolId={quote(COMPARE_PROTOCOL)}"
-        return RedirectResponse(target, status_code=303)
+        return RedirectResponse(viewer_url(studies, compare=compare), status_code=303)
 
     @router.get(CONSULTATION_PATH + "/{launch_id}/ouvrir/{study_uid}")
     def open_one(request: Request, launch_id: str, study_uid: str) -> Response:

@@ -25,13 +25,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from drimbox import __version__
 from drimbox.config import Config
 from drimbox.db import DmpJob, JobState, Report, ReportState, aware
-from drimbox.http.rawbody import RAW_BODY
+from drimbox.db.models import PeriodicJob
+from drimbox.http.accesslog import measured
 from drimbox.metrics import NodeMetrics
+from drimbox.ops.retention import JOB_NAME as RETENTION_JOB
 from drimbox.web.status import StatusSources, check_dmp, check_pacs, work_queues
 
 WAITING_JOBS = (JobState.QUEUED.value, JobState.RETRYING.value)
@@ -150,6 +152,22 @@ class NodeStateCollector(Collector):
         age.add_metric([node], (now - aware(oldest)).total_seconds() if oldest else 0.0)
         yield age
         yield from self._work(node)
+        yield self._retention(node, now)
+
+    def _retention(self, node: str, now: datetime) -> Metric:
+        """Since when the site's last retention purge ran (whichever node ran it)."""
+        with self.sources.db.session() as session:
+            last = session.scalar(
+                select(PeriodicJob.last_run_at).where(PeriodicJob.name == RETENTION_JOB)
+            )
+        gauge = self._gauge(
+            "drimbox_retention_last_purge_age_seconds",
+            "Time since the site's last retention purge ended (absent before the first).",
+            [],
+        )
+        if last is not None:
+            gauge.add_metric([node], (now - aware(last)).total_seconds())
+        return gauge
 
     def _work(self, node: str) -> Iterator[Metric]:
         """The work queues as /status shows them: waiting, leased, leases lapsed, the oldest."""
@@ -265,20 +283,8 @@ class ServedMetricsMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix + "/"):
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status, sent = 500, 0
 
-        async def measured(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
+        def done(status: int, sent: int, seconds: float) -> None:
+            self.metrics.served(self.channel, status, sent, seconds)
 
-        try:
-            await self.app(scope, receive, measured)
-        finally:
-            offer = (scope.get("extensions") or {}).get(RAW_BODY) or {}
-            sent += offer.get("written", 0)
-            self.metrics.served(self.channel, status, sent, time.perf_counter() - started)
+        await measured(self.app, scope, receive, send, done)
