@@ -17,6 +17,7 @@ from drimbox.dicom.retrieve import ImageService, RemoteStudies
 from drimbox.dicom.scp import StoreScp
 from drimbox.hl7.server import MllpServer
 from drimbox.metrics import NodeMetrics
+from drimbox.ops.retention import RetentionWorker
 from drimbox.source.dmp_port import ClientDmpPort, dmp_port
 from drimbox.source.grants import Grants
 from drimbox.source.intake import ReportIntake
@@ -91,6 +92,17 @@ class Node:
             self.web = build_web(self.config, self.db, self.images, self.whitelist)
             for server in self.web.servers():
                 await server.start()
+        retention = RetentionWorker(
+            self.config, self.db, cache_purge=self._purge_cache, metrics=self.metrics
+        )
+        self._tasks.append(asyncio.create_task(retention.run_forever(self._stop)))
+
+    def _purge_cache(self) -> tuple[int, int]:
+        """The expired series of this node's image cache ([store] cache_ttl_h)."""
+        if self.images is None:
+            return 0, 0
+        result = self.images.cache.purge(expired_only=True)
+        return result.series, result.bytes
 
     async def _keep_trust(self, store: WhitelistStore) -> None:
         """Refresh the CRLs and the whitelist until the node stops."""
