@@ -53,11 +53,13 @@ def official_accept() -> str:
     raise RuntimeError("no Accept line in the sample")
 
 
-def make_series(count: int) -> tuple[Any, list[Path]]:
+def make_series(count: int, syntax: str = JPEGLSLossless) -> tuple[Any, list[Path]]:
     from support.factories import make_report
 
-    report = make_report(study_instance_uid=f"1.2.826.0.1.3680043.8.498.77.6.{count}")
-    folder = OUT / f"ct-{count}"
+    plain = syntax != JPEGLSLossless  # another study: both may be held by one Orthanc
+    suffix = f"{count}{'.1' if plain else ''}"
+    report = make_report(study_instance_uid=f"1.2.826.0.1.3680043.8.498.77.6.{suffix}")
+    folder = OUT / f"ct-{count}{'-' + syntax if plain else ''}"
     done = folder / ".complete"
     if done.exists():
         return report, sorted(folder.rglob("*.dcm"))
@@ -68,10 +70,10 @@ def make_series(count: int) -> tuple[Any, list[Path]]:
         [SeriesSpec("CT", "Thorax", count)],
         rows=512,
         columns=512,
-        transfer_syntax=JPEGLSLossless,
+        transfer_syntax=syntax,
     )
     done.touch()
-    print(f"  generated {count} JPEG-LS images in {time.perf_counter() - started:.1f} s")
+    print(f"  generated {count} images ({syntax}) in {time.perf_counter() - started:.1f} s")
     return report, files
 
 
@@ -81,7 +83,7 @@ def publish(db: Database, pacs: LocalOrthanc, report: Any) -> tuple[str, str]:
     return publish_existing(db, pacs, report)
 
 
-def serve(config_env: dict[str, str], queue: Any) -> None:
+def serve(config_env: dict[str, str], queue: Any, host: str = "127.0.0.1") -> None:
     """The Source node's peer app in its own process; `POST /bench/purge` empties its cache."""
     from drimbox.dicom.retrieve import ImageService
     from drimbox.http.server import HttpServer
@@ -101,7 +103,7 @@ def serve(config_env: dict[str, str], queue: Any) -> None:
             result = images.cache.purge()
             return {"series": result.series, "retrievals": images.fetcher.retrievals}
 
-        server = HttpServer(app, "127.0.0.1", 0)
+        server = HttpServer(app, host, 0)
         await server.start()
         queue.put(server.port)
         await asyncio.Event().wait()

@@ -24,6 +24,7 @@ TINY: dict[str, list[str]] = {
     "prefetch_order.py": ["--exams", "8", "--instances", "1", "--size", "16"],
     "publication.py": ["--instances", "4", "--runs", "1", "--reports", "2"],
     "wado_series.py": ["--instances", "2", "--runs", "1", "--warmup", "0"],
+    "wado_shaped.py": ["--instances", "2", "--runs", "1"],
 }  # fmt: skip
 
 
