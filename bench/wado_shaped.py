@@ -19,13 +19,14 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 from wado_series import _series_uid, fetch, make_series, official_accept, publish, serve
 
 from drimbox.config import load_config
@@ -33,6 +34,7 @@ from drimbox.db import Database
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.source.wado import TRANSCODE_WORKERS
 
+JLS_ACCEPT = f'multipart/related; type="application/dicom"; transfer-syntax={JPEGLSLossless}'
 PLAIN_ACCEPT = (
     f'multipart/related; type="application/dicom"; transfer-syntax={ExplicitVRLittleEndian}'
 )
@@ -106,6 +108,9 @@ def main() -> None:
         return
     from support.source import Tokens
 
+    # Stopped (SIGTERM): the namespace and the veth pair are still removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
     print(f"WADO-RS over a {args.rate_mbit} Mbit/s link: {args.instances} CT 512×512 16-bit, "
           f"stored uncompressed; {TRANSCODE_WORKERS} transcoding workers")  # fmt: skip
     report, files = make_series(args.instances, ExplicitVRLittleEndian)
@@ -141,14 +146,17 @@ def main() -> None:
                    f"{_series_uid(files[0])}")  # fmt: skip
             peer = {"Authorization": f"Bearer {tokens.issue()}", "KOS-SOPInstanceUID": kos_uid}
             plain, official = peer | {"Accept": PLAIN_ACCEPT}, peer | {"Accept": official_accept()}
+            jls = peer | {"Accept": JLS_ACCEPT}
             warm = link.fetch(url, plain)  # fills the Source's cache from Orthanc
             print(f"  cold (cache filled): {warm[0]:.1f} s, {warm[2] / 1e6:.0f} MB", flush=True)
-            results: dict[str, list[tuple[float, float, int, int]]] = {"u": [], "o": []}
+            results: dict[str, list[tuple[float, float, int, int]]] = {"u": [], "o": [], "l": []}
             for run in range(args.runs):
                 results["u"].append(link.fetch(url, plain))
                 results["o"].append(link.fetch(url, official))
+                results["l"].append(link.fetch(url, jls))
                 print(f"  run {run + 1}: uncompressed {results['u'][-1][0]:.1f} s, official "
-                      f"Accept {results['o'][-1][0]:.1f} s", flush=True)  # fmt: skip
+                      f"Accept {results['o'][-1][0]:.1f} s, JPEG-LS {results['l'][-1][0]:.1f} s",
+                      flush=True)  # fmt: skip
         finally:
             server.terminate()
             server.join(10)
@@ -157,7 +165,11 @@ def main() -> None:
     print(f"\nSeries: {args.instances} instances, {stored / 1e6:.0f} MB stored uncompressed; "
           f"at {args.rate_mbit} Mbit/s those bytes take {link_seconds:.1f} s "
           f"(load average {os.getloadavg()[0]:.2f})")  # fmt: skip
-    labels = {"u": "(u) Explicit VR LE only", "o": "(o) official DRIM-M Accept"}
+    labels = {
+        "u": "(u) Explicit VR LE only",
+        "o": "(o) official DRIM-M Accept (.70 by dcmcjpeg)",
+        "l": "(l) JPEG-LS only (.80, pyjpegls in process)",
+    }
     medians = {}
     for key, runs in results.items():
         wall = statistics.median(r[0] for r in runs)
@@ -165,8 +177,10 @@ def main() -> None:
         total, parts = runs[0][2], runs[0][3]
         print(f"  {labels[key]}: {wall:.1f} s, {total / 1e6:.0f} MB in {parts} parts, "
               f"first part {statistics.median(r[1] for r in runs) * 1000:.0f} ms")  # fmt: skip
-    print(f"  ratio (o) / uncompressed bytes at the link's rate: {medians['o'] / link_seconds:.2f}"
-          f"; (o) / (u) measured: {medians['o'] / medians['u']:.2f}")  # fmt: skip
+    for key in ("o", "l"):
+        print(f"  ratio ({key}) / uncompressed bytes at the link's rate: "
+              f"{medians[key] / link_seconds:.2f}; ({key}) / (u) measured: "
+              f"{medians[key] / medians['u']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
