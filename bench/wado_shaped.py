@@ -8,7 +8,7 @@ by `tc qdisc … tbf rate 100mbit` (what the images cross, as on a site's WAN li
 (Orthanc) holds the series in Explicit VR Little Endian, 512×512 16-bit. Measured in the same
 run, warm cache: (u) the client accepting only Explicit VR Little Endian (the uncompressed
 bytes, what the box sent before issue #17), and (o) the official Accept list (the box re-encodes
-each image in JPEG Lossless SV1 with dcmcjpeg, `TRANSCODE_WORKERS` at a time, streaming each part
+each image in JPEG Lossless SV1 (libjpeg-turbo), `TRANSCODE_WORKERS` at a time, streaming each part
 as it is ready). Prints both, and (o) against the time the uncompressed bytes take at the link's
 rate (target ≤ 0.6). Not a test: it asserts nothing.
 """
@@ -167,7 +167,7 @@ def main() -> None:
           f"(load average {os.getloadavg()[0]:.2f})")  # fmt: skip
     labels = {
         "u": "(u) Explicit VR LE only",
-        "o": "(o) official DRIM-M Accept (.70 by dcmcjpeg)",
+        "o": "(o) official DRIM-M Accept (.70, libjpeg-turbo)",
         "l": "(l) JPEG-LS only (.80, pyjpegls in process)",
     }
     medians = {}
