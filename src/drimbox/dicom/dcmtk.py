@@ -190,12 +190,14 @@ class StoreScpProcess:
         *,
         storescp: str = "/usr/bin/storescp",
         restart_delay_s: float = 0.5,
+        options: Sequence[str] = (),
     ) -> None:
         self.aet = aet
         self.port = port
         self.spool = Path(spool)
         self.storescp = storescp
         self.restart_delay_s = restart_delay_s
+        self.options = tuple(options)  # more storescp options (tests slow it down)
         self.restarts = 0
         self.discarded = 0
         self._expected: dict[tuple[str, str], Expected] = {}
@@ -285,7 +287,7 @@ class StoreScpProcess:
     def _command(self) -> list[str]:
         return [
             self.storescp, "--fork", "-aet", self.aet, "+xa", "-pdu", str(_STORESCP_MAX_PDU),
-            "-dhl", "-od", str(self.spool), str(self.port),
+            "-dhl", *self.options, "-od", str(self.spool), str(self.port),
         ]  # fmt: skip
 
     def _supervise(self) -> None:
@@ -463,14 +465,14 @@ class DcmtkMoveRetriever:
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise PacsError(f"PACS {s.label} : movescu (dcmtk) n'a pas abouti ({exc})") from exc
-        if done.returncode != 0:
-            lines = [
-                line[3:]
-                for line in (done.stdout + done.stderr).splitlines()
-                if line.startswith(("E: ", "F: ", "W: "))
-            ]
+        lines = (done.stdout + done.stderr).splitlines()
+        errors = [line[3:] for line in lines if line.startswith(("E: ", "F: "))]
+        # movescu exits 0 after some failures (an aborted association): its log tells.
+        if done.returncode != 0 or errors:
+            said = errors or [line[3:] for line in lines if line.startswith("W: ")]
             raise PacsError(
                 f"PACS {s.label} : C-MOVE (dcmtk) de la série {series_uid} en échec "
-                f"(code {done.returncode}) : {' ; '.join(lines[-3:]) or 'sans message'} ; "
-                f"le PACS connaît-il la destination {self.receiver.aet!r} ?"
+                f"(code {done.returncode}) : {' ; '.join(said[-3:]) or 'sans message'} ; "
+                f"le PACS connaît-il la DRIMbox ({s.calling_aet}) et la destination "
+                f"{self.receiver.aet!r} ?"
             )
