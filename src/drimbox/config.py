@@ -689,8 +689,22 @@ class TrustConfig(_Section):
     tls_ca: str = Field(
         "", description="Autorités (PEM) qui émettent les certificats des pairs (IGC-Santé)."
     )
+    crl_urls: list[str] = Field(
+        default_factory=list,
+        description="Listes de révocation (CRL) IGC-Santé à suivre en plus de celles indiquées "
+        "dans les certificats : URL (http://…) ou fichiers (dans l'environnement : séparées par "
+        "des virgules). Un pair ou un signataire de liste blanche révoqué est refusé.",
+    )
+    crl_from_certificates: bool = Field(
+        True,
+        description="Suivre aussi les points de distribution de CRL écrits dans les certificats "
+        "(autorités, certificats de la DRIMbox, signataire de la liste, pairs rencontrés).",
+    )
+    crl_refresh_interval_s: float = Field(
+        3600.0, gt=0, description="Intervalle de rafraîchissement des CRL (secondes)."
+    )
 
-    _split = field_validator("anchors", mode="before")(_comma_separated)
+    _split = field_validator("anchors", "crl_urls", mode="before")(_comma_separated)
     _passphrase = field_validator("key_passphrase_env")(_passphrase_env)
 
     @model_validator(mode="after")
@@ -716,7 +730,10 @@ class StoreConfig(_Section):
         "démarrage ; la même sur tous les nœuds d'un site.",
     )
     cache_ttl_h: float = Field(
-        72.0, gt=0, description="Durée de conservation d'une série dans le cache (heures)."
+        72.0,
+        gt=0,
+        description="Durée de conservation d'une série dans le cache (heures) : au-delà, elle "
+        "est relue du PACS ou de la Source, et la purge de rétention ([retention]) l'efface.",
     )
     cache_protect_viewed_min: float = Field(
         60.0,
@@ -732,6 +749,63 @@ class StoreConfig(_Section):
         if not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
             raise ValueError("doit commencer par sqlite:/// ou postgresql://")
         return value
+
+
+class RetentionConfig(_Section):
+    """How long the box keeps what it stores, and the purge that applies it (run by every node
+    every `purge_interval_h`, one node at a time; `drimbox retention purge` by hand). What is
+    still needed is never purged: the report version in force (its CDA and KOS, to replace or
+    delete it in the DMP later) and work under way stay whatever their age; a purged row keeps
+    its metadata (ids, dates, state, DMP entry), only the documents go. The image cache has its
+    own age, `[store] cache_ttl_h`, applied by the same purge. See docs/deploy.md."""
+
+    hl7_days: float = Field(
+        90.0,
+        gt=0,
+        description="Contenu brut des messages HL7 reçus (le CR du RIS tel quel) : effacé après "
+        "ce délai (jours) une fois leur CR traité ; la trace du message (date, émetteur, type, "
+        "identifiant, acquittement) reste.",
+    )
+    superseded_reports_days: float = Field(
+        365.0,
+        gt=0,
+        description="CDA et KOS des versions de CR qui ne sont plus en vigueur (remplacées, "
+        "retirées du DMP, refusées, arrivées après une version plus récente) : effacés ce délai "
+        "(jours) après leur dernier changement ; la version publiée en vigueur est gardée.",
+    )
+    conso_documents_h: float = Field(
+        24.0,
+        gt=0,
+        description="Copies Conso des documents du DMP (KOS et CR lus par ITI-43 pour un "
+        "lancement) : supprimées ce délai (heures) après l'expiration du lancement.",
+    )
+    sessions_h: float = Field(
+        24.0,
+        gt=0,
+        description="Sessions des utilisateurs (jetons PSC chiffrés) : supprimées ce délai "
+        "(heures) après leur fin ou leur expiration ; les connexions PSC inachevées, dès "
+        "qu'elles expirent.",
+    )
+    audit_days: float = Field(
+        3 * 365.0,
+        ge=365,
+        description="Piste d'audit des accès aux données de santé : conservée ce délai (jours, "
+        "un an au moins ; à fixer avec le délégué à la protection des données du site). Elle "
+        "n'est jamais purgée par le nœud (son rôle ne peut pas y supprimer) : « drimbox audit "
+        "purge » avec le compte propriétaire du schéma.",
+    )
+    purge_interval_h: float = Field(
+        6.0,
+        gt=0,
+        description="Intervalle entre deux purges de rétention automatiques (heures) ; un seul "
+        "nœud du site la fait à la fois.",
+    )
+    batch_rows: int = Field(
+        500,
+        ge=1,
+        description="Lignes traitées par transaction de purge (de courtes transactions : le "
+        "nœud continue de servir pendant une longue purge).",
+    )
 
 
 class MetricsConfig(_Section):
@@ -851,6 +925,7 @@ class Config(_Section):
     admin: AdminConfig = AdminConfig()
     trust: TrustConfig = TrustConfig()
     store: StoreConfig = StoreConfig()
+    retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     checks: ChecksConfig = ChecksConfig()

@@ -3,7 +3,8 @@
 Peers (WADO-RS over mutual TLS): no token, expired token, forged token (another signing key),
 a PSC refresh token or ID token as the bearer, an access token issued to a PSC client that is not
 a DRIMbox of the trust space, peer not on the whitelist, a certificate holding a listed peer's
-attributes with its RDNs reversed or in another case, no client certificate, KOS UID of another
+attributes with its RDNs reversed or in another case, the listed peer's former certificate that
+its CA revoked (served CRL), no client certificate, KOS UID of another
 study, series not in the KOS; the accepted token's PSC client is in the audit. Users (viewer
 origin): a study opened through an IID link by one user is not visible to another user's session;
 the report's viewer link opens for médecins (of any structure: the requesting physician reads the
@@ -60,7 +61,20 @@ def look_alikes(site: Site, folder: Path) -> dict[str, Issued]:
     }
 
 
+def crl_held(site: Site) -> None:
+    """Wait until the node fetched the CA's CRL (its first refresh runs as the node starts)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with peer_client(site, site.trusted_peer) as client:
+            status = client.get(f"{site.node.peer_url}/status").json()
+        if any(row["revoked"] for row in status["checks"]["revocation"].get("crls", [])):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no CRL fetched: {status['checks']['revocation']}")
+
+
 def test_peer_matrix(site: Site, tmp_path: Path) -> None:
+    crl_held(site)
     good = site.psc.mint_access_token("radiologue")
     forged = site.psc.mint_access_token("radiologue", key=site.psc.foreign_key())
     expired = site.psc.mint_access_token("radiologue", lifetime_s=-60)
@@ -88,6 +102,12 @@ def test_peer_matrix(site: Site, tmp_path: Path) -> None:
             name: (certificate, official_headers(site, good), 0, 403)
             for name, certificate in look_alikes(site, tmp_path / "look-alikes").items()
         },
+        "revoked certificate (listed DN, on the CA's CRL)": (
+            site.revoked_peer,
+            official_headers(site, good),
+            0,
+            403,
+        ),
         "KOS of another study": (
             site.trusted_peer,
             official_headers(site, good) | {"KOS-SOPInstanceUID": "1.2.250.1.999.1.2.3"},

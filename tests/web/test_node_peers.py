@@ -6,6 +6,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -88,3 +89,23 @@ def test_status_reports_each_dependency(site: Site) -> None:
     assert checks["whitelist"]["ok"] is True and "1 DRIMbox" in checks["whitelist"]["message"]
     assert checks["outbox"]["waiting"] == 0
     assert status["roles"] == ["source"]
+
+
+def test_status_warns_of_a_stale_crl(site: Site) -> None:
+    revocation = site.node.node.whitelist.revocation  # type: ignore[union-attr]
+    assert revocation is not None
+    revocation.refresh()  # the CA's CRL, found through the certificates' distribution point
+    with peer_client(site, site.trusted_peer) as client:
+        fresh = client.get(f"{site.node.peer_url}/status").json()
+    crls = fresh["checks"]["revocation"]
+    assert crls["ok"] is True and not crls["warning"] and "revocation" not in fresh["warnings"]
+    assert [row["revoked"] for row in crls["crls"]] == [1]
+    now = datetime.now(UTC)
+    site.crl.publish(site.pki.crl_der(last_update=now - timedelta(minutes=2),
+                                      next_update=now - timedelta(minutes=1)))  # fmt: skip
+    revocation.refresh()
+    with peer_client(site, site.trusted_peer) as client:
+        stale = client.get(f"{site.node.peer_url}/status").json()
+    crls = stale["checks"]["revocation"]
+    assert crls["warning"] and "périmée" in crls["message"] and stale["warnings"] == ["revocation"]
+    assert stale["status"] == "ok"  # a warning, not a failure: peers are still served

@@ -449,6 +449,8 @@ def _chained(certificate: x509.Certificate, pool: list[x509.Certificate]) -> boo
 def _revocation(certificate: x509.Certificate, pool: list[x509.Certificate]) -> str | None:
     """ "révoqué …" when a CRL of the certificate lists it; a note when it cannot be checked;
     None when a CRL says it is not revoked."""
+    from drimbox.trust.revocation import CrlError, load_crl
+
     try:
         points = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     except x509.ExtensionNotFound:
@@ -466,11 +468,11 @@ def _revocation(certificate: x509.Certificate, pool: list[x509.Certificate]) -> 
         except (OSError, httpx.HTTPError) as exc:
             last = f"liste de révocation injoignable ({url} : {exc})"
             continue
-        crl = (
-            x509.load_pem_x509_crl(data)
-            if data.lstrip().startswith(b"-----")
-            else x509.load_der_x509_crl(data)
-        )
+        try:
+            crl = load_crl(data)
+        except CrlError as exc:
+            last = f"liste de révocation {url} : {exc}"
+            continue
         if issuer is not None and not crl.is_signature_valid(issuer.public_key()):
             last = f"liste de révocation {url} mal signée"
             continue

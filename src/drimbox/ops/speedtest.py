@@ -317,6 +317,8 @@ def peer_speedtest(
         if store is None:
             raise SpeedTestError("aucune liste blanche configurée ([trust] whitelist_source)")
         if whitelist_refresh:
+            if store.revocation is not None:
+                store.revocation.refresh()
             store.refresh()
     if store.current() is None:
         raise SpeedTestError(
@@ -333,7 +335,10 @@ def peer_speedtest(
     url = f"{base}/studies/{study}"
     result = SpeedResult("peer", peer_target(host), "wado-rs", study_uid or "")
     retriever = SourceRetriever(
-        PeerCheck(store.current), context, resolve=resolve, timeout_s=config.pacs.timeout_s * 4
+        PeerCheck(store.current, store.revocation),
+        context,
+        resolve=resolve,
+        timeout_s=config.pacs.timeout_s * 4,
     )
     meter = _Meter(result)
     try:

@@ -54,8 +54,8 @@ from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 SOURCE_NAV: Final = ("/admin/comptes-rendus", "Comptes rendus")
 RETRYABLE = {"refused", "parked"}
 CHECK_LABELS: Final = {"pacs": "PACS", "dmp": "DMP", "whitelist": "Liste blanche",
-                       "outbox": "File d'envoi au DMP", "work": "Travail en cours",
-                       "cache": "Cache d'images"}  # fmt: skip
+                       "revocation": "Révocation (CRL)", "outbox": "File d'envoi au DMP",
+                       "work": "Travail en cours", "cache": "Cache d'images"}  # fmt: skip
 SOURCE_CHECKS: Final = frozenset({"outbox", "work"})
 
 
@@ -198,7 +198,7 @@ def admin_router(
         results = await asyncio.gather(*(asyncio.to_thread(CHECKS[name], status) for name in names))
         checks = [
             {"label": CHECK_LABELS[name], "ok": result.get("ok"),
-             "message": result.get("message", "")}
+             "warning": result.get("warning", False), "message": result.get("message", "")}
             for name, result in zip(names, results, strict=True)
         ]  # fmt: skip
         speeds = speed_rows(await asyncio.to_thread(latest_results, db))

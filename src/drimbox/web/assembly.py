@@ -113,7 +113,9 @@ def build_web(
 ) -> WebServers:
     client = psc_client(config)
     trust = config.trust
-    peer_check = PeerCheck(whitelist.current) if whitelist is not None else None
+    peer_check = (
+        PeerCheck(whitelist.current, whitelist.revocation) if whitelist is not None else None
+    )
     # One count of image accesses for both origins: the console writes it before showing it.
     tally = AccessTally(db)
     peer_app = create_peer_app(

@@ -393,7 +393,9 @@ class ConsoService:
         self.images = images
         self.open_within = open_within
         self.keep_for = keep_for
-        self.peer_check = PeerCheck(whitelist.current) if whitelist is not None else None
+        self.peer_check = (
+            PeerCheck(whitelist.current, whitelist.revocation) if whitelist is not None else None
+        )
         self._dmp: DmpClient | None = None
         self._retriever: SourceRetriever | None = None
         self._lock = threading.Lock()

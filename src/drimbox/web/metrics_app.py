@@ -30,8 +30,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from drimbox import __version__
 from drimbox.config import Config
 from drimbox.db import DmpJob, JobState, Report, ReportState, aware
+from drimbox.db.models import PeriodicJob
 from drimbox.http.accesslog import measured
 from drimbox.metrics import NodeMetrics
+from drimbox.ops.retention import JOB_NAME as RETENTION_JOB
 from drimbox.web.status import StatusSources, check_dmp, check_pacs, work_queues
 
 WAITING_JOBS = (JobState.QUEUED.value, JobState.RETRYING.value)
@@ -150,6 +152,22 @@ class NodeStateCollector(Collector):
         age.add_metric([node], (now - aware(oldest)).total_seconds() if oldest else 0.0)
         yield age
         yield from self._work(node)
+        yield self._retention(node, now)
+
+    def _retention(self, node: str, now: datetime) -> Metric:
+        """Since when the site's last retention purge ran (whichever node ran it)."""
+        with self.sources.db.session() as session:
+            last = session.scalar(
+                select(PeriodicJob.last_run_at).where(PeriodicJob.name == RETENTION_JOB)
+            )
+        gauge = self._gauge(
+            "drimbox_retention_last_purge_age_seconds",
+            "Time since the site's last retention purge ended (absent before the first).",
+            [],
+        )
+        if last is not None:
+            gauge.add_metric([node], (now - aware(last)).total_seconds())
+        return gauge
 
     def _work(self, node: str) -> Iterator[Metric]:
         """The work queues as /status shows them: waiting, leased, leases lapsed, the oldest."""

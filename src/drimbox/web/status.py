@@ -1,7 +1,7 @@
 """The box's health: `/health` for load balancers (the process answers) and `/status` (the
 "météo": version, roles, node name, and a real check of each dependency — PACS C-ECHO, DMP
-reachability over its TLS, whitelist validity and age, outbox depth, the work waiting or leased and
-the age of the oldest, cache use).
+reachability over its TLS, whitelist validity and age, the CRLs (a stale one is a warning), outbox
+depth, the work waiting or leased and the age of the oldest, cache use).
 
 Owns what is reported and the French wording of problems; it holds no patient data, so both
 routes are public (`PUBLIC_PATHS`).
@@ -106,6 +106,41 @@ def check_whitelist(sources: StatusSources) -> dict[str, Any]:
         "last_refresh": store.last_refresh.isoformat() if store.last_refresh else None,
         "refusals": refusals,
     }
+
+
+def check_revocation(sources: StatusSources) -> dict[str, Any]:
+    """The CRLs followed: a stale or unreachable one is a warning (peers are still checked
+    against the last CRL held), not a failure."""
+    store = sources.whitelist.revocation if sources.whitelist is not None else None
+    if store is None:
+        return {"ok": None, "message": "aucune liste blanche configurée ([trust])"}
+    held = store.sources
+    if not held:
+        return {"ok": True, "warning": True,
+                "message": "révocation non vérifiée : aucune liste de révocation (CRL) configurée "
+                "([trust] crl_urls) ni indiquée par les certificats"}  # fmt: skip
+    problems = store.problems()
+    rows = [
+        {
+            "source": source.location,
+            "next_update": (
+                source.crl.next_update_utc.isoformat()
+                if source.crl is not None and source.crl.next_update_utc
+                else None
+            ),
+            "revoked": len(source.crl) if source.crl is not None else None,
+            "fetched_at": source.fetched_at.isoformat() if source.fetched_at else None,
+            "error": source.error or None,
+        }
+        for source in held
+    ]
+    current = len(held) - len(problems)
+    message = f"{current} liste(s) de révocation à jour sur {len(held)}"
+    if problems:
+        message += " — " + " ; ".join(problems)
+    refreshed = store.last_refresh.isoformat() if store.last_refresh else None
+    return {"ok": True, "warning": bool(problems), "message": message, "crls": rows,
+            "last_refresh": refreshed}  # fmt: skip
 
 
 def check_outbox(sources: StatusSources) -> dict[str, Any]:
@@ -213,6 +248,7 @@ CHECKS = {
     "pacs": check_pacs,
     "dmp": check_dmp,
     "whitelist": check_whitelist,
+    "revocation": check_revocation,
     "outbox": check_outbox,
     "work": check_work,
     "cache": check_cache,
@@ -234,6 +270,7 @@ def status_router(sources: StatusSources) -> APIRouter:
         )
         checks = dict(zip(names, results, strict=True))
         failing = [name for name, result in checks.items() if result.get("ok") is False]
+        warnings = [name for name, result in checks.items() if result.get("warning")]
         roles = [name for name, on in sources.config.roles.model_dump().items() if on]
         body = {
             "version": __version__,
@@ -243,6 +280,7 @@ def status_router(sources: StatusSources) -> APIRouter:
             "time": datetime.now(UTC).isoformat(),
             "status": "dégradé" if failing else "ok",
             "failing": failing,
+            "warnings": warnings,
             "checks": checks,
         }
         return JSONResponse(body, status_code=200)
