@@ -40,6 +40,16 @@ class ConfigError(Exception):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
+def _networks(value: list[str]) -> list[str]:
+    """CIDR networks (an address alone is its /32 or /128)."""
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"« {network} » n'est pas un réseau (ex. 10.0.0.0/24)") from None
+    return value
+
+
 def _origin(value: str) -> str:
     """A web origin as browsers send it in `Origin`: lower-case scheme and host, no path."""
     text = value.strip().rstrip("/")
@@ -175,6 +185,15 @@ class HttpConfig(_Section):
         description="Délai pour recevoir les en-têtes d'une requête, sur les deux origines "
         "(secondes) : une connexion lente ou muette est fermée.",
     )
+    status_allow: list[str] = Field(
+        ["127.0.0.1/32", "::1/128"],
+        description="Réseaux (CIDR) de la supervision locale autorisés à lire /status ; les "
+        "autres clients ne le lisent qu'avec un certificat de DRIMbox de la liste blanche "
+        "(403 sinon). /health répond à tous et ne dit rien d'autre que « ok ».",
+    )
+
+    _split = field_validator("status_allow", mode="before")(_comma_separated)
+    _status_networks = field_validator("status_allow")(_networks)
 
 
 class ViewerConfig(_Section):
@@ -831,16 +850,7 @@ class MetricsConfig(_Section):
     )
 
     _split = field_validator("allow", mode="before")(_comma_separated)
-
-    @field_validator("allow")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"« {network} » n'est pas un réseau (ex. 10.0.0.0/24)") from None
-        return value
+    _allow_networks = field_validator("allow")(_networks)
 
 
 class LogConfig(_Section):

@@ -41,7 +41,10 @@ IID_LINK = {
 
 @pytest.fixture
 def site(orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[Site]:
-    with source_site(orthanc, tmp_path) as running:
+    # /status: no local network allowed, so that this loopback test sees the peers' rule.
+    with source_site(
+        orthanc, tmp_path, environ_extra={"DRIMBOX_HTTP__STATUS_ALLOW": "192.0.2.0/24"}
+    ) as running:
         yield running
 
 
@@ -159,6 +162,22 @@ def test_peer_matrix(site: Site, tmp_path: Path) -> None:
         "every peer access names the token's PSC client"
     )
     assert all("CN=db2.test.fr" in e["detail"]["peer_dn"] for e in ok), "and the calling box"
+
+
+def test_status_answers_only_whitelisted_peers(site: Site, tmp_path: Path) -> None:
+    crl_held(site)
+    refused = {"non-whitelisted certificate": site.unknown_peer,
+               "revoked certificate": site.revoked_peer,
+               **look_alikes(site, tmp_path / "look-alikes")}  # fmt: skip
+    for name, certificate in refused.items():
+        with peer_client(site, certificate) as client:
+            status = client.get(f"{site.node.peer_url}/status")
+            health = client.get(f"{site.node.peer_url}/health")
+        assert status.status_code == 403, f"{name}: {status.status_code}"
+        assert "checks" not in status.text and status.json()["erreur"], name
+        assert health.json() == {"status": "ok"}, name  # says nothing else, to anyone
+    with peer_client(site, site.trusted_peer) as client:
+        assert "revocation" in client.get(f"{site.node.peer_url}/status").json()["checks"]
 
 
 def sign_in(site: Site, user: str) -> httpx.Client:

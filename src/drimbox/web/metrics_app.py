@@ -34,7 +34,7 @@ from drimbox.db.models import PeriodicJob
 from drimbox.http.accesslog import measured
 from drimbox.metrics import NodeMetrics
 from drimbox.ops.retention import JOB_NAME as RETENTION_JOB
-from drimbox.web.status import StatusSources, check_dmp, check_pacs, work_queues
+from drimbox.web.status import StatusSources, allowed, check_dmp, check_pacs, work_queues
 
 WAITING_JOBS = (JobState.QUEUED.value, JobState.RETRYING.value)
 
@@ -235,20 +235,6 @@ class NodeStateCollector(Collector):
             )
             gauge.add_metric([node], age.total_seconds())
             yield gauge
-
-
-def allowed(
-    client: str | None, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-) -> bool:
-    if not client:
-        return False
-    try:
-        address = ipaddress.ip_address(client)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
 
 
 def create_metrics_app(config: Config, metrics: NodeMetrics, sources: StatusSources) -> FastAPI:
