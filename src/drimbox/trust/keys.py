@@ -186,6 +186,16 @@ def load_key_pair(
     return KeyPair(certificates[0], key, tuple(certificates[1:]))
 
 
+def load_certificate(
+    path: str | Path, passphrase_env: str = "", *, environ: Mapping[str, str] | None = None
+) -> x509.Certificate:
+    """The (first) certificate of a PEM file, or the one of a PKCS#12 file (decrypted with the
+    passphrase of `passphrase_env`)."""
+    if is_pkcs12(path):
+        return _load_pkcs12(path, passphrase_env, environ).certificate
+    return x509.load_pem_x509_certificates(Path(path).read_bytes())[0]
+
+
 def load_cert_chain(
     context: ssl.SSLContext,
     cert_path: str | Path,
