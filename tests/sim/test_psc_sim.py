@@ -273,6 +273,10 @@ def test_sim_users_listing(psc: LocalPsc) -> None:
         "medecin-deux-situations",
         "authentification-faible",
         "sans-situation",
+        "pharmacien",
+        "infirmier",
+        "medecin-sans-structure",
+        "medecin-autre-structure",
     }
     assert users["authentification-faible"]["acr"] != "eidas1"
 

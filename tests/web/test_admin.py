@@ -59,7 +59,11 @@ def test_console_for_an_administrator(node: RunningNode) -> None:
         missing = browser.post(f"{base}/admin/comptes-rendus/999/relancer")
         assert missing.status_code == 404 and "Compte rendu introuvable" in missing.text
         assert "Aucune liste blanche configurée" in browser.get(f"{base}/admin/liste-blanche").text
+        # An image access event sums requests: the page says how many.
+        audit.record(node.node.db, actor=ADMIN, role="user", action="image_retrieve_frames",
+                     result="ok", nbytes=4096, requests=37, aggregated=True)  # fmt: skip
         traces = browser.get(f"{base}/admin/audit", params={"utilisateur": ADMIN})
+        assert "images servies (trames)" in traces.text and "(37 requêtes)" in traces.text
         # French labels for people; the codes stay in the JSON export (below).
         assert "relance d'un compte rendu" in unescape(traces.text) and "connexion" in traces.text
         assert "administrateur" in traces.text and "report_retry" not in traces.text

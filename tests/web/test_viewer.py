@@ -17,6 +17,7 @@ from drimbox.config import Config, load_config
 from drimbox.db import Database
 from drimbox.db.models import ReportState
 from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.psc import RADIOLOGIST
 from drimbox.sim.studies import SeriesSpec
 from drimbox.web.app import create_viewer_app
 from drimbox.web.viewer import SESSION_COOKIE, MemorySessionStore, ViewerAuth
@@ -122,7 +123,7 @@ def test_viewer_origin_gate_iid_and_static(
         assert anonymous.get("/missing.js").status_code == 404
         assert anonymous.get("/../pyproject.toml").status_code in (404, 400)
 
-        session = sessions.create("899700218896", "Dr Test")
+        session = sessions.create("899700218896", "Dr Test", userinfo=RADIOLOGIST.userinfo())
         user = httpx.Client(base_url=base, cookies={SESSION_COOKIE: session.id})
         index = user.get("/viewer/dicomweb")
         assert index.status_code == 200 and "<html" in index.text.lower()
@@ -186,7 +187,7 @@ def test_iid_parameters_in_any_case_and_the_accession_checked(
         return "/IHEInvokeImageDisplay?" + "&".join(f"{k}={quote(v)}" for k, v in query.items())
 
     with serving(app) as base:
-        session = sessions.create("899700218896", "Dr Test")
+        session = sessions.create("899700218896", "Dr Test", userinfo=RADIOLOGIST.userinfo())
         user = httpx.Client(base_url=base, cookies={SESSION_COOKIE: session.id})
         # Another accession under the CI-SIS spelling: refused, not opened unchecked.
         wrong = user.get(link("AUTRE-ACN"))
@@ -219,7 +220,7 @@ def test_iid_link_opens_ohif_and_the_first_image_is_drawn(
         columns=512,
     )
     sessions = MemorySessionStore()
-    session = sessions.create("899700218896", "Dr Test")
+    session = sessions.create("899700218896", "Dr Test", userinfo=RADIOLOGIST.userinfo())
     app = create_viewer_app(viewer_config(tmp_path, orthanc, ohif_dir), db, ViewerAuth(sessions))
     ARTIFACTS.mkdir(exist_ok=True)
     with serving(app) as base, playwright_api.sync_playwright() as playwright:

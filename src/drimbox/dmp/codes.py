@@ -149,6 +149,12 @@ ENCOUNTER_CONTENT_TYPES: Final[dict[str, Code]] = {
 ENCOUNTER_SYSTEM: Final = "2.16.840.1.113883.5.4"  # HL7 v3 ActCode
 DEFAULT_PRACTICE_SETTING: Final = Code("AMBULATOIRE", "1.2.250.1.213.1.1.4.9", "Ambulatoire")
 
+
+def flag_raised(value: object) -> bool:
+    """An OBX flag set: `True` as the intake stores it, or the HL7 text "Y" / "O"."""
+    return value is True or (isinstance(value, str) and value.strip().upper() in ("Y", "O"))
+
+
 # OBX flags of the report (keys as the HL7 intake yields them) → DMP confidentiality codes.
 CONFIDENTIALITY_FLAGS: Final[dict[str, Code]] = {
     "MASQUE_PS": Code(

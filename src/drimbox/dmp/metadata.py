@@ -295,9 +295,8 @@ def confidentiality_codes(base: Code, flags: Mapping[str, bool | str]) -> list[C
     """The report's confidentiality code plus one DMP code per raised OBX flag."""
     result = [base]
     for key, value in flags.items():
-        raised = value is True or (isinstance(value, str) and value.strip().upper() in ("Y", "O"))
         code = codes.CONFIDENTIALITY_FLAGS.get(key.upper())
-        if raised and code is not None and code not in result:
+        if codes.flag_raised(value) and code is not None and code not in result:
             result.append(code)
     return result
 

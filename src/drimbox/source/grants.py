@@ -21,9 +21,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from drimbox.cda import CdaError, parse_report
+from drimbox.cda.model import RPPS_OID
 from drimbox.db import Database, Report, utcnow
 from drimbox.db.models import ConsoExam, ConsoLaunch, ReportState
 from drimbox.dicom.kos import manifest_from_bytes
+from drimbox.source.lifecycle import effective_confidentiality
 
 PUBLISHED = ReportState.PUBLISHED.value
 # What this site's own viewer shows: published KOS, and those kept off the DMP (DESTDMP=N) whose
@@ -34,6 +37,20 @@ VIEWABLE = (PUBLISHED, ReportState.NOT_FOR_DMP.value)
 def session_hash(session_id: str) -> str:
     """How the database names a session (`user_sessions.id_hash`): the cookie's SHA-256."""
     return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IidReport:
+    """The report an IHE IID link names, as its access rule sees it."""
+
+    report_id: int
+    patient_ins: str
+    # Confidentiality flags raised on the exam's KOS (MASQUE_PS, INVISIBLE_PATIENT…).
+    confidentiality: frozenset[str]
+    # National ids ("8" + RPPS) of the CDA's authors and legal authenticator.
+    authors: frozenset[str]
+    # Their organisations' national ids (FINESS/SIRET-based, as the CDA writes them).
+    structures: frozenset[str]
 
 
 class GrantError(Exception):
@@ -206,16 +223,50 @@ class Grants:
     def iid_report_published(self, study_uid: str, accession: str, document_id: str) -> bool:
         """IHE IID: the study was published with that report (document id and accession), or
         kept off the DMP by DESTDMP=N — the report's link still shows its images."""
+        return self.iid_report(study_uid, accession, document_id) is not None
+
+    def iid_report(self, study_uid: str, accession: str, document_id: str) -> IidReport | None:
+        """The report an IHE IID link names, if the study was published with it (document id
+        and accession) or kept off the DMP by DESTDMP=N, with what its access rule needs: the
+        confidentiality of the link's KOS and of the exam's current one, and the report's
+        authors and structures (blocking)."""
         with self.db.session() as session:
-            rows = session.execute(
-                select(Report.document_id, Report.accession).where(
-                    Report.study_uid == study_uid, Report.state.in_(VIEWABLE)
-                )
+            rows = session.scalars(
+                select(Report)
+                .where(Report.study_uid == study_uid, Report.state.in_(VIEWABLE))
+                .order_by(Report.id.desc())
             ).all()
-        return any(
-            _same_document(r.document_id, document_id)
-            and (not accession or r.accession == accession)
-            for r in rows
+            matched = [
+                r
+                for r in rows
+                if _same_document(r.document_id, document_id)
+                and (not accession or r.accession == accession)
+            ]
+            if not matched:
+                return None
+            flags: set[str] = set()
+            for row in {matched[0].id: matched[0], rows[0].id: rows[0]}.values():
+                flags |= effective_confidentiality(session, row)
+            report, cda = matched[0], matched[0].cda
+            report_id, ins = report.id, report.patient_ins
+        authors: set[str] = set()
+        structures: set[str] = set()
+        if cda:
+            try:
+                parsed = parse_report(cda, study_uid)
+            except CdaError:
+                parsed = None  # published, hence parsed once: no author to exempt
+            if parsed is not None:
+                people = [*parsed.authors, parsed.legal_authenticator]
+                for person in people:
+                    if person is None:
+                        continue
+                    if person.id.root == RPPS_OID and person.id.extension:
+                        authors.add(person.id.extension)
+                    if person.organization is not None and person.organization.id.extension:
+                        structures.add(person.organization.id.extension)
+        return IidReport(
+            report_id, ins, frozenset(flags), frozenset(authors), frozenset(structures)
         )
 
 

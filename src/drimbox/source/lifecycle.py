@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drimbox.db import Report, ReportState, aware, utcnow
-from drimbox.dmp.codes import CONFIDENTIALITY_FLAGS
+from drimbox.dmp.codes import CONFIDENTIALITY_FLAGS, flag_raised
 
 # Report kinds that carry a KOS to publish (the others withdraw).
 PUBLISHING_KINDS = ("publish", "update", "iocm", "exam_update", "recheck", "confidentiality")
@@ -37,6 +37,30 @@ def not_for_dmp(flags: Mapping[str, Any]) -> bool:
 
 def confidentiality_of(flags: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flags.items() if k.upper() in CONFIDENTIALITY_FLAGS}
+
+
+def effective_confidentiality(session: Session, report: Report) -> frozenset[str]:
+    """The confidentiality flags raised on the KOS of `report` as the DMP holds it: the report's
+    own when it says MODIF_CONF_CODE=Y or is the first of its exam, else those of the KOS it
+    replaces, and so on back (`flags_for_publication`)."""
+    current = report
+    seen = {current.id}
+    while current.flags.get(MODIF_CONF_CODE) is not True:
+        previous = session.scalars(
+            select(Report)
+            .where(Report.study_uid == current.study_uid, Report.id < current.id)
+            .where(Report.kind.in_(PUBLISHING_KINDS), Report.state.not_in(_OUT_OF_RACE))
+            .where(Report.kos_sop_uid.is_not(None))
+            .order_by(Report.id.desc())
+            .limit(1)
+        ).first()
+        if previous is None or previous.id in seen:
+            break
+        seen.add(previous.id)
+        current = previous
+    return frozenset(
+        k.upper() for k, v in confidentiality_of(current.flags).items() if flag_raised(v)
+    )
 
 
 def flags_for_publication(

@@ -27,14 +27,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from drimbox.source.grants import Grants, KosContent
-from drimbox.source.wado import Scope, WadoError
+from drimbox.source.grants import Grants
+from drimbox.source.wado import Scope, Visible, WadoError
 from drimbox.web.pages import favicon, message, render
 
 SESSION_COOKIE = "drimbox_session"
@@ -85,6 +85,9 @@ class ViewerSession:
     display_name: str
     expires_at: float
     studies: set[str] = field(default_factory=set)
+    # The PSC userinfo claims (profession, situations d'exercice) and the situation chosen.
+    userinfo: dict[str, Any] = field(default_factory=dict)
+    situation_key: str | None = None
 
 
 class SessionStore(Protocol):
@@ -101,13 +104,19 @@ class MemorySessionStore:
         self._lock = threading.Lock()
 
     def create(
-        self, subject: str, display_name: str = "", ttl_s: float = 8 * 3600
+        self,
+        subject: str,
+        display_name: str = "",
+        ttl_s: float = 8 * 3600,
+        *,
+        userinfo: dict[str, Any] | None = None,
     ) -> ViewerSession:
         session = ViewerSession(
             id=secrets.token_urlsafe(32),
             subject=subject,
             display_name=display_name,
             expires_at=time.time() + ttl_s,
+            userinfo=dict(userinfo or {}),
         )
         with self._lock:
             self._sessions[session.id] = session
@@ -174,18 +183,18 @@ class ViewerAuthorizer:
             raise WadoError(404, "cette étude n'est plus publiée")
         return Scope(session.subject, content)
 
-    async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
+    async def visible(self, request: Request) -> Visible:
         session = self._session(request)
         contents = []
         for study_uid in sorted(session.studies):
             content = await asyncio.to_thread(self.grants.for_viewer, session.id, study_uid)
             if content is not None:
                 contents.append(content)
-        return session.subject, contents
+        return Visible(session.subject, contents)
 
-    def subject_hint(self, request: Request) -> str:
+    def caller_hint(self, request: Request) -> tuple[str, str]:
         session = self.auth.session(request)
-        return session.subject if session else ""
+        return (session.subject if session else ""), ""
 
 
 class StaticApp:

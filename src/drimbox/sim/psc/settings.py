@@ -216,11 +216,81 @@ NO_SITUATION_USER = SimUser(
     exercices=(),
 )
 
+# Professions the DMP's access matrix keeps away from imaging reports, and practices without a
+# structure: the report's viewer link refuses them (docs/conformance.md, "viewer link").
+PHARMACIST = SimUser(
+    id="pharmacien",
+    subject_name_id="899700100055",
+    given_name="Hugo",
+    family_name="PHARMACIEN",
+    description="Pharmacien d'officine (profession 21)",
+    exercices=(
+        SimExercice(
+            profession_code="21",
+            civility="M",
+            activities=(SimActivity(name="PHARMACIE DU MARCHE", structure_id="R10055"),),
+        ),
+    ),
+)
+
+NURSE = SimUser(
+    id="infirmier",
+    subject_name_id="899700100066",
+    given_name="Lea",
+    family_name="INFIRMIERE",
+    civility="MME",
+    description="Infirmière libérale (profession 60)",
+    exercices=(
+        SimExercice(
+            profession_code="60",
+            civility="MME",
+            activities=(SimActivity(name="CABINET INFIRMIER DES LILAS", structure_id="R10066"),),
+        ),
+    ),
+)
+
+NO_STRUCTURE_PHYSICIAN = SimUser(
+    id="medecin-sans-structure",
+    subject_name_id="899700100077",
+    given_name="Jean",
+    family_name="SANS-STRUCTURE",
+    description="Médecin inscrit sans aucun lieu d'exercice (aucune structure)",
+    exercices=(SimExercice(profession_code="10", specialty_code="SM54"),),
+)
+
+OTHER_STRUCTURE_PHYSICIAN = SimUser(
+    id="medecin-autre-structure",
+    subject_name_id="899700100088",
+    given_name="Sophie",
+    family_name="TRAITANTE",
+    civility="MME",
+    description="Médecin généraliste d'une autre structure (le médecin demandeur)",
+    exercices=(
+        SimExercice(
+            profession_code="10",
+            specialty_code="SM54",
+            activities=(
+                SimActivity(
+                    name="MAISON DE SANTE DU VAL",
+                    structure_id="R10088",
+                    national_structure_id="499700100088001",
+                    postal_code="33000",
+                    town="33000 BORDEAUX",
+                ),
+            ),
+        ),
+    ),
+)
+
 DEFAULT_USERS: tuple[SimUser, ...] = (
     RADIOLOGIST,
     TWO_SITES_PHYSICIAN,
     LOW_ACR_USER,
     NO_SITUATION_USER,
+    PHARMACIST,
+    NURSE,
+    NO_STRUCTURE_PHYSICIAN,
+    OTHER_STRUCTURE_PHYSICIAN,
 )
 
 
