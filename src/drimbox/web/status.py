@@ -32,6 +32,7 @@ from drimbox.db import Database, DmpJob, JobState, Report, ReportState, aware, u
 from drimbox.dicom.cache import SeriesCache
 from drimbox.dicom.pacs import PacsClient, PacsError
 from drimbox.french import french_size
+from drimbox.http.tlspolicy import client_context
 from drimbox.source.outbox import DUE as JOB_DUE
 from drimbox.source.pipeline import DUE_STATES as REPORT_DUE
 from drimbox.trust.store import WhitelistStore
@@ -90,7 +91,7 @@ def check_dmp(sources: StatusSources) -> dict[str, Any]:
     base = sources.config.dmp.base_url
     if not base:
         return {"ok": None, "message": "DMP non configuré ([dmp] base_url)"}
-    client = sources.dmp_http or httpx.Client(timeout=CHECK_TIMEOUT_S)
+    client = sources.dmp_http or httpx.Client(timeout=CHECK_TIMEOUT_S, verify=client_context())
     try:
         # Any HTTP answer proves the DMP is reachable through our TLS; a SOAP service answers a
         # GET with an error page, which is fine here.
