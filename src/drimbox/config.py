@@ -826,7 +826,7 @@ class RetentionConfig(_Section):
         "nœud du site la fait à la fois.",
     )
     batch_rows: int = Field(
-        500,
+        100,
         ge=1,
         description="Lignes traitées par transaction de purge (de courtes transactions : le "
         "nœud continue de servir pendant une longue purge).",

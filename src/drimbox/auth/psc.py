@@ -47,9 +47,9 @@ from joserfc.jwk import KeySet
 from drimbox.auth.tokens import MAX_TOKEN_LENGTH, InvalidToken, TokenIdentity
 from drimbox.auth.users import PscUser, UserInfoError
 from drimbox.config import Config, PscConfig
-from drimbox.dmp.structures import key_matches, load_certificate, usage_problem
+from drimbox.dmp.structures import key_matches, usage_problem
 from drimbox.http.tlspolicy import client_context
-from drimbox.trust.keys import load_cert_chain
+from drimbox.trust.keys import load_cert_chain, load_certificate
 
 DEFAULT_SCOPE = "openid scope_all"
 DEFAULT_ACR = "eidas1"

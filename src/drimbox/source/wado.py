@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from io import BytesIO
@@ -37,11 +39,12 @@ from drimbox.dicom.retrieve import ImageService
 from drimbox.dicom.transcode import (
     PRODUCIBLE_SYNTAXES,
     TranscodeError,
-    choose_syntax,
     extract_frames,
     frame_media_type,
+    ranked_syntaxes,
     render,
     transcode,
+    uniform_syntax,
 )
 from drimbox.http.accept import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -77,6 +80,9 @@ THUMBNAIL_SIZE = 128
 _METADATA_BULK_THRESHOLD = 64 * 1024
 MAX_FRAMES = 1024  # distinct frames per request: more than any viewer asks at once
 CHUNK_BYTES = 1024 * 1024  # a response write: big enough to amortise, small enough to stream
+# Instances re-encoded at once for one response: the node's cores (dcmcjpeg runs as a process,
+# the other codecs release the GIL in C).
+TRANSCODE_WORKERS = max(1, os.cpu_count() or 1)
 
 
 class WadoError(Exception):
@@ -284,6 +290,25 @@ def _part_type(syntax: str) -> str:
     return f"application/dicom; transfer-syntax={syntax}"
 
 
+async def _transcoded(instance: CachedInstance, ranked: Sequence[str]) -> tuple[bytes, str] | None:
+    """The instance in the first of `ranked` its transcoding gives (the stored bytes when its
+    own syntax comes first), None (logged) when none does. Runs in a worker thread."""
+    errors = []
+    for syntax in ranked:
+        if syntax == instance.transfer_syntax:
+            return await asyncio.to_thread(instance.read), syntax
+        try:
+            return await asyncio.to_thread(_transcode_instance, instance, syntax), syntax
+        except TranscodeError as exc:
+            errors.append(f"{syntax}: {exc}")
+    log.warning("instance %s skipped: %s", instance.sop_instance_uid, "; ".join(errors))
+    return None
+
+
+def _transcode_instance(instance: CachedInstance, syntax: str) -> bytes:
+    return transcode(instance.read(), syntax)
+
+
 def _pack(group: Sequence[tuple[bytes, CachedInstance]], tail: bytes, size: int) -> Framable:
     """Parts (their opening, the instance's cached bytes, `tail`) laid out in one buffer."""
     chunk = Framable.allocate(size)
@@ -308,12 +333,14 @@ class WadoRoutes:
         *,
         access_log: Path,
         audit_db: Database | None = None,
+        tally: AccessTally | None = None,
     ) -> None:
+        """`tally`: the node's (both origins share one), else this mount's own."""
         self.images = images
         self.authorizer = authorizer
         self.access_log = access_log
         self.audit_db = audit_db
-        self.tally = AccessTally(audit_db) if audit_db is not None else None
+        self.tally = tally or (AccessTally(audit_db) if audit_db is not None else None)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -447,7 +474,6 @@ class WadoRoutes:
                 raise WadoError(404, "instance absente du KOS publié de cette étude")
             only = {sop_uid}
         acceptance = _dicom_acceptance(request)
-        fallback = acceptance.best(PRODUCIBLE_SYNTAXES)
 
         # Wait for the first instance before answering, so that PACS failures and empty
         # series still get a proper status; everything after it streams.
@@ -462,7 +488,7 @@ class WadoRoutes:
             if first is None:
                 raise WadoError(404, "aucune image de cette sélection n'est dans le PACS")
             stored = first[0].transfer_syntax
-            if choose_syntax(stored, acceptance) is None:
+            if not ranked_syntaxes(stored, acceptance):
                 raise WadoError(
                     406,
                     f"syntaxe de transfert stockée {stored} non acceptée et aucune "
@@ -491,9 +517,7 @@ class WadoRoutes:
             try:
                 while True:
                     while batch is not None:
-                        async for chunk, parts in self._chunks(
-                            batch, acceptance, fallback, boundary, count
-                        ):
+                        async for chunk, parts in self._chunks(batch, acceptance, boundary, count):
                             sent += len(chunk)
                             count += parts
                             yield chunk
@@ -520,51 +544,77 @@ class WadoRoutes:
                     replace(record, bytes=sent, instances=count, result=result, detail=detail),
                 )
 
+        # Every part in one syntax (the client's unique first choice, produced from whatever
+        # is stored): said on the response itself, as the DRIM-M sample response does.
+        uniform = uniform_syntax(acceptance)
+        syntax = f"; transfer-syntax={uniform}" if uniform else ""
         return RawStreamingResponse(
             body(),
-            media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+            media_type=f'multipart/related; type="application/dicom"{syntax}; boundary={boundary}',
         )
 
     async def _chunks(
         self,
         batch: Sequence[CachedInstance],
         acceptance: SyntaxAcceptance,
-        fallback: str | None,
         boundary: str,
         index: int,
     ) -> AsyncIterator[tuple[BodyChunk, int]]:
         """The parts of `batch` (the first numbered `index`) as (chunk, number of parts), each
-        ended by the next delimiter (complete for the reader as soon as it arrives): stored
-        bytes are read straight into chunks of up to `CHUNK_BYTES` (few writes, one copy),
-        transcoded instances go one per chunk."""
+        ended by the next delimiter (complete for the reader as soon as it arrives), in the
+        batch's order: stored bytes are read straight into chunks of up to `CHUNK_BYTES` (few
+        writes, one copy); instances to transcode are re-encoded `TRANSCODE_WORKERS` at a time
+        (the node's cores), each sent as soon as it and those before it are ready."""
         group: list[tuple[bytes, CachedInstance]] = []
         size = 0
         tail = part_end(boundary)
-        for instance in batch:
-            stored = instance.transfer_syntax
-            if acceptance.accepts(stored):  # the stored bytes, untouched
-                head = part_open(boundary, _part_type(stored), instance.size, first=not index)
-                group.append((head, instance))
-                size += len(head) + instance.size + len(tail)
-                index += 1
-                if size >= CHUNK_BYTES:
-                    yield _pack(group, tail, size), len(group)
-                    group, size = [], 0
-                continue
-            if group:
-                yield _pack(group, tail, size), len(group)
-                group, size = [], 0
-            if fallback is None:
-                log.warning("instance %s skipped: nothing acceptable", instance.sop_instance_uid)
-                continue
-            try:
-                data = await asyncio.to_thread(transcode, instance.read(), fallback)
-            except TranscodeError as exc:
-                log.warning("instance %s skipped: %s", instance.sop_instance_uid, exc)
-                continue
-            head = part_open(boundary, _part_type(fallback), len(data), first=not index)
-            index += 1
-            yield memoryview(head + data + tail), 1
+        pending: deque[tuple[CachedInstance, asyncio.Task[tuple[bytes, str] | None] | None]]
+        pending = deque()
+        running = 0
+        try:
+            for position in range(len(batch) + 1):
+                if position < len(batch):
+                    instance = batch[position]
+                    ranked = ranked_syntaxes(instance.transfer_syntax, acceptance)
+                    if not ranked:
+                        log.warning(
+                            "instance %s skipped: nothing acceptable", instance.sop_instance_uid
+                        )
+                        continue
+                    task = None
+                    if ranked[0] != instance.transfer_syntax:
+                        task = asyncio.create_task(_transcoded(instance, ranked))
+                        running += 1
+                    pending.append((instance, task))
+                drain = position == len(batch)
+                # Send what is at the front as soon as it can go, keeping the workers busy.
+                while pending and (drain or pending[0][1] is None or running >= TRANSCODE_WORKERS):
+                    front, job = pending.popleft()
+                    if job is None:  # the stored bytes, untouched
+                        stored = front.transfer_syntax
+                        head = part_open(boundary, _part_type(stored), front.size, first=not index)
+                        group.append((head, front))
+                        size += len(head) + front.size + len(tail)
+                        index += 1
+                        if size >= CHUNK_BYTES:
+                            yield _pack(group, tail, size), len(group)
+                            group, size = [], 0
+                        continue
+                    if group:
+                        yield _pack(group, tail, size), len(group)
+                        group, size = [], 0
+                    done = await job
+                    running -= 1
+                    if done is None:
+                        continue
+                    data, syntax = done
+                    head = part_open(boundary, _part_type(syntax), len(data), first=not index)
+                    index += 1
+                    yield memoryview(head + data + tail), 1
+        finally:
+            for _, job in pending:  # the client left: the work ahead is not needed
+                if job is not None:
+                    job.cancel()
         if group:
             yield _pack(group, tail, size), len(group)
 

@@ -186,6 +186,16 @@ def load_key_pair(
     return KeyPair(certificates[0], key, tuple(certificates[1:]))
 
 
+def load_certificate(
+    path: str | Path, passphrase_env: str = "", *, environ: Mapping[str, str] | None = None
+) -> x509.Certificate:
+    """The (first) certificate of a PEM file, or the one of a PKCS#12 file (decrypted with the
+    passphrase of `passphrase_env`)."""
+    if is_pkcs12(path):
+        return _load_pkcs12(path, passphrase_env, environ).certificate
+    return x509.load_pem_x509_certificates(Path(path).read_bytes())[0]
+
+
 def load_cert_chain(
     context: ssl.SSLContext,
     cert_path: str | Path,
@@ -254,11 +264,8 @@ def configured_certificates(
     for label, cert, key, env in configured_keys(config):
         label = label.replace("tls_key", "tls_cert").replace("signing_key", "signing_cert")
         try:
-            if is_pkcs12(cert or key):
-                found.append((label, load_key_pair(cert, key, env, environ=environ).certificate))
-            else:
-                found.append((label, x509.load_pem_x509_certificate(Path(cert).read_bytes())))
-        except (OSError, ValueError) as exc:
+            found.append((label, load_certificate(cert or key, env, environ=environ)))
+        except (OSError, ValueError, IndexError) as exc:
             found.append((label, f"certificat illisible ({cert or key}) : {exc}"))
     return found
 

@@ -32,6 +32,7 @@ from drimbox.http.tlspolicy import client_context
 from drimbox.source.pipeline import pacs_settings
 from drimbox.trust.keys import load_cert_chain
 from drimbox.trust.store import WhitelistStore
+from drimbox.trust.tally import AccessTally
 from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
 from drimbox.web.admin_routes import admin_router
 from drimbox.web.app import PEER_PREFIX, VIEWER_PREFIX, create_peer_app, create_viewer_app
@@ -115,8 +116,15 @@ def build_web(
     peer_check = (
         PeerCheck(whitelist.current, whitelist.revocation) if whitelist is not None else None
     )
+    # One count of image accesses for both origins: the console writes it before showing it.
+    tally = AccessTally(db)
     peer_app = create_peer_app(
-        config, db, peer_verifier(client, config), images=images, peer_check=peer_check
+        config,
+        db,
+        peer_verifier(client, config),
+        images=images,
+        peer_check=peer_check,
+        tally=tally,
     )
     status = StatusSources(
         config=config,
@@ -155,6 +163,7 @@ def build_web(
         admin_router(
             config, db, sessions, status=status, whitelist=whitelist, cache=images.cache,
             access_token=session_tokens.access_token if session_tokens else None,
+            tally=tally,
         )
     )  # fmt: skip
     conso = None
@@ -171,7 +180,9 @@ def build_web(
     if client is not None:
         secure = config.viewer.public_url.startswith("https://")
         routers.insert(0, auth_router(client, sessions, db, secure_cookies=secure))
-    viewer_app = create_viewer_app(config, db, ViewerAuth(sessions), images=images, routers=routers)
+    viewer_app = create_viewer_app(
+        config, db, ViewerAuth(sessions), images=images, routers=routers, tally=tally
+    )
     viewer_app.add_middleware(
         ServedMetricsMiddleware, metrics=metrics, prefix=VIEWER_PREFIX, channel="viewer"
     )
