@@ -753,6 +753,12 @@ class TrustConfig(_Section):
     crl_refresh_interval_s: float = Field(
         3600.0, gt=0, description="Intervalle de rafraîchissement des CRL (secondes)."
     )
+    expiry_warning_days: int = Field(
+        30,
+        ge=1,
+        description="Les certificats de la DRIMbox (DMP, signature, pairs, PSC) qui expirent "
+        "dans moins de ce nombre de jours sont signalés (attention) sur /status et la console.",
+    )
 
     _split = field_validator("anchors", "crl_urls", mode="before")(_comma_separated)
     _passphrase = field_validator("key_passphrase_env")(_passphrase_env)

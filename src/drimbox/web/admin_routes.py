@@ -54,7 +54,8 @@ from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 SOURCE_NAV: Final = ("/admin/comptes-rendus", "Comptes rendus")
 RETRYABLE = {"refused", "parked"}
 CHECK_LABELS: Final = {"pacs": "PACS", "dmp": "DMP", "whitelist": "Liste blanche",
-                       "revocation": "Révocation (CRL)", "outbox": "File d'envoi au DMP",
+                       "revocation": "Révocation (CRL)",
+                       "certificates": "Certificats", "outbox": "File d'envoi au DMP",
                        "work": "Travail en cours", "cache": "Cache d'images"}  # fmt: skip
 SOURCE_CHECKS: Final = frozenset({"outbox", "work"})
 

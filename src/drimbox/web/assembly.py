@@ -12,7 +12,6 @@ Owns the choice of token verifier and session store; the routes themselves live 
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from drimbox.db import Database
 from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService
 from drimbox.http.server import HttpServer
+from drimbox.http.tlspolicy import client_context
 from drimbox.source.pipeline import pacs_settings
 from drimbox.trust.keys import load_cert_chain
 from drimbox.trust.store import WhitelistStore
@@ -73,7 +73,7 @@ def dmp_status_client(config: Config) -> httpx.Client | None:
     dmp = config.dmp
     if not dmp.base_url:
         return None
-    context = ssl.create_default_context(cafile=dmp.tls_ca or None)
+    context = client_context(dmp.tls_ca)
     if dmp.tls_cert:
         load_cert_chain(context, dmp.tls_cert, dmp.tls_key or dmp.tls_cert, dmp.key_passphrase_env)
     return httpx.Client(verify=context, timeout=5.0)
