@@ -33,6 +33,7 @@ from cryptography import x509
 from drimbox import __version__
 from drimbox.config import Config
 from drimbox.french import french_number, french_size
+from drimbox.http.tlspolicy import client_context
 from drimbox.trust.keys import KeyFileError, load_certificate, load_key_pair
 
 Status = Literal["ok", "warning", "failure"]
@@ -486,7 +487,7 @@ def _revocation(certificate: x509.Certificate, pool: list[x509.Certificate]) -> 
 def _fetch(url: str) -> bytes:
     if url.startswith("file://"):
         return Path(urlsplit(url).path).read_bytes()
-    response = httpx.get(url, timeout=10, follow_redirects=True)
+    response = httpx.get(url, timeout=10, follow_redirects=True, verify=client_context())
     response.raise_for_status()
     return response.content
 

@@ -255,6 +255,21 @@ def configured_keys(config: Config) -> list[tuple[str, str, str, str]]:
     return [entry for entry in found if entry[2]]
 
 
+def configured_certificates(
+    config: Config, *, environ: Mapping[str, str] | None = None
+) -> list[tuple[str, x509.Certificate | str]]:
+    """(label, certificate or why it cannot be read) of every certificate the configuration
+    names with its key: DMP ORG AUTH and signing, PSC client, peer TLS, each structure's."""
+    found: list[tuple[str, x509.Certificate | str]] = []
+    for label, cert, key, env in configured_keys(config):
+        label = label.replace("tls_key", "tls_cert").replace("signing_key", "signing_cert")
+        try:
+            found.append((label, load_certificate(cert or key, env, environ=environ)))
+        except (OSError, ValueError, IndexError) as exc:
+            found.append((label, f"certificat illisible ({cert or key}) : {exc}"))
+    return found
+
+
 def key_problems(config: Config, *, environ: Mapping[str, str] | None = None) -> list[str]:
     """Why configured keys cannot be used (French, one sentence each): checked at start and by
     `drimbox config check`. The same file configured twice is reported once; a file not

@@ -32,6 +32,7 @@ from drimbox.source.access import access_log_path
 from drimbox.source.fairness import PeerLimiter, PeerShares
 from drimbox.source.grants import Grants
 from drimbox.source.wado import Authorizer, PeerAuthorizer, WadoRoutes, install, peer_dn
+from drimbox.trust.tally import AccessTally
 from drimbox.trust.tls import PeerCheck
 from drimbox.web.iid import install_iid_route
 from drimbox.web.pages import STATIC_DIR, STATIC_PATH
@@ -78,11 +79,15 @@ def create_peer_app(
     *,
     images: ImageService | None = None,
     peer_check: PeerCheck | None = None,
+    tally: AccessTally | None = None,
 ) -> FastAPI:
-    """The peer-facing application (WADO-RS, DRIM-M flavour)."""
+    """The peer-facing application (WADO-RS, DRIM-M flavour). `tally`: the node's count of
+    image accesses for the audit trail (its own when not given)."""
     images = images or ImageService(config)
     authorizer = PeerAuthorizer(verifier, Grants(db), peer_check)
-    app = _image_app("DRIMbox — service d'images (WADO-RS)", config, db, images, authorizer)
+    app = _image_app(
+        "DRIMbox — service d'images (WADO-RS)", config, db, images, authorizer, tally=tally
+    )
     source = config.source
     app.state.peer_shares = PeerShares(
         per_peer=source.peer_max_requests,
@@ -102,13 +107,20 @@ def create_viewer_app(
     *,
     images: ImageService | None = None,
     routers: Sequence[APIRouter] = (),
+    tally: AccessTally | None = None,
 ) -> FastAPI:
     """The viewer origin (OHIF, its DICOMweb endpoints, IID). `routers` (sign-in, Conso,
     administration) are mounted before OHIF's catch-all route."""
     images = images or ImageService(config)
     grants = Grants(db)
     app = _image_app(
-        "DRIMbox — visionneuse", config, db, images, ViewerAuthorizer(auth, grants), VIEWER_PREFIX
+        "DRIMbox — visionneuse",
+        config,
+        db,
+        images,
+        ViewerAuthorizer(auth, grants),
+        VIEWER_PREFIX,
+        tally=tally,
     )
     for router in routers:
         app.include_router(router)
@@ -150,6 +162,8 @@ def _image_app(
     images: ImageService,
     authorizer: Authorizer,
     prefix: str = PEER_PREFIX,
+    *,
+    tally: AccessTally | None = None,
 ) -> FastAPI:
     """An application serving `images` over DICOMweb under `prefix`, every access checked by
     `authorizer` and recorded (access log, audit trail)."""
@@ -158,6 +172,7 @@ def _image_app(
         authorizer,
         access_log=access_log_path(config.store.cache_dir),
         audit_db=db,
+        tally=tally,
     )
     app = FastAPI(
         title=title,
