@@ -452,7 +452,7 @@ def test_a_launch_from_another_site_asks_first(network: Network, browser: Any) -
         assert page.locator("h1").inner_text() == "Ouvrir le dossier de ce patient ?"
         text = page.locator("main").inner_text()
         assert "PAT-TROIS" in text and trap in text and "Rien n'a encore été demandé" in text
-        page.click("text=Ouvrir le dossier de ce patient")
+        page.click("button:has-text('Ouvrir le dossier de ce patient')")
         sign_in_at_psc(page, "radiologue")
         assert "Historique des examens" in page.locator("h1").inner_text()
         assert "PAT-TROIS DOMINIQUE" in page.locator(".banner").inner_text()
