@@ -23,6 +23,7 @@ TINY: dict[str, list[str]] = {
     "pacs_speedtest.py": ["--instances", "4", "--runs", "1"],
     "prefetch_order.py": ["--exams", "8", "--instances", "1", "--size", "16"],
     "publication.py": ["--instances", "4", "--runs", "1", "--reports", "2"],
+    "retention_purge.py": ["--reports", "4", "--cda-kb", "1", "--batch", "2"],
     "wado_series.py": ["--instances", "2", "--runs", "1", "--warmup", "0"],
 }  # fmt: skip
 

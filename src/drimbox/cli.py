@@ -48,6 +48,10 @@ xdm_app = typer.Typer(help="Archives XDM (IHE ITI-32).", no_args_is_help=True)
 app.add_typer(xdm_app, name="xdm")
 audit_app = typer.Typer(help="Traces d'accès aux données de santé.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+retention_app = typer.Typer(
+    help="Rétention des données : purge de ce qui a fait son temps.", no_args_is_help=True
+)
+app.add_typer(retention_app, name="retention")
 stats_app = typer.Typer(
     help="Statistiques d'usage (indicateurs ANS / Ségur).", no_args_is_help=True
 )
@@ -113,6 +117,7 @@ def config_check(file: Path) -> None:
     )
     _check_structures(config)
     _check_psc_certificate(config)
+    _check_keys(config)
 
 
 def _refuse_if_any(title: str, problems: list[str]) -> None:
@@ -122,6 +127,14 @@ def _refuse_if_any(title: str, problems: list[str]) -> None:
         for problem in problems:
             err.print(f"  - {escape(problem)}", highlight=False)
         raise typer.Exit(2)
+
+
+def _check_keys(config: Config) -> None:
+    """Every configured key is readable by the service only, decrypts, matches its
+    certificate."""
+    from drimbox.trust.keys import key_problems
+
+    _refuse_if_any("Clés privées inutilisables", key_problems(config))
 
 
 def _check_psc_certificate(config: Config) -> None:
@@ -682,6 +695,85 @@ def audit_export(
             handle.write(line + "\n")
             count += 1
     console.print(f"{count} événements écrits dans {output}")
+
+
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Compte ce qui serait purgé, sans rien effacer.")
+]
+
+
+@audit_app.command("purge")
+def audit_purge_command(
+    config: ConfigOption = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Base à purger avec le compte propriétaire du schéma (celui de « drimbox db "
+            "upgrade ») ; sinon [store] database_url."
+        ),
+    ] = None,
+    operator: Annotated[
+        str, typer.Option(help="Qui purge (inscrit dans la piste d'audit).")
+    ] = "administrateur",
+    dry_run: DryRunOption = False,
+) -> None:
+    """Supprime de la piste d'audit les événements plus anciens que [retention] audit_days."""
+    from datetime import timedelta
+
+    from drimbox.db.audit_purge import AuditPurgeError, older_than, purge_audit
+
+    cfg = _load(config)
+    if database_url:
+        cfg.store.database_url = database_url
+    db = _database(cfg)
+    days = cfg.retention.audit_days
+    before = datetime.now(UTC) - timedelta(days=days)
+    cut = french_datetime(before)
+    if dry_run:
+        count = older_than(db, before)
+        console.print(f"Simulation : {count} événement(s) d'audit antérieurs au {cut} "
+                      f"(conservation {french_number(days)} jours) seraient supprimés.",
+                      highlight=False)  # fmt: skip
+        return
+    try:
+        deleted = purge_audit(db, before, operator=operator)
+    except AuditPurgeError as exc:
+        fail(str(exc))
+    console.print(f"[green]Piste d'audit purgée[/] : {deleted} événement(s) antérieurs au "
+                  f"{cut} supprimés (la purge y est inscrite).", highlight=False)  # fmt: skip
+
+
+@retention_app.command("purge")
+def retention_purge(config: ConfigOption = None, dry_run: DryRunOption = False) -> None:
+    """Applique la rétention ([retention]) : messages HL7, versions de CR remplacées, copies
+    Conso des documents du DMP, sessions, cache d'images ; compte la piste d'audit échue."""
+    from datetime import timedelta
+
+    from drimbox.db.audit_purge import older_than
+    from drimbox.dicom.cache import purge_cache
+    from drimbox.ops.retention import RetentionPurge, purge_message
+
+    cfg = _load(config)
+    db = _database(cfg)
+
+    def progress(kind: str, done: int) -> None:
+        err.print(f"  … {kind} : {done} ligne(s)", highlight=False)
+
+    counts = RetentionPurge(db, cfg.retention, progress).run(dry_run=dry_run)
+    cache = purge_cache(Path(cfg.store.cache_dir), expired_only=True,
+                        ttl_h=cfg.store.cache_ttl_h, dry_run=dry_run)  # fmt: skip
+    counts.cache_series, counts.cache_bytes = cache.series, cache.bytes
+    title = "Simulation de la purge de rétention" if dry_run else "Purge de rétention terminée"
+    console.print(f"[green]{title}[/] :", highlight=False)
+    for line in purge_message(counts, dry_run=dry_run):
+        console.print(f"  {line}", highlight=False)
+    audit_before = datetime.now(UTC) - timedelta(days=cfg.retention.audit_days)
+    console.print(
+        f"  piste d'audit : {older_than(db, audit_before)} événement(s) au-delà de "
+        f"{french_number(cfg.retention.audit_days)} jours, purgés seulement par « drimbox audit "
+        "purge » (compte propriétaire du schéma)",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -58,6 +59,16 @@ def web_origin(url: str) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
+def _networks(value: list[str]) -> list[str]:
+    """CIDR networks (an address alone is its /32 or /128)."""
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"« {network} » n'est pas un réseau (ex. 10.0.0.0/24)") from None
+    return value
+
+
 def _origin(value: str) -> str:
     """A declared origin: "null", or scheme://host[:port] without path."""
     text = value.strip().rstrip("/")
@@ -77,6 +88,33 @@ def _comma_separated(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+PASSPHRASE_ENV_DESCRIPTION = (
+    "Nom de la variable d'environnement qui contient la phrase secrète des clés de cette "
+    "section quand elles sont chiffrées (fichier PKCS#12 .p12/.pfx, ou clé PEM chiffrée), "
+    "ex. DRIMBOX_DMP_KEY_PASS ; la phrase n'est jamais écrite dans ce fichier. Vide : clés en "
+    "clair (droits 0600, voir docs/deploy.md)."
+)
+
+
+def _passphrase_env(value: str) -> str:
+    value = value.strip()
+    if value and not _ENV_NAME.fullmatch(value):
+        raise ValueError(f"« {value} » n'est pas un nom de variable d'environnement")
+    return value
+
+
+def _pkcs12_pairs(section: BaseModel, *pairs: tuple[str, str]) -> None:
+    """A PKCS#12 file holds both the key and its certificate: given once (as the certificate
+    or as the key), it stands for the other too."""
+    for cert, key in pairs:
+        cert_path, key_path = getattr(section, cert), getattr(section, key)
+        for given, other in ((cert_path, key), (key_path, cert)):
+            if given.lower().endswith((".p12", ".pfx")) and not getattr(section, other):
+                setattr(section, other, given)
 
 
 class _Section(BaseModel):
@@ -166,6 +204,15 @@ class HttpConfig(_Section):
         description="Délai pour recevoir les en-têtes d'une requête, sur les deux origines "
         "(secondes) : une connexion lente ou muette est fermée.",
     )
+    status_allow: list[str] = Field(
+        ["127.0.0.1/32", "::1/128"],
+        description="Réseaux (CIDR) de la supervision locale autorisés à lire /status ; les "
+        "autres clients ne le lisent qu'avec un certificat de DRIMbox de la liste blanche "
+        "(403 sinon). /health répond à tous et ne dit rien d'autre que « ok ».",
+    )
+
+    _split = field_validator("status_allow", mode="before")(_comma_separated)
+    _status_networks = field_validator("status_allow")(_networks)
 
 
 class ViewerConfig(_Section):
@@ -476,6 +523,7 @@ class DmpConfig(_Section):
         "", description="Certificat ORG de signature (PEM) : VIHF et document de signature XAdES."
     )
     signing_key: str = Field("", description="Clé privée (PEM) du certificat de signature.")
+    key_passphrase_env: str = Field("", description=PASSPHRASE_ENV_DESCRIPTION)
     lps_id: str = Field("", description="Identifiant du logiciel (LPS_ID) enregistré au DMP.")
     lps_name: str = Field("DRIMbox", description="Nom du logiciel (LPS_Nom).")
     lps_version: str = Field("0.1.0", description="Version du logiciel (LPS_Version).")
@@ -507,6 +555,13 @@ class DmpConfig(_Section):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("doit commencer par https:// (ou http:// pour un simulateur local)")
         return value.rstrip("/")
+
+    _passphrase = field_validator("key_passphrase_env")(_passphrase_env)
+
+    @model_validator(mode="after")
+    def _pkcs12(self) -> DmpConfig:
+        _pkcs12_pairs(self, ("tls_cert", "tls_key"), ("signing_cert", "signing_key"))
+        return self
 
 
 StructureKind = Literal["FINESS_EJ", "FINESS_EG", "SIRET", "RPPS"]
@@ -540,6 +595,7 @@ class StructureConfig(_Section):
         description="Certificat ORG SIGN (PEM) de la structure : VIHF et document de signature."
     )
     signing_key: str = Field(description="Clé privée (PEM) du certificat ORG SIGN.")
+    key_passphrase_env: str = Field("", description=PASSPHRASE_ENV_DESCRIPTION)
     activity_sector: str = Field(
         "",
         description="Secteur d'activité du VIHF (code^système) ; vide : [dmp] activity_sector.",
@@ -557,6 +613,8 @@ class StructureConfig(_Section):
             raise ValueError("identifiant de structure vide ou non alphanumérique")
         return value.strip()
 
+    _passphrase = field_validator("key_passphrase_env")(_passphrase_env)
+
 
 class PscConfig(_Section):
     """Pro Santé Connect (OpenID Connect): how users sign in, and how peers' tokens are checked."""
@@ -572,6 +630,7 @@ class PscConfig(_Section):
         "(RFC 8705, tls_client_auth), le mode de production.",
     )
     tls_key: str = Field("", description="Clé privée (PEM) du certificat tls_cert.")
+    key_passphrase_env: str = Field("", description=PASSPHRASE_ENV_DESCRIPTION)
     client_secret: str = Field(
         "",
         description="Secret client PSC, pour les bacs à sable qui l'utilisent encore (inutile "
@@ -621,6 +680,12 @@ class PscConfig(_Section):
     session_max_h: float = Field(12.0, gt=0, description="Durée maximale d'une session (heures).")
 
     _split = field_validator("peer_clients", mode="before")(_comma_separated)
+    _passphrase = field_validator("key_passphrase_env")(_passphrase_env)
+
+    @model_validator(mode="after")
+    def _pkcs12(self) -> PscConfig:
+        _pkcs12_pairs(self, ("tls_cert", "tls_key"))
+        return self
 
     @property
     def configured(self) -> bool:
@@ -674,11 +739,38 @@ class TrustConfig(_Section):
         "", description="Certificat (PEM) de la DRIMbox pour le TLS mutuel avec ses pairs."
     )
     tls_key: str = Field("", description="Clé privée (PEM) de ce certificat.")
+    key_passphrase_env: str = Field("", description=PASSPHRASE_ENV_DESCRIPTION)
     tls_ca: str = Field(
         "", description="Autorités (PEM) qui émettent les certificats des pairs (IGC-Santé)."
     )
+    crl_urls: list[str] = Field(
+        default_factory=list,
+        description="Listes de révocation (CRL) IGC-Santé à suivre en plus de celles indiquées "
+        "dans les certificats : URL (http://…) ou fichiers (dans l'environnement : séparées par "
+        "des virgules). Un pair ou un signataire de liste blanche révoqué est refusé.",
+    )
+    crl_from_certificates: bool = Field(
+        True,
+        description="Suivre aussi les points de distribution de CRL écrits dans les certificats "
+        "(autorités, certificats de la DRIMbox, signataire de la liste, pairs rencontrés).",
+    )
+    crl_refresh_interval_s: float = Field(
+        3600.0, gt=0, description="Intervalle de rafraîchissement des CRL (secondes)."
+    )
+    expiry_warning_days: int = Field(
+        30,
+        ge=1,
+        description="Les certificats de la DRIMbox (DMP, signature, pairs, PSC) qui expirent "
+        "dans moins de ce nombre de jours sont signalés (attention) sur /status et la console.",
+    )
 
-    _split = field_validator("anchors", mode="before")(_comma_separated)
+    _split = field_validator("anchors", "crl_urls", mode="before")(_comma_separated)
+    _passphrase = field_validator("key_passphrase_env")(_passphrase_env)
+
+    @model_validator(mode="after")
+    def _pkcs12(self) -> TrustConfig:
+        _pkcs12_pairs(self, ("tls_cert", "tls_key"))
+        return self
 
 
 class StoreConfig(_Section):
@@ -698,7 +790,10 @@ class StoreConfig(_Section):
         "démarrage ; la même sur tous les nœuds d'un site.",
     )
     cache_ttl_h: float = Field(
-        72.0, gt=0, description="Durée de conservation d'une série dans le cache (heures)."
+        72.0,
+        gt=0,
+        description="Durée de conservation d'une série dans le cache (heures) : au-delà, elle "
+        "est relue du PACS ou de la Source, et la purge de rétention ([retention]) l'efface.",
     )
     cache_protect_viewed_min: float = Field(
         60.0,
@@ -714,6 +809,63 @@ class StoreConfig(_Section):
         if not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
             raise ValueError("doit commencer par sqlite:/// ou postgresql://")
         return value
+
+
+class RetentionConfig(_Section):
+    """How long the box keeps what it stores, and the purge that applies it (run by every node
+    every `purge_interval_h`, one node at a time; `drimbox retention purge` by hand). What is
+    still needed is never purged: the report version in force (its CDA and KOS, to replace or
+    delete it in the DMP later) and work under way stay whatever their age; a purged row keeps
+    its metadata (ids, dates, state, DMP entry), only the documents go. The image cache has its
+    own age, `[store] cache_ttl_h`, applied by the same purge. See docs/deploy.md."""
+
+    hl7_days: float = Field(
+        90.0,
+        gt=0,
+        description="Contenu brut des messages HL7 reçus (le CR du RIS tel quel) : effacé après "
+        "ce délai (jours) une fois leur CR traité ; la trace du message (date, émetteur, type, "
+        "identifiant, acquittement) reste.",
+    )
+    superseded_reports_days: float = Field(
+        365.0,
+        gt=0,
+        description="CDA et KOS des versions de CR qui ne sont plus en vigueur (remplacées, "
+        "retirées du DMP, refusées, arrivées après une version plus récente) : effacés ce délai "
+        "(jours) après leur dernier changement ; la version publiée en vigueur est gardée.",
+    )
+    conso_documents_h: float = Field(
+        24.0,
+        gt=0,
+        description="Copies Conso des documents du DMP (KOS et CR lus par ITI-43 pour un "
+        "lancement) : supprimées ce délai (heures) après l'expiration du lancement.",
+    )
+    sessions_h: float = Field(
+        24.0,
+        gt=0,
+        description="Sessions des utilisateurs (jetons PSC chiffrés) : supprimées ce délai "
+        "(heures) après leur fin ou leur expiration ; les connexions PSC inachevées, dès "
+        "qu'elles expirent.",
+    )
+    audit_days: float = Field(
+        3 * 365.0,
+        ge=365,
+        description="Piste d'audit des accès aux données de santé : conservée ce délai (jours, "
+        "un an au moins ; à fixer avec le délégué à la protection des données du site). Elle "
+        "n'est jamais purgée par le nœud (son rôle ne peut pas y supprimer) : « drimbox audit "
+        "purge » avec le compte propriétaire du schéma.",
+    )
+    purge_interval_h: float = Field(
+        6.0,
+        gt=0,
+        description="Intervalle entre deux purges de rétention automatiques (heures) ; un seul "
+        "nœud du site la fait à la fois.",
+    )
+    batch_rows: int = Field(
+        100,
+        ge=1,
+        description="Lignes traitées par transaction de purge (de courtes transactions : le "
+        "nœud continue de servir pendant une longue purge).",
+    )
 
 
 class MetricsConfig(_Section):
@@ -739,16 +891,7 @@ class MetricsConfig(_Section):
     )
 
     _split = field_validator("allow", mode="before")(_comma_separated)
-
-    @field_validator("allow")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"« {network} » n'est pas un réseau (ex. 10.0.0.0/24)") from None
-        return value
+    _allow_networks = field_validator("allow")(_networks)
 
 
 class LogConfig(_Section):
@@ -833,6 +976,7 @@ class Config(_Section):
     admin: AdminConfig = AdminConfig()
     trust: TrustConfig = TrustConfig()
     store: StoreConfig = StoreConfig()
+    retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     checks: ChecksConfig = ChecksConfig()
@@ -926,11 +1070,23 @@ class Config(_Section):
         )
 
 
-def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], list[str]]:
+def _passphrase_variables(data: Mapping[str, Any], environ: Mapping[str, str]) -> set[str]:
+    """The variables named by `key_passphrase_env` keys (file or environment): they hold
+    passphrases, not configuration, even when their name starts with DRIMBOX_."""
+    sections = [v for v in data.values() if isinstance(v, dict)]
+    sections += [t for v in data.values() if isinstance(v, list) for t in v if isinstance(t, dict)]
+    names = {str(s.get("key_passphrase_env", "")) for s in sections}
+    names |= {v for k, v in environ.items() if k.lower().endswith("__key_passphrase_env")}
+    return names - {""}
+
+
+def _env_overrides(
+    environ: Mapping[str, str], skip: set[str] | frozenset[str] = frozenset()
+) -> tuple[dict[str, dict[str, str]], list[str]]:
     overrides: dict[str, dict[str, str]] = {}
     problems: list[str] = []
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIGURATION:
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIGURATION or name in skip:
             continue
         key = name.removeprefix(ENV_PREFIX).lower()
         section, sep, field = key.partition("__")
@@ -985,7 +1141,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             raise ConfigError(source, ["fichier introuvable"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(source, [f"syntaxe TOML invalide : {exc}"]) from None
-    overrides, problems = _env_overrides(environ)
+    overrides, problems = _env_overrides(environ, _passphrase_variables(data, environ))
     try:
         config = Config.model_validate(_merge(data, overrides))
     except ValidationError as exc:

@@ -10,6 +10,7 @@ certificates, reachability) is collected by `drimbox.web.metrics_app`.
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -78,6 +79,14 @@ class NodeMetrics:
             TRANSFER_BUCKETS,
         )
 
+        self.retention_purged = self._counter(
+            "drimbox_retention_purged_total",
+            "Rows (and image cache series) purged by this node's retention purges, by kind "
+            "(hl7_messages, reports, conso_exams, conso_launches, sessions, login_requests, "
+            "cache_series).",
+            ["kind"],
+        )
+
     def _counter(self, name: str, documentation: str, labels: list[str]) -> Counter:
         return Counter(name, documentation, ["node", *labels], registry=self.registry)
 
@@ -99,6 +108,12 @@ class NodeMetrics:
         self.served_requests.labels(self.node, channel, str(status)).inc()
         self.served_bytes.labels(self.node, channel).inc(size)
         self.served_duration.labels(self.node, channel).observe(seconds)
+
+    def purged(self, counts: Mapping[str, int]) -> None:
+        """A retention purge's counts (bytes are not a row count: left out)."""
+        for kind, count in counts.items():
+            if kind != "cache_bytes" and count:
+                self.retention_purged.labels(self.node, kind).inc(count)
 
     def retrieved(self, origin: str, method: str, size: int, seconds: float, ok: bool) -> None:
         self.retrievals.labels(self.node, origin, method, "ok" if ok else "error").inc()

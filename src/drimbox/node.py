@@ -17,6 +17,7 @@ from drimbox.dicom.retrieve import ImageService, RemoteStudies
 from drimbox.dicom.scp import StoreScp
 from drimbox.hl7.server import MllpServer
 from drimbox.metrics import NodeMetrics
+from drimbox.ops.retention import RetentionWorker
 from drimbox.source.dmp_port import ClientDmpPort, dmp_port
 from drimbox.source.grants import Grants
 from drimbox.source.intake import ReportIntake
@@ -24,6 +25,7 @@ from drimbox.source.iocm import IocmStoreHandler
 from drimbox.source.outbox import DmpPublisher
 from drimbox.source.pipeline import ReportPipeline, pacs_settings
 from drimbox.source.recheck import LateImagesWorker
+from drimbox.trust.keys import KeyFileError, key_problems
 from drimbox.trust.store import WhitelistStore, whitelist_store
 from drimbox.web.assembly import WebServers, build_web
 
@@ -46,15 +48,15 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        problems = key_problems(self.config)
+        if problems:  # refuse to start rather than fail at the first DMP or peer call
+            raise KeyFileError("clés privées inutilisables : " + " ; ".join(problems))
         await asyncio.to_thread(self.db.upgrade)
         if self.config.roles.source:
             await asyncio.to_thread(self._reclaim)
         self.whitelist = whitelist_store(self.config)
         if self.whitelist is not None:
-            interval = self.config.trust.refresh_interval_s
-            self._tasks.append(
-                asyncio.create_task(self.whitelist.run_forever(self._stop, interval))
-            )
+            self._tasks.append(asyncio.create_task(self._keep_trust(self.whitelist)))
         if self.config.roles.source:
             intake = ReportIntake(self.db)
             self.mllp = MllpServer(
@@ -90,6 +92,33 @@ class Node:
             self.web = build_web(self.config, self.db, self.images, self.whitelist)
             for server in self.web.servers():
                 await server.start()
+        retention = RetentionWorker(
+            self.config, self.db, cache_purge=self._purge_cache, metrics=self.metrics
+        )
+        self._tasks.append(asyncio.create_task(retention.run_forever(self._stop)))
+
+    def _purge_cache(self) -> tuple[int, int]:
+        """The expired series of this node's image cache ([store] cache_ttl_h)."""
+        if self.images is None:
+            return 0, 0
+        result = self.images.cache.purge(expired_only=True)
+        return result.series, result.bytes
+
+    async def _keep_trust(self, store: WhitelistStore) -> None:
+        """Refresh the CRLs and the whitelist until the node stops."""
+        trust = self.config.trust
+        loops = []
+        if store.revocation is not None:
+            # CRLs first: the first list a fresh install fetches is checked against its signer's
+            # CRL, not only against the ones cached by an earlier run.
+            await asyncio.to_thread(store.revocation.refresh)
+            loops.append(
+                store.revocation.run_forever(
+                    self._stop, trust.crl_refresh_interval_s, refresh_first=False
+                )
+            )
+        loops.append(store.run_forever(self._stop, trust.refresh_interval_s))
+        await asyncio.gather(*loops)
 
     def _reclaim(self) -> None:
         """Work this node held when it last died is due again now, not after its lease."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import pydicom
@@ -24,7 +24,7 @@ from drimbox.dicom.kos import (
     manifest_from_bytes,
     manifest_to_bytes,
 )
-from drimbox.dicom.model import StudySnapshot
+from drimbox.dicom.model import InstanceRef, SeriesSnapshot, StudySnapshot
 from drimbox.dicom.pacs import PacsClient, PacsSettings
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec, generate_study
@@ -249,3 +249,47 @@ def test_empty_study_and_bad_site_are_refused(snapshot: StudySnapshot) -> None:
         KosSite(uid_root="1.2.abc", public_base_url="https://x", institution_name="x")
     with pytest.raises(KosError, match="INS"):
         build_manifest(make_report(patient=make_patient(ins_oid="1.2.3")), snapshot, SITE)
+
+
+def _without_creation_times(kos: Dataset) -> bytes:
+    """The encoded manifest, its creation stamps (highdicom's clock, not `created`) fixed."""
+    kos.InstanceCreationDate, kos.InstanceCreationTime = "20240102", "030405"
+    kos.ContributingEquipmentSequence[0].ContributionDateTime = "20240102030405"
+    return manifest_to_bytes(kos)
+
+
+def test_fast_manifest_is_byte_for_byte_highdicoms_own(snapshot: StudySnapshot) -> None:
+    """The references are encoded without highdicom's per-item machinery: the result must be
+    exactly what highdicom builds when it validates every reference itself."""
+    extra = SeriesSnapshot(
+        series_instance_uid="1.2.250.1.999.77.9.1", modality="SR", series_number=99,
+        series_description="", instances=(
+            InstanceRef("1.2.840.10008.5.1.4.1.1.88.59", "1.2.250.1.999.77.9.1.1", 1),
+            InstanceRef("1.2.840.10008.5.1.4.1.1.11.1", "1.2.250.1.999.77.9.1.22", 2),
+        ),
+    )  # fmt: skip
+    for study in (snapshot, dataclasses.replace(snapshot, series=(*snapshot.series, extra))):
+        for description in ("TDM cérébrale", ""):
+            shown = dataclasses.replace(study, study_description=description)
+            when = datetime(2024, 1, 2, 3, 4, 5, 678900)
+            fast = build_manifest(make_report(), shown, SITE, created=when)
+            slow = build_manifest(make_report(), shown, SITE, created=when,
+                                  validate_every_item=True)  # fmt: skip
+            assert _without_creation_times(fast) == _without_creation_times(slow)
+    # Read back, the fast manifest is the same dataset (its sequences parse).
+    again = manifest_from_bytes(manifest_to_bytes(fast))
+    # The description (the report's act, the PACS having none), 12 images, 2 composites.
+    assert [i.ValueType for i in again.ContentSequence] == ["TEXT"] + ["IMAGE"] * 12 + [
+        "COMPOSITE"
+    ] * 2
+    assert again.ContentSequence[0].TextValue == "CT Head W contrast IV"
+    assert len(fast.ContentSequence) == 15
+
+
+def test_a_bad_uid_from_the_pacs_is_refused(snapshot: StudySnapshot) -> None:
+    first = snapshot.series[0]
+    broken = dataclasses.replace(
+        first, instances=(InstanceRef("1.2.840.10008.5.1.4.1.1.2", "1.2.03.x", 1),)
+    )
+    with pytest.raises(KosError, match=r"invalid UID '1\.2\.03\.x'"):
+        build_manifest(make_report(), dataclasses.replace(snapshot, series=(broken,)), SITE)

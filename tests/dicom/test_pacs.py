@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
@@ -61,6 +62,31 @@ def test_snapshot_lists_every_instance(orthanc: LocalOrthanc, stored_study: list
     assert [i.instance_number for i in snap.series[0].instances] == [1, 2, 3, 4]
     assert snap.instance_count == len(stored_study)
     assert snap.modalities == ("CR", "CT")
+
+
+def test_snapshot_gives_each_instance_its_sop_class(
+    orthanc: LocalOrthanc, stored_study: list[Path], tmp_path: Path
+) -> None:
+    """Mixed study (CT + CR): classes asked per instance; a one-class study: the class the
+    PACS gives for the study (SOPClassesInStudy) is every instance's, without asking each."""
+    single_uid = "1.2.826.0.1.3680043.8.498.77.9.2"
+    single = generate_study(
+        tmp_path, patient_id="IPP556", patient_name="DURAND^LÉA", birth_date="19850412",
+        sex="F", study_uid=single_uid, accession="ACN556",
+        series=[SeriesSpec("CT", "Thorax", 3), SeriesSpec("CT", "Abdomen", 2)],
+        rows=16, columns=16,
+    )  # fmt: skip
+    orthanc.store_files(single)
+    for uid, files in ((STUDY_UID, stored_study), (single_uid, single)):
+        expected = {}
+        for path in files:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            expected[ds.SOPInstanceUID] = ds.SOPClassUID
+        snap = client_for(orthanc).snapshot(uid)
+        assert snap is not None
+        got = {i.sop_instance_uid: i.sop_class_uid for s in snap.series for i in s.instances}
+        assert got == expected
+    assert len(set(expected.values())) == 1
 
 
 def test_finds(orthanc: LocalOrthanc, stored_study: list[Path]) -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
+from pydicom.encaps import generate_frames
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+)
 
 from drimbox.dicom.transcode import (
     TranscodeError,
@@ -18,6 +26,7 @@ from drimbox.dicom.transcode import (
     transcode,
 )
 from drimbox.sim.studies import SeriesSpec, generate_study
+from support.tools import require_tool
 
 
 def one_instance(tmp_path: Path, syntax: str, modality: str = "CT") -> bytes:
@@ -52,6 +61,42 @@ def test_round_trips_are_lossless(tmp_path: Path, stored: str, target: str) -> N
     assert np.array_equal(back.pixel_array, original.pixel_array)
     if stored == target:
         assert out == data  # untouched bytes
+
+
+@pytest.mark.parametrize("stored", [ExplicitVRLittleEndian, JPEGLSLossless, JPEG2000Lossless])
+def test_jpeg_lossless_sv1_is_real_and_decodes_bit_exact(tmp_path: Path, stored: str) -> None:
+    """.70 by dcmcjpeg: a lossless JPEG with selection value 1 (not imagecodecs' predictor 6,
+    which is .57), read back identical by pydicom (pylibjpeg-libjpeg) and by dcmtk."""
+    data = one_instance(tmp_path, stored)
+    original = dcmread(BytesIO(data))
+    out = transcode(data, JPEGLosslessSV1)
+    result = dcmread(BytesIO(out))
+    assert result.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    assert result.SOPInstanceUID == original.SOPInstanceUID
+    assert "LossyImageCompression" not in result or result.LossyImageCompression == "00"
+    [frame] = generate_frames(result.PixelData, number_of_frames=1)
+    assert frame[:2] == b"\xff\xd8" and b"\xff\xc3" in frame  # SOF3: lossless process 14
+    sos = frame.index(b"\xff\xda")
+    components = frame[sos + 4]
+    selection_value = frame[sos + 5 + 2 * components]
+    assert selection_value == 1  # first-order prediction: SV1 (PS3.5 §A.4.3)
+    assert len(out) < len(transcode(data, ExplicitVRLittleEndian)) * 0.8
+    assert np.array_equal(result.pixel_array, original.pixel_array)
+    encoded, decoded = tmp_path / "sv1.dcm", tmp_path / "plain.dcm"
+    encoded.write_bytes(out)
+    dcmdjpeg = require_tool("dcmdjpeg", "dcmtk")
+    run = subprocess.run([dcmdjpeg, str(encoded), str(decoded)], capture_output=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert np.array_equal(dcmread(decoded).pixel_array, original.pixel_array)
+
+
+def test_lossy_jpeg_2000_says_so(tmp_path: Path) -> None:
+    data = one_instance(tmp_path, ExplicitVRLittleEndian)
+    result = dcmread(BytesIO(transcode(data, JPEG2000)))
+    assert result.file_meta.TransferSyntaxUID == JPEG2000
+    assert result.LossyImageCompression == "01"
+    assert result.LossyImageCompressionMethod == "ISO_15444_1"
+    assert result.pixel_array.shape == dcmread(BytesIO(data)).pixel_array.shape
 
 
 def test_generated_jpeg_ls_is_really_compressed(tmp_path: Path) -> None:

@@ -18,24 +18,29 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from conso.helpers import make_study
 from conso.test_history import publish_cda, settings_of
 from drimbox.cda.model import Code, Identifier
 from drimbox.cda.parser import parse_report
+from drimbox.cli import app as cli_app
 from drimbox.conso.common import FolderStore
 from drimbox.conso.xdm import read_xdm
 from drimbox.db import ReportState
@@ -668,3 +673,97 @@ def shown_as_text(page: Any) -> None:
     assert page.evaluate("window.pwned") is None
     assert page.locator("img[src=x]").count() == 0
     assert page.locator("main b").count() == 0
+
+
+@dataclass
+class AuditedSession:
+    made: list[str]  # the paths of the browser's DICOMweb requests
+    finished: list[str]  # those whose answer it received whole
+    events: list[dict[str, Any]]  # the session's events in `drimbox audit export`
+
+    @property
+    def counted(self) -> int:
+        return sum(e["detail"].get("requests", 1) for e in self.events)
+
+
+def audited_session(node: RunningNode, browser: Any, run: Callable[[Any], None]) -> AuditedSession:
+    """`run(context)` in a fresh browser context, its DICOMweb requests counted from
+    Playwright's events; then the node's audit trail as `drimbox audit export` gives it (the
+    node's count written first, as at a minute's end), the events after those before."""
+    node.flush_audit()
+    before = max((e["id"] for e in audit.events(node.node.db)), default=0)
+    made: list[str] = []
+    finished: list[str] = []
+
+    def image_path(request: Any) -> str | None:
+        path = urlsplit(request.url).path
+        return path if path.startswith("/dicom-web/") or path == "/dicom-web" else None
+
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.on("request", lambda r: image_path(r) and made.append(image_path(r)))
+    context.on("requestfinished", lambda r: image_path(r) and finished.append(image_path(r)))
+    try:
+        run(context)
+    finally:
+        context.close()
+    node.flush_audit()
+    env = {"DRIMBOX_STORE__DATABASE_URL": node.config.store.database_url}
+    result = CliRunner().invoke(cli_app, ["audit", "export"], env=env)
+    assert result.exit_code == 0, result.output
+    exported = [json.loads(line) for line in result.stdout.splitlines()]
+    events = [e for e in exported if e["id"] > before and e["detail"].get("channel") == "viewer"]
+    return AuditedSession(made, finished, events)
+
+
+def check_accounted(session: AuditedSession, studies: set[str]) -> None:
+    assert any("/frames/" in path for path in session.made), session.made
+    assert len(session.finished) <= session.counted <= len(session.made), (
+        len(session.made), len(session.finished), session.counted)  # fmt: skip
+    frames = sum(
+        e["detail"]["requests"] for e in session.events if e["action"] == "image_retrieve_frames"
+    )
+    assert frames == sum("/frames/" in path for path in session.finished)
+    assert all(e["actor"] == RADIOLOGIST_ID and e["patient_ins"] == INS for e in session.events)
+    assert {e["study_uid"] for e in session.events} >= studies
+    print(f"OHIF session: {len(session.made)} DICOMweb requests → {len(session.events)} audit "
+          f"events", dict(Counter(e["action"] for e in session.events)))  # fmt: skip
+
+
+def test_every_image_request_of_an_ohif_session_is_in_the_audit_export(
+    network: Network, browser: Any
+) -> None:
+    """On both viewers — the Conso's (one exam, then two compared) and the Source's (the
+    report's IID link) — the browser's DICOMweb requests (counted from Playwright's events) are
+    all accounted for in `drimbox audit export`: the summed events' request counts add up."""
+
+    def conso_session(context: Any) -> None:
+        page, launch_url = open_history(context, network)
+        wait_jobs(page, launch_url, "images")
+        page.click(f"a[href$='/ouvrir/{network.study_1}']")
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        wait_drawn(page, 1, "audit-session-first-image.png")
+        page.wait_for_load_state("networkidle")
+        # Then both exams side by side.
+        page.goto(launch_url)
+        page.check(f"input[value='{network.study_1}']")
+        page.check(f"input[value='{network.study_2}']")
+        page.click("text=Comparer les deux examens sélectionnés")
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        wait_drawn(page, 2, "audit-session-compare.png")
+        page.wait_for_load_state("networkidle")
+
+    conso = audited_session(network.conso, browser, conso_session)
+    check_accounted(conso, {network.study_1, network.study_2})
+
+    def source_session(context: Any) -> None:
+        page = context.new_page()
+        link = {"requestType": "STUDY", "studyUID": network.study_1,
+                "accessionNumber": "ACN103", "idCDA": "1.2.250.1.213.4.5.4.403"}  # fmt: skip
+        page.goto(f"{network.source.viewer_url}/IHEInvokeImageDisplay?{urlencode(link)}")
+        sign_in_at_psc(page, "radiologue", wait_for="")
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        wait_drawn(page, 1, "audit-session-source-viewer.png")
+        page.wait_for_load_state("networkidle")
+
+    source = audited_session(network.source, browser, source_session)
+    check_accounted(source, {network.study_1})

@@ -9,10 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drimbox.dicom.transcode import PRODUCIBLE_SYNTAXES, choose_syntax
+from drimbox.dicom.transcode import (
+    PRODUCIBLE_SYNTAXES,
+    choose_syntax,
+    ranked_syntaxes,
+    uniform_syntax,
+)
 from drimbox.http.accept import (
     AcceptError,
     MediaRange,
+    SyntaxAcceptance,
     accepts_media_type,
     parse_accept,
     syntax_acceptance,
@@ -21,6 +27,7 @@ from drimbox.samples import ANS_DIR
 
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
+J2K_LOSSY = "1.2.840.10008.1.2.4.91"
 J2K = "1.2.840.10008.1.2.4.90"
 EVLE = "1.2.840.10008.1.2.1"
 
@@ -47,11 +54,46 @@ def test_official_drim_m_accept_header() -> None:
     assert acceptance.quality(JPEG_LS) == 0.8
     assert acceptance.quality(EVLE) == 0.4
     assert acceptance.quality("1.2.840.10008.1.2") == 0  # Implicit VR LE: not listed
-    # Stored JPEG-LS goes as it is; stored JPEG lossless too; an unlisted one is transcoded to
-    # the best producible syntax (JPEG-LS, q=0.8, before J2K 0.6 and EVLE 0.4).
-    assert choose_syntax(JPEG_LS, acceptance) == JPEG_LS
+    # JPEG Lossless SV1 (q=0.9) is the box's answer whatever is stored: JPEG-LS (0.8) and
+    # Explicit VR LE (0.4) are re-encoded, an unlisted syntax too; then, should its encoding
+    # fail, JPEG-LS, the lossy JPEG 2000 the client lists at 0.6, and last EVLE.
+    assert choose_syntax(JPEG_LS, acceptance) == JPEG_LOSSLESS
     assert choose_syntax(JPEG_LOSSLESS, acceptance) == JPEG_LOSSLESS
-    assert choose_syntax("1.2.840.10008.1.2", acceptance) == JPEG_LS
+    assert choose_syntax(EVLE, acceptance) == JPEG_LOSSLESS
+    assert choose_syntax("1.2.840.10008.1.2", acceptance) == JPEG_LOSSLESS
+    assert ranked_syntaxes(EVLE, acceptance) == [JPEG_LOSSLESS, JPEG_LS, J2K_LOSSY, EVLE]
+    assert uniform_syntax(acceptance) == JPEG_LOSSLESS  # said on the response's Content-Type
+
+
+def _accept(*syntaxes: tuple[str, float]) -> SyntaxAcceptance:
+    return syntax_acceptance(parse_accept(",".join(
+        f'multipart/related; type="application/dicom"; transfer-syntax={ts}; q={q}'
+        for ts, q in syntaxes
+    )))  # fmt: skip
+
+
+def test_q_values_choose_the_syntax_lossless_unless_lossy_is_named() -> None:
+    # JPEG Lossless alone: produced (no 406), from any stored syntax.
+    alone = _accept((JPEG_LOSSLESS, 1))
+    assert ranked_syntaxes(EVLE, alone) == [JPEG_LOSSLESS]
+    assert ranked_syntaxes(JPEG_LS, alone) == [JPEG_LOSSLESS]
+    # Ties go to the stored syntax (no work), then to the client's order.
+    tie = _accept((JPEG_LS, 0.8), (JPEG_LOSSLESS, 0.8))
+    assert choose_syntax(JPEG_LOSSLESS, tie) == JPEG_LOSSLESS
+    assert choose_syntax(JPEG_LS, tie) == JPEG_LS
+    assert choose_syntax(EVLE, tie) == JPEG_LS
+    assert uniform_syntax(tie) is None
+    # A wildcard never means lossy; naming the lossy syntax does.
+    anything = syntax_acceptance(
+        parse_accept('multipart/related; type="application/dicom"; transfer-syntax=*')
+    )
+    assert J2K_LOSSY not in ranked_syntaxes(EVLE, anything)
+    assert choose_syntax(EVLE, anything) == EVLE  # the stored one, untouched
+    assert uniform_syntax(anything) is None
+    lossy = _accept((J2K_LOSSY, 1), (JPEG_LS, 0.5))
+    assert ranked_syntaxes(EVLE, lossy) == [J2K_LOSSY, JPEG_LS]
+    # Baseline JPEG (8-bit) and MPEG are not produced: 406 unless the stored one is accepted.
+    assert ranked_syntaxes(EVLE, _accept(("1.2.840.10008.1.2.4.50", 1))) == []
 
 
 @pytest.mark.parametrize(
@@ -122,7 +164,7 @@ def test_negotiation_rules() -> None:
         )
     )
     assert not refused.accepts(JPEG_LS) and refused.accepts(J2K)
-    assert refused.best(PRODUCIBLE_SYNTAXES) == J2K
+    assert refused.best(PRODUCIBLE_SYNTAXES) == JPEG_LOSSLESS  # the next most compact
     ranges = parse_accept("image/png;q=0.5, image/*;q=0.2")
     assert accepts_media_type(ranges, "image/png") == 0.5
     assert accepts_media_type(ranges, "image/jpeg") == 0.2

@@ -3,13 +3,14 @@
 Peers (WADO-RS over mutual TLS): no token, expired token, forged token (another signing key),
 a PSC refresh token or ID token as the bearer, an access token issued to a PSC client that is not
 a DRIMbox of the trust space, peer not on the whitelist, a certificate holding a listed peer's
-attributes with its RDNs reversed or in another case, no client certificate, KOS UID of another
-study, series not in the KOS; the accepted token's PSC client is in the audit. Users (viewer
-origin): a study opened through an IID link by one user is not visible to another user's session;
-the report's viewer link opens for médecins (of any structure: the requesting physician reads the
-report in the DMP) and refuses a pharmacist, a nurse, a doctor with no structure, an account with
-no situation d'exercice, and everyone but the authors' structure when the report is masked to
-professionals (MASQUE_PS) — each refusal audited with its reason."""
+attributes with its RDNs reversed or in another case, the listed peer's former certificate that
+its CA revoked (served CRL), no client certificate, a client offering only CBC suites, KOS UID
+of another study, series not in the KOS; the accepted token's PSC client is in the audit. Users
+(viewer origin): a study opened through an IID link by one user is not visible to another user's
+session; the report's viewer link opens for médecins (of any structure: the requesting physician
+reads the report in the DMP) and refuses a pharmacist, a nurse, a doctor with no structure, an
+account with no situation d'exercice, and everyone but the authors' structure when the report is
+masked to professionals (MASQUE_PS) — each refusal audited with its reason."""
 
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ IID_LINK = {
 
 @pytest.fixture
 def site(orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[Site]:
-    with source_site(orthanc, tmp_path) as running:
+    # /status: no local network allowed, so that this loopback test sees the peers' rule.
+    with source_site(
+        orthanc, tmp_path, environ_extra={"DRIMBOX_HTTP__STATUS_ALLOW": "192.0.2.0/24"}
+    ) as running:
         yield running
 
 
@@ -60,7 +64,20 @@ def look_alikes(site: Site, folder: Path) -> dict[str, Issued]:
     }
 
 
+def crl_held(site: Site) -> None:
+    """Wait until the node fetched the CA's CRL (its first refresh runs as the node starts)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with peer_client(site, site.trusted_peer) as client:
+            status = client.get(f"{site.node.peer_url}/status").json()
+        if any(row["revoked"] for row in status["checks"]["revocation"].get("crls", [])):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no CRL fetched: {status['checks']['revocation']}")
+
+
 def test_peer_matrix(site: Site, tmp_path: Path) -> None:
+    crl_held(site)
     good = site.psc.mint_access_token("radiologue")
     forged = site.psc.mint_access_token("radiologue", key=site.psc.foreign_key())
     expired = site.psc.mint_access_token("radiologue", lifetime_s=-60)
@@ -88,6 +105,12 @@ def test_peer_matrix(site: Site, tmp_path: Path) -> None:
             name: (certificate, official_headers(site, good), 0, 403)
             for name, certificate in look_alikes(site, tmp_path / "look-alikes").items()
         },
+        "revoked certificate (listed DN, on the CA's CRL)": (
+            site.revoked_peer,
+            official_headers(site, good),
+            0,
+            403,
+        ),
         "KOS of another study": (
             site.trusted_peer,
             official_headers(site, good) | {"KOS-SOPInstanceUID": "1.2.250.1.999.1.2.3"},
@@ -110,6 +133,15 @@ def test_peer_matrix(site: Site, tmp_path: Path) -> None:
     context = ssl.create_default_context(cafile=str(site.ca_file))
     with pytest.raises(httpx.HTTPError), httpx.Client(verify=context) as anonymous:
         anonymous.get(series_url(site), headers=official_headers(site, good))
+    # The whitelisted peer's certificate, but a client that offers only CBC suites (TLS 1.2):
+    # refused at the handshake.
+    cbc = ssl.create_default_context(cafile=str(site.ca_file))
+    assert site.trusted_peer.cert_path and site.trusted_peer.key_path
+    cbc.load_cert_chain(str(site.trusted_peer.cert_path), str(site.trusted_peer.key_path))
+    cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+    cbc.set_ciphers("ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384:AES128-SHA256")
+    with pytest.raises(httpx.ConnectError), httpx.Client(verify=cbc) as old_client:
+        old_client.get(series_url(site), headers=official_headers(site, good))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         refused = [e for e in audit.events(site.node.node.db) if e["result"] == "refused"]
@@ -118,6 +150,12 @@ def test_peer_matrix(site: Site, tmp_path: Path) -> None:
         time.sleep(0.1)
     assert len(refused) >= len(cells) + 1, "every refused cell is in the audit trail"
     assert any("appli-tierce" in str(e["detail"]) for e in refused), "the refused client"
+    # Named by what was asked (a series retrieve), with the French reason the caller got.
+    assert {e["action"] for e in refused} == {"image_retrieve_series"}
+    assert all(e["detail"]["reason"] and e["detail"]["http_status"] >= 400 for e in refused)
+    # A valid token refused for what it asks (another study's KOS): its client is named too.
+    (other_kos,) = [e for e in refused if "KOS inconnu" in e["detail"]["reason"]]
+    assert other_kos["detail"]["psc_client"] == site.psc.client.client_id
     # The calling box is named by its certificate, not only its IP.
     assert any("CN=db9.test.fr" in e["detail"].get("peer_dn", "") for e in refused)
     with peer_client(site, site.trusted_peer) as client:
@@ -127,20 +165,28 @@ def test_peer_matrix(site: Site, tmp_path: Path) -> None:
         assert served.headers["content-security-policy"].startswith("default-src 'none'")
         assert served.headers["strict-transport-security"].startswith("max-age=")
         assert served.headers["x-content-type-options"] == "nosniff"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        ok = [
-            e
-            for e in audit.events(site.node.node.db)
-            if e["result"] == "ok" and e["role"] == "peer"
-        ]
-        if ok:
-            break
-        time.sleep(0.1)
+    site.node.flush_audit()  # served accesses are summed per minute: as at a minute's end
+    ok = [e for e in audit.events(site.node.node.db) if e["result"] == "ok" and e["role"] == "peer"]
     assert ok and all(e["detail"].get("psc_client") == site.psc.client.client_id for e in ok), (
         "every peer access names the token's PSC client"
     )
     assert all("CN=db2.test.fr" in e["detail"]["peer_dn"] for e in ok), "and the calling box"
+
+
+def test_status_answers_only_whitelisted_peers(site: Site, tmp_path: Path) -> None:
+    crl_held(site)
+    refused = {"non-whitelisted certificate": site.unknown_peer,
+               "revoked certificate": site.revoked_peer,
+               **look_alikes(site, tmp_path / "look-alikes")}  # fmt: skip
+    for name, certificate in refused.items():
+        with peer_client(site, certificate) as client:
+            status = client.get(f"{site.node.peer_url}/status")
+            health = client.get(f"{site.node.peer_url}/health")
+        assert status.status_code == 403, f"{name}: {status.status_code}"
+        assert "checks" not in status.text and status.json()["erreur"], name
+        assert health.json() == {"status": "ok"}, name  # says nothing else, to anyone
+    with peer_client(site, site.trusted_peer) as client:
+        assert "revocation" in client.get(f"{site.node.peer_url}/status").json()["checks"]
 
 
 def sign_in(site: Site, user: str) -> httpx.Client:

@@ -98,6 +98,16 @@ class RunningNode:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
+    def flush_audit(self) -> int:
+        """Write the image accesses counted so far (`drimbox.trust.tally`), as a stop would;
+        returns how many events."""
+        assert self.node.web is not None
+        written = 0
+        for server in (self.node.web.peer, self.node.web.viewer):
+            tally = server.app.state.wado.tally
+            written += tally.flush(everything=True)
+        return written
+
     @property
     def metrics_url(self) -> str:
         assert self.node.web is not None and self.node.web.metrics is not None

@@ -22,7 +22,12 @@ from drimbox.sim.pki import Issued, TestPki
 from drimbox.sim.psc import LocalPsc
 from drimbox.sim.ris import RisClient
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report
-from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitelist
+from drimbox.sim.whitelist import (
+    LocalWhitelistServer,
+    build_whitelist,
+    issue_ans_signer,
+    sign_whitelist,
+)
 from support.dmp import DmpEnvironment, local_dmp
 from support.node import RunningNode, node_config
 from support.samples import hl7_text
@@ -51,6 +56,8 @@ class Site:
     pki: TestPki
     ans: Issued  # signs whitelists chained to `ca_file`
     box: Issued  # the node's own certificate (CN=localhost)
+    revoked_peer: Issued  # the trusted peer's former certificate (same DN), on the CA's CRL
+    crl: LocalWhitelistServer  # serves the CA's CRL at `pki.crl_url`
 
 
 def peer_view(site: Site, folder: Path, certificate: Issued) -> dict[str, str]:
@@ -91,7 +98,8 @@ def source_site(
     environ_extra: dict[str, str] | None = None,
 ) -> Iterator[Site]:
     orthanc.delete_all()
-    pki = TestPki()
+    crl = LocalWhitelistServer()  # started below, with the simulators
+    pki = TestPki(crl_url=crl.url_for("ac-test.crl"))  # in every certificate, as IGC-Santé
     folder = tmp_path / "pki"
     box = pki.issue("localhost", usage="server", dns_names=("localhost", "127.0.0.1"),
                     organizational_unit="101235555").write(folder, "box")  # fmt: skip
@@ -99,6 +107,12 @@ def source_site(
         "db2.test.fr", usage="auth", organizational_unit="300000001830002",
         organization="SITE B", state="Paris (75)",
     ).write(folder, "peer-b")  # fmt: skip
+    revoked = pki.issue(
+        "db2.test.fr", usage="auth", organizational_unit="300000001830002",
+        organization="SITE B", state="Paris (75)",
+    ).write(folder, "peer-b-revoked")  # fmt: skip
+    pki.revoke(revoked.certificate)
+    crl.publish(pki.crl_der())
     unknown = pki.issue(
         "db9.test.fr", usage="auth", organizational_unit="300000001830009",
         organization="SITE Z", state="Paris (75)",
@@ -118,7 +132,11 @@ def source_site(
         tmp_path / "study", report, list(series), rows=size, columns=size
     )
     orthanc.store_files(files)
-    with local_dmp(tmp_path / "dmp", pki) as dmp, LocalPsc.with_mtls(tmp_path / "psc", pki) as psc:
+    with (
+        crl,
+        local_dmp(tmp_path / "dmp", pki) as dmp,
+        LocalPsc.with_mtls(tmp_path / "psc", pki) as psc,
+    ):
         environ = (
             dmp.node_environ()
             | {
@@ -148,7 +166,7 @@ def source_site(
                 for s in e.ReferencedSeriesSequence
             ]
             yield Site(node, dmp, psc, trusted, unknown, ca.cert_path, published.study_uid,
-                       published.kos_sop_uid, series, pki, ans, box)  # fmt: skip
+                       published.kos_sop_uid, series, pki, ans, box, revoked, crl)  # fmt: skip
     orthanc.delete_all()
 
 

@@ -85,6 +85,11 @@ def test_every_non_public_route_refuses_anonymous_callers(apps: tuple[FastAPI, F
 
 def test_public_routes_hold_no_patient_data(apps: tuple[FastAPI, FastAPI]) -> None:
     peer, _viewer = apps
-    with TestClient(peer) as client:
+    with TestClient(peer, client=("127.0.0.1", 50000)) as client:  # local monitoring
         status = client.get("/status").json()
+        assert client.get("/health").json() == {"status": "ok"}  # nothing else, to anyone
     assert "patient" not in str(status).lower()
+    with TestClient(peer, client=("192.0.2.7", 50000)) as outsider:
+        refused = outsider.get("/status")
+        assert outsider.get("/health").json() == {"status": "ok"}
+    assert refused.status_code == 403 and "liste blanche" in refused.json()["erreur"]

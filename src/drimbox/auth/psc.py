@@ -47,7 +47,9 @@ from joserfc.jwk import KeySet
 from drimbox.auth.tokens import MAX_TOKEN_LENGTH, InvalidToken, TokenIdentity
 from drimbox.auth.users import PscUser, UserInfoError
 from drimbox.config import Config, PscConfig
-from drimbox.dmp.structures import key_matches, load_certificate, usage_problem
+from drimbox.dmp.structures import key_matches, usage_problem
+from drimbox.http.tlspolicy import client_context
+from drimbox.trust.keys import load_cert_chain, load_certificate
 
 DEFAULT_SCOPE = "openid scope_all"
 DEFAULT_ACR = "eidas1"
@@ -127,6 +129,7 @@ class PscSettings:
     # ORG AUTH CLI certificate and key (PEM) for `tls_client_auth` (RFC 8705).
     tls_cert: str = ""
     tls_key: str = ""
+    key_passphrase_env: str = ""  # the variable holding tls_key's passphrase (encrypted key)
     discovery_url: str = ""
     issuer: str = ""
     authorization_endpoint: str = ""
@@ -205,6 +208,9 @@ class PscSettings:
             # authentication certificate of [dmp], when PSC registered the client with it.
             tls_cert=psc.tls_cert or (config.dmp.tls_cert if mutual else ""),
             tls_key=psc.tls_key or (config.dmp.tls_key if mutual else ""),
+            key_passphrase_env=(
+                psc.key_passphrase_env if psc.tls_cert else config.dmp.key_passphrase_env
+            ),
             use_pkce=psc.use_pkce,
             leeway_s=psc.leeway_s,
             timeout_s=psc.timeout_s,
@@ -865,7 +871,7 @@ def certificate_problems(psc: PscConfig) -> list[str]:
         return []
     problems: list[str] = []
     try:
-        certificate = load_certificate(psc.tls_cert)
+        certificate = load_certificate(psc.tls_cert, psc.key_passphrase_env)
     except (OSError, ValueError) as exc:
         return [f"[psc] tls_cert illisible ({psc.tls_cert}) : {exc}"]
     names = [str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
@@ -881,7 +887,7 @@ def certificate_problems(psc: PscConfig) -> list[str]:
         problems.append("[psc] tls_key non renseigné")
         return problems
     try:
-        if not key_matches(certificate, psc.tls_key):
+        if not key_matches(certificate, psc.tls_key, psc.key_passphrase_env):
             problems.append(
                 f"[psc] la clé tls_key ({psc.tls_key}) ne correspond pas au certificat tls_cert"
             )
@@ -905,11 +911,13 @@ def _raise_if_client_refused(response: httpx.Response) -> None:
 def _ssl_context(settings: PscSettings) -> ssl.SSLContext:
     """TLS towards PSC: its CA (the system's by default) and, for `tls_client_auth`, the box's
     ORG AUTH CLI certificate."""
-    context = ssl.create_default_context(cafile=settings.ca_file or None)
+    context = client_context(settings.ca_file)
     if settings.token_endpoint_auth_method == "tls_client_auth":
         try:
-            context.load_cert_chain(settings.tls_cert, settings.tls_key)
-        except (OSError, ssl.SSLError) as exc:
+            load_cert_chain(
+                context, settings.tls_cert, settings.tls_key, settings.key_passphrase_env
+            )
+        except (OSError, ValueError, ssl.SSLError) as exc:
             raise PscError(
                 PscErrorReason.CONFIGURATION,
                 f"configuration [psc] : certificat tls_cert ou clé tls_key illisible "

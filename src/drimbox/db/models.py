@@ -324,3 +324,22 @@ class UserPreference(Base):
     subject: Mapped[str] = mapped_column(String(128), primary_key=True)
     all_traits: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PeriodicJob(Base):
+    """A job every node runs in turn (the retention purge): one row per job, leased like a
+    report (`drimbox.db.leases`), so that one node at a time does it and a dead node's turn
+    passes to another after its lease. `state` is always "scheduled"; `next_attempt_at` says
+    when it is next due (or, while leased, until when the lease holds)."""
+
+    __tablename__ = "periodic_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="scheduled")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    leased_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_run_by: Mapped[str] = mapped_column(String(64), default="")
+    last_result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # counts by kind

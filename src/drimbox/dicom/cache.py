@@ -677,6 +677,7 @@ def purge_cache(
     expired_only: bool = False,
     ttl_h: float = 72.0,
     clock: Callable[[], float] = time.time,
+    dry_run: bool = False,
 ) -> PurgeResult:
     """`drimbox cache purge`: remove the complete series of a node's cache folder (or the
     expired ones), whether the node runs or not.
@@ -684,7 +685,7 @@ def purge_cache(
     Each series' index goes first, then its folder: a running node takes a series without index
     for gone and fetches it again, its readers of the moment finish from their open file (whose
     disk is freed when they are done). Series being filled are left to the node that fills
-    them (a node cleans up those of a previous run when it starts)."""
+    them (a node cleans up those of a previous run when it starts). `dry_run`: count only."""
     removed = removed_bytes = 0
     root = Path(directory) / SERIES_DIR
     folders = sorted(root.iterdir()) if root.is_dir() else []
@@ -697,6 +698,9 @@ def purge_cache(
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being filled, or already going
         if expired_only and clock() - created <= ttl_h * 3600.0:
+            continue
+        if dry_run:  # counted, not removed
+            removed, removed_bytes = removed + 1, removed_bytes + size
             continue
         try:
             index.unlink()

@@ -36,6 +36,7 @@ from drimbox.dicom.pacs import InstanceSink, PacsClient, PacsError, PacsSettings
 from drimbox.dicom.scp import ReceivedInstance, StoreScp
 from drimbox.http.multipart import MultipartError
 from drimbox.http.multipart_client import FetchError, open_multipart
+from drimbox.http.tlspolicy import client_context
 from drimbox.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
@@ -566,7 +567,7 @@ def trusted_authorities(ca_file: str, key: str) -> ssl.SSLContext:
     if ca_file and not Path(ca_file).is_file():
         raise ValueError(f"{key} : fichier introuvable ({ca_file})")
     try:
-        return ssl.create_default_context(cafile=ca_file or None)
+        return client_context(ca_file)
     except ssl.SSLError as exc:
         raise ValueError(f"{key} : autorités illisibles ({exc})") from exc
 

@@ -1,14 +1,20 @@
 """Transfer syntax conversion of Part-10 instances and frames, and image rendering.
 
-Owns what the box can produce from the stored bytes: the stored syntax untouched (always
-preferred when the client accepts it: no decoding, no re-encoding), or a lossless re-encoding in
-JPEG-LS (pyjpegls), JPEG 2000 (pylibjpeg-openjpeg) or Explicit VR Little Endian; frame extraction
+Owns what the box can produce from the stored bytes and which of it a client gets: the syntax
+with the client's highest q-value (the stored one on ties: no decoding, no re-encoding), among the
+stored syntax and the lossless re-encodings in JPEG-LS (pyjpegls), JPEG Lossless SV1 (dcmtk
+`dcmcjpeg`), JPEG 2000 (pylibjpeg-openjpeg) or Explicit VR Little Endian; lossy JPEG 2000 only
+when the client names it (PS3.5 §8.2: never lossy unless asked). Frame extraction
 for WADO-RS `/frames`, and JPEG/PNG renderings (`/rendered`, `/thumbnail`). CPU-bound functions:
 callers run them off the event loop. It must not fetch anything nor know who asks.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -22,10 +28,12 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import (
+    JPEG2000,
     UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
 )
 
@@ -33,7 +41,16 @@ from drimbox.http.accept import SyntaxAcceptance
 
 # What the box can produce from any decodable instance, most compact first (ties in the client's
 # q-values are broken by this order). All lossless: a transcoded image is the stored one.
-PRODUCIBLE_SYNTAXES: tuple[str, ...] = (JPEGLSLossless, JPEG2000Lossless, ExplicitVRLittleEndian)
+PRODUCIBLE_SYNTAXES: tuple[str, ...] = (
+    JPEGLSLossless,
+    JPEGLosslessSV1,
+    JPEG2000Lossless,
+    ExplicitVRLittleEndian,
+)
+# Lossy, produced only for a client that names the syntax itself (a wildcard never means lossy).
+LOSSY_SYNTAXES: tuple[str, ...] = (JPEG2000,)
+# JPEG 2000 lossy: a compression ratio of 10, visually lossless for CT/MR (what archives use).
+_J2K_LOSSY_RATIO = 10
 
 _UNCOMPRESSED = frozenset(
     {
@@ -73,12 +90,46 @@ def is_uncompressed(transfer_syntax: str) -> bool:
     return transfer_syntax in _UNCOMPRESSED
 
 
+def candidate_syntaxes(acceptance: SyntaxAcceptance) -> tuple[str, ...]:
+    """What the box may produce for this client: the lossless syntaxes, and the lossy ones it
+    names explicitly."""
+    lossy = tuple(s for s in LOSSY_SYNTAXES if acceptance.explicit.get(s, 0) > 0)
+    return PRODUCIBLE_SYNTAXES + lossy
+
+
+def ranked_syntaxes(stored: str, acceptance: SyntaxAcceptance) -> list[str]:
+    """The syntaxes to try for an instance stored in `stored`, best first: the client's
+    highest q; on ties the stored one (no work), then header order, then compactness. Empty
+    when the client accepts none (406)."""
+    ranked: list[tuple[float, int, int, str]] = []
+    for index, syntax in enumerate((stored, *candidate_syntaxes(acceptance))):
+        q = acceptance.quality(syntax)
+        if q <= 0 or any(r[3] == syntax for r in ranked):
+            continue
+        first = 0 if syntax == stored else 1
+        position = (
+            acceptance.order.index(syntax) if syntax in acceptance.order else len(acceptance.order)
+        )
+        ranked.append((-q, first * (1 + position), index, syntax))
+    return [r[3] for r in sorted(ranked)]
+
+
 def choose_syntax(stored: str, acceptance: SyntaxAcceptance) -> str | None:
-    """The syntax to send an instance stored in `stored`: itself when acceptable (no
-    re-encoding), else the client's preferred producible one; None when nothing fits (406)."""
-    if acceptance.accepts(stored):
-        return stored
-    return acceptance.best(PRODUCIBLE_SYNTAXES)
+    """The syntax an instance stored in `stored` is sent in (if its transcoding works); None
+    when nothing fits (406)."""
+    ranked = ranked_syntaxes(stored, acceptance)
+    return ranked[0] if ranked else None
+
+
+def uniform_syntax(acceptance: SyntaxAcceptance) -> str | None:
+    """The syntax every part of a response gets, whatever each instance's stored one: the one
+    producible syntax the client wants strictly more than anything else. None otherwise."""
+    best = acceptance.best(candidate_syntaxes(acceptance))
+    if best is None:
+        return None
+    top = acceptance.quality(best)
+    others = [q for s, q in acceptance.explicit.items() if s != best] + [acceptance.wildcard]
+    return best if all(q < top for q in others) else None
 
 
 def frame_media_type(transfer_syntax: str) -> str:
@@ -99,8 +150,9 @@ def _encode(ds: Dataset) -> bytes:
 
 
 def transcode(data: bytes, target: str) -> bytes:
-    """Re-encode a Part-10 instance in `target` (one of PRODUCIBLE_SYNTAXES), losslessly."""
-    if target not in PRODUCIBLE_SYNTAXES:
+    """Re-encode a Part-10 instance in `target` (one of PRODUCIBLE_SYNTAXES, or LOSSY_SYNTAXES
+    when the client asked for it)."""
+    if target not in PRODUCIBLE_SYNTAXES + LOSSY_SYNTAXES:
         raise TranscodeError(f"syntaxe de transfert {target} non produite par la DRIMbox")
     ds = _read(data)
     source = str(ds.file_meta.TransferSyntaxUID)
@@ -108,12 +160,25 @@ def transcode(data: bytes, target: str) -> bytes:
         return data
     try:
         if "PixelData" not in ds:
+            if target != ExplicitVRLittleEndian:
+                raise TranscodeError("instance sans pixels : pas de compression d'image")
             # No image: only the encoding of the attributes changes.
             ds.file_meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
             return _encode(ds)
         if not is_uncompressed(source) or source != ExplicitVRLittleEndian:
             # Lossless changes keep the SOP Instance UID (PS3.5 §10): pydicom would mint one.
             ds.decompress(generate_instance_uid=False)  # → Explicit VR LE, native pixels
+        if target == JPEGLosslessSV1:
+            return _dcmcjpeg(_encode(ds) if source != ExplicitVRLittleEndian else data)
+        if target == JPEG2000:
+            # The viewer's references (metadata, KOS) name this instance: its UID is kept,
+            # and the image says it was lossy compressed (PS3.3 C.7.6.1.1.5).
+            ds.compress(UID(target), encoding_plugin="pylibjpeg", generate_instance_uid=False,
+                        j2k_cr=[_J2K_LOSSY_RATIO])  # fmt: skip
+            ds.LossyImageCompression = "01"
+            ds.LossyImageCompressionRatio = _J2K_LOSSY_RATIO
+            ds.LossyImageCompressionMethod = "ISO_15444_1"
+            return _encode(ds)
         if target != ExplicitVRLittleEndian:
             ds.compress(UID(target), encoding_plugin=_ENCODERS[target], generate_instance_uid=False)
         return _encode(ds)
@@ -121,6 +186,28 @@ def transcode(data: bytes, target: str) -> bytes:
         raise
     except Exception as exc:  # codec plugins raise RuntimeError, ValueError, NotImplementedError…
         raise TranscodeError(f"transcodage {source} → {target} impossible : {exc}") from exc
+
+
+def _dcmcjpeg(data: bytes) -> bytes:
+    """JPEG Lossless, Non-Hierarchical, First-Order Prediction (Selection Value 1) by dcmtk's
+    `dcmcjpeg` (its default, +e1 true lossless): neither pydicom's encoders nor imagecodecs
+    (`ljpeg_encode` writes predictor 6, i.e. .57) produce .70. The SOP Instance UID is kept."""
+    dcmcjpeg = shutil.which("dcmcjpeg")
+    if dcmcjpeg is None:
+        raise TranscodeError("dcmcjpeg (dcmtk) introuvable : JPEG Lossless non produit")
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None  # memory, not the disk
+    with tempfile.TemporaryDirectory(prefix="drimbox-jpeg-", dir=folder) as work:
+        source, target = os.path.join(work, "in.dcm"), os.path.join(work, "out.dcm")
+        with open(source, "wb") as out:
+            out.write(data)
+        run = subprocess.run(
+            [dcmcjpeg, "+e1", "+un", source, target], capture_output=True, timeout=120, check=False
+        )
+        if run.returncode != 0:
+            error = run.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+            raise TranscodeError(f"dcmcjpeg a échoué : {error[0]}")
+        with open(target, "rb") as result:
+            return result.read()
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ from drimbox.dmp.xades import (
     XmlSigner,
     build_signature_document,
 )
+from drimbox.http.tlspolicy import client_context
+from drimbox.trust.keys import load_cert_chain
 
 if TYPE_CHECKING:
     from drimbox.config import Config
@@ -116,6 +118,7 @@ class DmpSettings:
     tls_ca: str = ""
     signing_cert: str = ""
     signing_key: str = ""
+    key_passphrase_env: str = ""  # the variable holding the keys' passphrase (encrypted keys)
     lps_id: str = ""
     lps_name: str = "DRIMbox"
     lps_version: str = "0.1.0"
@@ -144,6 +147,7 @@ class DmpSettings:
             tls_ca=dmp.tls_ca,
             signing_cert=structure.signing_cert,
             signing_key=structure.signing_key,
+            key_passphrase_env=structure.key_passphrase_env,
             lps_id=dmp.lps_id,
             lps_name=dmp.lps_name,
             lps_version=dmp.lps_version,
@@ -204,11 +208,15 @@ class _Reply:
 def tls_context(settings: DmpSettings) -> ssl.SSLContext:
     """Mutual TLS with the DMP: the structure's ORG authentication certificate, the DMP's CAs."""
     try:
-        context = ssl.create_default_context(cafile=settings.tls_ca or None)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context = client_context(settings.tls_ca)
         if settings.tls_cert:
-            context.load_cert_chain(settings.tls_cert, settings.tls_key or None)
-    except (OSError, ssl.SSLError) as exc:
+            load_cert_chain(
+                context,
+                settings.tls_cert,
+                settings.tls_key or settings.tls_cert,
+                settings.key_passphrase_env,
+            )
+    except (OSError, ValueError, ssl.SSLError) as exc:
         raise DmpError(
             "Certificats TLS du DMP illisibles : vérifiez tls_cert, tls_key et tls_ca "
             "dans la section [dmp].",
@@ -232,6 +240,7 @@ def load_signer(settings: DmpSettings) -> XmlSigner:
             settings.signing_key,
             signature_algorithm=settings.signature_algorithm,
             digest_algorithm=settings.digest_algorithm,
+            passphrase_env=settings.key_passphrase_env,
         )
     except (OSError, ValueError) as exc:
         raise DmpError(

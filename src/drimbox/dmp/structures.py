@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -27,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from drimbox.cda.model import Code, ImagingReport, Organization
 from drimbox.dmp import codes
+from drimbox.trust.keys import load_certificate, load_private_key
 
 if TYPE_CHECKING:
     from drimbox.config import Config
@@ -51,6 +51,7 @@ class Structure:
     tls_key: str = ""
     signing_cert: str = ""
     signing_key: str = ""
+    key_passphrase_env: str = ""  # the variable holding the keys' passphrase (encrypted keys)
     activity_sector: str = ""  # empty: [dmp] activity_sector
     content_type: Code | None = None  # empty: from the encounter, else XDS.xml's
     implicit: bool = field(default=False, compare=False)  # from [site] + [dmp]
@@ -87,6 +88,7 @@ def site_structures(config: Config) -> list[Structure]:
                 tls_key=s.tls_key,
                 signing_cert=s.signing_cert,
                 signing_key=s.signing_key,
+                key_passphrase_env=s.key_passphrase_env,
                 activity_sector=s.activity_sector,
                 content_type=parse_code(s.content_type),
             )
@@ -101,6 +103,7 @@ def site_structures(config: Config) -> list[Structure]:
             tls_key=dmp.tls_key,
             signing_cert=dmp.signing_cert,
             signing_key=dmp.signing_key,
+            key_passphrase_env=dmp.key_passphrase_env,
             implicit=True,
         )
     ]
@@ -142,12 +145,8 @@ def choose_structure(structures: Sequence[Structure], report: ImagingReport) -> 
 # -- drimbox config check ---------------------------------------------------------------------
 
 
-def load_certificate(path: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(Path(path).read_bytes())
-
-
-def key_matches(certificate: x509.Certificate, key_path: str) -> bool:
-    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+def key_matches(certificate: x509.Certificate, key_path: str, passphrase_env: str = "") -> bool:
+    key = load_private_key(key_path, passphrase_env)
     public = certificate.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -191,7 +190,7 @@ def certificate_problems(structure: Structure) -> list[str]:
             problems.append(f"{label} : {cert_key} non renseigné")
             continue
         try:
-            certificate = load_certificate(cert_path)
+            certificate = load_certificate(cert_path, structure.key_passphrase_env)
         except (OSError, ValueError) as exc:
             problems.append(f"{label} : {cert_key} illisible ({cert_path}) : {exc}")
             continue
@@ -211,7 +210,7 @@ def certificate_problems(structure: Structure) -> list[str]:
             problems.append(f"{label} : {key_key} non renseigné")
             continue
         try:
-            matches = key_matches(certificate, key_path)
+            matches = key_matches(certificate, key_path, structure.key_passphrase_env)
         except (OSError, ValueError, TypeError) as exc:
             problems.append(f"{label} : {key_key} illisible ({key_path}) : {exc}")
             continue

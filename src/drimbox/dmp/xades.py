@@ -33,6 +33,7 @@ from lxml import etree
 from drimbox.cda.model import Code
 from drimbox.dmp import codes
 from drimbox.dmp.soap import parse_xml, q
+from drimbox.trust.keys import load_key_pair
 
 SignatureAlgorithm = Literal["rsa-sha256", "rsa-sha512", "rsa-sha1"]
 DigestAlgorithm = Literal["sha256", "sha512", "sha1"]
@@ -91,9 +92,12 @@ class XmlSigner:
         *,
         signature_algorithm: SignatureAlgorithm = "rsa-sha256",
         digest_algorithm: DigestAlgorithm = "sha256",
+        passphrase_env: str = "",
     ) -> XmlSigner:
-        certificate = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
-        return cls(certificate, Path(key_path).read_bytes(), signature_algorithm, digest_algorithm)
+        """The signer of a key file and its certificate (`drimbox.trust.keys`: permissions
+        checked, PKCS#12 and encrypted keys read)."""
+        pair = load_key_pair(cert_path, key_path, passphrase_env)
+        return cls(pair.certificate, pair.key_pem(), signature_algorithm, digest_algorithm)
 
     @property
     def cert_pem(self) -> bytes:

@@ -29,11 +29,12 @@ from urllib.parse import urlsplit
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from drimbox import __version__
 from drimbox.config import Config
 from drimbox.french import french_number, french_size
+from drimbox.http.tlspolicy import client_context
+from drimbox.trust.keys import KeyFileError, load_certificate, load_key_pair
 
 Status = Literal["ok", "warning", "failure"]
 STATUS_LABELS: Final[dict[str, str]] = {"ok": "OK", "warning": "Avertissement", "failure": "Échec"}
@@ -291,6 +292,7 @@ def _certificates(checks: _Checks, config: Config, now: datetime) -> None:
             config.trust.tls_cert,
             config.trust.tls_key,
             "[trust] tls_cert / tls_key",
+            config.trust.key_passphrase_env,
         ),
         (
             "cert.dmp_auth",
@@ -298,6 +300,7 @@ def _certificates(checks: _Checks, config: Config, now: datetime) -> None:
             config.dmp.tls_cert,
             config.dmp.tls_key,
             "[dmp] tls_cert / tls_key",
+            config.dmp.key_passphrase_env,
         ),
         (
             "cert.dmp_sign",
@@ -305,15 +308,16 @@ def _certificates(checks: _Checks, config: Config, now: datetime) -> None:
             config.dmp.signing_cert,
             config.dmp.signing_key,
             "[dmp] signing_cert / signing_key",
+            config.dmp.key_passphrase_env,
         ),
     ]
-    for key, title, cert_path, key_path, keys in pairs:
+    for key, title, cert_path, key_path, keys, env in pairs:
         checks.run(
             key,
             group,
             title,
-            lambda k=key, t=title, c=cert_path, p=key_path, n=keys: (  # type: ignore[misc]
-                _certificate(checks, k, group, t, c, p, n, pool, now)
+            lambda k=key, t=title, c=cert_path, p=key_path, n=keys, e=env: (  # type: ignore[misc]
+                _certificate(checks, k, group, t, c, p, n, pool, now, e)
             ),
         )
 
@@ -328,6 +332,7 @@ def _certificate(
     keys: str,
     pool: list[x509.Certificate],
     now: datetime,
+    passphrase_env: str = "",
 ) -> Check:
     if not cert_path or not key_path:
         return checks.add(
@@ -339,35 +344,20 @@ def _certificate(
             "Installez le certificat IGC-Santé et sa clé, puis renseignez ces clés.",
         )
     try:
-        data = Path(cert_path).read_bytes()
-        certificate = x509.load_pem_x509_certificates(data)[0]
-    except (OSError, ValueError) as exc:
+        pair = load_key_pair(cert_path, key_path, passphrase_env)
+    except KeyFileError as exc:
         return checks.add(
             key,
             group,
             title,
             "failure",
-            f"certificat illisible ({cert_path}) : {exc}",
-            "Vérifiez le chemin et le format (PEM).",
+            str(exc),
+            "Vérifiez le chemin, le format (PEM ou PKCS#12), les droits (0600) et, pour une clé "
+            "chiffrée, key_passphrase_env.",
         )
+    certificate = pair.certificate
     subject = certificate.subject.rfc4514_string()
-    try:
-        private = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        return checks.add(
-            key,
-            group,
-            title,
-            "failure",
-            f"clé privée illisible ({key_path}) : {exc}",
-            "Vérifiez le chemin, le format (PEM) et que la clé n'est pas chiffrée.",
-            figures={"subject": subject},
-        )
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    pem = serialization.Encoding.PEM
-    if private.public_key().public_bytes(pem, spki) != certificate.public_key().public_bytes(
-        pem, spki
-    ):
+    if not pair.matches():
         return checks.add(
             key,
             group,
@@ -460,6 +450,8 @@ def _chained(certificate: x509.Certificate, pool: list[x509.Certificate]) -> boo
 def _revocation(certificate: x509.Certificate, pool: list[x509.Certificate]) -> str | None:
     """ "révoqué …" when a CRL of the certificate lists it; a note when it cannot be checked;
     None when a CRL says it is not revoked."""
+    from drimbox.trust.revocation import CrlError, load_crl
+
     try:
         points = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     except x509.ExtensionNotFound:
@@ -477,11 +469,11 @@ def _revocation(certificate: x509.Certificate, pool: list[x509.Certificate]) -> 
         except (OSError, httpx.HTTPError) as exc:
             last = f"liste de révocation injoignable ({url} : {exc})"
             continue
-        crl = (
-            x509.load_pem_x509_crl(data)
-            if data.lstrip().startswith(b"-----")
-            else x509.load_der_x509_crl(data)
-        )
+        try:
+            crl = load_crl(data)
+        except CrlError as exc:
+            last = f"liste de révocation {url} : {exc}"
+            continue
         if issuer is not None and not crl.is_signature_valid(issuer.public_key()):
             last = f"liste de révocation {url} mal signée"
             continue
@@ -495,7 +487,7 @@ def _revocation(certificate: x509.Certificate, pool: list[x509.Certificate]) -> 
 def _fetch(url: str) -> bytes:
     if url.startswith("file://"):
         return Path(urlsplit(url).path).read_bytes()
-    response = httpx.get(url, timeout=10, follow_redirects=True)
+    response = httpx.get(url, timeout=10, follow_redirects=True, verify=client_context())
     response.raise_for_status()
     return response.content
 
@@ -596,7 +588,7 @@ def _own_entry(checks: _Checks, config: Config, store: Any) -> None:
     if entry.vi and (entry.vi.lower() != vi.lower()):
         problems.append(f"le nom vi de la liste est « {entry.vi} », [viewer] public_url « {vi} »")
     try:
-        certificate = x509.load_pem_x509_certificates(Path(config.trust.tls_cert).read_bytes())[0]
+        certificate = load_certificate(config.trust.tls_cert, config.trust.key_passphrase_env)
         if entry.dn != DistinguishedName.from_name(certificate.subject):
             problems.append(
                 f"le DN de la liste est « {entry.operator_dn} », le certificat "

@@ -317,13 +317,17 @@ def peer_speedtest(
         if store is None:
             raise SpeedTestError("aucune liste blanche configurée ([trust] whitelist_source)")
         if whitelist_refresh:
+            if store.revocation is not None:
+                store.revocation.refresh()
             store.refresh()
     if store.current() is None:
         raise SpeedTestError(
             "aucune liste blanche valide : les échanges entre DRIMbox sont suspendus"
         )
     try:
-        context = client_ssl_context(trust.tls_cert, trust.tls_key, trust.tls_ca or trust.anchors)
+        context = client_ssl_context(
+            trust.tls_cert, trust.tls_key, trust.tls_ca or trust.anchors, trust.key_passphrase_env
+        )
     except (OSError, ValueError) as exc:
         raise SpeedTestError(f"certificat de la DRIMbox illisible ({exc})") from exc
     base = peer_base_url(host)
@@ -331,7 +335,10 @@ def peer_speedtest(
     url = f"{base}/studies/{study}"
     result = SpeedResult("peer", peer_target(host), "wado-rs", study_uid or "")
     retriever = SourceRetriever(
-        PeerCheck(store.current), context, resolve=resolve, timeout_s=config.pacs.timeout_s * 4
+        PeerCheck(store.current, store.revocation),
+        context,
+        resolve=resolve,
+        timeout_s=config.pacs.timeout_s * 4,
     )
     meter = _Meter(result)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 Usage = Literal["auth", "sign", "server", "ca"]
@@ -52,9 +54,33 @@ class Issued:
         folder.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
         cert_path.write_bytes(self.cert_pem)
-        key_path.write_bytes(self.key_pem)
-        key_path.chmod(0o600)
+        _write_private(key_path, self.key_pem)
         return Issued(self.certificate, self.key, cert_path, key_path)
+
+    def write_pkcs12(
+        self, folder: Path, name: str, passphrase: bytes, chain: tuple[x509.Certificate, ...] = ()
+    ) -> Path:
+        """The key and certificate as one PKCS#12 file encrypted with `passphrase` (0600)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.p12"
+        data = pkcs12.serialize_key_and_certificates(
+            name.encode(),
+            self.key,
+            self.certificate,
+            list(chain) or None,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+        _write_private(path, data)
+        return path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Created 0600 (never readable by others, not even between write and chmod), as the box
+    requires of its keys (drimbox.trust.keys)."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
 
 
 def subject_name(
@@ -81,8 +107,18 @@ class TestPki:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, ca_name: str = "AC RACINE IGC-SANTE TEST", *, key_size: int = 2048) -> None:
+    def __init__(
+        self,
+        ca_name: str = "AC RACINE IGC-SANTE TEST",
+        *,
+        key_size: int = 2048,
+        crl_url: str = "",
+    ) -> None:
         self.key_size = key_size
+        # Where this CA publishes its CRL: written in every certificate it issues, as IGC-Santé
+        # does (CRL distribution point); `revoke` then `crl()` make the list to serve there.
+        self.crl_url = crl_url
+        self.revoked: dict[int, dt.datetime] = {}
         self.ca = self._issue(
             subject_name(ca_name, organization="ASIP-SANTE", organizational_unit="IGC-SANTE"),
             usage="ca",
@@ -105,6 +141,8 @@ class TestPki:
         (e.g. "TEST AC IGC-SANTE ELEMENTAIRE ORGANISATIONS" under the root)."""
         sub = TestPki.__new__(TestPki)
         sub.key_size = self.key_size
+        sub.crl_url = ""
+        sub.revoked = {}
         sub.ca = self._issue(
             subject_name(ca_name, organization="ASIP-SANTE", organizational_unit="IGC-SANTE"),
             usage="ca",
@@ -115,6 +153,41 @@ class TestPki:
         )
         sub.chain = (sub.ca.certificate, *self.chain)
         return sub
+
+    def revoke(self, certificate: x509.Certificate, at: dt.datetime | None = None) -> None:
+        """List `certificate` in this CA's next `crl()`."""
+        self.revoked[certificate.serial_number] = at or dt.datetime.now(dt.UTC)
+
+    def crl(
+        self,
+        *,
+        last_update: dt.datetime | None = None,
+        next_update: dt.datetime | None = None,
+        signer: Issued | None = None,
+    ) -> x509.CertificateRevocationList:
+        """The CA's CRL (signed by it, or by `signer` to forge one), valid a week by default."""
+        start = last_update or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.ca.certificate.subject)
+            .last_update(start)
+            .next_update(next_update or start + dt.timedelta(days=7))
+        )
+        for serial, at in self.revoked.items():
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(at).build()
+            )
+        return builder.sign((signer or self.ca).key, hashes.SHA256())
+
+    def crl_der(
+        self,
+        *,
+        last_update: dt.datetime | None = None,
+        next_update: dt.datetime | None = None,
+        signer: Issued | None = None,
+    ) -> bytes:
+        crl = self.crl(last_update=last_update, next_update=next_update, signer=signer)
+        return crl.public_bytes(serialization.Encoding.DER)
 
     def issue(
         self,
@@ -168,6 +241,11 @@ class TestPki:
             builder = builder.add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), False
             )
+            if self.crl_url:
+                point = x509.DistributionPoint(
+                    [x509.UniformResourceIdentifier(self.crl_url)], None, None, None
+                )
+                builder = builder.add_extension(x509.CRLDistributionPoints([point]), False)
         builder = builder.add_extension(_key_usage(usage), critical=True)
         if usage in ("auth", "server"):
             purposes = [ExtendedKeyUsageOID.CLIENT_AUTH]

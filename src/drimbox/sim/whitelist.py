@@ -173,7 +173,8 @@ def sign_whitelist(
 
 
 class LocalWhitelistServer:
-    """Loopback HTTP server answering every GET with the bytes last given to `publish`."""
+    """Loopback HTTP server answering every GET with the bytes last given to `publish` (a
+    whitelist, or a CA's CRL: `url_for("ca.crl")`)."""
 
     def __init__(self) -> None:
         self.body = b""
@@ -198,8 +199,11 @@ class LocalWhitelistServer:
 
     @property
     def url(self) -> str:
+        return self.url_for("liste-blanche.xml")
+
+    def url_for(self, name: str) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/liste-blanche.xml"
+        return f"http://{host!s}:{port}/{name}"
 
     def publish(self, body: bytes, *, status: int = 200) -> None:
         self.body, self.status = body, status

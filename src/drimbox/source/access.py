@@ -1,9 +1,10 @@
 """The record of every image retrieval served by the Source (who, which study/series, how many
 bytes, with what result, when).
 
-For now the records are appended as JSON lines to `<cache_dir>/access-log.jsonl`: the audit table
-(ARCHITECTURE §4, append-only, exportable) belongs to the database schema, which another stage
-adds; `record_retrieval` is the one call site to move there. It must never raise into the request
+Each request is appended as one JSON line to `<cache_dir>/access-log.jsonl` as it ends: the
+node's local, per-request trace, written even when the database is not. The audit trail
+(`drimbox.trust.audit`) holds the same accesses summed per caller, study, action and minute
+(`drimbox.trust.tally`), refusals one by one. `record_retrieval` must never raise into the request
 that is being served: a record that cannot be written is logged as an error.
 """
 
@@ -30,7 +31,9 @@ class RetrievalRecord:
     study_uid: str
     series_uid: str = ""
     sop_instance_uid: str = ""
-    resource: str = "series"  # study, series, instance, metadata, frames, rendered…
+    # study, series, instance, metadata, frames, rendered, thumbnail; search_studies,
+    # search_series, search_instances (QIDO-RS)
+    resource: str = "series"
     channel: str = "peer"  # peer (WADO-RS /dicom-web-rs) or viewer (/dicom-web)
     client: str = ""  # remote address (and later the peer's certificate DN)
     psc_client: str = ""  # peers: the PSC client their bearer token was issued to
@@ -40,7 +43,14 @@ class RetrievalRecord:
     instances: int = 0
     result: int = 200
     detail: str = ""
+    studies: tuple[str, ...] = ()  # QIDO /studies: the studies the answer listed
     at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+
+    @property
+    def action(self) -> str:
+        """The audit trail's name for this access."""
+        kind, _, level = self.resource.partition("_")
+        return f"image_search_{level}" if kind == "search" else f"image_retrieve_{self.resource}"
 
 
 def access_log_path(cache_dir: str | Path) -> Path:
@@ -66,5 +76,7 @@ def read_records(path: Path) -> list[RetrievalRecord]:
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
-            records.append(RetrievalRecord(**json.loads(line)))
+            fields = json.loads(line)
+            fields["studies"] = tuple(fields.get("studies", ()))
+            records.append(RetrievalRecord(**fields))
     return records

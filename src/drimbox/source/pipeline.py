@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pydicom import Dataset
 from sqlalchemy.orm import Session
 
 from drimbox.cda import CdaError, parse_report
@@ -40,6 +39,15 @@ from drimbox.source.outbox import DELETE, PUBLISH, enqueue
 log = logging.getLogger(__name__)
 
 DUE_STATES = (ReportState.RECEIVED.value, ReportState.WAITING_IMAGES.value)
+
+
+@dataclass(frozen=True)
+class BuiltKos:
+    """A manifest encoded once, with what the pipeline records of it."""
+
+    data: bytes
+    sop_instance_uid: str
+    instances: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class ReportPipeline(LeasedWorker):
                 if newer is not None
                 else None
             )
-        kos: Dataset | None = None
+        kos: BuiltKos | None = None
         if superseded is not None:
             outcome = Outcome(ReportState.SUPERSEDED, superseded)
         else:
@@ -142,11 +150,11 @@ class ReportPipeline(LeasedWorker):
         )
         return outcome
 
-    def _built(self, session: Session, report: Report, kos: Dataset) -> None:
+    def _built(self, session: Session, report: Report, kos: BuiltKos) -> None:
         """Record the KOS and decide, in the same transaction, what the DMP gets."""
-        report.kos = manifest_to_bytes(kos)
-        report.kos_sop_uid = str(kos.SOPInstanceUID)
-        instances = referenced_instances(kos)
+        report.kos = kos.data
+        report.kos_sop_uid = kos.sop_instance_uid
+        instances = kos.instances
         report.kos_instance_count = len(instances)
         published = latest_published(session, report.study_uid)
         if not_for_dmp(report.flags):
@@ -183,7 +191,7 @@ class ReportPipeline(LeasedWorker):
         attempts: int,
         kind: str,
         variant: str = "",
-    ) -> tuple[Outcome, Dataset | None]:
+    ) -> tuple[Outcome, BuiltKos | None]:
         if not cda:
             return Outcome(ReportState.REFUSED, "Aucun CDA dans le message"), None
         try:
@@ -223,7 +231,11 @@ class ReportPipeline(LeasedWorker):
             return Outcome(ReportState.REFUSED, reason, private=True), None
         except KosError as exc:
             return Outcome(ReportState.REFUSED, f"KOS impossible : {exc}", private=True), None
-        return Outcome(ReportState.KOS_BUILT, None), kos
+        # Encoded here, once, outside the database transaction; the references are the
+        # snapshot's (reading them back from the manifest would parse 1300 items).
+        instances = frozenset(i.sop_instance_uid for s in study.series for i in s.instances)
+        built = BuiltKos(manifest_to_bytes(kos), str(kos.SOPInstanceUID), instances)
+        return Outcome(ReportState.KOS_BUILT, None), built
 
     def _backoff(self, attempts: int) -> float:
         return backoff(attempts, self.config.source.retry_initial_s, self.config.source.retry_max_s)

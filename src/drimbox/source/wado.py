@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
@@ -27,10 +29,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import select
 
 from drimbox.auth.tokens import InvalidToken, TokenIdentity, TokenVerifier, bearer_token
-from drimbox.db import Database, Report
+from drimbox.db import Database, utcnow
 from drimbox.dicom.cache import CachedInstance, CacheEntry, CacheError
 from drimbox.dicom.model import is_uid
 from drimbox.dicom.pacs import PacsError
@@ -38,11 +39,12 @@ from drimbox.dicom.retrieve import ImageService
 from drimbox.dicom.transcode import (
     PRODUCIBLE_SYNTAXES,
     TranscodeError,
-    choose_syntax,
     extract_frames,
     frame_media_type,
+    ranked_syntaxes,
     render,
     transcode,
+    uniform_syntax,
 )
 from drimbox.http.accept import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -53,6 +55,7 @@ from drimbox.http.accept import (
     parse_accept,
     syntax_acceptance,
 )
+from drimbox.http.accesslog import note_user
 from drimbox.http.multipart import (
     BODY_END,
     closing,
@@ -65,6 +68,7 @@ from drimbox.http.rawbody import BodyChunk, Framable, RawStreamingResponse
 from drimbox.source.access import RetrievalRecord, record_retrieval
 from drimbox.source.grants import GrantError, Grants, KosContent
 from drimbox.trust import audit
+from drimbox.trust.tally import AccessKey, AccessTally, minute_of, patient_of_study
 from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate_from_scope
 
 log = logging.getLogger(__name__)
@@ -76,6 +80,9 @@ THUMBNAIL_SIZE = 128
 _METADATA_BULK_THRESHOLD = 64 * 1024
 MAX_FRAMES = 1024  # distinct frames per request: more than any viewer asks at once
 CHUNK_BYTES = 1024 * 1024  # a response write: big enough to amortise, small enough to stream
+# Instances re-encoded at once for one response: the node's cores (dcmcjpeg runs as a process,
+# the other codecs release the GIL in C).
+TRANSCODE_WORKERS = max(1, os.cpu_count() or 1)
 
 
 class WadoError(Exception):
@@ -97,6 +104,15 @@ class Scope:
     psc_client: str = ""  # peers: the PSC client the bearer token was issued to
 
 
+@dataclass(frozen=True)
+class Visible:
+    """Who asks, and every KOS they may list."""
+
+    subject: str
+    contents: list[KosContent]
+    psc_client: str = ""
+
+
 class Authorizer(Protocol):
     """One access policy (peers or viewer sessions)."""
 
@@ -106,12 +122,13 @@ class Authorizer(Protocol):
         """The caller's scope for one study; raises `WadoError` (401/403/404)."""
         ...
 
-    async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
-        """The subject and every KOS the caller may list (QIDO /studies)."""
+    async def visible(self, request: Request) -> Visible:
+        """The caller and every KOS they may list (QIDO /studies)."""
         ...
 
-    def subject_hint(self, request: Request) -> str:
-        """Best-effort subject for the access log of a refused request ("" if unknown)."""
+    def caller_hint(self, request: Request) -> tuple[str, str]:
+        """Best-effort (subject, PSC client) of a refused request ("" if unknown), for the
+        audit trail; blocking (a token check may ask PSC)."""
         ...
 
 
@@ -163,7 +180,7 @@ class PeerAuthorizer:
             raise WadoError(exc.status, str(exc)) from None
         return Scope(identity.subject, content, identity.client_id)
 
-    async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
+    async def visible(self, request: Request) -> Visible:
         self._check_peer(request)
         identity = await asyncio.to_thread(self._identity, request)
         kos_uid = self._kos_uid(request)
@@ -171,30 +188,31 @@ class PeerAuthorizer:
             content = await asyncio.to_thread(self.grants.kos_of_peer, kos_uid)
         except GrantError as exc:
             raise WadoError(exc.status, str(exc)) from None
-        return identity.subject, [content]
+        return Visible(identity.subject, [content], identity.client_id)
 
-    def subject_hint(self, request: Request) -> str:
+    def caller_hint(self, request: Request) -> tuple[str, str]:
         try:
-            return self._identity(request).subject
+            identity = self._identity(request)
         except WadoError:
-            return ""
+            return "", ""
+        return identity.subject, identity.client_id
 
 
-def audit_retrieval(db: Database, record: RetrievalRecord) -> None:
-    with db.session() as session:
-        patient = session.scalar(
-            select(Report.patient_ins).where(Report.study_uid == record.study_uid).limit(1)
-        )
-    result: audit.Result = (
-        "ok" if record.result < 400 else ("error" if record.result >= 500 else "refused")
-    )
+def _tallied(record: RetrievalRecord) -> bool:
+    """Served accesses are summed per minute (`drimbox.trust.tally`); a client that left
+    mid-answer (499) still got bytes. Refusals and errors are recorded one by one."""
+    return record.result < 400 or record.result == 499
+
+
+def audit_refusal(db: Database, record: RetrievalRecord) -> None:
+    """One audit event for a refused or failed access, with its reason."""
     audit.record(
         db,
         actor=record.subject or "inconnu",
         role="peer" if record.channel == "peer" else "user",
-        action=f"image_retrieve_{record.resource}",
-        result=result,
-        patient_ins=patient or "",
+        action=record.action,
+        result="error" if record.result >= 500 else "refused",
+        patient_ins=patient_of_study(db, record.study_uid),
         study_uid=record.study_uid,
         nbytes=record.bytes,
         remote=record.client,
@@ -204,15 +222,15 @@ def audit_retrieval(db: Database, record: RetrievalRecord) -> None:
         peer_dn=record.peer_dn,
         http_status=record.result,
         channel=record.channel,
-        detail=record.detail,
+        reason=record.detail,
     )
 
 
-def _peer_dn(request: Request) -> str:
-    """The subject of the client certificate the request came with ("" without mutual TLS):
-    the calling box, as the audit names it (an IP says little behind NAT)."""
+def peer_dn(scope: Mapping[str, Any]) -> str:
+    """The subject of the client certificate a request came with ("" without mutual TLS):
+    the calling box, as the audit and the access log name it (an IP says little behind NAT)."""
     try:
-        certificate = peer_certificate_from_scope(request.scope)
+        certificate = peer_certificate_from_scope(scope)
     except ValueError:
         return ""
     return certificate.subject.rfc4514_string() if certificate is not None else ""
@@ -272,6 +290,25 @@ def _part_type(syntax: str) -> str:
     return f"application/dicom; transfer-syntax={syntax}"
 
 
+async def _transcoded(instance: CachedInstance, ranked: Sequence[str]) -> tuple[bytes, str] | None:
+    """The instance in the first of `ranked` its transcoding gives (the stored bytes when its
+    own syntax comes first), None (logged) when none does. Runs in a worker thread."""
+    errors = []
+    for syntax in ranked:
+        if syntax == instance.transfer_syntax:
+            return await asyncio.to_thread(instance.read), syntax
+        try:
+            return await asyncio.to_thread(_transcode_instance, instance, syntax), syntax
+        except TranscodeError as exc:
+            errors.append(f"{syntax}: {exc}")
+    log.warning("instance %s skipped: %s", instance.sop_instance_uid, "; ".join(errors))
+    return None
+
+
+def _transcode_instance(instance: CachedInstance, syntax: str) -> bytes:
+    return transcode(instance.read(), syntax)
+
+
 def _pack(group: Sequence[tuple[bytes, CachedInstance]], tail: bytes, size: int) -> Framable:
     """Parts (their opening, the instance's cached bytes, `tail`) laid out in one buffer."""
     chunk = Framable.allocate(size)
@@ -296,39 +333,80 @@ class WadoRoutes:
         *,
         access_log: Path,
         audit_db: Database | None = None,
+        tally: AccessTally | None = None,
     ) -> None:
+        """`tally`: the node's (both origins share one), else this mount's own."""
         self.images = images
         self.authorizer = authorizer
         self.access_log = access_log
         self.audit_db = audit_db
+        self.tally = tally or (AccessTally(audit_db) if audit_db is not None else None)
 
     # -- plumbing ----------------------------------------------------------------------------
 
     def record(self, request: Request, record: RetrievalRecord) -> None:
         client = request.client.host if request.client else ""
         record = replace(
-            record, channel=self.authorizer.channel, client=client, peer_dn=_peer_dn(request)
+            record, channel=self.authorizer.channel, client=client, peer_dn=peer_dn(request.scope)
         )
         record_retrieval(self.access_log, record)
-        log.info(
-            "%s %s of study %s for %s: HTTP %s, %d instance(s)",
-            record.channel,
-            record.resource,
-            record.study_uid,
-            record.subject or client,
-            record.result,
-            record.instances,
-            extra={
-                "study_uid": record.study_uid,
-                "peer": client,
-                "subject": record.subject,
-                "bytes": record.bytes,
-            },
+        note_user(request.scope, record.subject)
+        if self.audit_db is None or self.tally is None:
+            return
+        if _tallied(record):
+            self.tally.add(
+                AccessKey(
+                    role="peer" if record.channel == "peer" else "user",
+                    actor=record.subject or "inconnu",
+                    action=record.action,
+                    study_uid=record.study_uid,
+                    minute=minute_of(utcnow()),
+                    remote=client,
+                    channel=record.channel,
+                    psc_client=record.psc_client,
+                    peer_dn=record.peer_dn,
+                ),
+                nbytes=record.bytes,
+                instances=record.instances,
+                series_uid=record.series_uid,
+                studies=record.studies,
+                interrupted=record.result == 499,
+            )
+            return
+        # Written off the event loop; the local access log above is the fallback trace if the
+        # database is unavailable.
+        asyncio.get_running_loop().run_in_executor(None, audit_refusal, self.audit_db, record)
+
+    def served(
+        self,
+        request: Request,
+        scope: Scope | Visible,
+        resource: str,
+        response: Response,
+        *,
+        study_uid: str,
+        series_uid: str = "",
+        sop_uid: str = "",
+        instances: int = 0,
+        studies: tuple[str, ...] = (),
+    ) -> Response:
+        """Record an answer built whole (renderings, QIDO) and return it."""
+        self.record(
+            request,
+            RetrievalRecord(
+                subject=scope.subject,
+                psc_client=scope.psc_client,
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_instance_uid=sop_uid,
+                resource=resource,
+                kos_sop_uid=scope.kos.kos_sop_uid if isinstance(scope, Scope) else "",
+                bytes=len(response.body),
+                instances=instances,
+                studies=studies,
+            ),
         )
-        if self.audit_db is not None:
-            # The audit table is written off the event loop; the local access log above is the
-            # fallback trace if the database is unavailable.
-            asyncio.get_running_loop().run_in_executor(None, audit_retrieval, self.audit_db, record)
+        return response
 
     async def _open_instances(
         self, scope: Scope, series_uid: str, only: set[str] | None = None
@@ -396,7 +474,6 @@ class WadoRoutes:
                 raise WadoError(404, "instance absente du KOS publié de cette étude")
             only = {sop_uid}
         acceptance = _dicom_acceptance(request)
-        fallback = acceptance.best(PRODUCIBLE_SYNTAXES)
 
         # Wait for the first instance before answering, so that PACS failures and empty
         # series still get a proper status; everything after it streams.
@@ -411,7 +488,7 @@ class WadoRoutes:
             if first is None:
                 raise WadoError(404, "aucune image de cette sélection n'est dans le PACS")
             stored = first[0].transfer_syntax
-            if choose_syntax(stored, acceptance) is None:
+            if not ranked_syntaxes(stored, acceptance):
                 raise WadoError(
                     406,
                     f"syntaxe de transfert stockée {stored} non acceptée et aucune "
@@ -440,9 +517,7 @@ class WadoRoutes:
             try:
                 while True:
                     while batch is not None:
-                        async for chunk, parts in self._chunks(
-                            batch, acceptance, fallback, boundary, count
-                        ):
+                        async for chunk, parts in self._chunks(batch, acceptance, boundary, count):
                             sent += len(chunk)
                             count += parts
                             yield chunk
@@ -469,51 +544,77 @@ class WadoRoutes:
                     replace(record, bytes=sent, instances=count, result=result, detail=detail),
                 )
 
+        # Every part in one syntax (the client's unique first choice, produced from whatever
+        # is stored): said on the response itself, as the DRIM-M sample response does.
+        uniform = uniform_syntax(acceptance)
+        syntax = f"; transfer-syntax={uniform}" if uniform else ""
         return RawStreamingResponse(
             body(),
-            media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+            media_type=f'multipart/related; type="application/dicom"{syntax}; boundary={boundary}',
         )
 
     async def _chunks(
         self,
         batch: Sequence[CachedInstance],
         acceptance: SyntaxAcceptance,
-        fallback: str | None,
         boundary: str,
         index: int,
     ) -> AsyncIterator[tuple[BodyChunk, int]]:
         """The parts of `batch` (the first numbered `index`) as (chunk, number of parts), each
-        ended by the next delimiter (complete for the reader as soon as it arrives): stored
-        bytes are read straight into chunks of up to `CHUNK_BYTES` (few writes, one copy),
-        transcoded instances go one per chunk."""
+        ended by the next delimiter (complete for the reader as soon as it arrives), in the
+        batch's order: stored bytes are read straight into chunks of up to `CHUNK_BYTES` (few
+        writes, one copy); instances to transcode are re-encoded `TRANSCODE_WORKERS` at a time
+        (the node's cores), each sent as soon as it and those before it are ready."""
         group: list[tuple[bytes, CachedInstance]] = []
         size = 0
         tail = part_end(boundary)
-        for instance in batch:
-            stored = instance.transfer_syntax
-            if acceptance.accepts(stored):  # the stored bytes, untouched
-                head = part_open(boundary, _part_type(stored), instance.size, first=not index)
-                group.append((head, instance))
-                size += len(head) + instance.size + len(tail)
-                index += 1
-                if size >= CHUNK_BYTES:
-                    yield _pack(group, tail, size), len(group)
-                    group, size = [], 0
-                continue
-            if group:
-                yield _pack(group, tail, size), len(group)
-                group, size = [], 0
-            if fallback is None:
-                log.warning("instance %s skipped: nothing acceptable", instance.sop_instance_uid)
-                continue
-            try:
-                data = await asyncio.to_thread(transcode, instance.read(), fallback)
-            except TranscodeError as exc:
-                log.warning("instance %s skipped: %s", instance.sop_instance_uid, exc)
-                continue
-            head = part_open(boundary, _part_type(fallback), len(data), first=not index)
-            index += 1
-            yield memoryview(head + data + tail), 1
+        pending: deque[tuple[CachedInstance, asyncio.Task[tuple[bytes, str] | None] | None]]
+        pending = deque()
+        running = 0
+        try:
+            for position in range(len(batch) + 1):
+                if position < len(batch):
+                    instance = batch[position]
+                    ranked = ranked_syntaxes(instance.transfer_syntax, acceptance)
+                    if not ranked:
+                        log.warning(
+                            "instance %s skipped: nothing acceptable", instance.sop_instance_uid
+                        )
+                        continue
+                    task = None
+                    if ranked[0] != instance.transfer_syntax:
+                        task = asyncio.create_task(_transcoded(instance, ranked))
+                        running += 1
+                    pending.append((instance, task))
+                drain = position == len(batch)
+                # Send what is at the front as soon as it can go, keeping the workers busy.
+                while pending and (drain or pending[0][1] is None or running >= TRANSCODE_WORKERS):
+                    front, job = pending.popleft()
+                    if job is None:  # the stored bytes, untouched
+                        stored = front.transfer_syntax
+                        head = part_open(boundary, _part_type(stored), front.size, first=not index)
+                        group.append((head, front))
+                        size += len(head) + front.size + len(tail)
+                        index += 1
+                        if size >= CHUNK_BYTES:
+                            yield _pack(group, tail, size), len(group)
+                            group, size = [], 0
+                        continue
+                    if group:
+                        yield _pack(group, tail, size), len(group)
+                        group, size = [], 0
+                    done = await job
+                    running -= 1
+                    if done is None:
+                        continue
+                    data, syntax = done
+                    head = part_open(boundary, _part_type(syntax), len(data), first=not index)
+                    index += 1
+                    yield memoryview(head + data + tail), 1
+        finally:
+            for _, job in pending:  # the client left: the work ahead is not needed
+                if job is not None:
+                    job.cancel()
         if group:
             yield _pack(group, tail, size), len(group)
 
@@ -545,20 +646,16 @@ class WadoRoutes:
                 self.images.cache.release(entry)
         if not items:
             raise WadoError(404, "aucune image de cette sélection n'est dans le PACS")
-        self.record(
+        return self.served(
             request,
-            RetrievalRecord(
-                subject=scope.subject,
-                psc_client=scope.psc_client,
-                study_uid=study_uid,
-                series_uid=series_uid or "",
-                sop_instance_uid=sop_uid or "",
-                resource="metadata",
-                kos_sop_uid=scope.kos.kos_sop_uid,
-                instances=len(items),
-            ),
+            scope,
+            "metadata",
+            _json_response(items),
+            study_uid=study_uid,
+            series_uid=series_uid or "",
+            sop_uid=sop_uid or "",
+            instances=len(items),
         )
-        return _json_response(items)
 
     # -- frames and renderings ---------------------------------------------------------------
 
@@ -597,16 +694,38 @@ class WadoRoutes:
         except TranscodeError as exc:
             raise WadoError(406, str(exc)) from None
         boundary = new_boundary()
+        record = RetrievalRecord(
+            subject=scope.subject,
+            psc_client=scope.psc_client,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            resource="frames",
+            kos_sop_uid=scope.kos.kos_sop_uid,
+            instances=1,
+        )
 
         async def parts() -> AsyncIterator[bytes]:
             # One part at a time: the answer is never assembled in memory.
-            for index, frame in enumerate(frames):
-                content_type = f"{frame.media_type}; transfer-syntax={frame.transfer_syntax}"
-                yield (b"\r\n" if index else b"") + part_header(
-                    boundary, content_type, len(frame.data)
-                )
-                yield frame.data
-            yield closing(boundary)
+            sent, result = 0, 200
+            try:
+                for index, frame in enumerate(frames):
+                    content_type = f"{frame.media_type}; transfer-syntax={frame.transfer_syntax}"
+                    head = (b"\r\n" if index else b"") + part_header(
+                        boundary, content_type, len(frame.data)
+                    )
+                    sent += len(head)
+                    yield head
+                    sent += len(frame.data)
+                    yield frame.data
+                end = closing(boundary)
+                sent += len(end)
+                yield end
+            except (asyncio.CancelledError, GeneratorExit):
+                result = 499
+                raise
+            finally:
+                self.record(request, replace(record, bytes=sent, result=result))
 
         media = frames[0].media_type
         return StreamingResponse(
@@ -648,7 +767,16 @@ class WadoRoutes:
             )
         except TranscodeError as exc:
             raise WadoError(406, str(exc)) from None
-        return Response(image, media_type=media)
+        return self.served(
+            request,
+            scope,
+            "thumbnail" if thumbnail else "rendered",
+            Response(image, media_type=media),
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            instances=1,
+        )
 
     # -- QIDO-RS -----------------------------------------------------------------------------
 
@@ -662,12 +790,12 @@ class WadoRoutes:
 
     async def search_studies(self, request: Request) -> Response:
         _require_json(request)
-        _subject, visible = await self.authorizer.visible(request)
+        caller = await self.authorizer.visible(request)
         params = request.query_params
         wanted_study = params.get("StudyInstanceUID") or params.get("0020000D")
         wanted_patient = params.get("PatientID") or params.get("00100020")
         results: list[dict[str, Any]] = []
-        for kos in visible:
+        for kos in caller.contents:
             if wanted_study and kos.study_uid not in wanted_study.split(","):
                 continue
             found = await self._find(self.images.pacs.find_studies, StudyInstanceUID=kos.study_uid)
@@ -678,7 +806,18 @@ class WadoRoutes:
                 ds.NumberOfStudyRelatedInstances = kos.instance_count
                 results.append(_qido_json(ds))
         offset, limit = _paging(params)
-        return _json_response(results[offset : offset + limit])
+        page = results[offset : offset + limit]
+        listed = tuple(
+            dict.fromkeys(str(r.get("0020000D", {}).get("Value", [""])[0]) for r in page)
+        )
+        return self.served(
+            request,
+            caller,
+            "search_studies",
+            _json_response(page),
+            study_uid=listed[0] if len(listed) == 1 else "",
+            studies=listed if len(listed) > 1 else (),
+        )
 
     async def search_series(self, request: Request, study_uid: str) -> Response:
         scope = await self.authorizer.scope(request, study_uid)
@@ -692,7 +831,10 @@ class WadoRoutes:
             ds.NumberOfSeriesRelatedInstances = len(scope.kos.series[uid])
             results.append(_qido_json(ds))
         offset, limit = _paging(request.query_params)
-        return _json_response(results[offset : offset + limit])
+        page = results[offset : offset + limit]
+        return self.served(
+            request, scope, "search_series", _json_response(page), study_uid=study_uid
+        )
 
     async def search_instances(
         self, request: Request, study_uid: str, series_uid: str | None
@@ -709,7 +851,16 @@ class WadoRoutes:
                 if str(ds.get("SOPInstanceUID", "")) in granted:
                     results.append(_qido_json(ds))
         offset, limit = _paging(request.query_params)
-        return _json_response(results[offset : offset + limit])
+        page = results[offset : offset + limit]
+        return self.served(
+            request,
+            scope,
+            "search_instances",
+            _json_response(page),
+            study_uid=study_uid,
+            series_uid=series_uid or "",
+            instances=len(page),
+        )
 
 
 def _paging(params: Any) -> tuple[int, int]:
@@ -759,21 +910,27 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     """The DICOMweb routes of one mount point (paths relative to its prefix)."""
     router = APIRouter()
 
-    async def guarded(request: Request, handler: Callable[[], Any], **uids: str | None) -> Response:
+    async def guarded(
+        request: Request, resource: str, handler: Callable[[], Any], **uids: str | None
+    ) -> Response:
         try:
             _check_uids(*(u for u in uids.values() if u is not None))
             response: Response = await handler()
             return response
         except WadoError as exc:
             if exc.status in (401, 403, 404):
+                subject, psc_client = await asyncio.to_thread(
+                    routes.authorizer.caller_hint, request
+                )
                 routes.record(
                     request,
                     RetrievalRecord(
-                        subject=routes.authorizer.subject_hint(request),
+                        subject=subject,
+                        psc_client=psc_client,
                         study_uid=uids.get("study") or "",
                         series_uid=uids.get("series") or "",
                         sop_instance_uid=uids.get("sop") or "",
-                        resource=request.url.path.rsplit("/", 1)[-1][:32],
+                        resource=resource,
                         kos_sop_uid=request.headers.get(KOS_HEADER, "")[:64],
                         result=exc.status,
                         detail=exc.message,
@@ -783,40 +940,49 @@ def build_router(routes: WadoRoutes) -> APIRouter:
 
     @router.get("/studies")
     async def studies(request: Request) -> Response:
-        return await guarded(request, lambda: routes.search_studies(request))
+        return await guarded(request, "search_studies", lambda: routes.search_studies(request))
 
     @router.get("/studies/{study}")
     async def study(request: Request, study: str) -> Response:
-        return await guarded(request, lambda: routes.retrieve(request, study, None), study=study)
+        return await guarded(
+            request, "study", lambda: routes.retrieve(request, study, None), study=study
+        )
 
     @router.get("/studies/{study}/metadata")
     async def study_metadata(request: Request, study: str) -> Response:
         return await guarded(
-            request, lambda: routes.metadata(request, study, None, None), study=study
+            request, "metadata", lambda: routes.metadata(request, study, None, None), study=study
         )
 
     @router.get("/studies/{study}/thumbnail")
     async def study_thumbnail(request: Request, study: str) -> Response:
         return await guarded(
             request,
+            "thumbnail",
             lambda: routes.rendered(request, study, None, None, thumbnail=True),
             study=study,
         )
 
     @router.get("/studies/{study}/series")
     async def series_search(request: Request, study: str) -> Response:
-        return await guarded(request, lambda: routes.search_series(request, study), study=study)
+        return await guarded(
+            request, "search_series", lambda: routes.search_series(request, study), study=study
+        )
 
     @router.get("/studies/{study}/instances")
     async def study_instances(request: Request, study: str) -> Response:
         return await guarded(
-            request, lambda: routes.search_instances(request, study, None), study=study
+            request,
+            "search_instances",
+            lambda: routes.search_instances(request, study, None),
+            study=study,
         )
 
     @router.get("/studies/{study}/series/{series}")
     async def series(request: Request, study: str, series: str) -> Response:
         return await guarded(
             request,
+            "series",
             lambda: routes.retrieve(request, study, [series]),
             study=study,
             series=series,
@@ -826,6 +992,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def series_metadata(request: Request, study: str, series: str) -> Response:
         return await guarded(
             request,
+            "metadata",
             lambda: routes.metadata(request, study, series, None),
             study=study,
             series=series,
@@ -835,6 +1002,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def series_thumbnail(request: Request, study: str, series: str) -> Response:
         return await guarded(
             request,
+            "thumbnail",
             lambda: routes.rendered(request, study, series, None, thumbnail=True),
             study=study,
             series=series,
@@ -844,6 +1012,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def series_instances(request: Request, study: str, series: str) -> Response:
         return await guarded(
             request,
+            "search_instances",
             lambda: routes.search_instances(request, study, series),
             study=study,
             series=series,
@@ -853,6 +1022,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def instance(request: Request, study: str, series: str, sop: str) -> Response:
         return await guarded(
             request,
+            "instance",
             lambda: routes.retrieve(request, study, [series], sop),
             study=study,
             series=series,
@@ -863,6 +1033,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
         return await guarded(
             request,
+            "metadata",
             lambda: routes.metadata(request, study, series, sop),
             study=study,
             series=series,
@@ -873,6 +1044,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def instance_rendered(request: Request, study: str, series: str, sop: str) -> Response:
         return await guarded(
             request,
+            "rendered",
             lambda: routes.rendered(request, study, series, sop),
             study=study,
             series=series,
@@ -883,6 +1055,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def instance_thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
         return await guarded(
             request,
+            "thumbnail",
             lambda: routes.rendered(request, study, series, sop, thumbnail=True),
             study=study,
             series=series,
@@ -893,6 +1066,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
     async def frames(request: Request, study: str, series: str, sop: str, frames: str) -> Response:
         return await guarded(
             request,
+            "frames",
             lambda: routes.frames(request, study, series, sop, frames),
             study=study,
             series=series,
@@ -908,7 +1082,7 @@ def build_router(routes: WadoRoutes) -> APIRouter:
                 raise WadoError(400, "numéro de trame invalide")
             return await routes.rendered(request, study, series, sop, frame=int(frame))
 
-        return await guarded(request, handler, study=study, series=series, sop=sop)
+        return await guarded(request, "rendered", handler, study=study, series=series, sop=sop)
 
     return router
 
@@ -922,6 +1096,7 @@ __all__ = [
     "Authorizer",
     "PeerAuthorizer",
     "Scope",
+    "Visible",
     "WadoError",
     "WadoRoutes",
     "build_router",

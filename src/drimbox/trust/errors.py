@@ -39,6 +39,10 @@ class Reason(Enum):
         "Le certificat du signataire de la liste blanche (ou de sa chaîne) est expiré ou pas "
         "encore valide."
     )
+    SIGNER_REVOKED = (
+        "Le certificat du signataire de la liste blanche est révoqué (liste de révocation "
+        "IGC-Santé) : la liste est refusée, la dernière liste valide reste en vigueur."
+    )
     UNEXPECTED_SIGNER = "Le signataire de la liste blanche n'est pas celui attendu (ANS)."
     INVALID_CONTENT = "La liste blanche signée ne respecte pas le format DRIM-M."
     OLDER_THAN_CURRENT = (

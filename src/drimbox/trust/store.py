@@ -3,9 +3,11 @@
 Owns `WhitelistStore`: `refresh()` fetches the source, verifies it (`verify_whitelist`) and
 replaces the list in force only when the new one is valid and not older (a replayed old list is
 refused: `DateDeGeneration` never goes backwards); the last valid list stays in force otherwise and
-every refusal is recorded (time, reason) for the status page and the admin console. The last valid
-list is written atomically to `state_dir` and re-verified at start. `run_forever` refreshes
-periodically. It must not decide about peers (that is `tls.PeerCheck`'s, which reads `current()`).
+every refusal is recorded (time, reason) for the status page and the admin console. A list whose
+signer is on an IGC-Santé CRL (`revocation`, a `RevocationStore`) is refused like an invalid one.
+The last valid list is written atomically to `state_dir` and re-verified at start. `run_forever`
+refreshes periodically. It must not decide about peers (that is `tls.PeerCheck`'s, which reads
+`current()`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import logging
 import os
 import re
+import ssl
 import tempfile
 import threading
 from collections import deque
@@ -29,7 +32,9 @@ import httpx
 from cryptography import x509
 
 from drimbox.config import Config
+from drimbox.http.tlspolicy import client_context
 from drimbox.trust.errors import Reason, WhitelistError
+from drimbox.trust.revocation import RevocationStore, refresh_periodically
 from drimbox.trust.whitelist import MAX_BYTES, Whitelist, load_certificates, verify_whitelist
 from drimbox.trust.xades_verify import ExpectedSigner
 
@@ -79,6 +84,7 @@ class WhitelistStore:
         http_verify: bool | str = True,
         clock: Callable[[], datetime] = _now,
         keep_refusals: int = 100,
+        revocation: RevocationStore | None = None,
     ) -> None:
         self.source = str(source)
         self.anchors = list(anchors)
@@ -89,6 +95,7 @@ class WhitelistStore:
         self.max_bytes = max_bytes
         self.http_verify = http_verify
         self.clock = clock
+        self.revocation = revocation
         self.last_refresh: datetime | None = None  # last attempt, whatever its outcome
         self.last_success: datetime | None = None  # last attempt that ended with a valid list
         self._refusals: deque[Refusal] = deque(maxlen=keep_refusals)
@@ -150,19 +157,12 @@ class WhitelistStore:
 
     async def run_forever(self, stop: asyncio.Event, interval_s: float) -> None:
         """Refresh now, then every `interval_s` seconds until `stop` is set."""
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.refresh)
-            except Exception:
-                # A bug must not end the loop: the list in force stays, the next round retries.
-                log.exception("whitelist refresh failed unexpectedly")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        await refresh_periodically(self.refresh, stop, interval_s, "whitelist")
 
     # -- internals -------------------------------------------------------------------------
 
     def _verify(self, data: bytes, now: datetime) -> Whitelist:
-        return verify_whitelist(
+        whitelist = verify_whitelist(
             data,
             self.anchors,
             now=now,
@@ -171,6 +171,17 @@ class WhitelistStore:
             source=self.source,
             max_bytes=self.max_bytes,
         )
+        if self.revocation is not None:
+            signer = whitelist.signer.certificate
+            self.revocation.note(signer)
+            revoked = self.revocation.revoked(signer)
+            if revoked is not None:
+                raise WhitelistError(
+                    Reason.SIGNER_REVOKED,
+                    f"{whitelist.signer.subject} serial {signer.serial_number:x}: "
+                    f"revoked {revoked.revoked_at:%Y-%m-%d} ({revoked.source})",
+                )
+        return whitelist
 
     def _refuse(self, now: datetime, error: WhitelistError) -> RefreshResult:
         refusal = Refusal(now, self.source, error.reason, error.detail)
@@ -192,7 +203,7 @@ class WhitelistStore:
     def _download(self) -> bytes:
         try:
             with (
-                httpx.Client(timeout=self.timeout_s, verify=self.http_verify) as client,
+                httpx.Client(timeout=self.timeout_s, verify=self._verify_tls()) as client,
                 client.stream("GET", self.source) as response,
             ):
                 if response.status_code != 200:
@@ -210,6 +221,11 @@ class WhitelistStore:
                 return bytes(body)
         except httpx.HTTPError as exc:
             raise WhitelistError(Reason.UNREACHABLE, f"{self.source}: {exc!r}") from exc
+
+    def _verify_tls(self) -> ssl.SSLContext | bool:
+        if self.http_verify is False:
+            return False
+        return client_context(self.http_verify if isinstance(self.http_verify, str) else None)
 
     def _write_state(self, data: bytes) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -259,10 +275,34 @@ def whitelist_store(config: Config) -> WhitelistStore | None:
             re.escape(trust.expected_signer_ou) if trust.expected_signer_ou else None
         ),
     )
+    anchors = load_certificates([Path(anchor) for anchor in trust.anchors])
     return WhitelistStore(
         trust.whitelist_source,
-        load_certificates([Path(anchor) for anchor in trust.anchors]),
+        anchors,
         trust.state_dir,
         expected_signer=expected,
         allow_sha1=trust.allow_sha1,
+        revocation=revocation_store(config, anchors),
     )
+
+
+def revocation_store(config: Config, anchors: Sequence[x509.Certificate]) -> RevocationStore:
+    """The CRLs of the trust space: those configured, and (unless turned off) those the CAs and
+    the box's own certificates point to. CRLs are checked with the whitelist anchors and the
+    peers' CAs."""
+    trust = config.trust
+    issuers = list(anchors)
+    own: list[x509.Certificate] = []
+    for path, kept in ((trust.tls_ca, issuers), (trust.tls_cert, own),
+                       (config.dmp.tls_cert, own), (config.dmp.signing_cert, own)):  # fmt: skip
+        if path:
+            with contextlib.suppress(OSError, ValueError):
+                kept.extend(load_certificates([path]))
+    store = RevocationStore(
+        issuers,
+        trust.state_dir,
+        sources=trust.crl_urls,
+        follow_distribution_points=trust.crl_from_certificates,
+    )
+    store.note(*own)
+    return store

@@ -1,11 +1,12 @@
 """Mutual TLS between DRIMboxes: SSL contexts, the whitelist check of a peer, its certificate.
 
-Owns `server_ssl_context` (client certificate required, TLS ≥ 1.2), `client_ssl_context`,
+Owns `server_ssl_context` (client certificate required), `client_ssl_context` (both under the
+box's TLS policy, `http.tlspolicy`: TLS ≥ 1.2 without CBC, TLS 1.3 preferred),
 `PeerCheck` (a peer is accepted only if its certificate subject is the `DNCertificatOperateur`
-of a whitelist entry; for outgoing calls the URL host must also be that entry's `db`) and the ways
-to get the peer certificate of a connection: an asyncio transport or `ssl` object
-(`peer_certificate`), an ASGI scope (`peer_certificate_from_scope`, filled by
-`MtlsH11Protocol`; an outgoing `http.multipart_client` response gives its `ssl_object`).
+of a whitelist entry and no CRL of its issuer lists it; for outgoing calls the URL host must also
+be that entry's `db`) and the ways to get the peer certificate of a connection: an asyncio
+transport or `ssl` object (`peer_certificate`), an ASGI scope (`peer_certificate_from_scope`,
+filled by `MtlsH11Protocol`; an outgoing `http.multipart_client` response gives its `ssl_object`).
 
 Chain and validity are the handshake's job: an expired certificate or one from another CA never
 reaches `PeerCheck`. This module must not load or refresh the whitelist (it reads whatever
@@ -32,7 +33,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from drimbox.http.rawbody import RawBodyH11Protocol
+from drimbox.http.tlspolicy import harden, server_context
 from drimbox.trust.dn import DistinguishedName
+from drimbox.trust.keys import load_cert_chain
+from drimbox.trust.revocation import RevocationStore
 from drimbox.trust.whitelist import Domain, Whitelist
 
 PathLike = str | Path
@@ -46,13 +50,15 @@ def _files(value: PathLike | Sequence[PathLike]) -> list[str]:
 
 
 def server_ssl_context(
-    cert: PathLike, key: PathLike, client_ca: PathLike | Sequence[PathLike]
+    cert: PathLike,
+    key: PathLike,
+    client_ca: PathLike | Sequence[PathLike],
+    passphrase_env: str = "",
 ) -> ssl.SSLContext:
     """Server side of mutual TLS: our certificate (`cert` may hold the chain) and the CA files
     whose certificates peers must present. No client certificate, no connection."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(cert), str(key))
+    context = server_context()  # TLS ≥ 1.2, AEAD suites only (http.tlspolicy)
+    load_cert_chain(context, cert, key, passphrase_env)
     for ca in _files(client_ca):
         context.load_verify_locations(cafile=ca)
     context.verify_mode = ssl.CERT_REQUIRED
@@ -62,12 +68,15 @@ def server_ssl_context(
 
 
 def client_ssl_context(
-    cert: PathLike, key: PathLike, server_ca: PathLike | Sequence[PathLike]
+    cert: PathLike,
+    key: PathLike,
+    server_ca: PathLike | Sequence[PathLike],
+    passphrase_env: str = "",
 ) -> ssl.SSLContext:
     """Client side of mutual TLS: our certificate for the peer, its CA, host name checked."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(cert), str(key))
+    # check_hostname and CERT_REQUIRED; TLS ≥ 1.2, AEAD suites only (http.tlspolicy)
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    load_cert_chain(context, cert, key, passphrase_env)
     for ca in _files(server_ca):
         context.load_verify_locations(cafile=ca)
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
@@ -96,11 +105,17 @@ class PeerCheck:
     """Accept a TLS peer only if the list in force names it.
 
     `whitelist` is a list or, better, a callable returning the list in force
-    (`WhitelistStore.current`), so that a refresh applies to the next connection.
+    (`WhitelistStore.current`), so that a refresh applies to the next connection; `revocation`
+    (`WhitelistStore.revocation`) refuses a certificate its issuer's CRL lists.
     """
 
-    def __init__(self, whitelist: Whitelist | Callable[[], Whitelist | None]) -> None:
+    def __init__(
+        self,
+        whitelist: Whitelist | Callable[[], Whitelist | None],
+        revocation: RevocationStore | None = None,
+    ) -> None:
         self._whitelist = whitelist
+        self.revocation = revocation
 
     def _current(self) -> Whitelist:
         whitelist = self._whitelist() if callable(self._whitelist) else self._whitelist
@@ -112,8 +127,7 @@ class PeerCheck:
             )
         return whitelist
 
-    @staticmethod
-    def _valid(peer: Certificate | None, now: datetime | None) -> x509.Certificate:
+    def _valid(self, peer: Certificate | None, now: datetime | None) -> x509.Certificate:
         certificate = _certificate(peer)
         if certificate is None:
             raise PeerRefused(
@@ -127,6 +141,17 @@ class PeerCheck:
                 f"{certificate.subject.rfc4514_string()} valid until "
                 f"{certificate.not_valid_after_utc:%Y-%m-%d}",
             )
+        if self.revocation is not None:
+            self.revocation.note(certificate)  # its CRL is fetched from the next refresh on
+            revoked = self.revocation.revoked(certificate)
+            if revoked is not None:
+                raise PeerRefused(
+                    "Le certificat du correspondant est révoqué (liste de révocation IGC-Santé) : "
+                    "connexion refusée.",
+                    f"{certificate.subject.rfc4514_string()} serial "
+                    f"{certificate.serial_number:x} revoked {revoked.revoked_at:%Y-%m-%d} "
+                    f"({revoked.source})",
+                )
         return certificate
 
     def check_incoming(self, peer: Certificate | None, *, now: datetime | None = None) -> Domain:

@@ -37,6 +37,7 @@ from drimbox.ops.stats import day_range, monthly, months_back
 from drimbox.source.retry import ReportNotFound, RetryError, retry_report
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
+from drimbox.trust.tally import AccessTally
 from drimbox.web.labels import (
     AUDIT_RESULTS,
     AUDIT_ROLES,
@@ -53,8 +54,9 @@ from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 SOURCE_NAV: Final = ("/admin/comptes-rendus", "Comptes rendus")
 RETRYABLE = {"refused", "parked"}
 CHECK_LABELS: Final = {"pacs": "PACS", "dmp": "DMP", "whitelist": "Liste blanche",
-                       "outbox": "File d'envoi au DMP", "work": "Travail en cours",
-                       "cache": "Cache d'images"}  # fmt: skip
+                       "revocation": "Révocation (CRL)",
+                       "certificates": "Certificats", "outbox": "File d'envoi au DMP",
+                       "work": "Travail en cours", "cache": "Cache d'images"}  # fmt: skip
 SOURCE_CHECKS: Final = frozenset({"outbox", "work"})
 
 
@@ -131,6 +133,15 @@ def _reason(detail: Any) -> str:
     return " ; ".join(map(str, reason)) if isinstance(reason, list) else str(reason)
 
 
+def _volume(event: dict[str, Any]) -> str:
+    """Bytes served, and the requests an aggregated image access event sums."""
+    size = french_size(event["bytes"]) if event["bytes"] is not None else ""
+    requests = event["detail"].get("requests") if isinstance(event["detail"], dict) else None
+    if not requests:
+        return size
+    return f"{size} ({french_number(requests)} requête{'s' if requests > 1 else ''})"
+
+
 def admin_router(
     config: Config,
     db: Database,
@@ -140,9 +151,11 @@ def admin_router(
     whitelist: WhitelistStore | None,
     cache: SeriesCache | None,
     access_token: Callable[[str], str | None] | None = None,
+    tally: AccessTally | None = None,
 ) -> APIRouter:
     """`access_token`: the signed-in operator's PSC access token (kept fresh) from the session
-    cookie, for the peer speed test run from the status page."""
+    cookie, for the peer speed test run from the status page. `tally`: the node's count of
+    image accesses, written before the audit page is shown (it is up to date)."""
     router = APIRouter()
     admins = set(config.admin.users)
     nav = admin_nav(config)
@@ -186,7 +199,7 @@ def admin_router(
         results = await asyncio.gather(*(asyncio.to_thread(CHECKS[name], status) for name in names))
         checks = [
             {"label": CHECK_LABELS[name], "ok": result.get("ok"),
-             "message": result.get("message", "")}
+             "warning": result.get("warning", False), "message": result.get("message", "")}
             for name, result in zip(names, results, strict=True)
         ]  # fmt: skip
         speeds = speed_rows(await asyncio.to_thread(latest_results, db))
@@ -263,6 +276,10 @@ def admin_router(
                 "retry_url": f"/admin/comptes-rendus/{report.id}/relancer"
                 if report.state in RETRYABLE else "",
             })  # fmt: skip
+        # The page lists patients' INS: who looked at which list is in the trail.
+        audit.record(db, actor=view.subject_name_id, role="operator", action="admin_reports_view",
+                     result="ok", remote=request.client.host if request.client else "",
+                     rows=len(rows), state=etat or "")  # fmt: skip
         return page(request, view, "admin/reports.html", "Comptes rendus et publication",
                     reports=rows, states=list(REPORT_STATES.items()), selected=etat,
                     notice=message)  # fmt: skip
@@ -333,6 +350,8 @@ def admin_router(
             view = admin(request)
         except _Denied as denied:
             return denied.response
+        if tally is not None:
+            tally.flush(everything=True)
         since = None
         if depuis:
             try:
@@ -345,10 +364,15 @@ def admin_router(
         rows = [
             [french_datetime(ev["at"]), ev["actor"], label(AUDIT_ROLES, ev["role"]),
              action_label(ev["action"]), label(AUDIT_RESULTS, ev["result"]), ev["patient_ins"],
-             ev["study_uid"], french_size(ev["bytes"]) if ev["bytes"] is not None else "",
+             ev["study_uid"], _volume(ev),
              _reason(ev["detail"]), ev["node"]]
             for ev in reversed(events)
         ]  # fmt: skip
+        audit.record(db, actor=view.subject_name_id, role="operator", action="admin_audit_view",
+                     result="ok", patient_ins=patient or "",
+                     remote=request.client.host if request.client else "",
+                     rows=len(rows), user_filter=utilisateur or "",
+                     since=depuis or "")  # fmt: skip
         return page(request, view, "admin/audit.html", "Traces d'accès", events=rows,
                     patient=patient, actor=utilisateur, since=depuis)  # fmt: skip
 

@@ -11,7 +11,8 @@ This module only assembles: the routes live in `drimbox.source` and `drimbox.web
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,30 +25,44 @@ from drimbox.auth.tokens import TokenVerifier
 from drimbox.config import Config
 from drimbox.db import Database
 from drimbox.dicom.retrieve import ImageService
+from drimbox.http.accesslog import AccessLog
 from drimbox.http.headers import PEER_POLICY, SecurityHeaders, inline_script_hashes, viewer_policy
 from drimbox.http.pathguard import PathGuard
 from drimbox.source.access import access_log_path
 from drimbox.source.fairness import PeerLimiter, PeerShares
 from drimbox.source.grants import Grants
-from drimbox.source.wado import Authorizer, PeerAuthorizer, WadoRoutes, install
+from drimbox.source.wado import Authorizer, PeerAuthorizer, WadoRoutes, install, peer_dn
+from drimbox.trust.tally import AccessTally
 from drimbox.trust.tls import PeerCheck
 from drimbox.web.conso_routes import LAUNCH_PATH
 from drimbox.web.iid import install_iid_route
 from drimbox.web.origins import SameOriginPosts
 from drimbox.web.pages import STATIC_DIR, STATIC_PATH
-from drimbox.web.viewer import ViewerAuth, ViewerAuthorizer, install_viewer_routes
+from drimbox.web.viewer import (
+    SessionStore,
+    ViewerAuth,
+    ViewerAuthorizer,
+    install_viewer_routes,
+)
 
 PEER_PREFIX = "/dicom-web-rs"
 VIEWER_PREFIX = "/dicom-web"
 
 
-def _lifespan(images: ImageService):  # type: ignore[no-untyped-def]
+def _lifespan(images: ImageService, routes: WadoRoutes):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await images.start()
+        tally = routes.tally
+        flusher = asyncio.create_task(tally.run()) if tally is not None else None
         try:
             yield
         finally:
+            if flusher is not None and tally is not None:
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+                # After the server has finished its requests: nothing counted is left out.
+                await asyncio.to_thread(tally.close)
             await images.stop()
 
     return lifespan
@@ -66,11 +81,15 @@ def create_peer_app(
     *,
     images: ImageService | None = None,
     peer_check: PeerCheck | None = None,
+    tally: AccessTally | None = None,
 ) -> FastAPI:
-    """The peer-facing application (WADO-RS, DRIM-M flavour)."""
+    """The peer-facing application (WADO-RS, DRIM-M flavour). `tally`: the node's count of
+    image accesses for the audit trail (its own when not given)."""
     images = images or ImageService(config)
     authorizer = PeerAuthorizer(verifier, Grants(db), peer_check)
-    app = _image_app("DRIMbox — service d'images (WADO-RS)", config, db, images, authorizer)
+    app = _image_app(
+        "DRIMbox — service d'images (WADO-RS)", config, db, images, authorizer, tally=tally
+    )
     source = config.source
     app.state.peer_shares = PeerShares(
         per_peer=source.peer_max_requests,
@@ -79,6 +98,7 @@ def create_peer_app(
     )
     app.add_middleware(PeerLimiter, prefix=PEER_PREFIX, shares=app.state.peer_shares)
     app.add_middleware(SecurityHeaders, policy=PEER_POLICY)
+    app.add_middleware(AccessLog, origin="peer", peer_of=peer_dn)
     return app
 
 
@@ -89,13 +109,20 @@ def create_viewer_app(
     *,
     images: ImageService | None = None,
     routers: Sequence[APIRouter] = (),
+    tally: AccessTally | None = None,
 ) -> FastAPI:
     """The viewer origin (OHIF, its DICOMweb endpoints, IID). `routers` (sign-in, Conso,
     administration) are mounted before OHIF's catch-all route."""
     images = images or ImageService(config)
     grants = Grants(db)
     app = _image_app(
-        "DRIMbox — visionneuse", config, db, images, ViewerAuthorizer(auth, grants), VIEWER_PREFIX
+        "DRIMbox — visionneuse",
+        config,
+        db,
+        images,
+        ViewerAuthorizer(auth, grants),
+        VIEWER_PREFIX,
+        tally=tally,
     )
     for router in routers:
         app.include_router(router)
@@ -118,7 +145,18 @@ def create_viewer_app(
         hsts=config.viewer.public_url.startswith("https://"),
         frame_options="SAMEORIGIN",
     )
+    app.add_middleware(
+        AccessLog, origin="viewer", cookie=auth.cookie_name, user_of=_user_of(auth.sessions)
+    )
     return app
+
+
+def _user_of(sessions: SessionStore) -> Callable[[str], str]:
+    def user_of(cookie: str) -> str:
+        session = sessions.get(cookie)
+        return session.subject if session is not None else ""
+
+    return user_of
 
 
 def _image_app(
@@ -128,19 +166,26 @@ def _image_app(
     images: ImageService,
     authorizer: Authorizer,
     prefix: str = PEER_PREFIX,
+    *,
+    tally: AccessTally | None = None,
 ) -> FastAPI:
     """An application serving `images` over DICOMweb under `prefix`, every access checked by
     `authorizer` and recorded (access log, audit trail)."""
-    app = FastAPI(
-        title=title, docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(images)
-    )
-    _common(app)
     routes = WadoRoutes(
         images,
         authorizer,
         access_log=access_log_path(config.store.cache_dir),
         audit_db=db,
+        tally=tally,
     )
+    app = FastAPI(
+        title=title,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=_lifespan(images, routes),
+    )
+    _common(app)
     install(app, prefix, routes)
     app.add_middleware(PathGuard, prefix=prefix)
     app.state.images = images

@@ -400,7 +400,9 @@ class ConsoService:
         self.images = images
         self.open_within = open_within
         self.keep_for = keep_for
-        self.peer_check = PeerCheck(whitelist.current) if whitelist is not None else None
+        self.peer_check = (
+            PeerCheck(whitelist.current, whitelist.revocation) if whitelist is not None else None
+        )
         self._dmp: DmpClient | None = None
         self._retriever: SourceRetriever | None = None
         self._lock = threading.Lock()
@@ -445,7 +447,10 @@ class ConsoService:
                         "elle ne peut pas récupérer d'images auprès des autres sites.",
                     )
                 context = client_ssl_context(
-                    trust.tls_cert, trust.tls_key, trust.tls_ca or trust.anchors
+                    trust.tls_cert,
+                    trust.tls_key,
+                    trust.tls_ca or trust.anchors,
+                    trust.key_passphrase_env,
                 )
                 self._retriever = SourceRetriever(self.peer_check, context)
             return self._retriever
@@ -1344,8 +1349,14 @@ def conso_router(service: ConsoService) -> APIRouter:
                     launch=current,
                     user=view.display_name,
                 )
-        elif current.id not in service.prefetch:
-            service.start_prefetch(current, view)  # another node loaded it, or a restart
+        else:
+            # The stored history shown again (no DMP call): still a look at the patient's exams.
+            audit.record(service.db, actor=view.subject_name_id, role="user",
+                         action="history_view", result="ok", patient_ins=current.context.ins,
+                         remote=_remote(request), launch=ref(launch_id),
+                         exams=len(current.exams))  # fmt: skip
+            if current.id not in service.prefetch:
+                service.start_prefetch(current, view)  # another node loaded it, or a restart
         return _history_page(request, service, current, view)
 
     @router.post(CONSULTATION_PATH + "/{launch_id}/traits")

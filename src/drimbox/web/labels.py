@@ -54,6 +54,9 @@ AUDIT_ACTIONS: Final = {
     "xdm_export": "archive XDM",
     "wado_rs_retrieve": "récupération d'images auprès d'une Source",
     "iocm_rejection": "rejet d'images (IOCM)",
+    "history_view": "nouvel affichage de l'historique (sans appel au DMP)",
+    "admin_reports_view": "liste des comptes rendus (console)",
+    "admin_audit_view": "consultation des traces (console)",
 }
 RESOURCES: Final = {
     "study": "étude",
@@ -63,8 +66,11 @@ RESOURCES: Final = {
     "frames": "trames",
     "rendered": "rendu",
     "thumbnail": "vignette",
+    "studies": "études",
+    "instances": "images",
 }
 _IMAGE_PREFIX: Final = "image_retrieve_"
+_SEARCH_PREFIX: Final = "image_search_"
 
 
 def label(table: dict[str, str], code: str) -> str:
@@ -76,4 +82,7 @@ def action_label(code: str) -> str:
     if code.startswith(_IMAGE_PREFIX):
         resource = code.removeprefix(_IMAGE_PREFIX)
         return f"images servies ({label(RESOURCES, resource)})"
+    if code.startswith(_SEARCH_PREFIX):
+        resource = code.removeprefix(_SEARCH_PREFIX)
+        return f"recherche d'images (QIDO-RS, {label(RESOURCES, resource)})"
     return label(AUDIT_ACTIONS, code)

@@ -15,42 +15,45 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from drimbox import __version__
 from drimbox.config import Config
 from drimbox.db import DmpJob, JobState, Report, ReportState, aware
-from drimbox.http.rawbody import RAW_BODY
+from drimbox.db.models import PeriodicJob
+from drimbox.http.accesslog import measured
 from drimbox.metrics import NodeMetrics
-from drimbox.web.status import StatusSources, check_dmp, check_pacs, work_queues
+from drimbox.ops.retention import JOB_NAME as RETENTION_JOB
+from drimbox.trust.keys import load_certificate
+from drimbox.web.status import StatusSources, allowed, check_dmp, check_pacs, work_queues
 
 WAITING_JOBS = (JobState.QUEUED.value, JobState.RETRYING.value)
 
 
-def certificate_files(config: Config) -> dict[str, str]:
-    """The certificates whose expiry is watched, by role."""
+def certificate_files(config: Config) -> dict[str, tuple[str, str]]:
+    """The certificates whose expiry is watched, by role: (file, passphrase variable of a
+    PKCS#12 file)."""
+    trust, dmp = config.trust, config.dmp
     files = {
-        "peer_tls": config.trust.tls_cert,
-        "dmp_tls": config.dmp.tls_cert,
-        "dmp_signing": config.dmp.signing_cert,
+        "peer_tls": (trust.tls_cert, trust.key_passphrase_env),
+        "dmp_tls": (dmp.tls_cert, dmp.key_passphrase_env),
+        "dmp_signing": (dmp.signing_cert, dmp.key_passphrase_env),
     }
-    return {name: path for name, path in files.items() if path}
+    return {name: file for name, file in files.items() if file[0]}
 
 
-def days_to_expiry(path: str, now: datetime) -> float | None:
-    """Days left on the first certificate of a PEM file; None when unreadable."""
+def days_to_expiry(path: str, now: datetime, passphrase_env: str = "") -> float | None:
+    """Days left on the certificate of a PEM or PKCS#12 file; None when unreadable."""
     try:
-        certificate = x509.load_pem_x509_certificate(Path(path).read_bytes())
+        certificate = load_certificate(path, passphrase_env)
     except (OSError, ValueError):
         return None
     return (certificate.not_valid_after_utc - now).total_seconds() / 86400
@@ -106,8 +109,8 @@ class NodeStateCollector(Collector):
             "Days until the certificate expires (negative: expired).",
             ["certificate"],
         )
-        for name, path in certificate_files(config).items():
-            days = days_to_expiry(path, now)
+        for name, (path, passphrase_env) in certificate_files(config).items():
+            days = days_to_expiry(path, now, passphrase_env)
             if days is not None:
                 expiry.add_metric([node, name], round(days, 3))
         yield expiry
@@ -150,6 +153,22 @@ class NodeStateCollector(Collector):
         age.add_metric([node], (now - aware(oldest)).total_seconds() if oldest else 0.0)
         yield age
         yield from self._work(node)
+        yield self._retention(node, now)
+
+    def _retention(self, node: str, now: datetime) -> Metric:
+        """Since when the site's last retention purge ran (whichever node ran it)."""
+        with self.sources.db.session() as session:
+            last = session.scalar(
+                select(PeriodicJob.last_run_at).where(PeriodicJob.name == RETENTION_JOB)
+            )
+        gauge = self._gauge(
+            "drimbox_retention_last_purge_age_seconds",
+            "Time since the site's last retention purge ended (absent before the first).",
+            [],
+        )
+        if last is not None:
+            gauge.add_metric([node], (now - aware(last)).total_seconds())
+        return gauge
 
     def _work(self, node: str) -> Iterator[Metric]:
         """The work queues as /status shows them: waiting, leased, leases lapsed, the oldest."""
@@ -219,20 +238,6 @@ class NodeStateCollector(Collector):
             yield gauge
 
 
-def allowed(
-    client: str | None, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-) -> bool:
-    if not client:
-        return False
-    try:
-        address = ipaddress.ip_address(client)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
-
-
 def create_metrics_app(config: Config, metrics: NodeMetrics, sources: StatusSources) -> FastAPI:
     """The application of the `[metrics]` port: `/metrics` only."""
     metrics.registry.register(NodeStateCollector(metrics, sources))
@@ -265,20 +270,8 @@ class ServedMetricsMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix + "/"):
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status, sent = 500, 0
 
-        async def measured(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
+        def done(status: int, sent: int, seconds: float) -> None:
+            self.metrics.served(self.channel, status, sent, seconds)
 
-        try:
-            await self.app(scope, receive, measured)
-        finally:
-            offer = (scope.get("extensions") or {}).get(RAW_BODY) or {}
-            sent += offer.get("written", 0)
-            self.metrics.served(self.channel, status, sent, time.perf_counter() - started)
+        await measured(self.app, scope, receive, send, done)

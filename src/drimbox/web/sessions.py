@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from drimbox.auth.psc import LoginRequest, PscTokens
 from drimbox.auth.users import PscUser
@@ -217,13 +217,3 @@ class DbSessionStore:
     def _open(self, sealed: bytes) -> PscTokens:
         data = json.loads(self._aead.decrypt(sealed[:12], sealed[12:], b"drimbox-session"))
         return PscTokens(**data)
-
-
-def remove_expired(db: Database) -> int:
-    """Housekeeping: drop sessions ended or expired for a day."""
-    limit = utcnow() - timedelta(days=1)
-    with db.session() as session:
-        rows = session.scalars(select(UserSession).where(UserSession.expires_at < limit)).all()
-        for row in rows:
-            session.delete(row)
-        return len(rows)

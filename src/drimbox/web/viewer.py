@@ -33,8 +33,8 @@ from urllib.parse import urlencode
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from drimbox.source.grants import Grants, KosContent
-from drimbox.source.wado import Scope, WadoError
+from drimbox.source.grants import Grants
+from drimbox.source.wado import Scope, Visible, WadoError
 from drimbox.web.pages import favicon, message, render
 
 SESSION_COOKIE = "drimbox_session"
@@ -183,18 +183,18 @@ class ViewerAuthorizer:
             raise WadoError(404, "cette étude n'est plus publiée")
         return Scope(session.subject, content)
 
-    async def visible(self, request: Request) -> tuple[str, list[KosContent]]:
+    async def visible(self, request: Request) -> Visible:
         session = self._session(request)
         contents = []
         for study_uid in sorted(session.studies):
             content = await asyncio.to_thread(self.grants.for_viewer, session.id, study_uid)
             if content is not None:
                 contents.append(content)
-        return session.subject, contents
+        return Visible(session.subject, contents)
 
-    def subject_hint(self, request: Request) -> str:
+    def caller_hint(self, request: Request) -> tuple[str, str]:
         session = self.auth.session(request)
-        return session.subject if session else ""
+        return (session.subject if session else ""), ""
 
 
 class StaticApp:
