@@ -40,6 +40,25 @@ class ConfigError(Exception):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def web_origin(url: str) -> str:
+    """The origin of an http(s) URL as browsers write it in `Origin`: lower-case, the default
+    port left out; "" for anything else."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return ""
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return ""
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if port is None or port == _DEFAULT_PORTS[parts.scheme]:
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"
+
+
 def _networks(value: list[str]) -> list[str]:
     """CIDR networks (an address alone is its /32 or /128)."""
     for network in value:
@@ -51,17 +70,17 @@ def _networks(value: list[str]) -> list[str]:
 
 
 def _origin(value: str) -> str:
-    """A web origin as browsers send it in `Origin`: lower-case scheme and host, no path."""
+    """A declared origin: "null", or scheme://host[:port] without path."""
     text = value.strip().rstrip("/")
     if text == "null":
         return text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+    origin = web_origin(text)
+    if not origin or urlsplit(text).path or urlsplit(text).query:
         raise ValueError(
             f"origine invalide : « {value} » (attendu schéma://hôte[:port], ex. "
             "https://ris.exemple.fr)"
         )
-    return f"{parts.scheme}://{parts.netloc.lower()}"
+    return origin
 
 
 def _comma_separated(value: object) -> object:
@@ -386,6 +405,22 @@ class ConsoConfig(_Section):
         description="Volume d'images préchargé au plus par lancement (octets), vérifié entre "
         "deux séries ; l'examen demandé est toujours récupéré en entier.",
     )
+    launch_origins: list[str] = Field(
+        default_factory=list,
+        description="Origines (schéma://hôte[:port], ex. https://ris.exemple.fr) des pages du "
+        "RIS/DPI qui postent le lancement contextuel (dans l'environnement : séparées par des "
+        "virgules). Un lancement venu d'une autre origine, ou sans en-tête Origin ni Referer, "
+        "affiche d'abord une page de confirmation nommant le patient : rien n'est demandé au DMP "
+        "avant que l'utilisateur confirme. « null » : un RIS qui poste depuis un fichier local "
+        "(à éviter : toute page en bac à sable s'annonce aussi « null »).",
+    )
+
+    _split = field_validator("launch_origins", mode="before")(_comma_separated)
+
+    @field_validator("launch_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        return [_origin(value) for value in values]
 
 
 PACS_DESTINATION: Final = "PACS"
