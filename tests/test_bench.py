@@ -15,6 +15,7 @@ BENCH = REPO / "bench"
 # Each script with the smallest arguments it accepts (its own defaults are the real sizes).
 TINY: dict[str, list[str]] = {
     "conso_read.py": ["--instances", "4", "--runs", "1"],
+    "dimse_retrieval.py": ["--instances", "4", "--runs", "1"],
     "failover.py": ["--reports", "2", "--lease-s", "5", "--restart-delay-s", "0.5",
                     "--only", "one-node-kill"],
     "kos_pipeline.py": ["--instances", "20", "--runs", "1", "--burst", "2"],
@@ -23,6 +24,7 @@ TINY: dict[str, list[str]] = {
     "pacs_speedtest.py": ["--instances", "4", "--runs", "1"],
     "prefetch_order.py": ["--exams", "8", "--instances", "1", "--size", "16"],
     "publication.py": ["--instances", "4", "--runs", "1", "--reports", "2"],
+    "retention_purge.py": ["--reports", "4", "--cda-kb", "1", "--batch", "2"],
     "wado_series.py": ["--instances", "2", "--runs", "1", "--warmup", "0"],
     "wado_shaped.py": ["--instances", "2", "--runs", "1"],
 }  # fmt: skip

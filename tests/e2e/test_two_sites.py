@@ -24,13 +24,13 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
@@ -58,7 +58,7 @@ from drimbox.web.conso_routes import TRAITS_DEFAULT, TRAITS_MORE
 from support.dmp import local_dmp
 from support.factories import CR_C_ACCESSION, make_report
 from support.history import launch_form as launch_fields
-from support.node import RunningNode, network_environ, node_config
+from support.node import RIS_ORIGIN, RunningNode, network_environ, node_config
 from support.samples import cda_of, hl7_text, with_cda
 from support.tools import chromium, missing
 from support.trust import domain
@@ -242,12 +242,19 @@ def browser() -> Iterator[Any]:
         yield launched
 
 
-def post_launch(page: Any, base: str, fields: dict[str, str]) -> None:
-    """What a RIS does: an auto-submitted form in the user's browser."""
+def post_launch(page: Any, base: str, fields: dict[str, str], *, origin: str = RIS_ORIGIN) -> None:
+    """What a RIS does: an auto-submitted form in the user's browser, from a page of the RIS
+    (served at `origin` by the browser itself: the box sees that origin, as from a real RIS)."""
     inputs = "".join(f'<input type="hidden" name="{k}" value="{v}">' for k, v in fields.items())
-    page.set_content(f'<form id="f" method="post" action="{base}/lancement">{inputs}</form>')
-    with page.expect_navigation():
-        page.evaluate("document.getElementById('f').submit()")
+    html = f'<!doctype html><form id="f" method="post" action="{base}/lancement">{inputs}</form>'
+    ris_page = f"{origin}/dpi/lancer"
+    page.route(ris_page, lambda route: route.fulfill(content_type="text/html", body=html))
+    try:
+        page.goto(ris_page)
+        with page.expect_navigation():
+            page.evaluate("document.getElementById('f').submit()")
+    finally:
+        page.unroute(ris_page)
 
 
 def wait_jobs(page: Any, launch_url: str, key: str, timeout_s: float = 90) -> dict[str, Any]:
@@ -349,7 +356,7 @@ def test_launch_history_viewer_export_and_compare(network: Network, browser: Any
 
 def test_negative_launches(network: Network) -> None:
     base = network.conso.viewer_url
-    with httpx.Client(base_url=base, timeout=30) as ris:
+    with httpx.Client(base_url=base, timeout=30, headers={"Origin": RIS_ORIGIN}) as ris:
         missing = ris.post("/lancement", data=launch_fields(**{"Patient.identifier.value": ""}))
         assert missing.status_code == 400
         assert "Lancement refusé" in missing.text and "Patient.identifier.value" in missing.text
@@ -435,6 +442,25 @@ def test_sign_in_again_returns_to_the_launch_history(network: Network, browser: 
         assert "lancez la consultation" in body and "find the page" not in body
         icon = page.request.get(f"{base}/favicon.ico")
         assert icon.status == 200 and icon.body()[:4] == b"\x00\x00\x01\x00"
+    finally:
+        context.close()
+
+
+def test_a_launch_from_another_site_asks_first(network: Network, browser: Any) -> None:
+    """Any page can post the launch form: from an origin the site did not declare, the user
+    first sees whom it names; confirming (a form of the box itself) opens the history."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        trap = "http://site-piege.test"
+        post_launch(page, network.conso.viewer_url, launch_fields(), origin=trap)
+        assert page.locator("h1").inner_text() == "Ouvrir le dossier de ce patient ?"
+        text = page.locator("main").inner_text()
+        assert "PAT-TROIS" in text and trap in text and "Rien n'a encore été demandé" in text
+        page.click("button:has-text('Ouvrir le dossier de ce patient')")
+        sign_in_at_psc(page, "radiologue")
+        assert "Historique des examens" in page.locator("h1").inner_text()
+        assert "PAT-TROIS DOMINIQUE" in page.locator(".banner").inner_text()
     finally:
         context.close()
 
@@ -649,27 +675,68 @@ def shown_as_text(page: Any) -> None:
     assert page.locator("main b").count() == 0
 
 
+@dataclass
+class AuditedSession:
+    made: list[str]  # the paths of the browser's DICOMweb requests
+    finished: list[str]  # those whose answer it received whole
+    events: list[dict[str, Any]]  # the session's events in `drimbox audit export`
+
+    @property
+    def counted(self) -> int:
+        return sum(e["detail"].get("requests", 1) for e in self.events)
+
+
+def audited_session(node: RunningNode, browser: Any, run: Callable[[Any], None]) -> AuditedSession:
+    """`run(context)` in a fresh browser context, its DICOMweb requests counted from
+    Playwright's events; then the node's audit trail as `drimbox audit export` gives it (the
+    node's count written first, as at a minute's end), the events after those before."""
+    node.flush_audit()
+    before = max((e["id"] for e in audit.events(node.node.db)), default=0)
+    made: list[str] = []
+    finished: list[str] = []
+
+    def image_path(request: Any) -> str | None:
+        path = urlsplit(request.url).path
+        return path if path.startswith("/dicom-web/") or path == "/dicom-web" else None
+
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.on("request", lambda r: image_path(r) and made.append(image_path(r)))
+    context.on("requestfinished", lambda r: image_path(r) and finished.append(image_path(r)))
+    try:
+        run(context)
+    finally:
+        context.close()
+    node.flush_audit()
+    env = {"DRIMBOX_STORE__DATABASE_URL": node.config.store.database_url}
+    result = CliRunner().invoke(cli_app, ["audit", "export"], env=env)
+    assert result.exit_code == 0, result.output
+    exported = [json.loads(line) for line in result.stdout.splitlines()]
+    events = [e for e in exported if e["id"] > before and e["detail"].get("channel") == "viewer"]
+    return AuditedSession(made, finished, events)
+
+
+def check_accounted(session: AuditedSession, studies: set[str]) -> None:
+    assert any("/frames/" in path for path in session.made), session.made
+    assert len(session.finished) <= session.counted <= len(session.made), (
+        len(session.made), len(session.finished), session.counted)  # fmt: skip
+    frames = sum(
+        e["detail"]["requests"] for e in session.events if e["action"] == "image_retrieve_frames"
+    )
+    assert frames == sum("/frames/" in path for path in session.finished)
+    assert all(e["actor"] == RADIOLOGIST_ID and e["patient_ins"] == INS for e in session.events)
+    assert {e["study_uid"] for e in session.events} >= studies
+    print(f"OHIF session: {len(session.made)} DICOMweb requests → {len(session.events)} audit "
+          f"events", dict(Counter(e["action"] for e in session.events)))  # fmt: skip
+
+
 def test_every_image_request_of_an_ohif_session_is_in_the_audit_export(
     network: Network, browser: Any
 ) -> None:
-    """The browser's DICOMweb requests (counted from Playwright's events) are all accounted
-    for in `drimbox audit export`: the summed events' request counts add up to them."""
-    conso = network.conso
-    conso.flush_audit()  # what earlier tests counted is written: the session's events come after
-    before = max((e["id"] for e in audit.events(conso.node.db)), default=0)
-    made: list[str] = []
-    finished: list[str] = []
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    try:
+    """On both viewers — the Conso's (one exam, then two compared) and the Source's (the
+    report's IID link) — the browser's DICOMweb requests (counted from Playwright's events) are
+    all accounted for in `drimbox audit export`: the summed events' request counts add up."""
 
-        def image_request(request: Any) -> str | None:
-            path = urlsplit(request.url).path
-            return path if path.startswith("/dicom-web/") or path == "/dicom-web" else None
-
-        context.on("request", lambda r: image_request(r) and made.append(image_request(r)))
-        context.on(
-            "requestfinished", lambda r: image_request(r) and finished.append(image_request(r))
-        )
+    def conso_session(context: Any) -> None:
         page, launch_url = open_history(context, network)
         wait_jobs(page, launch_url, "images")
         page.click(f"a[href$='/ouvrir/{network.study_1}']")
@@ -684,24 +751,19 @@ def test_every_image_request_of_an_ohif_session_is_in_the_audit_export(
         page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
         wait_drawn(page, 2, "audit-session-compare.png")
         page.wait_for_load_state("networkidle")
-    finally:
-        context.close()
-    assert made and any("/frames/" in path for path in made), made
 
-    conso.flush_audit()
-    env = {"DRIMBOX_STORE__DATABASE_URL": conso.config.store.database_url}
-    result = CliRunner().invoke(cli_app, ["audit", "export"], env=env)
-    assert result.exit_code == 0, result.output
-    exported = [json.loads(line) for line in result.stdout.splitlines()]
-    session = [
-        e for e in exported
-        if e["id"] > before and e["detail"].get("channel") == "viewer"
-    ]  # fmt: skip
-    counted = sum(e["detail"].get("requests", 1) for e in session)
-    assert len(finished) <= counted <= len(made), (len(made), len(finished), counted)
-    frames = sum(e["detail"]["requests"] for e in session if e["action"] == "image_retrieve_frames")
-    assert frames == sum("/frames/" in path for path in finished)
-    assert all(e["actor"] == RADIOLOGIST_ID and e["patient_ins"] == INS for e in session)
-    assert {e["study_uid"] for e in session} >= {network.study_1, network.study_2}
-    print(f"OHIF session: {len(made)} DICOMweb requests → {len(session)} audit events",
-          dict(Counter(e["action"] for e in session)))  # fmt: skip
+    conso = audited_session(network.conso, browser, conso_session)
+    check_accounted(conso, {network.study_1, network.study_2})
+
+    def source_session(context: Any) -> None:
+        page = context.new_page()
+        link = {"requestType": "STUDY", "studyUID": network.study_1,
+                "accessionNumber": "ACN103", "idCDA": "1.2.250.1.213.4.5.4.403"}  # fmt: skip
+        page.goto(f"{network.source.viewer_url}/IHEInvokeImageDisplay?{urlencode(link)}")
+        sign_in_at_psc(page, "radiologue", wait_for="")
+        page.wait_for_url(lambda url: "/viewer?StudyInstanceUIDs=" in url)
+        wait_drawn(page, 1, "audit-session-source-viewer.png")
+        page.wait_for_load_state("networkidle")
+
+    source = audited_session(network.source, browser, source_session)
+    check_accounted(source, {network.study_1})

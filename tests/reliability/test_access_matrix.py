@@ -4,13 +4,13 @@ Peers (WADO-RS over mutual TLS): no token, expired token, forged token (another 
 a PSC refresh token or ID token as the bearer, an access token issued to a PSC client that is not
 a DRIMbox of the trust space, peer not on the whitelist, a certificate holding a listed peer's
 attributes with its RDNs reversed or in another case, the listed peer's former certificate that
-its CA revoked (served CRL), no client certificate, KOS UID of another
-study, series not in the KOS; the accepted token's PSC client is in the audit. Users (viewer
-origin): a study opened through an IID link by one user is not visible to another user's session;
-the report's viewer link opens for médecins (of any structure: the requesting physician reads the
-report in the DMP) and refuses a pharmacist, a nurse, a doctor with no structure, an account with
-no situation d'exercice, and everyone but the authors' structure when the report is masked to
-professionals (MASQUE_PS) — each refusal audited with its reason."""
+its CA revoked (served CRL), no client certificate, a client offering only CBC suites, KOS UID
+of another study, series not in the KOS; the accepted token's PSC client is in the audit. Users
+(viewer origin): a study opened through an IID link by one user is not visible to another user's
+session; the report's viewer link opens for médecins (of any structure: the requesting physician
+reads the report in the DMP) and refuses a pharmacist, a nurse, a doctor with no structure, an
+account with no situation d'exercice, and everyone but the authors' structure when the report is
+masked to professionals (MASQUE_PS) — each refusal audited with its reason."""
 
 from __future__ import annotations
 
@@ -133,6 +133,15 @@ def test_peer_matrix(site: Site, tmp_path: Path) -> None:
     context = ssl.create_default_context(cafile=str(site.ca_file))
     with pytest.raises(httpx.HTTPError), httpx.Client(verify=context) as anonymous:
         anonymous.get(series_url(site), headers=official_headers(site, good))
+    # The whitelisted peer's certificate, but a client that offers only CBC suites (TLS 1.2):
+    # refused at the handshake.
+    cbc = ssl.create_default_context(cafile=str(site.ca_file))
+    assert site.trusted_peer.cert_path and site.trusted_peer.key_path
+    cbc.load_cert_chain(str(site.trusted_peer.cert_path), str(site.trusted_peer.key_path))
+    cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+    cbc.set_ciphers("ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384:AES128-SHA256")
+    with pytest.raises(httpx.ConnectError), httpx.Client(verify=cbc) as old_client:
+        old_client.get(series_url(site), headers=official_headers(site, good))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         refused = [e for e in audit.events(site.node.node.db) if e["result"] == "refused"]

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from drimbox.db import Hl7Message, Report, ReportState, utcnow
+from drimbox.sim.pki import TestPki
 from drimbox.sim.psc import LocalPsc
 from drimbox.trust import audit
 from drimbox.web.admin_routes import CHECK_LABELS
@@ -117,3 +118,37 @@ def test_status_page_keeps_the_last_speed_tests(node: RunningNode) -> None:
     assert "PACS@pacs:104" in page and "300 images, 150,0 Mo, 15,0 Mo/s" in page
     assert "EN BAISSE" in page and "75,0 Mo/s" in page  # the previous run, with its date
     assert "db7.exemple.fr" in page and "ÉCHEC" in page and "DRIMbox injoignable" in page
+
+
+def test_certificates_expiring_soon_are_shown(tmp_path: Path) -> None:
+    """30 days ahead by default: on /status (a warning, not a failure) and on the console."""
+    pki = TestPki()
+    folder = tmp_path / "pki"
+    soon = pki.issue("DRIMbox", usage="sign", organizational_unit="499700367909006",
+                     days=10).write(folder, "sign")  # fmt: skip
+    later = pki.issue("DRIMbox", usage="auth", organizational_unit="499700367909006",
+                      days=200).write(folder, "auth")  # fmt: skip
+    with LocalPsc() as psc:
+        config = node_config(tmp_path, None, {
+            **psc.node_environ(),
+            "DRIMBOX_ADMIN__USERS": ADMIN,
+            "DRIMBOX_PACS__PORT": "9",
+            "DRIMBOX_PACS__TIMEOUT_S": "1",
+            "DRIMBOX_DMP__SIGNING_CERT": str(soon.cert_path),
+            "DRIMBOX_DMP__SIGNING_KEY": str(soon.key_path),
+            "DRIMBOX_DMP__TLS_CERT": str(later.cert_path),
+            "DRIMBOX_DMP__TLS_KEY": str(later.key_path),
+        })  # fmt: skip
+        with RunningNode(config) as running:
+            status = httpx.get(f"{running.peer_url}/status", timeout=30).json()
+            browser = signed_in(running, "radiologue")
+            try:
+                console = unescape(browser.get(f"{running.viewer_url}/admin").text)
+            finally:
+                browser.close()
+    check = status["checks"]["certificates"]
+    assert check["ok"] is True and check["warning"] is True and "certificates" in status["warnings"]
+    assert "[dmp] signing_cert expire le" in check["message"] and "tls_cert" not in check["message"]
+    assert {row["certificate"] for row in check["certificates"]} == {
+        "[dmp] tls_cert", "[dmp] signing_cert"}  # fmt: skip
+    assert "ATTENTION" in console and "[dmp] signing_cert expire le" in console

@@ -47,8 +47,9 @@ from joserfc.jwk import KeySet
 from drimbox.auth.tokens import MAX_TOKEN_LENGTH, InvalidToken, TokenIdentity
 from drimbox.auth.users import PscUser, UserInfoError
 from drimbox.config import Config, PscConfig
-from drimbox.dmp.structures import key_matches, load_certificate, usage_problem
-from drimbox.trust.keys import load_cert_chain
+from drimbox.dmp.structures import key_matches, usage_problem
+from drimbox.http.tlspolicy import client_context
+from drimbox.trust.keys import load_cert_chain, load_certificate
 
 DEFAULT_SCOPE = "openid scope_all"
 DEFAULT_ACR = "eidas1"
@@ -910,7 +911,7 @@ def _raise_if_client_refused(response: httpx.Response) -> None:
 def _ssl_context(settings: PscSettings) -> ssl.SSLContext:
     """TLS towards PSC: its CA (the system's by default) and, for `tls_client_auth`, the box's
     ORG AUTH CLI certificate."""
-    context = ssl.create_default_context(cafile=settings.ca_file or None)
+    context = client_context(settings.ca_file)
     if settings.token_endpoint_auth_method == "tls_client_auth":
         try:
             load_cert_chain(

@@ -32,6 +32,7 @@ from drimbox.conso.launch import LaunchContext, is_oid
 from drimbox.dicom.kos import INS_ISSUERS
 from drimbox.dicom.pacs import PacsClient, PacsError, StoreOutcome, store_instances
 from drimbox.http.multipart import new_boundary
+from drimbox.http.tlspolicy import client_context
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class StowRsTarget:
         self.base_url = base_url.rstrip("/")
         self.name = name
         self._http = http or httpx.Client(
-            verify=verify if verify is not None else True, timeout=httpx.Timeout(120.0)
+            verify=verify if verify is not None else client_context(), timeout=httpx.Timeout(120.0)
         )
 
     @property

@@ -43,6 +43,7 @@ from drimbox.dmp.xades import (
     XmlSigner,
     build_signature_document,
 )
+from drimbox.http.tlspolicy import client_context
 from drimbox.trust.keys import load_cert_chain
 
 if TYPE_CHECKING:
@@ -207,8 +208,7 @@ class _Reply:
 def tls_context(settings: DmpSettings) -> ssl.SSLContext:
     """Mutual TLS with the DMP: the structure's ORG authentication certificate, the DMP's CAs."""
     try:
-        context = ssl.create_default_context(cafile=settings.tls_ca or None)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context = client_context(settings.tls_ca)
         if settings.tls_cert:
             load_cert_chain(
                 context,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -27,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from drimbox.cda.model import Code, ImagingReport, Organization
 from drimbox.dmp import codes
-from drimbox.trust.keys import is_pkcs12, load_key_pair, load_private_key
+from drimbox.trust.keys import load_certificate, load_private_key
 
 if TYPE_CHECKING:
     from drimbox.config import Config
@@ -144,13 +143,6 @@ def choose_structure(structures: Sequence[Structure], report: ImagingReport) -> 
 
 
 # -- drimbox config check ---------------------------------------------------------------------
-
-
-def load_certificate(path: str, passphrase_env: str = "") -> x509.Certificate:
-    """The certificate of a PEM file, or of a PKCS#12 file (that also holds its key)."""
-    if is_pkcs12(path):
-        return load_key_pair(path, path, passphrase_env).certificate
-    return x509.load_pem_x509_certificate(Path(path).read_bytes())
 
 
 def key_matches(certificate: x509.Certificate, key_path: str, passphrase_env: str = "") -> bool:

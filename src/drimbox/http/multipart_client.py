@@ -29,6 +29,7 @@ from drimbox.http.multipart import (
     boundary_of,
     parse_part_headers,
 )
+from drimbox.http.tlspolicy import client_context
 
 INITIAL_BUFFER = 4 * 1024 * 1024
 MIN_FREE = 64 * 1024  # reading pauses below this much free space, until the reader makes room
@@ -567,7 +568,7 @@ async def open_multipart(
     request = get_request(url, headers)
     authority = request.authority
     if request.secure and ssl_context is None:
-        ssl_context = ssl.create_default_context()
+        ssl_context = client_context()
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(min(timeout_s, 10.0)):

@@ -33,7 +33,8 @@ from cryptography import x509
 from drimbox import __version__
 from drimbox.config import Config
 from drimbox.french import french_number, french_size
-from drimbox.trust.keys import KeyFileError, load_key_pair
+from drimbox.http.tlspolicy import client_context
+from drimbox.trust.keys import KeyFileError, load_certificate, load_key_pair
 
 Status = Literal["ok", "warning", "failure"]
 STATUS_LABELS: Final[dict[str, str]] = {"ok": "OK", "warning": "Avertissement", "failure": "Échec"}
@@ -486,7 +487,7 @@ def _revocation(certificate: x509.Certificate, pool: list[x509.Certificate]) -> 
 def _fetch(url: str) -> bytes:
     if url.startswith("file://"):
         return Path(urlsplit(url).path).read_bytes()
-    response = httpx.get(url, timeout=10, follow_redirects=True)
+    response = httpx.get(url, timeout=10, follow_redirects=True, verify=client_context())
     response.raise_for_status()
     return response.content
 
@@ -587,7 +588,7 @@ def _own_entry(checks: _Checks, config: Config, store: Any) -> None:
     if entry.vi and (entry.vi.lower() != vi.lower()):
         problems.append(f"le nom vi de la liste est « {entry.vi} », [viewer] public_url « {vi} »")
     try:
-        certificate = x509.load_pem_x509_certificates(Path(config.trust.tls_cert).read_bytes())[0]
+        certificate = load_certificate(config.trust.tls_cert, config.trust.key_passphrase_env)
         if entry.dn != DistinguishedName.from_name(certificate.subject):
             problems.append(
                 f"le DN de la liste est « {entry.operator_dn} », le certificat "

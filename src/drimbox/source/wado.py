@@ -341,12 +341,14 @@ class WadoRoutes:
         *,
         access_log: Path,
         audit_db: Database | None = None,
+        tally: AccessTally | None = None,
     ) -> None:
+        """`tally`: the node's (both origins share one), else this mount's own."""
         self.images = images
         self.authorizer = authorizer
         self.access_log = access_log
         self.audit_db = audit_db
-        self.tally = AccessTally(audit_db) if audit_db is not None else None
+        self.tally = tally or (AccessTally(audit_db) if audit_db is not None else None)
 
     # -- plumbing ----------------------------------------------------------------------------
 

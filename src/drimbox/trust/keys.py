@@ -57,7 +57,7 @@ def permission_problem(path: str | Path) -> str | None:
     other_group = bool(mode & stat.S_IRGRP) and info.st_gid != os.getegid()
     if mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP) or other_group:
         return (
-            f"clé privée {path} accessible à d'autres comptes (droits {mode:04o}) : refusée. "
+            f"clé {path} accessible à d'autres comptes (droits {mode:04o}) : refusée. "
             f"Corrigez avec « chmod 600 {path} » (propriétaire : le compte du service), ou "
             f"« chown root:drimbox {path} && chmod 640 {path} » (docs/deploy.md)"
         )
@@ -186,6 +186,16 @@ def load_key_pair(
     return KeyPair(certificates[0], key, tuple(certificates[1:]))
 
 
+def load_certificate(
+    path: str | Path, passphrase_env: str = "", *, environ: Mapping[str, str] | None = None
+) -> x509.Certificate:
+    """The (first) certificate of a PEM file, or the one of a PKCS#12 file (decrypted with the
+    passphrase of `passphrase_env`)."""
+    if is_pkcs12(path):
+        return _load_pkcs12(path, passphrase_env, environ).certificate
+    return x509.load_pem_x509_certificates(Path(path).read_bytes())[0]
+
+
 def load_cert_chain(
     context: ssl.SSLContext,
     cert_path: str | Path,
@@ -245,6 +255,21 @@ def configured_keys(config: Config) -> list[tuple[str, str, str, str]]:
     return [entry for entry in found if entry[2]]
 
 
+def configured_certificates(
+    config: Config, *, environ: Mapping[str, str] | None = None
+) -> list[tuple[str, x509.Certificate | str]]:
+    """(label, certificate or why it cannot be read) of every certificate the configuration
+    names with its key: DMP ORG AUTH and signing, PSC client, peer TLS, each structure's."""
+    found: list[tuple[str, x509.Certificate | str]] = []
+    for label, cert, key, env in configured_keys(config):
+        label = label.replace("tls_key", "tls_cert").replace("signing_key", "signing_cert")
+        try:
+            found.append((label, load_certificate(cert or key, env, environ=environ)))
+        except (OSError, ValueError, IndexError) as exc:
+            found.append((label, f"certificat illisible ({cert or key}) : {exc}"))
+    return found
+
+
 def key_problems(config: Config, *, environ: Mapping[str, str] | None = None) -> list[str]:
     """Why configured keys cannot be used (French, one sentence each): checked at start and by
     `drimbox config check`. The same file configured twice is reported once; a file not
@@ -259,4 +284,7 @@ def key_problems(config: Config, *, environ: Mapping[str, str] | None = None) ->
         problem = key_problem(label, cert_path, key_path, env, environ=environ)
         if problem is not None:
             problems.append(problem)
+    secret = config.store.secret_key_file  # the sessions' key: created 0600 at first start
+    if Path(secret).exists() and (problem := permission_problem(secret)) is not None:
+        problems.append(f"[store] secret_key_file : {problem}")
     return problems

@@ -35,6 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from drimbox.http.tlspolicy import client_context
+
 log = logging.getLogger(__name__)
 
 MAX_CRL_BYTES = 20 * 1024 * 1024  # IGC-Santé's largest CRLs are a few MB
@@ -265,7 +267,9 @@ class RevocationStore:
                 raise CrlError(f"fichier illisible ({exc.strerror or exc})") from exc
         try:
             with (
-                httpx.Client(timeout=self.timeout_s, follow_redirects=True) as client,
+                httpx.Client(
+                    timeout=self.timeout_s, follow_redirects=True, verify=client_context()
+                ) as client,
                 client.stream("GET", location) as response,
             ):
                 if response.status_code != 200:

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import re
+import ssl
 import tempfile
 import threading
 from collections import deque
@@ -31,6 +32,7 @@ import httpx
 from cryptography import x509
 
 from drimbox.config import Config
+from drimbox.http.tlspolicy import client_context
 from drimbox.trust.errors import Reason, WhitelistError
 from drimbox.trust.revocation import RevocationStore, refresh_periodically
 from drimbox.trust.whitelist import MAX_BYTES, Whitelist, load_certificates, verify_whitelist
@@ -201,7 +203,7 @@ class WhitelistStore:
     def _download(self) -> bytes:
         try:
             with (
-                httpx.Client(timeout=self.timeout_s, verify=self.http_verify) as client,
+                httpx.Client(timeout=self.timeout_s, verify=self._verify_tls()) as client,
                 client.stream("GET", self.source) as response,
             ):
                 if response.status_code != 200:
@@ -219,6 +221,11 @@ class WhitelistStore:
                 return bytes(body)
         except httpx.HTTPError as exc:
             raise WhitelistError(Reason.UNREACHABLE, f"{self.source}: {exc!r}") from exc
+
+    def _verify_tls(self) -> ssl.SSLContext | bool:
+        if self.http_verify is False:
+            return False
+        return client_context(self.http_verify if isinstance(self.http_verify, str) else None)
 
     def _write_state(self, data: bytes) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

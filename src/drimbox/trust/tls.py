@@ -1,6 +1,7 @@
 """Mutual TLS between DRIMboxes: SSL contexts, the whitelist check of a peer, its certificate.
 
-Owns `server_ssl_context` (client certificate required, TLS ≥ 1.2), `client_ssl_context`,
+Owns `server_ssl_context` (client certificate required), `client_ssl_context` (both under the
+box's TLS policy, `http.tlspolicy`: TLS ≥ 1.2 without CBC, TLS 1.3 preferred),
 `PeerCheck` (a peer is accepted only if its certificate subject is the `DNCertificatOperateur`
 of a whitelist entry and no CRL of its issuer lists it; for outgoing calls the URL host must also
 be that entry's `db`) and the ways to get the peer certificate of a connection: an asyncio
@@ -32,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from drimbox.http.rawbody import RawBodyH11Protocol
+from drimbox.http.tlspolicy import harden, server_context
 from drimbox.trust.dn import DistinguishedName
 from drimbox.trust.keys import load_cert_chain
 from drimbox.trust.revocation import RevocationStore
@@ -55,8 +57,7 @@ def server_ssl_context(
 ) -> ssl.SSLContext:
     """Server side of mutual TLS: our certificate (`cert` may hold the chain) and the CA files
     whose certificates peers must present. No client certificate, no connection."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = server_context()  # TLS ≥ 1.2, AEAD suites only (http.tlspolicy)
     load_cert_chain(context, cert, key, passphrase_env)
     for ca in _files(client_ca):
         context.load_verify_locations(cafile=ca)
@@ -73,8 +74,8 @@ def client_ssl_context(
     passphrase_env: str = "",
 ) -> ssl.SSLContext:
     """Client side of mutual TLS: our certificate for the peer, its CA, host name checked."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # check_hostname and CERT_REQUIRED; TLS ≥ 1.2, AEAD suites only (http.tlspolicy)
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     load_cert_chain(context, cert, key, passphrase_env)
     for ca in _files(server_ca):
         context.load_verify_locations(cafile=ca)

@@ -37,6 +37,7 @@ from drimbox.ops.stats import day_range, monthly, months_back
 from drimbox.source.retry import ReportNotFound, RetryError, retry_report
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
+from drimbox.trust.tally import AccessTally
 from drimbox.web.labels import (
     AUDIT_RESULTS,
     AUDIT_ROLES,
@@ -53,7 +54,8 @@ from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 SOURCE_NAV: Final = ("/admin/comptes-rendus", "Comptes rendus")
 RETRYABLE = {"refused", "parked"}
 CHECK_LABELS: Final = {"pacs": "PACS", "dmp": "DMP", "whitelist": "Liste blanche",
-                       "revocation": "Révocation (CRL)", "outbox": "File d'envoi au DMP",
+                       "revocation": "Révocation (CRL)",
+                       "certificates": "Certificats", "outbox": "File d'envoi au DMP",
                        "work": "Travail en cours", "cache": "Cache d'images"}  # fmt: skip
 SOURCE_CHECKS: Final = frozenset({"outbox", "work"})
 
@@ -149,9 +151,11 @@ def admin_router(
     whitelist: WhitelistStore | None,
     cache: SeriesCache | None,
     access_token: Callable[[str], str | None] | None = None,
+    tally: AccessTally | None = None,
 ) -> APIRouter:
     """`access_token`: the signed-in operator's PSC access token (kept fresh) from the session
-    cookie, for the peer speed test run from the status page."""
+    cookie, for the peer speed test run from the status page. `tally`: the node's count of
+    image accesses, written before the audit page is shown (it is up to date)."""
     router = APIRouter()
     admins = set(config.admin.users)
     nav = admin_nav(config)
@@ -346,6 +350,8 @@ def admin_router(
             view = admin(request)
         except _Denied as denied:
             return denied.response
+        if tally is not None:
+            tally.flush(everything=True)
         since = None
         if depuis:
             try:

@@ -32,8 +32,11 @@ from drimbox.source.access import access_log_path
 from drimbox.source.fairness import PeerLimiter, PeerShares
 from drimbox.source.grants import Grants
 from drimbox.source.wado import Authorizer, PeerAuthorizer, WadoRoutes, install, peer_dn
+from drimbox.trust.tally import AccessTally
 from drimbox.trust.tls import PeerCheck
+from drimbox.web.conso_routes import LAUNCH_PATH
 from drimbox.web.iid import install_iid_route
+from drimbox.web.origins import SameOriginPosts
 from drimbox.web.pages import STATIC_DIR, STATIC_PATH
 from drimbox.web.viewer import (
     SessionStore,
@@ -78,11 +81,15 @@ def create_peer_app(
     *,
     images: ImageService | None = None,
     peer_check: PeerCheck | None = None,
+    tally: AccessTally | None = None,
 ) -> FastAPI:
-    """The peer-facing application (WADO-RS, DRIM-M flavour)."""
+    """The peer-facing application (WADO-RS, DRIM-M flavour). `tally`: the node's count of
+    image accesses for the audit trail (its own when not given)."""
     images = images or ImageService(config)
     authorizer = PeerAuthorizer(verifier, Grants(db), peer_check)
-    app = _image_app("DRIMbox — service d'images (WADO-RS)", config, db, images, authorizer)
+    app = _image_app(
+        "DRIMbox — service d'images (WADO-RS)", config, db, images, authorizer, tally=tally
+    )
     source = config.source
     app.state.peer_shares = PeerShares(
         per_peer=source.peer_max_requests,
@@ -102,13 +109,20 @@ def create_viewer_app(
     *,
     images: ImageService | None = None,
     routers: Sequence[APIRouter] = (),
+    tally: AccessTally | None = None,
 ) -> FastAPI:
     """The viewer origin (OHIF, its DICOMweb endpoints, IID). `routers` (sign-in, Conso,
     administration) are mounted before OHIF's catch-all route."""
     images = images or ImageService(config)
     grants = Grants(db)
     app = _image_app(
-        "DRIMbox — visionneuse", config, db, images, ViewerAuthorizer(auth, grants), VIEWER_PREFIX
+        "DRIMbox — visionneuse",
+        config,
+        db,
+        images,
+        ViewerAuthorizer(auth, grants),
+        VIEWER_PREFIX,
+        tally=tally,
     )
     for router in routers:
         app.include_router(router)
@@ -121,6 +135,8 @@ def create_viewer_app(
         grants=grants,
         admins=frozenset(config.admin.users),
     )
+    # Every POST of the origin comes from its own pages; the launch from the RIS has its rule.
+    app.add_middleware(SameOriginPosts, public_url=config.viewer.public_url, exempt={LAUNCH_PATH})
     hashes = inline_script_hashes(Path(config.viewer.ohif_dir) / "index.html")
     app.add_middleware(
         SecurityHeaders,
@@ -150,6 +166,8 @@ def _image_app(
     images: ImageService,
     authorizer: Authorizer,
     prefix: str = PEER_PREFIX,
+    *,
+    tally: AccessTally | None = None,
 ) -> FastAPI:
     """An application serving `images` over DICOMweb under `prefix`, every access checked by
     `authorizer` and recorded (access log, audit trail)."""
@@ -158,6 +176,7 @@ def _image_app(
         authorizer,
         access_log=access_log_path(config.store.cache_dir),
         audit_db=db,
+        tally=tally,
     )
     app = FastAPI(
         title=title,

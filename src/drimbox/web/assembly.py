@@ -12,7 +12,6 @@ Owns the choice of token verifier and session store; the routes themselves live 
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,14 +28,21 @@ from drimbox.db import Database
 from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService
 from drimbox.http.server import HttpServer
+from drimbox.http.tlspolicy import client_context
 from drimbox.source.pipeline import pacs_settings
 from drimbox.trust.keys import load_cert_chain
 from drimbox.trust.store import WhitelistStore
+from drimbox.trust.tally import AccessTally
 from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
 from drimbox.web.admin_routes import admin_router
 from drimbox.web.app import PEER_PREFIX, VIEWER_PREFIX, create_peer_app, create_viewer_app
 from drimbox.web.auth_routes import CALLBACK_PATH, SessionTokens, auth_router, psc_settings
-from drimbox.web.conso_routes import LAUNCH_PATH, ConsoService, conso_router
+from drimbox.web.conso_routes import (
+    LAUNCH_CONFIRM_PATH,
+    LAUNCH_PATH,
+    ConsoService,
+    conso_router,
+)
 from drimbox.web.metrics_app import ServedMetricsMiddleware, create_metrics_app
 from drimbox.web.sessions import DbSessionStore, load_secret_key
 from drimbox.web.status import StatusSources, status_router
@@ -72,7 +78,7 @@ def dmp_status_client(config: Config) -> httpx.Client | None:
     dmp = config.dmp
     if not dmp.base_url:
         return None
-    context = ssl.create_default_context(cafile=dmp.tls_ca or None)
+    context = client_context(dmp.tls_ca)
     if dmp.tls_cert:
         load_cert_chain(context, dmp.tls_cert, dmp.tls_key or dmp.tls_cert, dmp.key_passphrase_env)
     return httpx.Client(verify=context, timeout=5.0)
@@ -115,8 +121,15 @@ def build_web(
     peer_check = (
         PeerCheck(whitelist.current, whitelist.revocation) if whitelist is not None else None
     )
+    # One count of image accesses for both origins: the console writes it before showing it.
+    tally = AccessTally(db)
     peer_app = create_peer_app(
-        config, db, peer_verifier(client, config), images=images, peer_check=peer_check
+        config,
+        db,
+        peer_verifier(client, config),
+        images=images,
+        peer_check=peer_check,
+        tally=tally,
     )
     status = StatusSources(
         config=config,
@@ -155,6 +168,7 @@ def build_web(
         admin_router(
             config, db, sessions, status=status, whitelist=whitelist, cache=images.cache,
             access_token=session_tokens.access_token if session_tokens else None,
+            tally=tally,
         )
     )  # fmt: skip
     conso = None
@@ -171,13 +185,16 @@ def build_web(
     if client is not None:
         secure = config.viewer.public_url.startswith("https://")
         routers.insert(0, auth_router(client, sessions, db, secure_cookies=secure))
-    viewer_app = create_viewer_app(config, db, ViewerAuth(sessions), images=images, routers=routers)
+    viewer_app = create_viewer_app(
+        config, db, ViewerAuth(sessions), images=images, routers=routers, tally=tally
+    )
     viewer_app.add_middleware(
         ServedMetricsMiddleware, metrics=metrics, prefix=VIEWER_PREFIX, channel="viewer"
     )
     # A launch form is a few hundred bytes: refused past its own limit while it is read.
     viewer = _server(config, viewer_app, config.viewer.host, config.viewer.port,
-                     path_body_limits={LAUNCH_PATH: MAX_FORM_BYTES})  # fmt: skip
+                     path_body_limits={LAUNCH_PATH: MAX_FORM_BYTES,
+                                       LAUNCH_CONFIRM_PATH: MAX_FORM_BYTES})  # fmt: skip
     metrics_server = None
     if config.metrics.enabled:
         metrics_app = create_metrics_app(config, metrics, status)

@@ -15,10 +15,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,25 +32,28 @@ from drimbox.db.models import PeriodicJob
 from drimbox.http.accesslog import measured
 from drimbox.metrics import NodeMetrics
 from drimbox.ops.retention import JOB_NAME as RETENTION_JOB
+from drimbox.trust.keys import load_certificate
 from drimbox.web.status import StatusSources, allowed, check_dmp, check_pacs, work_queues
 
 WAITING_JOBS = (JobState.QUEUED.value, JobState.RETRYING.value)
 
 
-def certificate_files(config: Config) -> dict[str, str]:
-    """The certificates whose expiry is watched, by role."""
+def certificate_files(config: Config) -> dict[str, tuple[str, str]]:
+    """The certificates whose expiry is watched, by role: (file, passphrase variable of a
+    PKCS#12 file)."""
+    trust, dmp = config.trust, config.dmp
     files = {
-        "peer_tls": config.trust.tls_cert,
-        "dmp_tls": config.dmp.tls_cert,
-        "dmp_signing": config.dmp.signing_cert,
+        "peer_tls": (trust.tls_cert, trust.key_passphrase_env),
+        "dmp_tls": (dmp.tls_cert, dmp.key_passphrase_env),
+        "dmp_signing": (dmp.signing_cert, dmp.key_passphrase_env),
     }
-    return {name: path for name, path in files.items() if path}
+    return {name: file for name, file in files.items() if file[0]}
 
 
-def days_to_expiry(path: str, now: datetime) -> float | None:
-    """Days left on the first certificate of a PEM file; None when unreadable."""
+def days_to_expiry(path: str, now: datetime, passphrase_env: str = "") -> float | None:
+    """Days left on the certificate of a PEM or PKCS#12 file; None when unreadable."""
     try:
-        certificate = x509.load_pem_x509_certificate(Path(path).read_bytes())
+        certificate = load_certificate(path, passphrase_env)
     except (OSError, ValueError):
         return None
     return (certificate.not_valid_after_utc - now).total_seconds() / 86400
@@ -108,8 +109,8 @@ class NodeStateCollector(Collector):
             "Days until the certificate expires (negative: expired).",
             ["certificate"],
         )
-        for name, path in certificate_files(config).items():
-            days = days_to_expiry(path, now)
+        for name, (path, passphrase_env) in certificate_files(config).items():
+            days = days_to_expiry(path, now, passphrase_env)
             if days is not None:
                 expiry.add_metric([node, name], round(days, 3))
         yield expiry

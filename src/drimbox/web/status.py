@@ -1,7 +1,8 @@
 """The box's health: `/health` for load balancers (the process answers) and `/status` (the
 "météo": version, roles, node name, and a real check of each dependency — PACS C-ECHO, DMP
-reachability over its TLS, whitelist validity and age, the CRLs (a stale one is a warning), outbox
-depth, the work waiting or leased and the age of the oldest, cache use).
+reachability over its TLS, whitelist validity and age, the CRLs (a stale one is a warning), the
+expiry of the box's certificates (a warning `[trust] expiry_warning_days` ahead), outbox depth,
+the work waiting or leased and the age of the oldest, cache use).
 
 Owns what is reported and the French wording of problems, and who may read it. Neither route
 holds patient data (`PUBLIC_PATHS`: no PSC token), but `/status` names the site's dependencies,
@@ -32,8 +33,10 @@ from drimbox.db import Database, DmpJob, JobState, Report, ReportState, aware, u
 from drimbox.dicom.cache import SeriesCache
 from drimbox.dicom.pacs import PacsClient, PacsError
 from drimbox.french import french_size
+from drimbox.http.tlspolicy import client_context
 from drimbox.source.outbox import DUE as JOB_DUE
 from drimbox.source.pipeline import DUE_STATES as REPORT_DUE
+from drimbox.trust.keys import configured_certificates
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate_from_scope
 
@@ -90,7 +93,7 @@ def check_dmp(sources: StatusSources) -> dict[str, Any]:
     base = sources.config.dmp.base_url
     if not base:
         return {"ok": None, "message": "DMP non configuré ([dmp] base_url)"}
-    client = sources.dmp_http or httpx.Client(timeout=CHECK_TIMEOUT_S)
+    client = sources.dmp_http or httpx.Client(timeout=CHECK_TIMEOUT_S, verify=client_context())
     try:
         # Any HTTP answer proves the DMP is reachable through our TLS; a SOAP service answers a
         # GET with an error page, which is fine here.
@@ -164,6 +167,38 @@ def check_revocation(sources: StatusSources) -> dict[str, Any]:
     refreshed = store.last_refresh.isoformat() if store.last_refresh else None
     return {"ok": True, "warning": bool(problems), "message": message, "crls": rows,
             "last_refresh": refreshed}  # fmt: skip
+
+
+def check_certificates(sources: StatusSources) -> dict[str, Any]:
+    """The box's own certificates: an expired or unreadable one is a failure, one expiring
+    within `[trust] expiry_warning_days` a warning."""
+    now = datetime.now(UTC)
+    ahead = sources.config.trust.expiry_warning_days
+    found = configured_certificates(sources.config)
+    if not found:
+        return {"ok": None, "message": "aucun certificat configuré"}
+    rows: list[dict[str, Any]] = []
+    expired: list[str] = []
+    soon: list[str] = []
+    for label, certificate in found:
+        if isinstance(certificate, str):
+            expired.append(f"{label} : {certificate}")
+            rows.append({"certificate": label, "error": certificate})
+            continue
+        days = (certificate.not_valid_after_utc - now).total_seconds() / 86400
+        until = f"{certificate.not_valid_after_utc:%d/%m/%Y}"
+        if days < 0:
+            expired.append(f"{label} expiré depuis le {until}")
+        elif days < ahead:
+            soon.append(f"{label} expire le {until} (dans {int(days)} jour(s))")
+        rows.append({"certificate": label, "subject": certificate.subject.rfc4514_string(),
+                     "not_after": certificate.not_valid_after_utc.isoformat(),
+                     "days_left": round(days, 1)})  # fmt: skip
+    if expired or soon:
+        message = " ; ".join([*expired, *soon]) + " — à renouveler"
+    else:
+        message = f"{len(rows)} certificat(s) valide(s) plus de {ahead} jours"
+    return {"ok": not expired, "warning": bool(soon), "message": message, "certificates": rows}
 
 
 def check_outbox(sources: StatusSources) -> dict[str, Any]:
@@ -272,6 +307,7 @@ CHECKS = {
     "dmp": check_dmp,
     "whitelist": check_whitelist,
     "revocation": check_revocation,
+    "certificates": check_certificates,
     "outbox": check_outbox,
     "work": check_work,
     "cache": check_cache,
