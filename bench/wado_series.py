@@ -83,6 +83,20 @@ def publish(db: Database, pacs: LocalOrthanc, report: Any) -> tuple[str, str]:
     return publish_existing(db, pacs, report)
 
 
+def source_env(tmp: str, pacs: LocalOrthanc, retrieve: str, cache_bytes: int) -> dict[str, str]:
+    """The benchmarked Source's settings: its database and cache under `tmp`, the PACS."""
+    return {
+        "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp}/source.db",
+        "DRIMBOX_STORE__CACHE_DIR": f"{tmp}/cache",
+        "DRIMBOX_STORE__CACHE_MAX_BYTES": str(cache_bytes),
+        "DRIMBOX_PACS__HOST": "127.0.0.1",
+        "DRIMBOX_PACS__PORT": str(pacs.dicom_port),
+        "DRIMBOX_PACS__CALLED_AET": pacs.aet,
+        "DRIMBOX_PACS__RETRIEVE": retrieve,
+        "DRIMBOX_PACS__DICOMWEB_URL": pacs.dicomweb_url,
+    }
+
+
 def serve(config_env: dict[str, str], queue: Any, host: str = "127.0.0.1") -> None:
     """The Source node's peer app in its own process; `POST /bench/purge` empties its cache."""
     from drimbox.dicom.retrieve import ImageService
@@ -245,17 +259,7 @@ def main() -> None:
         pacs.store_files(files)
         print(f"  loaded into Orthanc in {time.perf_counter() - started:.1f} s")
         tokens = Tokens()
-        env = {
-            "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp}/source.db",
-            "DRIMBOX_STORE__CACHE_DIR": f"{tmp}/cache",
-            "DRIMBOX_STORE__CACHE_MAX_BYTES": str(2 * 1024**3),
-            "DRIMBOX_PACS__HOST": "127.0.0.1",
-            "DRIMBOX_PACS__PORT": str(pacs.dicom_port),
-            "DRIMBOX_PACS__CALLED_AET": pacs.aet,
-            "DRIMBOX_PACS__RETRIEVE": args.retrieve,
-            "DRIMBOX_PACS__DICOMWEB_URL": pacs.dicomweb_url,
-            **tokens.to_env(),
-        }
+        env = source_env(tmp, pacs, args.retrieve, 2 * 1024**3) | tokens.to_env()
         config: Config = load_config(environ=env)
         db = Database(config.store.database_url)
         db.upgrade()

@@ -27,7 +27,15 @@ import tempfile
 from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
-from wado_series import _series_uid, fetch, make_series, official_accept, publish, serve
+from wado_series import (
+    _series_uid,
+    fetch,
+    make_series,
+    official_accept,
+    publish,
+    serve,
+    source_env,
+)
 
 from drimbox.config import load_config
 from drimbox.db import Database
@@ -122,17 +130,7 @@ def main() -> None:
     ):
         pacs.store_files(files)
         tokens = Tokens()
-        env = {
-            "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp}/source.db",
-            "DRIMBOX_STORE__CACHE_DIR": f"{tmp}/cache",
-            "DRIMBOX_STORE__CACHE_MAX_BYTES": str(4 * 1024**3),
-            "DRIMBOX_PACS__HOST": "127.0.0.1",
-            "DRIMBOX_PACS__PORT": str(pacs.dicom_port),
-            "DRIMBOX_PACS__CALLED_AET": pacs.aet,
-            "DRIMBOX_PACS__RETRIEVE": "wado-rs",
-            "DRIMBOX_PACS__DICOMWEB_URL": pacs.dicomweb_url,
-            **tokens.to_env(),
-        }
+        env = source_env(tmp, pacs, "wado-rs", 4 * 1024**3) | tokens.to_env()
         db = Database(load_config(environ=env).store.database_url)
         db.upgrade()
         study_uid, kos_uid = publish(db, pacs, report)
