@@ -15,6 +15,7 @@ BENCH = REPO / "bench"
 # Each script with the smallest arguments it accepts (its own defaults are the real sizes).
 TINY: dict[str, list[str]] = {
     "conso_read.py": ["--instances", "4", "--runs", "1"],
+    "dimse_retrieval.py": ["--instances", "4", "--runs", "1"],
     "failover.py": ["--reports", "2", "--lease-s", "5", "--restart-delay-s", "0.5",
                     "--only", "one-node-kill"],
     "kos_pipeline.py": ["--instances", "20", "--runs", "1", "--burst", "2"],

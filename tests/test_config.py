@@ -100,7 +100,7 @@ def test_config_check_verifies_each_structures_certificates(tmp_path: Path) -> N
     good = structure_certificates(tmp_path, pki, "101235555", prefix="a")
     other = structure_certificates(tmp_path, pki, "3123456789012345", prefix="b")
     base = (
-        '[roles]\nsource = true\n[http]\ninsecure_plain_http = true\n'
+        "[roles]\nsource = true\n[http]\ninsecure_plain_http = true\n"
         '[dmp]\nbase_url = "https://dmp.test"\n'
         f'tls_ca = "{tmp_path / "ca.crt"}"\n'
     )

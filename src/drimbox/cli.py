@@ -334,7 +334,7 @@ def pacs_speedtest_command(
     ] = False,
     mode: Annotated[
         str | None,
-        typer.Option(help="c-move, c-get ou wado-rs (défaut : [pacs] retrieve)."),
+        typer.Option(help="c-get, c-move, c-move-dcmtk ou wado-rs (défaut : [pacs] retrieve)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Sortie JSON (supervision).")] = False,
 ) -> None:

@@ -40,6 +40,25 @@ class ConfigError(Exception):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def web_origin(url: str) -> str:
+    """The origin of an http(s) URL as browsers write it in `Origin`: lower-case, the default
+    port left out; "" for anything else."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return ""
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return ""
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if port is None or port == _DEFAULT_PORTS[parts.scheme]:
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"
+
+
 def _networks(value: list[str]) -> list[str]:
     """CIDR networks (an address alone is its /32 or /128)."""
     for network in value:
@@ -51,17 +70,17 @@ def _networks(value: list[str]) -> list[str]:
 
 
 def _origin(value: str) -> str:
-    """A web origin as browsers send it in `Origin`: lower-case scheme and host, no path."""
+    """A declared origin: "null", or scheme://host[:port] without path."""
     text = value.strip().rstrip("/")
     if text == "null":
         return text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+    origin = web_origin(text)
+    if not origin or urlsplit(text).path or urlsplit(text).query:
         raise ValueError(
             f"origine invalide : « {value} » (attendu schéma://hôte[:port], ex. "
             "https://ris.exemple.fr)"
         )
-    return f"{parts.scheme}://{parts.netloc.lower()}"
+    return origin
 
 
 def _comma_separated(value: object) -> object:
@@ -329,11 +348,29 @@ class PacsConfig(_Section):
         "PACS (called_aet) ; toute autre association est refusée (une note de rejet IOCM "
         "retire un KOS du DMP).",
     )
-    retrieve: Literal["wado-rs", "c-get", "c-move"] = Field(
+    retrieve: Literal["wado-rs", "c-get", "c-move", "c-move-dcmtk"] = Field(
         "c-get",
-        description="Méthode de récupération des images : c-get, c-move, ou wado-rs (de loin la "
-        "plus rapide quand le PACS offre DICOMweb : 17 fois C-GET sur un scanner de 1300 "
-        "images, voir bench/RESULTS.md).",
+        description="Méthode de récupération des images : c-get, c-move, c-move-dcmtk (C-MOVE "
+        "reçu par storescp de dcmtk : plusieurs fois plus rapide que c-get/c-move, demande de "
+        "déclarer storescp_aet dans le PACS), ou wado-rs (de loin la plus rapide quand le PACS "
+        "offre DICOMweb, voir bench/RESULTS.md).",
+    )
+    storescp_aet: str = Field(
+        "DRIMBOX_DCMTK",
+        max_length=16,
+        description="AE Title du storescp de dcmtk (retrieve = c-move-dcmtk) : seconde "
+        "destination C-MOVE à déclarer dans le PACS (hôte de la DRIMbox, storescp_port).",
+    )
+    storescp_port: int = Field(
+        11113,
+        ge=1,
+        le=65535,
+        description="Port du storescp de dcmtk (retrieve = c-move-dcmtk), sur toutes les "
+        "interfaces : à n'ouvrir qu'au PACS dans le pare-feu.",
+    )
+    dcmtk_dir: str = Field(
+        "/usr/bin",
+        description="Dossier des outils dcmtk storescp et movescu (retrieve = c-move-dcmtk).",
     )
     dicomweb_url: str = Field(
         "",
@@ -368,10 +405,23 @@ class PacsConfig(_Section):
         0, ge=0, description="Taille maximale de PDU reçue (octets, 0 = illimitée)."
     )
 
-    @field_validator("called_aet", "calling_aet")
+    @field_validator("called_aet", "calling_aet", "storescp_aet")
     @classmethod
     def _aet(cls, value: str) -> str:
         return _ae_title(value)
+
+    @model_validator(mode="after")
+    def _storescp_apart(self) -> PacsConfig:
+        if self.retrieve != "c-move-dcmtk":
+            return self
+        if self.storescp_aet == self.calling_aet:
+            raise ValueError(
+                "storescp_aet doit différer de calling_aet : le PACS envoie à chaque AE Title "
+                "une seule adresse"
+            )
+        if self.storescp_port == self.scp_port:
+            raise ValueError("storescp_port doit différer de scp_port (le SCP de la DRIMbox)")
+        return self
 
     @field_validator("scp_senders")
     @classmethod
@@ -414,6 +464,22 @@ class ConsoConfig(_Section):
         description="Volume d'images préchargé au plus par lancement (octets), vérifié entre "
         "deux séries ; l'examen demandé est toujours récupéré en entier.",
     )
+    launch_origins: list[str] = Field(
+        default_factory=list,
+        description="Origines (schéma://hôte[:port], ex. https://ris.exemple.fr) des pages du "
+        "RIS/DPI qui postent le lancement contextuel (dans l'environnement : séparées par des "
+        "virgules). Un lancement venu d'une autre origine, ou sans en-tête Origin ni Referer, "
+        "affiche d'abord une page de confirmation nommant le patient : rien n'est demandé au DMP "
+        "avant que l'utilisateur confirme. « null » : un RIS qui poste depuis un fichier local "
+        "(à éviter : toute page en bac à sable s'annonce aussi « null »).",
+    )
+
+    _split = field_validator("launch_origins", mode="before")(_comma_separated)
+
+    @field_validator("launch_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        return [_origin(value) for value in values]
 
 
 PACS_DESTINATION: Final = "PACS"
@@ -1066,6 +1132,10 @@ class Config(_Section):
         source = trust.whitelist_source
         if source and "://" not in source:
             trust.whitelist_source = str((base / source).resolve())
+        psc = self.psc.model_copy()
+        for key in ("tls_cert", "tls_key", "ca_file"):
+            if getattr(psc, key):
+                setattr(psc, key, str((base / getattr(psc, key)).resolve()))
         pacs = self.pacs.model_copy()
         if pacs.dicomweb_ca_file:
             pacs.dicomweb_ca_file = str((base / pacs.dicomweb_ca_file).resolve())
@@ -1088,6 +1158,7 @@ class Config(_Section):
                 "dmp": dmp,
                 "viewer": viewer,
                 "trust": trust,
+                "psc": psc,
                 "pacs": pacs,
                 "structures": structures,
             }

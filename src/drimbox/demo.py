@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
+import http.server
 import re
 import shutil
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -152,6 +156,7 @@ class DemoPorts:
     psc: int
     scp_a: int
     scp_b: int
+    ris: int  # the page of site B's RIS that posts the contextual launch
 
 
 def _port_or_free(port: int) -> int:
@@ -162,7 +167,7 @@ def demo_ports() -> DemoPorts:
     wanted = {
         "hl7": 2575, "a_peer": 8080, "a_viewer": 8081, "b_peer": 8082, "b_viewer": 8083,
         "pacs_a": 4242, "pacs_a_http": 8042, "pacs_b": 4243, "pacs_b_http": 8043,
-        "dmp": 8090, "psc": 8091, "scp_a": 11112, "scp_b": 11113,
+        "dmp": 8090, "psc": 8091, "scp_a": 11112, "scp_b": 11113, "ris": 8084,
     }  # fmt: skip
     return DemoPorts(**{name: _port_or_free(port) for name, port in wanted.items()})
 
@@ -274,6 +279,10 @@ poll_interval_s = 0.2
 retry_initial_s = 2
 lease_s = 60
 
+[conso]
+# The RIS/DPI page that posts launches (served by the demo); from elsewhere: confirmation first.
+launch_origins = ["{ris_origin(ports)}"]
+
 [dmp]
 base_url = "https://127.0.0.1:{ports.dmp}"
 tls_cert = "{org.auth.cert_path}"
@@ -348,6 +357,31 @@ def generate_demo_studies(folder: Path) -> list[Path]:
     return files
 
 
+def ris_origin(ports: DemoPorts) -> str:
+    return f"http://127.0.0.1:{ports.ris}"
+
+
+class _RisPage(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # quiet: the demo prints its own
+        pass
+
+
+@contextlib.contextmanager
+def serving_ris_page(folder: Path, origin: str) -> Iterator[None]:
+    """Site B's RIS page, served over HTTP at `origin` as a real RIS/DPI would (the launch's
+    `Origin` is then a declared one); only the page's own folder is served."""
+    port = int(origin.rsplit(":", 1)[1])
+    handler = functools.partial(_RisPage, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def launch_page(folder: Path, conso_viewer: str, report: ImagingReport) -> Path:
     """What the RIS/DPI of site B does: a form posted to DRIMbox B with the patient's INS."""
     patient = report.patient
@@ -367,6 +401,7 @@ def launch_page(folder: Path, conso_viewer: str, report: ImagingReport) -> Path:
         f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
         for k, v in fields.items()
     )
+    folder.mkdir(parents=True, exist_ok=True)
     page = folder / "lancement.html"
     page.write_text(
         f"""<!doctype html><html lang="fr"><head><meta charset="utf-8">
@@ -442,6 +477,7 @@ async def _run_network(
     node_a, node_b = Node(config_a), Node(config_b)
     await node_a.start()
     await node_b.start()
+    stack = contextlib.ExitStack()  # the RIS page's server, once written
     try:
         assert node_a.web is not None and node_b.web is not None and node_a.mllp is not None
         site_a, site_b = config_a.viewer.public_url, config_b.viewer.public_url
@@ -464,7 +500,9 @@ async def _run_network(
             text = STATE_TEXT.get(report.state, report.state)
             console.print(f"  [green]✓[/] examen {report.accession} : KOS {text}", highlight=False)
         _, _, report_c = demo_report(DEMO_EXAMS[0])
-        page = launch_page(folder, site_b, report_c)
+        page = launch_page(folder / "ris", site_b, report_c)
+        ris = config_b.conso.launch_origins[0]
+        stack.enter_context(serving_ris_page(page.parent, ris))
         iid = (
             f"{site_a}/IHEInvokeImageDisplay?requestType=STUDY"
             f"&studyUID={report_c.study_instance_uid}&accessionNumber=ACN103"
@@ -472,7 +510,7 @@ async def _run_network(
         )
         console.print("\n[bold]Prête.[/] À ouvrir dans un navigateur :")
         links = (
-            ("Lancement contextuel (RIS du site B)", f"file://{page}"),
+            ("Lancement contextuel (RIS du site B)", f"{ris}/{page.name}"),
             ("Lien du compte rendu (visionneuse du site A)", iid),
             ("Console d'administration A", f"{site_a}/admin"),
             ("Console d'administration B", f"{site_b}/admin"),
@@ -502,6 +540,7 @@ async def _run_network(
         await stop.wait()
         return 0
     finally:
+        stack.close()
         await node_b.stop()
         await node_a.stop()
         console.print("Démonstration arrêtée.")

@@ -97,9 +97,8 @@ class Node:
             self.web = build_web(self.config, self.db, self.images, self.whitelist)
             for server in self.web.servers():
                 await server.start()
-        retention = RetentionWorker(
-            self.config, self.db, cache_purge=self._purge_cache, metrics=self.metrics
-        )
+        retention = RetentionWorker(self.config, self.db, cache_purge=self._purge_cache,
+                                    metrics=self.metrics, stop=self._stop)  # fmt: skip
         self._tasks.append(asyncio.create_task(retention.run_forever(self._stop)))
 
     def _purge_cache(self) -> tuple[int, int]:

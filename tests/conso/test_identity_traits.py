@@ -19,6 +19,7 @@ from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec
 from drimbox.web.conso_routes import TRAITS_DEFAULT, TRAITS_MORE
 from support.history import (
+    FROM_RIS,
     SECOND_RADIOLOGIST,
     HistoryNetwork,
     launch,
@@ -83,7 +84,7 @@ def test_the_default_traits_then_all_of_them_on_the_user_s_choice(
             **launch_form(**USED),
             "Patient.name.given": [GIVEN, "ANNE"],
         }
-        page = browser.post("/lancement", data=form)
+        page = browser.post("/lancement", data=form, headers=FROM_RIS)
         assert "/consultation/" in str(page.url), page.text[:2000]
         url = str(page.url).split("?")[0]
         assert traits(page) == DEFAULT, traits(page)

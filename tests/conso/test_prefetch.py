@@ -24,6 +24,7 @@ from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.trust import audit
 from support.factories import CR_C_INS
 from support.history import (
+    FROM_RIS,
     HistoryNetwork,
     launch,
     launch_form,
@@ -306,7 +307,7 @@ def test_a_launch_as_the_ans_test_tool_sends_it(network: HistoryNetwork) -> None
     form["PATIENTIDISSUER"] = "HOPITAL B&1.2.250.1.999.2.1&ISO"
     form["studyinstanceuid"] = network.named.study_uid
     with signed_in_user(network) as browser:
-        page = browser.post("/lancement", data=form)
+        page = browser.post("/lancement", data=form, headers=FROM_RIS)
         assert page.status_code == 200 and "/consultation/" in str(page.url), page.text[:2000]
         launch_url = str(page.url).split("?")[0]
         assert len(exam_ids(network, launch_url)) == 40
@@ -391,7 +392,7 @@ def test_every_launch_is_audited_with_its_reason(network: HistoryNetwork) -> Non
     """Accepted and refused launches, and a launch refused when opened, are in the audit
     trail with the patient (when the form named a valid INS) and why."""
     start = last_event_id(network)
-    with httpx.Client(base_url=network.conso.viewer_url, timeout=60) as ris:
+    with httpx.Client(base_url=network.conso.viewer_url, timeout=60, headers=FROM_RIS) as ris:
         refused = ris.post(
             "/lancement", data=launch_form(**{"Patient.identifier.system": "urn:oid:1.2.3"})
         )

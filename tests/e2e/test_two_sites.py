@@ -58,7 +58,7 @@ from drimbox.web.conso_routes import TRAITS_DEFAULT, TRAITS_MORE
 from support.dmp import local_dmp
 from support.factories import CR_C_ACCESSION, make_report
 from support.history import launch_form as launch_fields
-from support.node import RunningNode, network_environ, node_config
+from support.node import RIS_ORIGIN, RunningNode, network_environ, node_config
 from support.samples import cda_of, hl7_text, with_cda
 from support.tools import chromium, missing
 from support.trust import domain
@@ -242,12 +242,19 @@ def browser() -> Iterator[Any]:
         yield launched
 
 
-def post_launch(page: Any, base: str, fields: dict[str, str]) -> None:
-    """What a RIS does: an auto-submitted form in the user's browser."""
+def post_launch(page: Any, base: str, fields: dict[str, str], *, origin: str = RIS_ORIGIN) -> None:
+    """What a RIS does: an auto-submitted form in the user's browser, from a page of the RIS
+    (served at `origin` by the browser itself: the box sees that origin, as from a real RIS)."""
     inputs = "".join(f'<input type="hidden" name="{k}" value="{v}">' for k, v in fields.items())
-    page.set_content(f'<form id="f" method="post" action="{base}/lancement">{inputs}</form>')
-    with page.expect_navigation():
-        page.evaluate("document.getElementById('f').submit()")
+    html = f'<!doctype html><form id="f" method="post" action="{base}/lancement">{inputs}</form>'
+    ris_page = f"{origin}/dpi/lancer"
+    page.route(ris_page, lambda route: route.fulfill(content_type="text/html", body=html))
+    try:
+        page.goto(ris_page)
+        with page.expect_navigation():
+            page.evaluate("document.getElementById('f').submit()")
+    finally:
+        page.unroute(ris_page)
 
 
 def wait_jobs(page: Any, launch_url: str, key: str, timeout_s: float = 90) -> dict[str, Any]:
@@ -349,7 +356,7 @@ def test_launch_history_viewer_export_and_compare(network: Network, browser: Any
 
 def test_negative_launches(network: Network) -> None:
     base = network.conso.viewer_url
-    with httpx.Client(base_url=base, timeout=30) as ris:
+    with httpx.Client(base_url=base, timeout=30, headers={"Origin": RIS_ORIGIN}) as ris:
         missing = ris.post("/lancement", data=launch_fields(**{"Patient.identifier.value": ""}))
         assert missing.status_code == 400
         assert "Lancement refusé" in missing.text and "Patient.identifier.value" in missing.text
@@ -435,6 +442,25 @@ def test_sign_in_again_returns_to_the_launch_history(network: Network, browser: 
         assert "lancez la consultation" in body and "find the page" not in body
         icon = page.request.get(f"{base}/favicon.ico")
         assert icon.status == 200 and icon.body()[:4] == b"\x00\x00\x01\x00"
+    finally:
+        context.close()
+
+
+def test_a_launch_from_another_site_asks_first(network: Network, browser: Any) -> None:
+    """Any page can post the launch form: from an origin the site did not declare, the user
+    first sees whom it names; confirming (a form of the box itself) opens the history."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        trap = "http://site-piege.test"
+        post_launch(page, network.conso.viewer_url, launch_fields(), origin=trap)
+        assert page.locator("h1").inner_text() == "Ouvrir le dossier de ce patient ?"
+        text = page.locator("main").inner_text()
+        assert "PAT-TROIS" in text and trap in text and "Rien n'a encore été demandé" in text
+        page.click("button:has-text('Ouvrir le dossier de ce patient')")
+        sign_in_at_psc(page, "radiologue")
+        assert "Historique des examens" in page.locator("h1").inner_text()
+        assert "PAT-TROIS DOMINIQUE" in page.locator(".banner").inner_text()
     finally:
         context.close()
 

@@ -4,6 +4,7 @@ audit trail is purged only through its owner's path."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -308,3 +309,20 @@ def test_retention_and_audit_purge_commands(tmp_path: Path) -> None:
     assert "Piste d'audit purgée : 1 événement(s)" in " ".join(audit_done.output.split())
     assert older_than(db, utcnow()) == 1  # the purge's own record
     db.dispose()
+
+
+def test_a_stopping_node_leaves_the_rest_of_the_purge_due(
+    database: Database, stored: dict[str, int]
+) -> None:
+    stop = asyncio.Event()
+    stop.set()  # the node is stopping: not one batch more
+    config = Config.model_validate({"node": {"name": "a"}})
+    worker = RetentionWorker(config, database, cache_purge=lambda: (1, 1), stop=stop)
+    counts = worker.run_once()
+    assert counts == PurgeCounts()
+    with database.session() as session:
+        job = session.scalars(select(PeriodicJob)).one()
+        assert job.last_run_at is None and job.leased_by is None
+    stop.clear()
+    assert worker.run_once() == PurgeCounts(**{**EXPECTED.as_dict(), "cache_series": 1,
+                                              "cache_bytes": 1})  # fmt: skip

@@ -268,6 +268,7 @@ def test_peer_speedtest_from_the_console_with_the_operator_token(
         httpx.Client(follow_redirects=True, timeout=60) as browser,
     ):
         base = conso.viewer_url
+        browser.headers["Origin"] = base  # the console's forms post from the origin
         browser.get(f"{base}/connexion", params={"login_hint": "radiologue", "next": "/admin"})
         form = browser.get(f"{base}/admin").text
         assert 'action="/admin/debit"' in form and '<option value="localhost">' in form

@@ -30,7 +30,7 @@ from drimbox.ops.stats import (
 from drimbox.sim.psc import LocalPsc
 from drimbox.trust import audit
 from support.history import launch_form
-from support.node import RunningNode, node_config, signed_in
+from support.node import RIS_ORIGIN, RunningNode, node_config, signed_in
 
 ADMIN = "899700100011"  # the PSC simulator's `radiologue`
 
@@ -53,7 +53,8 @@ def node(tmp_path: Path) -> Iterator[RunningNode]:
 def launch_twice_and_refuse_once(node: RunningNode) -> None:
     """Two accepted launches and a refused one (INS missing, birth date invalid), as a RIS
     posts them."""
-    with httpx.Client(base_url=node.viewer_url, follow_redirects=False, timeout=30) as ris:
+    with httpx.Client(base_url=node.viewer_url, follow_redirects=False, timeout=30,
+                      headers={"Origin": RIS_ORIGIN}) as ris:  # fmt: skip
         for _ in range(2):
             assert ris.post("/lancement", data=launch_form()).status_code == 303
         refused = ris.post(

@@ -38,7 +38,7 @@ from drimbox.sim.studies import SeriesSpec
 from drimbox.sim.whitelist import build_whitelist, issue_ans_signer, sign_whitelist
 from support.dmp import DmpEnvironment, local_dmp
 from support.factories import CR_C_INS, CR_C_INS_OID
-from support.node import RunningNode, network_environ, node_config
+from support.node import RIS_ORIGIN, RunningNode, network_environ, node_config
 from support.source import PublishedStudy, publish_study
 from support.trust import domain
 
@@ -216,6 +216,9 @@ def _publish_history(
     return exams
 
 
+FROM_RIS = {"Origin": RIS_ORIGIN}
+
+
 def launch_form(**changes: str) -> dict[str, str]:
     """The RIS/DPI launch form for the patient of exam C (empty values dropped)."""
     fields = {
@@ -240,14 +243,16 @@ def signed_in_user(
 ) -> Iterator[httpx.Client]:
     """A browser signed in to the Conso (or `conso`) through the PSC simulator as `user`."""
     node = conso or network.conso
-    with httpx.Client(base_url=node.viewer_url, follow_redirects=True, timeout=120) as browser:
+    with httpx.Client(base_url=node.viewer_url, follow_redirects=True, timeout=120,
+                      headers={"Origin": node.viewer_url}) as browser:  # fmt: skip
         browser.get("/connexion", params={"login_hint": user, "next": "/"})
         yield browser
 
 
 def launch(browser: httpx.Client, **changes: str) -> tuple[str, httpx.Response]:
-    """POST the launch form as the RIS would; (launch URL, history page)."""
-    page = browser.post("/lancement", data=launch_form(**changes))
+    """POST the launch form as the RIS would (from its declared origin); (launch URL, history
+    page)."""
+    page = browser.post("/lancement", data=launch_form(**changes), headers=FROM_RIS)
     assert page.status_code == 200 and "/consultation/" in str(page.url), page.text[:2000]
     return str(page.url).split("?")[0], page
 

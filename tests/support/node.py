@@ -19,6 +19,10 @@ from drimbox.sim.ports import free_port
 from drimbox.sim.psc import LocalPsc
 from support.dmp import DmpEnvironment
 
+# The origin of the RIS/DPI pages that post contextual launches in the tests: declared in every
+# test node's `[conso] launch_origins`, sent as `Origin` by the tests' launches.
+RIS_ORIGIN = "http://ris.site-b.test"
+
 
 def node_config(
     tmp_path: Path,
@@ -50,6 +54,7 @@ def node_config(
         "DRIMBOX_VIEWER__PORT": str(viewer_port),
         "DRIMBOX_VIEWER__PUBLIC_URL": f"http://127.0.0.1:{viewer_port}",
         "DRIMBOX_STORE__SECRET_KEY_FILE": str(tmp_path / "secret.key"),
+        "DRIMBOX_CONSO__LAUNCH_ORIGINS": RIS_ORIGIN,
     }
     if orthanc is not None:
         environ |= {
@@ -142,7 +147,8 @@ class RunningNode:
 
 
 def signed_in(node: RunningNode, user: str) -> httpx.Client:
-    """A browser signed in to the node's viewer origin through the PSC simulator as `user`."""
-    browser = httpx.Client(follow_redirects=True, timeout=30)
+    """A browser signed in to the node's viewer origin through the PSC simulator as `user`; its
+    requests say they come from the origin's own pages (`Origin`), as a browser's forms do."""
+    browser = httpx.Client(follow_redirects=True, timeout=30, headers={"Origin": node.viewer_url})
     browser.get(f"{node.viewer_url}/connexion", params={"login_hint": user, "next": "/admin"})
     return browser

@@ -65,7 +65,9 @@ def test_layout_is_french_escaped_keyboard_usable_and_never_cached() -> None:
     assert "&lt;script&gt;" in body and "<script>alert" not in body
     assert "&lt;i&gt;Claire&lt;/i&gt;" in body
     assert 'href="/_drimbox/drimbox.css"' in body and "<style>" not in body
-    assert "/deconnexion?next=%2Fpage" in body  # sign-in again comes back here
+    # Logout is a form posted from the page (a link could be another site's), back here after.
+    assert 'method="post" action="/deconnexion"' in body
+    assert '<input type="hidden" name="next" value="/page">' in body
     assert page.headers["cache-control"] == "no-store"
     error = client.get("/erreur")
     assert error.status_code == 400 and 'role="alert"' in error.text

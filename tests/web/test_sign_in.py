@@ -39,10 +39,15 @@ def sign_in(client: httpx.Client, base: str, user: str) -> httpx.Response:
     return client.get(f"{base}/connexion", params={"login_hint": user, "next": "/viewer"})
 
 
+def signed_in(browser: httpx.Client, base: str) -> bool:
+    page = browser.get(f"{base}/viewer", follow_redirects=False)
+    return not (page.status_code == 303 and page.headers["location"].startswith("/connexion"))
+
+
 def test_login_situation_and_logout(node: tuple[RunningNode, LocalPsc]) -> None:
     running, _psc = node
     base = running.viewer_url
-    with httpx.Client(follow_redirects=True, timeout=30) as browser:
+    with httpx.Client(follow_redirects=True, timeout=30, headers={"Origin": base}) as browser:
         page = sign_in(browser, base, "medecin-deux-situations")
         assert page.status_code == 200, page.text
         assert "plusieurs situations" in page.text  # two situations: the user must choose
@@ -51,7 +56,15 @@ def test_login_situation_and_logout(node: tuple[RunningNode, LocalPsc]) -> None:
         assert choice.status_code == 400
         events = audit.events(running.node.db)
         assert [e["action"] for e in events] == ["login"]
-        out = browser.get(f"{base}/deconnexion")
+        # A link (another site's, an image) cannot end the session: the page asks first.
+        asked = browser.get(f"{base}/deconnexion", params={"next": "/viewer"})
+        assert asked.status_code == 200 and 'method="post"' in asked.text
+        assert signed_in(browser, base)
+        # Nor can another site's form post.
+        forged = browser.post(f"{base}/deconnexion", headers={"Origin": "https://attaque.test"})
+        assert forged.status_code == 403 and "Action refusée" in forged.text
+        assert signed_in(browser, base)
+        out = browser.post(f"{base}/deconnexion", data={"next": "/viewer"})
         assert "session est terminée" in out.text
         after = browser.get(f"{base}/viewer", follow_redirects=False)
         assert after.status_code == 303 and after.headers["location"].startswith("/connexion")

@@ -157,6 +157,12 @@ def _decode_body(body: bytes | str) -> tuple[dict[str, list[str]], list[FieldErr
     return fields, []
 
 
+def form_fields(body: bytes) -> list[tuple[str, str]]:
+    """The fields of a posted form as sent (name, value), for a page that posts it again."""
+    fields, _ = _decode_body(body)
+    return [(name, value) for name, values in fields.items() for value in values]
+
+
 def _normalise(form: FormInput) -> tuple[dict[str, list[str]], list[FieldError]]:
     if isinstance(form, bytes | str):
         return _decode_body(form)

@@ -1,11 +1,12 @@
 """Getting a series from the PACS into the cache, once, while readers stream it.
 
-Owns the three retrieval methods of `[pacs] retrieve` behind one `Retriever` protocol —
-`wado-rs` (the PACS's own DICOMweb, by far the fastest), `c-get` and `c-move` (to the box's own
-SCP) — and `SeriesFetcher`, the single flight: concurrent requests for one series share one
-retrieval, whose instances readers follow as they land in the cache. `ImageService` puts the
-cache, the retriever and (for C-MOVE) the SCP together for a node. DIMSE goes through
-`drimbox.dicom.pacs` only. It must not decide who may read a series (`drimbox.source.wado`).
+Owns the retrieval methods of `[pacs] retrieve` behind one `Retriever` protocol — `wado-rs` (the
+PACS's own DICOMweb, by far the fastest), `c-get`, `c-move` (to the box's own SCP) and
+`c-move-dcmtk` (dcmtk's movescu and storescp, `drimbox.dicom.dcmtk`) — and `SeriesFetcher`,
+the single flight: concurrent requests for one series share one retrieval, whose instances
+readers follow as they land in the cache. `ImageService` puts the cache, the retriever and (for
+C-MOVE) the SCP or storescp together for a node. DIMSE goes through `drimbox.dicom.pacs` and
+`drimbox.dicom.dcmtk` only. It must not decide who may read a series (`drimbox.source.wado`).
 
 Studies of other sites (the Conso's exams, `RemoteStudies`) take a source-aware path: a cache
 miss is filled from the Source box that holds them (a `RemoteSeriesSource` the Conso registers,
@@ -33,6 +34,7 @@ from pydicom.dataset import Dataset
 
 from drimbox.config import Config
 from drimbox.dicom.cache import CachedInstance, CacheEntry, SeriesCache
+from drimbox.dicom.dcmtk import DcmtkMoveRetriever, StoreScpProcess
 from drimbox.dicom.pacs import InstanceSink, PacsClient, PacsError, PacsSettings
 from drimbox.dicom.scp import ReceivedInstance, StoreScp
 from drimbox.http.multipart import MultipartError
@@ -606,11 +608,28 @@ def pacs_tls(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def storescp_process(config: Config, spool: Path | None = None) -> StoreScpProcess:
+    """The dcmtk storescp of `c-move-dcmtk` (not started); its spool in the cache folder
+    unless given (a speed test next to a running node uses its own)."""
+    p = config.pacs
+    return StoreScpProcess(
+        p.storescp_aet,
+        p.storescp_port,
+        spool or Path(config.store.cache_dir) / "storescp-spool",
+        storescp=str(Path(p.dcmtk_dir) / "storescp"),
+    )
+
+
 def build_retriever(
-    config: Config, method: str, pacs: PacsClient, scp: StoreScp | None = None
+    config: Config,
+    method: str,
+    pacs: PacsClient,
+    scp: StoreScp | None = None,
+    storescp: StoreScpProcess | None = None,
 ) -> Retriever:
     """The retriever of `method` (`[pacs] retrieve`) for `pacs`; `c-move` needs the running SCP
-    where the PACS sends the instances (`[pacs] calling_aet` is its AE title)."""
+    where the PACS sends the instances (`[pacs] calling_aet` is its AE title), `c-move-dcmtk`
+    the dcmtk storescp (`[pacs] storescp_aet`)."""
     if method == "wado-rs":
         if not config.pacs.dicomweb_url:
             raise ValueError(
@@ -626,9 +645,17 @@ def build_retriever(
         if scp is None:
             raise ValueError("la récupération c-move demande le SCP DICOM de la DRIMbox")
         return CMoveRetriever(pacs, scp, config.pacs.calling_aet)
+    if method == "c-move-dcmtk":
+        if storescp is None:
+            raise ValueError("la récupération c-move-dcmtk demande le storescp de dcmtk")
+        return DcmtkMoveRetriever(
+            pacs.settings, storescp, movescu=str(Path(config.pacs.dcmtk_dir) / "movescu")
+        )
     if method == "c-get":
         return CGetRetriever(pacs)
-    raise ValueError(f"méthode de récupération inconnue : {method!r} (c-get, c-move ou wado-rs)")
+    raise ValueError(
+        f"méthode de récupération inconnue : {method!r} (c-get, c-move, c-move-dcmtk ou wado-rs)"
+    )
 
 
 class ImageService:
@@ -663,6 +690,7 @@ class ImageService:
         self.remote = remote or RemoteStudies()
         self.scp = scp
         self._owns_scp = False
+        self.storescp: StoreScpProcess | None = None
         if retriever is None:
             retriever = self._default_retriever()
         self.retriever = retriever
@@ -681,12 +709,16 @@ class ImageService:
                 pacs.calling_aet, pacs.scp_host, pacs.scp_port, senders=pacs.scp_calling_aets()
             )
             self._owns_scp = True
-        return build_retriever(self.config, method, self.pacs, self.scp)
+        if method == "c-move-dcmtk":
+            self.storescp = storescp_process(self.config)
+        return build_retriever(self.config, method, self.pacs, self.scp, self.storescp)
 
     async def start(self) -> None:
         self._users += 1
         if self._users == 1 and self._owns_scp and self.scp is not None:
             await asyncio.to_thread(self.scp.start)
+        if self._users == 1 and self.storescp is not None:
+            await asyncio.to_thread(self.storescp.start)
 
     async def stop(self) -> None:
         self._users -= 1
@@ -695,6 +727,8 @@ class ImageService:
         if self._owns_scp and self.scp is not None:
             await asyncio.to_thread(self.scp.stop)
         await self.fetcher.shutdown()
+        if self.storescp is not None:
+            await asyncio.to_thread(self.storescp.stop)
         aclose: Callable[[], Any] | None = getattr(self.retriever, "aclose", None)
         if aclose is not None:
             await aclose()

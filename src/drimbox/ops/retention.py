@@ -27,6 +27,7 @@ same rows and changes nothing. `RetentionWorker` runs the purge in the node ever
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -108,11 +109,18 @@ class RetentionPurge:
     `RetentionWorker`)."""
 
     def __init__(
-        self, db: Database, retention: RetentionConfig, progress: Progress | None = None
+        self,
+        db: Database,
+        retention: RetentionConfig,
+        progress: Progress | None = None,
+        *,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.db = db
         self.retention = retention
         self.progress = progress or (lambda kind, done: None)
+        # Checked between batches: a node that stops leaves the rest for the next purge.
+        self.stopping = stopping
 
     def run(self, *, dry_run: bool = False, now: datetime | None = None) -> PurgeCounts:
         now = now or utcnow()
@@ -214,7 +222,7 @@ class RetentionPurge:
             with self.db.session() as session:
                 return int(session.scalar(select(func.count()).select_from(model).where(due)) or 0)
         done = 0
-        while True:
+        while not self.stopping():
             with self.db.session() as session:
                 ids = list(
                     session.scalars(
@@ -228,6 +236,7 @@ class RetentionPurge:
                 session.execute(statement(ids))
             done += len(ids)
             self.progress(kind, done)
+        return done
 
 
 def purge_message(counts: PurgeCounts, *, dry_run: bool) -> list[str]:
@@ -252,6 +261,7 @@ class RetentionWorker(LeasedWorker):
         *,
         cache_purge: Callable[[], tuple[int, int]] | None = None,
         metrics: NodeMetrics | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.db = db
         self.owner = config.node.name
@@ -261,6 +271,11 @@ class RetentionWorker(LeasedWorker):
         self.cache_purge = cache_purge
         self.metrics = metrics
         self._scheduled = False
+        self.stop = stop
+
+    def _stopping(self) -> bool:
+        """The node is stopping (its `stop` event, read from the purge's thread)."""
+        return self.stop is not None and self.stop.is_set()
 
     def claim_next(self) -> int | None:
         if not self._scheduled:
@@ -283,18 +298,21 @@ class RetentionWorker(LeasedWorker):
         def progress(kind: str, done: int) -> None:
             log.info("retention purge: %s, %d row(s) so far", kind, done)
 
-        counts = RetentionPurge(self.db, self.retention, progress).run()
-        if self.cache_purge is not None:
+        counts = RetentionPurge(self.db, self.retention, progress, stopping=self._stopping).run()
+        interrupted = self._stopping()
+        if self.cache_purge is not None and not interrupted:
             counts.cache_series, counts.cache_bytes = self.cache_purge()
         now = utcnow()
         with self.db.session() as session:
             job = session.get(PeriodicJob, item_id)
             if job is not None and not self.taken_over(item_id, job.leased_by, job.state):
-                job.next_attempt_at = now + timedelta(hours=self.retention.purge_interval_h)
                 job.leased_by = None
-                job.last_run_at = now
-                job.last_run_by = self.owner
-                job.last_result = counts.as_dict()
+                if interrupted:  # due again at once, for whichever node is (or comes back) up
+                    job.next_attempt_at = now
+                else:
+                    job.next_attempt_at = now + timedelta(hours=self.retention.purge_interval_h)
+                    job.last_run_at, job.last_run_by = now, self.owner
+                    job.last_result = counts.as_dict()
         if self.metrics is not None:
             self.metrics.purged(counts.as_dict())
         if counts.total:

@@ -12,9 +12,11 @@ headers). Nothing retrieved is kept: each instance is counted and dropped.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -24,15 +26,16 @@ from sqlalchemy import select
 from drimbox.config import Config
 from drimbox.db import Database, SpeedTest
 from drimbox.dicom.cache import describe_instance
+from drimbox.dicom.dcmtk import StoreScpProcess
 from drimbox.dicom.model import StudySnapshot
 from drimbox.dicom.pacs import PacsClient, PacsError
-from drimbox.dicom.retrieve import build_retriever, pacs_settings
+from drimbox.dicom.retrieve import build_retriever, pacs_settings, storescp_process
 from drimbox.dicom.scp import ScpError, StoreScp
 from drimbox.french import french_datetime, french_number, french_size
 from drimbox.trust.store import WhitelistStore, whitelist_store
 
 Kind = Literal["pacs", "peer"]
-PACS_MODES: Final = ("c-get", "c-move", "wado-rs")
+PACS_MODES: Final = ("c-get", "c-move", "c-move-dcmtk", "wado-rs")
 # A probe without a study asks for this one: no box holds it, every box answers 4xx.
 PROBE_STUDY_UID: Final = "1.2.250.1.999.0.1"
 # Windows searched, most recent first, for `--latest` (days); then the whole PACS.
@@ -190,7 +193,9 @@ def pacs_speedtest(
     retrieve`), dropping every instance. `study_uid` None: the most recent study."""
     mode = mode or config.pacs.retrieve
     if mode not in PACS_MODES:
-        raise SpeedTestError(f"méthode « {mode} » inconnue : c-get, c-move ou wado-rs")
+        raise SpeedTestError(
+            f"méthode « {mode} » inconnue : c-get, c-move, c-move-dcmtk ou wado-rs"
+        )
     if mode == "wado-rs" and not config.pacs.dicomweb_url:
         raise SpeedTestError(
             "la méthode wado-rs demande la racine DICOMweb du PACS ([pacs] dicomweb_url)"
@@ -209,11 +214,15 @@ def pacs_speedtest(
         "pacs", client.settings.label, mode, uid, expected_images=snapshot.instance_count
     )
     scp = _scp(config) if mode == "c-move" else None
-    try:
-        _retrieve(config, mode, client, scp, snapshot, result)
-    finally:
-        if scp is not None:
-            scp.stop()
+    with tempfile.TemporaryDirectory(prefix="drimbox-speedtest-") as spool:
+        storescp = _storescp(config, Path(spool)) if mode == "c-move-dcmtk" else None
+        try:
+            _retrieve(config, mode, client, scp, storescp, snapshot, result)
+        finally:
+            if scp is not None:
+                scp.stop()
+            if storescp is not None:
+                storescp.stop()
     if result.images < snapshot.instance_count:
         result.ok = False
         result.error = (
@@ -237,16 +246,29 @@ def _scp(config: Config) -> StoreScp:
     return scp
 
 
+def _storescp(config: Config, spool: Path) -> StoreScpProcess:
+    storescp = storescp_process(config, spool)
+    try:
+        storescp.start()
+    except (ScpError, OSError) as exc:
+        raise SpeedTestError(
+            f"le storescp de dcmtk ne peut pas démarrer ({exc}) : la DRIMbox tourne-t-elle "
+            "sur cette machine ? Arrêtez-la le temps du test, ou mesurez en c-get / wado-rs"
+        ) from exc
+    return storescp
+
+
 def _retrieve(
     config: Config,
     mode: str,
     client: PacsClient,
     scp: StoreScp | None,
+    storescp: StoreScpProcess | None,
     snapshot: StudySnapshot,
     result: SpeedResult,
 ) -> None:
     try:
-        retriever = build_retriever(config, mode, client, scp)
+        retriever = build_retriever(config, mode, client, scp, storescp)
     except ValueError as exc:
         raise SpeedTestError(str(exc)) from exc
     meter = _Meter(result)

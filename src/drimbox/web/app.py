@@ -34,7 +34,9 @@ from drimbox.source.grants import Grants
 from drimbox.source.wado import Authorizer, PeerAuthorizer, WadoRoutes, install, peer_dn
 from drimbox.trust.tally import AccessTally
 from drimbox.trust.tls import PeerCheck
+from drimbox.web.conso_routes import LAUNCH_PATH
 from drimbox.web.iid import install_iid_route
+from drimbox.web.origins import SameOriginPosts
 from drimbox.web.pages import STATIC_DIR, STATIC_PATH
 from drimbox.web.viewer import (
     SessionStore,
@@ -133,6 +135,8 @@ def create_viewer_app(
         grants=grants,
         admins=frozenset(config.admin.users),
     )
+    # Every POST of the origin comes from its own pages; the launch from the RIS has its rule.
+    app.add_middleware(SameOriginPosts, public_url=config.viewer.public_url, exempt={LAUNCH_PATH})
     hashes = inline_script_hashes(Path(config.viewer.ohif_dir) / "index.html")
     app.add_middleware(
         SecurityHeaders,

@@ -38,7 +38,12 @@ from drimbox.trust.tls import MtlsH11Protocol, PeerCheck, server_ssl_context
 from drimbox.web.admin_routes import admin_router
 from drimbox.web.app import PEER_PREFIX, VIEWER_PREFIX, create_peer_app, create_viewer_app
 from drimbox.web.auth_routes import CALLBACK_PATH, SessionTokens, auth_router, psc_settings
-from drimbox.web.conso_routes import LAUNCH_PATH, ConsoService, conso_router
+from drimbox.web.conso_routes import (
+    LAUNCH_CONFIRM_PATH,
+    LAUNCH_PATH,
+    ConsoService,
+    conso_router,
+)
 from drimbox.web.metrics_app import ServedMetricsMiddleware, create_metrics_app
 from drimbox.web.sessions import DbSessionStore, load_secret_key
 from drimbox.web.status import StatusSources, status_router
@@ -212,7 +217,8 @@ def build_web(
     # A launch form is a few hundred bytes: refused past its own limit while it is read.
     viewer = _server(config, viewer_app, config.viewer.host, config.viewer.port,
                      ssl=viewer_ssl_context(config),
-                     path_body_limits={LAUNCH_PATH: MAX_FORM_BYTES})  # fmt: skip
+                     path_body_limits={LAUNCH_PATH: MAX_FORM_BYTES,
+                                       LAUNCH_CONFIRM_PATH: MAX_FORM_BYTES})  # fmt: skip
     metrics_server = None
     if config.metrics.enabled:
         metrics_app = create_metrics_app(config, metrics, status)

@@ -224,7 +224,24 @@ def auth_router(
         return RedirectResponse(safe_return(str(form.get("next", "/"))), status_code=303)
 
     @router.get(LOGOUT_PATH)
-    def logout(request: Request, next: str | None = None) -> Response:
+    def logout_page(request: Request, next: str | None = None) -> Response:
+        """A link cannot end a session (any site could link here): the page asks, and its
+        button posts."""
+        view = sessions.view(request.cookies.get(SESSION_COOKIE, ""))
+        if view is None:
+            return message(
+                request,
+                "Déconnecté",
+                "Votre session est terminée.",
+                links=[(sign_in_again(next or "/"), "Se reconnecter")],
+            )
+        return render(request, "logout.html", title="Se déconnecter", user=view.display_name,
+                      next=safe_return(next))  # fmt: skip
+
+    @router.post(LOGOUT_PATH)
+    async def logout(request: Request) -> Response:
+        form = await request.form()
+        next = str(form.get("next", "/"))
         cookie = request.cookies.get(SESSION_COOKIE, "")
         tokens = sessions.tokens(cookie) if cookie else None
         if cookie:

@@ -6,7 +6,11 @@ Routes (French pages; every one but the launch itself needs a session):
 - `POST /lancement` — the RIS/DPI form (ANS field names, `conso.launch`): 400 page listing each
   invalid field, else the launch is stored with an expiry and answered `303` to
   `/consultation/<id>` (an unguessable id). Public by nature: the RIS posts it from the user's
-  browser before any sign-in; it reveals nothing.
+  browser before any sign-in; it reveals nothing. Any page of any site can post it, so only a
+  launch whose `Origin` (else `Referer`) is in `[conso] launch_origins` goes on at once; any
+  other gets a confirmation page naming the patient, nothing stored nor asked of the DMP, whose
+  button posts the same form to `POST /lancement/confirmer` (from this origin: checked by
+  `web.origins.SameOriginPosts` like every POST of the origin).
 - `GET /consultation/<id>` — sign-in first (`/connexion?next=…`); the first session to open the
   launch is bound to it, no other session sees it. The history is read from the DMP as the user
   (TD0.2/TD0.3, ITI-18, ITI-43, `conso.history`) once, stored per launch, and the images of the
@@ -71,7 +75,7 @@ from drimbox.conso.export import (
 from drimbox.conso.filters import filter_from_query
 from drimbox.conso.history import ExamHistory, HistoryQuery, Manifest, read_manifest
 from drimbox.conso.imported import imported_exams
-from drimbox.conso.launch import InvalidLaunch, LaunchContext, parse_launch
+from drimbox.conso.launch import InvalidLaunch, LaunchContext, form_fields, parse_launch
 from drimbox.conso.prefetch import Budget, Candidate, prefetch_order
 from drimbox.conso.retrieval import RetrievalError, SourceRetriever
 from drimbox.conso.xdm import XdmDocument, XdmPatient, write_xdm
@@ -94,6 +98,7 @@ from drimbox.source.grants import session_hash
 from drimbox.trust import audit
 from drimbox.trust.store import WhitelistStore
 from drimbox.trust.tls import PeerCheck, PeerRefused, client_ssl_context
+from drimbox.web.origins import request_origin
 from drimbox.web.pages import french_date, french_number, french_size, message, render
 from drimbox.web.sessions import DbSessionStore, SessionView
 from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
@@ -101,9 +106,11 @@ from drimbox.web.viewer import LOGIN_PATH, SESSION_COOKIE
 log = logging.getLogger(__name__)
 
 LAUNCH_PATH: Final = "/lancement"
+# The confirmation page of a launch from an undeclared origin posts the form again here.
+LAUNCH_CONFIRM_PATH: Final = "/lancement/confirmer"
 CONSULTATION_PATH: Final = "/consultation"
 SITUATION_PATH: Final = "/auth/situation"
-PUBLIC_PATHS: Final = frozenset({LAUNCH_PATH})
+PUBLIC_PATHS: Final = frozenset({LAUNCH_PATH, LAUNCH_CONFIRM_PATH})
 # The audit trail's actor of a launch: the RIS posts it from the browser before any sign-in.
 LAUNCH_ACTOR: Final = "anonyme (lancement contextuel)"
 OPEN_WITHIN: Final = timedelta(minutes=15)  # a launch not opened by then is gone
@@ -996,7 +1003,11 @@ def identity_traits(context: LaunchContext, *, all_traits: bool = False) -> list
 
 
 def patient_banner(launch: Launch) -> dict[str, Any]:
-    context, all_traits = launch.context, launch.all_traits
+    return patient_block(launch.context, all_traits=launch.all_traits)
+
+
+def patient_block(context: LaunchContext, *, all_traits: bool = False) -> dict[str, Any]:
+    """What `_patient.html` shows of the launch's patient."""
     first = context.given_names[0] if context.given_names else ""
     return {
         "name": f"{context.family_name.upper()} {first}".strip(),
@@ -1244,31 +1255,63 @@ def conso_router(service: ConsoService) -> APIRouter:
         try:
             context = parse_launch(body)
         except InvalidLaunch as invalid:
-            # Posted from the user's browser before any sign-in: nobody to name yet.
+            return refused_launch(request, invalid)
+        origin = request_origin(request.headers)
+        if origin not in service.config.conso.launch_origins:
+            # Any page can post this form: nothing reaches the DMP before the user confirms.
             audit.record(service.db, actor=LAUNCH_ACTOR, role="user", action="launch",
-                         result="refused", patient_ins=invalid.ins, remote=_remote(request),
-                         reason=[e.message for e in invalid.errors])  # fmt: skip
-            # The fields only, never their values: the statistics leave the site.
-            faulty = ", ".join(dict.fromkeys(e.field or e.message for e in invalid.errors))
-            record_launch(service.db, ok=False, reason=f"formulaire invalide : {faulty}")
-            return message(
+                         result="refused", patient_ins=context.ins, remote=_remote(request),
+                         reason=f"origine non déclarée ({origin or 'absente'}) : confirmation "
+                         "demandée à l'utilisateur", origin=origin)  # fmt: skip
+            return render(
                 request,
-                "Lancement refusé",
-                "Le logiciel qui a lancé la consultation a envoyé un formulaire incomplet ou "
-                "invalide :",
-                status=400,
-                alert=True,
-                items=[e.message for e in invalid.errors],
-                after=[
-                    "Corrigez la demande (ou signalez-la au service informatique) puis relancez "
-                    "la consultation."
-                ],
+                "launch_confirm.html",
+                title="Ouvrir le dossier de ce patient ?",
+                patient=patient_block(context),
+                origin=origin,
+                fields=form_fields(body),
+                confirm_url=LAUNCH_CONFIRM_PATH,
             )
+        return accepted_launch(request, context, "lancement accepté")
+
+    @router.post(LAUNCH_CONFIRM_PATH)
+    async def confirm_launch(request: Request) -> Response:
+        """The launch form posted again by the confirmation page (same origin: checked by
+        `SameOriginPosts`, as every POST of the origin)."""
+        try:
+            context = parse_launch(await request.body())
+        except InvalidLaunch as invalid:
+            return refused_launch(request, invalid)
+        return accepted_launch(request, context, "lancement confirmé par l'utilisateur")
+
+    def refused_launch(request: Request, invalid: InvalidLaunch) -> Response:
+        # Posted from the user's browser before any sign-in: nobody to name yet.
+        audit.record(service.db, actor=LAUNCH_ACTOR, role="user", action="launch",
+                     result="refused", patient_ins=invalid.ins, remote=_remote(request),
+                     reason=[e.message for e in invalid.errors])  # fmt: skip
+        # The fields only, never their values: the statistics leave the site.
+        faulty = ", ".join(dict.fromkeys(e.field or e.message for e in invalid.errors))
+        record_launch(service.db, ok=False, reason=f"formulaire invalide : {faulty}")
+        return message(
+            request,
+            "Lancement refusé",
+            "Le logiciel qui a lancé la consultation a envoyé un formulaire incomplet ou "
+            "invalide :",
+            status=400,
+            alert=True,
+            items=[e.message for e in invalid.errors],
+            after=[
+                "Corrigez la demande (ou signalez-la au service informatique) puis relancez "
+                "la consultation."
+            ],
+        )
+
+    def accepted_launch(request: Request, context: LaunchContext, reason: str) -> Response:
         launch_id = service.store_launch(context)
         audit.record(service.db, actor=LAUNCH_ACTOR, role="user", action="launch", result="ok",
                      patient_ins=context.ins, study_uid=context.study_instance_uid or "",
                      remote=_remote(request), launch=ref(launch_id),
-                     reason="lancement accepté", consent=context.consent,
+                     reason=reason, consent=context.consent,
                      accession=context.accession_number or "", modality=context.modality or "",
                      study_date=context.study_date.isoformat() if context.study_date else "",
                      region=context.anatomic_region or "")  # fmt: skip

@@ -1,0 +1,238 @@
+"""Benchmark: cold DIMSE retrieval of a series by the box (issue 17 §2) against dcmtk moving the
+same JPEG-LS bytes from the same Orthanc, in one run:
+
+- c-get: pynetdicom C-GET (`[pacs] retrieve = "c-get"`);
+- c-move: pynetdicom C-MOVE to the box's own pynetdicom SCP (`"c-move"`);
+- c-move-dcmtk: dcmtk movescu to the box's supervised storescp, each file handed to the sink
+  by the spool watcher (`"c-move-dcmtk"`);
+- references: dcmtk `movescu` → `storescp +xa` writing the files (what the box's storescp does)
+  and → `storescp +xa --ignore` (receives, stores nothing); all dcmtk with TCP_NODELAY.
+
+Each mode is measured as the product's `drimbox pacs speedtest` (the sink counts and drops; a
+storescp started per test) and as a node fills its cache (`ImageService`, receivers started
+once, instances written into the cache). Then two series moved at once by c-move-dcmtk,
+against the same two one after the other: two peers reading two cold series must not queue
+behind each other. Prints medians, MB/s, the ratios to dcmtk and the load average. Run:
+`uv run python bench/dimse_retrieval.py [--instances 300] [--runs 3]`. Not a test: it asserts
+nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+
+from wado_series import make_series
+
+from drimbox.config import Config, load_config
+from drimbox.dicom.pacs import PacsClient
+from drimbox.dicom.retrieve import ImageService, build_retriever, pacs_settings, storescp_process
+from drimbox.ops.speedtest import pacs_speedtest
+from drimbox.sim.orthanc import LocalOrthanc, RemoteModality
+from drimbox.sim.ports import free_port
+from support.source import pacs_environ
+
+BOX_AET, BOX_DCMTK_AET = "DRIMBOXBENCH", "DRIMBOXBENCHRX"
+STORESCP_AET = "STORESCPBENCH"
+NODELAY = os.environ | {"TCP_NODELAY": "1"}
+
+
+def movescu(pacs: LocalOrthanc, study: str, destination: str) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(
+        ["/usr/bin/movescu", "-S", "-aet", BOX_AET, "-aec", pacs.aet, "-aem", destination,
+         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+         "127.0.0.1", str(pacs.dicom_port)],
+        capture_output=True, text=True, env=NODELAY,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"movescu: {done.stderr or done.stdout}")
+    return elapsed
+
+
+def storescp(port: int, aet: str, *options: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        ["/usr/bin/storescp", "-aet", aet, "+xa", "-pdu", "131072", *options, str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=NODELAY,
+    )  # fmt: skip
+    time.sleep(0.3)
+    return process
+
+
+def two_at_once(config: Config, studies: list[str], spool: Path) -> None:
+    """Two series by c-move-dcmtk, one after the other then at once."""
+    client = PacsClient(pacs_settings(config))
+    series = [(s, str(client.find_series(s)[0].SeriesInstanceUID)) for s in studies]
+    receiver = storescp_process(config, spool)
+    receiver.start()
+    try:
+        retriever = build_retriever(config, "c-move-dcmtk", client, storescp=receiver)
+        counts: list[int] = []
+
+        def one(study: str, uid: str) -> None:
+            counts.append(retriever.retrieve_series(study, uid, lambda data: None, ()))
+
+        started = time.perf_counter()
+        for study, uid in series:
+            one(study, uid)
+        sequential = time.perf_counter() - started
+        threads = [threading.Thread(target=one, args=pair) for pair in series]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        parallel = time.perf_counter() - started
+    finally:
+        receiver.stop()
+    print(
+        f"  two series ({counts[0]} + {counts[1]} images) by c-move-dcmtk: one after the other "
+        f"{sequential:.2f} s, at once {parallel:.2f} s (ratio {parallel / sequential:.2f}; "
+        f"{counts[2] + counts[3]} images received at once)"
+    )
+
+
+def into_the_cache(config: Config, method: str, study: str, runs: int) -> list[float]:
+    """Cold series into a node's cache (`ImageService`, long-lived receivers as in a node):
+    from the request until the entry is complete, the instances written into the cache."""
+    method_config = config.model_copy(
+        update={"pacs": config.pacs.model_copy(update={"retrieve": method})}
+    )
+    series = str(PacsClient(pacs_settings(config)).find_series(study)[0].SeriesInstanceUID)
+
+    async def measure() -> list[float]:
+        service = ImageService(method_config)
+        await service.start()
+        times: list[float] = []
+        try:
+            for _ in range(runs + 1):  # the first one uncounted
+                started = time.perf_counter()
+                async with service.fetcher.series(study, series) as entry:
+                    while not entry.complete and entry.error is None:
+                        await asyncio.sleep(0.002)
+                    if entry.error is not None:
+                        raise entry.error
+                times.append(time.perf_counter() - started)
+                service.cache.drop(study, series)
+        finally:
+            await service.stop()
+        return times[1:]
+
+    return asyncio.run(measure())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    load = os.getloadavg()
+    print(
+        f"DIMSE retrieval benchmark: {args.instances} CT 512×512 JPEG-LS, {args.runs} runs, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    report, files = make_series(args.instances)
+    other, other_files = make_series(args.instances + 1)
+    on_disk = sum(p.stat().st_size for p in files)
+    print(f"  series on disk: {on_disk / 1e6:.0f} MB")
+    scp_port, box_storescp_port, ref_port, ref_ignore_port = (free_port() for _ in range(4))
+    modalities = {
+        "drimbox": RemoteModality(BOX_AET, "127.0.0.1", scp_port),
+        "drimboxrx": RemoteModality(BOX_DCMTK_AET, "127.0.0.1", box_storescp_port),
+        "storescp": RemoteModality(STORESCP_AET, "127.0.0.1", ref_port),
+        "ignore": RemoteModality(STORESCP_AET + "I", "127.0.0.1", ref_ignore_port),
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="drimbox-bench-") as tmp,
+        LocalOrthanc(aet="ORTHANC", work_dir=Path(tmp) / "orthanc", modalities=modalities) as pacs,
+    ):
+        pacs.store_files(files)
+        pacs.store_files(other_files)
+        received = Path(tmp) / "storescp"
+        received.mkdir()
+        references = [
+            storescp(ref_port, STORESCP_AET, "-od", str(received)),
+            storescp(ref_ignore_port, STORESCP_AET + "I", "--ignore"),
+        ]
+        config = load_config(
+            environ={
+                "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+                "DRIMBOX_STORE__CACHE_DIR": f"{tmp}/cache",
+                "DRIMBOX_PACS__STORESCP_AET": BOX_DCMTK_AET,
+                "DRIMBOX_PACS__STORESCP_PORT": str(box_storescp_port),
+                **pacs_environ(pacs, BOX_AET, scp_port),
+            }
+        )
+        study = report.study_instance_uid
+        ours: dict[str, list[tuple[float, float, int]]] = {}
+        theirs: dict[str, list[float]] = {}
+        try:
+            for run in range(-1, args.runs):  # one uncounted warm-up round
+                for mode in ("c-get", "c-move", "c-move-dcmtk"):
+                    result = pacs_speedtest(config, study_uid=study, mode=mode)
+                    if run >= 0:
+                        ours.setdefault(mode, []).append(
+                            (result.seconds, result.first_image_s or 0.0, result.images)
+                        )
+                for label, aet in (("files", STORESCP_AET), ("--ignore", STORESCP_AET + "I")):
+                    seconds = movescu(pacs, study, aet)
+                    shutil.rmtree(received)
+                    received.mkdir()
+                    if run >= 0:
+                        theirs.setdefault(label, []).append(seconds)
+                print(
+                    f"  {'warm-up' if run < 0 else f'run {run + 1}'}: "
+                    + ", ".join(f"{m} {ours[m][-1][0]:.2f} s" for m in ours if run >= 0)
+                    + (
+                        f"; dcmtk files {theirs['files'][-1]:.2f} s, "
+                        f"--ignore {theirs['--ignore'][-1]:.2f} s"
+                        if run >= 0
+                        else ""
+                    ),
+                    flush=True,
+                )
+            node = {m: into_the_cache(config, m, study, args.runs) for m in ours}
+            two_at_once(config, [study, other.study_instance_uid], Path(tmp) / "spool2")
+        finally:
+            for process in references:
+                process.terminate()
+                process.wait(10)
+    reference = statistics.median(theirs["files"])
+    ignore = statistics.median(theirs["--ignore"])
+    print(
+        f"  dcmtk movescu → storescp: writing files {reference:.2f} s "
+        f"({on_disk / reference / 1e6:.0f} MB/s), --ignore {ignore:.2f} s"
+    )
+    for mode, runs in ours.items():
+        wall = statistics.median(r[0] for r in runs)
+        first = statistics.median(r[1] for r in runs)
+        print(
+            f"  {mode}: {wall:.2f} s, {on_disk / wall / 1e6:.0f} MB/s, first image "
+            f"{first * 1000:.0f} ms, {runs[0][2]} images; ratio to dcmtk {wall / reference:.2f} "
+            f"(to --ignore {wall / ignore:.2f})"
+        )
+    for mode, times in node.items():
+        wall = statistics.median(times)
+        print(
+            f"  node cache, {mode}: cold series into the cache {wall:.2f} s "
+            f"({on_disk / wall / 1e6:.0f} MB/s); ratio to dcmtk writing files "
+            f"{wall / reference:.2f}"
+        )
+    load = os.getloadavg()
+    print(f"  load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
