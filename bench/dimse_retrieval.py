@@ -8,16 +8,19 @@ same JPEG-LS bytes from the same Orthanc, in one run:
 - references: dcmtk `movescu` → `storescp +xa` writing the files (what the box's storescp does)
   and → `storescp +xa --ignore` (receives, stores nothing); all dcmtk with TCP_NODELAY.
 
-Each mode is the product's `drimbox pacs speedtest` (the sink counts and drops, as a speed test
-does). Then two series moved at once by c-move-dcmtk, against the same two one after the other:
-two peers reading two cold series must not queue behind each other. Prints medians, MB/s, the
-ratios to dcmtk and the load average. Run: `uv run python bench/dimse_retrieval.py
-[--instances 300] [--runs 3]`. Not a test: it asserts nothing.
+Each mode is measured as the product's `drimbox pacs speedtest` (the sink counts and drops; a
+storescp started per test) and as a node fills its cache (`ImageService`, receivers started
+once, instances written into the cache). Then two series moved at once by c-move-dcmtk,
+against the same two one after the other: two peers reading two cold series must not queue
+behind each other. Prints medians, MB/s, the ratios to dcmtk and the load average. Run:
+`uv run python bench/dimse_retrieval.py [--instances 300] [--runs 3]`. Not a test: it asserts
+nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -34,7 +37,7 @@ from wado_series import make_series
 
 from drimbox.config import Config, load_config
 from drimbox.dicom.pacs import PacsClient
-from drimbox.dicom.retrieve import build_retriever, pacs_settings, storescp_process
+from drimbox.dicom.retrieve import ImageService, build_retriever, pacs_settings, storescp_process
 from drimbox.ops.speedtest import pacs_speedtest
 from drimbox.sim.orthanc import LocalOrthanc, RemoteModality
 from drimbox.sim.ports import free_port
@@ -99,6 +102,35 @@ def two_at_once(config: Config, studies: list[str], spool: Path) -> None:
         f"{sequential:.2f} s, at once {parallel:.2f} s (ratio {parallel / sequential:.2f}; "
         f"{counts[2] + counts[3]} images received at once)"
     )
+
+
+def into_the_cache(config: Config, method: str, study: str, runs: int) -> list[float]:
+    """Cold series into a node's cache (`ImageService`, long-lived receivers as in a node):
+    from the request until the entry is complete, the instances written into the cache."""
+    method_config = config.model_copy(
+        update={"pacs": config.pacs.model_copy(update={"retrieve": method})}
+    )
+    series = str(PacsClient(pacs_settings(config)).find_series(study)[0].SeriesInstanceUID)
+
+    async def measure() -> list[float]:
+        service = ImageService(method_config)
+        await service.start()
+        times: list[float] = []
+        try:
+            for _ in range(runs + 1):  # the first one uncounted
+                started = time.perf_counter()
+                async with service.fetcher.series(study, series) as entry:
+                    while not entry.complete and entry.error is None:
+                        await asyncio.sleep(0.002)
+                    if entry.error is not None:
+                        raise entry.error
+                times.append(time.perf_counter() - started)
+                service.cache.drop(study, series)
+        finally:
+            await service.stop()
+        return times[1:]
+
+    return asyncio.run(measure())
 
 
 def main() -> None:
@@ -171,6 +203,7 @@ def main() -> None:
                     ),
                     flush=True,
                 )
+            node = {m: into_the_cache(config, m, study, args.runs) for m in ours}
             two_at_once(config, [study, other.study_instance_uid], Path(tmp) / "spool2")
         finally:
             for process in references:
@@ -189,6 +222,13 @@ def main() -> None:
             f"  {mode}: {wall:.2f} s, {on_disk / wall / 1e6:.0f} MB/s, first image "
             f"{first * 1000:.0f} ms, {runs[0][2]} images; ratio to dcmtk {wall / reference:.2f} "
             f"(to --ignore {wall / ignore:.2f})"
+        )
+    for mode, times in node.items():
+        wall = statistics.median(times)
+        print(
+            f"  node cache, {mode}: cold series into the cache {wall:.2f} s "
+            f"({on_disk / wall / 1e6:.0f} MB/s); ratio to dcmtk writing files "
+            f"{wall / reference:.2f}"
         )
     load = os.getloadavg()
     print(f"  load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

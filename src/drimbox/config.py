@@ -1073,6 +1073,10 @@ class Config(_Section):
         source = trust.whitelist_source
         if source and "://" not in source:
             trust.whitelist_source = str((base / source).resolve())
+        psc = self.psc.model_copy()
+        for key in ("tls_cert", "tls_key", "ca_file"):
+            if getattr(psc, key):
+                setattr(psc, key, str((base / getattr(psc, key)).resolve()))
         pacs = self.pacs.model_copy()
         if pacs.dicomweb_ca_file:
             pacs.dicomweb_ca_file = str((base / pacs.dicomweb_ca_file).resolve())
@@ -1095,6 +1099,7 @@ class Config(_Section):
                 "dmp": dmp,
                 "viewer": viewer,
                 "trust": trust,
+                "psc": psc,
                 "pacs": pacs,
                 "structures": structures,
             }

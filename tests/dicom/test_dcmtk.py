@@ -5,6 +5,7 @@ over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -19,11 +20,20 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
+from typer.testing import CliRunner
 
+from drimbox.cli import app
 from drimbox.config import Config, ConfigError, load_config
-from drimbox.dicom.dcmtk import DcmtkMoveRetriever, StoreScpProcess, series_key
+from drimbox.dicom.dcmtk import (
+    DcmtkMoveRetriever,
+    IncompleteInstance,
+    StoreScpProcess,
+    series_key,
+)
 from drimbox.dicom.pacs import PacsError
 from drimbox.dicom.retrieve import ImageService, pacs_settings, storescp_process
+from drimbox.ops.aptitude import _Checks
+from drimbox.ops.aptitude import _pacs as pacs_check
 from drimbox.ops.speedtest import pacs_speedtest
 from drimbox.sim.orthanc import LocalOrthanc, RemoteModality, orthanc_available
 from drimbox.sim.ports import free_port
@@ -73,7 +83,9 @@ def studies(pacs: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> dic
     return made
 
 
-def config_for(tmp_path: Path, pacs: LocalOrthanc, rx_port: int, **pacs_keys: str) -> Config:
+def environ_for(
+    tmp_path: Path, pacs: LocalOrthanc, rx_port: int, **pacs_keys: str
+) -> dict[str, str]:
     environ = {
         "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp_path / 'box.db'}",
         "DRIMBOX_STORE__CACHE_DIR": str(tmp_path / "cache"),
@@ -84,7 +96,11 @@ def config_for(tmp_path: Path, pacs: LocalOrthanc, rx_port: int, **pacs_keys: st
         "DRIMBOX_PACS__TIMEOUT_S": "10",
     }
     environ.update({f"DRIMBOX_PACS__{k.upper()}": v for k, v in pacs_keys.items()})
-    return load_config(environ=environ)
+    return environ
+
+
+def config_for(tmp_path: Path, pacs: LocalOrthanc, rx_port: int, **pacs_keys: str) -> Config:
+    return load_config(environ=environ_for(tmp_path, pacs, rx_port, **pacs_keys))
 
 
 @pytest.fixture
@@ -200,6 +216,24 @@ def test_files_nobody_expects_are_discarded(
     )
     assert count == len(received) == 4
     assert {series_key(d) for d in received} == {(STUDY_B, series_of(studies[STUDY_B]))}
+
+
+def test_a_file_cut_short_fails_its_retrieval_instead_of_reaching_the_cache(
+    receiver: StoreScpProcess, studies: dict[str, list[Path]]
+) -> None:
+    whole = studies[STUDY_A][0].read_bytes()
+    for cut in (len(whole) - 1, len(whole) - 5000, 2000):
+        with pytest.raises(IncompleteInstance) as error:
+            series_key(whole[:cut])
+        assert error.value.key == (STUDY_A, series_of(studies[STUDY_A]))
+    received: list[bytes] = []
+    with receiver.expect(STUDY_A, series_of(studies[STUDY_A]), received.append) as expected:
+        (receiver.spool / "CT.cut").write_bytes(whole[: len(whole) - 100])  # as storescp would
+        (receiver.spool / "CT.whole").write_bytes(whole)
+    assert len(received) == 1 and received[0] == whole
+    assert [type(e) for e in expected.errors] == [PacsError]
+    assert "reçue incomplète" in str(expected.errors[0])
+    assert list(receiver.spool.iterdir()) == []
 
 
 def test_storescp_is_restarted_when_it_dies(
@@ -331,3 +365,39 @@ def test_series_key_reads_past_nested_sequences(syntax: str) -> None:
         assert series_key(out.getvalue()) == ("1.2.3", "1.2.3.4")
     with pytest.raises(InvalidDicomError):  # the watcher discards such a file
         series_key(b"not dicom" * 20)
+
+
+def test_the_command_line_speedtest_and_the_aptitude_check_use_it(
+    tmp_path: Path,
+    pacs: LocalOrthanc,
+    rx_port: int,
+    studies: dict[str, list[Path]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in environ_for(tmp_path, pacs, rx_port).items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "drimbox.toml"
+    path.write_text("", encoding="utf-8")
+    runner = CliRunner()
+    command = ["pacs", "speedtest", "--config", str(path), "--study", STUDY_A, "--json"]
+    outcome = runner.invoke(app, command)  # --mode defaults to [pacs] retrieve
+    assert outcome.exit_code == 0, outcome.output
+    figures = json.loads(outcome.stdout)
+    assert (figures["mode"], figures["images"], figures["ok"]) == ("c-move-dcmtk", 6, True)
+
+    config = load_config(path)
+    checks = _Checks()
+    pacs_check(checks, config, None)
+    speed = {c.key: c for c in checks.items}["pacs.speed"]
+    assert speed.status == "ok" and "c-move-dcmtk" in speed.title, speed
+
+    # The node holds the port: the command says so in French instead of measuring nothing.
+    running = storescp_process(config, tmp_path / "node-spool")
+    running.start()
+    try:
+        busy = runner.invoke(app, command)
+    finally:
+        running.stop()
+    assert busy.exit_code == 1
+    assert "storescp de dcmtk ne peut pas démarrer" in busy.output
+    assert "Traceback" not in busy.output

@@ -120,7 +120,7 @@ def series_url(base: str, study: PublishedStudy, series_index: int = 0) -> str:
     return f"{base}/dicom-web-rs/studies/{study.study_uid}/series/{study.series_uids[series_index]}"
 
 
-@pytest.mark.parametrize("method", ["c-get", "c-move", "wado-rs"])
+@pytest.mark.parametrize("method", ["c-get", "c-move", "c-move-dcmtk", "wado-rs"])
 def test_official_series_request_returns_every_instance(
     method: str, tmp_path: Path, pacs: LocalOrthanc, scp_port: int, db: Database
 ) -> None:

@@ -238,8 +238,9 @@ def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
 
 def pacs_environ(pacs: LocalOrthanc, box_aet: str, scp_port: int) -> dict[str, str]:
     """The `[pacs]` settings (as environment) of a box retrieving from `pacs` by every method:
-    its AE title `box_aet`, its C-MOVE SCP on `scp_port`, the PACS's DICOMweb."""
-    return {
+    its AE title `box_aet`, its C-MOVE SCP on `scp_port`, the PACS's DICOMweb, and the dcmtk
+    storescp's port when `pacs` knows it (`orthanc_moving_to`)."""
+    environ = {
         "DRIMBOX_PACS__HOST": "127.0.0.1",
         "DRIMBOX_PACS__PORT": str(pacs.dicom_port),
         "DRIMBOX_PACS__CALLED_AET": pacs.aet,
@@ -247,16 +248,27 @@ def pacs_environ(pacs: LocalOrthanc, box_aet: str, scp_port: int) -> dict[str, s
         "DRIMBOX_PACS__SCP_PORT": str(scp_port),
         "DRIMBOX_PACS__DICOMWEB_URL": pacs.dicomweb_url,
     }
+    storescp = pacs.modalities.get("drimbox-dcmtk")
+    if storescp is not None:
+        environ["DRIMBOX_PACS__STORESCP_AET"] = storescp.aet
+        environ["DRIMBOX_PACS__STORESCP_PORT"] = str(storescp.port)
+    return environ
 
 
 @contextmanager
 def orthanc_moving_to(aet: str, box_aet: str, scp_port: int) -> Iterator[LocalOrthanc]:
-    """An Orthanc that knows the box's SCP (`box_aet` on `scp_port`) as a C-MOVE destination."""
+    """An Orthanc that knows the box's SCP (`box_aet` on `scp_port`) as a C-MOVE destination,
+    and the box's dcmtk storescp (`c-move-dcmtk`, default AE title, a free port) as another."""
 
+    from drimbox.config import PacsConfig
     from drimbox.sim.orthanc import RemoteModality, orthanc_available
+    from drimbox.sim.ports import free_port
 
     if not orthanc_available():
         missing("Orthanc not installed (Debian packages orthanc, orthanc-dicomweb)")
-    modalities = {"drimbox": RemoteModality(box_aet, "127.0.0.1", scp_port)}
+    modalities = {
+        "drimbox": RemoteModality(box_aet, "127.0.0.1", scp_port),
+        "drimbox-dcmtk": RemoteModality(PacsConfig().storescp_aet, "127.0.0.1", free_port()),
+    }
     with LocalOrthanc(aet=aet, modalities=modalities) as orthanc:
         yield orthanc

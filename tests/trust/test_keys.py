@@ -29,6 +29,7 @@ from drimbox.trust.keys import (
 )
 from drimbox.trust.tls import client_ssl_context, server_ssl_context
 from drimbox.web.metrics_app import certificate_files, days_to_expiry
+from drimbox.web.sessions import load_secret_key
 
 PASS_VARIABLE = "DRIMBOX_DMP_KEY_PASS"
 
@@ -196,3 +197,24 @@ def test_a_pkcs12_certificate_s_expiry_is_watched(
     days = days_to_expiry(str(p12), datetime.now(UTC), PASS_VARIABLE)
     assert days is not None and 39 < days <= 40
     assert days_to_expiry(str(p12), datetime.now(UTC)) is None  # no passphrase: unreadable
+
+
+def test_the_session_secret_is_refused_when_others_may_read_it(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.key"
+    assert len(load_secret_key(secret)) == 32  # created 0600 at first use
+    assert secret.stat().st_mode & 0o777 == 0o600
+    secret.chmod(0o644)
+    with pytest.raises(KeyFileError, match="accessible à d'autres comptes"):
+        load_secret_key(secret)
+    file = tmp_path / "drimbox.toml"
+    file.write_text(f'[store]\nsecret_key_file = "{secret}"\n')
+    problems = key_problems(load_config(file))
+    assert len(problems) == 1 and problems[0].startswith("[store] secret_key_file")
+
+
+def test_psc_key_paths_are_relative_to_the_configuration_file(tmp_path: Path) -> None:
+    file = tmp_path / "drimbox.toml"
+    file.write_text('[psc]\ntls_cert = "certs/psc.p12"\nca_file = "certs/ca.pem"\n')
+    psc = load_config(file).psc
+    assert psc.tls_cert == psc.tls_key == str(tmp_path / "certs" / "psc.p12")
+    assert psc.ca_file == str(tmp_path / "certs" / "ca.pem")

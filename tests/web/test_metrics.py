@@ -75,6 +75,13 @@ def test_metrics_follow_a_publication_and_a_retrieval(site: Site) -> None:
     assert before.value("drimbox_dependency_up", dependency="pacs") == 1
     assert before.value("drimbox_wado_served_requests_total", channel="peer") == 0
     assert before.value("drimbox_cache_bytes") == 0
+    # The node ran its retention purge when it started (nothing was old enough to go).
+    purged = wait_for_metrics(
+        url,
+        lambda s: s.get_value("drimbox_retention_last_purge_age_seconds", node=NODE) is not None,
+    )
+    assert 0 <= purged.value("drimbox_retention_last_purge_age_seconds", node=NODE) < 600
+    assert purged.value("drimbox_retention_purged_total", kind="reports") == 0
 
     token = site.psc.mint_access_token("radiologue")
     with peer_client(site, site.trusted_peer) as client:

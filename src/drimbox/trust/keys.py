@@ -57,7 +57,7 @@ def permission_problem(path: str | Path) -> str | None:
     other_group = bool(mode & stat.S_IRGRP) and info.st_gid != os.getegid()
     if mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP) or other_group:
         return (
-            f"clé privée {path} accessible à d'autres comptes (droits {mode:04o}) : refusée. "
+            f"clé {path} accessible à d'autres comptes (droits {mode:04o}) : refusée. "
             f"Corrigez avec « chmod 600 {path} » (propriétaire : le compte du service), ou "
             f"« chown root:drimbox {path} && chmod 640 {path} » (docs/deploy.md)"
         )
@@ -284,4 +284,7 @@ def key_problems(config: Config, *, environ: Mapping[str, str] | None = None) ->
         problem = key_problem(label, cert_path, key_path, env, environ=environ)
         if problem is not None:
             problems.append(problem)
+    secret = config.store.secret_key_file  # the sessions' key: created 0600 at first start
+    if Path(secret).exists() and (problem := permission_problem(secret)) is not None:
+        problems.append(f"[store] secret_key_file : {problem}")
     return problems

@@ -23,14 +23,19 @@ from sqlalchemy import delete
 from drimbox.auth.psc import LoginRequest, PscTokens
 from drimbox.auth.users import PscUser
 from drimbox.db import Database, LoginRequestRow, UserSession, aware, utcnow
+from drimbox.trust.keys import KeyFileError, permission_problem
 from drimbox.web.viewer import ViewerSession
 
 LOGIN_TTL = timedelta(minutes=10)
 
 
 def load_secret_key(path: Path) -> bytes:
-    """The node's 256-bit key, created (0600) on first use."""
+    """The node's 256-bit key, created (0600) on first use; refused when other accounts may
+    read it (`drimbox.trust.keys`)."""
     if path.exists():
+        problem = permission_problem(path)
+        if problem is not None:
+            raise KeyFileError(problem)
         key = path.read_bytes()
         if len(key) != 32:
             raise ValueError(f"clé secrète invalide ({path}) : 32 octets attendus")
