@@ -124,15 +124,17 @@ def test_dicom_tls_to_the_pacs(
         PacsClient(pacs_settings(untrusted)).echo()
 
 
+def associate(port: int, calling: str = "PACS") -> bool:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DRIMBOX")
+    established = bool(assoc.is_established)
+    if established:
+        assoc.release()
+    return established
+
+
 def test_scp_accepts_only_the_configured_hosts() -> None:
-    def associate(port: int) -> bool:
-        ae = AE(ae_title="PACS")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", port, ae_title="DRIMBOX")
-        established = bool(assoc.is_established)
-        if established:
-            assoc.release()
-        return established
 
     for hosts, accepted in ((["192.0.2.0/24"], False), (["127.0.0.1"], True), ([], True)):
         scp = StoreScp("DRIMBOX", "127.0.0.1", 0, senders=["PACS"], sender_hosts=hosts)
@@ -141,3 +143,27 @@ def test_scp_accepts_only_the_configured_hosts() -> None:
             assert associate(scp.bound_port) is accepted, hosts
         finally:
             scp.stop()
+
+
+def test_the_node_scp_takes_rejection_notes_only_from_the_pacs_host(tmp_path: Path) -> None:
+    """The running Source's SCP, where IOCM rejection notes arrive: the PACS's AE title from
+    another host than `[pacs] scp_sender_hosts` is refused before any PDU."""
+    config = node_config(tmp_path, None, {
+        "DRIMBOX_PACS__CALLED_AET": "PACS",
+        "DRIMBOX_PACS__PORT": "9",
+        "DRIMBOX_PACS__TIMEOUT_S": "1",
+        "DRIMBOX_PACS__SCP_SENDER_HOSTS": "192.0.2.10",
+    })  # fmt: skip
+    with RunningNode(config) as node:
+        assert node.node.scp is not None
+        assert not associate(node.node.scp.bound_port)
+    allowed = node_config(tmp_path, None, {
+        "DRIMBOX_PACS__CALLED_AET": "PACS",
+        "DRIMBOX_PACS__PORT": "9",
+        "DRIMBOX_PACS__TIMEOUT_S": "1",
+        "DRIMBOX_PACS__SCP_SENDER_HOSTS": "127.0.0.0/8",
+    })  # fmt: skip
+    with RunningNode(allowed) as node:
+        assert node.node.scp is not None
+        assert associate(node.node.scp.bound_port)
+        assert not associate(node.node.scp.bound_port, calling="INTRUDER")  # AE title still checked
