@@ -100,7 +100,8 @@ def test_config_check_verifies_each_structures_certificates(tmp_path: Path) -> N
     good = structure_certificates(tmp_path, pki, "101235555", prefix="a")
     other = structure_certificates(tmp_path, pki, "3123456789012345", prefix="b")
     base = (
-        '[roles]\nsource = true\n[dmp]\nbase_url = "https://dmp.test"\n'
+        "[roles]\nsource = true\n[http]\ninsecure_plain_http = true\n"
+        '[dmp]\nbase_url = "https://dmp.test"\n'
         f'tls_ca = "{tmp_path / "ca.crt"}"\n'
     )
 
@@ -146,7 +147,8 @@ def test_config_check_verifies_the_psc_client_certificate(tmp_path: Path) -> Non
     def psc_file(name: str, client_id: str, cert: Path | None, key: Path | None) -> Path:
         file = tmp_path / f"{name}.toml"
         file.write_text(
-            f'[roles]\nsource = false\nconso = true\n[psc]\nclient_id = "{client_id}"\n'
+            "[roles]\nsource = false\nconso = true\n[http]\ninsecure_plain_http = true\n"
+            f'[psc]\nclient_id = "{client_id}"\n'
             f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
         )
         return file

@@ -118,6 +118,9 @@ def config_check(file: Path) -> None:
     _check_structures(config)
     _check_psc_certificate(config)
     _check_keys(config)
+    from drimbox.web.assembly import transport_problems
+
+    _refuse_if_any("Transport non chiffré", transport_problems(config))
 
 
 def _refuse_if_any(title: str, problems: list[str]) -> None:

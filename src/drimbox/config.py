@@ -211,6 +211,13 @@ class HttpConfig(_Section):
         "(403 sinon). /health répond à tous et ne dit rien d'autre que « ok ».",
     )
 
+    insecure_plain_http: bool = Field(
+        False,
+        description="Servir l'origine des pairs en HTTP clair quand [trust] tls_cert est vide "
+        "(démonstration, tests). Sans ce drapeau, la DRIMbox refuse de démarrer sans TLS : les "
+        "images ne circulent jamais en clair entre DRIMbox.",
+    )
+
     _split = field_validator("status_allow", mode="before")(_comma_separated)
     _status_networks = field_validator("status_allow")(_networks)
 
@@ -241,7 +248,21 @@ class ViewerConfig(_Section):
         "Pharmaciens (21) et infirmiers (60) sont refusés par défaut.",
     )
 
+    tls_cert: str = Field(
+        "",
+        description="Certificat serveur (PEM, ou PKCS#12) pour que la visionneuse serve elle-même "
+        "le HTTPS ; vide : HTTP, derrière un mandataire inverse qui termine le TLS.",
+    )
+    tls_key: str = Field("", description="Clé privée (PEM) de ce certificat.")
+    key_passphrase_env: str = Field("", description=PASSPHRASE_ENV_DESCRIPTION)
+
     _split = field_validator("iid_professions", mode="before")(_comma_separated)
+    _passphrase = field_validator("key_passphrase_env")(_passphrase_env)
+
+    @model_validator(mode="after")
+    def _pkcs12(self) -> ViewerConfig:
+        _pkcs12_pairs(self, ("tls_cert", "tls_key"))
+        return self
 
     @field_validator("iid_professions")
     @classmethod
@@ -270,6 +291,18 @@ class Hl7Config(_Section):
         description="Fermeture d'une connexion MLLP inactive ou d'un message inachevé "
         "(secondes) ; le RIS se reconnecte.",
     )
+    tls_cert: str = Field(
+        "",
+        description="Certificat serveur (PEM, ou PKCS#12) : MLLP sur TLS ; vide : MLLP en clair "
+        "(réseau local du site).",
+    )
+    tls_key: str = Field("", description="Clé privée (PEM) de ce certificat.")
+    key_passphrase_env: str = Field("", description=PASSPHRASE_ENV_DESCRIPTION)
+    tls_client_ca: str = Field(
+        "",
+        description="Autorités (PEM) des certificats clients exigés du RIS (TLS mutuel) ; vide : "
+        "pas de certificat client demandé.",
+    )
     max_connections: int = Field(
         16,
         ge=1,
@@ -284,12 +317,15 @@ class Hl7Config(_Section):
         "fermée, le RIS renverra.",
     )
 
+    _passphrase = field_validator("key_passphrase_env")(_passphrase_env)
+
     @model_validator(mode="after")
     def _pending_holds_a_message(self) -> Hl7Config:
         if self.max_pending_bytes < self.max_message_bytes:
             raise ValueError(
                 "max_pending_bytes doit être au moins max_message_bytes (un message entier)"
             )
+        _pkcs12_pairs(self, ("tls_cert", "tls_key"))
         return self
 
 
@@ -345,6 +381,25 @@ class PacsConfig(_Section):
         description="Autorités (PEM) du DICOMweb du PACS quand il est en https ; vide : celles "
         "du système.",
     )
+    tls: bool = Field(
+        False,
+        description="Associations DICOM vers le PACS sur TLS (DICOM PS3.15 B.1) ; le certificat "
+        "du PACS doit nommer [pacs] host.",
+    )
+    tls_ca: str = Field(
+        "",
+        description="Autorités (PEM) du certificat TLS DICOM du PACS ; vide : celles du système.",
+    )
+    tls_cert: str = Field(
+        "", description="Certificat client (PEM) présenté au PACS en TLS, s'il en exige un."
+    )
+    tls_key: str = Field("", description="Clé privée (PEM) de ce certificat client.")
+    key_passphrase_env: str = Field("", description=PASSPHRASE_ENV_DESCRIPTION)
+    scp_sender_hosts: list[str] = Field(
+        default_factory=list,
+        description="Réseaux (CIDR) ou adresses d'où le SCP de la DRIMbox accepte une "
+        "association (le PACS) ; vide : toute adresse (les AE Titles restent vérifiés).",
+    )
     timeout_s: float = Field(30.0, gt=0, description="Délai d'attente réseau DICOM (secondes).")
     max_pdu: int = Field(
         0, ge=0, description="Taille maximale de PDU reçue (octets, 0 = illimitée)."
@@ -372,6 +427,10 @@ class PacsConfig(_Section):
     @classmethod
     def _aets(cls, values: list[str]) -> list[str]:
         return [_ae_title(value) for value in values]
+
+    _split_hosts = field_validator("scp_sender_hosts", mode="before")(_comma_separated)
+    _hosts = field_validator("scp_sender_hosts")(_networks)
+    _passphrase = field_validator("key_passphrase_env")(_passphrase_env)
 
     def scp_calling_aets(self) -> list[str]:
         """Who may open an association to the box's SCP: the PACS, and `scp_senders`."""

@@ -64,7 +64,7 @@ class NodeMetrics:
         self.retrievals = self._counter(
             "drimbox_retrievals_total",
             "Series retrieved into the cache, by origin (pacs, source: another DRIMbox by "
-            "WADO-RS), method (wado-rs, c-get, c-move) and result (ok, error).",
+            "WADO-RS), method (wado-rs, c-get, c-move, c-move-dcmtk) and result (ok, error).",
             ["origin", "method", "result"],
         )
         self.retrieved_bytes = self._counter(

@@ -27,7 +27,8 @@ from drimbox.source.pipeline import ReportPipeline, pacs_settings
 from drimbox.source.recheck import LateImagesWorker
 from drimbox.trust.keys import KeyFileError, key_problems
 from drimbox.trust.store import WhitelistStore, whitelist_store
-from drimbox.web.assembly import WebServers, build_web
+from drimbox.trust.tls import mllp_ssl_context
+from drimbox.web.assembly import WebServers, build_web, transport_problems
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class Node:
         if problems:  # refuse to start rather than fail at the first DMP or peer call
             raise KeyFileError("clés privées inutilisables : " + " ; ".join(problems))
         await asyncio.to_thread(self.db.upgrade)
+        if problems := transport_problems(self.config):
+            raise ValueError(" ; ".join(problems))
         if self.config.roles.source:
             await asyncio.to_thread(self._reclaim)
         self.whitelist = whitelist_store(self.config)
@@ -67,6 +70,7 @@ class Node:
                 idle_timeout_s=self.config.hl7.idle_timeout_s,
                 max_connections=self.config.hl7.max_connections,
                 max_pending_bytes=self.config.hl7.max_pending_bytes,
+                ssl=mllp_ssl_context(self.config),
             )
             await self.mllp.start()
             self.pipeline = ReportPipeline(self.config, self.db)
@@ -76,6 +80,7 @@ class Node:
                 self.config.pacs.scp_host,
                 self.config.pacs.scp_port,
                 senders=self.config.pacs.scp_calling_aets(),
+                sender_hosts=self.config.pacs.scp_sender_hosts,
             )
             self.scp.add_handler(IocmStoreHandler(self.db))
             await asyncio.to_thread(self.scp.start)

@@ -24,7 +24,12 @@ from typer.testing import CliRunner
 
 from drimbox.cli import app
 from drimbox.config import Config, ConfigError, load_config
-from drimbox.dicom.dcmtk import DcmtkMoveRetriever, StoreScpProcess, series_key
+from drimbox.dicom.dcmtk import (
+    DcmtkMoveRetriever,
+    IncompleteInstance,
+    StoreScpProcess,
+    series_key,
+)
 from drimbox.dicom.pacs import PacsError
 from drimbox.dicom.retrieve import ImageService, pacs_settings, storescp_process
 from drimbox.ops.aptitude import _Checks
@@ -211,6 +216,24 @@ def test_files_nobody_expects_are_discarded(
     )
     assert count == len(received) == 4
     assert {series_key(d) for d in received} == {(STUDY_B, series_of(studies[STUDY_B]))}
+
+
+def test_a_file_cut_short_fails_its_retrieval_instead_of_reaching_the_cache(
+    receiver: StoreScpProcess, studies: dict[str, list[Path]]
+) -> None:
+    whole = studies[STUDY_A][0].read_bytes()
+    for cut in (len(whole) - 1, len(whole) - 5000, 2000):
+        with pytest.raises(IncompleteInstance) as error:
+            series_key(whole[:cut])
+        assert error.value.key == (STUDY_A, series_of(studies[STUDY_A]))
+    received: list[bytes] = []
+    with receiver.expect(STUDY_A, series_of(studies[STUDY_A]), received.append) as expected:
+        (receiver.spool / "CT.cut").write_bytes(whole[: len(whole) - 100])  # as storescp would
+        (receiver.spool / "CT.whole").write_bytes(whole)
+    assert len(received) == 1 and received[0] == whole
+    assert [type(e) for e in expected.errors] == [PacsError]
+    assert "reçue incomplète" in str(expected.errors[0])
+    assert list(receiver.spool.iterdir()) == []
 
 
 def test_storescp_is_restarted_when_it_dies(

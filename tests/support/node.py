@@ -46,6 +46,8 @@ def node_config(
         "DRIMBOX_PACS__TIMEOUT_S": "5",
         "DRIMBOX_PACS__SCP_PORT": "0",
         "DRIMBOX_HTTP__PORT": "0",
+        # Most tests talk to the peer origin in plain HTTP; the trust tests configure TLS.
+        "DRIMBOX_HTTP__INSECURE_PLAIN_HTTP": "true",
         # Off unless a test turns it on; then on a free port.
         "DRIMBOX_METRICS__PORT": "0",
         # A known port: PSC redirects the browser back to the viewer's public URL.

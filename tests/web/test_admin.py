@@ -54,6 +54,11 @@ def test_console_for_an_administrator(node: RunningNode) -> None:
         assert "envoi au DMP" in status.text and "Travail en cours" in status.text
         reports = browser.get(f"{base}/admin/comptes-rendus")
         assert "Identité incohérente" in reports.text and "Relancer" in reports.text
+        # Another site's page cannot make the administrator's browser act.
+        forged = browser.post(f"{base}/admin/comptes-rendus/1/relancer",
+                              headers={"Origin": "https://attaque.test"})  # fmt: skip
+        assert forged.status_code == 403 and "Action refusée" in forged.text
+        assert "report_retry" not in {e["action"] for e in audit.events(node.node.db)}
         retried = browser.post(f"{base}/admin/comptes-rendus/1/relancer")
         assert "nouvelle interrogation du PACS" in retried.text
         # A report that does not exist: 404, and an error in the audit trail (not "ok").

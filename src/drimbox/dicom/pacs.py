@@ -20,7 +20,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -145,6 +145,13 @@ class PacsSettings:
     dimse_timeout: float = 120.0
     network_timeout: float = 120.0
     max_pdu: int = 262144
+    # DICOM over TLS (PS3.15 B.1): the client context (`dicom.retrieve.pacs_tls`); None: TCP.
+    tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def tls_args(self) -> tuple[ssl.SSLContext, str] | None:
+        """pynetdicom's `tls_args`: the context and the host name the PACS certificate names."""
+        return (self.tls, self.host) if self.tls is not None else None
 
     def __post_init__(self) -> None:
         for name, aet in (("called_aet", self.called_aet), ("calling_aet", self.calling_aet)):
@@ -426,14 +433,21 @@ class PacsClient:
         those classes, and `sink` receives what C-GET brings back."""
         s = self.settings
         if retrieve_sop_classes is None:
-            assoc = self._new_ae().associate(s.host, s.port, ae_title=s.called_aet)
+            assoc = self._new_ae().associate(
+                s.host, s.port, ae_title=s.called_aet, tls_args=s.tls_args
+            )
         else:
             ae, roles = self._retrieve_ae(retrieve_sop_classes)
             handlers: list[Any] = []
             if sink is not None:
                 handlers.append((evt.EVT_C_STORE, _store_handler(sink)))
             assoc = ae.associate(
-                s.host, s.port, ae_title=s.called_aet, ext_neg=roles, evt_handlers=handlers
+                s.host,
+                s.port,
+                ae_title=s.called_aet,
+                ext_neg=roles,
+                evt_handlers=handlers,
+                tls_args=s.tls_args,
             )
         if not assoc.is_established:
             raise PacsError(self._association_failure(assoc))
@@ -706,7 +720,7 @@ def store_instances(
     ae = client._configured_ae()
     for sop_class, syntax in pairs:
         ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate(s.host, s.port, ae_title=s.called_aet)
+    assoc = ae.associate(s.host, s.port, ae_title=s.called_aet, tls_args=s.tls_args)
     if not assoc.is_established:
         raise PacsError(client._association_failure(assoc))
     outcomes: list[StoreOutcome] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import threading
 import time
@@ -586,7 +587,25 @@ def pacs_settings(config: Config) -> PacsSettings:
         dimse_timeout=max(p.timeout_s, 120.0),
         network_timeout=max(p.timeout_s, 120.0),
         max_pdu=p.max_pdu or 262144,
+        tls=pacs_tls(config),
     )
+
+
+def pacs_tls(config: Config) -> ssl.SSLContext | None:
+    """The TLS context of DICOM associations to the PACS (`[pacs] tls`), None for plain TCP:
+    the box's TLS policy, the PACS's CAs, and the client certificate if one is configured
+    (PEM; its permissions are checked at start with the other keys)."""
+    p = config.pacs
+    if not p.tls:
+        return None
+    context = trusted_authorities(p.tls_ca, "[pacs] tls_ca")
+    if p.tls_cert:
+        password = os.environ.get(p.key_passphrase_env) if p.key_passphrase_env else None
+        try:
+            context.load_cert_chain(p.tls_cert, p.tls_key or p.tls_cert, password)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"[pacs] tls_cert / tls_key illisibles ({exc})") from exc
+    return context
 
 
 def storescp_process(config: Config, spool: Path | None = None) -> StoreScpProcess:

@@ -13,6 +13,7 @@ its own module.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -74,12 +75,17 @@ class StoreScp:
         *,
         max_pdu: int = 262144,
         senders: list[str] | None = None,
+        sender_hosts: list[str] | None = None,
     ) -> None:
         self.aet = aet
         self.host = host
         self.port = port
         self.max_pdu = max_pdu
         self.senders = list(senders or [])
+        # Networks the callers must come from (empty: any); checked before any DICOM is read.
+        self.sender_networks = [
+            ipaddress.ip_network(host, strict=False) for host in sender_hosts or []
+        ]
         self._handlers: list[StoreHandler] = []
         self._lock = threading.Lock()
         self._server: Any = None
@@ -123,10 +129,26 @@ class StoreScp:
             raise ScpError(
                 f"le SCP DICOM ne peut pas écouter sur {self.host}:{self.port} : {exc}"
             ) from exc
+        if self.sender_networks:
+            self._server.verify_request = self._from_allowed_host
         # Accepted sockets inherit TCP_NODELAY from the listener on Linux: no ~40 ms stalls on
         # DIMSE's small writes (ARCHITECTURE §2.6).
         self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.info("DICOM SCP %s listening on %s:%d", self.aet, self.host, self.bound_port)
+
+    def _from_allowed_host(self, request: Any, client_address: Any) -> bool:
+        """socketserver's hook: a connection from another host is closed before any PDU."""
+        host = str(client_address[0])
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address is not None and any(address in n for n in self.sender_networks):
+            return True
+        log.warning("DICOM SCP: connection from %s refused ([pacs] scp_sender_hosts)", host)
+        return False
 
     def stop(self) -> None:
         if self._server is not None:

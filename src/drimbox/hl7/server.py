@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as ssl_module
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -75,8 +76,10 @@ class MllpServer:
         idle_timeout_s: float = 60.0,
         max_connections: int = 16,
         max_pending_bytes: int = 64 * 1024 * 1024,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self._handler = handler
+        self.ssl = ssl  # MLLP over TLS when given
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
@@ -94,7 +97,13 @@ class MllpServer:
             reader = _BudgetedReader(self._readers, self.max_pending_bytes, self.max_message_bytes)
             return HL7StreamProtocol(reader, self._serve_connection, loop=loop, encoding="utf-8")
 
-        self._server = await loop.create_server(factory, self.host, self.port)
+        self._server = await loop.create_server(
+            factory,
+            self.host,
+            self.port,
+            ssl=self.ssl,
+            ssl_handshake_timeout=self.idle_timeout_s if self.ssl else None,
+        )
         sockets = list(self._server.sockets)
         if sockets and self.port == 0:
             self.port = sockets[0].getsockname()[1]

@@ -5,11 +5,14 @@ Each request is appended as one JSON line to `<cache_dir>/access-log.jsonl` as i
 node's local, per-request trace, written even when the database is not. The audit trail
 (`drimbox.trust.audit`) holds the same accesses summed per caller, study, action and minute
 (`drimbox.trust.tally`), refusals one by one. `record_retrieval` must never raise into the request
-that is being served: a record that cannot be written is logged as an error.
+that is being served: a record that cannot be written is logged as an error. The file is rotated
+(`access-log.jsonl.1` … `.4`) past 64 MiB, so that one line per frame request cannot fill the
+disk: the audit trail is the record kept for years, this file the recent detail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -20,6 +23,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ACCESS_LOG_NAME = "access-log.jsonl"
+ACCESS_LOG_MAX_BYTES = 64 * 1024 * 1024
+ACCESS_LOG_GENERATIONS = 4  # rotated files kept besides the current one
 _lock = threading.Lock()
 
 
@@ -57,16 +62,31 @@ def access_log_path(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / ACCESS_LOG_NAME
 
 
-def record_retrieval(path: Path, record: RetrievalRecord) -> None:
-    """Append `record` to the access log at `path` (one JSON object per line)."""
+def record_retrieval(
+    path: Path, record: RetrievalRecord, *, max_bytes: int = ACCESS_LOG_MAX_BYTES
+) -> None:
+    """Append `record` to the access log at `path` (one JSON object per line), rotating the
+    file first once it holds `max_bytes`."""
     line = json.dumps(asdict(record), ensure_ascii=False) + "\n"
     try:
         with _lock:
             path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_size >= max_bytes:
+                    _rotate(path)
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(line)
     except OSError as exc:
         log.error("access log %s not written (%s): %s", path, exc, line.strip())
+
+
+def _rotate(path: Path) -> None:
+    """`path` becomes `path.1`, `.1` becomes `.2`…; the oldest generation is dropped."""
+    for generation in range(ACCESS_LOG_GENERATIONS, 0, -1):
+        older = path.with_name(f"{path.name}.{generation}")
+        newer = path.with_name(f"{path.name}.{generation - 1}") if generation > 1 else path
+        if newer.exists():
+            newer.replace(older)
 
 
 def read_records(path: Path) -> list[RetrievalRecord]:

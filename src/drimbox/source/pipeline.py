@@ -29,6 +29,7 @@ from drimbox.dicom.kos import (
     referenced_instances,
 )
 from drimbox.dicom.pacs import PacsClient, PacsError, PacsSettings
+from drimbox.dicom.retrieve import pacs_tls
 from drimbox.source.lifecycle import (
     confidentiality_of,
     latest_published,
@@ -70,6 +71,7 @@ def pacs_settings(config: Config) -> PacsSettings:
         dimse_timeout=pacs.timeout_s,
         network_timeout=pacs.timeout_s,
         max_pdu=pacs.max_pdu,
+        tls=pacs_tls(config),
     )
 
 

@@ -247,7 +247,12 @@ def configured_keys(config: Config) -> list[tuple[str, str, str, str]]:
         ("[dmp] signing_key", dmp.signing_cert, dmp.signing_key, dmp.key_passphrase_env),
         ("[psc] tls_key", psc.tls_cert, psc.tls_key, psc.key_passphrase_env),
         ("[trust] tls_key", trust.tls_cert, trust.tls_key, trust.key_passphrase_env),
-    ]
+        ("[viewer] tls_key", config.viewer.tls_cert, config.viewer.tls_key,
+         config.viewer.key_passphrase_env),
+        ("[hl7] tls_key", config.hl7.tls_cert, config.hl7.tls_key, config.hl7.key_passphrase_env),
+        ("[pacs] tls_key", config.pacs.tls_cert, config.pacs.tls_key,
+         config.pacs.key_passphrase_env),
+    ]  # fmt: skip
     for structure in config.structures:
         label, env = f"[[structures]] {structure.id}", structure.key_passphrase_env
         found.append((f"{label} tls_key", structure.tls_cert, structure.tls_key, env))

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from drimbox.config import Config
 from drimbox.http.rawbody import RawBodyH11Protocol
 from drimbox.http.tlspolicy import harden, server_context
 from drimbox.trust.dn import DistinguishedName
@@ -80,6 +81,20 @@ def client_ssl_context(
     for ca in _files(server_ca):
         context.load_verify_locations(cafile=ca)
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+def mllp_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """MLLP over TLS (`[hl7] tls_cert`), the RIS's client certificate required when
+    `[hl7] tls_client_ca` names its CA; None: plain MLLP."""
+    hl7 = config.hl7
+    if not hl7.tls_cert:
+        return None
+    context = server_context()
+    load_cert_chain(context, hl7.tls_cert, hl7.tls_key, hl7.key_passphrase_env)
+    if hl7.tls_client_ca:
+        context.load_verify_locations(cafile=hl7.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 

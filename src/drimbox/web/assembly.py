@@ -12,6 +12,7 @@ Owns the choice of token verifier and session store; the routes themselves live 
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from drimbox.db import Database
 from drimbox.dicom.pacs import PacsClient
 from drimbox.dicom.retrieve import ImageService
 from drimbox.http.server import HttpServer
-from drimbox.http.tlspolicy import client_context
+from drimbox.http.tlspolicy import client_context, server_context
 from drimbox.source.pipeline import pacs_settings
 from drimbox.trust.keys import load_cert_chain
 from drimbox.trust.store import WhitelistStore
@@ -108,6 +109,28 @@ def _server(config: Config, app: Any, host: str, port: int, **options: Any) -> H
                       max_body_bytes=config.http.max_body_bytes, **options)  # fmt: skip
 
 
+def transport_problems(config: Config) -> list[str]:
+    """Why the node must not start as configured (French): the peer origin never falls back to
+    plain HTTP silently — only with `[http] insecure_plain_http` (demo, tests)."""
+    if config.trust.tls_cert or config.http.insecure_plain_http:
+        return []
+    return [
+        "l'origine des pairs (port [http]) servirait les images en HTTP clair : configurez le "
+        "TLS mutuel ([trust] tls_cert, tls_key, tls_ca), ou, pour une démonstration seulement, "
+        "[http] insecure_plain_http = true"
+    ]
+
+
+def viewer_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The user origin's own HTTPS (`[viewer] tls_cert`), under the box's TLS policy."""
+    viewer = config.viewer
+    if not viewer.tls_cert:
+        return None
+    context = server_context()
+    load_cert_chain(context, viewer.tls_cert, viewer.tls_key, viewer.key_passphrase_env)
+    return context
+
+
 def build_web(
     config: Config,
     db: Database,
@@ -144,9 +167,9 @@ def build_web(
     peer_app.add_middleware(
         ServedMetricsMiddleware, metrics=metrics, prefix=PEER_PREFIX, channel="peer"
     )
-    ssl = None
+    peer_tls = None
     if trust.tls_cert:
-        ssl = server_ssl_context(
+        peer_tls = server_ssl_context(
             trust.tls_cert, trust.tls_key, trust.tls_ca, trust.key_passphrase_env
         )
     peer = _server(
@@ -154,8 +177,8 @@ def build_web(
         peer_app,
         config.http.host,
         config.http.port,
-        ssl=ssl,
-        http_protocol=MtlsH11Protocol if ssl is not None else None,
+        ssl=peer_tls,
+        http_protocol=MtlsH11Protocol if peer_tls is not None else None,
     )
     sessions = DbSessionStore(
         db,
@@ -193,6 +216,7 @@ def build_web(
     )
     # A launch form is a few hundred bytes: refused past its own limit while it is read.
     viewer = _server(config, viewer_app, config.viewer.host, config.viewer.port,
+                     ssl=viewer_ssl_context(config),
                      path_body_limits={LAUNCH_PATH: MAX_FORM_BYTES,
                                        LAUNCH_CONFIRM_PATH: MAX_FORM_BYTES})  # fmt: skip
     metrics_server = None
