@@ -312,7 +312,9 @@ class StoreScpProcess:
         ]  # fmt: skip
 
     def _supervise(self) -> None:
+        delay = self.restart_delay_s
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 process = subprocess.Popen(
                     self._command(),
@@ -337,8 +339,11 @@ class StoreScpProcess:
             if self._stopping.is_set():
                 break
             self.restarts += 1
-            log.error("storescp stopped (exit code %s): restarted", code)
-            self._stopping.wait(self.restart_delay_s)
+            # One that dies at once (port taken, bad option) is retried less and less often.
+            quick = time.monotonic() - started < 5.0
+            delay = min(delay * 2, 30.0) if quick else self.restart_delay_s
+            log.error("storescp stopped (exit code %s): restarted in %.1f s", code, delay)
+            self._stopping.wait(delay)
 
     def _watch(self) -> None:
         inotify = self._inotify
