@@ -53,11 +53,13 @@ def official_accept() -> str:
     raise RuntimeError("no Accept line in the sample")
 
 
-def make_series(count: int) -> tuple[Any, list[Path]]:
+def make_series(count: int, syntax: str = JPEGLSLossless) -> tuple[Any, list[Path]]:
     from support.factories import make_report
 
-    report = make_report(study_instance_uid=f"1.2.826.0.1.3680043.8.498.77.6.{count}")
-    folder = OUT / f"ct-{count}"
+    plain = syntax != JPEGLSLossless  # another study: both may be held by one Orthanc
+    suffix = f"{count}{'.1' if plain else ''}"
+    report = make_report(study_instance_uid=f"1.2.826.0.1.3680043.8.498.77.6.{suffix}")
+    folder = OUT / f"ct-{count}{'-' + syntax if plain else ''}"
     done = folder / ".complete"
     if done.exists():
         return report, sorted(folder.rglob("*.dcm"))
@@ -68,10 +70,10 @@ def make_series(count: int) -> tuple[Any, list[Path]]:
         [SeriesSpec("CT", "Thorax", count)],
         rows=512,
         columns=512,
-        transfer_syntax=JPEGLSLossless,
+        transfer_syntax=syntax,
     )
     done.touch()
-    print(f"  generated {count} JPEG-LS images in {time.perf_counter() - started:.1f} s")
+    print(f"  generated {count} images ({syntax}) in {time.perf_counter() - started:.1f} s")
     return report, files
 
 
@@ -81,7 +83,21 @@ def publish(db: Database, pacs: LocalOrthanc, report: Any) -> tuple[str, str]:
     return publish_existing(db, pacs, report)
 
 
-def serve(config_env: dict[str, str], queue: Any) -> None:
+def source_env(tmp: str, pacs: LocalOrthanc, retrieve: str, cache_bytes: int) -> dict[str, str]:
+    """The benchmarked Source's settings: its database and cache under `tmp`, the PACS."""
+    return {
+        "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp}/source.db",
+        "DRIMBOX_STORE__CACHE_DIR": f"{tmp}/cache",
+        "DRIMBOX_STORE__CACHE_MAX_BYTES": str(cache_bytes),
+        "DRIMBOX_PACS__HOST": "127.0.0.1",
+        "DRIMBOX_PACS__PORT": str(pacs.dicom_port),
+        "DRIMBOX_PACS__CALLED_AET": pacs.aet,
+        "DRIMBOX_PACS__RETRIEVE": retrieve,
+        "DRIMBOX_PACS__DICOMWEB_URL": pacs.dicomweb_url,
+    }
+
+
+def serve(config_env: dict[str, str], queue: Any, host: str = "127.0.0.1") -> None:
     """The Source node's peer app in its own process; `POST /bench/purge` empties its cache."""
     from drimbox.dicom.retrieve import ImageService
     from drimbox.http.server import HttpServer
@@ -101,7 +117,7 @@ def serve(config_env: dict[str, str], queue: Any) -> None:
             result = images.cache.purge()
             return {"series": result.series, "retrievals": images.fetcher.retrievals}
 
-        server = HttpServer(app, "127.0.0.1", 0)
+        server = HttpServer(app, host, 0)
         await server.start()
         queue.put(server.port)
         await asyncio.Event().wait()
@@ -243,17 +259,7 @@ def main() -> None:
         pacs.store_files(files)
         print(f"  loaded into Orthanc in {time.perf_counter() - started:.1f} s")
         tokens = Tokens()
-        env = {
-            "DRIMBOX_STORE__DATABASE_URL": f"sqlite:///{tmp}/source.db",
-            "DRIMBOX_STORE__CACHE_DIR": f"{tmp}/cache",
-            "DRIMBOX_STORE__CACHE_MAX_BYTES": str(2 * 1024**3),
-            "DRIMBOX_PACS__HOST": "127.0.0.1",
-            "DRIMBOX_PACS__PORT": str(pacs.dicom_port),
-            "DRIMBOX_PACS__CALLED_AET": pacs.aet,
-            "DRIMBOX_PACS__RETRIEVE": args.retrieve,
-            "DRIMBOX_PACS__DICOMWEB_URL": pacs.dicomweb_url,
-            **tokens.to_env(),
-        }
+        env = source_env(tmp, pacs, args.retrieve, 2 * 1024**3) | tokens.to_env()
         config: Config = load_config(environ=env)
         db = Database(config.store.database_url)
         db.upgrade()

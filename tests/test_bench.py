@@ -26,6 +26,7 @@ TINY: dict[str, list[str]] = {
     "publication.py": ["--instances", "4", "--runs", "1", "--reports", "2"],
     "retention_purge.py": ["--reports", "4", "--cda-kb", "1", "--batch", "2"],
     "wado_series.py": ["--instances", "2", "--runs", "1", "--warmup", "0"],
+    "wado_shaped.py": ["--instances", "2", "--runs", "1"],
 }  # fmt: skip
 
 

@@ -64,7 +64,7 @@ class NodeMetrics:
         self.retrievals = self._counter(
             "drimbox_retrievals_total",
             "Series retrieved into the cache, by origin (pacs, source: another DRIMbox by "
-            "WADO-RS), method (wado-rs, c-get, c-move) and result (ok, error).",
+            "WADO-RS), method (wado-rs, c-get, c-move, c-move-dcmtk) and result (ok, error).",
             ["origin", "method", "result"],
         )
         self.retrieved_bytes = self._counter(
@@ -86,6 +86,16 @@ class NodeMetrics:
             "cache_series).",
             ["kind"],
         )
+
+        self.storescp_events = self._counter(
+            "drimbox_storescp_events_total",
+            "dcmtk storescp of retrieve = c-move-dcmtk: restarted (it had died), discarded (a "
+            "received file no retrieval expected, or one cut short).",
+            ["event"],
+        )
+
+    def storescp_event(self, event: str) -> None:
+        self.storescp_events.labels(self.node, event).inc()
 
     def _counter(self, name: str, documentation: str, labels: list[str]) -> Counter:
         return Counter(name, documentation, ["node", *labels], registry=self.registry)

@@ -61,7 +61,7 @@ class Node:
         if self.whitelist is not None:
             self._tasks.append(asyncio.create_task(self._keep_trust(self.whitelist)))
         if self.config.roles.source:
-            intake = ReportIntake(self.db)
+            intake = ReportIntake(self.db, on_stored=self._new_work)
             self.mllp = MllpServer(
                 intake.handle_async,
                 self.config.hl7.host,
@@ -85,6 +85,7 @@ class Node:
             self.scp.add_handler(IocmStoreHandler(self.db))
             await asyncio.to_thread(self.scp.start)
             self.publisher = DmpPublisher(self.config, self.db, dmp_port(self.config), self.metrics)
+            self.pipeline.on_processed = self.publisher.wake
             self._tasks.append(asyncio.create_task(self.publisher.run_forever(self._stop)))
             late = LateImagesWorker(self.config, self.db, PacsClient(pacs_settings(self.config)))
             self._tasks.append(asyncio.create_task(late.run_forever(self._stop)))
@@ -100,6 +101,13 @@ class Node:
         retention = RetentionWorker(self.config, self.db, cache_purge=self._purge_cache,
                                     metrics=self.metrics, stop=self._stop)  # fmt: skip
         self._tasks.append(asyncio.create_task(retention.run_forever(self._stop)))
+
+    def _new_work(self) -> None:
+        """A report was just stored: the pipeline looks now, and the publisher too (a
+        withdrawal goes straight to the DMP outbox), instead of at their next poll."""
+        for worker in (self.pipeline, self.publisher):
+            if worker is not None:
+                worker.wake()
 
     def _purge_cache(self) -> tuple[int, int]:
         """The expired series of this node's image cache ([store] cache_ttl_h)."""

@@ -18,6 +18,7 @@ from pydicom.uid import (
     JPEGLSLossless,
 )
 
+from drimbox.dicom import transcode as transcoding
 from drimbox.dicom.transcode import (
     TranscodeError,
     extract_frames,
@@ -63,11 +64,30 @@ def test_round_trips_are_lossless(tmp_path: Path, stored: str, target: str) -> N
         assert out == data  # untouched bytes
 
 
-@pytest.mark.parametrize("stored", [ExplicitVRLittleEndian, JPEGLSLossless, JPEG2000Lossless])
-def test_jpeg_lossless_sv1_is_real_and_decodes_bit_exact(tmp_path: Path, stored: str) -> None:
-    """.70 by dcmcjpeg: a lossless JPEG with selection value 1 (not imagecodecs' predictor 6,
-    which is .57), read back identical by pydicom (pylibjpeg-libjpeg) and by dcmtk."""
-    data = one_instance(tmp_path, stored)
+def signed_instance(tmp_path: Path) -> bytes:
+    """A CT stored as most are: signed 12-bit values (PixelRepresentation 1), negatives too."""
+    ds = dcmread(BytesIO(one_instance(tmp_path, ExplicitVRLittleEndian)))
+    values = ds.pixel_array.astype(np.int16) - 2048  # -2048…2047: BitsStored 12, signed
+    ds.PixelRepresentation = 1
+    ds.PixelData = values.astype("<i2").tobytes()
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("encoder", ["libjpeg-turbo", "dcmcjpeg"])
+@pytest.mark.parametrize(
+    "stored", [ExplicitVRLittleEndian, JPEGLSLossless, JPEG2000Lossless, "signed"]
+)
+def test_jpeg_lossless_sv1_is_real_and_decodes_bit_exact(
+    tmp_path: Path, stored: str, encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """.70 by libjpeg-turbo (imagecodecs, grayscale) or dcmcjpeg (colour): a lossless JPEG with
+    selection value 1 (not imagecodecs' `ljpeg_encode`, predictor 6, i.e. .57), read back
+    identical by pydicom (pylibjpeg-libjpeg) and by dcmtk, signed values included."""
+    if encoder == "dcmcjpeg":
+        monkeypatch.setattr(transcoding, "_sv1_in_process", lambda ds: False)
+    data = signed_instance(tmp_path) if stored == "signed" else one_instance(tmp_path, stored)
     original = dcmread(BytesIO(data))
     out = transcode(data, JPEGLosslessSV1)
     result = dcmread(BytesIO(out))

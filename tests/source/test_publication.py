@@ -202,3 +202,19 @@ def test_each_structure_publishes_with_its_own_certificate_and_identity(
     assert third.reason is not None and "« 999999999 »" in third.reason
     assert third.kos_sop_uid not in by_uid
     assert {d["structure_id"] for d in documents} == {STRUCTURE, SECOND_STRUCTURE}
+
+
+def test_a_report_goes_through_at_once_not_at_the_next_poll(
+    pacs: LocalOrthanc, dmp: DmpEnvironment, tmp_path: Path
+) -> None:
+    """Polling every 2 minutes (other nodes' work is found so): a report this node receives
+    wakes its pipeline, the KOS built wakes its publisher, and a withdrawal too."""
+    store_study_for(pacs, tmp_path, hl7_text("CR_C-ORU.hl7"))
+    slow = {"poll_interval_s": 120}
+    with RunningNode(node_config(tmp_path, pacs, dmp.node_environ(), source=slow)) as node:
+        [published] = send(node, hl7_text("CR_C-ORU.hl7"))
+        assert node.wait_for_report(published, DONE, timeout_s=30).state == "published"
+        send(node, hl7_text("CR_C_Depublication-ORU.hl7"))
+        withdrawal = node.reports()[-1].id
+        assert node.wait_for_report(withdrawal, DONE, timeout_s=30).state == "applied"
+        node.wait_for_report(published, {ReportState.WITHDRAWN.value}, timeout_s=30)

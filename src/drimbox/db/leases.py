@@ -12,9 +12,9 @@ among the nodes sharing the database, so whatever it held was held by its dead p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from types import TracebackType
@@ -143,9 +143,14 @@ def backoff(attempts: int, initial_s: float, max_s: float) -> float:
 
 
 async def run_worker(
-    run_once: Callable[[], object | None], stop: asyncio.Event, poll_s: float, name: str
+    run_once: Callable[[], object | None],
+    stop: asyncio.Event,
+    poll_s: float,
+    name: str,
+    wake: asyncio.Event | None = None,
 ) -> None:
-    """Call `run_once` (in a thread) until `stop`; wait `poll_s` whenever it finds nothing to do.
+    """Call `run_once` (in a thread) until `stop`; wait `poll_s` whenever it finds nothing to do,
+    or less when `wake` is set (new work from this node: no polling delay).
 
     A bug on one item is logged and does not stop the worker: the item's lease expires and it is
     tried again later.
@@ -157,8 +162,14 @@ async def run_worker(
             log.exception("%s failure", name)
             result = None
         if result is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), poll_s)
+            waits = [asyncio.ensure_future(stop.wait())]
+            if wake is not None:
+                waits.append(asyncio.ensure_future(wake.wait()))
+            _, idle = await asyncio.wait(waits, timeout=poll_s, return_when=FIRST_COMPLETED)
+            for waiting in idle:
+                waiting.cancel()
+            if wake is not None:
+                wake.clear()
 
 
 class LeasedWorker:
@@ -215,4 +226,13 @@ class LeasedWorker:
         return handled
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        await run_worker(self.run_once, stop, self.poll_s, self.name)
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        await run_worker(self.run_once, stop, self.poll_s, self.name, self._wake)
+
+    def wake(self) -> None:
+        """Look for due work now rather than at the next poll (from any thread): this node has
+        just stored some. Other nodes still find it by polling."""
+        loop, event = getattr(self, "_loop", None), getattr(self, "_wake", None)
+        if loop is not None and event is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)

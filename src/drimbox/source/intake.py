@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -51,11 +52,15 @@ def decode_block(block: bytes) -> str:
 
 
 class ReportIntake:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, on_stored: Callable[[], None] | None = None) -> None:
         self.db = db
+        self.on_stored = on_stored  # e.g. wake the report pipeline: no polling delay
 
     async def handle_async(self, block: bytes, peer: str) -> str:
-        return (await asyncio.to_thread(self.handle, block, peer)).ack
+        result = await asyncio.to_thread(self.handle, block, peer)
+        if result.report_id is not None and self.on_stored is not None:
+            self.on_stored()
+        return result.ack
 
     def handle(self, block: bytes, peer: str) -> IntakeResult:
         text = decode_block(block)

@@ -9,6 +9,7 @@ outcome is written back with its reason in French for the site staff.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -95,6 +96,8 @@ class ReportPipeline(LeasedWorker):
         self.poll_s = config.source.poll_interval_s
         self.pacs = pacs or PacsClient(pacs_settings(config))
         self.site = kos_site(config)
+        # Called once a report's outcome is written (e.g. wake the DMP publisher).
+        self.on_processed: Callable[[], None] | None = None
 
     # -- processing -------------------------------------------------------------------------
     def process(self, report_id: int) -> Outcome:
@@ -141,6 +144,8 @@ class ReportPipeline(LeasedWorker):
             if kos is not None:
                 self._built(session, report, kos)
             study = report.study_uid
+        if self.on_processed is not None:
+            self.on_processed()
         # A reason quoting the patient's identity stays in the database (drimbox reports show).
         reason = "(see drimbox reports show)" if outcome.private else outcome.reason or ""
         log.info(

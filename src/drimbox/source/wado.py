@@ -20,6 +20,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
@@ -80,9 +81,12 @@ THUMBNAIL_SIZE = 128
 _METADATA_BULK_THRESHOLD = 64 * 1024
 MAX_FRAMES = 1024  # distinct frames per request: more than any viewer asks at once
 CHUNK_BYTES = 1024 * 1024  # a response write: big enough to amortise, small enough to stream
-# Instances re-encoded at once for one response: the node's cores (dcmcjpeg runs as a process,
-# the other codecs release the GIL in C).
+# Instances re-encoded at once by the node, all responses together: its cores (dcmcjpeg runs as
+# a process, the other codecs release the GIL in C). Each response keeps LOOKAHEAD re-encodings
+# queued so that the workers stay busy while the parts before them are being sent.
 TRANSCODE_WORKERS = max(1, os.cpu_count() or 1)
+LOOKAHEAD = 4 * TRANSCODE_WORKERS
+_TRANSCODE_POOL = ThreadPoolExecutor(TRANSCODE_WORKERS, thread_name_prefix="transcode")
 
 
 class WadoError(Exception):
@@ -292,13 +296,17 @@ def _part_type(syntax: str) -> str:
 
 async def _transcoded(instance: CachedInstance, ranked: Sequence[str]) -> tuple[bytes, str] | None:
     """The instance in the first of `ranked` its transcoding gives (the stored bytes when its
-    own syntax comes first), None (logged) when none does. Runs in a worker thread."""
+    own syntax comes first), None (logged) when none does; re-encoded in the node's pool."""
     errors = []
     for syntax in ranked:
         if syntax == instance.transfer_syntax:
             return await asyncio.to_thread(instance.read), syntax
         try:
-            return await asyncio.to_thread(_transcode_instance, instance, syntax), syntax
+            loop = asyncio.get_running_loop()
+            data = await loop.run_in_executor(
+                _TRANSCODE_POOL, _transcode_instance, instance, syntax
+            )
+            return data, syntax
         except TranscodeError as exc:
             errors.append(f"{syntax}: {exc}")
     log.warning("instance %s skipped: %s", instance.sop_instance_uid, "; ".join(errors))
@@ -588,7 +596,7 @@ class WadoRoutes:
                     pending.append((instance, task))
                 drain = position == len(batch)
                 # Send what is at the front as soon as it can go, keeping the workers busy.
-                while pending and (drain or pending[0][1] is None or running >= TRANSCODE_WORKERS):
+                while pending and (drain or pending[0][1] is None or running >= LOOKAHEAD):
                     front, job = pending.popleft()
                     if job is None:  # the stored bytes, untouched
                         stored = front.transfer_syntax
