@@ -87,6 +87,16 @@ class NodeMetrics:
             ["kind"],
         )
 
+        self.storescp_events = self._counter(
+            "drimbox_storescp_events_total",
+            "dcmtk storescp of retrieve = c-move-dcmtk: restarted (it had died), discarded (a "
+            "received file no retrieval expected, or one cut short).",
+            ["event"],
+        )
+
+    def storescp_event(self, event: str) -> None:
+        self.storescp_events.labels(self.node, event).inc()
+
     def _counter(self, name: str, documentation: str, labels: list[str]) -> Counter:
         return Counter(name, documentation, ["node", *labels], registry=self.registry)
 

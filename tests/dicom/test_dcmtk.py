@@ -318,6 +318,16 @@ def test_speedtest_and_the_node_service_use_it(
             assert entry.error is None
             count = len(entry.instances)
             service.cache.release(entry)
+            # A file nobody expects is discarded and counted for monitoring.
+            stray = service.storescp.spool / "CT.stray"
+            stray.write_bytes(studies[STUDY_A][0].read_bytes())
+            service.storescp.drain()
+            assert not stray.exists()
+            discarded = service.metrics.registry.get_sample_value(
+                "drimbox_storescp_events_total",
+                {"node": service.metrics.node, "event": "discarded"},
+            )
+            assert discarded == 1
         finally:
             await service.stop()
         return count, pid, service.storescp.pid

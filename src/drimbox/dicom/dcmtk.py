@@ -27,7 +27,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -212,6 +212,7 @@ class StoreScpProcess:
         storescp: str = "/usr/bin/storescp",
         restart_delay_s: float = 0.5,
         options: Sequence[str] = (),
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.aet = aet
         self.port = port
@@ -219,6 +220,7 @@ class StoreScpProcess:
         self.storescp = storescp
         self.restart_delay_s = restart_delay_s
         self.options = tuple(options)  # more storescp options (tests slow it down)
+        self.on_event = on_event  # "restarted" / "discarded", for the node's metrics
         self.restarts = 0
         self.discarded = 0
         self._expected: dict[tuple[str, str], Expected] = {}
@@ -312,7 +314,9 @@ class StoreScpProcess:
         ]  # fmt: skip
 
     def _supervise(self) -> None:
+        delay = self.restart_delay_s
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 process = subprocess.Popen(
                     self._command(),
@@ -337,8 +341,12 @@ class StoreScpProcess:
             if self._stopping.is_set():
                 break
             self.restarts += 1
-            log.error("storescp stopped (exit code %s): restarted", code)
-            self._stopping.wait(self.restart_delay_s)
+            self._event("restarted")
+            # One that dies at once (port taken, bad option) is retried less and less often.
+            quick = time.monotonic() - started < 5.0
+            delay = min(delay * 2, 30.0) if quick else self.restart_delay_s
+            log.error("storescp stopped (exit code %s): restarted in %.1f s", code, delay)
+            self._stopping.wait(delay)
 
     def _watch(self) -> None:
         inotify = self._inotify
@@ -383,6 +391,7 @@ class StoreScpProcess:
         except Exception as exc:  # noqa: BLE001 (a file we cannot read is discarded, logged)
             log.warning("storescp spool: unreadable file %s discarded: %s", path.name, exc)
             self.discarded += 1
+            self._event("discarded")
             if isinstance(exc, IncompleteInstance):
                 self._incomplete(path.name, exc)
             return
@@ -390,6 +399,7 @@ class StoreScpProcess:
             expected = self._expected.get(key)
         if expected is None:
             self.discarded += 1
+            self._event("discarded")
             log.warning(
                 "storescp: instance %s of series %s received while no retrieval expects it: "
                 "discarded",
@@ -403,6 +413,10 @@ class StoreScpProcess:
             expected.errors.append(exc)
             return
         expected.received += 1
+
+    def _event(self, event: str) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
 
     def _incomplete(self, name: str, exc: IncompleteInstance) -> None:
         """The retrieval of a cut file's series fails (its readers get an error and ask again)

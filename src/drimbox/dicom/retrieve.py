@@ -608,7 +608,9 @@ def pacs_tls(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def storescp_process(config: Config, spool: Path | None = None) -> StoreScpProcess:
+def storescp_process(
+    config: Config, spool: Path | None = None, metrics: NodeMetrics | None = None
+) -> StoreScpProcess:
     """The dcmtk storescp of `c-move-dcmtk` (not started); its spool in the cache folder
     unless given (a speed test next to a running node uses its own)."""
     p = config.pacs
@@ -617,6 +619,7 @@ def storescp_process(config: Config, spool: Path | None = None) -> StoreScpProce
         p.storescp_port,
         spool or Path(config.store.cache_dir) / "storescp-spool",
         storescp=str(Path(p.dcmtk_dir) / "storescp"),
+        on_event=metrics.storescp_event if metrics is not None else None,
     )
 
 
@@ -710,7 +713,7 @@ class ImageService:
             )
             self._owns_scp = True
         if method == "c-move-dcmtk":
-            self.storescp = storescp_process(self.config)
+            self.storescp = storescp_process(self.config, metrics=self.metrics)
         return build_retriever(self.config, method, self.pacs, self.scp, self.storescp)
 
     async def start(self) -> None:
