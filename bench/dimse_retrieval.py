@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
+from pacs_speedtest import BOX_AET, NODELAY, STORESCP_AET, dcmtk
 from wado_series import make_series
 
 from drimbox.config import Config, load_config
@@ -43,23 +44,11 @@ from drimbox.sim.orthanc import LocalOrthanc, RemoteModality
 from drimbox.sim.ports import free_port
 from support.source import pacs_environ
 
-BOX_AET, BOX_DCMTK_AET = "DRIMBOXBENCH", "DRIMBOXBENCHRX"
-STORESCP_AET = "STORESCPBENCH"
-NODELAY = os.environ | {"TCP_NODELAY": "1"}
+BOX_DCMTK_AET = "DRIMBOXBENCHRX"
 
 
 def movescu(pacs: LocalOrthanc, study: str, destination: str) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(
-        ["/usr/bin/movescu", "-S", "-aet", BOX_AET, "-aec", pacs.aet, "-aem", destination,
-         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
-         "127.0.0.1", str(pacs.dicom_port)],
-        capture_output=True, text=True, env=NODELAY,
-    )  # fmt: skip
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"movescu: {done.stderr or done.stdout}")
-    return elapsed
+    return dcmtk("movescu", pacs, study, "-aem", destination)
 
 
 def storescp(port: int, aet: str, *options: str) -> subprocess.Popen[bytes]:
