@@ -124,3 +124,23 @@ def test_whitelist_signed_by_a_revoked_signer_is_refused(tmp_path: Path) -> None
         # Without revocation checking the same list would have been taken.
         unchecked = WhitelistStore(lists.url, [pki.root], tmp_path / "other")
         assert unchecked.refresh().status == "updated"
+
+
+def test_whitelist_signed_under_a_revoked_intermediate_ca_is_refused(tmp_path: Path) -> None:
+    with LocalWhitelistServer() as crls:
+        root = TestPki("TEST AC RACINE IGC-SANTE ELEMENTAIRE", crl_url=crls.url_for("root.crl"))
+        intermediate = root.intermediate("TEST AC IGC-SANTE ELEMENTAIRE ORGANISATIONS")
+        signer = issue_ans_signer(intermediate)
+        root.revoke(intermediate.ca.certificate)
+        crls.publish(root.crl_der())
+        revocation = RevocationStore([root.root], tmp_path)
+        revocation.note(intermediate.ca.certificate)  # its distribution point: the root's CRL
+        revocation.refresh()
+        listed = sign(build_whitelist([domain(1)], datetime.now(UTC)), signer, intermediate.chain)
+        (tmp_path / "wl.xml").write_bytes(listed)
+        store = WhitelistStore(tmp_path / "wl.xml", [root.root], tmp_path / "wl",
+                               revocation=revocation)  # fmt: skip
+        result = store.refresh()
+        assert result.status == "refused" and result.refusal is not None
+        assert result.refusal.reason is Reason.SIGNER_REVOKED
+        assert "ORGANISATIONS" in result.refusal.detail and store.current() is None

@@ -331,6 +331,8 @@ class StoreScpProcess:
                 self._stopping.wait(self.restart_delay_s * 10)
                 continue
             self._process = process
+            if self._stopping.is_set():
+                process.terminate()  # stop() came between the check above and the spawn
             self._spawned.set()
             assert process.stdout is not None
             for raw in process.stdout:  # its warnings and errors, until it (and its forks) exit

@@ -172,15 +172,18 @@ class WhitelistStore:
             max_bytes=self.max_bytes,
         )
         if self.revocation is not None:
-            signer = whitelist.signer.certificate
-            self.revocation.note(signer)
-            revoked = self.revocation.revoked(signer)
-            if revoked is not None:
-                raise WhitelistError(
-                    Reason.SIGNER_REVOKED,
-                    f"{whitelist.signer.subject} serial {signer.serial_number:x}: "
-                    f"revoked {revoked.revoked_at:%Y-%m-%d} ({revoked.source})",
-                )
+            # The signer and the CAs above it (an intermediate CA revoked by the root's CRL).
+            path = whitelist.signer.path or (whitelist.signer.certificate,)
+            self.revocation.note(*path)
+            for certificate in path:
+                revoked = self.revocation.revoked(certificate)
+                if revoked is not None:
+                    raise WhitelistError(
+                        Reason.SIGNER_REVOKED,
+                        f"{certificate.subject.rfc4514_string()} serial "
+                        f"{certificate.serial_number:x} (chain of {whitelist.signer.subject}): "
+                        f"revoked {revoked.revoked_at:%Y-%m-%d} ({revoked.source})",
+                    )
         return whitelist
 
     def _refuse(self, now: datetime, error: WhitelistError) -> RefreshResult:

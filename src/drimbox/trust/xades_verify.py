@@ -120,6 +120,8 @@ class SignerSummary:
     signature_method: str
     chain: tuple[str, ...]  # subjects, from the signer up to the trust anchor
     certificate: x509.Certificate = field(repr=False, compare=False)
+    # The certificates of `chain` (signer first): each is checked against its issuer's CRL.
+    path: tuple[x509.Certificate, ...] = field(default=(), repr=False, compare=False)
 
 
 def _elements(node: etree._Element) -> list[etree._Element]:
@@ -553,6 +555,7 @@ def verify_enveloped_xades(
         signature_method=method_uri or "",
         chain=tuple(c.subject.rfc4514_string() for c in path),
         certificate=signer,
+        path=tuple(path),
     )
 
 
