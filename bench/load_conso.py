@@ -74,7 +74,11 @@ def main() -> None:
     args = parser.parse_args()
     process, links = start_demo(Path(tempfile.mkdtemp(prefix="drimbox-load-conso-")) / "demo")
     form = LaunchForm()
-    form.feed(Path(urlsplit(links["Lancement contextuel (RIS du site B)"]).path).read_text())
+    # The demo's RIS page, served from the origin the Conso declares in `launch_origins`.
+    ris_page = links["Lancement contextuel (RIS du site B)"]
+    form.feed(httpx.get(ris_page, timeout=30).raise_for_status().text)
+    ris = urlsplit(ris_page)
+    ris_origin = f"{ris.scheme}://{ris.netloc}"
     base = form.action.rsplit("/lancement", 1)[0]
 
     def user(index: int) -> dict[str, float]:
@@ -82,7 +86,7 @@ def main() -> None:
         with httpx.Client(base_url=base, follow_redirects=True, timeout=120) as browser:
             browser.get("/connexion", params={"login_hint": "radiologue", "next": "/"})
             started = time.perf_counter()
-            history = browser.post("/lancement", data=form.fields)
+            history = browser.post("/lancement", data=form.fields, headers={"Origin": ris_origin})
             timings["history"] = time.perf_counter() - started
             assert history.status_code == 200 and "/consultation/" in str(history.url), history
             launch = str(history.url).split("?")[0]
