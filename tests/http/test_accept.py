@@ -54,15 +54,33 @@ def test_official_drim_m_accept_header() -> None:
     assert acceptance.quality(JPEG_LS) == 0.8
     assert acceptance.quality(EVLE) == 0.4
     assert acceptance.quality("1.2.840.10008.1.2") == 0  # Implicit VR LE: not listed
-    # JPEG Lossless SV1 (q=0.9) is the box's answer whatever is stored: JPEG-LS (0.8) and
-    # Explicit VR LE (0.4) are re-encoded, an unlisted syntax too; then, should its encoding
-    # fail, JPEG-LS, the lossy JPEG 2000 the client lists at 0.6, and last EVLE.
-    assert choose_syntax(JPEG_LS, acceptance) == JPEG_LOSSLESS
+    # JPEG Lossless SV1 (q=0.9) for uncompressed images (re-encoding them saves bytes); a
+    # JPEG-LS image goes as stored (0.8), since re-encoding it (0.9 × qs 0.5) costs a decode and
+    # an encode for more bytes. Should an encoding fail: the next ones, and last EVLE.
+    assert choose_syntax(JPEG_LS, acceptance) == JPEG_LS
+    assert ranked_syntaxes(JPEG_LS, acceptance) == [JPEG_LS, JPEG_LOSSLESS, EVLE, J2K_LOSSY]
     assert choose_syntax(JPEG_LOSSLESS, acceptance) == JPEG_LOSSLESS
     assert choose_syntax(EVLE, acceptance) == JPEG_LOSSLESS
     assert choose_syntax("1.2.840.10008.1.2", acceptance) == JPEG_LOSSLESS
     assert ranked_syntaxes(EVLE, acceptance) == [JPEG_LOSSLESS, JPEG_LS, J2K_LOSSY, EVLE]
-    assert uniform_syntax(acceptance) == JPEG_LOSSLESS  # said on the response's Content-Type
+    # JPEG 2000 lossless is not listed: re-encoded, into the client's first choice.
+    assert choose_syntax(J2K, acceptance) == JPEG_LOSSLESS
+    # Said on the response's Content-Type: the first part's syntax, then pinned for the others.
+    assert uniform_syntax(JPEG_LS, acceptance) == JPEG_LS
+    assert uniform_syntax(EVLE, acceptance) == JPEG_LOSSLESS
+    assert ranked_syntaxes(EVLE, acceptance, pinned=JPEG_LS)[0] == JPEG_LS
+    assert ranked_syntaxes(JPEG_LS, acceptance, pinned=JPEG_LOSSLESS)[0] == JPEG_LOSSLESS
+    # A pinned syntax the client does not accept changes nothing.
+    assert ranked_syntaxes(JPEG_LS, acceptance, pinned=J2K) == ranked_syntaxes(JPEG_LS, acceptance)
+
+
+def test_a_strong_preference_still_gets_a_compressed_image_re_encoded() -> None:
+    # q × qs: JPEG Lossless at 1 against JPEG-LS at 0.4 → 0.5 > 0.4.
+    strong = _accept((JPEG_LOSSLESS, 1), (JPEG_LS, 0.4))
+    assert choose_syntax(JPEG_LS, strong) == JPEG_LOSSLESS
+    # Decompression is not penalised: a client that prefers uncompressed gets it.
+    plain = _accept((EVLE, 1), (JPEG_LS, 0.8))
+    assert choose_syntax(JPEG_LS, plain) == EVLE
 
 
 def _accept(*syntaxes: tuple[str, float]) -> SyntaxAcceptance:
@@ -82,14 +100,14 @@ def test_q_values_choose_the_syntax_lossless_unless_lossy_is_named() -> None:
     assert choose_syntax(JPEG_LOSSLESS, tie) == JPEG_LOSSLESS
     assert choose_syntax(JPEG_LS, tie) == JPEG_LS
     assert choose_syntax(EVLE, tie) == JPEG_LS
-    assert uniform_syntax(tie) is None
+    assert uniform_syntax(JPEG_LOSSLESS, tie) == JPEG_LOSSLESS
     # A wildcard never means lossy; naming the lossy syntax does.
     anything = syntax_acceptance(
         parse_accept('multipart/related; type="application/dicom"; transfer-syntax=*')
     )
     assert J2K_LOSSY not in ranked_syntaxes(EVLE, anything)
     assert choose_syntax(EVLE, anything) == EVLE  # the stored one, untouched
-    assert uniform_syntax(anything) is None
+    assert uniform_syntax(EVLE, anything) is None  # each instance as stored
     lossy = _accept((J2K_LOSSY, 1), (JPEG_LS, 0.5))
     assert ranked_syntaxes(EVLE, lossy) == [J2K_LOSSY, JPEG_LS]
     # Baseline JPEG (8-bit) and MPEG are not produced: 406 unless the stored one is accepted.

@@ -21,6 +21,7 @@ from drimbox.db import Database
 from drimbox.db.models import ReportState
 from drimbox.dicom.pacs import InstanceSink
 from drimbox.dicom.retrieve import ImageService, Retriever
+from drimbox.dicom.transcode import transcode
 from drimbox.http.multipart import MultipartReader, boundary_of
 from drimbox.samples import ANS_DIR
 from drimbox.sim.orthanc import LocalOrthanc
@@ -143,10 +144,12 @@ def test_official_series_request_returns_every_instance(
             series_url(base, study), headers=peer_headers(tokens, study), timeout=60
         )
     assert response.status_code == 200, response.text
-    # JPEG Lossless SV1 is the client's first choice (q=0.9, JPEG-LS stored 0.8): every part
-    # is re-encoded in it, and the response says so itself, as the official response does.
+    # JPEG Lossless SV1 is the client's first choice (q=0.9), JPEG-LS (stored) its second (0.8):
+    # re-encoding a compressed image costs a decode and an encode for more bytes, so the box's
+    # source quality (0.5) keeps the stored bytes, untouched; the response says their syntax
+    # itself, as the official response does.
     assert response.headers["content-type"].startswith(
-        f'multipart/related; type="application/dicom"; transfer-syntax={JPEGLosslessSV1};'
+        f'multipart/related; type="application/dicom"; transfer-syntax={JPEGLSLossless};'
     )
     parts = parts_of(response)
     originals = {
@@ -157,17 +160,49 @@ def test_official_series_request_returns_every_instance(
     seen = set()
     for part_headers, body in parts:
         ds = dcmread(BytesIO(body))  # a valid Part-10 file
-        assert ds.preamble is not None and ds.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+        assert ds.preamble is not None and ds.file_meta.TransferSyntaxUID == JPEGLSLossless
         assert part_headers["content-type"] == (
-            f"application/dicom; transfer-syntax={JPEGLosslessSV1}"
+            f"application/dicom; transfer-syntax={JPEGLSLossless}"
         )
         original = originals[str(ds.SOPInstanceUID)]
-        assert same_pixels(body, original)  # decoded by pylibjpeg-libjpeg: bit for bit
+        assert same_pixels(body, original)
+        assert dcmread(original).PixelData == ds.PixelData  # the stored codestream itself
         seen.add(str(ds.SOPInstanceUID))
     assert seen == set(originals)
     records = read_records(access_log_path(config.store.cache_dir))
     assert [(r.result, r.instances, r.resource) for r in records] == [(200, 6, "series")]
     assert records[0].subject == "899700218896" and records[0].bytes == len(response.content)
+
+
+def test_a_response_keeps_the_syntax_of_its_first_part(
+    tmp_path: Path, pacs: LocalOrthanc, scp_port: int, db: Database
+) -> None:
+    """A study whose first series is uncompressed and second JPEG-LS, asked with the official
+    Accept list: the first part goes in JPEG Lossless (uncompressed re-encoded), and so do the
+    JPEG-LS ones after it, as the response's own Content-Type says."""
+    study = publish_study(db, pacs, tmp_path, [SeriesSpec("CT", "A", 2), SeriesSpec("CT", "B", 2)])
+    second = study.by_series[study.series_uids[1]]
+    for path in second:
+        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        (found,) = pacs.client.post("/tools/lookup", content=uid).json()
+        pacs.client.delete(f"/instances/{found['ID']}").raise_for_status()
+        path.write_bytes(transcode(path.read_bytes(), JPEGLSLossless))
+    pacs.store_files(second)
+    tokens = Tokens()
+    app = create_peer_app(make_config(tmp_path, pacs, scp_port), db, tokens.verifier())
+    with serving(app) as base:
+        response = httpx.get(
+            f"{base}/dicom-web-rs/studies/{study.study_uid}",
+            headers=peer_headers(tokens, study),
+            timeout=60,
+        )
+    assert response.status_code == 200, response.text
+    assert f"; transfer-syntax={JPEGLosslessSV1};" in response.headers["content-type"]
+    parts = parts_of(response)
+    assert len(parts) == 4
+    for part_headers, body in parts:
+        assert part_headers["content-type"].endswith(f"transfer-syntax={JPEGLosslessSV1}")
+        assert dcmread(BytesIO(body)).file_meta.TransferSyntaxUID == JPEGLosslessSV1
 
 
 def test_negative_cases_never_500(

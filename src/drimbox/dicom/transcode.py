@@ -1,8 +1,9 @@
 """Transfer syntax conversion of Part-10 instances and frames, and image rendering.
 
 Owns what the box can produce from the stored bytes and which of it a client gets: the syntax
-with the client's highest q-value (the stored one on ties: no decoding, no re-encoding), among the
-stored syntax and the lossless re-encodings in JPEG-LS (pyjpegls), JPEG Lossless SV1
+with the highest product of the client's q-value and the box's own source quality (RFC 2295
+§5.3 `qs`; the stored one on ties), among the stored syntax and the lossless re-encodings in
+JPEG-LS (pyjpegls), JPEG Lossless SV1
 (libjpeg-turbo through imagecodecs; dcmtk `dcmcjpeg` for colour), JPEG 2000 (pylibjpeg-openjpeg)
 or Explicit VR Little Endian; lossy JPEG 2000 only when the client names it (never lossy unless
 asked). Frame extraction for WADO-RS `/frames`, and JPEG/PNG renderings (`/rendered`,
@@ -19,7 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, Final
 
 import imagecodecs
 import numpy as np
@@ -99,15 +100,36 @@ def candidate_syntaxes(acceptance: SyntaxAcceptance) -> tuple[str, ...]:
     return PRODUCIBLE_SYNTAXES + lossy
 
 
-def ranked_syntaxes(stored: str, acceptance: SyntaxAcceptance) -> list[str]:
-    """The syntaxes to try for an instance stored in `stored`, best first: the client's
-    highest q; on ties the stored one (no work), then header order, then compactness. Empty
-    when the client accepts none (406)."""
+# The box's source quality of a compressed image re-encoded into another compressed syntax: a
+# decode and an encode per image for no fewer bytes (JPEG-LS, what PACS store most, is already
+# the most compact lossless syntax). The stored bytes, and re-encodings of uncompressed images
+# (what saves bytes on the wire), count 1. So the official DRIM-M list (.70 at 0.9, .80 at 0.8)
+# gets JPEG-LS images as stored (0.8 > 0.9 × 0.5) and uncompressed ones in JPEG Lossless.
+RECOMPRESSION_QUALITY: Final = 0.5
+
+
+def source_quality(stored: str, syntax: str) -> float:
+    """How much the box itself prefers sending an image stored in `stored` as `syntax`."""
+    if syntax == stored or is_uncompressed(stored) or is_uncompressed(syntax):
+        return 1.0
+    return RECOMPRESSION_QUALITY
+
+
+def ranked_syntaxes(
+    stored: str, acceptance: SyntaxAcceptance, pinned: str | None = None
+) -> list[str]:
+    """The syntaxes to try for an instance stored in `stored`, best first: the highest q × qs
+    (`source_quality`); on ties the stored one (no work), then header order, then compactness.
+    `pinned` (the syntax of the response's first part), when the client accepts it, comes
+    first whatever it costs: every part of the response then shares it. Empty when the client
+    accepts none (406)."""
     ranked: list[tuple[float, int, int, str]] = []
     for index, syntax in enumerate((stored, *candidate_syntaxes(acceptance))):
-        q = acceptance.quality(syntax)
+        q = acceptance.quality(syntax) * source_quality(stored, syntax)
         if q <= 0 or any(r[3] == syntax for r in ranked):
             continue
+        if syntax == pinned:
+            q = 2.0  # above any q × qs
         first = 0 if syntax == stored else 1
         position = (
             acceptance.order.index(syntax) if syntax in acceptance.order else len(acceptance.order)
@@ -123,15 +145,14 @@ def choose_syntax(stored: str, acceptance: SyntaxAcceptance) -> str | None:
     return ranked[0] if ranked else None
 
 
-def uniform_syntax(acceptance: SyntaxAcceptance) -> str | None:
-    """The syntax every part of a response gets, whatever each instance's stored one: the one
-    producible syntax the client wants strictly more than anything else. None otherwise."""
-    best = acceptance.best(candidate_syntaxes(acceptance))
-    if best is None:
+def uniform_syntax(first_stored: str, acceptance: SyntaxAcceptance) -> str | None:
+    """The syntax every part of a response gets when its first instance is stored in
+    `first_stored`: that instance's syntax, pinned for the others (see `ranked_syntaxes`), for a
+    client that lists the syntaxes it accepts. None for a client that accepts any
+    (`transfer-syntax=*`): each instance then goes as stored."""
+    if acceptance.wildcard > 0:
         return None
-    top = acceptance.quality(best)
-    others = [q for s, q in acceptance.explicit.items() if s != best] + [acceptance.wildcard]
-    return best if all(q < top for q in others) else None
+    return choose_syntax(first_stored, acceptance)
 
 
 def frame_media_type(transfer_syntax: str) -> str:

@@ -502,6 +502,7 @@ class WadoRoutes:
                     f"syntaxe de transfert stockée {stored} non acceptée et aucune "
                     "syntaxe productible acceptée",
                 )
+            uniform = uniform_syntax(stored, acceptance)
         except BaseException:
             self.images.cache.release(entry)
             raise
@@ -525,7 +526,9 @@ class WadoRoutes:
             try:
                 while True:
                     while batch is not None:
-                        async for chunk, parts in self._chunks(batch, acceptance, boundary, count):
+                        async for chunk, parts in self._chunks(
+                            batch, acceptance, uniform, boundary, count
+                        ):
                             sent += len(chunk)
                             count += parts
                             yield chunk
@@ -552,9 +555,8 @@ class WadoRoutes:
                     replace(record, bytes=sent, instances=count, result=result, detail=detail),
                 )
 
-        # Every part in one syntax (the client's unique first choice, produced from whatever
-        # is stored): said on the response itself, as the DRIM-M sample response does.
-        uniform = uniform_syntax(acceptance)
+        # Every part in the first one's syntax (for a client listing what it accepts): said on
+        # the response itself, as the DRIM-M sample response does.
         syntax = f"; transfer-syntax={uniform}" if uniform else ""
         return RawStreamingResponse(
             body(),
@@ -565,6 +567,7 @@ class WadoRoutes:
         self,
         batch: Sequence[CachedInstance],
         acceptance: SyntaxAcceptance,
+        pinned: str | None,
         boundary: str,
         index: int,
     ) -> AsyncIterator[tuple[BodyChunk, int]]:
@@ -583,7 +586,7 @@ class WadoRoutes:
             for position in range(len(batch) + 1):
                 if position < len(batch):
                     instance = batch[position]
-                    ranked = ranked_syntaxes(instance.transfer_syntax, acceptance)
+                    ranked = ranked_syntaxes(instance.transfer_syntax, acceptance, pinned)
                     if not ranked:
                         log.warning(
                             "instance %s skipped: nothing acceptable", instance.sop_instance_uid
