@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
+from pydicom.uid import ExplicitVRLittleEndian
 
 from drimbox.db import ReportState
 from drimbox.hl7.message import parse_report_message
@@ -96,6 +97,7 @@ def source_site(
     series: tuple[SeriesSpec, ...] = (SeriesSpec("CT", "a", 4), SeriesSpec("CT", "b", 2)),
     size: int = 32,
     environ_extra: dict[str, str] | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> Iterator[Site]:
     orthanc.delete_all()
     crl = LocalWhitelistServer()  # started below, with the simulators
@@ -129,7 +131,12 @@ def source_site(
     report = parse_report_message(hl7_text("CR_C-ORU.hl7")).report
     assert report is not None
     files = generate_study_for_report(
-        tmp_path / "study", report, list(series), rows=size, columns=size
+        tmp_path / "study",
+        report,
+        list(series),
+        rows=size,
+        columns=size,
+        transfer_syntax=transfer_syntax,
     )
     orthanc.store_files(files)
     with (

@@ -145,6 +145,11 @@ class LocalOrthanc:
             cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
         return cfg
 
+    @property
+    def pid(self) -> int | None:
+        """The Orthanc process's id while it runs (benchmarks read its CPU time)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> Self:
         if self._process is not None:
             return self
