@@ -46,6 +46,7 @@ _C_FIND_RSP = 0x8020
 _NO_DATASET = 0x0101
 _COMMAND_FIELD, _RESPONDED_TO, _DATASET_TYPE, _STATUS = 0x0100, 0x0120, 0x0800, 0x0900
 _P_DATA_TF, _A_RELEASE_RQ, _A_ABORT = 0x04, 0x05, 0x07
+PEER_ABORTED = "le PACS a interrompu l'association (A-ABORT)"
 _PARK_WAIT_S = 0.05  # the parked reactor's nap between checks (it has nothing else to do)
 _SETTLE_S = 2.0  # how long the reactor gets to process an A-ABORT/A-RELEASE handed back
 _CHUNK = 262144
@@ -422,7 +423,7 @@ def _receive(
         length = int.from_bytes(buffer[pos + 2 : pos + 6], "big")
         if pdu_type != _P_DATA_TF:
             reason = {
-                _A_ABORT: "le PACS a interrompu l'association (A-ABORT)",
+                _A_ABORT: PEER_ABORTED,
                 _A_RELEASE_RQ: "le PACS a mis fin à l'association (A-RELEASE) avant la fin",
             }.get(pdu_type, f"PDU inattendue (type 0x{pdu_type:02X})")
             raise _HandBack(reason, bytes(buffer[pos:]))

@@ -34,7 +34,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.transport import AssociationSocket
 
 from drimbox.dicom import cfind
-from drimbox.dicom.cfind import Answer, DatasetAnswer, HeldSocket, LeanFindFailure
+from drimbox.dicom.cfind import PEER_ABORTED, Answer, DatasetAnswer, HeldSocket, LeanFindFailure
 from drimbox.dicom.cfind import int_of as _int_or_none
 from drimbox.dicom.cfind import text_of as _text
 from drimbox.dicom.model import InstanceRef, SeriesSnapshot, StudySnapshot, is_uid
@@ -394,6 +394,11 @@ class PacsSession:
         # An empty status means no response at all: DIMSE timeout, abort or dropped connection.
         if "Status" not in status:
             s = self._settings
+            assoc = self._assoc
+            if assoc.acse.is_aborted("a-abort") or (
+                assoc.is_aborted and not getattr(assoc, "_sent_abort", True)
+            ):
+                raise PacsError(f"PACS {s.label} : requête {what} interrompue : {PEER_ABORTED}")
             raise PacsError(
                 f"PACS {s.label} : pas de réponse à la requête {what} en {s.dimse_timeout:.0f} s "
                 "ou association fermée"
