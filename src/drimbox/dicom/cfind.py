@@ -21,6 +21,7 @@ explicit VR little endian; big endian and deflated go through pynetdicom.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import struct
@@ -38,6 +39,8 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import AssociationSocket
 
 from drimbox.dicom.elements import UNDEFINED, Element, walk
+
+log = logging.getLogger(__name__)
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -79,7 +82,11 @@ class LeanFindFailure(Exception):
 
 def text_of(ds: Dataset, keyword: str) -> str:
     """An element's value as text ("" when absent or empty), multiple values joined by `\\`."""
-    value = ds.get(keyword, "")
+    try:
+        value = ds.get(keyword, "")
+    except (ValueError, TypeError, LookupError) as exc:  # a value pydicom cannot convert
+        log.warning("C-FIND answer: %s unreadable (%s)", keyword, exc)
+        return ""
     if value is None:
         return ""
     if isinstance(value, MultiValue):
@@ -89,10 +96,10 @@ def text_of(ds: Dataset, keyword: str) -> str:
 
 def int_of(ds: Dataset, keyword: str) -> int | None:
     """An element's value as an integer; None when absent, empty or not a single integer."""
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
     try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
         return int(value)
     except (TypeError, ValueError):
         return None
@@ -290,21 +297,26 @@ def _idle(assoc: Any, sock: HeldSocket) -> bool:
     )
 
 
+def encode_message(primitive: C_FIND, context_id: int, max_pdu: int) -> bytes:
+    """A C-FIND request or response as the P-DATA-TF PDUs pynetdicom would send for it."""
+    message = C_FIND_RQ() if primitive.MessageIDBeingRespondedTo is None else C_FIND_RSP()
+    message.primitive_to_message(primitive)
+    pdus = []
+    for p_data in message.encode_msg(context_id, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(p_data)
+        pdus.append(pdu.encode())
+    return b"".join(pdus)
+
+
 def _request_bytes(assoc: Any, context_id: int, model: str, identifier: bytes) -> bytes:
-    """The C-FIND-RQ's P-DATA-TF PDUs, as pynetdicom's `send_c_find` would send them."""
+    """The C-FIND-RQ as pynetdicom's `send_c_find` sends it."""
     request = C_FIND()
     request.MessageID = 1
     request.AffectedSOPClassUID = model
     request.Priority = 2
     request.Identifier = BytesIO(identifier)
-    message = C_FIND_RQ()
-    message.primitive_to_message(request)
-    pdus = []
-    for p_data in message.encode_msg(context_id, assoc.dimse.maximum_pdu_size):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(p_data)
-        pdus.append(pdu.encode())
-    return b"".join(pdus)
+    return encode_message(request, context_id, assoc.dimse.maximum_pdu_size)
 
 
 def _final_status(command: bytes, identifier: bytes) -> Dataset:
@@ -359,7 +371,7 @@ def find(
     try:
         raw_socket.settimeout(timeout)
         raw_socket.sendall(_request_bytes(assoc, context_id, model, identifier))
-        answers, status, unread = _receive(raw_socket, context_id, explicit)
+        answers, status, unread = receive(raw_socket, context_id, explicit)
         return answers, status
     except _HandBack as back:
         unread = back.unread
@@ -375,13 +387,16 @@ def find(
         sock.resume(unread)
 
 
-class _HandBack(Exception):
+class _HandBack(LeanFindFailure):
     """Stop reading: `unread` goes back to the reactor, `reason` to the caller."""
 
     def __init__(self, reason: str, unread: bytes = b"") -> None:
         super().__init__(reason)
-        self.reason = reason
         self.unread = unread
+
+
+class Stream(Protocol):
+    def recv_into(self, buffer: memoryview, /) -> int: ...
 
 
 def settle(assoc: Any) -> None:
@@ -391,11 +406,11 @@ def settle(assoc: Any) -> None:
         time.sleep(0.005)
 
 
-def _receive(
-    raw_socket: socket.socket, context_id: int, explicit: bool
+def receive(
+    raw_socket: Stream, context_id: int, explicit: bool
 ) -> tuple[list[RawAnswer], Dataset, bytes]:
     """Read P-DATA-TF PDUs until the final C-FIND-RSP: (answers, final status, bytes read past
-    it)."""
+    it). Raises `LeanFindFailure` for what is not a C-FIND response stream on `context_id`."""
     buffer = bytearray()
     pos = 0
     chunk = bytearray(_CHUNK)
@@ -461,7 +476,10 @@ def _receive(
                     continue
             # A whole response.
             if values[_STATUS] not in _PENDING:
-                status = _final_status(bytes(command), bytes(dataset))
+                try:
+                    status = _final_status(bytes(command), bytes(dataset))
+                except Exception as exc:  # noqa: BLE001 - pydicom's and pynetdicom's, varied
+                    raise _HandBack(f"réponse finale illisible ({exc})") from None
                 # (PDVs after it in the same PDU would be a peer's error: nothing follows.)
                 return answers, status, bytes(buffer[pos:])
             if dataset:
