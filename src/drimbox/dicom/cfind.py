@@ -84,7 +84,7 @@ def text_of(ds: Dataset, keyword: str) -> str:
     """An element's value as text ("" when absent or empty), multiple values joined by `\\`."""
     try:
         value = ds.get(keyword, "")
-    except (ValueError, TypeError, LookupError) as exc:  # a value pydicom cannot convert
+    except Exception as exc:  # noqa: BLE001 - pydicom's conversion of bad bytes fails variously
         log.warning("C-FIND answer: %s unreadable (%s)", keyword, exc)
         return ""
     if value is None:
@@ -101,7 +101,7 @@ def int_of(ds: Dataset, keyword: str) -> int | None:
         if value is None or value == "":
             return None
         return int(value)
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - as `text_of`; several values, not a number
         return None
 
 
