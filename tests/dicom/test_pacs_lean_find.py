@@ -226,6 +226,7 @@ def odd_pacs(event: Any) -> Iterator[tuple[int, Dataset | None]]:
     yield 0x0000, None
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")  # the "1.0" sent on purpose
 @pytest.mark.parametrize("syntax", LEAN_SYNTAXES)
 def test_odd_answers_read_as_pynetdicom_reads_them(syntax: str) -> None:
     with scripted_pacs(odd_pacs, syntax) as settings:
@@ -306,6 +307,7 @@ def test_errors_are_pynetdicoms_errors(last: Handler, expected: str) -> None:
         client.echo()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
 def test_over_tls(tmp_path: Path) -> None:
     pki = TestPki()
     server = pki.issue("localhost", usage="server", dns_names=("localhost",)).write(tmp_path, "s")
