@@ -4,6 +4,7 @@ failure and cancel statuses, a timeout, a PACS aborting mid-stream, odd answers,
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
@@ -327,3 +328,36 @@ def test_over_tls(tmp_path: Path) -> None:
             session.echo()  # the association goes on after the C-FIND
         snapshot = lean.snapshot(STUDY_UID)
         assert snapshot is not None and snapshot == own.snapshot(STUDY_UID)
+
+
+def releasing(event: Any) -> Iterator[tuple[Any, Dataset | None]]:
+    threading.Timer(0.2, event.assoc.release).start()
+    time.sleep(1)
+    yield 0x0000, None
+
+
+def cutting(event: Any) -> Iterator[tuple[Any, Dataset | None]]:
+    connection = event.assoc.dul.socket.socket
+    threading.Timer(0.2, connection.shutdown, (socket.SHUT_RDWR,)).start()
+    time.sleep(1)
+    yield 0x0000, None
+
+
+@pytest.mark.parametrize(
+    ("last", "expected"),
+    [
+        (releasing, r"IMAGE interrompue : le PACS a mis fin à l'association \(A-RELEASE\)"),
+        (cutting, r"C-FIND IMAGE interrompue : connexion fermée par le PACS"),
+    ],
+)
+def test_a_pacs_ending_the_association_mid_stream_is_a_french_error(
+    last: Handler, expected: str
+) -> None:
+    with scripted_pacs(pending_then(last)) as settings:
+        client = PacsClient(settings)
+        with pytest.raises(PacsError, match=expected), client.session() as session:
+            assoc = session._assoc
+            session.find("IMAGE", INSTANCE_RETURN_KEYS, {"StudyInstanceUID": STUDY_UID})
+        assoc.dul.join(5)
+        assert not assoc.is_established and not assoc.dul.is_alive()
+        client.echo()

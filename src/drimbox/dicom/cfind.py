@@ -71,10 +71,13 @@ class LeanFindFailure(Exception):
     """The C-FIND stream broke off; the message (French) says how, `timed_out` when the PACS
     stopped answering. The caller aborts the association (a no-op when the PACS did)."""
 
-    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+    def __init__(self, reason: str, *, timed_out: bool = False, peer_ended: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.timed_out = timed_out
+        # The PACS ended the association (A-ABORT, A-RELEASE, closed): pynetdicom's reactor
+        # is acting on it (`settle`).
+        self.peer_ended = peer_ended
 
 
 # -- reading answers -----------------------------------------------------------------------------
@@ -375,11 +378,13 @@ def find(
         return answers, status
     except _HandBack as back:
         unread = back.unread
-        raise LeanFindFailure(back.reason) from None
+        raise LeanFindFailure(back.reason, peer_ended=back.peer_ended) from None
     except TimeoutError:
         raise LeanFindFailure("pas de réponse", timed_out=True) from None
     except OSError as exc:
-        raise LeanFindFailure(f"connexion fermée ({exc.strerror or exc})") from None
+        raise LeanFindFailure(
+            f"connexion fermée ({exc.strerror or exc})", peer_ended=True
+        ) from None
     finally:
         with contextlib.suppress(OSError):
             raw_socket.settimeout(previous_timeout)
@@ -390,8 +395,8 @@ def find(
 class _HandBack(LeanFindFailure):
     """Stop reading: `unread` goes back to the reactor, `reason` to the caller."""
 
-    def __init__(self, reason: str, unread: bytes = b"") -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, unread: bytes = b"", *, closed: bool = False) -> None:
+        super().__init__(reason, peer_ended=closed or bool(unread))
         self.unread = unread
 
 
@@ -428,7 +433,7 @@ def receive(
         while len(buffer) < count:
             received = raw_socket.recv_into(view)
             if not received:
-                raise _HandBack("connexion fermée par le PACS")
+                raise _HandBack("connexion fermée par le PACS", closed=True)
             buffer += view[:received]
 
     while True:

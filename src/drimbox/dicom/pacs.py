@@ -324,7 +324,8 @@ class PacsSession:
             if failure.timed_out:
                 assoc.abort()
                 self._status_code(Dataset(), what)  # raises the usual "no answer" error
-            cfind.settle(assoc)
+            if failure.peer_ended:
+                cfind.settle(assoc)
             assoc.abort()
             raise PacsError(
                 f"PACS {s.label} : requête {what} interrompue : {failure.reason}"
