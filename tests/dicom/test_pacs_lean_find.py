@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -23,9 +27,11 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from drimbox.dicom.cfind import DatasetAnswer, RawAnswer
+from drimbox.dicom.elements import LONG_VRS
 from drimbox.dicom.pacs import (
     INSTANCE_RETURN_KEYS,
     SERIES_RETURN_KEYS,
@@ -361,3 +367,53 @@ def test_a_pacs_ending_the_association_mid_stream_is_a_french_error(
         assoc.dul.join(5)
         assert not assoc.is_established and not assoc.dul.is_alive()
         client.echo()
+
+
+# -- the answers' values read from the bytes, against pydicom on the same bytes ------------------
+
+ELEMENTS = ((0x00080016, b"UI"), (0x00080018, b"UI"), (0x0020000D, b"UI"), (0x00200013, b"IS"))
+VALUE = st.binary(max_size=14).map(lambda b: bytes(b"0123456789. +-\\\x00a\xe9"[c % 16] for c in b))
+
+
+def encoded(elements: list[tuple[int, bytes, bytes]], explicit: bool) -> bytes:
+    """(tag, VR, raw value) elements, in tag order, as a PACS would encode them."""
+    out = b""
+    for tag, vr, value in elements:
+        value += b" " * (len(value) % 2)
+        out += struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+        if not explicit:
+            out += struct.pack("<I", len(value))
+        elif vr in LONG_VRS:
+            out += vr + struct.pack("<HI", 0, len(value))
+        else:
+            out += vr + struct.pack("<H", len(value))
+        out += value
+    return out
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the invalid values
+@settings(max_examples=400, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(st.booleans(), st.sampled_from([b"", b"UN", b"LO"]), VALUE),
+        min_size=4,
+        max_size=4,
+    ),
+    explicit=st.booleans(),
+)
+def test_values_read_from_the_bytes_are_pydicoms(
+    values: list[tuple[bool, bytes, bytes]], explicit: bool
+) -> None:
+    """Present or not, with their own VR or another (explicit VR), any bytes of a small
+    alphabet (digits, dots, spaces, signs, backslash, NUL, letters, non-ASCII)."""
+    elements = [
+        (tag, other or vr, value)
+        for (tag, vr), (present, other, value) in zip(ELEMENTS, values, strict=True)
+        if present
+    ]
+    data = encoded(elements, explicit)
+    raw = RawAnswer(data, explicit)
+    reference = DatasetAnswer(decode(BytesIO(data), not explicit, True, False))
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "InstanceNumber"):
+        assert raw.text(keyword) == reference.text(keyword), keyword
+        assert raw.integer(keyword) == reference.integer(keyword), keyword
