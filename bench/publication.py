@@ -8,7 +8,10 @@ Orthanc: by today's code, and by the code of `--baseline` (default: the commit b
 work, extracted with `git archive`), each in its own process with its own DMP simulator, node and
 database; the ratio is printed. (b) 200 reports of 200 distinct small studies sent at once, timed
 until all are published (today's code). The DMP is a local simulator: its own processing is
-included, network latency to the real DMP is not.
+included, network latency to the real DMP is not. (c) first, the study snapshot alone (C-FIND
+study, series, images: `PacsClient.snapshot`) by the box's lean C-FIND path and by pynetdicom's
+own, alternated: wall time, the CPU of the box's process and of Orthanc; and Orthanc's REST
+`/tools/find` of the same instances for comparison.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from common import percentile, summary  # noqa: E402
 
 from drimbox.cda import parse_report  # noqa: E402
 from drimbox.db import ReportState  # noqa: E402
+from drimbox.dicom.pacs import PacsClient, PacsSettings  # noqa: E402
 from drimbox.sim.orthanc import LocalOrthanc  # noqa: E402
 from drimbox.sim.ris import RisClient  # noqa: E402
 from drimbox.sim.studies import SeriesSpec, generate_study_for_report  # noqa: E402
@@ -65,6 +69,44 @@ def single_study(pacs_port: int, pacs_aet: str, runs: int, first_version: int) -
                 assert done.state in PUBLISHED, done.reason
     shutil.rmtree(work, ignore_errors=True)
     return latencies
+
+
+def snapshot_figures(pacs: LocalOrthanc, study_uid: str, runs: int) -> None:
+    """(c): the snapshot by each C-FIND path, alternated; the results must be identical."""
+    settings = PacsSettings(host="127.0.0.1", port=pacs.dicom_port, called_aet=pacs.aet)
+    reference = PacsClient(settings, lean_find=False).snapshot(study_uid)
+    assert reference is not None
+    orthanc = f"/proc/{pacs._process.pid}/stat" if pacs._process else ""
+    figures: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
+    for _ in range(runs):
+        for lean in (False, True):
+            client = PacsClient(settings, lean_find=lean)
+            ours, theirs, started = time.process_time(), _cpu_s(orthanc), time.perf_counter()
+            assert client.snapshot(study_uid) == reference
+            wall = time.perf_counter() - started
+            figures[lean].append((wall, time.process_time() - ours, _cpu_s(orthanc) - theirs))
+    rest = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        found = pacs.client.post(
+            "/tools/find", json={"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}}
+        ).json()
+        rest.append(time.perf_counter() - started)
+    count = sum(len(s.instances) for s in reference.series)
+    assert len(found) == count
+    print(f"\nStudy snapshot ({count} instances), p50 of {runs}, load {os.getloadavg()[0]:.2f}:")
+    for lean, label in ((False, "pynetdicom's C-FIND path"), (True, "lean C-FIND path ......")):
+        wall, cpu, orthanc_cpu = (percentile([f[i] for f in figures[lean]], 0.5) for i in range(3))
+        print(f"  {label}: wall {wall:.3f} s, box CPU {cpu:.3f} s, Orthanc CPU {orthanc_cpu:.3f} s")
+    print(f"  Orthanc REST /tools/find (instances): wall {percentile(rest, 0.5):.3f} s")
+
+
+def _cpu_s(stat_path: str) -> float:
+    """User + system CPU seconds of a process (0 when unknown)."""
+    if not stat_path:
+        return 0.0
+    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def baseline_tree(commit: str, work: Path) -> Path:
@@ -100,6 +142,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1300)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--reports", type=int, default=200)
+    parser.add_argument("--snapshot-runs", type=int, default=7, help="(c); 0: skip it")
     parser.add_argument("--baseline", default=BASELINE, help="git commit measured as baseline")
     parser.add_argument("--child", nargs=2, metavar=("PACS_PORT", "PACS_AET"), help="internal")
     parser.add_argument("--first-version", type=int, default=50_000, help="internal")
@@ -125,6 +168,8 @@ def main() -> None:
                 work / f"s{index}", exam_report, [SeriesSpec("CT", "x", 3)], rows=32, columns=32
             ))  # fmt: skip
         print(f"PACS ready: {args.instances}-instance study + {args.reports} small studies")
+        if args.snapshot_runs > 0:
+            snapshot_figures(pacs, report.study_instance_uid, args.snapshot_runs)
 
         # Alternated halves, so that the machine's load weighs on both alike.
         half = max(1, args.runs // 2)

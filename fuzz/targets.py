@@ -6,9 +6,9 @@ refusal; anything else is a finding: an unexpected exception, a refusal marked `
 
     uv run python fuzz/targets.py TARGET [atheris/libFuzzer options]   # e.g. -runs=1000000
 
-Targets: hl7, cda, kos, soap, whitelist, accept, launch, multipart. The test suite runs each for a
-bounded number of executions (tests/reliability/test_fuzz.py); a long run is documented in
-docs/reliability.md.
+Targets: hl7, cda, kos, soap, whitelist, accept, launch, multipart, cfind. The test suite runs
+each for a bounded number of executions (tests/reliability/test_fuzz.py); a long run is
+documented in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ with atheris.instrument_imports(include=["drimbox"]):
     from drimbox.conso.common import ConsoError
     from drimbox.conso.history import read_manifest
     from drimbox.conso.launch import InvalidLaunch, parse_launch
+    from drimbox.dicom.cfind import LeanFindFailure, receive
     from drimbox.dmp.soap import SoapError, SoapFault, body_of
     from drimbox.errors import refusals_only
     from drimbox.hl7.message import HL7Error, parse_report_message
@@ -126,6 +127,35 @@ def _take_parts(scanner: PartScanner) -> None:
         _ = part.content_type
 
 
+class _Replay:
+    """A socket replaying `data`, at most `piece` bytes per read."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self._data = data
+        self._piece = piece
+        self._pos = 0
+
+    def recv_into(self, buffer: memoryview, /) -> int:
+        chunk = self._data[self._pos : self._pos + min(self._piece, len(buffer))]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+def cfind(data: bytes) -> None:
+    """The C-FIND responses a PACS streams on presentation context 1, read by the lean path
+    (`drimbox.dicom.cfind`): byte 0 bit 0 picks explicit VR, the other bits the read size; then
+    the stream. Every answer's UIDs and number are read."""
+    if not data:
+        return
+    with refusals_only(LeanFindFailure):
+        answers, _status, _rest = receive(_Replay(data[1:], 1 + data[0] * 64), 1, bool(data[0] & 1))
+        for answer in answers:
+            for keyword in ("SOPInstanceUID", "SOPClassUID", "InstanceNumber", "PatientName"):
+                answer.text(keyword)
+                answer.integer(keyword)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "hl7": hl7,
     "cda": cda,
@@ -135,6 +165,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "accept": accept,
     "launch": launch,
     "multipart": multipart,
+    "cfind": cfind,
 }
 
 

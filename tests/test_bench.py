@@ -23,7 +23,7 @@ TINY: dict[str, list[str]] = {
     "load_peers.py": ["--clients", "1", "--requests", "1"],
     "pacs_speedtest.py": ["--instances", "4", "--runs", "1"],
     "prefetch_order.py": ["--exams", "8", "--instances", "1", "--size", "16"],
-    "publication.py": ["--instances", "4", "--runs", "1", "--reports", "2"],
+    "publication.py": ["--instances", "4", "--runs", "1", "--reports", "2", "--snapshot-runs", "1"],
     "retention_purge.py": ["--reports", "4", "--cda-kb", "1", "--batch", "2"],
     "wado_series.py": ["--instances", "2", "--runs", "1", "--warmup", "0"],
     "wado_shaped.py": ["--instances", "2", "--runs", "1"],

@@ -10,15 +10,21 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from drimbox.cda import CdaError, parse_report
 from drimbox.conso.common import ConsoError
 from drimbox.conso.history import read_manifest
+from drimbox.dicom.cfind import encode_message
 from drimbox.dmp.soap import SoapError, SoapFault, body_of
 from drimbox.errors import refusals_only
 from drimbox.http.multipart import closing, part_header
@@ -36,6 +42,30 @@ MULTIPART_BODY = (
 # The official CDA with its PDF cut to a few bytes: whole and well-formed, small enough to fuzz.
 SMALL_CDA = re.sub(rb'(representation="B64">)[^<]+', rb"\1JVBERi0xLjQK",
                    ans_file("cda/CR_C.xml").read_bytes())  # fmt: skip
+
+
+def cfind_stream(*, explicit: bool) -> bytes:
+    """Two pending C-FIND answers (one with a sequence) and the final Success, as a PACS sends
+    them on presentation context 1."""
+    stream = b""
+    for number in (1, 2, 0):
+        response = C_FIND()
+        response.MessageIDBeingRespondedTo = 1
+        response.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
+        response.Status = 0xFF00 if number else 0x0000
+        if number:
+            ds = Dataset()
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            ds.SOPInstanceUID, ds.InstanceNumber = f"1.2.3.{number}", number
+            ds.PatientName = "LÉGER^ÉLODIE"
+            if number == 2:
+                ds.OtherPatientIDsSequence = [Dataset()]
+                ds.OtherPatientIDsSequence[0].PatientID = "IPP9"
+            response.Identifier = BytesIO(encode(ds, not explicit, True))
+        stream += encode_message(response, 1, 16384)
+    return stream
+
+
 SEEDS = {
     "hl7": [with_cda(hl7_text("CR_C-ORU.hl7"), SMALL_CDA).encode(),
             hl7_text("CR_W_Suppression-OMI.hl7").encode()],
@@ -53,10 +83,13 @@ SEEDS = {
                   bytes([130, 255]) + b"%x;x=y\r\n" % len(MULTIPART_BODY) + MULTIPART_BODY
                   + b"\r\n0\r\nX-T: 1\r\n\r\n",
                   bytes([2, 0]) + MULTIPART_BODY],
+    # byte 0: bit 0 explicit VR, the rest the read size; then the PACS's C-FIND-RSP stream
+    "cfind": [bytes([1]) + cfind_stream(explicit=True), bytes([64]) + cfind_stream(explicit=False)],
 }  # fmt: skip
 
 
 RUNS = 1500
+
 OFFICIAL_KOS_DUMP = ans_file("informatif/Manifest_KOS_dump.xml")
 
 
@@ -104,6 +137,7 @@ BUG_SITES = {
     "accept": ("drimbox.http.accept", "_media_range"),
     "launch": ("drimbox.conso.launch", "_normalise"),
     "multipart": ("drimbox.http.multipart_client", "PartScanner._part_head"),
+    "cfind": ("drimbox.dicom.cfind", "_command_values"),
 }
 INJECTED = "injected parser bug"
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from inotify_simple import INotify, flags
 from pydicom.filereader import read_partial
 
+from drimbox.dicom.elements import LONG_VRS, UNDEFINED, Element, TruncatedData, walk
 from drimbox.dicom.pacs import InstanceSink, PacsError, PacsSettings
 from drimbox.dicom.scp import ScpError
 
@@ -44,11 +45,7 @@ log = logging.getLogger(__name__)
 _DCMTK_ENV = {"TCP_NODELAY": "1"}
 _STORESCP_MAX_PDU = 131072  # storescp's largest (4096..131072)
 _STUDY_UID, _SERIES_UID = 0x0020000D, 0x0020000E
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_KEY_TAGS = frozenset({_STUDY_UID, _SERIES_UID})
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 # The syntaxes whose dataset is not explicit VR little endian (every compressed one is).
 _NOT_EXPLICIT_LE = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
@@ -76,25 +73,33 @@ def series_key(data: bytes) -> tuple[str, str]:
     layout = _layout(data)
     if layout is not None:
         start, explicit = layout
-        found: dict[int, str] = {}
+        found: dict[int, Element] = {}
         try:
-            end = _walk(data, start, len(data), explicit, found, top=True)
-        except (struct.error, IncompleteInstance) as exc:
-            raise IncompleteInstance(f"fichier tronqué ({exc})", _key(found)) from exc
+            end = walk(data, start, len(data), explicit, found, _KEY_TAGS)
+        except (struct.error, TruncatedData) as exc:
+            raise IncompleteInstance(f"fichier tronqué ({exc})", _key(data, found)) from exc
         except ValueError:
             end = None  # not understood here (e.g. an implicit sequence inside UN): pydicom's
         if end is not None:
             if end != len(data):
                 raise IncompleteInstance(
-                    f"fichier tronqué ({len(data)} octets, {end} attendus)", _key(found)
+                    f"fichier tronqué ({len(data)} octets, {end} attendus)", _key(data, found)
                 )
-            return _key(found)
+            return _key(data, found)
     ds = read_partial(BytesIO(data), stop_when=lambda tag, vr, length: tag > _SERIES_UID)
     return str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
 
 
-def _key(found: dict[int, str]) -> tuple[str, str]:
-    return found.get(_STUDY_UID, ""), found.get(_SERIES_UID, "")
+def _key(data: bytes, found: dict[int, Element]) -> tuple[str, str]:
+    def uid(tag: int) -> str:
+        if tag not in found:
+            return ""
+        _vr, at, length = found[tag]
+        if length == UNDEFINED:
+            return ""
+        return data[at : at + length].decode("ascii").strip("\0 ")
+
+    return uid(_STUDY_UID), uid(_SERIES_UID)
 
 
 def _layout(data: bytes) -> tuple[int, bool] | None:
@@ -118,7 +123,7 @@ def _meta_syntax(meta: bytes) -> str:
     while pos + 8 <= len(meta):
         group, element = struct.unpack_from("<HH", meta, pos)
         vr = meta[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             (length,) = struct.unpack_from("<I", meta, pos + 8)
             value_at = pos + 12
         else:
@@ -128,53 +133,6 @@ def _meta_syntax(meta: bytes) -> str:
             return meta[value_at : value_at + length].decode("ascii").strip("\0 ")
         pos = value_at + length
     return ""
-
-
-def _walk(data: bytes, pos: int, end: int, explicit: bool, found: dict[int, str], top: bool) -> int:
-    """Skip elements from `pos` (collecting the two UIDs at the top level); returns where an
-    item delimiter ended the walk, or (top level) where the last element ends."""
-    while pos + 8 <= end:
-        group, element = struct.unpack_from("<HH", data, pos)
-        tag = group << 16 | element
-        if tag == _ITEM_END:
-            return pos + 8
-        if explicit:
-            vr = data[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
-                (length,) = struct.unpack_from("<I", data, pos + 8)
-                value_at = pos + 12
-            else:
-                (length,) = struct.unpack_from("<H", data, pos + 6)
-                value_at = pos + 8
-        else:
-            (length,) = struct.unpack_from("<I", data, pos + 4)
-            value_at = pos + 8
-        if length == _UNDEFINED:
-            pos = _skip_sequence(data, value_at, end, explicit)
-            continue
-        if top and tag in (_STUDY_UID, _SERIES_UID):
-            found[tag] = data[value_at : value_at + length].decode("ascii").strip("\0 ")
-        pos = value_at + length
-    if top:
-        return pos
-    raise IncompleteInstance("élément non terminé")
-
-
-def _skip_sequence(data: bytes, pos: int, end: int, explicit: bool) -> int:
-    """Past an undefined-length sequence starting at its first item."""
-    while pos + 8 <= end:
-        group, element = struct.unpack_from("<HH", data, pos)
-        (length,) = struct.unpack_from("<I", data, pos + 4)
-        tag = group << 16 | element
-        if tag == _SEQUENCE_END:
-            return pos + 8
-        if tag != _ITEM:
-            raise ValueError("not an item")
-        if length == _UNDEFINED:
-            pos = _walk(data, pos + 8, end, explicit, {}, top=False)
-        else:
-            pos += 8 + length
-    raise IncompleteInstance("séquence non terminée")
 
 
 # -- the storescp process and its spool ----------------------------------------------------------

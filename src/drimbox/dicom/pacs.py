@@ -30,8 +30,13 @@ from pydicom.uid import UID
 from pynetdicom import AE, build_role, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
+from pynetdicom.dsutils import encode
 from pynetdicom.transport import AssociationSocket
 
+from drimbox.dicom import cfind
+from drimbox.dicom.cfind import PEER_ABORTED, Answer, DatasetAnswer, HeldSocket, LeanFindFailure
+from drimbox.dicom.cfind import int_of as _int_or_none
+from drimbox.dicom.cfind import text_of as _text
 from drimbox.dicom.model import InstanceRef, SeriesSnapshot, StudySnapshot, is_uid
 
 log = logging.getLogger(__name__)
@@ -168,9 +173,9 @@ class PacsSettings:
         return f"{self.called_aet}@{self.host}:{self.port}"
 
 
-class _WaitingSocket(AssociationSocket):
+class _WaitingSocket(HeldSocket):
     """An association socket whose readiness check waits (up to the reactor's old 1 ms nap)
-    for data instead of answering at once.
+    for data instead of answering at once, and that C-FIND can take over (`HeldSocket`).
 
     pynetdicom's reactor sleeps 1 ms after every turn and reads one PDU a turn: 1300 C-FIND
     answers (one PDU each) took at least 1.3 s. With its nap set to 0 (`_NoDelayAE`), the
@@ -178,14 +183,13 @@ class _WaitingSocket(AssociationSocket):
     between turns, as before.
     """
 
-    @property
-    def ready(self) -> bool:
+    def _socket_ready(self) -> bool:
         sock = self.socket
         if sock is not None and self._is_connected and not self._pending():
             # Errors (a closed connection) are reported by the base check below.
             with contextlib.suppress(OSError, ValueError):
                 select.select([sock], [], [], _REACTOR_WAIT_S)
-        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+        return super()._socket_ready()
 
     def _pending(self) -> bool:
         """Whether the reactor has something to send, or TLS has decrypted bytes buffered
@@ -221,9 +225,12 @@ class _NoDelayAE(AE):
 class PacsSession:
     """One open association; all queries made through it reuse it. Get one from `PacsClient`."""
 
-    def __init__(self, assoc: Association, settings: PacsSettings) -> None:
+    def __init__(
+        self, assoc: Association, settings: PacsSettings, *, lean_find: bool = True
+    ) -> None:
         self._assoc = assoc
         self._settings = settings
+        self._lean_find = lean_find
 
     @property
     def tcp_nodelay(self) -> bool:
@@ -243,6 +250,13 @@ class PacsSession:
         self, level: str, return_keys: tuple[str, ...], keys: Mapping[str, Any]
     ) -> list[Dataset]:
         """Study Root C-FIND at `level`; `keys` are matching keys by DICOM keyword."""
+        answers = (a.dataset() for a in self.find_answers(level, return_keys, keys))
+        return [ds for ds in answers if ds is not None]
+
+    def find_answers(
+        self, level: str, return_keys: tuple[str, ...], keys: Mapping[str, Any]
+    ) -> list[Answer]:
+        """`find`, its answers read only as far as asked (see `drimbox.dicom.cfind`)."""
         identifier = Dataset()
         identifier.QueryRetrieveLevel = level
         identifier.SpecificCharacterSet = "ISO_IR 192"  # accept UTF-8 answers
@@ -262,23 +276,64 @@ class PacsSession:
             except (ValueError, TypeError) as exc:
                 raise PacsError(f"clé C-FIND invalide {keyword}={value!r} : {exc}") from exc
 
-        results: list[Dataset] = []
-        responses = self._assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)
-        for status, answer in responses:
-            code = self._status_code(status, f"C-FIND {level}")
-            if code in _PENDING:
+        what = f"C-FIND {level}"
+        found = self._lean_find_answers(identifier, what) if self._lean_find else None
+        results, status = found if found is not None else self._pynetdicom_find(identifier)
+        code = self._status_code(status, what)
+        if code == _SUCCESS:
+            return results
+        comment = status.get("ErrorComment", "")
+        label = "annulé" if code == _CANCEL else f"en échec (statut 0x{code:04X})"
+        raise PacsError(
+            f"PACS {self._settings.label} : C-FIND niveau {level} {label}"
+            + (f" ({comment})" if comment else "")
+        )
+
+    def _pynetdicom_find(self, identifier: Dataset) -> tuple[list[Answer], Dataset]:
+        """pynetdicom's own C-FIND: (pending answers, final status; empty when none came)."""
+        results: list[Answer] = []
+        for status, answer in self._assoc.send_c_find(
+            identifier, StudyRootQueryRetrieveInformationModelFind
+        ):
+            if "Status" in status and status.Status in _PENDING:
                 if answer is not None:
-                    results.append(answer)
+                    results.append(DatasetAnswer(answer))
                 continue
-            if code == _SUCCESS:
-                break
-            comment = status.get("ErrorComment", "")
-            label = "annulé" if code == _CANCEL else f"en échec (statut 0x{code:04X})"
+            return results, status
+        return results, Dataset()
+
+    def _lean_find_answers(
+        self, identifier: Dataset, what: str
+    ) -> tuple[list[Answer], Dataset] | None:
+        """The C-FIND through `drimbox.dicom.cfind` (the session's thread reads the responses);
+        None when that path does not apply (syntax, socket, reactor busy): pynetdicom's then."""
+        assoc = self._assoc
+        sock = assoc.dul.socket
+        model = StudyRootQueryRetrieveInformationModelFind
+        context = cfind.usable_context(assoc, model) if assoc.is_established else None
+        if context is None or not isinstance(sock, HeldSocket):
+            return None
+        encoded = encode(identifier, not context[1], True, False)
+        if encoded is None:
+            return None  # pynetdicom's path reports it
+        s = self._settings
+        timeout = min(s.dimse_timeout, s.network_timeout)
+        try:
+            found = cfind.find(assoc, sock, model, context, encoded, timeout)
+        except LeanFindFailure as failure:
+            if failure.timed_out:
+                assoc.abort()
+                self._status_code(Dataset(), what)  # raises the usual "no answer" error
+            if failure.peer_ended:
+                cfind.settle(assoc)
+            assoc.abort()
             raise PacsError(
-                f"PACS {self._settings.label} : C-FIND niveau {level} {label}"
-                + (f" ({comment})" if comment else "")
-            )
-        return results
+                f"PACS {s.label} : requête {what} interrompue : {failure.reason}"
+            ) from None
+        if found is None:
+            return None
+        answers, status = found
+        return list(answers), status
 
     def get_series(self, study_uid: str, series_uid: str) -> int:
         """C-GET of one series on this association (opened with a sink, see
@@ -340,31 +395,17 @@ class PacsSession:
         # An empty status means no response at all: DIMSE timeout, abort or dropped connection.
         if "Status" not in status:
             s = self._settings
+            assoc = self._assoc
+            if assoc.acse.is_aborted("a-abort") or (
+                assoc.is_aborted and not getattr(assoc, "_sent_abort", True)
+            ):
+                raise PacsError(f"PACS {s.label} : requête {what} interrompue : {PEER_ABORTED}")
             raise PacsError(
                 f"PACS {s.label} : pas de réponse à la requête {what} en {s.dimse_timeout:.0f} s "
                 "ou association fermée"
             )
         code: int = status.Status
         return code
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    if value is None:
-        return ""
-    if isinstance(value, MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
-
-
-def _int_or_none(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _other_patient_ids(ds: Dataset) -> tuple[str, ...]:
@@ -382,10 +423,14 @@ def _other_patient_ids(ds: Dataset) -> tuple[str, ...]:
 
 
 class PacsClient:
-    """Queries the site's PACS over DIMSE. Each public call opens and releases one association."""
+    """Queries the site's PACS over DIMSE. Each public call opens and releases one association.
 
-    def __init__(self, settings: PacsSettings) -> None:
+    `lean_find=False` receives C-FIND answers through pynetdicom's own path instead of
+    `drimbox.dicom.cfind` (what the tests and the bench compare it with)."""
+
+    def __init__(self, settings: PacsSettings, *, lean_find: bool = True) -> None:
         self.settings = settings
+        self.lean_find = lean_find
 
     def _configured_ae(self) -> _NoDelayAE:
         """An AE with the box's title and every timeout and PDU size of the settings."""
@@ -453,7 +498,7 @@ class PacsClient:
             raise PacsError(self._association_failure(assoc))
         _keep_responses(assoc)
         try:
-            yield PacsSession(assoc, s)
+            yield PacsSession(assoc, s, lean_find=self.lean_find)
         except BaseException:
             assoc.abort()
             raise
@@ -572,20 +617,19 @@ class PacsClient:
                 series_uid = _text(series, "SeriesInstanceUID")
                 if not series_uid:
                     continue
-                answers = session.find(
+                answers = session.find_answers(
                     "IMAGE",
                     image_keys,
                     {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid},
                 )
-                refs = {
-                    _text(a, "SOPInstanceUID"): InstanceRef(
-                        sop_class_uid=_text(a, "SOPClassUID") or only_class,
-                        sop_instance_uid=_text(a, "SOPInstanceUID"),
-                        instance_number=_int_or_none(a, "InstanceNumber"),
-                    )
-                    for a in answers
-                    if _text(a, "SOPInstanceUID")
-                }
+                refs: dict[str, InstanceRef] = {}
+                for a in answers:
+                    if sop_uid := a.text("SOPInstanceUID"):
+                        refs[sop_uid] = InstanceRef(
+                            sop_class_uid=a.text("SOPClassUID") or only_class,
+                            sop_instance_uid=sop_uid,
+                            instance_number=a.integer("InstanceNumber"),
+                        )
                 instances = sorted(
                     refs.values(),
                     key=lambda r: (
