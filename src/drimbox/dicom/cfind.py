@@ -27,13 +27,24 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
 from io import BytesIO
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom.dimse_messages import C_FIND_RQ, C_FIND_RSP
-from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dimse_messages import (
+    C_FIND_RQ,
+    C_FIND_RSP,
+    C_GET_RQ,
+    C_GET_RSP,
+    C_MOVE_RQ,
+    C_MOVE_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    DIMSEMessage,
+)
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import AssociationSocket
@@ -44,16 +55,19 @@ log = logging.getLogger(__name__)
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_PENDING = frozenset({0xFF00, 0xFF01})
+PENDING = frozenset({0xFF00, 0xFF01})
 _C_FIND_RSP = 0x8020
 _NO_DATASET = 0x0101
-_COMMAND_FIELD, _RESPONDED_TO, _DATASET_TYPE, _STATUS = 0x0100, 0x0120, 0x0800, 0x0900
+COMMAND_FIELD, RESPONDED_TO, _DATASET_TYPE, STATUS = 0x0100, 0x0120, 0x0800, 0x0900
 _P_DATA_TF, _A_RELEASE_RQ, _A_ABORT = 0x04, 0x05, 0x07
+_BAD_PDV = "PDV mal formée ou d'un autre contexte de présentation"
+BAD_MESSAGE = "réponse DIMSE inattendue ou invalide"
 PEER_ABORTED = "le PACS a interrompu l'association (A-ABORT)"
 _PARK_WAIT_S = 0.05  # the parked reactor's nap between checks (it has nothing else to do)
 _SETTLE_S = 2.0  # how long the reactor gets to process an A-ABORT/A-RELEASE handed back
 _CHUNK = 262144
 _U16 = struct.Struct("<H")
+_T = TypeVar("_T")
 _TAG_LEN = struct.Struct("<HHI")
 
 # Elements read from the bytes without pydicom: (tag, VR). Anything else goes through pydicom.
@@ -300,9 +314,19 @@ def _idle(assoc: Any, sock: HeldSocket) -> bool:
     )
 
 
-def encode_message(primitive: C_FIND, context_id: int, max_pdu: int) -> bytes:
-    """A C-FIND request or response as the P-DATA-TF PDUs pynetdicom would send for it."""
-    message = C_FIND_RQ() if primitive.MessageIDBeingRespondedTo is None else C_FIND_RSP()
+_MESSAGES: dict[type, tuple[type[DIMSEMessage], type[DIMSEMessage]]] = {
+    C_FIND: (C_FIND_RQ, C_FIND_RSP),
+    C_GET: (C_GET_RQ, C_GET_RSP),
+    C_MOVE: (C_MOVE_RQ, C_MOVE_RSP),
+    C_STORE: (C_STORE_RQ, C_STORE_RSP),
+}
+Primitive = C_FIND | C_GET | C_MOVE | C_STORE
+
+
+def encode_message(primitive: Primitive, context_id: int, max_pdu: int) -> bytes:
+    """A DIMSE request or response as the P-DATA-TF PDUs pynetdicom would send for it."""
+    request, response = _MESSAGES[type(primitive)]
+    message = request() if primitive.MessageIDBeingRespondedTo is None else response()
     message.primitive_to_message(primitive)
     pdus = []
     for p_data in message.encode_msg(context_id, max_pdu):
@@ -322,12 +346,15 @@ def _request_bytes(assoc: Any, context_id: int, model: str, identifier: bytes) -
     return encode_message(request, context_id, assoc.dimse.maximum_pdu_size)
 
 
-def _final_status(command: bytes, identifier: bytes) -> Dataset:
-    """The status Dataset pynetdicom's `send_c_find` yields for a final response."""
-    message = C_FIND_RSP()
+def final_status(
+    command: bytes, data_set: bytes, message_type: type[DIMSEMessage] = C_FIND_RSP
+) -> Dataset:
+    """The status Dataset pynetdicom's `send_c_find`/`send_c_get`/`send_c_move` yields for a
+    final response."""
+    message = message_type()
     message.command_set = decode(BytesIO(command), True, True, False)
-    message.data_set = BytesIO(identifier)
-    response = cast(C_FIND, message.message_to_primitive())
+    message.data_set = BytesIO(data_set)
+    response = cast(C_FIND | C_GET | C_MOVE, message.message_to_primitive())
     status = Dataset()
     status.Status = response.Status
     for keyword in response.STATUS_OPTIONAL_KEYWORDS:
@@ -360,23 +387,45 @@ def find(
     the final status as pynetdicom gives it). None when the exchange could not start (the
     reactor busy or not parked): nothing was sent, pynetdicom's path is to be used. Raises
     `LeanFindFailure` when the stream breaks off (timeout: `timeout` seconds without data)."""
+    context_id, explicit = context
+
+    def read(raw_socket: socket.socket) -> tuple[tuple[list[RawAnswer], Dataset], bytes]:
+        answers, status, rest = receive(raw_socket, context_id, explicit)
+        return (answers, status), rest
+
+    return exchange(
+        assoc, sock, _request_bytes(assoc, context_id, model, identifier), timeout, read
+    )
+
+
+def exchange(
+    assoc: Any,
+    sock: HeldSocket,
+    request: bytes,
+    timeout: float | None,
+    read: Callable[[socket.socket], tuple[_T, bytes]],
+) -> _T | None:
+    """Park pynetdicom's reactor, send `request` and `read` the responses from the socket on
+    the calling thread (`read` gives its result and the bytes it read past the end, which go
+    back to the reactor). None when the exchange could not start (the reactor busy or not
+    parked): nothing was sent, pynetdicom's path is to be used. Raises `LeanFindFailure` when
+    the stream breaks off (timeout: `timeout` seconds without data)."""
     if not sock.hold(1.0):
         return None
     if not _idle(assoc, sock) or sock.socket is None:
         sock.resume()
         return None
     raw_socket: socket.socket = sock.socket
-    context_id, explicit = context
     idle_timer = assoc.dul._idle_timer
     idle_timer.stop()  # our own timeout applies while the reactor is parked
     previous_timeout = raw_socket.gettimeout()
     unread = b""
     try:
         raw_socket.settimeout(timeout)
-        raw_socket.sendall(_request_bytes(assoc, context_id, model, identifier))
-        answers, status, unread = receive(raw_socket, context_id, explicit)
-        return answers, status
-    except _HandBack as back:
+        raw_socket.sendall(request)
+        result, unread = read(raw_socket)
+        return result
+    except HandBack as back:
         unread = back.unread
         raise LeanFindFailure(back.reason, peer_ended=back.peer_ended) from None
     except TimeoutError:
@@ -392,7 +441,7 @@ def find(
         sock.resume(unread)
 
 
-class _HandBack(LeanFindFailure):
+class HandBack(LeanFindFailure):
     """Stop reading: `unread` goes back to the reactor, `reason` to the caller."""
 
     def __init__(self, reason: str, unread: bytes = b"", *, closed: bool = False) -> None:
@@ -411,86 +460,126 @@ def settle(assoc: Any) -> None:
         time.sleep(0.005)
 
 
+class Message(NamedTuple):
+    """One DIMSE message as read; its buffers are reused for the next one."""
+
+    context_id: int
+    values: dict[int, int]  # the command set's US elements (`_command_values`)
+    command: bytearray
+    data_set: bytearray  # empty when the command announces none
+
+
+class MessageReader:
+    """Reads P-DATA-TF PDUs from a socket and gathers their PDVs into whole DIMSE messages.
+    Raises `HandBack` for anything else (A-ABORT, A-RELEASE-RQ, another PDU, malformed PDVs),
+    with the bytes not consumed."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+        self._pos = 0
+        self._chunk = memoryview(bytearray(_CHUNK))
+
+    @property
+    def rest(self) -> bytes:
+        """The bytes read past the PDU of the last message."""
+        return bytes(self._buffer[self._pos :])
+
+    def _fill(self, count: int) -> None:
+        buffer = self._buffer
+        if self._pos:
+            del buffer[: self._pos]
+            self._pos = 0
+        view = self._chunk
+        while len(buffer) < count:
+            received = self._stream.recv_into(view)
+            if not received:
+                raise HandBack("connexion fermée par le PACS", closed=True)
+            buffer += view[:received]
+
+    def messages(self) -> Iterator[Message]:
+        buffer = self._buffer
+        command = bytearray()
+        data_set = bytearray()
+        values: dict[int, int] | None = None  # the current message's command, once whole
+        context_id = -1
+        while True:
+            if len(buffer) - self._pos < 6:
+                self._fill(6)
+            pos = self._pos
+            pdu_type = buffer[pos]
+            length = int.from_bytes(buffer[pos + 2 : pos + 6], "big")
+            if pdu_type != _P_DATA_TF:
+                reason = {
+                    _A_ABORT: PEER_ABORTED,
+                    _A_RELEASE_RQ: "le PACS a mis fin à l'association (A-RELEASE) avant la fin",
+                }.get(pdu_type, f"PDU inattendue (type 0x{pdu_type:02X})")
+                raise HandBack(reason, bytes(buffer[pos:]))
+            if len(buffer) - pos < 6 + length:
+                self._fill(6 + length)
+                pos = self._pos
+            item = pos + 6
+            end = item + length
+            self._pos = end
+            while item < end:
+                item_length = int.from_bytes(buffer[item : item + 4], "big")
+                fragment_at, item = item + 6, item + 4 + item_length
+                if item_length < 2 or item > end:
+                    raise HandBack(_BAD_PDV)
+                pdv_context = buffer[fragment_at - 2]
+                header = buffer[fragment_at - 1]
+                if header & 1:
+                    if values is not None:
+                        raise HandBack("jeu de commande reçu au milieu d'une réponse")
+                    context_id = pdv_context
+                    command += buffer[fragment_at:item]
+                    if not header & 2:
+                        continue
+                    values = _command_values(command)
+                    if COMMAND_FIELD not in values:
+                        raise HandBack(BAD_MESSAGE)
+                    if values.get(_DATASET_TYPE, _NO_DATASET) != _NO_DATASET:
+                        continue  # its data set follows
+                else:
+                    if values is None:
+                        raise HandBack("données reçues avant leur jeu de commande")
+                    if pdv_context != context_id:
+                        raise HandBack(_BAD_PDV)
+                    data_set += buffer[fragment_at:item]
+                    if not header & 2:
+                        continue
+                yield Message(context_id, values, command, data_set)
+                command.clear()
+                data_set.clear()
+                values = None
+
+
 def receive(
     raw_socket: Stream, context_id: int, explicit: bool
 ) -> tuple[list[RawAnswer], Dataset, bytes]:
     """Read P-DATA-TF PDUs until the final C-FIND-RSP: (answers, final status, bytes read past
     it). Raises `LeanFindFailure` for what is not a C-FIND response stream on `context_id`."""
-    buffer = bytearray()
-    pos = 0
-    chunk = bytearray(_CHUNK)
-    view = memoryview(chunk)
+    reader = MessageReader(raw_socket)
     answers: list[RawAnswer] = []
-    command = bytearray()
-    dataset = bytearray()
-    values: dict[int, int] | None = None  # the current response's command, once whole
-
-    def fill(count: int) -> None:
-        nonlocal buffer, pos
-        if pos:
-            del buffer[:pos]
-            pos = 0
-        while len(buffer) < count:
-            received = raw_socket.recv_into(view)
-            if not received:
-                raise _HandBack("connexion fermée par le PACS", closed=True)
-            buffer += view[:received]
-
-    while True:
-        if len(buffer) - pos < 6:
-            fill(6)
-        pdu_type = buffer[pos]
-        length = int.from_bytes(buffer[pos + 2 : pos + 6], "big")
-        if pdu_type != _P_DATA_TF:
-            reason = {
-                _A_ABORT: PEER_ABORTED,
-                _A_RELEASE_RQ: "le PACS a mis fin à l'association (A-RELEASE) avant la fin",
-            }.get(pdu_type, f"PDU inattendue (type 0x{pdu_type:02X})")
-            raise _HandBack(reason, bytes(buffer[pos:]))
-        if len(buffer) - pos < 6 + length:
-            fill(6 + length)
-        item = pos + 6
-        end = item + length
-        pos = end
-        while item < end:
-            item_length = int.from_bytes(buffer[item : item + 4], "big")
-            fragment_at, item = item + 6, item + 4 + item_length
-            if item_length < 2 or item > end or buffer[fragment_at - 2] != context_id:
-                raise _HandBack("PDV mal formée ou d'un autre contexte de présentation")
-            header = buffer[fragment_at - 1]
-            if header & 1:
-                if values is not None:
-                    raise _HandBack("jeu de commande reçu au milieu d'une réponse")
-                command += buffer[fragment_at:item]
-                if not header & 2:
-                    continue
-                values = _command_values(command)
-                if (
-                    values.get(_COMMAND_FIELD) != _C_FIND_RSP
-                    or _STATUS not in values
-                    or _RESPONDED_TO not in values
-                ):
-                    raise _HandBack("réponse DIMSE inattendue ou invalide")
-                if values.get(_DATASET_TYPE, _NO_DATASET) != _NO_DATASET:
-                    continue  # its identifier follows
-            else:
-                if values is None:
-                    raise _HandBack("données reçues avant leur jeu de commande")
-                dataset += buffer[fragment_at:item]
-                if not header & 2:
-                    continue
-            # A whole response.
-            if values[_STATUS] not in _PENDING:
-                try:
-                    status = _final_status(bytes(command), bytes(dataset))
-                except Exception as exc:  # noqa: BLE001 - pydicom's and pynetdicom's, varied
-                    raise _HandBack(f"réponse finale illisible ({exc})") from None
-                # (PDVs after it in the same PDU would be a peer's error: nothing follows.)
-                return answers, status, bytes(buffer[pos:])
-            if dataset:
-                answer = RawAnswer(bytes(dataset), explicit)
-                if answer.readable:
-                    answers.append(answer)
-            command.clear()
-            dataset.clear()
-            values = None
+    for message in reader.messages():
+        values = message.values
+        if message.context_id != context_id:
+            raise HandBack(_BAD_PDV)
+        if (
+            values[COMMAND_FIELD] != _C_FIND_RSP
+            or STATUS not in values
+            or RESPONDED_TO not in values
+        ):
+            raise HandBack(BAD_MESSAGE)
+        if values[STATUS] not in PENDING:
+            try:
+                status = final_status(bytes(message.command), bytes(message.data_set))
+            except Exception as exc:  # noqa: BLE001 - pydicom's and pynetdicom's, varied
+                raise HandBack(f"réponse finale illisible ({exc})") from None
+            # (PDVs after it in the same PDU would be a peer's error: nothing follows.)
+            return answers, status, reader.rest
+        if message.data_set:
+            answer = RawAnswer(bytes(message.data_set), explicit)
+            if answer.readable:
+                answers.append(answer)
+    raise AssertionError("unreachable: the reader ends by raising")

@@ -21,7 +21,7 @@ import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -33,13 +33,14 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
 from pynetdicom.transport import AssociationSocket
 
-from drimbox.dicom import cfind
+from drimbox.dicom import cfind, cget
 from drimbox.dicom.cfind import PEER_ABORTED, Answer, DatasetAnswer, HeldSocket, LeanFindFailure
 from drimbox.dicom.cfind import int_of as _int_or_none
 from drimbox.dicom.cfind import text_of as _text
 from drimbox.dicom.model import InstanceRef, SeriesSnapshot, StudySnapshot, is_uid
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # pynetdicom pretty-prints every C-FIND answer and request for its log whether or not the log is
 # shown: 0.2 s of CPU for the 1300 answers of one CT study. The box logs its own summaries.
@@ -71,6 +72,14 @@ RETRIEVE_TRANSFER_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2.4.203",  # HTJ2K
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still met)
+)
+_QUERY_MODELS = frozenset(
+    {
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+        StudyRootQueryRetrieveInformationModelGet,
+        Verification,
+    }
 )
 _MAX_CONTEXTS = 127  # PS3.8: 128 presentation context ids; one is the C-GET model
 
@@ -226,11 +235,19 @@ class PacsSession:
     """One open association; all queries made through it reuse it. Get one from `PacsClient`."""
 
     def __init__(
-        self, assoc: Association, settings: PacsSettings, *, lean_find: bool = True
+        self,
+        assoc: Association,
+        settings: PacsSettings,
+        *,
+        lean_find: bool = True,
+        lean_get: bool = True,
+        sink: InstanceSink | None = None,
     ) -> None:
         self._assoc = assoc
         self._settings = settings
         self._lean_find = lean_find
+        self._lean_get = lean_get
+        self._sink = sink
 
     @property
     def tcp_nodelay(self) -> bool:
@@ -316,10 +333,21 @@ class PacsSession:
         encoded = encode(identifier, not context[1], True, False)
         if encoded is None:
             return None  # pynetdicom's path reports it
+        found = self._lean_exchange(
+            what, lambda timeout: cfind.find(assoc, sock, model, context, encoded, timeout)
+        )
+        if found is None:
+            return None
+        answers, status = found
+        return list(answers), status
+
+    def _lean_exchange(self, what: str, run: Callable[[float], _T | None]) -> _T | None:
+        """Run a lean exchange (`cfind.exchange`) with the session's timeout; a broken stream
+        becomes the `PacsError` pynetdicom's path gives (the association aborted)."""
         s = self._settings
-        timeout = min(s.dimse_timeout, s.network_timeout)
+        assoc = self._assoc
         try:
-            found = cfind.find(assoc, sock, model, context, encoded, timeout)
+            return run(min(s.dimse_timeout, s.network_timeout))
         except LeanFindFailure as failure:
             if failure.timed_out:
                 assoc.abort()
@@ -330,10 +358,38 @@ class PacsSession:
             raise PacsError(
                 f"PACS {s.label} : requête {what} interrompue : {failure.reason}"
             ) from None
-        if found is None:
+
+    def _lean_get_status(self, identifier: Dataset) -> Dataset | None:
+        """The C-GET through `drimbox.dicom.cget` (the session's thread reads the stream and
+        stores each instance); its final status, or None when that path does not apply (no
+        sink, the C-GET context not little endian, the reactor busy): pynetdicom's then."""
+        assoc = self._assoc
+        sock = assoc.dul.socket
+        sink = self._sink
+        model = StudyRootQueryRetrieveInformationModelGet
+        context = cfind.usable_context(assoc, model) if assoc.is_established else None
+        if context is None or sink is None or not isinstance(sock, HeldSocket):
             return None
-        answers, status = found
-        return list(answers), status
+        context_id, explicit = context
+        encoded = encode(identifier, not explicit, True, False)
+        if encoded is None:
+            return None
+        storage = {
+            c.context_id: cget.StorageContext(str(c.abstract_syntax), str(c.transfer_syntax[0]))
+            for c in assoc.accepted_contexts
+            if c.abstract_syntax not in _QUERY_MODELS and c.context_id is not None
+        }
+        request = cget.request(context_id, encoded, assoc.dimse.maximum_pdu_size)
+
+        def store(data: memoryview) -> int:
+            return _store_status(sink, data)
+
+        def read(raw_socket: socket.socket) -> tuple[Dataset, bytes]:
+            return cget.receive(raw_socket, context_id, storage, store)
+
+        return self._lean_exchange(
+            "C-GET", lambda timeout: cfind.exchange(assoc, sock, request, timeout, read)
+        )
 
     def get_series(self, study_uid: str, series_uid: str) -> int:
         """C-GET of one series on this association (opened with a sink, see
@@ -356,7 +412,11 @@ class PacsSession:
         identifier.QueryRetrieveLevel = "SERIES"
         identifier.StudyInstanceUID = study_uid
         identifier.SeriesInstanceUID = series_uid
-        if kind == "GET":
+        lean = self._lean_get_status(identifier) if kind == "GET" and self._lean_get else None
+        responses: Iterable[tuple[Dataset, Dataset | None]]
+        if lean is not None:
+            responses = [(lean, None)]
+        elif kind == "GET":
             responses = self._assoc.send_c_get(
                 identifier, StudyRootQueryRetrieveInformationModelGet
             )
@@ -426,11 +486,15 @@ class PacsClient:
     """Queries the site's PACS over DIMSE. Each public call opens and releases one association.
 
     `lean_find=False` receives C-FIND answers through pynetdicom's own path instead of
-    `drimbox.dicom.cfind` (what the tests and the bench compare it with)."""
+    `drimbox.dicom.cfind`, `lean_get=False` C-GET's instances instead of `drimbox.dicom.cget`
+    (what the tests and the bench compare them with)."""
 
-    def __init__(self, settings: PacsSettings, *, lean_find: bool = True) -> None:
+    def __init__(
+        self, settings: PacsSettings, *, lean_find: bool = True, lean_get: bool = True
+    ) -> None:
         self.settings = settings
         self.lean_find = lean_find
+        self.lean_get = lean_get
 
     def _configured_ae(self) -> _NoDelayAE:
         """An AE with the box's title and every timeout and PDU size of the settings."""
@@ -498,7 +562,7 @@ class PacsClient:
             raise PacsError(self._association_failure(assoc))
         _keep_responses(assoc)
         try:
-            yield PacsSession(assoc, s, lean_find=self.lean_find)
+            yield PacsSession(assoc, s, lean_find=self.lean_find, lean_get=self.lean_get, sink=sink)
         except BaseException:
             assoc.abort()
             raise
@@ -706,15 +770,20 @@ def _store_handler(sink: InstanceSink | None) -> Callable[[Any], int]:
     def handle(event: Any) -> int:
         if sink is None:
             return _OUT_OF_RESOURCES
-        try:
-            # The bytes as sent by the PACS, with file meta: never decoded nor re-encoded.
-            sink(event.encoded_dataset(include_meta=True))
-        except Exception:
-            log.exception("retrieved instance could not be stored")
-            return _OUT_OF_RESOURCES
-        return _SUCCESS
+        # The bytes as sent by the PACS, with file meta: never decoded nor re-encoded.
+        return _store_status(sink, event.encoded_dataset(include_meta=True))
 
     return handle
+
+
+def _store_status(sink: InstanceSink, data: bytes | memoryview) -> int:
+    """Hand one retrieved instance to `sink`: the C-STORE status to answer (both C-GET paths)."""
+    try:
+        sink(data)
+    except Exception:
+        log.exception("retrieved instance could not be stored")
+        return _OUT_OF_RESOURCES
+    return _SUCCESS
 
 
 def _tcp_reachable(host: str, port: int, timeout: float) -> bool:
