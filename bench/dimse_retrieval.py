@@ -1,7 +1,9 @@
 """Benchmark: cold DIMSE retrieval of a series by the box (issue 17 §2) against dcmtk moving the
 same JPEG-LS bytes from the same Orthanc, in one run:
 
-- c-get: pynetdicom C-GET (`[pacs] retrieve = "c-get"`);
+- c-get: C-GET (`[pacs] retrieve = "c-get"`), the instances received by the box's lean path
+  (`drimbox.dicom.cget`); c-get-pynetdicom: the same C-GET received by pynetdicom's own path
+  (the fallback, what c-get was before), for comparison;
 - c-move: pynetdicom C-MOVE to the box's own pynetdicom SCP (`"c-move"`);
 - c-move-dcmtk: dcmtk movescu to the box's supervised storescp, each file handed to the sink
   by the spool watcher (`"c-move-dcmtk"`);
@@ -29,6 +31,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
@@ -37,7 +41,7 @@ from pacs_speedtest import BOX_AET, NODELAY, STORESCP_AET, dcmtk
 from wado_series import make_series
 
 from drimbox.config import Config, load_config
-from drimbox.dicom.pacs import PacsClient
+from drimbox.dicom.pacs import PacsClient, PacsSettings
 from drimbox.dicom.retrieve import ImageService, build_retriever, pacs_settings, storescp_process
 from drimbox.ops.speedtest import pacs_speedtest
 from drimbox.sim.orthanc import LocalOrthanc, RemoteModality
@@ -58,6 +62,24 @@ def storescp(port: int, aet: str, *options: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
     time.sleep(0.3)
     return process
+
+
+@contextmanager
+def pynetdicom_c_get(wanted: bool) -> Iterator[None]:
+    """While active, every `PacsClient` receives C-GET through pynetdicom (`lean_get=False`)."""
+    if not wanted:
+        yield
+        return
+    original = PacsClient.__init__
+
+    def init(self: PacsClient, settings: PacsSettings, **options: bool) -> None:
+        original(self, settings, **{**options, "lean_get": False})
+
+    PacsClient.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        PacsClient.__init__ = original  # type: ignore[method-assign]
 
 
 def two_at_once(config: Config, studies: list[str], spool: Path) -> None:
@@ -169,8 +191,11 @@ def main() -> None:
         theirs: dict[str, list[float]] = {}
         try:
             for run in range(-1, args.runs):  # one uncounted warm-up round
-                for mode in ("c-get", "c-move", "c-move-dcmtk"):
-                    result = pacs_speedtest(config, study_uid=study, mode=mode)
+                for mode in ("c-get", "c-get-pynetdicom", "c-move", "c-move-dcmtk"):
+                    with pynetdicom_c_get(mode == "c-get-pynetdicom"):
+                        result = pacs_speedtest(
+                            config, study_uid=study, mode=mode.removesuffix("-pynetdicom")
+                        )
                     if run >= 0:
                         ours.setdefault(mode, []).append(
                             (result.seconds, result.first_image_s or 0.0, result.images)
@@ -192,7 +217,12 @@ def main() -> None:
                     ),
                     flush=True,
                 )
-            node = {m: into_the_cache(config, m, study, args.runs) for m in ours}
+            node = {}
+            for mode in ours:
+                with pynetdicom_c_get(mode == "c-get-pynetdicom"):
+                    node[mode] = into_the_cache(
+                        config, mode.removesuffix("-pynetdicom"), study, args.runs
+                    )
             two_at_once(config, [study, other.study_instance_uid], Path(tmp) / "spool2")
         finally:
             for process in references:

@@ -16,6 +16,10 @@ pynetdicom keeps the association (negotiation, TLS, release, abort): anything bu
 middle of the stream (A-ABORT, A-RELEASE-RQ, an unknown PDU) is handed back unread to its
 reactor, which handles it as it always does. The lean path is only taken for implicit and
 explicit VR little endian; big endian and deflated go through pynetdicom.
+
+The exchange (`exchange`: park the reactor, send, read, give the socket back) and the reading of
+P-DATA PDUs into DIMSE messages (`MessageReader`) are shared with the lean C-GET path
+(`drimbox.dicom.cget`).
 """
 
 from __future__ import annotations
