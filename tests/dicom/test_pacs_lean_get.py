@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +19,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     JPEGLSLossless,
 )
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
 from drimbox.dicom import cget
@@ -314,28 +313,30 @@ def test_store_response_is_pynetdicoms(status: int, uid: str) -> None:
     )
 
 
-def test_part10_header_is_pynetdicoms(tmp_path: Path) -> None:
-    """As `Event.encoded_dataset(include_meta=True)` builds it, for a C-STORE-RQ."""
+@pytest.mark.parametrize("syntax", RETRIEVE_TRANSFER_SYNTAXES)
+@pytest.mark.parametrize("sop_class", [CTImageStorage, "1.2.840.10008.5.1.4.1.1.7"])
+@pytest.mark.parametrize("uid", ["1.2.3.4", "1.2.3.45", "2.25." + "9" * 59])
+def test_part10_header_is_pynetdicoms(syntax: str, sop_class: str, uid: str) -> None:
+    """As `Event.encoded_dataset(include_meta=True)` builds it for a C-STORE-RQ (UIDs of even
+    and odd length, up to 64 characters)."""
     request = C_STORE()
     request.MessageID = 1
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = "1.2.3.45"
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = uid
     request.DataSet = BytesIO(b"\x08\x00\x18\x00")
     event = evt.Event(
         None,  # type: ignore[arg-type]
         evt.EVT_C_STORE,
-        {"request": request, "context": _context(ImplicitVRLittleEndian)},
+        {"request": request, "context": _context(sop_class, syntax)},
     )
     expected = event.encoded_dataset(include_meta=True)
-    header = cget.part10_header(CTImageStorage, "1.2.3.45", ImplicitVRLittleEndian)
+    header = cget.part10_header(sop_class, uid, syntax)
     assert header + b"\x08\x00\x18\x00" == expected
 
 
-def _context(syntax: str) -> Any:
-    from pynetdicom.presentation import PresentationContext
-
+def _context(sop_class: str, syntax: str) -> Any:
     context = PresentationContext()
     context.context_id = 1
-    context.abstract_syntax = CTImageStorage
+    context.abstract_syntax = sop_class
     context.transfer_syntax = [syntax]
     return context.as_tuple

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dimse_messages import C_GET_RSP
 from pynetdicom.dimse_primitives import C_GET
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from drimbox.dicom.cfind import (
     BAD_MESSAGE,
@@ -67,18 +66,41 @@ class StorageContext:
 
 def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     """Preamble, prefix and file meta group exactly as pynetdicom's
-    `Event.encoded_dataset(include_meta=True)` puts them before the data set."""
-    meta = create_file_meta(
-        sop_class_uid=UID(sop_class),
-        sop_instance_uid=UID(sop_instance),
-        transfer_syntax=UID(transfer_syntax),
+    `Event.encoded_dataset(include_meta=True)` puts them before the data set (its
+    `create_file_meta` + `encode_file_meta`; encoded here: pydicom took 40 % of the lean
+    path's CPU doing it; tests compare both byte for byte)."""
+    elements = b"".join(
+        (
+            _META_VERSION,
+            _explicit(0x0002, b"UI", _uid(sop_class)),
+            _explicit(0x0003, b"UI", _uid(sop_instance)),
+            _explicit(0x0010, b"UI", _uid(transfer_syntax)),
+            _META_IMPLEMENTATION,
+        )
     )
-    return _PREAMBLE + encode_file_meta(meta)
+    return b"".join((_PREAMBLE, _explicit(0x0000, b"UL", _UL.pack(len(elements))), elements))
+
+
+def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
+    """A group 2 element, explicit VR little endian (short form; OB written by hand)."""
+    return _TAG.pack(2, element) + vr + _US.pack(len(value)) + value
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b" " if len(raw) % 2 else raw
 
 
 def _uid(value: str) -> bytes:
     raw = value.encode("ascii")
     return raw + b"\0" if len(raw) % 2 else raw
+
+
+# (0002,0001) OB "\0\1"; Implementation Class UID and Version Name: pynetdicom's.
+_META_VERSION = _TAG.pack(2, 0x0001) + b"OB\0\0" + _UL.pack(2) + b"\0\1"
+_META_IMPLEMENTATION = _explicit(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)) + _explicit(
+    0x0013, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION)
+)
 
 
 def store_response(
