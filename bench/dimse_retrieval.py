@@ -66,14 +66,14 @@ def storescp(port: int, aet: str, *options: str) -> subprocess.Popen[bytes]:
 
 @contextmanager
 def pynetdicom_c_get(wanted: bool) -> Iterator[None]:
-    """While active, every `PacsClient` receives C-GET through pynetdicom (`lean_get=False`)."""
+    """While active, every `PacsClient` retrieves through pynetdicom (`lean_retrieve=False`)."""
     if not wanted:
         yield
         return
     original = PacsClient.__init__
 
     def init(self: PacsClient, settings: PacsSettings, **options: bool) -> None:
-        original(self, settings, **{**options, "lean_get": False})
+        original(self, settings, **{**options, "lean_retrieve": False})
 
     PacsClient.__init__ = init  # type: ignore[method-assign]
     try:

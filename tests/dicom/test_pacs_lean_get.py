@@ -1,7 +1,8 @@
 """The lean C-GET receive path (`drimbox.dicom.cget`) against pynetdicom's own: the same
 instance bytes, counts and errors from a real Orthanc and from scripted PACS (instances larger
 than the PDU, a sink that fails, a PACS that aborts mid-series, failure statuses), each
-instance handed on before the next is sent, and pynetdicom's path kept for big endian."""
+instance handed on before the next is sent, pynetdicom's path kept for big endian, and C-MOVE's
+responses on the same path."""
 
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from drimbox.dicom import cget
 from drimbox.dicom.cfind import encode_message
@@ -82,9 +87,9 @@ def lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     receive = cget.receive
 
-    def counted(*args: Any) -> Any:
+    def counted(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        return receive(*args)
+        return receive(*args, **kwargs)
 
     monkeypatch.setattr(cget, "receive", counted)
     return calls
@@ -103,7 +108,7 @@ def test_lean_path_gives_the_bytes_pynetdicom_gives(
     settings = settings_of(orthanc)
     count, lean = retrieve(PacsClient(settings), study, series[study])
     assert lean_calls == [1]
-    own_count, own = retrieve(PacsClient(settings, lean_get=False), study, series[study])
+    own_count, own = retrieve(PacsClient(settings, lean_retrieve=False), study, series[study])
     assert lean_calls == [1]
     assert count == own_count == len(lean) == (4 if study == BIG_STUDY else 6)
     assert sorted(lean) == sorted(own)  # byte for byte, file meta included
@@ -127,8 +132,8 @@ def test_a_failing_sink_is_told_to_the_pacs_in_both_paths(
     orthanc: LocalOrthanc, series: dict[str, str], lean_calls: list[int]
 ) -> None:
     results = []
-    for lean_get in (True, False):
-        client = PacsClient(settings_of(orthanc), lean_get=lean_get)
+    for lean_retrieve in (True, False):
+        client = PacsClient(settings_of(orthanc), lean_retrieve=lean_retrieve)
         offered: list[bytes] = []
 
         def sink(data: bytes | memoryview, offered: list[bytes] = offered) -> None:
@@ -198,8 +203,8 @@ def both_paths(
 ) -> list[tuple[int | str, list[bytes]]]:
     """(count or error message, instances received) by the lean path then pynetdicom's."""
     outcomes: list[tuple[int | str, list[bytes]]] = []
-    for lean_get in (True, False):
-        client = PacsClient(settings, lean_get=lean_get)
+    for lean_retrieve in (True, False):
+        client = PacsClient(settings, lean_retrieve=lean_retrieve)
         received: list[bytes] = []
         try:
             count: int | str = client.get_series(
@@ -297,6 +302,53 @@ def test_big_endian_goes_through_pynetdicom(lean_calls: list[int]) -> None:
         (lean_count, lean), (own_count, own) = both_paths(settings)
     assert lean_calls == []
     assert lean_count == own_count == 2 and lean == own
+
+
+def test_c_move_responses_read_as_pynetdicom_reads_them(lean_calls: list[int]) -> None:
+    """C-MOVE on the same path: the count and the unknown-destination error are pynetdicom's."""
+    stored: list[str] = []
+
+    def store(event: Any) -> int:
+        stored.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    destination = AE(ae_title="DEST")
+    destination.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    receiver = destination.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, store)]
+    )
+
+    def move(event: Any) -> Iterator[Any]:
+        if str(event.move_destination).strip() != "DEST":
+            yield None, None  # unknown destination: pynetdicom answers 0xA801
+            return
+        yield "127.0.0.1", int(receiver.server_address[1])
+        yield 3
+        for number in range(1, 4):
+            yield 0xFF00, instance(number, 1000)
+
+    ae = AE(ae_title="SCRIPTED")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove, ExplicitVRLittleEndian)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_MOVE, move)])
+    settings = PacsSettings(
+        host="127.0.0.1", port=int(server.server_address[1]), called_aet="SCRIPTED"
+    )
+    outcomes = []
+    try:
+        for lean_retrieve in (True, False):
+            client = PacsClient(settings, lean_retrieve=lean_retrieve)
+            count = client.move_series(SCRIPTED_STUDY, SCRIPTED_STUDY + ".1", "DEST")
+            with pytest.raises(PacsError) as unknown:
+                client.move_series(SCRIPTED_STUDY, SCRIPTED_STUDY + ".1", "NOWHERE")
+            outcomes.append((count, str(unknown.value)))
+    finally:
+        server.shutdown()
+        receiver.shutdown()
+    assert lean_calls == [1, 1]
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == 3 and len(stored) == 6
+    assert "destination 'NOWHERE' inconnue du PACS ?" in outcomes[0][1]
 
 
 @pytest.mark.parametrize("status", [0x0000, 0xA700, 0x0122])

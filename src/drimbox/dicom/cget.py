@@ -26,8 +26,8 @@ from io import BytesIO
 
 from pydicom.dataset import Dataset
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dimse_messages import C_GET_RSP
-from pynetdicom.dimse_primitives import C_GET
+from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
 
 from drimbox.dicom.cfind import (
     BAD_MESSAGE,
@@ -42,7 +42,8 @@ from drimbox.dicom.cfind import (
 )
 from drimbox.dicom.elements import walk
 
-_C_STORE_RQ, _C_GET_RSP = 0x0001, 0x8010
+_C_STORE_RQ, _C_GET_RSP, _C_MOVE_RSP = 0x0001, 0x8010, 0x8021
+_GET_MODEL, _MOVE_MODEL = "1.2.840.10008.5.1.4.1.2.2.3", "1.2.840.10008.5.1.4.1.2.2.2"
 _MESSAGE_ID = 0x0110
 _SOP_CLASS, _SOP_INSTANCE = 0x00000002, 0x00001000
 _NOT_SUPPORTED = 0x0122  # pynetdicom's answer to a C-STORE on a context it cannot take
@@ -129,11 +130,18 @@ def _element(element: int, value: bytes) -> bytes:
     return _TAG.pack(0, element) + _UL.pack(len(value)) + value
 
 
-def request(context_id: int, identifier: bytes, max_pdu: int) -> bytes:
-    """The C-GET-RQ as pynetdicom's `send_c_get` sends it."""
-    request = C_GET()
+def request(context_id: int, identifier: bytes, max_pdu: int, destination: str = "") -> bytes:
+    """The C-GET-RQ as pynetdicom's `send_c_get` sends it, or with a `destination` the
+    C-MOVE-RQ of its `send_c_move`."""
+    request: C_GET | C_MOVE
+    if destination:
+        request = C_MOVE()
+        request.AffectedSOPClassUID = _MOVE_MODEL
+        request.MoveDestination = destination
+    else:
+        request = C_GET()
+        request.AffectedSOPClassUID = _GET_MODEL
     request.MessageID = 1
-    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
     request.Priority = 2
     request.Identifier = BytesIO(identifier)
     return encode_message(request, context_id, max_pdu)
@@ -161,10 +169,13 @@ def receive(
     context_id: int,
     storage: Mapping[int, StorageContext],
     store: Store,
+    *,
+    move: bool = False,
 ) -> tuple[Dataset, bytes]:
-    """Read the C-GET's stream until its final response, storing each instance and answering
-    its C-STORE-RQ on the way: (the final status as pynetdicom gives it, the bytes read past
-    it). Raises `LeanFindFailure` for what is not a C-GET stream."""
+    """Read the C-GET's (`move`: C-MOVE's) stream until its final response, storing each
+    instance and answering its C-STORE-RQ on the way: (the final status as pynetdicom gives
+    it, the bytes read past it). Raises `LeanFindFailure` for what is not such a stream."""
+    response_field, response_type = (_C_MOVE_RSP, C_MOVE_RSP) if move else (_C_GET_RSP, C_GET_RSP)
     reader = MessageReader(raw_socket)
     for message in reader.messages():
         values = message.values
@@ -187,7 +198,7 @@ def receive(
             )
             continue
         if (
-            field != _C_GET_RSP
+            field != response_field
             or message.context_id != context_id
             or STATUS not in values
             or RESPONDED_TO not in values
@@ -196,7 +207,9 @@ def receive(
         if values[STATUS] in PENDING:
             continue
         try:
-            status_set = final_status(bytes(message.command), bytes(message.data_set), C_GET_RSP)
+            status_set = final_status(
+                bytes(message.command), bytes(message.data_set), response_type
+            )
         except Exception as exc:  # noqa: BLE001 - pydicom's and pynetdicom's, varied
             raise HandBack(f"réponse finale illisible ({exc})") from None
         return status_set, reader.rest

@@ -240,13 +240,13 @@ class PacsSession:
         settings: PacsSettings,
         *,
         lean_find: bool = True,
-        lean_get: bool = True,
+        lean_retrieve: bool = True,
         sink: InstanceSink | None = None,
     ) -> None:
         self._assoc = assoc
         self._settings = settings
         self._lean_find = lean_find
-        self._lean_get = lean_get
+        self._lean_retrieve = lean_retrieve
         self._sink = sink
 
     @property
@@ -359,16 +359,24 @@ class PacsSession:
                 f"PACS {s.label} : requête {what} interrompue : {failure.reason}"
             ) from None
 
-    def _lean_get_status(self, identifier: Dataset) -> Dataset | None:
-        """The C-GET through `drimbox.dicom.cget` (the session's thread reads the stream and
-        stores each instance); its final status, or None when that path does not apply (no
-        sink, the C-GET context not little endian, the reactor busy): pynetdicom's then."""
+    def _lean_retrieve_status(
+        self, kind: str, identifier: Dataset, destination: str
+    ) -> Dataset | None:
+        """The C-GET or C-MOVE through `drimbox.dicom.cget` (the session's thread reads the
+        stream and, for C-GET, stores each instance); its final status, or None when that path
+        does not apply (C-GET without a sink, the model's context not little endian, the
+        reactor busy): pynetdicom's then."""
         assoc = self._assoc
         sock = assoc.dul.socket
         sink = self._sink
-        model = StudyRootQueryRetrieveInformationModelGet
+        move = kind == "MOVE"
+        model = (
+            StudyRootQueryRetrieveInformationModelMove
+            if move
+            else StudyRootQueryRetrieveInformationModelGet
+        )
         context = cfind.usable_context(assoc, model) if assoc.is_established else None
-        if context is None or sink is None or not isinstance(sock, HeldSocket):
+        if context is None or (sink is None and not move) or not isinstance(sock, HeldSocket):
             return None
         context_id, explicit = context
         encoded = encode(identifier, not explicit, True, False)
@@ -379,16 +387,16 @@ class PacsSession:
             for c in assoc.accepted_contexts
             if c.abstract_syntax not in _QUERY_MODELS and c.context_id is not None
         }
-        request = cget.request(context_id, encoded, assoc.dimse.maximum_pdu_size)
+        request = cget.request(context_id, encoded, assoc.dimse.maximum_pdu_size, destination)
 
         def store(data: memoryview) -> int:
-            return _store_status(sink, data)
+            return _OUT_OF_RESOURCES if sink is None else _store_status(sink, data)
 
         def read(raw_socket: socket.socket) -> tuple[Dataset, bytes]:
-            return cget.receive(raw_socket, context_id, storage, store)
+            return cget.receive(raw_socket, context_id, storage, store, move=move)
 
         return self._lean_exchange(
-            "C-GET", lambda timeout: cfind.exchange(assoc, sock, request, timeout, read)
+            f"C-{kind}", lambda timeout: cfind.exchange(assoc, sock, request, timeout, read)
         )
 
     def get_series(self, study_uid: str, series_uid: str) -> int:
@@ -412,7 +420,11 @@ class PacsSession:
         identifier.QueryRetrieveLevel = "SERIES"
         identifier.StudyInstanceUID = study_uid
         identifier.SeriesInstanceUID = series_uid
-        lean = self._lean_get_status(identifier) if kind == "GET" and self._lean_get else None
+        lean = (
+            self._lean_retrieve_status(kind, identifier, destination)
+            if self._lean_retrieve
+            else None
+        )
         responses: Iterable[tuple[Dataset, Dataset | None]]
         if lean is not None:
             responses = [(lean, None)]
@@ -486,15 +498,16 @@ class PacsClient:
     """Queries the site's PACS over DIMSE. Each public call opens and releases one association.
 
     `lean_find=False` receives C-FIND answers through pynetdicom's own path instead of
-    `drimbox.dicom.cfind`, `lean_get=False` C-GET's instances instead of `drimbox.dicom.cget`
+    `drimbox.dicom.cfind`, `lean_retrieve=False` C-GET's instances and C-MOVE's responses instead of
+    `drimbox.dicom.cget`
     (what the tests and the bench compare them with)."""
 
     def __init__(
-        self, settings: PacsSettings, *, lean_find: bool = True, lean_get: bool = True
+        self, settings: PacsSettings, *, lean_find: bool = True, lean_retrieve: bool = True
     ) -> None:
         self.settings = settings
         self.lean_find = lean_find
-        self.lean_get = lean_get
+        self.lean_retrieve = lean_retrieve
 
     def _configured_ae(self) -> _NoDelayAE:
         """An AE with the box's title and every timeout and PDU size of the settings."""
@@ -562,7 +575,9 @@ class PacsClient:
             raise PacsError(self._association_failure(assoc))
         _keep_responses(assoc)
         try:
-            yield PacsSession(assoc, s, lean_find=self.lean_find, lean_get=self.lean_get, sink=sink)
+            yield PacsSession(
+                assoc, s, lean_find=self.lean_find, lean_retrieve=self.lean_retrieve, sink=sink
+            )
         except BaseException:
             assoc.abort()
             raise
