@@ -117,11 +117,15 @@ def two_at_once(config: Config, studies: list[str], spool: Path) -> None:
 
 def into_the_cache(config: Config, method: str, study: str, runs: int) -> list[float]:
     """Cold series into a node's cache (`ImageService`, long-lived receivers as in a node):
-    from the request until the entry is complete, the instances written into the cache."""
+    from the request until the entry is complete, the instances written into the cache; the
+    SOP classes given, as the Source's WADO-RS gives those of its KOS."""
     method_config = config.model_copy(
         update={"pacs": config.pacs.model_copy(update={"retrieve": method})}
     )
-    series = str(PacsClient(pacs_settings(config)).find_series(study)[0].SeriesInstanceUID)
+    client = PacsClient(pacs_settings(config))
+    series = str(client.find_series(study)[0].SeriesInstanceUID)
+    # As the Source's WADO-RS does, with the SOP classes its KOS names (no C-FIND for c-get).
+    sop_classes = client.sop_classes(study, series)
 
     async def measure() -> list[float]:
         service = ImageService(method_config)
@@ -130,7 +134,7 @@ def into_the_cache(config: Config, method: str, study: str, runs: int) -> list[f
         try:
             for _ in range(runs + 1):  # the first one uncounted
                 started = time.perf_counter()
-                async with service.fetcher.series(study, series) as entry:
+                async with service.fetcher.series(study, series, sop_classes) as entry:
                     while not entry.complete and entry.error is None:
                         await asyncio.sleep(0.002)
                     if entry.error is not None:
