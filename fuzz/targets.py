@@ -6,7 +6,7 @@ refusal; anything else is a finding: an unexpected exception, a refusal marked `
 
     uv run python fuzz/targets.py TARGET [atheris/libFuzzer options]   # e.g. -runs=1000000
 
-Targets: hl7, cda, kos, soap, whitelist, accept, launch, multipart, cfind. The test suite runs
+Targets: hl7, cda, kos, soap, whitelist, accept, launch, multipart, cfind, cget. The test suite runs
 each for a bounded number of executions (tests/reliability/test_fuzz.py); a long run is
 documented in docs/reliability.md.
 """
@@ -29,6 +29,7 @@ with atheris.instrument_imports(include=["drimbox"]):
     from drimbox.conso.common import ConsoError
     from drimbox.conso.history import read_manifest
     from drimbox.conso.launch import InvalidLaunch, parse_launch
+    from drimbox.dicom import cget as cget_stream
     from drimbox.dicom.cfind import LeanFindFailure, receive
     from drimbox.dmp.soap import SoapError, SoapFault, body_of
     from drimbox.errors import refusals_only
@@ -156,6 +157,32 @@ def cfind(data: bytes) -> None:
                 answer.integer(keyword)
 
 
+class _Peer(_Replay):
+    """A replayed socket that also takes what the box sends back."""
+
+    def sendall(self, data: bytes, /) -> None:
+        pass
+
+
+_CT_CONTEXT = {3: cget_stream.StorageContext("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")}
+
+
+def cget(data: bytes) -> None:
+    """The C-GET stream a PACS sends (C-STORE-RQs on context 3, C-GET-RSPs on context 1), read
+    by the lean path (`drimbox.dicom.cget`): byte 0 picks the read size (and bit 0 C-MOVE), the
+    rest is the stream. Each instance is handed on whole, and its C-STORE-RSP sent."""
+    if not data:
+        return
+    with refusals_only(LeanFindFailure):
+        cget_stream.receive(
+            _Peer(data[1:], 1 + data[0] * 64),  # type: ignore[arg-type]
+            1,
+            _CT_CONTEXT,
+            lambda instance: 0 if bytes(instance[128:132]) == b"DICM" else 0xC000,
+            move=bool(data[0] & 1),
+        )
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "hl7": hl7,
     "cda": cda,
@@ -166,6 +193,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "launch": launch,
     "multipart": multipart,
     "cfind": cfind,
+    "cget": cget,
 }
 
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
@@ -66,6 +66,34 @@ def cfind_stream(*, explicit: bool) -> bytes:
     return stream
 
 
+def cget_stream() -> bytes:
+    """A C-GET as a PACS streams it: two C-STORE-RQs on context 3 (explicit VR little endian
+    CT), a pending C-GET-RSP between them and the final Success, on context 1."""
+    stream = b""
+    for number in (1, 2):
+        request = C_STORE()
+        request.MessageID = number
+        request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        request.AffectedSOPInstanceUID = f"1.2.3.{number}"
+        request.Priority = 2
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = request.AffectedSOPClassUID, f"1.2.3.{number}"
+        ds.PixelData = bytes(64)
+        ds["PixelData"].VR = "OB"
+        request.DataSet = BytesIO(encode(ds, False, True))
+        stream += encode_message(request, 3, 16384)
+        response = C_GET()
+        response.MessageIDBeingRespondedTo = 1
+        response.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
+        response.Status = 0xFF00 if number == 1 else 0x0000
+        response.NumberOfRemainingSuboperations = 2 - number
+        response.NumberOfCompletedSuboperations = number
+        response.NumberOfFailedSuboperations = 0
+        response.NumberOfWarningSuboperations = 0
+        stream += encode_message(response, 1, 16384)
+    return stream
+
+
 SEEDS = {
     "hl7": [with_cda(hl7_text("CR_C-ORU.hl7"), SMALL_CDA).encode(),
             hl7_text("CR_W_Suppression-OMI.hl7").encode()],
@@ -85,6 +113,7 @@ SEEDS = {
                   bytes([2, 0]) + MULTIPART_BODY],
     # byte 0: bit 0 explicit VR, the rest the read size; then the PACS's C-FIND-RSP stream
     "cfind": [bytes([1]) + cfind_stream(explicit=True), bytes([64]) + cfind_stream(explicit=False)],
+    "cget": [bytes([0]) + cget_stream(), bytes([64]) + cget_stream()],
 }  # fmt: skip
 
 
@@ -138,6 +167,7 @@ BUG_SITES = {
     "launch": ("drimbox.conso.launch", "_normalise"),
     "multipart": ("drimbox.http.multipart_client", "PartScanner._part_head"),
     "cfind": ("drimbox.dicom.cfind", "_command_values"),
+    "cget": ("drimbox.dicom.cget", "_uid_values"),
 }
 INJECTED = "injected parser bug"
 
