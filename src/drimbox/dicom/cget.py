@@ -18,6 +18,7 @@ or explicit VR), else pynetdicom's path is used (`PacsSession._retrieve`).
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from collections.abc import Callable, Mapping
@@ -48,6 +49,7 @@ _MESSAGE_ID = 0x0110
 _SOP_CLASS, _SOP_INSTANCE = 0x00000002, 0x00001000
 _NOT_SUPPORTED = 0x0122  # pynetdicom's answer to a C-STORE on a context it cannot take
 _PREAMBLE = b"\0" * 128 + b"DICM"
+_PRINTABLE = re.compile(rb"[!-~]{1,64}")  # a UID: ASCII, no space nor control character
 _TAG = struct.Struct("<HH")
 _UL = struct.Struct("<I")
 _US = struct.Struct("<H")
@@ -160,7 +162,10 @@ def _uid_values(command: bytearray) -> tuple[str, str]:
     values = []
     for tag in (_SOP_CLASS, _SOP_INSTANCE):
         _vr, at, length = found[tag]
-        values.append(data[at : at + length].decode("ascii", "replace").rstrip("\0 ").strip())
+        raw = data[at : at + length].rstrip(b"\0 ").strip(b" ")
+        if not _PRINTABLE.fullmatch(raw):  # (found by fuzzing: it goes into the file meta)
+            raise HandBack(BAD_MESSAGE)
+        values.append(raw.decode("ascii"))
     return values[0], values[1]
 
 
