@@ -20,7 +20,6 @@ It must not decide who may retrieve (the web layer checks the session), nor serv
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import itertools
 import logging
@@ -28,12 +27,14 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
+
+import uvloop
 
 from drimbox.conso.common import Auditor, ConsoError, InstanceStore, SeriesWriter, no_audit
 from drimbox.conso.history import Manifest, SeriesRef
@@ -50,6 +51,7 @@ from drimbox.trust.tls import PeerCheck, PeerRefused, peer_certificate
 from drimbox.trust.whitelist import Domain
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 KOS_HEADER: Final = "KOS-SOPInstanceUID"
 # The Accept value of the official DRIM-M series request, byte for byte (trailing comma included):
@@ -75,6 +77,14 @@ ACCEPT_DRIM_M: Final = (
 MAX_INSTANCE_BYTES: Final = 2 * 1024**3  # one multi-frame instance may be large; not a series
 MAX_ERROR_BODY: Final = 4096
 MIN_BUSY_WAIT_S: Final = 0.2  # a busy Source's "Retry-After: 0" still waits this much
+
+
+def run_reader(reader: Coroutine[Any, Any, _T]) -> _T:
+    """Run one Source read on its own event loop, uvloop's: its TLS layer (Cython over libuv)
+    decrypts a Source's stream with ~20 % less CPU than asyncio's (0.36 s against 0.46 s for
+    a 257 MB series, bench/conso_prefetch.py), and a warm prefetch is bound by this reader's CPU
+    (issue 17 §4)."""
+    return uvloop.run(reader)
 
 
 class RetrievalError(ConsoError):
@@ -403,7 +413,7 @@ class SourceRetriever:
         nothing audited (no patient data is stored or shown). Returns the Source's entry."""
         domain = self._allowed(url)
         with _transport_errors(domain):
-            asyncio.run(
+            run_reader(
                 self._fetch_once(url, self._headers(token, kos_uid), take, False, on_headers)
             )
         return domain
@@ -460,7 +470,7 @@ class SourceRetriever:
         waited = 0.0
         for attempt in itertools.count():
             may_retry = waited < self._busy_wait
-            wait = asyncio.run(self._fetch_once(url, headers, reading.take, may_retry))
+            wait = run_reader(self._fetch_once(url, headers, reading.take, may_retry))
             if wait is None:
                 return
             # At least what the Source asked, more at each refusal, never 0 (the total waited
