@@ -7,11 +7,13 @@ responses on the same path."""
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +41,9 @@ from drimbox.dicom.pacs import (
     PacsError,
     PacsSettings,
 )
+from drimbox.http.tlspolicy import server_context
 from drimbox.sim.orthanc import LocalOrthanc
+from drimbox.sim.pki import TestPki
 from drimbox.sim.studies import SeriesSpec, generate_study
 
 BIG_STUDY = "1.2.826.0.1.3680043.8.498.77.9.18"
@@ -176,19 +180,27 @@ Handler = Callable[[Any], Iterator[Any]]
 
 @contextmanager
 def scripted_pacs(
-    handler: Handler, get_syntax: str = ExplicitVRLittleEndian, **extra: Any
+    handler: Handler,
+    get_syntax: str = ExplicitVRLittleEndian,
+    server_tls: ssl.SSLContext | None = None,
+    **extra: Any,
 ) -> Iterator[PacsSettings]:
-    """A pynetdicom C-GET SCP answering with `handler`."""
+    """A pynetdicom C-GET SCP answering with `handler` (over TLS with `server_tls`)."""
     ae = AE(ae_title="SCRIPTED")
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet, [get_syntax])
     ae.add_supported_context(
         CTImageStorage, list(RETRIEVE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
     )
     ae.maximum_pdu_size = 0
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_GET, handler)])
+    server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_GET, handler)],
+        ssl_context=server_tls,
+    )
     try:
         yield PacsSettings(
-            host="127.0.0.1",
+            host=extra.pop("host", "127.0.0.1"),
             port=int(server.server_address[1]),
             called_aet="SCRIPTED",
             max_pdu=MAX_PDU,
@@ -198,9 +210,7 @@ def scripted_pacs(
         server.shutdown()
 
 
-def both_paths(
-    settings: PacsSettings, expected_error: str | None = None
-) -> list[tuple[int | str, list[bytes]]]:
+def both_paths(settings: PacsSettings) -> list[tuple[int | str, list[bytes]]]:
     """(count or error message, instances received) by the lean path then pynetdicom's."""
     outcomes: list[tuple[int | str, list[bytes]]] = []
     for lean_retrieve in (True, False):
@@ -265,6 +275,27 @@ def test_each_instance_reaches_the_sink_before_the_next_is_sent(lean_calls: list
     assert count == 3 and len(received) == 3 and waited == [True]
 
 
+def test_over_tls(tmp_path: Path, lean_calls: list[int]) -> None:
+    pki = TestPki()
+    server = pki.issue("localhost", usage="server", dns_names=("localhost",)).write(tmp_path, "s")
+    ca = pki.ca.write(tmp_path, "ca").cert_path
+    assert server.cert_path and server.key_path and ca
+    server_tls = server_context()
+    server_tls.load_cert_chain(str(server.cert_path), str(server.key_path))
+    client_tls = ssl.create_default_context(cafile=str(ca))
+    with scripted_pacs(
+        sending(3, 300_000), server_tls=server_tls, host="localhost", tls=client_tls
+    ) as settings:
+        (lean_count, lean), (own_count, own) = both_paths(settings)
+    assert lean_calls == [1]
+    assert lean_count == own_count == 3 and lean == own
+
+
+def silent(event: Any) -> Iterator[Any]:
+    time.sleep(2.5)
+    yield 0xFF00, instance(9, 1000)
+
+
 def aborting(event: Any) -> Iterator[Any]:
     threading.Timer(0.2, event.assoc.abort).start()  # once the C-STOREs are answered
     time.sleep(1)
@@ -283,12 +314,13 @@ def failing(event: Any) -> Iterator[Any]:
     [
         (aborting, r"C-GET interrompue : le PACS a interrompu l'association \(A-ABORT\)"),
         (failing, r"en échec \(statut 0xA701\) \(Stockage temporaire plein\)$"),
+        (silent, r"pas de réponse à la requête C-GET en 1 s"),
     ],
 )
 def test_a_pacs_failing_mid_series_gives_pynetdicoms_error(
     then: Handler, expected: str, lean_calls: list[int]
 ) -> None:
-    with scripted_pacs(sending(2, 300_000, then)) as settings:
+    with scripted_pacs(sending(2, 300_000, then), dimse_timeout=1) as settings:
         (lean_error, lean), (own_error, own) = both_paths(settings)
         assert isinstance(lean_error, str)
         assert lean_error == own_error
