@@ -12,9 +12,9 @@ same JPEG-LS bytes from the same Orthanc, in one run:
 
 Each mode is measured as the product's `drimbox pacs speedtest` (the sink counts and drops; a
 storescp started per test) and as a node fills its cache (`ImageService`, receivers started
-once, instances written into the cache). Then two series moved at once by c-move-dcmtk,
-against the same two one after the other: two peers reading two cold series must not queue
-behind each other. Prints medians, MB/s, the ratios to dcmtk and the load average. Run:
+once, instances written into the cache). Then two series retrieved at once by c-get and by
+c-move-dcmtk, against the same two one after the other: two peers reading two cold series must
+not queue behind each other. Prints medians, MB/s, the ratios to dcmtk and the load average. Run:
 `uv run python bench/dimse_retrieval.py [--instances 300] [--runs 3]`. Not a test: it asserts
 nothing.
 """
@@ -82,18 +82,19 @@ def pynetdicom_c_get(wanted: bool) -> Iterator[None]:
         PacsClient.__init__ = original  # type: ignore[method-assign]
 
 
-def two_at_once(config: Config, studies: list[str], spool: Path) -> None:
-    """Two series by c-move-dcmtk, one after the other then at once."""
+def two_at_once(config: Config, method: str, studies: list[str], spool: Path) -> None:
+    """Two series by `method` (c-get or c-move-dcmtk), one after the other then at once."""
     client = PacsClient(pacs_settings(config))
     series = [(s, str(client.find_series(s)[0].SeriesInstanceUID)) for s in studies]
+    classes = {uid: client.sop_classes(study, uid) for study, uid in series}
     receiver = storescp_process(config, spool)
     receiver.start()
     try:
-        retriever = build_retriever(config, "c-move-dcmtk", client, storescp=receiver)
+        retriever = build_retriever(config, method, client, storescp=receiver)
         counts: list[int] = []
 
         def one(study: str, uid: str) -> None:
-            counts.append(retriever.retrieve_series(study, uid, lambda data: None, ()))
+            counts.append(retriever.retrieve_series(study, uid, lambda data: None, classes[uid]))
 
         started = time.perf_counter()
         for study, uid in series:
@@ -109,7 +110,7 @@ def two_at_once(config: Config, studies: list[str], spool: Path) -> None:
     finally:
         receiver.stop()
     print(
-        f"  two series ({counts[0]} + {counts[1]} images) by c-move-dcmtk: one after the other "
+        f"  two series ({counts[0]} + {counts[1]} images) by {method}: one after the other "
         f"{sequential:.2f} s, at once {parallel:.2f} s (ratio {parallel / sequential:.2f}; "
         f"{counts[2] + counts[3]} images received at once)"
     )
@@ -227,7 +228,9 @@ def main() -> None:
                     node[mode] = into_the_cache(
                         config, mode.removesuffix("-pynetdicom"), study, args.runs
                     )
-            two_at_once(config, [study, other.study_instance_uid], Path(tmp) / "spool2")
+            for method in ("c-get", "c-move-dcmtk"):
+                spool = Path(tmp) / f"spool-{method}"
+                two_at_once(config, method, [study, other.study_instance_uid], spool)
         finally:
             for process in references:
                 process.terminate()
