@@ -1,8 +1,9 @@
 """The lean C-GET receive path (`drimbox.dicom.cget`) against pynetdicom's own: the same
 instance bytes, counts and errors from a real Orthanc and from scripted PACS (instances larger
 than the PDU, a sink that fails, a PACS that aborts mid-series, failure statuses), each
-instance handed on before the next is sent, pynetdicom's path kept for big endian, and C-MOVE's
-responses on the same path."""
+instance handed on before the next is sent, a PACS that stops answering, TLS, pynetdicom's path
+kept for big endian, and C-MOVE's responses on the same path; the file meta and C-STORE-RSP
+encoded here, byte for byte pynetdicom's."""
 
 from __future__ import annotations
 
