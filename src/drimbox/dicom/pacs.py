@@ -5,7 +5,9 @@ Root C-FIND queries (turned into `StudySnapshot`s) and the DIMSE retrieval of a 
 (the instances come back on the same association) and C-MOVE (the PACS sends them to the box's
 own C-STORE SCP, `drimbox.dicom.scp`). Retrieval proposes one presentation context per (SOP
 class, transfer syntax) so that the PACS can send what it stores without transcoding, and hands
-each instance's encoded bytes to a sink without decoding them. Failures become a
+each instance's encoded bytes to a sink without decoding them. The C-FIND, C-GET and C-MOVE
+response streams are read by the session's own thread (`cfind`, `cget`), pynetdicom's paths
+kept as the fallback (`PacsClient(lean_find=False, lean_retrieve=False)`). Failures become a
 `PacsError` whose message names the PACS (AE title, host:port) and says what went wrong.
 It must not build KOS manifests, know about reports or the DMP, or leak DIMSE statuses or
 pynetdicom objects to its callers.
