@@ -40,10 +40,9 @@ from drimbox.dicom.pacs import (
     PacsError,
     PacsSettings,
 )
-from drimbox.http.tlspolicy import server_context
 from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.pki import TestPki
 from drimbox.sim.studies import SeriesSpec, generate_study
+from support.trust import localhost_tls
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.77.9.17"
 LEAN_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -316,13 +315,7 @@ def test_errors_are_pynetdicoms_errors(last: Handler, expected: str) -> None:
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
 def test_over_tls(tmp_path: Path) -> None:
-    pki = TestPki()
-    server = pki.issue("localhost", usage="server", dns_names=("localhost",)).write(tmp_path, "s")
-    ca = pki.ca.write(tmp_path, "ca").cert_path
-    assert server.cert_path and server.key_path and ca
-    server_tls = server_context()
-    server_tls.load_cert_chain(str(server.cert_path), str(server.key_path))
-    client_tls = ssl.create_default_context(cafile=str(ca))
+    server_tls, client_tls = localhost_tls(tmp_path)
     with scripted_pacs(
         odd_pacs, server_tls=server_tls, host="localhost", tls=client_tls
     ) as settings:

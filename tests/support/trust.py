@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from drimbox.http.tlspolicy import server_context
 from drimbox.samples import ANS_DIR
 from drimbox.sim.pki import Issued, TestPki
 from drimbox.sim.whitelist import build_whitelist, sign_whitelist
@@ -95,3 +97,15 @@ def alter_signature_value(xml: bytes) -> bytes:
     raw = bytearray(base64.b64decode(match.group(2)))
     raw[len(raw) // 2] ^= 0x01
     return xml[: match.start(2)] + base64.b64encode(bytes(raw)) + xml[match.end(2) :]
+
+
+def localhost_tls(folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts of a test CA's `localhost` server certificate, written to
+    `folder`: a DICOM-over-TLS peer in a test."""
+    pki = TestPki()
+    server = pki.issue("localhost", usage="server", dns_names=("localhost",)).write(folder, "s")
+    ca = pki.ca.write(folder, "ca").cert_path
+    assert server.cert_path and server.key_path and ca
+    server_tls = server_context()
+    server_tls.load_cert_chain(str(server.cert_path), str(server.key_path))
+    return server_tls, ssl.create_default_context(cafile=str(ca))
