@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 # Each script with the smallest arguments it accepts (its own defaults are the real sizes).
 TINY: dict[str, list[str]] = {
+    "conso_prefetch.py": ["--instances", "4", "--runs", "1", "--warmup", "0"],
     "conso_read.py": ["--instances", "4", "--runs", "1"],
     "dimse_retrieval.py": ["--instances", "4", "--runs", "1"],
     "failover.py": ["--reports", "2", "--lease-s", "5", "--restart-delay-s", "0.5",
