@@ -68,6 +68,7 @@ _BAD_PDV = "PDV mal formée ou d'un autre contexte de présentation"
 BAD_MESSAGE = "réponse DIMSE inattendue ou invalide"
 PEER_ABORTED = "le PACS a interrompu l'association (A-ABORT)"
 _PARK_WAIT_S = 0.05  # the parked reactor's nap between checks (it has nothing else to do)
+_PAUSE_WAIT_S = 0.1  # the association's reactor checks its pause every millisecond
 _SETTLE_S = 2.0  # how long the reactor gets to process an A-ABORT/A-RELEASE handed back
 _CHUNK = 262144
 _U16 = struct.Struct("<H")
@@ -424,6 +425,7 @@ def exchange(
     idle_timer.stop()  # our own timeout applies while the reactor is parked
     previous_timeout = raw_socket.gettimeout()
     unread = b""
+    _pause_association(assoc)
     try:
         raw_socket.settimeout(timeout)
         raw_socket.sendall(request)
@@ -442,7 +444,19 @@ def exchange(
         with contextlib.suppress(OSError):
             raw_socket.settimeout(previous_timeout)
         idle_timer.restart()
+        assoc._reactor_checkpoint.set()
         sock.resume(unread)
+
+
+def _pause_association(assoc: Any) -> None:
+    """Pause the association's own reactor, as pynetdicom's `send_*` do: it wakes every
+    millisecond otherwise, and took 14 % of the Source's CPU during a cold C-GET of 1300
+    instances (py-spy), taking the GIL from the thread reading the stream. Bounded: a reactor
+    that is not running (association ending) is not waited for."""
+    assoc._reactor_checkpoint.clear()
+    deadline = time.monotonic() + _PAUSE_WAIT_S
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0001)
 
 
 class HandBack(LeanFindFailure):
