@@ -42,6 +42,7 @@ from drimbox.dicom.pacs import (
 )
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec, generate_study
+from support.scripted import serving
 from support.trust import localhost_tls
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.77.9.17"
@@ -152,21 +153,8 @@ def scripted_pacs(
     ae = AE(ae_title="SCRIPTED")
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind, [syntax])
     ae.add_supported_context(Verification, [syntax])
-    server = ae.start_server(
-        ("127.0.0.1", 0),
-        block=False,
-        evt_handlers=[(evt.EVT_C_FIND, handler)],
-        ssl_context=server_tls,
-    )
-    try:
-        yield PacsSettings(
-            host=settings.pop("host", "127.0.0.1"),
-            port=int(server.server_address[1]),
-            called_aet="SCRIPTED",
-            **settings,
-        )
-    finally:
-        server.shutdown()
+    with serving(ae, evt.EVT_C_FIND, handler, server_tls, **settings) as pacs:
+        yield pacs
 
 
 def image(number: int | str | None, sop_uid: str | None = None, **extra: Any) -> Dataset:

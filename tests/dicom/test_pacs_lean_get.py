@@ -44,6 +44,7 @@ from drimbox.dicom.pacs import (
 )
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.studies import SeriesSpec, generate_study
+from support.scripted import serving
 from support.trust import localhost_tls
 
 BIG_STUDY = "1.2.826.0.1.3680043.8.498.77.9.18"
@@ -192,22 +193,8 @@ def scripted_pacs(
         CTImageStorage, list(RETRIEVE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
     )
     ae.maximum_pdu_size = 0
-    server = ae.start_server(
-        ("127.0.0.1", 0),
-        block=False,
-        evt_handlers=[(evt.EVT_C_GET, handler)],
-        ssl_context=server_tls,
-    )
-    try:
-        yield PacsSettings(
-            host=extra.pop("host", "127.0.0.1"),
-            port=int(server.server_address[1]),
-            called_aet="SCRIPTED",
-            max_pdu=MAX_PDU,
-            **extra,
-        )
-    finally:
-        server.shutdown()
+    with serving(ae, evt.EVT_C_GET, handler, server_tls, max_pdu=MAX_PDU, **extra) as pacs:
+        yield pacs
 
 
 def both_paths(settings: PacsSettings) -> list[tuple[int | str, list[bytes]]]:
