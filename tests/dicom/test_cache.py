@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 import time
+from io import BytesIO
 from pathlib import Path
 
+import pytest
+from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
-from drimbox.dicom.cache import SeriesCache, describe_instance, purge_cache
+from drimbox.dicom.cache import SeriesCache, _file_meta, describe_instance, purge_cache
 from drimbox.sim.studies import SeriesSpec, generate_study
 
 STUDY = "1.2.826.0.1.3680043.8.498.77.7.1"
@@ -68,6 +72,63 @@ def test_readers_follow_a_filling_series(tmp_path: Path) -> None:
     sop, _cls, syntax = describe_instance(payloads[0])
     assert entry.instances[0].sop_instance_uid == sop and syntax == ExplicitVRLittleEndian
     cache.release(entry)
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"OB", b"UN"):
+        return struct.pack("<HH2s2xI", 2, tag, vr, len(value)) + value
+    return struct.pack("<HH2sH", 2, tag, vr, len(value)) + value
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        (0x0001, 0x0002, 0x0003, 0x0010, 0x0012, 0x0013),  # as written by the field
+        (0x0002, 0x0003, 0x0010),  # only the three wanted
+        (0x0001, 0x0003, 0x0002, 0x0010),  # class after instance: still in order up to 0010
+    ],
+)
+def test_header_reader_agrees_with_pydicom(tmp_path: Path, order: tuple[int, ...]) -> None:
+    """The quick group-0002 reader gives what pydicom reads, and stops at the transfer syntax
+    (whatever follows it, even garbage, is not read)."""
+    values = {
+        0x0001: (b"OB", b"\0\1"),
+        0x0002: (b"UI", b"1.2.840.10008.5.1.4.1.1.2\0"),
+        0x0003: (b"UI", b"1.2.826.0.1.3680043.8.498.1.2.3\0"),
+        0x0010: (b"UI", b"1.2.840.10008.1.2.4.80"),
+        0x0012: (b"UI", b"1.2.3.4\0"),
+        0x0013: (b"SH", b"ORTHANC "),
+    }
+    meta = b"".join(_element(tag, *values[tag]) for tag in order)
+    data = b"\0" * 128 + b"DICM" + meta + b"\x08\x00\x18\x00UI\x00\x00"
+    described = _file_meta(memoryview(data))
+    ds = dcmread(BytesIO(data), stop_before_pixels=True)
+    expected = (
+        ds.file_meta.MediaStorageSOPInstanceUID,
+        ds.file_meta.MediaStorageSOPClassUID,
+        ds.file_meta.TransferSyntaxUID,
+    )
+    assert described == expected
+    garbage = b"\0" * 128 + b"DICM" + _element(0x0003, *values[0x0003])
+    garbage += _element(0x0010, *values[0x0010]) + b"\x02\x00\x12\x00UI\xff\xff"
+    assert _file_meta(garbage) == (expected[0], "", expected[2])
+
+
+def test_header_reader_leaves_odd_headers_to_pydicom(tmp_path: Path) -> None:
+    """An element past the transfer syntax before it (out of order), a cut header, no DICM:
+    the quick reader gives up and `describe_instance` asks pydicom."""
+    payload = instances(tmp_path, 1)[0]
+    assert _file_meta(payload) == describe_instance(payload)
+    assert _file_meta(payload[:140]) is None  # cut inside group 0002
+    assert _file_meta(b"\0" * 128 + b"DIC?" + payload[132:]) is None
+    sop = b"1.2.826.0.1.3680043.8.498.1.2.3\0"
+    odd = b"\0" * 128 + b"DICM" + _element(0x0002, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0")
+    odd += _element(0x0003, b"UI", sop) + _element(0x0012, b"UI", b"1.2.3.4\0")
+    odd += _element(0x0010, b"UI", b"1.2.840.10008.1.2.1\0")
+    odd += b"\x08\x00\x18\x00UI" + struct.pack("<H", len(sop)) + sop
+    assert _file_meta(odd) is None
+    expected = (sop.decode().rstrip("\0"), "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    assert describe_instance(odd) == expected
 
 
 def test_lru_eviction_respects_pins_and_limit(tmp_path: Path) -> None:

@@ -95,31 +95,39 @@ _LONG_VRS = frozenset(
 )
 
 
+_ELEMENT_HEAD = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
+_LONG_LENGTH = struct.Struct("<I")
+_META_SLOTS = {0x0002: 0, 0x0003: 1, 0x0010: 2}  # SOP class, SOP instance, transfer syntax
+
+
 def _file_meta(data: bytes | memoryview) -> tuple[str, str, str] | None:
     """Group 0002 read straight from the bytes (always Explicit VR Little Endian, PS3.10 §7.1):
-    ~100× cheaper than a pydicom parse, which matters at 1300 instances a series."""
+    ~100× cheaper than a pydicom parse, which matters at 1300 instances a series. Stops at
+    the transfer syntax (0002,0010), the last element wanted (elements come in ascending
+    order; out of order, what is missing sends the caller to pydicom)."""
     if len(data) < 132 or data[128:132] != b"DICM":
         return None
-    found: dict[int, str] = {}
-    pos = 132
-    while pos + 8 <= len(data):
-        group, element = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
+    found = ["", "", ""]
+    pos, size = 132, len(data)
+    head, long_length = _ELEMENT_HEAD.unpack_from, _LONG_LENGTH.unpack_from
+    while pos + 8 <= size:
+        group, element, vr, length = head(data, pos)
+        if group != 0x0002 or element > 0x0010:
             break
-        vr = bytes(data[pos + 4 : pos + 6])
         if vr in _LONG_VRS:
-            (length,) = struct.unpack_from("<I", data, pos + 8)
+            (length,) = long_length(data, pos + 8)
             start = pos + 12
         else:
-            (length,) = struct.unpack_from("<H", data, pos + 6)
             start = pos + 8
-        if element in (0x0002, 0x0003, 0x0010):
-            value = bytes(data[start : start + length])
-            found[element] = value.decode("ascii", "replace").strip("\0 ")
+        slot = _META_SLOTS.get(element)
+        if slot is not None:
+            found[slot] = str(data[start : start + length], "ascii", "replace").strip("\0 ")
+            if element == 0x0010:
+                break
         pos = start + length
-    if not found.get(0x0003) or not found.get(0x0010):
+    if not found[1] or not found[2]:
         return None
-    return found[0x0003], found.get(0x0002, ""), found[0x0010]
+    return found[1], found[0], found[2]
 
 
 def describe_instance(data: bytes | memoryview) -> tuple[str, str, str]:
