@@ -247,3 +247,12 @@ def test_a_silent_peer_is_aborted_after_the_network_timeout(lean_calls: list[int
         assert wait_until(lambda: assoc.is_aborted, 5.0)
         assert 0.4 < time.monotonic() - started < 3.0
     assert lean_calls == [1]
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_stopping_the_scp_aborts_its_open_associations(lean: bool) -> None:
+    with running(lean=lean) as (scp, received):
+        assoc = associate(scp.bound_port)
+        assert int(assoc.send_c_store(instance(1)).Status) == 0
+    assert wait_until(lambda: assoc.is_aborted)
+    assert len(received) == 1

@@ -174,9 +174,14 @@ class StoreScp:
         return False
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        """Stop listening and abort the associations still open: a PACS keeps its association
+        open a while after a C-MOVE (Orthanc's `DicomAssociationCloseDelay`), and a stopped SCP
+        must not take instances for handlers that are gone."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            for assoc in server.active_associations:
+                assoc.abort()
 
     def _on_established(self, event: Any) -> None:
         """Receive the association's C-STOREs on this thread (`cget.serve_stores`) when all it
