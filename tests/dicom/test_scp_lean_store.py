@@ -256,3 +256,36 @@ def test_stopping_the_scp_aborts_its_open_associations(lean: bool) -> None:
         assert int(assoc.send_c_store(instance(1)).Status) == 0
     assert wait_until(lambda: assoc.is_aborted)
     assert len(received) == 1
+
+
+def test_what_the_peer_sends_at_once_waits_for_the_lean_path(
+    monkeypatch: pytest.MonkeyPatch, lean_calls: list[int]
+) -> None:
+    """The peer's first C-STORE-RQ, sent as soon as the association is accepted, is not read by
+    pynetdicom while the SCP's thread is still deciding (here made slow): the lean path takes
+    the whole message."""
+    established = StoreScp._on_established
+
+    def slow(self: StoreScp, event: Any) -> None:
+        time.sleep(0.3)
+        established(self, event)
+
+    monkeypatch.setattr(StoreScp, "_on_established", slow)
+    with running() as (scp, received):
+        assoc = associate(scp.bound_port)
+        statuses = [int(assoc.send_c_store(instance(n)).Status) for n in (1, 2)]
+        assoc.release()
+    assert statuses == [0, 0]
+    assert lean_calls == [1]
+    assert [i.sop_instance_uid.rsplit(".", 1)[1] for i in received] == ["1", "2"]
+
+
+def test_a_caller_refused_at_negotiation_is_rejected_at_once(lean_calls: list[int]) -> None:
+    with running(senders=["ORTHANC"]) as (scp, _received):
+        ae = AE(ae_title=MODALITY_AET)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        started = time.monotonic()
+        refused = ae.associate("127.0.0.1", scp.bound_port, ae_title=BOX_AET)
+        assert refused.is_rejected
+        assert time.monotonic() - started < 2.0
+    assert lean_calls == []

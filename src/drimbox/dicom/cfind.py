@@ -247,6 +247,7 @@ class HeldSocket(AssociationSocket):
 
     def _init_hold(self) -> None:
         self._held = False
+        self._reserved = False
         self._parked = threading.Event()
         self._resumed = threading.Event()
         self._unread = bytearray()
@@ -267,7 +268,21 @@ class HeldSocket(AssociationSocket):
             self._parked.set()
             self._resumed.wait(_PARK_WAIT_S)
             return False
+        if self._reserved:
+            return False  # no nap: the reactor has a PDU of its own to send (`reserve`)
         return bool(self._unread) or self._socket_ready()
+
+    def reserve(self) -> None:
+        """Keep the reactor from reading, without parking it, until `hold` then `resume` (or
+        `resume` alone): an acceptor reserves its socket when the association is requested, so
+        that what the peer sends once accepted stays unread until the lean path decides (a
+        C-STORE-RQ half read by pynetdicom could not be taken over)."""
+        self._reserved = True
+
+    def unreserve(self) -> None:
+        """End a reservation that no `hold` followed (the association was not established)."""
+        if not self._held:
+            self._reserved = False
 
     def _socket_ready(self) -> bool:
         return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
@@ -295,7 +310,7 @@ class HeldSocket(AssociationSocket):
     def resume(self, unread: bytes | bytearray = b"") -> None:
         """Give the socket back to the reactor, with the bytes read but not consumed."""
         self._unread += unread
-        self._held = False
+        self._held = self._reserved = False
         self._resumed.set()
 
     @property
@@ -328,6 +343,7 @@ def _idle(assoc: Any, sock: HeldSocket) -> bool:
         and dul.event_queue.empty()
         and dul.to_provider_queue.empty()
         and dul.to_user_queue.empty()
+        and assoc.dimse.message is None  # no message half received
         and assoc.dimse.msg_queue.empty()
     )
 

@@ -135,7 +135,12 @@ class StoreScp:
                 ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         handlers: list[evt.EventHandlerType] = [(evt.EVT_C_STORE, self._on_store)]
         if self.lean:
-            handlers.append((evt.EVT_ESTABLISHED, self._on_established))
+            handlers += [
+                (evt.EVT_REQUESTED, self._on_requested),
+                (evt.EVT_ESTABLISHED, self._on_established),
+                (evt.EVT_REJECTED, self._on_not_established),
+                (evt.EVT_ABORTED, self._on_not_established),
+            ]
         try:
             server = ae.make_server(
                 (self.host, self.port),
@@ -183,18 +188,36 @@ class StoreScp:
             for assoc in server.active_associations:
                 assoc.abort()
 
+    @staticmethod
+    def _on_requested(event: Any) -> None:
+        """Nothing the peer sends once accepted is read by pynetdicom before `_on_established`
+        decides which path receives it."""
+        sock = event.assoc.dul.socket
+        if isinstance(sock, cfind.HeldSocket):
+            sock.reserve()
+
+    @staticmethod
+    def _on_not_established(event: Any) -> None:
+        """Rejected or aborted: pynetdicom's reactor reads again (the peer's closing)."""
+        sock = event.assoc.dul.socket
+        if isinstance(sock, cfind.HeldSocket):
+            sock.unreserve()
+
     def _on_established(self, event: Any) -> None:
         """Receive the association's C-STOREs on this thread (`cget.serve_stores`) when all it
         may send is C-STOREs; pynetdicom's reactor goes on with what follows (the release)."""
         assoc = event.assoc
         sock = assoc.dul.socket
+        if not isinstance(sock, cfind.HeldSocket):
+            return
         contexts = assoc.accepted_contexts
         storage = {
             c.context_id: cget.StorageContext(str(c.abstract_syntax), str(c.transfer_syntax[0]))
             for c in contexts
             if c.abstract_syntax != Verification and c.context_id is not None
         }
-        if not isinstance(sock, cfind.HeldSocket) or not storage or len(storage) != len(contexts):
+        if not storage or len(storage) != len(contexts):
+            sock.resume()  # a C-ECHO may come: pynetdicom's path for all
             return
         calling_aet = str(assoc.requestor.ae_title).strip()
 
