@@ -4,7 +4,9 @@ same JPEG-LS bytes from the same Orthanc, in one run:
 - c-get: C-GET (`[pacs] retrieve = "c-get"`), the instances received by the box's lean path
   (`drimbox.dicom.cget`); c-get-pynetdicom: the same C-GET received by pynetdicom's own path
   (the fallback, what c-get was before), for comparison;
-- c-move: pynetdicom C-MOVE to the box's own pynetdicom SCP (`"c-move"`);
+- c-move: C-MOVE to the box's own SCP (`"c-move"`), its C-STOREs received by the lean path
+  (`drimbox.dicom.cget.serve_stores`); c-move-pynetdicom: the same received by pynetdicom
+  (what c-move was before);
 - c-move-dcmtk: dcmtk movescu to the box's supervised storescp, each file handed to the sink
   by the spool watcher (`"c-move-dcmtk"`);
 - references: dcmtk `movescu` → `storescp +xa` writing the files (what the box's storescp does)
@@ -12,7 +14,7 @@ same JPEG-LS bytes from the same Orthanc, in one run:
 
 Each mode is measured as the product's `drimbox pacs speedtest` (the sink counts and drops; a
 storescp started per test) and as a node fills its cache (`ImageService`, receivers started
-once, instances written into the cache). Then two series retrieved at once by c-get and by
+once, instances written into the cache). Then two series retrieved at once by c-get, c-move and
 c-move-dcmtk, against the same two one after the other: two peers reading two cold series must
 not queue behind each other. Prints medians, MB/s, the ratios to dcmtk and the load average. Run:
 `uv run python bench/dimse_retrieval.py [--instances 300] [--runs 3]`. Not a test: it asserts
@@ -34,6 +36,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
@@ -43,12 +46,14 @@ from wado_series import make_series
 from drimbox.config import Config, load_config
 from drimbox.dicom.pacs import PacsClient, PacsSettings
 from drimbox.dicom.retrieve import ImageService, build_retriever, pacs_settings, storescp_process
+from drimbox.dicom.scp import StoreScp
 from drimbox.ops.speedtest import pacs_speedtest
 from drimbox.sim.orthanc import LocalOrthanc, RemoteModality
 from drimbox.sim.ports import free_port
 from support.source import pacs_environ
 
 BOX_DCMTK_AET = "DRIMBOXBENCHRX"
+MODES = ("c-get", "c-get-pynetdicom", "c-move", "c-move-pynetdicom", "c-move-dcmtk")
 
 
 def movescu(pacs: LocalOrthanc, study: str, destination: str) -> float:
@@ -65,32 +70,43 @@ def storescp(port: int, aet: str, *options: str) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def pynetdicom_c_get(wanted: bool) -> Iterator[None]:
-    """While active, every `PacsClient` retrieves through pynetdicom (`lean_retrieve=False`)."""
+def pynetdicom_paths(wanted: bool) -> Iterator[None]:
+    """While active, every `PacsClient` retrieves and every `StoreScp` receives through
+    pynetdicom (`lean_retrieve=False`, `lean=False`): what c-get and c-move were before the
+    lean paths."""
     if not wanted:
         yield
         return
-    original = PacsClient.__init__
+    client_init, scp_init = PacsClient.__init__, StoreScp.__init__
 
-    def init(self: PacsClient, settings: PacsSettings, **options: bool) -> None:
-        original(self, settings, **{**options, "lean_retrieve": False})
+    def client(self: PacsClient, settings: PacsSettings, **options: bool) -> None:
+        client_init(self, settings, **{**options, "lean_retrieve": False})
 
-    PacsClient.__init__ = init  # type: ignore[method-assign]
+    def scp(self: StoreScp, *args: Any, **options: Any) -> None:
+        scp_init(self, *args, **{**options, "lean": False})
+
+    PacsClient.__init__ = client  # type: ignore[method-assign]
+    StoreScp.__init__ = scp  # type: ignore[method-assign]
     try:
         yield
     finally:
-        PacsClient.__init__ = original  # type: ignore[method-assign]
+        PacsClient.__init__ = client_init  # type: ignore[method-assign]
+        StoreScp.__init__ = scp_init  # type: ignore[method-assign]
 
 
 def two_at_once(config: Config, method: str, studies: list[str], spool: Path) -> None:
-    """Two series by `method` (c-get or c-move-dcmtk), one after the other then at once."""
+    """Two series by `method` (c-get, c-move or c-move-dcmtk), one after the other then at
+    once."""
     client = PacsClient(pacs_settings(config))
     series = [(s, str(client.find_series(s)[0].SeriesInstanceUID)) for s in studies]
     classes = {uid: client.sop_classes(study, uid) for study, uid in series}
     receiver = storescp_process(config, spool)
     receiver.start()
+    p = config.pacs
+    scp = StoreScp(p.calling_aet, p.scp_host, p.scp_port)
+    scp.start()
     try:
-        retriever = build_retriever(config, method, client, storescp=receiver)
+        retriever = build_retriever(config, method, client, scp=scp, storescp=receiver)
         counts: list[int] = []
 
         def one(study: str, uid: str) -> None:
@@ -109,6 +125,7 @@ def two_at_once(config: Config, method: str, studies: list[str], spool: Path) ->
         parallel = time.perf_counter() - started
     finally:
         receiver.stop()
+        scp.stop()
     print(
         f"  two series ({counts[0]} + {counts[1]} images) by {method}: one after the other "
         f"{sequential:.2f} s, at once {parallel:.2f} s (ratio {parallel / sequential:.2f}; "
@@ -196,8 +213,8 @@ def main() -> None:
         theirs: dict[str, list[float]] = {}
         try:
             for run in range(-1, args.runs):  # one uncounted warm-up round
-                for mode in ("c-get", "c-get-pynetdicom", "c-move", "c-move-dcmtk"):
-                    with pynetdicom_c_get(mode == "c-get-pynetdicom"):
+                for mode in MODES:
+                    with pynetdicom_paths(mode.endswith("-pynetdicom")):
                         result = pacs_speedtest(
                             config, study_uid=study, mode=mode.removesuffix("-pynetdicom")
                         )
@@ -224,11 +241,11 @@ def main() -> None:
                 )
             node = {}
             for mode in ours:
-                with pynetdicom_c_get(mode == "c-get-pynetdicom"):
+                with pynetdicom_paths(mode.endswith("-pynetdicom")):
                     node[mode] = into_the_cache(
                         config, mode.removesuffix("-pynetdicom"), study, args.runs
                     )
-            for method in ("c-get", "c-move-dcmtk"):
+            for method in ("c-get", "c-move", "c-move-dcmtk"):
                 spool = Path(tmp) / f"spool-{method}"
                 two_at_once(config, method, [study, other.study_instance_uid], spool)
         finally:

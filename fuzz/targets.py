@@ -169,18 +169,31 @@ _CT_CONTEXT = {3: cget_stream.StorageContext("1.2.840.10008.5.1.4.1.1.2", "1.2.8
 
 def cget(data: bytes) -> None:
     """The C-GET stream a PACS sends (C-STORE-RQs on context 3, C-GET-RSPs on context 1), read
-    by the lean path (`drimbox.dicom.cget`): byte 0 picks the read size (and bit 0 C-MOVE), the
-    rest is the stream. Each instance is handed on whole, and its C-STORE-RSP sent."""
+    by the lean path (`drimbox.dicom.cget`): byte 0 picks the read size (bit 0: C-MOVE, bit 1:
+    the C-STOREs the box's SCP receives, `serve_stores`), the rest is the stream. Each instance
+    is handed on whole, and its C-STORE-RSP sent."""
     if not data:
         return
+    peer = _Peer(data[1:], 1 + data[0] * 64)
+
+    def store(instance: memoryview) -> int:
+        return 0 if bytes(instance[128:132]) == b"DICM" else 0xC000
+
     with refusals_only(LeanFindFailure):
-        cget_stream.receive(
-            _Peer(data[1:], 1 + data[0] * 64),  # type: ignore[arg-type]
-            1,
-            _CT_CONTEXT,
-            lambda instance: 0 if bytes(instance[128:132]) == b"DICM" else 0xC000,
-            move=bool(data[0] & 1),
-        )
+        if data[0] & 2:
+            cget_stream.serve_stores(
+                peer,  # type: ignore[arg-type]
+                _CT_CONTEXT,
+                lambda _request, _context, instance: store(instance),
+            )
+        else:
+            cget_stream.receive(
+                peer,  # type: ignore[arg-type]
+                1,
+                _CT_CONTEXT,
+                store,
+                move=bool(data[0] & 1),
+            )
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

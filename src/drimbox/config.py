@@ -351,10 +351,11 @@ class PacsConfig(_Section):
     retrieve: Literal["wado-rs", "c-get", "c-move", "c-move-dcmtk"] = Field(
         "c-get",
         description="Méthode de récupération des images : c-get (par défaut, au rythme de "
-        "dcmtk), c-move (plusieurs fois plus lente), c-move-dcmtk (C-MOVE reçu par storescp de "
-        "dcmtk, aussi rapide que c-get, pour un PACS qui refuse C-GET ; demande de déclarer "
-        "storescp_aet dans le PACS), ou wado-rs (la plus rapide quand le PACS offre DICOMweb, "
-        "voir bench/RESULTS.md).",
+        "dcmtk), c-move (C-MOVE vers le SCP de la DRIMbox, aussi rapide, pour un PACS qui "
+        "refuse C-GET ; demande de déclarer calling_aet et scp_port dans le PACS), "
+        "c-move-dcmtk (C-MOVE reçu par storescp de dcmtk ; demande de déclarer storescp_aet "
+        "dans le PACS), ou wado-rs (la plus rapide quand le PACS offre DICOMweb, voir "
+        "bench/RESULTS.md).",
     )
     storescp_aet: str = Field(
         "DRIMBOX_DCMTK",

@@ -167,7 +167,7 @@ BUG_SITES = {
     "launch": ("drimbox.conso.launch", "_normalise"),
     "multipart": ("drimbox.http.multipart_client", "PartScanner._part_head"),
     "cfind": ("drimbox.dicom.cfind", "_command_values"),
-    "cget": ("drimbox.dicom.cget", "_uid_values"),
+    "cget": ("drimbox.dicom.cget", "_store_request"),
 }
 INJECTED = "injected parser bug"
 

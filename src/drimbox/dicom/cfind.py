@@ -243,10 +243,24 @@ class HeldSocket(AssociationSocket):
 
     def __init__(self, assoc: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(assoc, *args, **kwargs)
+        self._init_hold()
+
+    def _init_hold(self) -> None:
         self._held = False
+        self._reserved = False
         self._parked = threading.Event()
         self._resumed = threading.Event()
         self._unread = bytearray()
+
+    @classmethod
+    def adopt(cls, sock: AssociationSocket) -> HeldSocket:
+        """`sock` as a `HeldSocket` (its state taken over as it is): for the sockets pynetdicom's
+        server builds itself, for which it has no socket-class hook. Built anew instead, the
+        socket would queue a second transport-connection event into the state machine."""
+        held = cls.__new__(cls)
+        held.__dict__.update(sock.__dict__)
+        held._init_hold()
+        return held
 
     @property
     def ready(self) -> bool:
@@ -254,7 +268,21 @@ class HeldSocket(AssociationSocket):
             self._parked.set()
             self._resumed.wait(_PARK_WAIT_S)
             return False
+        if self._reserved:
+            return False  # no nap: the reactor has a PDU of its own to send (`reserve`)
         return bool(self._unread) or self._socket_ready()
+
+    def reserve(self) -> None:
+        """Keep the reactor from reading, without parking it, until `hold` then `resume` (or
+        `resume` alone): an acceptor reserves its socket when the association is requested, so
+        that what the peer sends once accepted stays unread until the lean path decides (a
+        C-STORE-RQ half read by pynetdicom could not be taken over)."""
+        self._reserved = True
+
+    def unreserve(self) -> None:
+        """End a reservation that no `hold` followed (the association was not established)."""
+        if not self._held:
+            self._reserved = False
 
     def _socket_ready(self) -> bool:
         return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
@@ -282,7 +310,7 @@ class HeldSocket(AssociationSocket):
     def resume(self, unread: bytes | bytearray = b"") -> None:
         """Give the socket back to the reactor, with the bytes read but not consumed."""
         self._unread += unread
-        self._held = False
+        self._held = self._reserved = False
         self._resumed.set()
 
     @property
@@ -315,6 +343,7 @@ def _idle(assoc: Any, sock: HeldSocket) -> bool:
         and dul.event_queue.empty()
         and dul.to_provider_queue.empty()
         and dul.to_user_queue.empty()
+        and assoc.dimse.message is None  # no message half received
         and assoc.dimse.msg_queue.empty()
     )
 
@@ -409,12 +438,15 @@ def exchange(
     request: bytes,
     timeout: float | None,
     read: Callable[[socket.socket], tuple[_T, bytes]],
+    *,
+    pause: bool = True,
 ) -> _T | None:
     """Park pynetdicom's reactor, send `request` and `read` the responses from the socket on
     the calling thread (`read` gives its result and the bytes it read past the end, which go
     back to the reactor). None when the exchange could not start (the reactor busy or not
     parked): nothing was sent, pynetdicom's path is to be used. Raises `LeanFindFailure` when
-    the stream breaks off (timeout: `timeout` seconds without data)."""
+    the stream breaks off (timeout: `timeout` seconds without data). `pause`: also pause the
+    association's own reactor (not when called from that reactor's thread)."""
     if not sock.hold(1.0):
         return None
     if not _idle(assoc, sock) or sock.socket is None:
@@ -425,7 +457,8 @@ def exchange(
     idle_timer.stop()  # our own timeout applies while the reactor is parked
     previous_timeout = raw_socket.gettimeout()
     unread = b""
-    _pause_association(assoc)
+    if pause:
+        _pause_association(assoc)
     try:
         raw_socket.settimeout(timeout)
         raw_socket.sendall(request)

@@ -24,6 +24,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from io import BytesIO
+from typing import NamedTuple, NoReturn
 
 from pydicom.dataset import Dataset
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -37,6 +38,7 @@ from drimbox.dicom.cfind import (
     RESPONDED_TO,
     STATUS,
     HandBack,
+    Message,
     MessageReader,
     encode_message,
     final_status,
@@ -46,7 +48,7 @@ from drimbox.dicom.elements import walk
 _C_STORE_RQ, _C_GET_RSP, _C_MOVE_RSP = 0x0001, 0x8010, 0x8021
 _GET_MODEL, _MOVE_MODEL = "1.2.840.10008.5.1.4.1.2.2.3", "1.2.840.10008.5.1.4.1.2.2.2"
 _MESSAGE_ID = 0x0110
-_SOP_CLASS, _SOP_INSTANCE = 0x00000002, 0x00001000
+_SOP_CLASS, _SOP_INSTANCE, _MOVE_ORIGINATOR = 0x00000002, 0x00001000, 0x00001030
 _NOT_SUPPORTED = 0x0122  # pynetdicom's answer to a C-STORE on a context it cannot take
 _PREAMBLE = b"\0" * 128 + b"DICM"
 _PRINTABLE = re.compile(rb"[!-~]{1,64}")  # a UID: ASCII, no space nor control character
@@ -149,24 +151,88 @@ def request(context_id: int, identifier: bytes, max_pdu: int, destination: str =
     return encode_message(request, context_id, max_pdu)
 
 
-def _uid_values(command: bytearray) -> tuple[str, str]:
-    """(Affected SOP Class UID, Affected SOP Instance UID) of a C-STORE-RQ's command set."""
+class StoreRequest(NamedTuple):
+    """What the box reads of a C-STORE-RQ's command set."""
+
+    sop_class: str
+    sop_instance: str
+    move_originator: str  # the C-MOVE's requestor for a C-MOVE sub-operation, else ""
+
+
+StoreCallback = Callable[[StoreRequest, StorageContext, memoryview], int]
+"""Takes one instance with what its C-STORE-RQ and context say (Part-10 bytes, valid during
+the call) and gives the C-STORE status."""
+
+
+def _store_request(command: bytearray) -> StoreRequest:
     found: dict[int, tuple[bytes, int, int]] = {}
     data = bytes(command)
     try:
-        walk(data, 0, len(data), False, found, (_SOP_CLASS, _SOP_INSTANCE))
+        walk(data, 0, len(data), False, found, (_SOP_CLASS, _SOP_INSTANCE, _MOVE_ORIGINATOR))
     except (ValueError, struct.error):
         raise HandBack(BAD_MESSAGE) from None
     if _SOP_CLASS not in found or _SOP_INSTANCE not in found:
         raise HandBack(BAD_MESSAGE)
     values = []
-    for tag in (_SOP_CLASS, _SOP_INSTANCE):
+    for tag in (_SOP_CLASS, _SOP_INSTANCE, _MOVE_ORIGINATOR):
+        if tag not in found:
+            values.append("")
+            continue
         _vr, at, length = found[tag]
         raw = data[at : at + length].rstrip(b"\0 ").strip(b" ")
-        if not _PRINTABLE.fullmatch(raw):  # (found by fuzzing: it goes into the file meta)
+        # (found by fuzzing: the UIDs go into the file meta)
+        if not (_PRINTABLE.fullmatch(raw) or (tag == _MOVE_ORIGINATOR and not raw)):
             raise HandBack(BAD_MESSAGE)
         values.append(raw.decode("ascii"))
-    return values[0], values[1]
+    return StoreRequest(*values)
+
+
+def _answer_store(
+    raw_socket: socket.socket,
+    message: Message,
+    storage: Mapping[int, StorageContext],
+    store: StoreCallback,
+) -> None:
+    """Store the instance of a C-STORE-RQ (`store` gives the status) and send its C-STORE-RSP;
+    a context that is not a storage one the box accepted for that SOP class gets pynetdicom's
+    refusal."""
+    request = _store_request(message.command)
+    context = storage.get(message.context_id)
+    if context is None or context.sop_class != request.sop_class:
+        status = _NOT_SUPPORTED
+    else:
+        instance = bytearray(
+            part10_header(request.sop_class, request.sop_instance, context.transfer_syntax)
+        )
+        instance += message.data_set
+        status = store(request, context, memoryview(instance))
+    raw_socket.sendall(
+        store_response(
+            message.context_id,
+            message.values[_MESSAGE_ID],
+            request.sop_class,
+            request.sop_instance,
+            status,
+        )
+    )
+
+
+def serve_stores(
+    raw_socket: socket.socket,
+    storage: Mapping[int, StorageContext],
+    store: StoreCallback,
+) -> NoReturn:
+    """The SCP side: answer the C-STORE-RQs of an association on which the requestor only
+    stores (a C-MOVE's sub-operations landing on the box) until it asks to release (the bytes
+    of its A-RELEASE-RQ, like those of an A-ABORT or a closed connection, go back to
+    pynetdicom's reactor through `HandBack.unread`: it ends the association as always). Ends
+    by raising `HandBack`; a message other than a C-STORE-RQ is `BAD_MESSAGE`."""
+    reader = MessageReader(raw_socket)
+    for message in reader.messages():
+        if message.values[COMMAND_FIELD] != _C_STORE_RQ or _MESSAGE_ID not in message.values:
+            raise HandBack(BAD_MESSAGE)
+        _answer_store(raw_socket, message, storage, store)
+    raise AssertionError("unreachable: the reader ends by raising")
 
 
 def receive(
@@ -186,21 +252,7 @@ def receive(
         values = message.values
         field = values[COMMAND_FIELD]
         if field == _C_STORE_RQ and _MESSAGE_ID in values:
-            sop_class, sop_instance = _uid_values(message.command)
-            context = storage.get(message.context_id)
-            if context is None or context.sop_class != sop_class:
-                status = _NOT_SUPPORTED
-            else:
-                instance = bytearray(
-                    part10_header(sop_class, sop_instance, context.transfer_syntax)
-                )
-                instance += message.data_set
-                status = store(memoryview(instance))
-            raw_socket.sendall(
-                store_response(
-                    message.context_id, values[_MESSAGE_ID], sop_class, sop_instance, status
-                )
-            )
+            _answer_store(raw_socket, message, storage, lambda _rq, _cx, data: store(data))
             continue
         if (
             field != response_field

@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 
 from drimbox.config import Config
 from drimbox.dicom.cache import CachedInstance, CacheEntry, SeriesCache
-from drimbox.dicom.dcmtk import DcmtkMoveRetriever, StoreScpProcess
+from drimbox.dicom.dcmtk import DcmtkMoveRetriever, StoreScpProcess, series_key
 from drimbox.dicom.pacs import InstanceSink, PacsClient, PacsError, PacsSettings
 from drimbox.dicom.scp import ReceivedInstance, StoreScp
 from drimbox.http.multipart import MultipartError
@@ -103,8 +103,7 @@ class CMoveRetriever:
         with self._lock:
             if not self._routes:
                 return False
-        header = instance.dataset_header()
-        key = (str(header.get("StudyInstanceUID", "")), str(header.get("SeriesInstanceUID", "")))
+        key = series_key(instance.data)  # read from the bytes: pydicom cost ~0.5 ms an image
         with self._lock:
             sink = self._routes.get(key)
         if sink is None:
