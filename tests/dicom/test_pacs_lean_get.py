@@ -19,11 +19,10 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    JPEGLSLossless,
 )
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
@@ -43,8 +42,8 @@ from drimbox.dicom.pacs import (
     PacsSettings,
 )
 from drimbox.sim.orthanc import LocalOrthanc
-from drimbox.sim.studies import SeriesSpec, generate_study
-from support.scripted import serving
+from support.scripted import count_calls, ct_instance, serving
+from support.source import store_ct_pair
 from support.trust import localhost_tls
 
 BIG_STUDY = "1.2.826.0.1.3680043.8.498.77.9.18"
@@ -56,24 +55,12 @@ MAX_PDU = 65536  # the box's; the 512×512 instances are several PDUs each
 @pytest.fixture(scope="module")
 def series(orthanc: LocalOrthanc, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Study UID → series UID: 512×512 uncompressed CT, and small JPEG-LS CT."""
-    made = {}
-    for study, syntax, size, count in (
-        (BIG_STUDY, ExplicitVRLittleEndian, 512, 4),
-        (SMALL_STUDY, JPEGLSLossless, 64, 6),
-    ):
-        orthanc.store_files(
-            generate_study(
-                tmp_path_factory.mktemp("lean-get"), patient_id="IPP1818",
-                patient_name="LÉGER^ÉLODIE", birth_date="19850412", sex="F", study_uid=study,
-                accession="ACN1818", series=[SeriesSpec("CT", "Thorax", count)],
-                rows=size, columns=size, transfer_syntax=syntax,
-            )
-        )  # fmt: skip
-        made[study] = study + ".1"
+    store_ct_pair(orthanc, tmp_path_factory.mktemp("lean-get"), BIG_STUDY, SMALL_STUDY)
     client = PacsClient(settings_of(orthanc))
-    for study in made:
-        made[study] = str(client.find_series(study)[0].SeriesInstanceUID)
-    return made
+    return {
+        study: str(client.find_series(study)[0].SeriesInstanceUID)
+        for study in (BIG_STUDY, SMALL_STUDY)
+    }
 
 
 def settings_of(orthanc: LocalOrthanc, **extra: Any) -> PacsSettings:
@@ -89,15 +76,7 @@ def settings_of(orthanc: LocalOrthanc, **extra: Any) -> PacsSettings:
 @pytest.fixture
 def lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the C-GETs received by the lean path."""
-    calls: list[int] = []
-    receive = cget.receive
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return receive(*args, **kwargs)
-
-    monkeypatch.setattr(cget, "receive", counted)
-    return calls
+    return count_calls(monkeypatch, cget, "receive")
 
 
 def retrieve(client: PacsClient, study: str, series_uid: str) -> tuple[int, list[bytes]]:
@@ -162,18 +141,7 @@ def test_a_failing_sink_is_told_to_the_pacs_in_both_paths(
 
 
 def instance(number: int, size: int) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = f"{SCRIPTED_STUDY}.1.{number}"
-    ds.StudyInstanceUID = SCRIPTED_STUDY
-    ds.SeriesInstanceUID = SCRIPTED_STUDY + ".1"
-    ds.Modality = "CT"
-    ds.InstanceNumber = number
-    ds.PixelData = bytes(range(256)) * (size // 256)
-    ds["PixelData"].VR = "OB"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
+    return ct_instance(SCRIPTED_STUDY, number, size)
 
 
 Handler = Callable[[Any], Iterator[Any]]

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_ECHO
@@ -26,8 +26,8 @@ from drimbox.dicom.pacs import PacsClient, PacsSettings
 from drimbox.dicom.scp import ReceivedInstance, StoreScp
 from drimbox.sim.orthanc import LocalOrthanc
 from drimbox.sim.ports import free_port
-from drimbox.sim.studies import SeriesSpec, generate_study
-from support.source import orthanc_moving_to
+from support.scripted import count_calls, ct_instance
+from support.source import orthanc_moving_to, store_ct_pair
 
 BOX_AET = "DRIMBOXSCP"
 MODALITY_AET = "MODALITY"
@@ -46,34 +46,14 @@ def moving_pacs(scp_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """An Orthanc that moves to the box's SCP, holding 512×512 uncompressed CT (each instance
     several PDUs) and small JPEG-LS CT."""
     with orthanc_moving_to("ORTHANCSCP", BOX_AET, scp_port) as orthanc:
-        for study, syntax, size, count in (
-            (STUDY_BIG, ExplicitVRLittleEndian, 512, 4),
-            (STUDY_LS, JPEGLSLossless, 64, 6),
-        ):
-            orthanc.store_files(
-                generate_study(
-                    tmp_path_factory.mktemp("scp"), patient_id="IPP3131",
-                    patient_name="MOREAU^INÈS", birth_date="19790301", sex="F",
-                    study_uid=study, accession="ACN3131",
-                    series=[SeriesSpec("CT", "Thorax", count)], rows=size, columns=size,
-                    transfer_syntax=syntax,
-                )
-            )  # fmt: skip
+        store_ct_pair(orthanc, tmp_path_factory.mktemp("scp"), STUDY_BIG, STUDY_LS)
         yield orthanc
 
 
 @pytest.fixture
 def lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the associations received by the lean path."""
-    calls: list[int] = []
-    serve = cget.serve_stores
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return serve(*args, **kwargs)
-
-    monkeypatch.setattr(cget, "serve_stores", counted)
-    return calls
+    return count_calls(monkeypatch, cget, "serve_stores")
 
 
 @contextmanager
@@ -133,17 +113,7 @@ def test_a_c_move_lands_as_through_pynetdicom(
 
 
 def instance(number: int) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = f"{SCRIPTED}.1.{number}"
-    ds.StudyInstanceUID = SCRIPTED
-    ds.SeriesInstanceUID = SCRIPTED + ".1"
-    ds.Modality = "CT"
-    ds.PixelData = bytes(range(256)) * 1000
-    ds["PixelData"].VR = "OB"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
+    return ct_instance(SCRIPTED, number, 256_000)
 
 
 def associate(port: int, *, echo: bool = False) -> Any:

@@ -1,5 +1,6 @@
 """A scripted PACS: a pynetdicom SCP on loopback answering one DIMSE service with a test's
-handler, for what Orthanc never does (odd answers, aborts, failure statuses)."""
+handler, for what Orthanc never does (odd answers, aborts, failure statuses); and a call
+counter for the tests that check which path took an exchange."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 
 from drimbox.dicom.pacs import PacsSettings
 
@@ -38,3 +43,34 @@ def serving(
         )
     finally:
         server.shutdown()
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:
+    """Wraps `owner.name` for the test: the list gets an item per call (the lean paths' tests
+    check which path took a retrieval)."""
+    calls: list[int] = []
+    original = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def ct_instance(study: str, number: int, size: int) -> Dataset:
+    """A minimal CT instance of series `study`.1 with `size` bytes of pixel data (for scripted
+    peers: pydicom encodes it as is, nothing checks the image)."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = f"{study}.1.{number}"
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = study + ".1"
+    ds.Modality = "CT"
+    ds.InstanceNumber = number
+    ds.PixelData = bytes(range(256)) * (size // 256)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds

@@ -18,7 +18,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 from drimbox.auth.tokens import JwtVerifier
 from drimbox.cda.model import Identifier, ImagingReport
@@ -272,3 +272,22 @@ def orthanc_moving_to(aet: str, box_aet: str, scp_port: int) -> Iterator[LocalOr
     }
     with LocalOrthanc(aet=aet, modalities=modalities) as orthanc:
         yield orthanc
+
+
+def store_ct_pair(orthanc: LocalOrthanc, folder: Path, big_study: str, small_study: str) -> None:
+    """Stores in `orthanc` the lean DIMSE paths' test studies: `big_study`, 4 uncompressed
+    512×512 CT images (each several 64 KiB PDUs), and `small_study`, 6 JPEG-LS 64×64 ones."""
+    from drimbox.sim.studies import generate_study
+
+    for study, syntax, size, count in (
+        (big_study, ExplicitVRLittleEndian, 512, 4),
+        (small_study, JPEGLSLossless, 64, 6),
+    ):
+        orthanc.store_files(
+            generate_study(
+                folder / study, patient_id="IPP1818", patient_name="LÉGER^ÉLODIE",
+                birth_date="19850412", sex="F", study_uid=study, accession="ACN1818",
+                series=[SeriesSpec("CT", "Thorax", count)], rows=size, columns=size,
+                transfer_syntax=syntax,
+            )
+        )  # fmt: skip
