@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 # Everything the demo and the tests run, including what a minimal Debian 12 lacks: python3-venv
 # (uv's tool venv), nodejs/npm (the OHIF package), systemd (systemd-analyze verify of the unit),
-# procps (pgrep), ca-certificates (HTTPS to PyPI and npm), git (the fresh-install check's clone).
+# procps (pgrep), ca-certificates (HTTPS to PyPI and npm), git (the fresh-install check's clone),
+# haproxy (the load balancer of the two-node tests), iproute2 (the shaped-link benchmark).
 DEBIAN_PACKAGES=(orthanc orthanc-dicomweb dcmtk dicom3tools postgresql xmlsec1 chromium
-  python3 python3-venv systemd procps ca-certificates git)
+  python3 python3-venv systemd procps ca-certificates git haproxy iproute2)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do

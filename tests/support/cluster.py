@@ -28,6 +28,7 @@ from support.metrics import Samples, scrape
 from support.node import node_config
 from support.process import NodeProcess, config_environ, wait_for_port
 from support.samples import cda_of
+from support.tools import missing
 
 HAPROXY_CONFIG = """\
 global
@@ -179,6 +180,8 @@ class Cluster:
     def start_balancer(self) -> int:
         """HAProxy in TCP mode in front of every node's MLLP port; its port."""
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        if not Path(haproxy).exists():
+            missing("HAProxy not installed (Debian package haproxy)")
         self.balancer_port = free_port()
         servers = "".join(
             HAPROXY_SERVER.format(name=name, port=node.hl7_port)
